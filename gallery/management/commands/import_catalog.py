@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.catalog import CatalogError
+from gallery.services import catalog_import
+
+
+class Command(BaseCommand):
+    help = "Import a catalog in the Fashion Product Images layout: DIR/styles.csv and DIR/images/<id>.jpg."
+
+    def add_arguments(self, parser):
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--workers", type=int, default=2, help="processes decoding images (default 2)")
+        parser.add_argument(
+            "--no-enqueue",
+            action="store_true",
+            help="leave new images pending instead of queueing them (embed_catalog or the sweep takes them)",
+        )
+
+    def handle(self, *args, directory: Path, workers: int, no_enqueue: bool, **options):
+        styles = directory / "styles.csv"
+        if not styles.is_file():
+            raise CommandError(f"{styles} not found: expected DIR/styles.csv and DIR/images/<id>.jpg")
+        with styles.open("rb") as fh:
+            total = max(0, sum(1 for _ in fh) - 1)
+        with tqdm(total=total, unit="row", desc="import", disable=options["verbosity"] == 0) as bar:
+            try:
+                summary = catalog_import(
+                    directory=directory, enqueue=not no_enqueue, workers=workers, progress=bar.update
+                )
+            except CatalogError as exc:
+                raise CommandError(str(exc)) from exc
+        for line in summary.lines():
+            self.stdout.write(line)

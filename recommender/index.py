@@ -1,0 +1,291 @@
+"""Annoy index builds: write, publish, load and query. Arrays and ids only.
+
+Layout under the index directory::
+
+    builds/<version>/vectors.ann   Annoy file (angular metric, dense items 0..n-1)
+    builds/<version>/items.npy     sidecar: row i = (product id, embedding id) of item i
+    builds/<version>/meta.json     what the build was made from and how
+    CURRENT                        the published version's name
+
+A build is written under a hidden temporary name, renamed into ``builds/``
+(atomic on one filesystem) and published by replacing ``CURRENT`` with
+``os.replace``. Readers mmap the file; a published file is never written again,
+so a reader never sees half a build, and an old build stays readable by the
+processes still holding it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "vectors.ann"
+ITEMS_FILE = "items.npy"
+META_FILE = "meta.json"
+POINTER_FILE = "CURRENT"
+BUILDS_DIR = "builds"
+METRIC = "angular"
+
+
+class IndexCorrupt(RuntimeError):
+    """A published build is missing files or its contents do not match its metadata."""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    version: str
+    space: str
+    dim: int
+    count: int
+    n_trees: int
+    search_k: int
+    metric: str
+    built_at: str
+    build_seconds: float
+    # Every embedding with an id at or below this was visible to the build; newer
+    # ones are searched exactly beside the index (see recommender.services).
+    watermark: int
+    file_bytes: int
+    file_blake2b: str
+
+    @property
+    def effective_search_k(self) -> int:
+        return self.search_k
+
+
+@dataclass(frozen=True)
+class Hit:
+    product_id: int
+    embedding_id: int
+    score: float
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def index_build(
+    *,
+    directory: Path,
+    vectors: np.ndarray,
+    product_ids: np.ndarray,
+    embedding_ids: np.ndarray,
+    space: str,
+    n_trees: int,
+    search_k: int,
+    watermark: int,
+    seed: int = 20240611,
+    keep: int = 2,
+) -> IndexMeta:
+    """Build an Annoy index over unit ``vectors`` and publish it atomically.
+
+    Side effects: writes a new build under ``directory/builds``, points
+    ``CURRENT`` at it, and removes builds older than the newest ``keep``
+    (besides the new one). Raises (leaving the previous build published) on
+    any failure, a full disk included.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    count, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+    if count != len(product_ids) or count != len(embedding_ids):
+        raise ValueError("vectors, product_ids and embedding_ids must have the same length")
+    if count == 0:
+        raise ValueError("an index needs at least one vector")
+    if n_trees < 1:
+        raise ValueError("n_trees must be at least 1")
+
+    builds = directory / BUILDS_DIR
+    builds.mkdir(parents=True, exist_ok=True)
+    version = f"{datetime.now(tz=UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    tmp = builds / f".tmp-{version}"
+    tmp.mkdir()
+    started = time.perf_counter()
+    try:
+        ann = AnnoyIndex(dim, METRIC)
+        ann.set_seed(seed)
+        for item, vector in enumerate(vectors):
+            ann.add_item(item, vector)
+        ann.build(n_trees, n_jobs=-1)
+        ann.save(str(tmp / INDEX_FILE))
+        ann.unload()
+        items = np.stack([np.asarray(product_ids, dtype=np.int64), np.asarray(embedding_ids, dtype=np.int64)], axis=1)
+        with (tmp / ITEMS_FILE).open("wb") as fh:
+            np.save(fh, items)
+            fh.flush()
+            os.fsync(fh.fileno())
+        ann_path = tmp / INDEX_FILE
+        with ann_path.open("rb") as fh:
+            os.fsync(fh.fileno())
+        meta = IndexMeta(
+            version=version,
+            space=space,
+            dim=dim,
+            count=count,
+            n_trees=n_trees,
+            search_k=search_k,
+            metric=METRIC,
+            built_at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            build_seconds=round(time.perf_counter() - started, 3),
+            watermark=int(watermark),
+            file_bytes=ann_path.stat().st_size,
+            file_blake2b=_file_digest(ann_path),
+        )
+        _write_synced(tmp / META_FILE, json.dumps(asdict(meta), indent=2).encode())
+        final = builds / version
+        tmp.rename(final)
+        _fsync_dir(builds)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _pointer_publish(directory, version)
+    _builds_prune(builds, keep=keep, current=version)
+    logger.info(
+        "Published index %s: %d vectors, %d-d, %d trees, %.1fs", version, count, dim, n_trees, meta.build_seconds
+    )
+    return meta
+
+
+def _pointer_publish(directory: Path, version: str) -> None:
+    tmp = directory / f".{POINTER_FILE}.{uuid.uuid4().hex}"
+    _write_synced(tmp, version.encode())
+    tmp.replace(directory / POINTER_FILE)  # atomic: readers see the old or the new name
+    _fsync_dir(directory)
+
+
+def _builds_prune(builds: Path, *, keep: int, current: str) -> None:
+    """Remove old builds, keeping the current one and ``keep`` before it for rollback.
+
+    Processes still reading a removed build keep their mmap (the inode lives on
+    until they let go), and switch on their next query.
+    """
+    finished = sorted(p for p in builds.iterdir() if p.is_dir() and not p.name.startswith("."))
+    older = [p for p in finished if p.name != current]
+    for stale in older[: max(0, len(older) - keep)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    # Leftovers of builds killed midway (never published): safe to drop once old.
+    for partial in builds.glob(".tmp-*"):
+        if time.time() - partial.stat().st_mtime > 3600:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def published_version(directory: Path) -> str | None:
+    """The version ``CURRENT`` names, or None when nothing was ever published."""
+    try:
+        return (directory / POINTER_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def index_meta_read(directory: Path, version: str) -> IndexMeta:
+    try:
+        raw = json.loads((directory / BUILDS_DIR / version / META_FILE).read_text())
+        return IndexMeta(**raw)
+    except (OSError, ValueError, TypeError) as exc:
+        raise IndexCorrupt(f"index build {version} has no readable metadata: {exc}") from exc
+
+
+class LoadedIndex:
+    """One published build, memory-mapped; safe to query from many threads."""
+
+    def __init__(self, directory: Path, version: str, *, verify: bool = True) -> None:
+        self.meta = index_meta_read(directory, version)
+        build = directory / BUILDS_DIR / version
+        ann_path = build / INDEX_FILE
+        try:
+            size = ann_path.stat().st_size
+            items = np.load(build / ITEMS_FILE, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"index build {version} is incomplete: {exc}") from exc
+        if size != self.meta.file_bytes or items.shape != (self.meta.count, 2):
+            raise IndexCorrupt(f"index build {version} does not match its metadata")
+        # A checksum pass costs one read of the file per process per build; it
+        # stops a damaged file from ever being queried.
+        if verify and _file_digest(ann_path) != self.meta.file_blake2b:
+            raise IndexCorrupt(f"index build {version} fails its checksum")
+        self._ann = AnnoyIndex(self.meta.dim, self.meta.metric)
+        try:
+            self._ann.load(str(ann_path), prefault=False)
+        except OSError as exc:
+            raise IndexCorrupt(f"index build {version} cannot be loaded: {exc}") from exc
+        if self._ann.get_n_items() != self.meta.count:
+            raise IndexCorrupt(
+                f"index build {version} holds {self._ann.get_n_items()} items, expected {self.meta.count}"
+            )
+        self.product_ids = np.ascontiguousarray(items[:, 0])
+        self.embedding_ids = np.ascontiguousarray(items[:, 1])
+
+    def query(self, vector: np.ndarray, *, n: int, search_k: int | None = None) -> list[Hit]:
+        """The ``n`` nearest items to a unit ``vector``, best first, scored by cosine."""
+        if len(vector) != self.meta.dim:
+            raise ValueError(f"query has {len(vector)} dimensions, the index {self.meta.dim}")
+        items, distances = self._ann.get_nns_by_vector(
+            np.asarray(vector, dtype=np.float32).tolist(),
+            min(n, self.meta.count),
+            search_k=self.meta.search_k if search_k is None else search_k,
+            include_distances=True,
+        )
+        # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors.
+        return [
+            Hit(int(self.product_ids[item]), int(self.embedding_ids[item]), 1.0 - (dist * dist) / 2.0)
+            for item, dist in zip(items, distances, strict=True)
+        ]
+
+
+class IndexReader:
+    """Per-process access to the published build; switches on the next query after a publish."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._loaded: LoadedIndex | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> LoadedIndex | None:
+        """The published build, loading it on first use or when ``CURRENT`` changed.
+
+        Returns None when nothing is published; raises IndexCorrupt when the
+        published build cannot be served.
+        """
+        version = published_version(self.directory)
+        if version is None:
+            return None
+        loaded = self._loaded
+        if loaded is not None and loaded.meta.version == version:
+            return loaded
+        with self._lock:
+            if self._loaded is None or self._loaded.meta.version != version:
+                # The previous LoadedIndex stays valid for queries already holding it.
+                self._loaded = LoadedIndex(self.directory, version)
+                logger.info("Loaded index %s (%d vectors)", version, self._loaded.meta.count)
+            return self._loaded

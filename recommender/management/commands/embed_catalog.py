@@ -1,0 +1,46 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from tqdm import tqdm
+
+from gallery.models import Product
+from recommender import runtime, services
+
+
+class Command(BaseCommand):
+    help = "Embed every product that has no vector for the active encoder yet (resumable, batched)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--decode-workers",
+            type=int,
+            default=settings.ENCODER_DECODE_WORKERS,
+            help="processes decoding images ahead of the model",
+        )
+        parser.add_argument("--retry-failed", action="store_true", help="try products that failed before again")
+
+    def handle(self, *args, decode_workers: int, retry_failed: bool, **options):
+        space = runtime.active_space()
+        if retry_failed:
+            services.products_mark_pending(
+                product_ids=list(Product.objects.filter(embed_status="failed").values_list("id", flat=True))
+            )
+        ids = services.products_needing_embedding(space=space)
+        encoder = runtime.encoder()
+        self.stdout.write(f"Encoder {encoder.id} ({encoder.dim}-d on {encoder.device}); {len(ids)} products to embed")
+        if encoder.note:
+            self.stderr.write(f"NOTE: {encoder.note}")
+        report = services.EmbedReport()
+        chunk = 1024
+        with tqdm(total=len(ids), unit="img", desc="embed", disable=options["verbosity"] == 0) as bar:
+            for start in range(0, len(ids), chunk):
+                products = list(
+                    Product.objects.filter(id__in=ids[start : start + chunk]).only("id", "image", "image_version")
+                )
+                part = services.products_embed(products=products, decode_workers=decode_workers, progress=bar.update)
+                report.embedded += part.embedded
+                report.failed += part.failed
+                report.skipped += part.skipped
+            rate = bar.format_dict["n"] / bar.format_dict["elapsed"] if bar.format_dict["elapsed"] else 0
+        self.stdout.write(
+            f"{report.embedded} embedded, {report.failed} failed, {report.skipped} skipped ({rate:.1f} images/s)"
+        )

@@ -1,0 +1,218 @@
+"""Writes about vectors: claiming work, embedding products, building the index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from gallery.models import EmbedStatus, Product
+from recommender import runtime
+from recommender.index import IndexMeta, index_build
+from recommender.models import Embedding
+from recommender.pipeline import ImageItem, embed_stream
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 500
+
+
+@dataclass
+class EmbedReport:
+    embedded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def _image_source(name: str) -> Path | bytes:
+    try:
+        return Path(default_storage.path(name))
+    except NotImplementedError:  # remote storage: fetch the bytes
+        with default_storage.open(name, "rb") as fh:
+            return fh.read()
+
+
+def products_claim(*, product_ids: Iterable[int], claimant: str) -> list[Product]:
+    """Mark the given products as being embedded by ``claimant`` and return those it got.
+
+    A product is claimable when pending, when this claimant already holds it
+    (a redelivered task), or when another claim is older than
+    EMBED_STALE_AFTER_S (its worker died). One conditional UPDATE: two workers
+    never both claim a product.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.EMBED_STALE_AFTER_S)
+    claimable = Q(embed_status=EmbedStatus.PENDING) | Q(
+        Q(embed_claimed_by=claimant) | Q(embed_claimed_at__lt=stale), embed_status=EmbedStatus.PROCESSING
+    )
+    ids = list(product_ids)
+    Product.objects.filter(claimable, id__in=ids).exclude(image="").update(
+        embed_status=EmbedStatus.PROCESSING, embed_claimed_at=now, embed_claimed_by=claimant
+    )
+    return list(
+        Product.objects.filter(id__in=ids, embed_status=EmbedStatus.PROCESSING, embed_claimed_by=claimant).only(
+            "id", "image", "image_version"
+        )
+    )
+
+
+def embedding_store(*, product_id: int, image_version: int, space: str, vector: np.ndarray) -> bool:
+    """Store a product's vector if it still has the image it was computed from.
+
+    Replaces any earlier vector of that space with a new row (a new id, so an
+    index build that holds the old one knows it is stale) and marks the product
+    done. Returns False, storing nothing, when the product is gone or its image
+    changed meanwhile.
+    """
+    data = np.ascontiguousarray(vector, dtype="<f4")
+    with transaction.atomic():
+        # Lock the product row: concurrent workers on one product serialise here.
+        current = Product.objects.select_for_update().filter(id=product_id).values_list("image_version", flat=True)
+        if list(current) != [image_version]:
+            return False
+        Embedding.objects.filter(product_id=product_id, space=space).delete()
+        Embedding.objects.create(
+            product_id=product_id, space=space, dim=len(data), vector=data.tobytes(), image_version=image_version
+        )
+        Product.objects.filter(id=product_id).update(
+            embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
+        )
+    return True
+
+
+def product_embed_fail(*, product_id: int, image_version: int, reason: str) -> None:
+    """Record that a product's image can never be embedded (until it gets a new one)."""
+    Product.objects.filter(id=product_id, image_version=image_version).update(
+        embed_status=EmbedStatus.FAILED,
+        embed_error=reason[:MAX_ERROR_CHARS],
+        embed_claimed_at=None,
+        embed_claimed_by="",
+    )
+
+
+def products_embed(
+    *,
+    products: list[Product],
+    decode_workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> EmbedReport:
+    """Embed the given products' images with the active encoder and store the vectors."""
+    report = EmbedReport()
+    if not products:
+        return report
+    encoder = runtime.encoder()
+    items = []
+    for product in products:
+        if not product.image:
+            report.skipped += 1
+            continue
+        items.append(ImageItem(key=product.id, source=_image_source(product.image.name), version=product.image_version))
+    for batch in embed_stream(
+        items,
+        encoder=encoder,
+        batch_size=settings.ENCODER_BATCH_SIZE,
+        decode_workers=decode_workers,
+        max_pixels=settings.IMAGE_MAX_PIXELS,
+    ):
+        for result in batch:
+            if result.vector is None:
+                product_embed_fail(product_id=result.item.key, image_version=result.item.version, reason=result.error)
+                report.failed += 1
+            elif embedding_store(
+                product_id=result.item.key, image_version=result.item.version, space=encoder.id, vector=result.vector
+            ):
+                report.embedded += 1
+            else:
+                report.skipped += 1
+        if progress:
+            progress(len(batch))
+    return report
+
+
+def products_needing_embedding(*, space: str) -> list[int]:
+    """Ids of products with an image but no vector in ``space`` (failed ones excluded)."""
+    have = Embedding.objects.filter(space=space).values("product_id")
+    return list(
+        Product.objects.exclude(image="")
+        .exclude(embed_status=EmbedStatus.FAILED)
+        .exclude(id__in=have)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def products_mark_pending(*, product_ids: list[int]) -> int:
+    """Put products back in the queue (admin retry, encoder switch). Returns how many."""
+    return (
+        Product.objects.filter(id__in=product_ids)
+        .exclude(image="")
+        .update(
+            embed_status=EmbedStatus.PENDING,
+            embed_error="",
+            embed_requested_at=timezone.now(),
+            embed_claimed_at=None,
+            embed_claimed_by="",
+        )
+    )
+
+
+def products_stale_pending() -> list[int]:
+    """Products pending, or claimed, for longer than EMBED_STALE_AFTER_S: their task was lost."""
+    stale = timezone.now() - timedelta(seconds=settings.EMBED_STALE_AFTER_S)
+    return list(
+        Product.objects.filter(
+            Q(embed_status=EmbedStatus.PENDING, embed_requested_at__lt=stale)
+            | Q(embed_status=EmbedStatus.PENDING, embed_requested_at__isnull=True)
+            | Q(embed_status=EmbedStatus.PROCESSING, embed_claimed_at__lt=stale)
+        )
+        .exclude(image="")
+        .order_by("id")
+        .values_list("id", flat=True)[:5000]
+    )
+
+
+# --- Index ------------------------------------------------------------------------------
+
+# Embedding tasks commit within seconds; a row older than this margin at build
+# time is certainly visible to the build. Newer rows are also searched exactly
+# beside the index, so a row committed late (with a lower id than one already
+# visible) is never missed.
+WATERMARK_MARGIN = timedelta(minutes=10)
+
+
+def index_rebuild(*, space: str | None = None, n_trees: int | None = None) -> IndexMeta | None:
+    """Build and publish an index from every stored vector of the active space.
+
+    Returns None when there is nothing to index. The caller holds the build lock.
+    """
+    space = space or runtime.active_space()
+    started = timezone.now()
+    rows = Embedding.objects.filter(space=space, product__isnull=False).order_by("id")
+    watermark_row = rows.filter(created_at__lt=started - WATERMARK_MARGIN).aggregate(m=Max("id"))["m"] or 0
+    ids, products, chunks = [], [], []
+    for emb_id, product_id, vector in rows.values_list("id", "product_id", "vector").iterator(chunk_size=2000):
+        ids.append(emb_id)
+        products.append(product_id)
+        chunks.append(np.frombuffer(vector, dtype="<f4"))
+    if not chunks:
+        return None
+    return index_build(
+        directory=settings.INDEX_DIR,
+        vectors=np.stack(chunks),
+        product_ids=np.asarray(products, dtype=np.int64),
+        embedding_ids=np.asarray(ids, dtype=np.int64),
+        space=space,
+        n_trees=n_trees or settings.INDEX_N_TREES,
+        search_k=settings.INDEX_SEARCH_K,
+        watermark=watermark_row,
+        keep=settings.INDEX_KEEP_BUILDS,
+    )

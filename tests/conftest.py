@@ -1,0 +1,233 @@
+"""Shared fixtures: isolated media and index directories, real images, the demo catalog, real workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from PIL import Image, ImageDraw
+
+from gallery.catalog import styles_read
+from gallery.demo import demo_catalog_write
+from recommender import runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_COUNT = 300
+DEMO_SEED = 7
+
+
+@pytest.fixture(autouse=True)
+def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
+    """Every test gets its own media and index directories and fresh per-process singletons."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.INDEX_DIR = tmp_path / "index"
+    runtime.reset()
+    yield
+    runtime.reset()
+
+
+def jpeg_bytes(
+    *, colour: tuple[int, int, int] = (200, 30, 30), shape: str = "box", size: tuple[int, int] = (240, 320), **save
+) -> bytes:
+    """A product-like JPEG: a coloured shape on white."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    if shape == "box":
+        draw.rectangle([w * 0.2, h * 0.15, w * 0.8, h * 0.85], fill=colour)
+    elif shape == "disc":
+        draw.ellipse([w * 0.15, h * 0.25, w * 0.85, h * 0.75], fill=colour)
+    else:
+        draw.polygon([(w * 0.5, h * 0.1), (w * 0.9, h * 0.9), (w * 0.1, h * 0.9)], fill=colour)
+    out = io.BytesIO()
+    img.save(out, format=save.pop("format", "JPEG"), **save)
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_jpeg() -> Callable[..., bytes]:
+    return jpeg_bytes
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo catalog (styles.csv + images/), generated once per test session."""
+    directory = tmp_path_factory.mktemp("demo") / "catalog"
+    demo_catalog_write(out_dir=directory, count=DEMO_COUNT, seed=DEMO_SEED)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def demo_vectors(demo_dir: Path) -> dict[int, np.ndarray]:
+    """Demo product id -> its vector from the test encoder, computed once per session (no database)."""
+    from recommender.encoders import encoder_load
+    from recommender.pipeline import ImageItem, embed_stream
+
+    encoder = encoder_load(name="efficientnet-lite0")
+    items = [ImageItem(key=row.id, source=demo_dir / "images" / f"{row.id}.jpg") for row in styles_read(demo_dir / "styles.csv")]
+    vectors: dict[int, np.ndarray] = {}
+    for batch in embed_stream(items, encoder=encoder, batch_size=32):
+        for result in batch:
+            vectors[result.item.key] = result.vector
+    return vectors
+
+
+@pytest.fixture
+def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> list[int]:
+    """The demo catalog's rows and vectors in the database (no image files: fast), with an index built."""
+    from gallery.models import EmbedStatus, Product
+    from recommender import services
+    from recommender.models import Embedding
+
+    space = runtime.active_space()
+    rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")]
+    Product.objects.bulk_create(
+        [Product(id=row.id, embed_status=EmbedStatus.DONE, image_version=1, **row.fields) for row in rows]
+    )
+    Embedding.objects.bulk_create(
+        [
+            Embedding(
+                product_id=row.id, space=space, dim=1280, vector=demo_vectors[row.id].astype("<f4").tobytes(), image_version=1
+            )
+            for row in rows
+        ]
+    )
+    services.index_rebuild()
+    return [row.id for row in rows]
+
+
+# --- Redis and Celery workers ---------------------------------------------------------
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    """The test Redis database (127.0.0.1:6379/13 by default), flushed before and after."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"The tests need Redis at {settings.REDIS_URL}: {exc}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def database_url_for_subprocess() -> str:
+    """The URL of the database this test session uses (the test database), for worker processes."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a worker or web process that shares this test's database, Redis and files."""
+    env = os.environ.copy()
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings_test",
+            "DATABASE_URL": database_url_for_subprocess(),
+            "REDIS_URL": settings.REDIS_URL,
+            "GALLERY_VAR_DIR": str(settings.VAR_DIR),
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "INDEX_DIR": str(settings.INDEX_DIR),
+            "ENCODER": settings.ENCODER,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """A real `celery worker` process (prefork pool) for the duration of a test."""
+
+    def __init__(self, log: Path, *, concurrency: int = 1, name: str = "w1", **env: str) -> None:
+        self.log = log
+        self.name = name
+        self._fh = log.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker",
+                "--pool", "prefork", "--concurrency", str(concurrency),
+                "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout}s: {self.log.read_text(errors='replace')[-3000:]}")
+
+    def pool_children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._fh.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool): nothing gets to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._fh.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, redis_db) -> Iterator[Callable[..., Worker]]:
+    """Start real worker processes on the test Redis and database; all are stopped after the test."""
+    workers: list[Worker] = []
+
+    def start(**kwargs) -> Worker:
+        name = kwargs.pop("name", f"w{len(workers) + 1}")
+        worker = Worker(tmp_path / f"worker-{name}.log", name=name, **kwargs)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.stop()
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

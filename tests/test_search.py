@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import pytest
+
+from gallery.models import Product
+from gallery.selectors import ProductFilters, product_search, query_words
+
+
+def make(pid: int, name: str, **fields) -> Product:
+    defaults = {"gender": "Men", "master_category": "Apparel", "article_type": "Shirts", "base_colour": "Blue"}
+    return Product.objects.create(id=pid, name=name, **{**defaults, **fields})
+
+
+@pytest.fixture
+def shirts(db) -> None:
+    make(1, "Roadster Men Blue Denim Jacket", article_type="Jackets")
+    make(2, "Blue Denimlook Jacket Men", article_type="Jackets")  # "denim" only inside a word
+    make(3, "Roadster Men Navy Blue Striped T-shirt", article_type="Tshirts", base_colour="Navy Blue")
+    make(4, "Women Red Dress", gender="Women", article_type="Dresses", base_colour="Red")
+    make(5, "Men Denim Jeans Blue Slim Fit Stretch With A Very Long Name", article_type="Jeans")
+    make(6, "blue denim jacket", article_type="Jackets", gender="Women")
+
+
+def ids(products: list[Product]) -> list[int]:
+    return [p.id for p in products]
+
+
+def test_every_word_must_match_case_insensitively(shirts):
+    assert set(ids(product_search(query="DENIM blue"))) == {1, 2, 5, 6}
+    assert ids(product_search(query="red dress")) == [4]
+
+
+def test_whole_word_matches_rank_before_partial_ones_then_shorter_names(shirts):
+    found = ids(product_search(query="blue denim jacket"))
+    # 6 and 1 hold all three as whole words (6 is shorter); 2 has "Denimlook".
+    assert found == [6, 1, 2]
+
+
+def test_hyphenated_names_match_their_parts(shirts):
+    assert ids(product_search(query="t-shirt")) == [3]
+    assert ids(product_search(query="tshirt")) == []
+
+
+def test_no_match_returns_nothing(shirts):
+    assert product_search(query="purple umbrella") == []
+
+
+def test_empty_query_gives_a_varied_starting_grid(shirts):
+    grid = product_search(query="   ", k=25)
+    assert len(grid) == 6
+    # Each article type shows up before any type repeats.
+    first_types = [p.article_type for p in grid[:4]]
+    assert sorted(first_types) == ["Dresses", "Jackets", "Jeans", "Tshirts"]
+
+
+def test_filters_apply_to_text_results(shirts):
+    found = product_search(query="denim", filters=ProductFilters.from_mapping({"gender": "Women"}))
+    assert ids(found) == [6]
+    found = product_search(query="", filters=ProductFilters.from_mapping({"type": "Jackets", "gender": "Men"}))
+    assert set(ids(found)) == {1, 2}
+
+
+def test_k_limits_results(shirts):
+    assert len(product_search(query="blue", k=2)) == 2
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["%", "_", "%%__", "'; DROP TABLE gallery_product; --", "\x00blue", "ｂｌｕｅ", "😀 denim", "a" * 5000, "\\", "blue\ndenim"],
+)
+def test_odd_queries_never_fail_and_wildcards_are_literal(shirts, query: str):
+    found = product_search(query=query)
+    if query in {"%", "\\"}:
+        assert found == product_search(query="")  # no words at all: the starting grid
+    if query in {"_", "%%__"}:
+        assert found == []  # "_" is searched literally, not as a one-character wildcard
+    assert Product.objects.count() == 6
+
+
+def test_query_words_are_capped_and_cleaned():
+    assert query_words("Blue\x00 DENIM  jacket!!") == ["blue", "denim", "jacket"]
+    assert len(query_words(" ".join(f"w{i}" for i in range(50)))) == 8
+
+
+@pytest.mark.django_db
+def test_api_search_returns_the_documented_shape(client, shirts):
+    response = client.get("/api/search", {"q": "denim jacket", "k": 2})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"] == "denim jacket"
+    assert len(body["results"]) == 2
+    first = body["results"][0]
+    assert {"id", "name", "image_url", "thumbnail_url", "article_type", "base_colour", "url"} <= first.keys()
+    assert first["id"] == 6
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("k", ["0", "-3", "abc", "100000"])
+def test_api_search_refuses_a_bad_k_with_400(client, shirts, k: str):
+    response = client.get("/api/search", {"q": "denim", "k": k})
+    assert response.status_code == 400
+    assert "k" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_home_page_shows_25_items_and_says_when_nothing_matches(client):
+    for i in range(1, 40):
+        make(i, f"Product number {i} Shirt")
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.content.decode().count('class="card"') == 25
+
+    page = client.get("/", {"q": "zebra"})
+    assert page.status_code == 200
+    assert "No products match" in page.content.decode()
+
+    page = client.get("/", {"q": "number 7"})
+    html = page.content.decode()
+    assert 'href="/similar/7/' in html
