@@ -30,8 +30,8 @@ Pts = list[tuple[float, float]]
 
 # Well separated on purpose: the mean colour of a drawn product must stay nearest its own name.
 PALETTE: dict[str, RGB] = {
-    "Black": (30, 30, 32),
-    "White": (242, 242, 238),
+    "Black": (38, 38, 40),
+    "White": (238, 238, 234),
     "Grey": (140, 140, 142),
     "Navy Blue": (30, 42, 92),
     "Blue": (38, 92, 200),
@@ -425,7 +425,8 @@ class _Sketch:
             self.canvas.paste(ref, box, alpha)
             return
         if shade or light:
-            factor = self._shading(crop, (bbox[0] - box[0], bbox[1] - box[1], bbox[2] - box[0], bbox[3] - box[1]), shade, light)
+            inner_box = (bbox[0] - box[0], bbox[1] - box[1], bbox[2] - box[0], bbox[3] - box[1])
+            factor = self._shading(crop, inner_box, shade=shade, light=light, headroom=255 / max(1, *ref))
             if factor is not None:
                 src = ImageChops.multiply(src, Image.merge("RGB", (factor, factor, factor))).point(_DOUBLE * 3)
         if outline:
@@ -434,8 +435,13 @@ class _Sketch:
             src.paste(_outline(ref), (0, 0, *size), rim.point(_lut(round(outline, 2))))
         self.canvas.paste(src, box, alpha)
 
-    def _shading(self, crop: Image.Image, bbox: tuple[int, int, int, int], shade: float, light: float) -> Image.Image | None:
-        """Brightness factor / 2 as an L image: lit from the top-left, darker toward the edges, mean 1 inside."""
+    def _shading(
+        self, crop: Image.Image, bbox: tuple[int, int, int, int], *, shade: float, light: float, headroom: float
+    ) -> Image.Image | None:
+        """Brightness factor / 2 as an L image: lit from the top-left, darker toward the edges, mean 1 inside.
+
+        The swing is compressed to ``headroom`` (255 / brightest channel) so light colours keep their
+        brightness instead of clipping to the background's white."""
         down = 4  # the factor is smooth, so it is computed on a quarter-size grid and scaled up
         small_size = (max(1, crop.width // down), max(1, crop.height // down))
         small = crop.resize(small_size, Image.Resampling.BOX)
@@ -450,8 +456,11 @@ class _Sketch:
         gx = (np.arange(small_size[0], dtype=np.float32) * down + down / 2 - (bbox[0] + bbox[2]) / 2) / sx
         gy = (np.arange(small_size[1], dtype=np.float32) * down + down / 2 - (bbox[1] + bbox[3]) / 2) / sy
         g = -(gx[None, :] + gy[:, None]) * 0.5
-        f = 1.0 + shade * (0.45 * g + 0.9 * (inner - 1))
+        f = 1.0 + shade * (0.45 * g + 0.6 * (inner - 1))
         f /= float(np.sum(f, where=inside)) / n_inside
+        peak = float(f.max(initial=1.0, where=inside))
+        if peak > headroom:
+            f = 1.0 + (f - 1.0) * max(0.0, headroom - 1.0) / (peak - 1.0)
         if light:
             f += light * np.clip(g, 0, None) ** 2 * inner
         small_f = Image.fromarray(np.clip(np.rint(f * 127.5), 0, 255).astype(np.uint8), "L")
@@ -466,6 +475,14 @@ class _Sketch:
     def image(self, noise: Image.Image) -> Image.Image:
         """The finished photo with a little sensor-like noise (``noise`` is 128-centred)."""
         return ImageChops.add(self.canvas, noise, 1.0, -128)
+
+
+def _sole(rgb: RGB) -> RGB:
+    """Sole colour for a shoe upper: white under light colours, a darker tone of the same colour otherwise
+    (a contrasting sole would pull the shoe's overall colour away from its baseColour)."""
+    if _lum(rgb) >= 170:
+        return _SOLE_WHITE
+    return _shade(rgb, 0.8) if _lum(rgb) > 55 else (56, 56, 60)
 
 
 def _outline(rgb: RGB) -> RGB:
@@ -744,22 +761,23 @@ def _draw_dress(s: _Sketch, r: random.Random) -> str:
 
 
 def _draw_casual_shoe(s: _Sketch, r: random.Random) -> str:
-    sole = _SOLE_WHITE if _lum(s.base) < 200 else r.choice([_SOLE_DARK, (196, 150, 96)])
+    sole = _sole(s.base)
     loafer = r.random() < 0.3
     sole_top = r.uniform(0.76, 0.8)
+    if loafer:
+        collar = [(0.44, 0.4), (0.5, 0.36), *_curve((0.56, 0.38), (0.74, 0.44), (0.88, 0.3), 6)]
+    else:
+        collar = [(0.44, 0.3), (0.5, 0.1), (0.58, 0.12), *_curve((0.6, 0.2), (0.72, 0.34), (0.88, 0.22), 6)]
     upper = [
         (0.03, sole_top + 0.02),
         *_curve((0.03, sole_top + 0.02), (-0.01, 0.52), (0.16, 0.48), 6),
-        (0.44, 0.3 if not loafer else 0.4),
-        (0.52, 0.1 if not loafer else 0.36),
-        (0.6, 0.16 if not loafer else 0.36),
-        *_curve((0.6, 0.16 if not loafer else 0.36), (0.75, 0.26), (0.9, 0.12), 5),
-        (0.96, 0.16),
-        (0.99, sole_top + 0.02),
+        *collar,
+        *_curve(collar[-1], (0.99, collar[-1][1] - 0.02), (0.99, sole_top + 0.02), 6),
     ]
     s.body(s.poly(upper))
     s.paint(s.poly(_rrect(0.0, sole_top, 1.0, 1.0, 0.05, 0.08)), sole, shade=0.3, outline=0.7)
-    s.seam(s.lines([(0.02, sole_top + 0.07), (0.98, sole_top + 0.07)], width=0.006), opacity=0.6)
+    stripe = _SOLE_WHITE if _lum(s.base) < 170 else (70, 70, 74)
+    s.paint(s.lines([(0.02, sole_top + 0.08), (0.98, sole_top + 0.08)], width=0.014), stripe, opacity=0.9)
     if loafer:
         s.seam(s.lines(_curve((0.2, 0.47), (0.3, 0.36), (0.44, 0.4)), width=0.01))
         s.paint(s.lines([(0.3, 0.44), (0.42, 0.42)], width=0.025), _seam(s.base, 0.6), outline=0.5)
@@ -769,12 +787,12 @@ def _draw_casual_shoe(s: _Sketch, r: random.Random) -> str:
     s.paint(s.dots(eyelets, 0.01), _seam(s.base, 1.3))
     lace = (240, 240, 236) if _lum(s.base) < 170 else (60, 60, 60)
     s.paint(s.lines(*[[(u - 0.02, v - 0.04), (u + 0.03, v + 0.02)] for u, v in eyelets], width=0.02), lace)
-    s.seam(s.lines(_curve((0.62, 0.2), (0.66, 0.5), (0.82, sole_top - 0.01)), width=0.008), opacity=0.7)
+    s.seam(s.lines(_curve((0.64, 0.26), (0.68, 0.5), (0.82, sole_top - 0.01)), width=0.008), opacity=0.7)
     return ""
 
 
 def _draw_sports_shoe(s: _Sketch, r: random.Random) -> str:
-    mid = _SOLE_WHITE if _lum(s.base) < 200 else (70, 70, 74)
+    mid = _sole(s.base)
     top = r.uniform(0.64, 0.7)
     upper = [
         (0.03, top + 0.04),
@@ -796,6 +814,8 @@ def _draw_sports_shoe(s: _Sketch, r: random.Random) -> str:
         (0.04, 0.92),
     ]
     s.paint(s.poly(midsole), mid, shade=0.3, outline=0.7)
+    stripe = _SOLE_WHITE if _lum(s.base) < 170 else (70, 70, 74)
+    s.paint(s.lines(_curve((0.04, top + 0.1), (0.6, top + 0.04), (0.99, top + 0.04), 8), width=0.014), stripe, opacity=0.9)
     s.paint(s.poly(_rrect(0.03, 0.88, 0.99, 1.0, 0.03, 0.05)), _SOLE_DARK, outline=0.4)
     s.paint(s.lines(*[[(0.08 + 0.06 * i, 0.95), (0.11 + 0.06 * i, 1.0)] for i in range(15)], width=0.008), (90, 90, 92))
     accent = s.second
@@ -825,11 +845,11 @@ def _draw_heel(s: _Sketch, r: random.Random) -> str:
         *_curve((0.97, seat), (0.62, seat + 0.1), (0.34, 0.95), 8),
     ]
     heel = [(0.84, seat - 0.03), (0.97, seat - 0.03), (0.925 + (0.02 if block else 0.0), 1.0), (0.895 - (0.03 if block else 0.0), 1.0)]
-    heel_colour = s.base if r.random() < 0.7 else _SOLE_DARK
+    heel_colour = s.base if r.random() < 0.7 else _seam(s.base, 0.5)
     s.paint(s.poly(heel), heel_colour, shade=0.4, outline=0.8)
     s.body(s.poly(upper))
     lining = _curve((0.4, 0.655), (0.7, 0.63), (0.9, hh + 0.04), 8) + _curve((0.9, hh + 0.1), (0.72, 0.66), (0.45, 0.68), 8)
-    s.paint(s.poly(lining), _mix(s.base, (200, 170, 140), 0.5), opacity=0.9)
+    s.paint(s.poly(lining), _seam(s.base, 0.6), opacity=0.9)
     s.paint(s.lines(_curve((0.97, seat), (0.62, seat + 0.11), (0.34, 0.955), 8) + [(0.0, 0.955)], width=0.012), _SOLE_DARK)
     if r.random() < 0.3:
         s.paint(s.lines(s.circle(0.88, hh + 0.08, 0.08, 200, 340), width=0.018), s.base, outline=0.6)
@@ -838,77 +858,93 @@ def _draw_heel(s: _Sketch, r: random.Random) -> str:
 
 
 def _draw_formal_shoe(s: _Sketch, r: random.Random) -> str:
-    heel_h = r.uniform(0.86, 0.88)
+    throat = r.uniform(0.3, 0.36)
     upper = [
-        (0.01, 0.87),
-        *_curve((0.01, 0.87), (0.0, 0.6), (0.22, 0.54), 6),
-        (0.44, 0.42),
-        (0.54, 0.36),
-        (0.6, 0.38),
-        *_curve((0.6, 0.38), (0.78, 0.4), (0.93, 0.28), 5),
-        (0.99, 0.34),
-        (0.99, heel_h),
+        (0.0, 0.86),
+        *_curve((0.0, 0.86), (0.0, 0.58), (0.2, 0.52), 6),
+        (0.44, throat + 0.04),
+        (0.52, throat - 0.04),
+        (0.58, throat - 0.1),
+        (0.62, throat - 0.02),
+        *_curve((0.62, throat - 0.02), (0.8, throat + 0.06), (0.92, throat - 0.02), 5),
+        *_curve((0.92, throat - 0.02), (1.0, throat), (0.99, 0.86), 5),
     ]
     s.body(s.poly(upper), shade=0.7)
-    sole = [(0.0, 0.86), (0.99, 0.86), (0.99, 0.9), *_curve((0.76, 0.9), (0.68, 0.88), (0.58, 0.92), 5), (0.04, 0.93)]
+    sole = [
+        (0.0, 0.84),
+        (0.99, 0.84),
+        (0.99, 0.9),
+        *_curve((0.76, 0.9), (0.68, 0.88), (0.56, 0.96), 5),
+        (0.2, 1.0),
+        *_curve((0.2, 1.0), (0.03, 0.99), (0.0, 0.9), 4),
+    ]
     s.paint(s.poly(sole), _SOLE_DARK, outline=0.3)
-    s.paint(s.poly(_rrect(0.79, 0.86, 0.99, 1.0, 0.01, 0.02)), _SOLE_DARK, shade=0.3)
-    s.seam(s.lines(_curve((0.2, 0.86), (0.17, 0.66), (0.28, 0.52)), width=0.008))
+    s.paint(s.poly(_rrect(0.77, 0.85, 0.97, 1.0, 0.01, 0.02)), _SOLE_DARK, shade=0.3, outline=0.4)
+    s.paint(s.lines([(0.02, 0.86), (0.98, 0.86)], width=0.006, dash=0.01), (150, 150, 150), opacity=0.7)
+    s.seam(s.lines(_curve((0.17, 0.85), (0.14, 0.62), (0.25, 0.51)), width=0.009))
+    style = ""
     if r.random() < 0.4:
-        s.seam(s.lines(_curve((0.19, 0.84), (0.155, 0.65), (0.265, 0.53)), width=0.006, dash=0.008), strength=1.4)
+        s.seam(s.lines(_curve((0.155, 0.83), (0.12, 0.62), (0.235, 0.515)), width=0.007, dash=0.008), strength=1.4)
         style = "Brogue"
-    else:
-        style = ""
-    s.seam(s.lines(_curve((0.48, 0.42), (0.62, 0.62), (0.86, 0.86)), width=0.007), opacity=0.7)
-    s.paint(s.lines(*[[(0.42 + 0.04 * i, 0.45 - 0.03 * i), (0.46 + 0.04 * i, 0.47 - 0.03 * i)] for i in range(3)], width=0.012), _seam(s.base, 1.3))
+    s.seam(s.lines(_curve((0.5, throat), (0.56, 0.62), (0.74, 0.85)), width=0.008), opacity=0.8)
+    laces = [[(0.45 + 0.035 * i, throat + 0.05 - 0.045 * i), (0.5 + 0.035 * i, throat + 0.08 - 0.045 * i)] for i in range(3)]
+    s.paint(s.lines(*laces, width=0.014), _seam(s.base, 1.3))
     # polished leather shine
-    s.paint(s.poly(_arc(0.14, 0.64, 0.07, 0.05)), (255, 255, 255), opacity=0.35, soft=0.02)
+    s.paint(s.poly(_arc(0.13, 0.64, 0.07, 0.06)), (255, 255, 255), opacity=0.35, soft=0.02)
     return style
 
 
 def _draw_sandal(s: _Sketch, r: random.Random) -> str:
     bed = r.uniform(0.72, 0.76)
-    s.paint(s.poly(_rrect(0.01, bed, 0.99, 0.88, 0.04, 0.05)), _shade(s.base, 1.15), shade=0.3, outline=0.6)
-    s.paint(s.poly(_rrect(0.02, 0.86, 0.99, 1.0, 0.03, 0.05)), _shade(s.base, 0.6), shade=0.2, outline=0.5)
+    strap_w = r.uniform(0.06, 0.08)
     straps = [
-        _arc(0.22, bed + 0.02, 0.13, 0.36, 180, 360, 16) + _arc(0.22, bed + 0.02, 0.07, 0.24, 360, 180, 16),
-        _arc(0.5, bed + 0.02, 0.13, 0.46, 180, 360, 16) + _arc(0.5, bed + 0.02, 0.07, 0.34, 360, 180, 16),
+        _curve((0.08, bed + 0.02), (0.18, 0.36), (0.3, bed + 0.02), 12),
+        _curve((0.36, bed + 0.02), (0.46, 0.1), (0.64, bed + 0.02), 12),
+        [(0.93, bed + 0.02), (0.88, 0.2)],
+        _curve((0.88, 0.2), (0.72, 0.22), (0.55, 0.36), 8),
     ]
-    back = [(0.78, bed), (0.84, 0.16), (0.98, 0.3), (0.96, bed), (0.9, bed), (0.91, 0.38), (0.86, 0.32), (0.85, bed)]
-    s.body(s.poly(*straps, back))
-    s.seam(s.lines(_arc(0.22, bed + 0.02, 0.1, 0.3, 190, 350, 12), _arc(0.5, bed + 0.02, 0.1, 0.4, 190, 350, 12), width=0.005, dash=0.01))
-    s.paint(s.poly(_rrect(0.83, 0.2, 0.88, 0.3, 0.01)), _GOLD, outline=0.6)
+    s.paint(s.lines(*straps, width=strap_w), None, shade=0.4, outline=0.8)
+    s.seam(s.lines(*straps, width=0.006, dash=0.012), opacity=0.8)
+    s.paint(s.poly(_rrect(0.7, 0.2, 0.77, 0.29, 0.012)), _GOLD, shade=0.3, outline=0.7)
+    footbed = _shade(s.base, 1.12) if _lum(s.base) > 45 else _mix(s.base, (90, 90, 90), 0.3)
+    s.paint(s.poly(_rrect(0.0, bed, 1.0, 0.88, 0.05, 0.06)), footbed, shade=0.3, outline=0.6)
+    s.paint(s.poly(_rrect(0.01, 0.86, 0.99, 1.0, 0.03, 0.05)), _shade(s.base, 0.6), shade=0.2, outline=0.5)
     s.paint(s.lines(*[[(0.05 + 0.045 * i, 0.97), (0.07 + 0.045 * i, 1.0)] for i in range(21)], width=0.006), _shade(s.base, 0.4))
     return ""
 
 
-def _foot(cu: float, mirror: bool) -> Pts:
-    """Top view of a flip-flop sole: round toe, widest at the ball, narrow arch, round heel."""
-    pts = []
-    for i in range(41):
-        t = i / 40
-        v = 0.03 + 0.94 * t
-        half = 0.16 * math.sqrt(max(0.0, 1 - ((t - 0.22) / 0.24) ** 2)) if t < 0.22 else 0.0
-        half = half if t < 0.06 else max(half, 0.135 + 0.065 * math.cos(math.pi * min(1, (t - 0.06) / 0.45)))
-        if t > 0.72:
-            half = min(half, 0.16 * math.sqrt(max(0.0, 1 - ((t - 0.74) / 0.26) ** 2)))
-        shift = 0.03 * math.sin(math.pi * t) * (-1 if mirror else 1)
-        pts.append((cu + shift + half, v))
-    back = [(cu + 0.03 * math.sin(math.pi * ((v - 0.03) / 0.94)) * (-1 if mirror else 1) * 2 - (u - cu), v) for u, v in reversed(pts)]
-    return pts + back
+def _foot(cu: float, inward: float) -> tuple[Pts, Callable[[float], tuple[float, float, float]]]:
+    """Top view of a sole: round toe, widest at the ball, narrow arch, round heel. Returns the outline and
+    a function t (0 toe .. 1 heel) -> (centre u, half width, v)."""
+
+    def at(t: float) -> tuple[float, float, float]:
+        ball, arch, heel = 0.17, 0.115, 0.135
+        if t < 0.3:
+            w = ball * math.sqrt(max(0.0, 1 - ((0.3 - t) / 0.3) ** 2))
+        elif t < 0.62:
+            w = arch + (ball - arch) * (1 + math.cos(math.pi * (t - 0.3) / 0.32)) / 2
+        elif t < 0.8:
+            w = arch + (heel - arch) * (1 - math.cos(math.pi * (t - 0.62) / 0.18)) / 2
+        else:
+            w = heel * math.sqrt(max(0.0, 1 - ((t - 0.8) / 0.2) ** 2))
+        return cu + inward * 0.035 * (1 - t), w, 0.02 + 0.96 * t
+
+    samples = [at(i / 40) for i in range(41)]
+    return [(c + w, v) for c, w, v in samples] + [(c - w, v) for c, w, v in reversed(samples)], at
 
 
 def _draw_flip_flop(s: _Sketch, r: random.Random) -> str:
-    strap = s.base if r.random() < 0.5 else (s.second if _lum(s.second) < 200 else _shade(s.base, 0.6))
-    for cu, mirror in ((0.26, False), (0.74, True)):
-        sole = _foot(cu, mirror)
-        s.paint(s.poly(sole), _shade(s.base, 0.7), outline=0.7)
-        inner = [(cu + (u - cu) * 0.9 + 0.0, 0.05 + (v - 0.03) * 0.93) for u, v in sole]
-        s.body(s.poly(inner), shade=0.4, outline=0.0)
-        post = (cu + (0.03 if mirror else -0.03), 0.2)
-        sides = [(cu - 0.15, 0.5), (cu + 0.13, 0.5)]
-        s.paint(s.lines(*[_curve(post, (side[0], 0.28), side, 8) for side in sides], width=0.06), strap, shade=0.3, outline=0.7)
-        s.paint(s.dots([post], 0.03), _shade(strap, 0.8))
+    strap = _seam(s.base, 0.7)
+    for cu, inward in ((0.26, 1.0), (0.74, -1.0)):
+        sole, at = _foot(cu, inward)
+        s.paint(s.poly([(u, v + 0.015) for u, v in sole]), _shade(s.base, 0.6), outline=0.6)
+        s.body(s.poly(sole), shade=0.4, outline=0.7)
+        c, _, v = at(0.15)
+        post = (c + inward * 0.04, v)
+        c, w, v = at(0.5)
+        sides = [(c - w * 0.97, v), (c + w * 0.97, v)]
+        s.paint(s.lines(*[_curve(post, (side[0], post[1] + 0.08), side, 10) for side in sides], width=0.07), strap, shade=0.3, outline=0.9)
+        s.paint(s.dots([post], 0.03), _shade(strap, 0.75), outline=0.6)
     return ""
 
 
@@ -1020,13 +1056,13 @@ def _lens(style: str, cu: float, mirror: bool) -> Pts:
 
 def _draw_sunglasses(s: _Sketch, r: random.Random) -> str:
     style = r.choice(["wayfarer", "aviator", "round"])
-    frame = s.base if style != "aviator" or r.random() < 0.5 else _GOLD
+    frame = s.base
     lens_colour = _mix(s.base, (30, 30, 34), 0.3)
     width = {"wayfarer": 0.05, "aviator": 0.022, "round": 0.035}[style]
     for cu, mirror in ((0.26, False), (0.74, True)):
         lens = _lens(style, cu, mirror)
         s.paint(s.lines(lens + lens[:1], width=width * 2), frame, shade=0.3, outline=0.8)
-        s.paint(s.poly(lens), lens_colour, shade=0.8, light=0.35)
+        s.paint(s.poly(lens), lens_colour, shade=0.8, light=0.2)
     s.paint(s.lines(_curve((0.44, 0.32), (0.5, 0.22), (0.56, 0.32)), width=width * 1.2), frame, outline=0.6)
     if style == "aviator":
         s.paint(s.lines([(0.1, 0.19), (0.9, 0.19)], width=0.022), frame, outline=0.5)
@@ -1040,7 +1076,7 @@ def _draw_belt(s: _Sketch, r: random.Random) -> str:
     length = math.hypot(b[0] - a[0], b[1] - a[1])
     ax, ay = (b[0] - a[0]) / length, (b[1] - a[1]) / length
     nx, ny = -ay, ax
-    w = r.uniform(0.055, 0.07) * s.k
+    w = r.uniform(0.07, 0.085) * s.k
 
     def at(t: float, o: float) -> tuple[float, float]:
         return (a[0] + ax * t * length + nx * o * w, a[1] + ay * t * length + ny * o * w)
@@ -1069,7 +1105,7 @@ def _draw_belt(s: _Sketch, r: random.Random) -> str:
     s.paint(hm, _shade(s.base, 0.3) if _lum(s.base) > 60 else (10, 10, 10))
     metal = _SILVER if r.random() < 0.6 else _GOLD
     frame = [at(0.84, -1.5), at(0.98, -1.5), at(0.98, 1.5), at(0.84, 1.5)]
-    s.paint(mask(frame, width=max(2, round(w * 0.3))), metal, shade=0.4, outline=0.7)
+    s.paint(mask(frame, width=max(2, round(w * 0.22))), metal, shade=0.4, outline=0.7)
     s.paint(mask([at(0.84, -0.1), at(0.93, -0.1), at(0.93, 0.1), at(0.84, 0.1)]), metal, outline=0.6)
     s.paint(mask([at(0.78, -1.15), at(0.81, -1.15), at(0.81, 1.15), at(0.78, 1.15)]), _seam(s.base, 0.5), outline=0.7)
     return ""
@@ -1139,12 +1175,12 @@ ARTICLES: tuple[_Article, ...] = (
              {"Men": 60, "Women": 30, "Unisex": 10}, _SHOE_COLOURS, _ALL_SEASONS, {"Sports": 1}, tilt=2),
     _Article("Heels", "Footwear", "Shoes", "Heels", 4, (1.3, 1.45), _draw_heel,
              _WOMEN, _HEEL_COLOURS, _ALL_SEASONS, {"Casual": 5, "Party": 3, "Formal": 2}, size=0.85, tilt=2),
-    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", 4, (2.45, 2.7), _draw_formal_shoe,
+    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", 4, (2.1, 2.35), _draw_formal_shoe,
              {"Men": 90, "Women": 10}, _FORMAL_SHOE_COLOURS, _ALL_SEASONS, {"Formal": 1}, tilt=2),
     _Article("Sandals", "Footwear", "Sandal", "Sandals", 3, (2.2, 2.4), _draw_sandal,
              {"Men": 50, "Women": 40, "Boys": 10}, _SANDAL_COLOURS, _WARM, {"Casual": 9, "Ethnic": 1}, tilt=2),
     # The real dataset files Flip Flops under their own subCategory, not Sandal.
-    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", 3, (0.9, 1.0), _draw_flip_flop,
+    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", 3, (0.82, 0.92), _draw_flip_flop,
              {"Men": 50, "Women": 40, "Unisex": 10}, _FLIP_COLOURS, _WARM, {"Casual": 1}, size=0.85),
     _Article("Handbags", "Accessories", "Bags", "Handbag", 5, (1.05, 1.2), _draw_handbag,
              _WOMEN, _BAG_COLOURS, _ALL_SEASONS, {"Casual": 8, "Party": 2},
@@ -1220,14 +1256,14 @@ def _secondary(r: random.Random, base_name: str) -> RGB:
 
 def _jitter(r: random.Random, rgb: RGB) -> RGB:
     f = r.uniform(0.94, 1.06)
-    return tuple(_clamp(c * f + r.uniform(-6, 6)) for c in rgb)  # type: ignore[return-value]
+    return tuple(_clamp(c * f + r.uniform(-3, 3)) for c in rgb)  # type: ignore[return-value]
 
 
 def _render(article: _Article, colour_name: str, pattern_kind: str, r: random.Random, noise: Image.Image) -> tuple[Image.Image, str]:
     """Draw one product photo; returns it with the drawer's style word."""
     width = r.randrange(456, 506, 2)
     height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    bg: RGB = r.choice([(255, 255, 255), (252, 252, 252), (250, 249, 247), (246, 247, 249), (248, 248, 246)])
+    bg: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252), (252, 251, 249)])
     aspect = r.uniform(*article.aspect)
     scale = r.uniform(0.8, 1.0) * article.size
     bh = min(height * 0.86, width * 0.86 / aspect) * scale

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recommender.preprocess import batch_to_tensor
 
@@ -82,6 +83,34 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], *, path: Path, 
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise EncoderUnavailable(f"{what} weights file {path} does not match the {what} architecture: {exc}") from exc
+
+
+def _fold_batchnorm(pairs: Iterable[tuple[nn.Module, str, str]]) -> None:
+    """Fold each eval-mode BatchNorm into the conv before it (exact up to float rounding), leaving Identity."""
+    # At inference BN is a per-channel affine map; separate BN passes were ~20% of Lite0's CPU time.
+    for parent, conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        setattr(parent, bn_name, nn.Identity())
+
+
+def _resnet50_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    yield model, "conv1", "bn1"
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            yield from ((block, f"conv{i}", f"bn{i}") for i in (1, 2, 3))
+            if block.downsample is not None:
+                yield block.downsample, "0", "1"
+
+
+def _lite_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    yield model, "_conv_stem", "_bn0"
+    for block in model._blocks:
+        if hasattr(block, "_expand_conv"):
+            yield block, "_expand_conv", "_bn0"
+        yield block, "_depthwise_conv", "_bn1"
+        yield block, "_project_conv", "_bn2"
+    yield model, "_conv_head", "_bn1"
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -204,6 +233,7 @@ class ResNet50Encoder(Encoder):
             _load_into(model, state, path=path, what="ResNet50")
             encoder_id = RESNET50_ID
         model.fc = nn.Identity()
+        _fold_batchnorm(_resnet50_bn_pairs(model))
         super().__init__(
             model,
             encoder_id=encoder_id,
@@ -256,6 +286,11 @@ class EfficientNetLite0Encoder(Encoder):
         # Only the trunk is used; drop the 1000-class head so it costs no memory.
         model._fc = nn.Identity()
         model._dropout = nn.Identity()
+        _fold_batchnorm(_lite_bn_pairs(model))
+        # In-place ReLU6 saves a full activation copy per call; safe as every input to it is a fresh conv output.
+        model._swish = nn.ReLU6(inplace=True)
+        for block in model._blocks:
+            block._swish = nn.ReLU6(inplace=True)
         super().__init__(
             model,
             encoder_id=encoder_id,

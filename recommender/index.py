@@ -128,7 +128,8 @@ def index_build(
 
     builds = directory / BUILDS_DIR
     builds.mkdir(parents=True, exist_ok=True)
-    version = f"{datetime.now(tz=UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    # Sortable by time to the microsecond: pruning keeps the newest by name.
+    version = f"{datetime.now(tz=UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
     tmp = builds / f".tmp-{version}"
     tmp.mkdir()
     started = time.perf_counter()

