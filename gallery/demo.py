@@ -31,7 +31,7 @@ Pts = list[tuple[float, float]]
 # Well separated on purpose: the mean colour of a drawn product must stay nearest its own name.
 PALETTE: dict[str, RGB] = {
     "Black": (38, 38, 40),
-    "White": (238, 238, 234),
+    "White": (234, 234, 230),
     "Grey": (140, 140, 142),
     "Navy Blue": (30, 42, 92),
     "Blue": (38, 92, 200),
@@ -48,7 +48,13 @@ PALETTE: dict[str, RGB] = {
     "Beige": (222, 200, 164),
 }
 
-PATTERN_WORDS = {"Solid": "", "Striped": "Striped", "Checked": "Checked", "Polka Dot": "Polka Dot", "Printed": "Printed"}
+PATTERN_WORDS = {
+    "Solid": "",
+    "Striped": "Striped",
+    "Checked": "Checked",
+    "Polka Dot": "Polka Dot",
+    "Printed": "Printed",
+}
 
 _SILVER: RGB = (196, 198, 204)
 _GOLD: RGB = (206, 168, 78)
@@ -153,7 +159,8 @@ _KIDS_BRANDS = ("Gini and Jony", "Doodle", "Palm Tree", "Disney Kids")
 _YEARS = {2011: 25, 2012: 35, 2013: 5, 2014: 5, 2015: 8, 2016: 12, 2017: 7, 2018: 3}
 _COMMA_TAILS = {
     "Apparel": (", Slim Fit", ", Regular Fit", ", Cotton", ", Pack of 1"),
-    "Footwear": (", Running", ", Walking", ", Comfort Fit", ", Lace Up"),
+    "Footwear": (", Comfort Fit", ", Cushioned", ", Lightweight"),
+    "Sports Shoes": (", Running", ", Training", ", Walking"),
     "Accessories": (", Classic", ", Limited Edition", ", Gift Box"),
 }
 
@@ -188,11 +195,6 @@ def _seam(rgb: RGB, strength: float = 1.0) -> RGB:
     return _shade(rgb, 1 - 0.38 * strength)
 
 
-def nearest_colour(rgb: Sequence[float]) -> str:
-    """The PALETTE name whose RGB is nearest ``rgb`` (Euclidean in RGB)."""
-    return min(PALETTE, key=lambda name: _dist(PALETTE[name], rgb))
-
-
 def _weighted(r: random.Random, weights: dict[str, float] | dict[int, float]):
     keys = list(weights)
     return r.choices(keys, weights=[weights[k] for k in keys], k=1)[0]
@@ -219,7 +221,10 @@ def _curve(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, fl
 def _arc(cu: float, cv: float, ru: float, rv: float, a0: float = 0, a1: float = 360, n: int = 40) -> Pts:
     """Points on an ellipse from angle a0 to a1 in degrees (0 = right, 90 = down)."""
     return [
-        (cu + ru * math.cos(math.radians(a0 + (a1 - a0) * i / n)), cv + rv * math.sin(math.radians(a0 + (a1 - a0) * i / n)))
+        (
+            cu + ru * math.cos(math.radians(a0 + (a1 - a0) * i / n)),
+            cv + rv * math.sin(math.radians(a0 + (a1 - a0) * i / n)),
+        )
         for i in range(n + 1)
     ]
 
@@ -304,7 +309,12 @@ def _print_motifs(d: ImageDraw.ImageDraw, r: random.Random, *, size: tuple[int, 
             else:
                 a = r.uniform(0, math.pi)
                 dx, dy = math.cos(a) * motif, math.sin(a) * motif
-                leaf = [(px - dx, py - dy), (px - dy * 0.45, py + dx * 0.45), (px + dx, py + dy), (px + dy * 0.45, py - dx * 0.45)]
+                leaf = [
+                    (px - dx, py - dy),
+                    (px - dy * 0.45, py + dx * 0.45),
+                    (px + dx, py + dy),
+                    (px + dy * 0.45, py - dx * 0.45),
+                ]
                 d.polygon(leaf, fill=255)
 
 
@@ -317,6 +327,7 @@ def _lut(scale: float) -> list[int]:
 
 
 _DOUBLE = _lut(2.0)
+_MAX_LIGHT = 242  # cap on lit parts of a product, so white products stay distinguishable from the white background
 _ANTIALIAS = ImageFilter.BoxBlur(0.5)
 _ERODE = [255 if i >= 250 else 0 for i in range(256)]  # after a 3x3 box blur: only pixels whose 8 neighbours are set
 
@@ -407,7 +418,12 @@ class _Sketch:
             return
         blur = soft * self.k
         pad = int(3 + 3 * blur)
-        box = (max(0, bbox[0] - pad), max(0, bbox[1] - pad), min(self.width, bbox[2] + pad), min(self.height, bbox[3] + pad))
+        box = (
+            max(0, bbox[0] - pad),
+            max(0, bbox[1] - pad),
+            min(self.width, bbox[2] + pad),
+            min(self.height, bbox[3] + pad),
+        )
         size = (box[2] - box[0], box[3] - box[1])
         crop = mask.crop(box)
         # a half-pixel box blur is the cheapest anti-aliasing Pillow offers for polygon edges
@@ -418,7 +434,9 @@ class _Sketch:
             alpha = ImageChops.multiply(alpha, clip.crop(box))
         ref = self.base if colour is None else colour
         if colour is None and self.pattern is not None:
-            src = Image.composite(Image.new("RGB", size, self.second), Image.new("RGB", size, self.base), self.pattern.crop(box))
+            src = Image.composite(
+                Image.new("RGB", size, self.second), Image.new("RGB", size, self.base), self.pattern.crop(box)
+            )
         elif shade or light or outline:
             src = Image.new("RGB", size, ref)
         else:
@@ -426,7 +444,7 @@ class _Sketch:
             return
         if shade or light:
             inner_box = (bbox[0] - box[0], bbox[1] - box[1], bbox[2] - box[0], bbox[3] - box[1])
-            factor = self._shading(crop, inner_box, shade=shade, light=light, headroom=255 / max(1, *ref))
+            factor = self._shading(crop, inner_box, shade=shade, light=light, headroom=_MAX_LIGHT / max(1, *ref))
             if factor is not None:
                 src = ImageChops.multiply(src, Image.merge("RGB", (factor, factor, factor))).point(_DOUBLE * 3)
         if outline:
@@ -440,8 +458,8 @@ class _Sketch:
     ) -> Image.Image | None:
         """Brightness factor / 2 as an L image: lit from the top-left, darker toward the edges, mean 1 inside.
 
-        The swing is compressed to ``headroom`` (255 / brightest channel) so light colours keep their
-        brightness instead of clipping to the background's white."""
+        The swing is compressed to ``headroom`` (cap / brightest channel) so light colours keep their
+        brightness instead of clipping into the background's white."""
         down = 4  # the factor is smooth, so it is computed on a quarter-size grid and scaled up
         small_size = (max(1, crop.width // down), max(1, crop.height // down))
         small = crop.resize(small_size, Image.Resampling.BOX)
@@ -482,7 +500,7 @@ def _sole(rgb: RGB) -> RGB:
     (a contrasting sole would pull the shoe's overall colour away from its baseColour)."""
     if _lum(rgb) >= 170:
         return _SOLE_WHITE
-    return _shade(rgb, 0.8) if _lum(rgb) > 55 else (56, 56, 60)
+    return _shade(rgb, 0.85)
 
 
 def _outline(rgb: RGB) -> RGB:
@@ -584,7 +602,14 @@ def _draw_top(s: _Sketch, r: random.Random) -> str:
     body = _mirror(half)
     shape = s.poly(body)
     s.body(shape)
-    s.seam(s.lines(_curve((0.39, 0.0), (0.39, nd + 0.03), (0.5, nd + 0.03)), _curve((0.61, 0.0), (0.61, nd + 0.03), (0.5, nd + 0.03)), width=0.012), clip=shape)
+    s.seam(
+        s.lines(
+            _curve((0.39, 0.0), (0.39, nd + 0.03), (0.5, nd + 0.03)),
+            _curve((0.61, 0.0), (0.61, nd + 0.03), (0.5, nd + 0.03)),
+            width=0.012,
+        ),
+        clip=shape,
+    )
     if r.random() < 0.5:
         s.seam(s.lines([(0.5 - waist, 0.6), (0.5 + waist, 0.6)], width=0.01), clip=shape, opacity=0.8)
     return ""
@@ -603,10 +628,24 @@ def _draw_sweatshirt(s: _Sketch, r: random.Random) -> str:
     s.body(shape)
     rib = _seam(s.base, 0.35)
     cuff = [c1, c2, (c2[0] + 0.005, c2[1] - 0.07), (c1[0], c1[1] - 0.07)]
-    s.paint(s.poly(cuff, _flip(cuff), [(0.5 - tw - 0.02, 0.91), (0.5 + tw + 0.02, 0.91), (0.5 + tw + 0.02, 0.99), (0.5 - tw - 0.02, 0.99)]), rib, outline=0.8)
-    s.seam(s.lines(*[[(0.5 - tw + i * 0.04, 0.92), (0.5 - tw + i * 0.04, 0.98)] for i in range(1, int(2 * tw / 0.04))], width=0.005), opacity=0.5)
+    s.paint(
+        s.poly(
+            cuff,
+            _flip(cuff),
+            [(0.5 - tw - 0.02, 0.91), (0.5 + tw + 0.02, 0.91), (0.5 + tw + 0.02, 0.99), (0.5 - tw - 0.02, 0.99)],
+        ),
+        rib,
+        outline=0.8,
+    )
+    s.seam(
+        s.lines(
+            *[[(0.5 - tw + i * 0.04, 0.92), (0.5 - tw + i * 0.04, 0.98)] for i in range(1, int(2 * tw / 0.04))],
+            width=0.005,
+        ),
+        opacity=0.5,
+    )
     if hooded:
-        s.paint(s.poly(s.circle(0.5, 0.15, 0.1)), _shade(s.base, 0.55), soft=0.01)
+        s.paint(s.poly(_arc(0.5, 0.135, 0.095, 0.11)), _seam(s.base, 0.9), shade=0.3, outline=0.9)
         s.paint(s.lines([(0.45, 0.22), (0.44, 0.42)], [(0.55, 0.22), (0.56, 0.42)], width=0.01), (235, 235, 230))
         s.seam(s.lines([(0.32, 0.82), (0.36, 0.58), (0.64, 0.58), (0.68, 0.82), (0.32, 0.82)], width=0.009))
     else:
@@ -665,7 +704,10 @@ def _draw_jeans(s: _Sketch, r: random.Random) -> str:
     pockets = [_curve((0.5 - hip + 0.17, 0.07), (0.5 - hip + 0.12, 0.2), (0.5 - hip - 0.01, 0.2))]
     pockets.append(_flip(pockets[0]))
     s.paint(s.lines(*pockets, width=0.007), stitch, opacity=0.8)
-    s.paint(s.lines(*[[(u, 0.0), (u, 0.075)] for u in (0.5 - hip + 0.05, 0.33, 0.67, 0.5 + hip - 0.05)], width=0.02), _seam(s.base, 0.5))
+    s.paint(
+        s.lines(*[[(u, 0.0), (u, 0.075)] for u in (0.5 - hip + 0.05, 0.33, 0.67, 0.5 + hip - 0.05)], width=0.02),
+        _seam(s.base, 0.5),
+    )
     s.paint(s.dots([(0.5, 0.035)], 0.018), _SILVER)
     hems = [[(0.475, 0.975), (0.47 - lw, 0.975)], [(0.525, 0.975), (0.53 + lw, 0.975)]]
     s.paint(s.lines(*hems, width=0.006), stitch, opacity=0.7)
@@ -678,11 +720,26 @@ def _draw_trousers(s: _Sketch, r: random.Random) -> str:
     shape = s.poly(_legs(lw, 0.33, hip))
     s.body(shape)
     s.seam(s.lines([(0.5 - hip, 0.06), (0.5 + hip, 0.06)], width=0.01), clip=shape)
-    s.seam(s.lines([(0.5 - hip + 0.12, 0.065), (0.5 - hip, 0.22)], [(0.5 + hip - 0.12, 0.065), (0.5 + hip, 0.22)], width=0.008))
+    s.seam(
+        s.lines(
+            [(0.5 - hip + 0.12, 0.065), (0.5 - hip, 0.22)], [(0.5 + hip - 0.12, 0.065), (0.5 + hip, 0.22)], width=0.008
+        )
+    )
     # pressed creases down the middle of each leg
-    s.seam(s.lines([(0.5 - hip / 2, 0.1), (0.5 - lw / 2 - 0.02, 0.99)], [(0.5 + hip / 2, 0.1), (0.5 + lw / 2 + 0.02, 0.99)], width=0.006), strength=0.6, opacity=0.7)
+    s.seam(
+        s.lines(
+            [(0.5 - hip / 2, 0.1), (0.5 - lw / 2 - 0.02, 0.99)],
+            [(0.5 + hip / 2, 0.1), (0.5 + lw / 2 + 0.02, 0.99)],
+            width=0.006,
+        ),
+        strength=0.6,
+        opacity=0.7,
+    )
     s.seam(s.lines([(0.52, 0.07), (0.52, 0.28)], width=0.006), opacity=0.7)
-    s.paint(s.lines(*[[(u, 0.0), (u, 0.07)] for u in (0.5 - hip + 0.06, 0.35, 0.65, 0.5 + hip - 0.06)], width=0.018), _seam(s.base, 0.4))
+    s.paint(
+        s.lines(*[[(u, 0.0), (u, 0.07)] for u in (0.5 - hip + 0.06, 0.35, 0.65, 0.5 + hip - 0.06)], width=0.018),
+        _seam(s.base, 0.4),
+    )
     s.paint(s.dots([(0.5, 0.03)], 0.012), _seam(s.base, 1.3))
     return ""
 
@@ -701,14 +758,40 @@ def _draw_shorts(s: _Sketch, r: random.Random) -> str:
     ]
     shape = s.poly(body)
     s.body(shape)
-    s.paint(s.poly([(0.5 - hip, 0.0), (0.5 + hip, 0.0), (0.5 + hip + 0.01, 0.11), (0.5 - hip - 0.01, 0.11)]), None, outline=0.9, shade=0.2)
+    s.paint(
+        s.poly([(0.5 - hip, 0.0), (0.5 + hip, 0.0), (0.5 + hip + 0.01, 0.11), (0.5 - hip - 0.01, 0.11)]),
+        None,
+        outline=0.9,
+        shade=0.2,
+    )
     sporty = r.random() < 0.4
     if sporty:
         s.paint(s.lines([(0.48, 0.11), (0.46, 0.3)], [(0.52, 0.11), (0.54, 0.3)], width=0.012), (240, 240, 236))
-        s.paint(s.lines([(0.5 + hip + 0.015, 0.14), (0.5 + hip + flare - 0.015, 0.95)], [(0.5 - hip - 0.015, 0.14), (0.5 - hip - flare + 0.015, 0.95)], width=0.03), s.second, clip=shape)
+        s.paint(
+            s.lines(
+                [(0.5 + hip + 0.015, 0.14), (0.5 + hip + flare - 0.015, 0.95)],
+                [(0.5 - hip - 0.015, 0.14), (0.5 - hip - flare + 0.015, 0.95)],
+                width=0.03,
+            ),
+            s.second,
+            clip=shape,
+        )
     else:
-        s.seam(s.lines([(0.5 - hip + 0.14, 0.11), (0.5 - hip - 0.005, 0.3)], [(0.5 + hip - 0.14, 0.11), (0.5 + hip + 0.005, 0.3)], width=0.008))
-        s.seam(s.lines([(0.5 + hip + flare - 0.01, 0.9), (0.54, 0.92)], [(0.5 - hip - flare + 0.01, 0.9), (0.46, 0.92)], width=0.008), clip=shape)
+        s.seam(
+            s.lines(
+                [(0.5 - hip + 0.14, 0.11), (0.5 - hip - 0.005, 0.3)],
+                [(0.5 + hip - 0.14, 0.11), (0.5 + hip + 0.005, 0.3)],
+                width=0.008,
+            )
+        )
+        s.seam(
+            s.lines(
+                [(0.5 + hip + flare - 0.01, 0.9), (0.54, 0.92)],
+                [(0.5 - hip - flare + 0.01, 0.9), (0.46, 0.92)],
+                width=0.008,
+            ),
+            clip=shape,
+        )
     return ""
 
 
@@ -748,11 +831,27 @@ def _draw_dress(s: _Sketch, r: random.Random) -> str:
         half += [(0.76, 0.02), (0.86, 0.13), (0.8, 0.18), (0.74, 0.15)]
     else:
         half += _curve((0.68, 0.0), (0.7, 0.1), (0.76, 0.14), 5)
-    half += [(0.5 + ww + 0.02, 0.26), (0.5 + ww, waist_v), (0.5 + hw, 0.96), *_curve((0.5 + hw, 0.96), (0.75, 1.0), (0.5, 1.0), 6)]
+    half += [
+        (0.5 + ww + 0.02, 0.26),
+        (0.5 + ww, waist_v),
+        (0.5 + hw, 0.96),
+        *_curve((0.5 + hw, 0.96), (0.75, 1.0), (0.5, 1.0), 6),
+    ]
     shape = s.poly(_mirror(half))
     s.body(shape, shade=0.6)
     if r.random() < 0.5:
-        s.paint(s.poly([(0.5 - ww - 0.01, waist_v - 0.025), (0.5 + ww + 0.01, waist_v - 0.025), (0.5 + ww, waist_v + 0.015), (0.5 - ww, waist_v + 0.015)]), _seam(s.base, 0.7), outline=0.6)
+        s.paint(
+            s.poly(
+                [
+                    (0.5 - ww - 0.01, waist_v - 0.025),
+                    (0.5 + ww + 0.01, waist_v - 0.025),
+                    (0.5 + ww, waist_v + 0.015),
+                    (0.5 - ww, waist_v + 0.015),
+                ]
+            ),
+            _seam(s.base, 0.7),
+            outline=0.6,
+        )
     else:
         s.seam(s.lines([(0.5 - ww, waist_v), (0.5 + ww, waist_v)], width=0.008), clip=shape)
     folds = [[(0.5 + ww * t, waist_v + 0.03), (0.5 + hw * t * 1.05, 0.98)] for t in (-0.8, -0.3, 0.3, 0.8)]
@@ -782,7 +881,12 @@ def _draw_casual_shoe(s: _Sketch, r: random.Random) -> str:
         s.seam(s.lines(_curve((0.2, 0.47), (0.3, 0.36), (0.44, 0.4)), width=0.01))
         s.paint(s.lines([(0.3, 0.44), (0.42, 0.42)], width=0.025), _seam(s.base, 0.6), outline=0.5)
         return "Loafers"
-    s.paint(s.poly(_curve((0.03, sole_top + 0.02), (0.0, 0.55), (0.16, 0.5), 6) + [(0.2, sole_top)]), sole, opacity=0.9, outline=0.5)
+    s.paint(
+        s.poly(_curve((0.03, sole_top + 0.02), (0.0, 0.55), (0.16, 0.5), 6) + [(0.2, sole_top)]),
+        sole,
+        opacity=0.9,
+        outline=0.5,
+    )
     eyelets = [(0.22 + 0.055 * i, 0.47 - 0.04 * i) for i in range(5)]
     s.paint(s.dots(eyelets, 0.01), _seam(s.base, 1.3))
     lace = (240, 240, 236) if _lum(s.base) < 170 else (60, 60, 60)
@@ -810,14 +914,17 @@ def _draw_sports_shoe(s: _Sketch, r: random.Random) -> str:
     midsole = [
         (0.0, top),
         *_curve((0.2, top + 0.02), (0.6, top - 0.04), (1.0, top - 0.05), 6),
-        (1.0, 0.9),
-        (0.04, 0.92),
+        (1.0, 0.93),
+        (0.04, 0.94),
     ]
     s.paint(s.poly(midsole), mid, shade=0.3, outline=0.7)
     stripe = _SOLE_WHITE if _lum(s.base) < 170 else (70, 70, 74)
-    s.paint(s.lines(_curve((0.04, top + 0.1), (0.6, top + 0.04), (0.99, top + 0.04), 8), width=0.014), stripe, opacity=0.9)
-    s.paint(s.poly(_rrect(0.03, 0.88, 0.99, 1.0, 0.03, 0.05)), _SOLE_DARK, outline=0.4)
-    s.paint(s.lines(*[[(0.08 + 0.06 * i, 0.95), (0.11 + 0.06 * i, 1.0)] for i in range(15)], width=0.008), (90, 90, 92))
+    s.paint(
+        s.lines(_curve((0.04, top + 0.1), (0.6, top + 0.04), (0.99, top + 0.04), 8), width=0.014), stripe, opacity=0.9
+    )
+    outsole = _SOLE_DARK if _lum(s.base) < 170 else _seam(s.base, 0.5)
+    s.paint(s.poly(_rrect(0.03, 0.91, 0.99, 1.0, 0.03, 0.04)), outsole, outline=0.4)
+    s.paint(s.lines(*[[(0.08 + 0.06 * i, 0.96), (0.11 + 0.06 * i, 1.0)] for i in range(15)], width=0.008), (90, 90, 92))
     accent = s.second
     if r.random() < 0.5:
         swoosh = _curve((0.28, 0.62), (0.6, 0.62), (0.92, 0.3), 8) + _curve((0.86, 0.36), (0.5, 0.5), (0.34, 0.56), 8)
@@ -826,7 +933,12 @@ def _draw_sports_shoe(s: _Sketch, r: random.Random) -> str:
         bars = [[(0.44 + 0.07 * i, 0.62), (0.52 + 0.07 * i, 0.3)] for i in range(3)]
         s.paint(s.lines(*bars, width=0.035), accent, clip=shape)
     lace = (240, 240, 236) if _lum(s.base) < 170 else (50, 50, 52)
-    s.paint(s.lines(*[[(0.26 + 0.05 * i, 0.44 - 0.05 * i), (0.31 + 0.05 * i, 0.48 - 0.05 * i)] for i in range(5)], width=0.02), lace)
+    s.paint(
+        s.lines(
+            *[[(0.26 + 0.05 * i, 0.44 - 0.05 * i), (0.31 + 0.05 * i, 0.48 - 0.05 * i)] for i in range(5)], width=0.02
+        ),
+        lace,
+    )
     s.paint(s.lines([(0.94, 0.04), (0.98, -0.04)], width=0.04), _seam(s.base, 0.6))
     return ""
 
@@ -844,13 +956,22 @@ def _draw_heel(s: _Sketch, r: random.Random) -> str:
         (0.97, seat),
         *_curve((0.97, seat), (0.62, seat + 0.1), (0.34, 0.95), 8),
     ]
-    heel = [(0.84, seat - 0.03), (0.97, seat - 0.03), (0.925 + (0.02 if block else 0.0), 1.0), (0.895 - (0.03 if block else 0.0), 1.0)]
+    heel = [
+        (0.84, seat - 0.03),
+        (0.97, seat - 0.03),
+        (0.925 + (0.02 if block else 0.0), 1.0),
+        (0.895 - (0.03 if block else 0.0), 1.0),
+    ]
     heel_colour = s.base if r.random() < 0.7 else _seam(s.base, 0.5)
     s.paint(s.poly(heel), heel_colour, shade=0.4, outline=0.8)
     s.body(s.poly(upper))
-    lining = _curve((0.4, 0.655), (0.7, 0.63), (0.9, hh + 0.04), 8) + _curve((0.9, hh + 0.1), (0.72, 0.66), (0.45, 0.68), 8)
+    lining = _curve((0.4, 0.655), (0.7, 0.63), (0.9, hh + 0.04), 8) + _curve(
+        (0.9, hh + 0.1), (0.72, 0.66), (0.45, 0.68), 8
+    )
     s.paint(s.poly(lining), _seam(s.base, 0.6), opacity=0.9)
-    s.paint(s.lines(_curve((0.97, seat), (0.62, seat + 0.11), (0.34, 0.955), 8) + [(0.0, 0.955)], width=0.012), _SOLE_DARK)
+    s.paint(
+        s.lines(_curve((0.97, seat), (0.62, seat + 0.11), (0.34, 0.955), 8) + [(0.0, 0.955)], width=0.012), _SOLE_DARK
+    )
     if r.random() < 0.3:
         s.paint(s.lines(s.circle(0.88, hh + 0.08, 0.08, 200, 340), width=0.018), s.base, outline=0.6)
         return "Strappy"
@@ -887,7 +1008,9 @@ def _draw_formal_shoe(s: _Sketch, r: random.Random) -> str:
         s.seam(s.lines(_curve((0.155, 0.83), (0.12, 0.62), (0.235, 0.515)), width=0.007, dash=0.008), strength=1.4)
         style = "Brogue"
     s.seam(s.lines(_curve((0.5, throat), (0.56, 0.62), (0.74, 0.85)), width=0.008), opacity=0.8)
-    laces = [[(0.45 + 0.035 * i, throat + 0.05 - 0.045 * i), (0.5 + 0.035 * i, throat + 0.08 - 0.045 * i)] for i in range(3)]
+    laces = [
+        [(0.45 + 0.035 * i, throat + 0.05 - 0.045 * i), (0.5 + 0.035 * i, throat + 0.08 - 0.045 * i)] for i in range(3)
+    ]
     s.paint(s.lines(*laces, width=0.014), _seam(s.base, 1.3))
     # polished leather shine
     s.paint(s.poly(_arc(0.13, 0.64, 0.07, 0.06)), (255, 255, 255), opacity=0.35, soft=0.02)
@@ -909,7 +1032,10 @@ def _draw_sandal(s: _Sketch, r: random.Random) -> str:
     footbed = _shade(s.base, 1.12) if _lum(s.base) > 45 else _mix(s.base, (90, 90, 90), 0.3)
     s.paint(s.poly(_rrect(0.0, bed, 1.0, 0.88, 0.05, 0.06)), footbed, shade=0.3, outline=0.6)
     s.paint(s.poly(_rrect(0.01, 0.86, 0.99, 1.0, 0.03, 0.05)), _shade(s.base, 0.6), shade=0.2, outline=0.5)
-    s.paint(s.lines(*[[(0.05 + 0.045 * i, 0.97), (0.07 + 0.045 * i, 1.0)] for i in range(21)], width=0.006), _shade(s.base, 0.4))
+    s.paint(
+        s.lines(*[[(0.05 + 0.045 * i, 0.97), (0.07 + 0.045 * i, 1.0)] for i in range(21)], width=0.006),
+        _shade(s.base, 0.4),
+    )
     return ""
 
 
@@ -943,7 +1069,12 @@ def _draw_flip_flop(s: _Sketch, r: random.Random) -> str:
         post = (c + inward * 0.04, v)
         c, w, v = at(0.5)
         sides = [(c - w * 0.97, v), (c + w * 0.97, v)]
-        s.paint(s.lines(*[_curve(post, (side[0], post[1] + 0.08), side, 10) for side in sides], width=0.07), strap, shade=0.3, outline=0.9)
+        s.paint(
+            s.lines(*[_curve(post, (side[0], post[1] + 0.08), side, 10) for side in sides], width=0.07),
+            strap,
+            shade=0.3,
+            outline=0.9,
+        )
         s.paint(s.dots([post], 0.03), _shade(strap, 0.75), outline=0.6)
     return ""
 
@@ -953,12 +1084,24 @@ def _draw_handbag(s: _Sketch, r: random.Random) -> str:
     inset = r.uniform(0.08, 0.14)
     handle = _curve((0.3, top + 0.02), (0.5, top - 0.5), (0.7, top + 0.02), 14)
     s.paint(s.lines(handle, width=0.045), _shade(s.base, 0.75), shade=0.3, outline=0.7)
-    body = [(inset, top), (1 - inset, top), (0.97, 0.92), *_curve((0.97, 0.92), (0.97, 0.99), (0.9, 0.99), 4), (0.1, 0.99), *_curve((0.1, 0.99), (0.03, 0.99), (0.03, 0.92), 4)]
+    body = [
+        (inset, top),
+        (1 - inset, top),
+        (0.97, 0.92),
+        *_curve((0.97, 0.92), (0.97, 0.99), (0.9, 0.99), 4),
+        (0.1, 0.99),
+        *_curve((0.1, 0.99), (0.03, 0.99), (0.03, 0.92), 4),
+    ]
     shape = s.poly(body)
     s.body(shape, shade=0.6)
     s.seam(s.lines([(inset + 0.02, top + 0.04), (1 - inset - 0.02, top + 0.04)], width=0.005, dash=0.01), opacity=0.8)
     if r.random() < 0.5:
-        flap = [(inset, top), (1 - inset, top), (1 - inset + 0.03, top + 0.2), *_curve((1 - inset + 0.03, top + 0.2), (0.5, top + 0.38), (inset - 0.03, top + 0.2), 10)]
+        flap = [
+            (inset, top),
+            (1 - inset, top),
+            (1 - inset + 0.03, top + 0.2),
+            *_curve((1 - inset + 0.03, top + 0.2), (0.5, top + 0.38), (inset - 0.03, top + 0.2), 10),
+        ]
         s.paint(s.poly(flap), None, shade=0.3, outline=0.9)
         s.paint(s.poly(_rrect(0.46, top + 0.22, 0.54, top + 0.3, 0.01)), _GOLD, shade=0.3, outline=0.6)
     else:
@@ -976,7 +1119,12 @@ def _draw_backpack(s: _Sketch, r: random.Random) -> str:
         pts = _curve((0.12, 0.14), (-0.06, 0.5), (0.1, 0.9), 10) + _curve((0.16, 0.86), (0.05, 0.5), (0.18, 0.2), 10)
         s.paint(s.poly(_flip(pts) if side else pts), strap, shade=0.4, outline=0.8)
     s.paint(s.lines(_curve((0.4, 0.08), (0.5, -0.12), (0.6, 0.08), 10), width=0.03), strap, outline=0.7)
-    body = _arc(0.5, 0.4, 0.4, 0.34, 180, 360, 20) + [(0.9, 0.94), *_curve((0.9, 0.94), (0.9, 1.0), (0.82, 1.0), 4), (0.18, 1.0), *_curve((0.18, 1.0), (0.1, 1.0), (0.1, 0.94), 4)]
+    body = _arc(0.5, 0.4, 0.4, 0.34, 180, 360, 20) + [
+        (0.9, 0.94),
+        *_curve((0.9, 0.94), (0.9, 1.0), (0.82, 1.0), 4),
+        (0.18, 1.0),
+        *_curve((0.18, 1.0), (0.1, 1.0), (0.1, 0.94), 4),
+    ]
     shape = s.poly(body)
     s.body(shape, shade=0.6)
     s.seam(s.lines(_arc(0.5, 0.42, 0.33, 0.29, 190, 350, 16), width=0.012))
@@ -990,7 +1138,12 @@ def _draw_backpack(s: _Sketch, r: random.Random) -> str:
 def _draw_watch(s: _Sketch, r: random.Random) -> str:
     sw = r.uniform(0.26, 0.31)
     strap = s.base
-    s.paint(s.poly([(0.5 - sw, 0.0), (0.5 + sw, 0.0), (0.5 + sw + 0.02, 0.4), (0.5 - sw - 0.02, 0.4)]), strap, shade=0.5, outline=0.8)
+    s.paint(
+        s.poly([(0.5 - sw, 0.0), (0.5 + sw, 0.0), (0.5 + sw + 0.02, 0.4), (0.5 - sw - 0.02, 0.4)]),
+        strap,
+        shade=0.5,
+        outline=0.8,
+    )
     s.paint(s.poly(_rrect(0.5 - sw, 0.6, 0.5 + sw, 1.0, sw * 0.9, 0.06)), strap, shade=0.5, outline=0.8)
     s.paint(s.dots([(0.5, 0.76 + 0.045 * i) for i in range(4)], 0.018), _seam(strap, 1.4))
     case = _SILVER if r.random() < 0.5 else (_GOLD if r.random() < 0.5 else _seam(s.base, 0.6))
@@ -1004,16 +1157,16 @@ def _draw_watch(s: _Sketch, r: random.Random) -> str:
     for i in range(12):
         a = math.radians(30 * i)
         ro, ri = radius * 0.76, radius * (0.62 if i % 3 == 0 else 0.68)
-        ticks.append([s_pt(0.5, 0.5, ro, a, s), s_pt(0.5, 0.5, ri, a, s)])
+        ticks.append([_dial_pt(0.5, 0.5, ro, a, s), _dial_pt(0.5, 0.5, ri, a, s)])
     s.paint(s.lines(*ticks, width=0.012), mark)
     h, m = math.radians(r.uniform(0, 360)), math.radians(r.uniform(0, 360))
-    s.paint(s.lines([(0.5, 0.5), s_pt(0.5, 0.5, radius * 0.38, h, s)], width=0.022), mark)
-    s.paint(s.lines([(0.5, 0.5), s_pt(0.5, 0.5, radius * 0.6, m, s)], width=0.014), mark)
+    s.paint(s.lines([(0.5, 0.5), _dial_pt(0.5, 0.5, radius * 0.38, h, s)], width=0.022), mark)
+    s.paint(s.lines([(0.5, 0.5), _dial_pt(0.5, 0.5, radius * 0.6, m, s)], width=0.014), mark)
     s.paint(s.dots([(0.5, 0.5)], 0.014), case)
     return ""
 
 
-def s_pt(cu: float, cv: float, r: float, a: float, s: _Sketch) -> tuple[float, float]:
+def _dial_pt(cu: float, cv: float, r: float, a: float, s: _Sketch) -> tuple[float, float]:
     """The point at angle ``a`` (radians, 0 = 12 o'clock, clockwise) on a circle of radius ``r`` box widths."""
     return (cu + r * math.sin(a), cv - r * math.cos(a) * s.bw / s.bh)
 
@@ -1021,7 +1174,12 @@ def s_pt(cu: float, cv: float, r: float, a: float, s: _Sketch) -> tuple[float, f
 def _draw_cap(s: _Sketch, r: random.Random) -> str:
     base_v = r.uniform(0.76, 0.8)
     brim_out = r.uniform(0.95, 1.0)
-    brim = [(0.6, base_v - 0.06), (0.8, base_v - 0.04), *_curve((0.8, base_v - 0.04), (brim_out, base_v), (brim_out, base_v + 0.1), 6), *_curve((brim_out, base_v + 0.1), (0.8, base_v + 0.14), (0.6, base_v + 0.06), 6)]
+    brim = [
+        (0.6, base_v - 0.06),
+        (0.8, base_v - 0.04),
+        *_curve((0.8, base_v - 0.04), (brim_out, base_v), (brim_out, base_v + 0.1), 6),
+        *_curve((brim_out, base_v + 0.1), (0.8, base_v + 0.14), (0.6, base_v + 0.06), 6),
+    ]
     crown = _arc(0.39, base_v, 0.37, base_v - 0.06, 180, 360, 30)
     shape = s.poly(crown)
     s.body(shape, shade=0.6)
@@ -1057,7 +1215,7 @@ def _lens(style: str, cu: float, mirror: bool) -> Pts:
 def _draw_sunglasses(s: _Sketch, r: random.Random) -> str:
     style = r.choice(["wayfarer", "aviator", "round"])
     frame = s.base
-    lens_colour = _mix(s.base, (30, 30, 34), 0.3)
+    lens_colour = _mix(s.base, (30, 30, 34), 0.15)
     width = {"wayfarer": 0.05, "aviator": 0.022, "round": 0.035}[style]
     for cu, mirror in ((0.26, False), (0.74, True)):
         lens = _lens(style, cu, mirror)
@@ -1065,8 +1223,8 @@ def _draw_sunglasses(s: _Sketch, r: random.Random) -> str:
         s.paint(s.poly(lens), lens_colour, shade=0.8, light=0.2)
     s.paint(s.lines(_curve((0.44, 0.32), (0.5, 0.22), (0.56, 0.32)), width=width * 1.2), frame, outline=0.6)
     if style == "aviator":
-        s.paint(s.lines([(0.1, 0.19), (0.9, 0.19)], width=0.022), frame, outline=0.5)
-    s.paint(s.lines([(0.06, 0.24), (0.0, 0.3)], [(0.94, 0.24), (1.0, 0.3)], width=width * 1.4), frame, outline=0.6)
+        s.paint(s.lines([(0.14, 0.25), (0.86, 0.25)], width=0.022), frame, outline=0.5)
+    s.paint(s.lines([(0.065, 0.36), (0.0, 0.3)], [(0.935, 0.36), (1.0, 0.3)], width=width * 1.4), frame, outline=0.6)
     return {"wayfarer": "Wayfarer", "aviator": "Aviator", "round": "Round"}[style]
 
 
@@ -1138,66 +1296,79 @@ _COLD = {"Winter": 6, "Fall": 4, "Spring": 1}
 _MEN = {"Men": 1.0}
 _WOMEN = {"Women": 1.0}
 
+# fmt: off
 ARTICLES: tuple[_Article, ...] = (
-    _Article("Tshirts", "Apparel", "Topwear", "T-shirt", 12, (0.92, 1.0), _draw_tshirt,
-             {"Men": 45, "Women": 25, "Boys": 10, "Girls": 6, "Unisex": 8}, _APPAREL_COLOURS,
-             {"Summer": 6, "Fall": 2, "Spring": 2, "Winter": 1}, {"Casual": 8, "Sports": 2},
-             {"Solid": 5, "Striped": 3, "Printed": 1.5, "Polka Dot": 0.5}),
-    _Article("Shirts", "Apparel", "Topwear", "Shirt", 8, (0.78, 0.86), _draw_shirt,
-             {"Men": 70, "Women": 20, "Boys": 10}, _APPAREL_COLOURS, _ALL_SEASONS, {"Casual": 6, "Formal": 4},
-             {"Solid": 4, "Checked": 3.5, "Striped": 2.5}),
-    _Article("Tops", "Apparel", "Topwear", "Top", 6, (0.82, 0.9), _draw_top,
-             {"Women": 85, "Girls": 15}, _WOMEN_COLOURS, _WARM, {"Casual": 8, "Party": 2},
-             {"Solid": 5, "Printed": 2, "Striped": 1.5, "Polka Dot": 1.5}),
-    _Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", 4, (0.84, 0.9), _draw_sweatshirt,
-             {"Men": 50, "Women": 30, "Unisex": 10, "Boys": 10}, _APPAREL_COLOURS, _COLD, {"Casual": 8, "Sports": 2},
-             {"Solid": 7.5, "Striped": 1.5, "Printed": 1}),
-    _Article("Jackets", "Apparel", "Topwear", "Jacket", 4, (0.82, 0.88), _draw_jacket,
-             {"Men": 60, "Women": 35, "Boys": 5}, _APPAREL_COLOURS, _COLD, {"Casual": 8, "Sports": 2},
-             {"Solid": 9, "Checked": 1}),
-    _Article("Jeans", "Apparel", "Bottomwear", "Jeans", 5, (0.44, 0.5), _draw_jeans,
-             {"Men": 60, "Women": 35, "Boys": 5}, _JEANS_COLOURS, _ALL_SEASONS, {"Casual": 1}),
-    _Article("Trousers", "Apparel", "Bottomwear", "Trousers", 4, (0.42, 0.48), _draw_trousers,
-             {"Men": 60, "Women": 40}, _BOTTOM_COLOURS, _ALL_SEASONS, {"Formal": 5, "Casual": 5},
-             {"Solid": 9, "Checked": 1}),
-    _Article("Shorts", "Apparel", "Bottomwear", "Shorts", 4, (0.9, 1.0), _draw_shorts,
-             {"Men": 50, "Women": 20, "Boys": 15, "Girls": 15}, _APPAREL_COLOURS, _WARM, {"Casual": 6, "Sports": 4},
-             {"Solid": 6, "Checked": 2, "Striped": 1, "Printed": 1}, size=0.8),
-    _Article("Skirts", "Apparel", "Bottomwear", "Skirt", 3, (0.75, 0.88), _draw_skirt,
-             _WOMEN, _WOMEN_COLOURS, _WARM, {"Casual": 7, "Party": 3},
-             {"Solid": 4.5, "Printed": 2, "Checked": 1.5, "Polka Dot": 1, "Striped": 1}, size=0.85),
-    _Article("Dresses", "Apparel", "Dress", "Dress", 5, (0.52, 0.6), _draw_dress,
-             _WOMEN, _WOMEN_COLOURS, _WARM, {"Casual": 5, "Party": 4, "Ethnic": 1},
-             {"Solid": 4, "Printed": 3, "Polka Dot": 1.5, "Striped": 1, "Checked": 0.5}),
-    _Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", 8, (2.2, 2.45), _draw_casual_shoe,
-             {"Men": 60, "Women": 30, "Unisex": 10}, _SHOE_COLOURS, _ALL_SEASONS, {"Casual": 1}, tilt=2),
-    _Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", 7, (2.2, 2.4), _draw_sports_shoe,
-             {"Men": 60, "Women": 30, "Unisex": 10}, _SHOE_COLOURS, _ALL_SEASONS, {"Sports": 1}, tilt=2),
-    _Article("Heels", "Footwear", "Shoes", "Heels", 4, (1.3, 1.45), _draw_heel,
-             _WOMEN, _HEEL_COLOURS, _ALL_SEASONS, {"Casual": 5, "Party": 3, "Formal": 2}, size=0.85, tilt=2),
-    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", 4, (2.1, 2.35), _draw_formal_shoe,
-             {"Men": 90, "Women": 10}, _FORMAL_SHOE_COLOURS, _ALL_SEASONS, {"Formal": 1}, tilt=2),
-    _Article("Sandals", "Footwear", "Sandal", "Sandals", 3, (2.2, 2.4), _draw_sandal,
-             {"Men": 50, "Women": 40, "Boys": 10}, _SANDAL_COLOURS, _WARM, {"Casual": 9, "Ethnic": 1}, tilt=2),
-    # The real dataset files Flip Flops under their own subCategory, not Sandal.
-    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", 3, (0.82, 0.92), _draw_flip_flop,
-             {"Men": 50, "Women": 40, "Unisex": 10}, _FLIP_COLOURS, _WARM, {"Casual": 1}, size=0.85),
-    _Article("Handbags", "Accessories", "Bags", "Handbag", 5, (1.05, 1.2), _draw_handbag,
-             _WOMEN, _BAG_COLOURS, _ALL_SEASONS, {"Casual": 8, "Party": 2},
-             {"Solid": 8, "Printed": 1, "Checked": 1}, size=0.9),
-    _Article("Backpacks", "Accessories", "Bags", "Backpack", 3, (0.72, 0.8), _draw_backpack,
-             {"Unisex": 60, "Men": 30, "Women": 10}, _BACKPACK_COLOURS, _ALL_SEASONS, {"Casual": 7, "Sports": 3},
-             {"Solid": 8, "Checked": 1, "Printed": 1}, size=0.9),
-    _Article("Watches", "Accessories", "Watches", "Watch", 6, (0.42, 0.5), _draw_watch,
-             {"Men": 60, "Women": 35, "Unisex": 5}, _WATCH_COLOURS, _ALL_SEASONS, {"Casual": 8, "Formal": 2}, size=0.85),
-    _Article("Caps", "Accessories", "Headwear", "Cap", 2, (1.25, 1.4), _draw_cap,
-             {"Men": 50, "Unisex": 50}, _CAP_COLOURS, _WARM, {"Casual": 6, "Sports": 4},
-             {"Solid": 8, "Checked": 1, "Striped": 1}, size=0.85),
-    _Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", 4, (2.4, 2.7), _draw_sunglasses,
-             {"Men": 50, "Women": 40, "Unisex": 10}, _SHADES_COLOURS, _WARM, {"Casual": 1}, tilt=2),
-    _Article("Belts", "Accessories", "Belts", "Belt", 3, (0.95, 1.05), _draw_belt,
-             {"Men": 80, "Women": 20}, _BELT_COLOURS, _ALL_SEASONS, {"Casual": 5, "Formal": 5}, size=0.95),
-)  # fmt: skip
+    _Article("Tshirts", "Apparel", "Topwear", "T-shirt", weight=12, aspect=(0.92, 1.0), draw=_draw_tshirt,
+             genders={"Men": 45, "Women": 25, "Boys": 10, "Girls": 6, "Unisex": 8}, colours=_APPAREL_COLOURS,
+             seasons={"Summer": 6, "Fall": 2, "Spring": 2, "Winter": 1}, usages={"Casual": 8, "Sports": 2},
+             patterns={"Solid": 5, "Striped": 3, "Printed": 1.5, "Polka Dot": 0.5}),
+    _Article("Shirts", "Apparel", "Topwear", "Shirt", weight=8, aspect=(0.78, 0.86), draw=_draw_shirt,
+             genders={"Men": 70, "Women": 20, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Casual": 6, "Formal": 4}, patterns={"Solid": 4, "Checked": 3.5, "Striped": 2.5}),
+    _Article("Tops", "Apparel", "Topwear", "Top", weight=6, aspect=(0.82, 0.9), draw=_draw_top,
+             genders={"Women": 85, "Girls": 15}, colours=_WOMEN_COLOURS, seasons=_WARM,
+             usages={"Casual": 8, "Party": 2}, patterns={"Solid": 5, "Printed": 2, "Striped": 1.5, "Polka Dot": 1.5}),
+    _Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", weight=4, aspect=(0.84, 0.9), draw=_draw_sweatshirt,
+             genders={"Men": 50, "Women": 30, "Unisex": 10, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_COLD,
+             usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 7.5, "Striped": 1.5, "Printed": 1}),
+    _Article("Jackets", "Apparel", "Topwear", "Jacket", weight=4, aspect=(0.82, 0.88), draw=_draw_jacket,
+             genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_APPAREL_COLOURS, seasons=_COLD,
+             usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 9, "Checked": 1}),
+    _Article("Jeans", "Apparel", "Bottomwear", "Jeans", weight=5, aspect=(0.44, 0.5), draw=_draw_jeans,
+             genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_JEANS_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Casual": 1}),
+    _Article("Trousers", "Apparel", "Bottomwear", "Trousers", weight=4, aspect=(0.42, 0.48), draw=_draw_trousers,
+             genders={"Men": 60, "Women": 40}, colours=_BOTTOM_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Formal": 5, "Casual": 5}, patterns={"Solid": 9, "Checked": 1}),
+    _Article("Shorts", "Apparel", "Bottomwear", "Shorts", weight=4, aspect=(0.9, 1.0), draw=_draw_shorts, size=0.8,
+             genders={"Men": 50, "Women": 20, "Boys": 15, "Girls": 15}, colours=_APPAREL_COLOURS, seasons=_WARM,
+             usages={"Casual": 6, "Sports": 4}, patterns={"Solid": 6, "Checked": 2, "Striped": 1, "Printed": 1}),
+    _Article("Skirts", "Apparel", "Bottomwear", "Skirt", weight=3, aspect=(0.75, 0.88), draw=_draw_skirt, size=0.85,
+             genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 7, "Party": 3},
+             patterns={"Solid": 4.5, "Printed": 2, "Checked": 1.5, "Polka Dot": 1, "Striped": 1}),
+    _Article("Dresses", "Apparel", "Dress", "Dress", weight=5, aspect=(0.52, 0.6), draw=_draw_dress,
+             genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 5, "Party": 4, "Ethnic": 1},
+             patterns={"Solid": 4, "Printed": 3, "Polka Dot": 1.5, "Striped": 1, "Checked": 0.5}),
+    _Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", weight=8, aspect=(2.2, 2.45),
+             draw=_draw_casual_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
+             seasons=_ALL_SEASONS, usages={"Casual": 1}),
+    _Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", weight=7, aspect=(2.2, 2.4),
+             draw=_draw_sports_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
+             seasons=_ALL_SEASONS, usages={"Sports": 1}),
+    _Article("Heels", "Footwear", "Shoes", "Heels", weight=4, aspect=(1.3, 1.45), draw=_draw_heel, size=0.85, tilt=2,
+             genders=_WOMEN, colours=_HEEL_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Casual": 5, "Party": 3, "Formal": 2}),
+    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", weight=4, aspect=(2.1, 2.35),
+             draw=_draw_formal_shoe, tilt=2, genders={"Men": 90, "Women": 10}, colours=_FORMAL_SHOE_COLOURS,
+             seasons=_ALL_SEASONS, usages={"Formal": 1}),
+    _Article("Sandals", "Footwear", "Sandal", "Sandals", weight=3, aspect=(2.2, 2.4), draw=_draw_sandal, tilt=2,
+             genders={"Men": 50, "Women": 40, "Boys": 10}, colours=_SANDAL_COLOURS, seasons=_WARM,
+             usages={"Casual": 9, "Ethnic": 1}),
+    # The real dataset files Flip Flops under their own subCategory, not under Sandal.
+    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", weight=3, aspect=(0.82, 0.92),
+             draw=_draw_flip_flop, size=0.85, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_FLIP_COLOURS,
+             seasons=_WARM, usages={"Casual": 1}),
+    _Article("Handbags", "Accessories", "Bags", "Handbag", weight=5, aspect=(1.05, 1.2), draw=_draw_handbag, size=0.9,
+             genders=_WOMEN, colours=_BAG_COLOURS, seasons=_ALL_SEASONS, usages={"Casual": 8, "Party": 2},
+             patterns={"Solid": 8, "Printed": 1, "Checked": 1}),
+    _Article("Backpacks", "Accessories", "Bags", "Backpack", weight=3, aspect=(0.72, 0.8), draw=_draw_backpack,
+             size=0.9, genders={"Unisex": 60, "Men": 30, "Women": 10}, colours=_BACKPACK_COLOURS,
+             seasons=_ALL_SEASONS, usages={"Casual": 7, "Sports": 3},
+             patterns={"Solid": 8, "Checked": 1, "Printed": 1}),
+    _Article("Watches", "Accessories", "Watches", "Watch", weight=6, aspect=(0.42, 0.5), draw=_draw_watch, size=0.85,
+             genders={"Men": 60, "Women": 35, "Unisex": 5}, colours=_WATCH_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Casual": 8, "Formal": 2}),
+    _Article("Caps", "Accessories", "Headwear", "Cap", weight=2, aspect=(1.25, 1.4), draw=_draw_cap, size=0.85,
+             genders={"Men": 50, "Unisex": 50}, colours=_CAP_COLOURS, seasons=_WARM, usages={"Casual": 6, "Sports": 4},
+             patterns={"Solid": 8, "Checked": 1, "Striped": 1}),
+    _Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", weight=4, aspect=(2.4, 2.7),
+             draw=_draw_sunglasses, tilt=2, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_SHADES_COLOURS,
+             seasons=_WARM, usages={"Casual": 1}),
+    _Article("Belts", "Accessories", "Belts", "Belt", weight=3, aspect=(0.95, 1.05), draw=_draw_belt, size=0.95,
+             genders={"Men": 80, "Women": 20}, colours=_BELT_COLOURS, seasons=_ALL_SEASONS,
+             usages={"Casual": 5, "Formal": 5}),
+)
+# fmt: on
 
 ARTICLES_BY_NAME: dict[str, _Article] = {a.name: a for a in ARTICLES}
 
@@ -1227,7 +1398,8 @@ class _Row:
 
     def line(self) -> str:
         a = self.article
-        return f"{self.id},{self.gender},{a.master},{a.sub},{a.name},{self.colour},{self.season},{self.year},{self.usage},{self.name}"
+        fields = (self.id, self.gender, a.master, a.sub, a.name, self.colour, self.season, self.year, self.usage)
+        return ",".join(map(str, fields)) + "," + self.name
 
 
 def _allocate(count: int) -> list[_Article]:
@@ -1259,7 +1431,9 @@ def _jitter(r: random.Random, rgb: RGB) -> RGB:
     return tuple(_clamp(c * f + r.uniform(-3, 3)) for c in rgb)  # type: ignore[return-value]
 
 
-def _render(article: _Article, colour_name: str, pattern_kind: str, r: random.Random, noise: Image.Image) -> tuple[Image.Image, str]:
+def _render(
+    article: _Article, colour_name: str, pattern_kind: str, r: random.Random, noise: Image.Image
+) -> tuple[Image.Image, str]:
     """Draw one product photo; returns it with the drawer's style word."""
     width = r.randrange(456, 506, 2)
     height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
@@ -1284,7 +1458,9 @@ def _render(article: _Article, colour_name: str, pattern_kind: str, r: random.Ra
         r=r,
         k=k,
     )
-    sketch = _Sketch(width=width, height=height, bg=bg, box=(cx, cy, bw, bh), angle=angle, base=base, second=second, pattern=pattern)
+    sketch = _Sketch(
+        width=width, height=height, bg=bg, box=(cx, cy, bw, bh), angle=angle, base=base, second=second, pattern=pattern
+    )
     style = article.draw(sketch, r)
     ox, oy = r.randrange(0, noise.width - width), r.randrange(0, noise.height - height)
     return sketch.image(noise.crop((ox, oy, ox + width, oy + height))), style
@@ -1294,7 +1470,9 @@ def _display_name(r: random.Random, article: _Article, gender: str, colour: str,
     if gender in {"Boys", "Girls"}:
         brand = r.choice(_KIDS_BRANDS)
     else:
-        brand = r.choice({"Apparel": _APPAREL_BRANDS, "Footwear": _FOOTWEAR_BRANDS}.get(article.master, _ACCESSORY_BRANDS))
+        brand = r.choice(
+            {"Apparel": _APPAREL_BRANDS, "Footwear": _FOOTWEAR_BRANDS}.get(article.master, _ACCESSORY_BRANDS)
+        )
     words = [brand, gender, colour, PATTERN_WORDS[pattern], style, article.noun]
     if style == "Loafers":  # the style word is the noun itself
         words[-1] = ""
@@ -1331,7 +1509,7 @@ def demo_catalog_write(*, out_dir: Path, count: int = 400, seed: int = 7) -> Dem
         image.save(images / f"{pid}.jpg", format="JPEG", quality=90)
         name = _display_name(r, article, gender, colour, pattern, style)
         if i in comma_rows:
-            name += r.choice(_COMMA_TAILS[article.master])
+            name += r.choice(_COMMA_TAILS.get(article.name) or _COMMA_TAILS[article.master])
         rows.append(
             _Row(
                 id=pid,
@@ -1347,8 +1525,7 @@ def demo_catalog_write(*, out_dir: Path, count: int = 400, seed: int = 7) -> Dem
     # Written by hand, unquoted, because the real styles.csv is: commas inside names are left bare.
     text = "\n".join([STYLES_HEADER, *(row.line() for row in rows)]) + "\n"
     (out_dir / "styles.csv").write_text(text, encoding="utf-8", newline="\n")
-    by_type: dict[str, int] = {}
-    for row in rows:
-        by_type[row.article.name] = by_type.get(row.article.name, 0) + 1
+    by_type = {a.name: sum(row.article is a for row in rows) for a in ARTICLES}
+    by_type = {name: n for name, n in by_type.items() if n}
     logger.info("demo catalog: %d products in %s (%.1fs)", count, out_dir, time.perf_counter() - started)
     return DemoCatalog(directory=out_dir, count=count, article_types=by_type)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import asdict
 
 import redis
@@ -40,12 +41,22 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
 
 
+# After a failed publish, skip publishing for a while: every upload during an
+# outage would otherwise wait out the connection timeout again.
+QUEUE_BACKOFF_S = 15.0
+_queue_down_until = 0.0
+
+
 def embed_enqueue(*, product_ids: list[int]) -> int:
     """Queue embedding tasks for ``product_ids`` in batches; returns how many were queued.
 
     Never raises: with Redis away the products stay pending and the sweep
     queues them once it is back.
     """
+    global _queue_down_until
+    if time.monotonic() < _queue_down_until:
+        logger.warning("Task queue down recently; %d products stay pending for the sweep", len(product_ids))
+        return 0
     size = max(1, settings.ENCODER_BATCH_SIZE)
     queued = 0
     for start in range(0, len(product_ids), size):
@@ -53,6 +64,7 @@ def embed_enqueue(*, product_ids: list[int]) -> int:
         try:
             embed_products.apply_async(args=[chunk], retry=False)
         except QUEUE_DOWN as exc:
+            _queue_down_until = time.monotonic() + QUEUE_BACKOFF_S
             logger.warning(
                 "Task queue unavailable (%s); %d products stay pending for the sweep", exc, len(product_ids) - queued
             )

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from gallery.catalog import styles_read
 from gallery.demo import demo_catalog_write
-from recommender import runtime
+from recommender import runtime, tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_COUNT = 300
@@ -33,6 +33,7 @@ def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INDEX_DIR = tmp_path / "index"
     runtime.reset()
+    tasks._queue_down_until = 0.0
     yield
     runtime.reset()
 
@@ -75,7 +76,10 @@ def demo_vectors(demo_dir: Path) -> dict[int, np.ndarray]:
     from recommender.pipeline import ImageItem, embed_stream
 
     encoder = encoder_load(name="efficientnet-lite0")
-    items = [ImageItem(key=row.id, source=demo_dir / "images" / f"{row.id}.jpg") for row in styles_read(demo_dir / "styles.csv")]
+    items = [
+        ImageItem(key=row.id, source=demo_dir / "images" / f"{row.id}.jpg")
+        for row in styles_read(demo_dir / "styles.csv")
+    ]
     vectors: dict[int, np.ndarray] = {}
     for batch in embed_stream(items, encoder=encoder, batch_size=32):
         for result in batch:
@@ -98,7 +102,11 @@ def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> 
     Embedding.objects.bulk_create(
         [
             Embedding(
-                product_id=row.id, space=space, dim=1280, vector=demo_vectors[row.id].astype("<f4").tobytes(), image_version=1
+                product_id=row.id,
+                space=space,
+                dim=1280,
+                vector=demo_vectors[row.id].astype("<f4").tobytes(),
+                image_version=1,
             )
             for row in rows
         ]
@@ -157,16 +165,32 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 class Worker:
     """A real `celery worker` process (prefork pool) for the duration of a test."""
 
-    def __init__(self, log: Path, *, concurrency: int = 1, name: str = "w1", **env: str) -> None:
+    def __init__(self, log: Path, *, concurrency: int = 1, name: str = "w1", beat: bool = False, **env: str) -> None:
         self.log = log
         self.name = name
         self._fh = log.open("ab")
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        if beat:  # the periodic sweep and index refresh, in this worker
+            command += ["--beat", "--schedule", str(log.with_suffix(".schedule"))]
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "config", "worker",
-                "--pool", "prefork", "--concurrency", str(concurrency),
-                "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            ],
+            command,
             cwd=ROOT,
             env=subprocess_env(**env),
             stdout=self._fh,
@@ -223,7 +247,9 @@ def start_worker(tmp_path: Path, redis_db) -> Iterator[Callable[..., Worker]]:
             worker.stop()
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 60, interval: float = 0.2, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -50,7 +50,12 @@ def test_import_creates_products_with_dataset_ids_and_thumbnails(catalog: Path):
     assert (summary.created, summary.skipped) == (4, 0)
     shirt = Product.objects.get(id=15970)
     assert shirt.name == "Turtle Check Men Navy Blue Shirt"
-    assert (shirt.master_category, shirt.article_type, shirt.base_colour, shirt.year) == ("Apparel", "Shirts", "Navy Blue", 2011)
+    assert (shirt.master_category, shirt.article_type, shirt.base_colour, shirt.year) == (
+        "Apparel",
+        "Shirts",
+        "Navy Blue",
+        2011,
+    )
     assert shirt.embed_status == EmbedStatus.PENDING
     with shirt.thumbnail.open() as fh:
         thumb = Image.open(fh)

@@ -66,7 +66,18 @@ def test_k_limits_results(shirts):
 
 @pytest.mark.parametrize(
     "query",
-    ["%", "_", "%%__", "'; DROP TABLE gallery_product; --", "\x00blue", "ｂｌｕｅ", "😀 denim", "a" * 5000, "\\", "blue\ndenim"],
+    [
+        "%",
+        "_",
+        "%%__",
+        "'; DROP TABLE gallery_product; --",
+        "\x00blue",
+        "ｂｌｕｅ",
+        "😀 denim",
+        "a" * 5000,
+        "\\",
+        "blue\ndenim",
+    ],
 )
 def test_odd_queries_never_fail_and_wildcards_are_literal(shirts, query: str):
     found = product_search(query=query)

