@@ -62,6 +62,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "gallery.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -199,7 +200,10 @@ BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1
 SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
 GRID_SIZE = 25
 API_MAX_K = env.int("API_MAX_K", default=100)
-PHOTO_SEARCH_RATE = env("PHOTO_SEARCH_RATE", default="30/m")
+# Photo searches per client (REMOTE_ADDR) per minute, counted in the shared cache.
+PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)
+# Photo searches embedded at once per web process; more wait their turn.
+PHOTO_SEARCH_CONCURRENCY = env.int("PHOTO_SEARCH_CONCURRENCY", default=1)
 
 # --- Recommender ----------------------------------------------------------------------
 # ENCODER: auto (ResNet50 where its ImageNet weights can be had, else the
@@ -210,6 +214,9 @@ RESNET50_WEIGHTS_FILE = env("RESNET50_WEIGHTS_FILE", default="")
 ENCODER_ALLOW_DOWNLOAD = env.bool("ENCODER_ALLOW_DOWNLOAD", default=False)
 ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")
 ENCODER_BF16 = env.bool("ENCODER_BF16", default=False)
+# CPU threads for the encoder in this process (0: torch's default). Web
+# processes use 1 so a photo search never takes every core from the others.
+ENCODER_THREADS = env.int("ENCODER_THREADS", default=0)
 ENCODER_BATCH_SIZE = env.int("ENCODER_BATCH_SIZE", default=32)
 ENCODER_DECODE_WORKERS = env.int("ENCODER_DECODE_WORKERS", default=1)
 INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))

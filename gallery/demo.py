@@ -478,7 +478,9 @@ class _Sketch:
         f /= float(np.sum(f, where=inside)) / n_inside
         peak = float(f.max(initial=1.0, where=inside))
         if peak > headroom:
-            f = 1.0 + (f - 1.0) * max(0.0, headroom - 1.0) / (peak - 1.0)
+            # squeeze the highlights under the cap; keep at least half of the shadows so light colours still look 3-D
+            squeeze = max(0.0, headroom - 1.0) / (peak - 1.0)
+            f = 1.0 + (f - 1.0) * np.where(f > 1.0, squeeze, max(squeeze, 0.5))
         if light:
             f += light * np.clip(g, 0, None) ** 2 * inner
         small_f = Image.fromarray(np.clip(np.rint(f * 127.5), 0, 255).astype(np.uint8), "L")
@@ -500,7 +502,7 @@ def _sole(rgb: RGB) -> RGB:
     (a contrasting sole would pull the shoe's overall colour away from its baseColour)."""
     if _lum(rgb) >= 170:
         return _SOLE_WHITE
-    return _shade(rgb, 0.85)
+    return _shade(rgb, 0.9)
 
 
 def _outline(rgb: RGB) -> RGB:
@@ -582,7 +584,7 @@ def _draw_shirt(s: _Sketch, r: random.Random) -> str:
     if r.random() < 0.6:
         s.seam(s.lines(_rrect(0.3, 0.24, 0.42, 0.38, 0.015), width=0.007), opacity=0.8)
     collar = [(0.5, 0.12), (0.4, -0.01), (0.44, -0.03), (0.5, -0.02)]
-    s.paint(s.poly(s.circle(0.5, 0.0, 0.09)), _shade(s.base, 0.8))
+    s.paint(s.poly(_arc(0.5, 0.01, 0.1, 0.035)), _shade(s.base, 0.8))
     s.paint(s.poly(collar, _flip(collar)), None, shade=0.2, outline=1.0)
     s.seam(s.lines([(0.5, 0.12), (0.5, -0.02)], width=0.006))
     return ""
@@ -922,7 +924,7 @@ def _draw_sports_shoe(s: _Sketch, r: random.Random) -> str:
     s.paint(
         s.lines(_curve((0.04, top + 0.1), (0.6, top + 0.04), (0.99, top + 0.04), 8), width=0.014), stripe, opacity=0.9
     )
-    outsole = _SOLE_DARK if _lum(s.base) < 170 else _seam(s.base, 0.5)
+    outsole = _mix(_SOLE_DARK, s.base, 0.35) if _lum(s.base) < 170 else _seam(s.base, 0.5)
     s.paint(s.poly(_rrect(0.03, 0.91, 0.99, 1.0, 0.03, 0.04)), outsole, outline=0.4)
     s.paint(s.lines(*[[(0.08 + 0.06 * i, 0.96), (0.11 + 0.06 * i, 1.0)] for i in range(15)], width=0.008), (90, 90, 92))
     accent = s.second
@@ -1369,8 +1371,6 @@ ARTICLES: tuple[_Article, ...] = (
              usages={"Casual": 5, "Formal": 5}),
 )
 # fmt: on
-
-ARTICLES_BY_NAME: dict[str, _Article] = {a.name: a for a in ARTICLES}
 
 
 # --------------------------------------------------------------------------- catalog

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 
 from gallery.selectors import ProductFilters, query_normalise
+from gallery.similarity import photo_token_valid
 from gallery.trail import Trail, TrailError
 
 
@@ -18,10 +19,16 @@ class SearchForm(forms.Form):
     category = forms.CharField(required=False)
     type = forms.CharField(required=False)
     colour = forms.CharField(required=False)
+    photo = forms.CharField(required=False)
 
     def clean_q(self) -> str:
         # Long queries are cut, not refused: a pasted paragraph still searches.
         return query_normalise(self.cleaned_data.get("q") or "")
+
+    def clean_photo(self) -> str:
+        # The shopper's photo thumbnail, carried in links; anything else is dropped.
+        token = self.cleaned_data.get("photo") or ""
+        return token if photo_token_valid(token) else ""
 
     def clean_k(self) -> int:
         k = self.cleaned_data.get("k") or settings.GRID_SIZE
@@ -46,6 +53,27 @@ class SimilarForm(SearchForm):
             raise forms.ValidationError(str(exc)) from exc
 
 
+class PhotoSearchForm(SearchForm):
+    """A photo upload (multipart field ``image``), with k and filters."""
+
+    image = forms.FileField(required=True, error_messages={"required": "Choose a photo to search with."})
+
+    def clean_image(self) -> bytes:
+        upload = self.cleaned_data["image"]
+        limit = settings.IMAGE_MAX_BYTES
+        if upload.size is not None and upload.size > limit:
+            raise forms.ValidationError(f"The photo is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        data = upload.read(limit + 1)
+        if not data:
+            raise forms.ValidationError("The file is empty.")
+        if len(data) > limit:
+            raise forms.ValidationError(f"The photo is larger than the {limit / 1e6:.0f} MB limit.")
+        return data
+
+
 def form_errors_text(form: forms.Form) -> str:
     """All of a form's errors as one sentence for a page or a JSON body."""
-    return " ".join(f"{name}: {' '.join(errors)}" for name, errors in form.errors.items())
+    # A photo's errors read as sentences on their own; other fields are named.
+    return " ".join(
+        " ".join(errors) if name == "image" else f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()
+    )

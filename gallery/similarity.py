@@ -1,13 +1,24 @@
-"""The similar-products grid: a refinement trail in, catalog products with scores out."""
+"""The grids shoppers browse: a refinement trail or a photo in, catalog products with scores out."""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+from PIL import Image
 
 from gallery.models import Product
 from gallery.selectors import ProductFilters
 from gallery.trail import Trail
+from recommender import runtime
+from recommender.encoders import INPUT_SIZE
+from recommender.preprocess import image_open, image_to_rgb, image_to_square
 from recommender.selectors import NotEmbeddedYet, query_vector, similar_products
 
 
@@ -55,3 +66,49 @@ def similar_grid(
         if n.product_id in products
     ]
     return SimilarGrid(items=items, trail_products=trail_products)
+
+
+# --- Search by photo ------------------------------------------------------------------
+
+PHOTO_TOKEN_SIDE = 64
+PHOTO_TOKEN_MAX_CHARS = 4000
+_PHOTO_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,4000}={0,2}$")
+
+# Photo searches run the CNN inside the web process; bounding how many run at
+# once keeps text search and clicks fast while photos queue.
+_photo_slots = threading.BoundedSemaphore(max(1, settings.PHOTO_SEARCH_CONCURRENCY))
+
+
+@dataclass(frozen=True)
+class PhotoGrid:
+    items: list[GridItem]
+    # A thumbnail of the shopper's photo that travels in links (never stored).
+    photo_token: str
+
+
+def photo_token_make(rgb: Image.Image) -> str:
+    """A small JPEG of the shopper's photo, URL-safe base64: shown at the start of the trail."""
+    thumb = rgb.copy()
+    thumb.thumbnail((PHOTO_TOKEN_SIDE, PHOTO_TOKEN_SIDE))
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=60)
+    return base64.urlsafe_b64encode(out.getvalue()).decode()
+
+
+def photo_token_valid(token: str) -> bool:
+    return len(token) <= PHOTO_TOKEN_MAX_CHARS and bool(_PHOTO_TOKEN.match(token))
+
+
+def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) -> PhotoGrid:
+    """The ``k`` products that look most like the photo ``data``; it is embedded in memory and dropped.
+
+    Raises ImageRejected (a bad or oversized image) or SimilarityUnavailable.
+    """
+    rgb = image_to_rgb(image_open(data, max_pixels=settings.IMAGE_MAX_PIXELS))
+    square = np.asarray(image_to_square(rgb, size=INPUT_SIZE))
+    with _photo_slots:
+        vector = runtime.encoder().embed_images([square])[0]
+    neighbours = similar_products(vector=vector, k=k, filters=filters.q() if filters else None)
+    products = Product.objects.in_bulk([n.product_id for n in neighbours])
+    items = [GridItem(products[n.product_id], n.score) for n in neighbours if n.product_id in products]
+    return PhotoGrid(items=items, photo_token=photo_token_make(rgb))

@@ -8,5 +8,7 @@ urlpatterns = [
     path("similar/<int:product_id>/", views.similar, name="similar"),
     path("api/search", views.api_search, name="api-search"),
     path("api/similar/<int:product_id>", views.api_similar, name="api-similar"),
+    path("search-by-image", views.search_by_image, name="search-by-image"),
+    path("api/search-by-image", views.api_search_by_image, name="api-search-by-image"),
     path("api/status", views.api_status, name="api-status"),
 ]

@@ -9,13 +9,16 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 
-from gallery.forms import SearchForm, SimilarForm, form_errors_text
+from gallery.forms import PhotoSearchForm, SearchForm, SimilarForm, form_errors_text
 from gallery.models import Product
+from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
-from gallery.similarity import GridItem, similar_grid
+from gallery.similarity import GridItem, PhotoGrid, photo_grid, similar_grid
 from gallery.trail import Step, Trail
+from recommender.preprocess import ImageRejected
 from recommender.selectors import SimilarityUnavailable, index_status
 
 
@@ -23,9 +26,30 @@ def _query_string(**params: object) -> str:
     return urlencode({key: value for key, value in params.items() if value not in ("", None)})
 
 
-def _context_params(form: SearchForm) -> dict[str, str]:
-    """Parameters every link carries on: the text query and the filters."""
-    return {"q": form.cleaned_data.get("q", ""), **form.filters.as_dict()}
+def _context_params(form: SearchForm, *, photo: str = "") -> dict[str, str]:
+    """Parameters every link carries on: the text query or photo the trail started from, and the filters."""
+    photo = photo or form.cleaned_data.get("photo", "")
+    return {"q": form.cleaned_data.get("q", ""), "photo": photo, **form.filters.as_dict()}
+
+
+FILTER_LABELS = {"gender": "Gender", "category": "Category", "type": "Type", "colour": "Colour"}
+
+
+def _filter_menus(selected: dict[str, str]) -> list[dict[str, object]]:
+    """The filter selects: every value the catalog offers, the shopper's choice marked."""
+    choices = filter_choices()
+    return [
+        {
+            "name": name,
+            "label": label,
+            "options": [(value, value == selected.get(name)) for value in choices.get(name, [])],
+        }
+        for name, label in FILTER_LABELS.items()
+    ]
+
+
+def _photo_context(params: dict[str, str]) -> dict[str, str]:
+    return {"photo_src": f"data:image/jpeg;base64,{params['photo']}" if params.get("photo") else ""}
 
 
 def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
@@ -91,9 +115,49 @@ def home(request: HttpRequest) -> HttpResponse:
         "form": form,
         "items": items,
         "query": form.cleaned_data["q"],
-        "choices": filter_choices(),
+        "filter_menus": _filter_menus(params),
         "params": params,
+        **_photo_context(params),
     }
+    return _render(request, "gallery/home.html", context)
+
+
+def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> tuple[PhotoGrid | None, str, int]:
+    """Run a photo search from a valid form: (grid, "", 200) or (None, message, 4xx/5xx status)."""
+    retry_after = rate_limit_hit(scope="photo", request=request, per_minute=settings.PHOTO_SEARCH_RATE_PER_MINUTE)
+    if retry_after:
+        return None, f"Too many photo searches; try again in {retry_after} seconds.", 429
+    try:
+        return photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters), "", 200
+    except ImageRejected as exc:
+        return None, str(exc), 400
+    except SimilarityUnavailable as exc:
+        return None, str(exc), 503
+
+
+def _retry_after(response: HttpResponse, message: str, status: int) -> HttpResponse:
+    if status == 429:
+        response["Retry-After"] = "".join(ch for ch in message.split(" in ")[-1] if ch.isdigit()) or "60"
+    return response
+
+
+@require_POST
+def search_by_image(request: HttpRequest) -> HttpResponse:
+    form = PhotoSearchForm(request.POST, request.FILES)
+    selected = form.filters.as_dict() if form.is_valid() else {}
+    context: dict[str, object] = {"filter_menus": _filter_menus(selected), "form": form, "photo_search": True}
+    if not form.is_valid():
+        return _render(request, "gallery/home.html", {**context, "error": form_errors_text(form)}, status=400)
+    grid, error, status = _photo_search(request, form, k=settings.GRID_SIZE)
+    if grid is None:
+        response = _render(request, "gallery/home.html", {**context, "error": error}, status=status)
+        return _retry_after(response, error, status)
+    params = {"q": "", "photo": grid.photo_token, **form.filters.as_dict()}
+    items = [
+        GridItem(item.product, item.score, similar_url(item.product.id, Trail().then(item.product.id), params))
+        for item in grid.items
+    ]
+    context |= {"items": items, "params": params, **_photo_context(params)}
     return _render(request, "gallery/home.html", context)
 
 
@@ -112,7 +176,14 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
     trail = form.cleaned_data["trail"]
     if product.id not in trail.product_ids:
         trail = trail.then(product.id)
-    context = {"form": form, "product": product, "choices": filter_choices(), "params": params, "query": params["q"]}
+    context = {
+        "form": form,
+        "product": product,
+        "filter_menus": _filter_menus(params),
+        "params": params,
+        "query": params["q"],
+        **_photo_context(params),
+    }
     try:
         grid = similar_grid(
             anchor=product,
@@ -124,9 +195,8 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
     except SimilarityUnavailable as exc:
         return _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=503)
     steps = _trail_steps(trail, product.id, grid.trail_products, params)
-    return _render(
-        request, "gallery/similar.html", {**context, "items": grid.items, "notice": grid.notice, "trail_steps": steps}
-    )
+    context |= {"items": grid.items, "notice": grid.notice, "trail_steps": steps, "trail_param": str(trail)}
+    return _render(request, "gallery/similar.html", context)
 
 
 # --- JSON API -----------------------------------------------------------------------------
@@ -193,6 +263,27 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
         {
             "query": product.id,
             "trail": str(trail),
+            "filters": form.filters.as_dict(),
+            "results": [_product_json(request, item.product, item.score) for item in grid.items],
+        }
+    )
+
+
+@csrf_exempt  # an API for shop integrations: no cookies, no session, nothing to forge
+@require_POST
+def api_search_by_image(request: HttpRequest) -> JsonResponse:
+    # k and the filters may come in the query string or as form fields.
+    data = request.GET.copy()
+    data.update(request.POST)
+    form = PhotoSearchForm(data, request.FILES)
+    if not form.is_valid():
+        return api_error(form_errors_text(form), status=400)
+    grid, error, status = _photo_search(request, form, k=form.cleaned_data["k"])
+    if grid is None:
+        return _retry_after(api_error(error, status=status), error, status)
+    return JsonResponse(
+        {
+            "query": "image",
             "filters": form.filters.as_dict(),
             "results": [_product_json(request, item.product, item.score) for item in grid.items],
         }

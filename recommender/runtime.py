@@ -10,6 +10,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
+import torch
 from django.conf import settings
 
 from recommender import encoders
@@ -63,6 +64,8 @@ def active_space() -> str:
 def encoder() -> encoders.Encoder:
     """The process's encoder, loaded on first use."""
     choice = encoder_choice()
+    if settings.ENCODER_THREADS > 0:
+        torch.set_num_threads(settings.ENCODER_THREADS)
     loaded = encoders.encoder_load(
         name=choice.name,
         resnet50_weights_file=settings.RESNET50_WEIGHTS_FILE or None,
