@@ -11,4 +11,5 @@ urlpatterns = [
     path("search-by-image", views.search_by_image, name="search-by-image"),
     path("api/search-by-image", views.api_search_by_image, name="api-search-by-image"),
     path("api/status", views.api_status, name="api-status"),
+    path("api/openapi.json", views.api_openapi, name="api-openapi"),
 ]

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from gallery.forms import PhotoSearchForm, SearchForm, SimilarForm, form_errors_text
 from gallery.models import Product
+from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
 from gallery.similarity import GridItem, PhotoGrid, photo_grid, similar_grid
@@ -288,6 +289,11 @@ def api_search_by_image(request: HttpRequest) -> JsonResponse:
             "results": [_product_json(request, item.product, item.score) for item in grid.items],
         }
     )
+
+
+@require_GET
+def api_openapi(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(openapi_spec())
 
 
 @require_GET

@@ -1,0 +1,227 @@
+"""The OpenAPI 3.1 description of the shop-integration API, served at /api/openapi.json."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+QUERY_TEXT = "Words to search for; capped at {} characters. Empty: a varied starting grid."
+TRAIL_TEXT = (
+    "Comma-separated product ids clicked before; prefix p pins a step (the grid keeps looking like it), "
+    "n marks it 'not like this'. Example: 12,p34,n56."
+)
+IMAGE_TEXT = "JPEG, PNG, WebP or GIF; at most {} MiB and {} megapixels."
+
+
+def _filter_params() -> list[dict[str, object]]:
+    described = {
+        "gender": "Exact gender, e.g. Men, Women, Unisex.",
+        "category": "Exact master category, e.g. Apparel, Footwear, Accessories.",
+        "type": "Exact article type, e.g. Tshirts, Heels, Watches.",
+        "colour": "Exact base colour, e.g. Navy Blue.",
+    }
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string", "maxLength": 64},
+        }
+        for name, text in described.items()
+    ]
+
+
+def _k_param() -> dict[str, object]:
+    return {
+        "name": "k",
+        "in": "query",
+        "required": False,
+        "description": "How many results (default 25).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": settings.API_MAX_K, "default": settings.GRID_SIZE},
+    }
+
+
+def _error(description: str) -> dict[str, object]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def openapi_spec() -> dict[str, object]:
+    """The API description; limits come from the running settings."""
+    results = {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Product"},
+        "description": "Best first; never the query product, never duplicates.",
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Visual gallery API",
+            "version": "1.0",
+            "description": "Text search, click-to-refine visual similarity and search by photo over the catalog.",
+        },
+        "paths": {
+            "/api/search": {
+                "get": {
+                    "summary": "Products whose names hold every word of q",
+                    "parameters": [
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "required": False,
+                            "description": QUERY_TEXT.format(settings.SEARCH_QUERY_MAX_CHARS),
+                            "schema": {"type": "string"},
+                        },
+                        _k_param(),
+                        *_filter_params(),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Matching products",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "query": {"type": "string"},
+                                            "filters": {"type": "object"},
+                                            "results": results,
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error("Invalid k"),
+                    },
+                }
+            },
+            "/api/similar/{id}": {
+                "get": {
+                    "summary": "Products that look most like a product, or like a whole refinement trail",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                        {
+                            "name": "trail",
+                            "in": "query",
+                            "required": False,
+                            "description": TRAIL_TEXT,
+                            "schema": {"type": "string", "pattern": "^([pn]?[0-9]+)(,[pn]?[0-9]+)*$"},
+                        },
+                        _k_param(),
+                        *_filter_params(),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Similar products",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "query": {"type": "integer"},
+                                            "trail": {"type": "string"},
+                                            "filters": {"type": "object"},
+                                            "results": results,
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error("Invalid k, trail or filter"),
+                        "404": _error("No such product"),
+                        "409": _error("The product's image is not embedded yet (or could not be)"),
+                        "503": _error("The similarity index is being built or repaired"),
+                    },
+                }
+            },
+            "/api/search-by-image": {
+                "post": {
+                    "summary": "Products that look most like an uploaded photo (the photo is not stored)",
+                    "parameters": [_k_param(), *_filter_params()],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {
+                                            "type": "string",
+                                            "format": "binary",
+                                            "description": IMAGE_TEXT.format(
+                                                settings.IMAGE_MAX_BYTES // 2**20,
+                                                settings.IMAGE_MAX_PIXELS // 1_000_000,
+                                            ),
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Similar products",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "query": {"const": "image"},
+                                            "filters": {"type": "object"},
+                                            "results": results,
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error("Not an image we read, too large in pixels, truncated or empty"),
+                        "413": _error("The request body is over the size limit"),
+                        "429": _error("Too many photo searches from this client; see Retry-After"),
+                        "503": _error("The similarity index is being built or repaired"),
+                    },
+                }
+            },
+            "/api/status": {
+                "get": {
+                    "summary": "Active encoder, published index and embedding queue",
+                    "responses": {
+                        "200": {
+                            "description": "Status",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Product": {
+                    "type": "object",
+                    "required": ["id", "name", "image_url"],
+                    "properties": {
+                        "id": {"type": "integer", "description": "The catalog's own product id"},
+                        "name": {"type": "string"},
+                        "score": {
+                            "type": "number",
+                            "description": "Cosine similarity (similar and photo results only)",
+                        },
+                        "image_url": {"type": ["string", "null"]},
+                        "thumbnail_url": {"type": ["string", "null"]},
+                        "url": {"type": "string"},
+                        "gender": {"type": "string"},
+                        "master_category": {"type": "string"},
+                        "sub_category": {"type": "string"},
+                        "article_type": {"type": "string"},
+                        "base_colour": {"type": "string"},
+                        "season": {"type": "string"},
+                        "year": {"type": ["integer", "null"]},
+                        "usage": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,516 @@
+"""Projections from raw encoder vectors to served vectors: PCA(-whitening) and a triplet-trained head.
+
+No Django here. The encoder stays frozen: everything is fitted on stored raw vectors. A :class:`Projection`
+is a versioned file whose ``version`` is a hash of what it computes, so the served space
+``"<encoder id>+<version>"`` names exactly one mapping and vectors of two different mappings are never mixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("pca", "head")
+FORMAT = 1
+MINING = ("batch-hard", "semi-hard")
+# Arrays a projection may hold; anything else in a file is refused.
+_ARRAYS = ("mean", "weight", "w1", "b1", "w2", "b2")
+_META_KEY = "meta_json"
+_NORM_FLOOR = 1e-12
+
+
+class ProjectionCorrupt(ValueError):
+    """A projection file is unreadable, of an unknown format, or its content does not match its version."""
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, _NORM_FLOOR)).astype(np.float32, copy=False)
+
+
+def _as_matrix(vectors: np.ndarray, *, what: str = "vectors") -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{what} must be a non-empty 2-d array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} hold NaN or infinite values")
+    return x
+
+
+class Projection:
+    """A fixed mapping raw encoder vectors (N, in_dim) -> unit served vectors (N, out_dim).
+
+    ``z = normalise((x - mean) @ weight.T [+ relu((x - mean) @ w1.T + b1) @ w2.T + b2])``: PCA is the linear
+    part alone, the trained head may add the residual MLP branch. ``version`` hashes the arrays, kind and
+    encoder id (not the creation time, parameters or metrics), so equal mappings share a version.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        arrays: dict[str, np.ndarray],
+        encoder_id: str = "",
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        created_at: str | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        unknown = set(arrays) - set(_ARRAYS)
+        if unknown or not {"mean", "weight"} <= set(arrays):
+            raise ValueError(f"a projection needs mean and weight (and optionally w1, b1, w2, b2), got {sorted(arrays)}")
+        self.kind = kind
+        self.arrays = {name: np.ascontiguousarray(value, dtype="<f4") for name, value in arrays.items()}
+        for value in self.arrays.values():
+            value.setflags(write=False)
+        weight = self.arrays["weight"]
+        self.out_dim, self.in_dim = (int(n) for n in weight.shape)
+        if self.arrays["mean"].shape != (self.in_dim,):
+            raise ValueError("mean must have one value per input dimension")
+        branch = [name for name in ("w1", "b1", "w2", "b2") if name in self.arrays]
+        if branch and len(branch) != 4:
+            raise ValueError("the MLP branch needs all of w1, b1, w2, b2")
+        if branch:
+            hidden = self.arrays["w1"].shape[0]
+            shapes = {
+                "w1": (hidden, self.in_dim),
+                "b1": (hidden,),
+                "w2": (self.out_dim, hidden),
+                "b2": (self.out_dim,),
+            }
+            if any(self.arrays[name].shape != shape for name, shape in shapes.items()):
+                raise ValueError("the MLP branch's shapes do not fit the linear part")
+        self.encoder_id = encoder_id
+        self.params = dict(params or {})
+        self.metrics = dict(metrics or {})
+        self.created_at = created_at or datetime.now(tz=UTC).isoformat(timespec="seconds")
+        self.version = self._version()
+
+    def __repr__(self) -> str:
+        return f"<Projection {self.version} {self.in_dim}->{self.out_dim} on {self.encoder_id or '?'}>"
+
+    def _version(self) -> str:
+        digest = hashlib.sha256()
+        head = {"kind": self.kind, "encoder_id": self.encoder_id, "in_dim": self.in_dim, "out_dim": self.out_dim}
+        digest.update(json.dumps(head, sort_keys=True).encode())
+        for name in sorted(self.arrays):
+            value = self.arrays[name]
+            digest.update(f"\0{name}:{value.dtype.str}:{value.shape}\0".encode())
+            digest.update(value.tobytes())
+        return f"{self.kind}{self.out_dim}-{digest.hexdigest()[:8]}"
+
+    @property
+    def space(self) -> str:
+        """The embedding-space id of projected vectors: ``"<encoder id>+<version>"``."""
+        if not self.encoder_id:
+            raise ValueError("this projection records no encoder id, so it names no space")
+        return f"{self.encoder_id}+{self.version}"
+
+    @property
+    def filename(self) -> str:
+        return f"head-{self.kind}-{self.out_dim}-{self.version.rsplit('-', 1)[1]}.npz"
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """Project raw rows (N, in_dim) or one raw vector (in_dim,) to float32 unit rows (N, out_dim)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected vectors with {self.in_dim} dimensions, got shape {np.shape(vectors)}")
+        a = self.arrays
+        centred = x - a["mean"]
+        z = centred @ a["weight"].T
+        if "w1" in a:
+            z = z + np.maximum(centred @ a["w1"].T + a["b1"], 0.0) @ a["w2"].T + a["b2"]
+        return _unit_rows(z)
+
+    def with_metrics(self, metrics: dict[str, Any]) -> Projection:
+        """The same mapping (same version) carrying ``metrics`` in its file."""
+        return Projection(
+            kind=self.kind,
+            arrays=self.arrays,
+            encoder_id=self.encoder_id,
+            params=self.params,
+            metrics={**self.metrics, **metrics},
+            created_at=self.created_at,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "version": self.version,
+            "encoder_id": self.encoder_id,
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "created_at": self.created_at,
+            "params": self.params,
+            "metrics": self.metrics,
+        }
+
+    def save(self, directory: Path) -> Path:
+        """Write ``directory/head-<kind>-<dim>-<sha8>.npz`` (weights + JSON metadata) atomically; returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = np.frombuffer(json.dumps(self.metadata(), sort_keys=True).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.arrays, **{_META_KEY: meta})
+        final = directory / self.filename
+        tmp = directory / f".{self.filename}.{uuid.uuid4().hex}"
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(buffer.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        logger.info("Saved projection %s to %s", self.version, final)
+        return final
+
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        """Read a file written by :meth:`save`; raises ProjectionCorrupt if it is not one or was altered."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                contents = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ProjectionCorrupt(f"{path} is not a readable projection file: {exc}") from exc
+        try:
+            meta = json.loads(contents.pop(_META_KEY).tobytes().decode())
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise ProjectionCorrupt(f"{path} has no readable metadata") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ProjectionCorrupt(f"{path} is of an unknown projection format: {meta.get('format')!r}")
+        try:
+            projection = cls(
+                kind=meta["kind"],
+                arrays=contents,
+                encoder_id=meta["encoder_id"],
+                params=meta.get("params"),
+                metrics=meta.get("metrics"),
+                created_at=meta.get("created_at"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProjectionCorrupt(f"{path} does not hold a valid projection: {exc}") from exc
+        if projection.version != meta.get("version"):
+            raise ProjectionCorrupt(f"{path} claims version {meta.get('version')} but holds {projection.version}")
+        return projection
+
+
+# --- PCA ----------------------------------------------------------------------------------------------------
+
+
+def _principal_axes(
+    x: np.ndarray, *, dim: int, max_samples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, the top ``dim`` eigenvectors as rows, their eigenvalues) of the rows' covariance, exactly."""
+    if len(x) > max_samples:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))]
+    data = x.astype(np.float64)
+    mean = data.mean(axis=0)
+    centred = data - mean
+    covariance = centred.T @ centred / max(1, len(data) - 1)
+    values, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1][:dim]
+    values = np.clip(values[order], 0.0, None)
+    axes = vectors[:, order].T
+    # Eigenvector signs are arbitrary; pin them so the same data always gives the same file.
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    return mean, axes, values
+
+
+def fit_pca(
+    vectors: np.ndarray,
+    *,
+    dim: int = 256,
+    whiten: bool = True,
+    seed: int = 0,
+    encoder_id: str = "",
+    whiten_eps: float = 1e-2,
+    max_samples: int = 200_000,
+) -> Projection:
+    """PCA of raw rows to ``dim`` dims (whitened: each axis scaled to unit variance), unsupervised.
+
+    Whitening divides by sqrt(eigenvalue + whiten_eps * mean kept eigenvalue), so near-empty axes are not
+    blown up into noise. Above ``max_samples`` rows, a ``seed``-chosen sample is used.
+    """
+    x = _as_matrix(vectors)
+    if not 1 <= dim <= x.shape[1]:
+        raise ValueError(f"dim must be between 1 and the input dimension {x.shape[1]}, got {dim}")
+    if dim >= len(x):
+        logger.warning("PCA to %d dims from only %d vectors: the last axes hold no variance", dim, len(x))
+    mean, axes, values = _principal_axes(x, dim=dim, max_samples=max_samples, seed=seed)
+    weight = axes
+    if whiten:
+        floor = whiten_eps * float(values.mean()) if values.size else 0.0
+        weight = axes / np.sqrt(values + max(floor, 1e-12))[:, None]
+    total = float(x.astype(np.float64).var(axis=0, ddof=1).sum()) if len(x) > 1 else 0.0
+    kept = float(values.sum()) / total if total > 0 else 1.0
+    params = {
+        "whiten": whiten,
+        "whiten_eps": whiten_eps,
+        "seed": seed,
+        "fitted_on": len(x),
+        "explained_variance": round(kept, 6),
+    }
+    return Projection(kind="pca", arrays={"mean": mean, "weight": weight}, encoder_id=encoder_id, params=params)
+
+
+# --- Triplet-trained head -----------------------------------------------------------------------------------
+
+
+class _Head(nn.Module):
+    """Linear projection (started from PCA) plus an optional residual MLP branch started at zero."""
+
+    def __init__(self, *, mean: np.ndarray, axes: np.ndarray, hidden: int) -> None:
+        super().__init__()
+        out_dim, in_dim = axes.shape
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, dtype=np.float32)))
+        self.linear = nn.Linear(in_dim, out_dim, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.from_numpy(np.asarray(axes, dtype=np.float32)))
+        self.branch: nn.Sequential | None = None
+        if hidden:
+            self.branch = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+            # Zero output layer: training starts exactly at the PCA projection and moves only where labels say.
+            nn.init.zeros_(self.branch[2].weight)
+            nn.init.zeros_(self.branch[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self.mean
+        z = self.linear(centred)
+        if self.branch is not None:
+            z = z + self.branch(centred)
+        return F.normalize(z, dim=1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"mean": self.mean.numpy().copy(), "weight": self.linear.weight.detach().numpy().copy()}
+        if self.branch is not None:
+            out |= {
+                "w1": self.branch[0].weight.detach().numpy().copy(),
+                "b1": self.branch[0].bias.detach().numpy().copy(),
+                "w2": self.branch[2].weight.detach().numpy().copy(),
+                "b2": self.branch[2].bias.detach().numpy().copy(),
+            }
+        return out
+
+
+@contextlib.contextmanager
+def _deterministic_torch(seed: int) -> Iterator[None]:
+    # One thread: float reductions then run in one order on every machine, so a seed gives one result.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _label_codes(labels: Sequence[str], *, n: int, what: str) -> np.ndarray:
+    """Integer class per row; an empty label makes the row a class of its own (only its copies match it)."""
+    if len(labels) != n:
+        raise ValueError(f"{what} must have one entry per vector ({n}), got {len(labels)}")
+    names = np.array([str(label) for label in labels], dtype=str)
+    empty = names == ""
+    _, codes = np.unique(names, return_inverse=True)
+    codes = codes.astype(np.int64)
+    codes[empty] = codes.max(initial=0) + 1 + np.flatnonzero(empty)
+    return codes
+
+
+class _Batches:
+    """P x K sampling: classes of coarse labels, several fine classes in each, K rows per fine class.
+
+    Rows are pool items (vectors and augmented copies). Hard mining needs every batch to hold positives for
+    its anchors and near negatives (same coarse class, other fine class), which uniform batches rarely do.
+    """
+
+    def __init__(
+        self, *, fine: np.ndarray, coarse: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator
+    ) -> None:
+        self.rng = rng
+        self.per_class = per_class
+        self.members = {int(c): np.flatnonzero(fine == c) for c in np.unique(fine)}
+        fine_of_coarse: dict[int, list[int]] = {}
+        for c in self.members:
+            fine_of_coarse.setdefault(int(coarse[self.members[c][0]]), []).append(c)
+        self.fine_of_coarse = {k: np.array(sorted(v)) for k, v in fine_of_coarse.items()}
+        self.coarse_ids = np.array(sorted(self.fine_of_coarse))
+        self.fine_per_coarse = 4
+        self.batch_size = batch_size
+
+    def sample(self) -> np.ndarray:
+        rows: list[np.ndarray] = []
+        total = 0
+        coarse_order = self.rng.permutation(self.coarse_ids)
+        position = 0
+        while total < self.batch_size:
+            if position == len(coarse_order):
+                coarse_order, position = self.rng.permutation(self.coarse_ids), 0
+            fine = self.fine_of_coarse[int(coarse_order[position])]
+            position += 1
+            chosen = self.rng.choice(fine, min(self.fine_per_coarse, len(fine)), replace=False)
+            for c in chosen:
+                members = self.members[int(c)]
+                take = self.rng.choice(members, min(self.per_class, len(members)), replace=False)
+                rows.append(take)
+                total += len(take)
+        return np.concatenate(rows)[: self.batch_size]
+
+
+def _triplet_loss(
+    z: torch.Tensor, *, classes: torch.Tensor, instances: torch.Tensor, margin: float, mining: str
+) -> torch.Tensor:
+    """Triplet loss over a batch of unit rows; positives share a class (or are copies of the same item)."""
+    dist = torch.cdist(z, z).clamp_min(0.0)
+    same = (classes[:, None] == classes[None, :]) | (instances[:, None] == instances[None, :])
+    eye = torch.eye(len(z), dtype=torch.bool)
+    positive = same & ~eye
+    negative = ~same
+    if mining == "batch-hard":
+        anchors = positive.any(dim=1) & negative.any(dim=1)
+        if not anchors.any():
+            return z.sum() * 0.0
+        hardest_positive = torch.where(positive, dist, torch.zeros_like(dist)).amax(dim=1)
+        hardest_negative = torch.where(negative, dist, torch.full_like(dist, float("inf"))).amin(dim=1)
+        return F.relu(hardest_positive - hardest_negative + margin)[anchors].mean()
+    # Semi-hard (FaceNet): per anchor-positive pair, the nearest negative farther than the positive; where
+    # there is none, the farthest negative.
+    a, p = torch.nonzero(positive, as_tuple=True)
+    if len(a) == 0 or not negative.any():
+        return z.sum() * 0.0
+    d_ap = dist[a, p][:, None]
+    d_an = dist[a]
+    neg = negative[a]
+    outside = neg & (d_an > d_ap)
+    nearest_outside = torch.where(outside, d_an, torch.full_like(d_an, float("inf"))).amin(dim=1)
+    farthest_inside = torch.where(neg, d_an, torch.full_like(d_an, -float("inf"))).amax(dim=1)
+    chosen = torch.where(outside.any(dim=1), nearest_outside, farthest_inside)
+    valid = neg.any(dim=1)
+    return F.relu(d_ap[:, 0] - chosen + margin)[valid].mean()
+
+
+def train_triplet_head(
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    *,
+    coarse_labels: Sequence[str] | None = None,
+    coarse_weight: float = 0.5,
+    augmented: np.ndarray | None = None,
+    augmented_of: np.ndarray | None = None,
+    out_dim: int = 256,
+    hidden: int = 0,
+    epochs: int = 30,
+    batch_size: int = 128,
+    per_class: int = 4,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    margin: float = 0.2,
+    mining: str = "batch-hard",
+    seed: int = 0,
+    encoder_id: str = "",
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[Projection, list[float]]:
+    """Train a head on frozen raw vectors with a triplet loss; returns it and the mean loss of each epoch.
+
+    Positives share ``labels`` (e.g. "articleType|baseColour"); ``augmented`` rows (copies of distorted
+    photos) are extra positives of the row ``augmented_of`` names (aligned with ``vectors`` when None). With
+    ``coarse_labels`` (e.g. articleType) a second triplet term of weight ``coarse_weight`` keeps the coarse
+    classes together. The head starts as PCA to ``out_dim``; ``hidden`` > 0 adds a residual MLP branch.
+    Deterministic for a given seed (trains single-threaded); ``progress(epoch, loss)`` after each epoch.
+    """
+    x = _as_matrix(vectors)
+    n, in_dim = x.shape
+    if mining not in MINING:
+        raise ValueError(f"mining must be one of {', '.join(MINING)}, got {mining!r}")
+    if not 1 <= out_dim <= in_dim:
+        raise ValueError(f"out_dim must be between 1 and {in_dim}, got {out_dim}")
+    if epochs < 1 or batch_size < 2 or per_class < 1:
+        raise ValueError("epochs and per_class must be at least 1, batch_size at least 2")
+    fine = _label_codes(labels, n=n, what="labels")
+    coarse = _label_codes(coarse_labels, n=n, what="coarse_labels") if coarse_labels is not None else fine
+    instance = np.arange(n)
+    pool = x
+    if augmented is not None:
+        extra = _as_matrix(augmented, what="augmented")
+        of = np.arange(len(extra)) if augmented_of is None else np.asarray(augmented_of, dtype=np.int64)
+        if extra.shape[1] != in_dim or of.shape != (len(extra),) or (len(of) and not 0 <= of.min() <= of.max() < n):
+            raise ValueError("augmented must be (M, in_dim) rows with augmented_of giving each one's row in vectors")
+        pool = np.concatenate([x, extra])
+        instance = np.concatenate([instance, of])
+    # Rows and their copies alike carry the fine/coarse class of the product they show.
+    pool_fine, pool_coarse = fine[instance], coarse[instance]
+
+    started = time.perf_counter()
+    mean, axes, _ = _principal_axes(x, dim=out_dim, max_samples=200_000, seed=seed)
+    history: list[float] = []
+    with _deterministic_torch(seed):
+        rng = np.random.default_rng(seed)
+        net = _Head(mean=mean, axes=axes, hidden=hidden)
+        optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        batches = _Batches(fine=pool_fine, coarse=pool_coarse, batch_size=batch_size, per_class=per_class, rng=rng)
+        steps = max(1, -(-len(pool) // batch_size))
+        pool_t = torch.from_numpy(pool)
+        fine_t, coarse_t, instance_t = (torch.from_numpy(a) for a in (pool_fine, pool_coarse, instance))
+        for epoch in range(1, epochs + 1):
+            total = 0.0
+            for _ in range(steps):
+                rows = torch.from_numpy(batches.sample())
+                z = net(pool_t[rows])
+                loss = _triplet_loss(
+                    z, classes=fine_t[rows], instances=instance_t[rows], margin=margin, mining=mining
+                )
+                if coarse_labels is not None and coarse_weight:
+                    loss = loss + coarse_weight * _triplet_loss(
+                        z, classes=coarse_t[rows], instances=instance_t[rows], margin=margin, mining=mining
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach())
+            history.append(total / steps)
+            if progress is not None:
+                progress(epoch, history[-1])
+    seconds = time.perf_counter() - started
+    params = {
+        "labels": "fine+coarse" if coarse_labels is not None else "fine",
+        "coarse_weight": coarse_weight if coarse_labels is not None else 0.0,
+        "hidden": hidden,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "per_class": per_class,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "margin": margin,
+        "mining": mining,
+        "seed": seed,
+        "trained_on": n,
+        "augmented": len(pool) - n,
+        "train_seconds": round(seconds, 2),
+        "final_loss": round(history[-1], 6),
+    }
+    logger.info("Trained a %d->%d head on %d vectors in %.1f s (loss %.4f)", in_dim, out_dim, n, seconds, history[-1])
+    return Projection(kind="head", arrays=net.arrays(), encoder_id=encoder_id, params=params), history
