@@ -74,7 +74,7 @@ class LabelledCatalog:
 
 
 def combined_labels(article_types: Sequence[str], colours: Sequence[str]) -> np.ndarray:
-    """"articleType|baseColour" per product: the fine class a head is trained on."""
+    """ "articleType|baseColour" per product: the fine class a head is trained on."""
     return np.array([f"{t}|{c}" for t, c in zip(article_types, colours, strict=True)], dtype=str)
 
 
@@ -157,9 +157,7 @@ def distort_photo(image: Image.Image, *, rng: np.random.Generator, jpeg_quality:
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     scale = rng.uniform(0.4, 1.2)
-    img = img.resize(
-        (max(16, round(crop_w * scale)), max(16, round(crop_h * scale))), Image.Resampling.BILINEAR
-    )
+    img = img.resize((max(16, round(crop_w * scale)), max(16, round(crop_h * scale))), Image.Resampling.BILINEAR)
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         img = enhancer(img).enhance(rng.uniform(0.75, 1.25))
     out = io.BytesIO()
@@ -328,7 +326,11 @@ class EvalSet:
     @property
     def relevances(self) -> dict[str, np.ndarray]:
         c = self.catalog
-        return {"type": c.article_types, "colour": c.colours, "type+colour": combined_labels(c.article_types, c.colours)}
+        return {
+            "type": c.article_types,
+            "colour": c.colours,
+            "type+colour": combined_labels(c.article_types, c.colours),
+        }
 
 
 @dataclass
@@ -526,7 +528,12 @@ def results_table(results: Sequence[SpaceResult]) -> str:
         for r in results
     ]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))) for line in [header, *rows]]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -76,7 +76,9 @@ class Projection:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         unknown = set(arrays) - set(_ARRAYS)
         if unknown or not {"mean", "weight"} <= set(arrays):
-            raise ValueError(f"a projection needs mean and weight (and optionally w1, b1, w2, b2), got {sorted(arrays)}")
+            raise ValueError(
+                f"a projection needs mean and weight (and optionally w1, b1, w2, b2), got {sorted(arrays)}"
+            )
         self.kind = kind
         self.arrays = {name: np.ascontiguousarray(value, dtype="<f4") for name, value in arrays.items()}
         for value in self.arrays.values():
@@ -417,8 +419,7 @@ def train_triplet_head(
     vectors: np.ndarray,
     labels: Sequence[str],
     *,
-    coarse_labels: Sequence[str] | None = None,
-    coarse_weight: float = 0.5,
+    extra_labels: Sequence[tuple[Sequence[str], float]] = (),
     augmented: np.ndarray | None = None,
     augmented_of: np.ndarray | None = None,
     out_dim: int = 256,
@@ -437,9 +438,9 @@ def train_triplet_head(
     """Train a head on frozen raw vectors with a triplet loss; returns it and the mean loss of each epoch.
 
     Positives share ``labels`` (e.g. "articleType|baseColour"); ``augmented`` rows (copies of distorted
-    photos) are extra positives of the row ``augmented_of`` names (aligned with ``vectors`` when None). With
-    ``coarse_labels`` (e.g. articleType) a second triplet term of weight ``coarse_weight`` keeps the coarse
-    classes together. The head starts as PCA to ``out_dim``; ``hidden`` > 0 adds a residual MLP branch.
+    photos) are extra positives of the row ``augmented_of`` names (aligned with ``vectors`` when None). Each
+    ``(labels, weight)`` of ``extra_labels`` (e.g. articleType alone) adds a triplet term of that weight; the
+    first also groups batches. The head starts as PCA to ``out_dim``; ``hidden`` > 0 adds a residual MLP.
     Deterministic for a given seed (trains single-threaded); ``progress(epoch, loss)`` after each epoch.
     """
     x = _as_matrix(vectors)
@@ -451,18 +452,20 @@ def train_triplet_head(
     if epochs < 1 or batch_size < 2 or per_class < 1:
         raise ValueError("epochs and per_class must be at least 1, batch_size at least 2")
     fine = _label_codes(labels, n=n, what="labels")
-    coarse = _label_codes(coarse_labels, n=n, what="coarse_labels") if coarse_labels is not None else fine
+    extra_codes = [(_label_codes(names, n=n, what="extra_labels"), float(w)) for names, w in extra_labels]
+    coarse = extra_codes[0][0] if extra_codes else fine
     instance = np.arange(n)
     pool = x
     if augmented is not None:
-        extra = _as_matrix(augmented, what="augmented")
-        of = np.arange(len(extra)) if augmented_of is None else np.asarray(augmented_of, dtype=np.int64)
-        if extra.shape[1] != in_dim or of.shape != (len(extra),) or (len(of) and not 0 <= of.min() <= of.max() < n):
+        copies = _as_matrix(augmented, what="augmented")
+        of = np.arange(len(copies)) if augmented_of is None else np.asarray(augmented_of, dtype=np.int64)
+        if copies.shape[1] != in_dim or of.shape != (len(copies),) or not 0 <= of.min() <= of.max() < n:
             raise ValueError("augmented must be (M, in_dim) rows with augmented_of giving each one's row in vectors")
-        pool = np.concatenate([x, extra])
+        pool = np.concatenate([x, copies])
         instance = np.concatenate([instance, of])
-    # Rows and their copies alike carry the fine/coarse class of the product they show.
+    # Rows and their copies alike carry the classes of the product they show.
     pool_fine, pool_coarse = fine[instance], coarse[instance]
+    pool_extra = [(torch.from_numpy(codes[instance]), weight) for codes, weight in extra_codes if weight]
 
     started = time.perf_counter()
     mean, axes, _ = _principal_axes(x, dim=out_dim, max_samples=200_000, seed=seed)
@@ -474,18 +477,16 @@ def train_triplet_head(
         batches = _Batches(fine=pool_fine, coarse=pool_coarse, batch_size=batch_size, per_class=per_class, rng=rng)
         steps = max(1, -(-len(pool) // batch_size))
         pool_t = torch.from_numpy(pool)
-        fine_t, coarse_t, instance_t = (torch.from_numpy(a) for a in (pool_fine, pool_coarse, instance))
+        fine_t, instance_t = torch.from_numpy(pool_fine), torch.from_numpy(instance)
         for epoch in range(1, epochs + 1):
             total = 0.0
             for _ in range(steps):
                 rows = torch.from_numpy(batches.sample())
                 z = net(pool_t[rows])
-                loss = _triplet_loss(
-                    z, classes=fine_t[rows], instances=instance_t[rows], margin=margin, mining=mining
-                )
-                if coarse_labels is not None and coarse_weight:
-                    loss = loss + coarse_weight * _triplet_loss(
-                        z, classes=coarse_t[rows], instances=instance_t[rows], margin=margin, mining=mining
+                loss = _triplet_loss(z, classes=fine_t[rows], instances=instance_t[rows], margin=margin, mining=mining)
+                for codes, weight in pool_extra:
+                    loss = loss + weight * _triplet_loss(
+                        z, classes=codes[rows], instances=instance_t[rows], margin=margin, mining=mining
                     )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -496,8 +497,7 @@ def train_triplet_head(
                 progress(epoch, history[-1])
     seconds = time.perf_counter() - started
     params = {
-        "labels": "fine+coarse" if coarse_labels is not None else "fine",
-        "coarse_weight": coarse_weight if coarse_labels is not None else 0.0,
+        "extra_label_weights": [weight for _, weight in extra_codes],
         "hidden": hidden,
         "epochs": epochs,
         "batch_size": batch_size,

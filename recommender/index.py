@@ -247,6 +247,10 @@ class LoadedIndex:
         self.product_ids = np.ascontiguousarray(items[:, 0])
         self.embedding_ids = np.ascontiguousarray(items[:, 1])
 
+    def item_vector(self, item: int) -> np.ndarray:
+        """The vector Annoy holds for item ``item`` (Annoy keeps angular vectors as given)."""
+        return np.asarray(self._ann.get_item_vector(item), dtype=np.float32)
+
     def query(self, vector: np.ndarray, *, n: int, search_k: int | None = None) -> list[Hit]:
         """The ``n`` nearest items to a unit ``vector``, best first, scored by cosine."""
         if len(vector) != self.meta.dim:

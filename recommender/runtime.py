@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from django.conf import settings
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 ENCODER_SPACES = {
     "resnet50": encoders.RESNET50_ID,
     "efficientnet-lite0": encoders.EFFICIENTNET_LITE0_ID,
-    "resnet50-random": encoders.RESNET50_ID + encoders.RANDOM_SUFFIX,
-    "efficientnet-lite0-random": encoders.EFFICIENTNET_LITE0_ID + encoders.RANDOM_SUFFIX,
+    # Random weights (tests only) get spaces of their own: never mixed with real vectors.
+    "resnet50-random": "resnet50" + encoders.RANDOM_SUFFIX,
+    "efficientnet-lite0-random": "efficientnet-lite0" + encoders.RANDOM_SUFFIX,
 }
 
 
@@ -56,35 +58,79 @@ def encoder_choice() -> EncoderChoice:
     return EncoderChoice(name=name, space=ENCODER_SPACES[name], note=note)
 
 
+ACTIVE_SPACE_FILE = "ACTIVE_SPACE"
+SPACE_ENCODERS = {space: name for name, space in ENCODER_SPACES.items()}
+
+
+def space_switch_read() -> str | None:
+    """The space ``reembed_catalog`` switched the site to, if any (overrides ENCODER)."""
+    try:
+        space = (settings.INDEX_DIR / ACTIVE_SPACE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if space not in SPACE_ENCODERS:
+        logger.error("Ignoring %s: unknown space %r", ACTIVE_SPACE_FILE, space)
+        return None
+    return space
+
+
+def space_switch_write(space: str) -> None:
+    """Switch every process to ``space`` on its next query (atomic rename of one small file)."""
+    if space not in SPACE_ENCODERS:
+        raise encoders.EncoderUnavailable(f"unknown space {space!r}")
+    settings.INDEX_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = settings.INDEX_DIR / f".{ACTIVE_SPACE_FILE}.tmp"
+    tmp.write_text(space)
+    tmp.replace(settings.INDEX_DIR / ACTIVE_SPACE_FILE)
+
+
 def active_space() -> str:
-    return encoder_choice().space
+    """The space this site serves and embeds into: the switched-to one, else ENCODER's.
+
+    Read on every call (one small file), so a switch reaches running processes
+    without a restart.
+    """
+    return space_switch_read() or encoder_choice().space
+
+
+def encoder() -> encoders.Encoder:
+    """The encoder of the active space, loaded once per process on first use."""
+    return encoder_for(SPACE_ENCODERS[active_space()])
 
 
 @functools.cache
-def encoder() -> encoders.Encoder:
-    """The process's encoder, loaded on first use."""
-    choice = encoder_choice()
+def encoder_for(name: str) -> encoders.Encoder:
+    """The encoder named ``name`` (as ENCODER takes it), loaded once per process."""
     if settings.ENCODER_THREADS > 0:
         torch.set_num_threads(settings.ENCODER_THREADS)
     loaded = encoders.encoder_load(
-        name=choice.name,
+        name=name,
         resnet50_weights_file=settings.RESNET50_WEIGHTS_FILE or None,
         allow_download=settings.ENCODER_ALLOW_DOWNLOAD,
         device=settings.ENCODER_DEVICE,
         bf16=settings.ENCODER_BF16,
     )
-    if loaded.id != choice.space:
-        raise encoders.EncoderUnavailable(f"loaded encoder {loaded.id} but expected {choice.space}")
+    if loaded.id != ENCODER_SPACES[name]:
+        raise encoders.EncoderUnavailable(f"loaded encoder {loaded.id} but expected {ENCODER_SPACES[name]}")
     return loaded
 
 
+def index_dir(space: str) -> Path:
+    """Each space has its own builds, so a new space is built beside the one in service."""
+    return settings.INDEX_DIR / space
+
+
+def index_reader(space: str | None = None) -> IndexReader:
+    return _index_reader(index_dir(space or active_space()))
+
+
 @functools.cache
-def index_reader() -> IndexReader:
-    return IndexReader(settings.INDEX_DIR)
+def _index_reader(directory: Path) -> IndexReader:
+    return IndexReader(directory)
 
 
 def reset() -> None:
     """Forget cached singletons (tests change settings between cases)."""
     encoder_choice.cache_clear()
-    encoder.cache_clear()
-    index_reader.cache_clear()
+    encoder_for.cache_clear()
+    _index_reader.cache_clear()

@@ -149,7 +149,7 @@ def index_status() -> dict[str, object]:
                 "n_trees": meta.n_trees,
                 "built_at": meta.built_at,
                 "build_seconds": meta.build_seconds,
-                "matches_active_space": meta.space == choice.space,
+                "matches_active_space": meta.space == runtime.active_space(),
             }
     except IndexCorrupt as exc:
         index = {"error": str(exc)}
@@ -158,8 +158,13 @@ def index_status() -> dict[str, object]:
         for row in Product.objects.values("embed_status").annotate(n=Count("id")).order_by()
     }
     products = {status.value: counts.get(status.value, 0) for status in EmbedStatus}
+    space = runtime.active_space()
     return {
-        "encoder": {"space": choice.space, "name": choice.name, "note": choice.note},
+        "encoder": {
+            "space": space,
+            "name": runtime.SPACE_ENCODERS[space],
+            "note": choice.note if space == choice.space else None,
+        },
         "index": index,
         "products": {"total": sum(products.values()), **products},
         "awaiting_embedding": products["pending"] + products["processing"],

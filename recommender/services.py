@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from gallery.models import EmbedStatus, Product
 from recommender import runtime
+from recommender.encoders import Encoder
 from recommender.index import IndexMeta, index_build
 from recommender.models import Embedding
 from recommender.pipeline import ImageItem, embed_stream
@@ -65,13 +66,16 @@ def products_claim(*, product_ids: Iterable[int], claimant: str) -> list[Product
     )
 
 
-def embedding_store(*, product_id: int, image_version: int, space: str, vector: np.ndarray) -> bool:
+def embedding_store(
+    *, product_id: int, image_version: int, space: str, vector: np.ndarray, mark_done: bool = True
+) -> bool:
     """Store a product's vector if it still has the image it was computed from.
 
     Replaces any earlier vector of that space with a new row (a new id, so an
-    index build that holds the old one knows it is stale) and marks the product
-    done. Returns False, storing nothing, when the product is gone or its image
-    changed meanwhile.
+    index build that holds the old one knows it is stale) and, with
+    ``mark_done``, marks the product done (its status speaks of the active
+    space). Returns False, storing nothing, when the product is gone or its
+    image changed meanwhile.
     """
     data = np.ascontiguousarray(vector, dtype="<f4")
     with transaction.atomic():
@@ -83,9 +87,10 @@ def embedding_store(*, product_id: int, image_version: int, space: str, vector: 
         Embedding.objects.create(
             product_id=product_id, space=space, dim=len(data), vector=data.tobytes(), image_version=image_version
         )
-        Product.objects.filter(id=product_id).update(
-            embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
-        )
+        if mark_done:
+            Product.objects.filter(id=product_id).update(
+                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
+            )
     return True
 
 
@@ -104,12 +109,19 @@ def products_embed(
     products: list[Product],
     decode_workers: int = 0,
     progress: Callable[[int], None] | None = None,
+    encoder: Encoder | None = None,
 ) -> EmbedReport:
-    """Embed the given products' images with the active encoder and store the vectors."""
+    """Embed the given products' images and store the vectors.
+
+    With the active encoder (the default) products are marked done or failed;
+    with another ``encoder`` (a space being built beside the active one, see
+    reembed_catalog) their status is left alone.
+    """
     report = EmbedReport()
     if not products:
         return report
-    encoder = runtime.encoder()
+    active = encoder is None
+    encoder = encoder or runtime.encoder()
     items = []
     for product in products:
         if not product.image:
@@ -125,10 +137,17 @@ def products_embed(
     ):
         for result in batch:
             if result.vector is None:
-                product_embed_fail(product_id=result.item.key, image_version=result.item.version, reason=result.error)
+                if active:
+                    product_embed_fail(
+                        product_id=result.item.key, image_version=result.item.version, reason=result.error
+                    )
                 report.failed += 1
             elif embedding_store(
-                product_id=result.item.key, image_version=result.item.version, space=encoder.id, vector=result.vector
+                product_id=result.item.key,
+                image_version=result.item.version,
+                space=encoder.id,
+                vector=result.vector,
+                mark_done=active,
             ):
                 report.embedded += 1
             else:
@@ -147,6 +166,18 @@ def products_needing_embedding(*, space: str) -> list[int]:
         .exclude(id__in=have)
         .order_by("id")
         .values_list("id", flat=True)
+    )
+
+
+def products_missing_from_space(*, space: str, limit: int = 5000) -> list[int]:
+    """Products done for another space but without a vector in ``space`` (after a switch of space)."""
+    have = Embedding.objects.filter(space=space).values("product_id")
+    return list(
+        Product.objects.filter(embed_status=EmbedStatus.DONE)
+        .exclude(image="")
+        .exclude(id__in=have)
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
     )
 
 
@@ -206,7 +237,7 @@ def index_rebuild(*, space: str | None = None, n_trees: int | None = None) -> In
     if not chunks:
         return None
     return index_build(
-        directory=settings.INDEX_DIR,
+        directory=runtime.index_dir(space),
         vectors=np.stack(chunks),
         product_ids=np.asarray(products, dtype=np.int64),
         embedding_ids=np.asarray(ids, dtype=np.int64),

@@ -187,8 +187,15 @@ def index_refresh() -> str:
 
 @shared_task(name="recommender.embed_sweep", acks_late=True)
 def embed_sweep() -> int:
-    """Scheduled: re-queue products whose embedding task was lost (Redis or workers were down)."""
-    ids = services.products_stale_pending()
+    """Scheduled: re-queue products whose embedding task was lost (Redis or workers were down).
+
+    Also catches up products embedded only in another space (uploaded while
+    reembed_catalog was building the space now active).
+    """
+    missing = services.products_missing_from_space(space=runtime.active_space())
+    if missing:
+        services.products_mark_pending(product_ids=missing)
+    ids = services.products_stale_pending() + missing
     if not ids:
         return 0
     Product.objects.filter(Q(embed_status=EmbedStatus.PENDING), id__in=ids).update(embed_requested_at=timezone.now())

@@ -135,7 +135,7 @@ def test_an_index_from_another_encoder_is_never_queried(demo_catalog_db, demo_ve
     rows = list(Embedding.objects.values_list("id", "product_id", "vector"))
     # Same dimension, other space: a naive reader would happily query it.
     index_build(
-        directory=settings.INDEX_DIR,
+        directory=runtime.index_dir(runtime.active_space()),
         vectors=-np.stack([np.frombuffer(v, "<f4") for _, _, v in rows]),
         product_ids=np.array([p for _, p, _ in rows]),
         embedding_ids=np.array([i for i, _, _ in rows]),

@@ -1,0 +1,69 @@
+"""Health endpoints for load balancers: liveness and readiness."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from recommender import runtime
+from recommender.index import IndexCorrupt
+
+logger = logging.getLogger(__name__)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches nothing else."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        return f"error: {exc.__class__.__name__}"
+    return "ok"
+
+
+def _check_redis() -> str:
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        return f"error: {exc.__class__.__name__}"
+    return "ok"
+
+
+def _check_index() -> str:
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt:
+        return "error: corrupt"
+    if loaded is None:
+        return "missing"
+    if loaded.meta.space != runtime.active_space():
+        return f"error: built for {loaded.meta.space}"
+    return "ok"
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: database, Redis and the published index. 503 when one fails.
+
+    Redis down only degrades the site (uploads wait as pending; text and
+    similar search still answer), so it is reported but does not fail
+    readiness; neither does a missing index on a catalog still being embedded.
+    """
+    checks = {"database": _check_database(), "redis": _check_redis(), "index": _check_index()}
+    ready = checks["database"] == "ok" and not checks["index"].startswith("error")
+    if not ready:
+        logger.warning("Not ready: %s", checks)
+    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

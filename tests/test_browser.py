@@ -1,0 +1,318 @@
+"""The gallery in a real browser: headless Chromium against the live server, with real product images.
+
+One scenario walks a shopper's visit (text search, clicks, "not like this", Back,
+keyboard, photo search, filters) with JavaScript on, then the first steps again
+with JavaScript off. Screenshots of each step go to tests/artifacts/ and the
+README's screenshot to docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from django.core.cache import cache
+from PIL import Image
+
+from gallery.models import Product
+from gallery.services import catalog_import
+from recommender.services import index_rebuild, products_embed
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLICE = 120  # products imported from the demo catalog, with their images
+QUERY = "Sweatshirt"  # an article type of the slice: its products are named "... Sweatshirt"
+TIMEOUT_MS = 15_000
+
+# Counts htmx swaps: an action done by htmx raises the count, a full page load resets it.
+COUNT_SWAPS = "window.__swaps = 0; document.addEventListener('htmx:afterSettle', () => window.__swaps++);"
+
+
+@pytest.fixture
+def browser_catalog(transactional_db, demo_dir: Path, tmp_path: Path) -> dict[int, dict[str, object]]:
+    """The first SLICE demo products imported with their images, embedded and indexed: id -> fields."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/browser-deps.sh to install Debian's chromium")
+    catalog = tmp_path / "catalog"
+    (catalog / "images").mkdir(parents=True)
+    lines = (demo_dir / "styles.csv").read_text().splitlines(keepends=True)[: SLICE + 1]
+    (catalog / "styles.csv").write_text("".join(lines))
+    for line in lines[1:]:
+        name = f"{line.split(',', 1)[0]}.jpg"
+        shutil.copy(demo_dir / "images" / name, catalog / "images" / name)
+
+    cache.delete("gallery:filter-choices")  # menus from another test's catalog must not show
+    summary = catalog_import(directory=catalog, enqueue=False, workers=1)
+    assert summary.created == SLICE, summary.lines()
+    report = products_embed(products=list(Product.objects.all()))
+    assert report.embedded == SLICE
+    assert index_rebuild() is not None
+    # Everything the assertions need, read now: no database queries while the browser runs.
+    return {
+        p["id"]: p
+        for p in Product.objects.values("id", "name", "article_type", "base_colour", "gender", "master_category")
+    }
+
+
+def ids_in(page, selector: str, attribute: str = "href") -> list[int]:
+    values = page.locator(selector).evaluate_all(f"els => els.map(e => e.getAttribute('{attribute}'))")
+    return [int(re.search(r"(\d+)", value).group(1)) for value in values]
+
+
+def grid_ids(page) -> list[int]:
+    return ids_in(page, "#results ol.grid .card > a")
+
+
+def trail_ids(page) -> list[int]:
+    return ids_in(page, "#results nav.trail li.step", "data-product")
+
+
+def trail_param(page) -> str:
+    return parse_qs(urlparse(page.url).query).get("trail", [""])[0]
+
+
+def by_htmx(page, action: Callable[[], object]) -> None:
+    """Do ``action`` and wait until htmx has swapped the results in (in the same page: no reload)."""
+    before = page.evaluate("window.__swaps")
+    assert before is not None, "htmx counter missing: the page was not loaded with the init script"
+    action()
+    page.wait_for_function("n => window.__swaps > n", arg=before, timeout=TIMEOUT_MS)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def share(ids: list[int], catalog: dict, field: str, value: object) -> float:
+    return sum(catalog[i][field] == value for i in ids) / len(ids)
+
+
+def assert_thumbnails_load(page, selector: str = "#results ol.grid .card img") -> None:
+    """The first row of thumbnails is served (media) and decodes as an image."""
+    page.wait_for_function(
+        """sel => { const imgs = [...document.querySelectorAll(sel)].slice(0, 4);
+                    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=selector,
+        timeout=TIMEOUT_MS,
+    )
+
+
+def assert_words_in_names(page, query: str, catalog: dict) -> list[int]:
+    ids = grid_ids(page)
+    names = page.locator("#results ol.grid .card .name").all_inner_texts()
+    words = query.lower().split()
+    expected = sorted(i for i, p in catalog.items() if all(w in p["name"].lower() for w in words))
+    assert names and all(all(w in name.lower() for w in words) for name in names), names
+    assert sorted(ids) == expected[:25] or (len(expected) > 25 and len(ids) == 25)
+    assert [catalog[i]["name"] for i in ids] == names
+    return ids
+
+
+def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_dir: Path, tmp_path: Path, capsys):
+    from playwright.sync_api import expect, sync_playwright
+
+    catalog = browser_catalog
+    base = live_server.url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    failed_responses: list[str] = []
+
+    def record_failure(response) -> None:
+        if response.status >= 400 and not response.url.endswith("/favicon.ico"):
+            failed_responses.append(f"{response.status} {response.url}")
+
+    js_errors: list[str] = []
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(TIMEOUT_MS)
+            context.add_init_script(COUNT_SWAPS)
+            page = context.new_page()
+            page.on("response", record_failure)
+            page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+            page.on("console", lambda m: m.type == "error" and js_errors.append(m.text))
+
+            # 1. Text search: Enter in the search box; htmx swaps the results and pushes ?q=.
+            page.goto(f"{base}/")
+            assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
+            assert page.evaluate("getComputedStyle(document.querySelector('.top')).position") == "sticky", "no CSS"
+            expect(page.locator("#results ol.grid .card")).to_have_count(25)
+            assert_thumbnails_load(page)
+            page.fill("#q", QUERY)
+            by_htmx(page, lambda: page.press("#q", "Enter"))
+            assert parse_qs(urlparse(page.url).query)["q"] == [QUERY]
+            searched = assert_words_in_names(page, QUERY, catalog)
+            assert_thumbnails_load(page)
+            shot(page, "01-text-search.png")
+
+            # 2. Click a product: its trail and up to 25 similar products, never itself; then a second click.
+            first = searched[0]
+            by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
+            assert urlparse(page.url).path == f"/similar/{first}/"
+            assert trail_ids(page) == [first]
+            expect(page.locator("#results .trail-query")).to_have_text(f"“{QUERY}”")
+            grid_first = grid_ids(page)
+            assert len(grid_first) == 25 == len(set(grid_first)) and first not in grid_first
+            assert_thumbnails_load(page)
+            shot(page, "02-click.png")
+
+            second = grid_first[0]
+            by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
+            assert urlparse(page.url).path == f"/similar/{second}/"
+            assert trail_param(page) == f"{first},{second}"
+            assert trail_ids(page) == [first, second]
+            grid_before = grid_ids(page)
+            assert len(grid_before) == 25 and not {first, second} & set(grid_before)
+            shot(page, "03-second-click.png")
+
+            # 3. "Not like this" on the first step: the grid is pushed away from it.
+            with page.expect_navigation():  # the trail's controls are plain links
+                page.locator(f'#results li.step[data-product="{first}"] a.dislike').click()
+            assert trail_param(page) == f"n{first},{second}"
+            disliked = page.locator(f'#results li.step[data-product="{first}"]')
+            expect(disliked).to_have_class(re.compile(r"\bdisliked\b"))
+            expect(disliked.locator("a.dislike")).to_have_attribute("aria-pressed", "true")
+            grid_after = grid_ids(page)
+            assert len(grid_after) == 25 and first not in grid_after and second not in grid_after
+            assert grid_after != grid_before
+            effect = {
+                field: (share(grid_before, catalog, field, catalog[first][field]), share(grid_after, catalog, field, catalog[first][field]))
+                for field in ("article_type", "base_colour")
+            }
+            changed = len(set(grid_before) - set(grid_after))
+            with capsys.disabled():
+                print(
+                    f"\n'not like this' on {catalog[first]['name']} ({first}) while at {catalog[second]['name']}: "
+                    f"{changed}/25 grid products replaced; share of its article type "
+                    f"{catalog[first]['article_type']!r} {effect['article_type'][0]:.2f} -> {effect['article_type'][1]:.2f}, "
+                    f"of its colour {catalog[first]['base_colour']!r} {effect['base_colour'][0]:.2f} -> {effect['base_colour'][1]:.2f}"
+                )
+            shot(page, "04-not-like-this.png")
+
+            # 4. Back: the URL holds the state, the grid before "not like this" returns.
+            page.go_back()
+            expect(page).to_have_url(re.compile(rf"/similar/{second}/\?.*trail={first}%2C{second}(&|$)"))
+            expect(page.locator(f'#results li.step[data-product="{first}"]')).not_to_have_class(
+                re.compile(r"\bdisliked\b")
+            )
+            assert grid_ids(page) == grid_before
+            shot(page, "05-back.png")
+
+            # 5. Keyboard: Tab to a grid product, Enter: the grid refreshes around it.
+            page.focus("#q")
+            for _ in range(60):
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.matches('#results .card > a')"):
+                    break
+            else:
+                pytest.fail("Tab never reached a grid product")
+            third = int(re.search(r"/similar/(\d+)/", page.evaluate("document.activeElement.href")).group(1))
+            assert third == grid_before[0]
+            by_htmx(page, lambda: page.keyboard.press("Enter"))
+            assert urlparse(page.url).path == f"/similar/{third}/"
+            assert trail_ids(page) == [first, second, third]
+            expect(page.locator(f'#results li.step.current[data-product="{third}"]')).to_have_count(1)
+            grid_third = grid_ids(page)
+            assert len(grid_third) == 25 and not {first, second, third} & set(grid_third)
+            shot(page, "06-keyboard.png")
+
+            # The README's screenshot: a 3-step trail with the first step pinned and the second disliked.
+            with page.expect_navigation():
+                page.locator(f'#results li.step[data-product="{first}"] a.pin').click()
+            with page.expect_navigation():
+                page.locator(f'#results li.step[data-product="{second}"] a.dislike').click()
+            assert trail_param(page) == f"p{first},n{second},{third}"
+            expect(page.locator(f'#results li.step.pinned[data-product="{first}"]')).to_have_count(1)
+            expect(page.locator(f'#results li.step.disliked[data-product="{second}"]')).to_have_count(1)
+            expect(page.locator("#results ol.grid .card")).to_have_count(25)
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # let every lazy thumbnail load
+            assert_thumbnails_load(page, "#results img")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            page.evaluate("window.scrollTo(0, 0)")
+            README_SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(README_SCREENSHOT), full_page=True)
+
+            # 6. Search by photo: a shopper's copy of a product photo finds that product first.
+            photo_of = sorted(catalog)[17]
+            original = Image.open(demo_dir / "images" / f"{photo_of}.jpg").convert("RGB")
+            w, h = original.size
+            photo = tmp_path / "shopper-photo.jpg"
+            original.crop((8, 10, w - 6, h - 12)).resize((w // 2, h // 2)).save(photo, quality=70)
+            page.goto(f"{base}/")
+            by_htmx(page, lambda: page.set_input_files("#photo-input", str(photo)))
+            expect(page.locator("#results .trail-photo")).to_contain_text("Your photo")
+            expect(page.locator("#results .trail-photo img")).to_have_attribute("src", re.compile(r"^data:image/jpeg"))
+            photo_grid = grid_ids(page)
+            assert len(photo_grid) == 25 and photo_grid[0] == photo_of, (catalog[photo_of]["name"], photo_grid[:3])
+            assert_thumbnails_load(page)
+            shot(page, "07-photo.png")
+
+            # 7. Filters: picking a colour on a similar page keeps only that colour; a type on the home page.
+            page.goto(f"{base}/similar/{second}/")
+            colours = collections.Counter(catalog[i]["base_colour"] for i in grid_ids(page))
+            colour = next(c for c, _ in colours.most_common() if c != catalog[second]["base_colour"])
+            by_htmx(page, lambda: page.select_option("select[name=colour]", colour))
+            assert parse_qs(urlparse(page.url).query)["colour"] == [colour]
+            filtered = grid_ids(page)
+            expected = sum(p["base_colour"] == colour for i, p in catalog.items() if i != second)
+            assert len(filtered) == min(25, expected) and all(catalog[i]["base_colour"] == colour for i in filtered)
+            expect(page.locator("select[name=colour]")).to_have_value(colour)
+            shot(page, "08-filter-colour.png")
+
+            page.goto(f"{base}/")
+            kind = catalog[first]["article_type"]
+            by_htmx(page, lambda: page.select_option("select[name=type]", kind))
+            typed = grid_ids(page)
+            assert typed and all(catalog[i]["article_type"] == kind for i in typed)
+            assert len(typed) == min(25, sum(p["article_type"] == kind for p in catalog.values()))
+            shot(page, "09-filter-type.png")
+
+            # 8. JavaScript off: the search form and the grid's links work as plain HTML.
+            plain = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=False)
+            plain.set_default_timeout(TIMEOUT_MS)
+            nojs = plain.new_page()
+            nojs.on("response", record_failure)
+            nojs.goto(f"{base}/")
+            nojs.fill("#q", QUERY)
+            with nojs.expect_navigation():
+                nojs.press("#q", "Enter")
+            assert parse_qs(urlparse(nojs.url).query)["q"] == [QUERY]
+            assert assert_words_in_names(nojs, QUERY, catalog) == searched
+            shot(nojs, "10-nojs-search.png")
+            with nojs.expect_navigation():
+                nojs.locator("#results ol.grid .card > a").first.click()
+            assert urlparse(nojs.url).path == f"/similar/{first}/" and trail_ids(nojs) == [first]
+            assert grid_ids(nojs) == grid_first
+            with nojs.expect_navigation():
+                nojs.locator("#results ol.grid .card > a").first.click()
+            assert urlparse(nojs.url).path == f"/similar/{second}/"
+            assert trail_param(nojs) == f"{first},{second}" and trail_ids(nojs) == [first, second]
+            assert grid_ids(nojs) == grid_before
+            shot(nojs, "11-nojs-click.png")
+            plain.close()
+        finally:
+            browser.close()
+
+    assert not failed_responses, failed_responses
+    assert not js_errors, js_errors
