@@ -4,11 +4,11 @@ import pytest
 
 from gallery.models import Product
 from gallery.selectors import ProductFilters, product_search, query_words
+from tests.factories import ProductFactory
 
 
 def make(pid: int, name: str, **fields) -> Product:
-    defaults = {"gender": "Men", "master_category": "Apparel", "article_type": "Shirts", "base_colour": "Blue"}
-    return Product.objects.create(id=pid, name=name, **{**defaults, **fields})
+    return ProductFactory(id=pid, name=name, **fields)
 
 
 @pytest.fixture

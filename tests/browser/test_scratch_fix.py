@@ -36,7 +36,7 @@ def _history_miss(live_server, browser_catalog):
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
         u = page.url
-        page.evaluate("localStorage.clear()")
+        page.evaluate("sessionStorage.clear()")
         page.go_back()
         page.wait_for_timeout(1500)
         print("\nURL", u, "->", page.url, "header:", page.locator("header.top").count(), "#results:", page.locator("#results").count(), "cards", page.locator(".card").count())
