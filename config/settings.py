@@ -213,7 +213,11 @@ RESNET50_WEIGHTS_FILE = env("RESNET50_WEIGHTS_FILE", default="")
 # torchvision may fetch ResNet50 weights over the network only when allowed.
 ENCODER_ALLOW_DOWNLOAD = env.bool("ENCODER_ALLOW_DOWNLOAD", default=False)
 ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")
-ENCODER_BF16 = env.bool("ENCODER_BF16", default=False)
+# bfloat16 autocast: auto (on where the CPU or GPU runs it natively and its
+# vectors agree with float32 to cosine >= 0.99, checked at load), on, off.
+ENCODER_BF16 = env("ENCODER_BF16", default="auto")
+if ENCODER_BF16 not in {"auto", "on", "off"}:
+    raise ImproperlyConfigured(f"ENCODER_BF16 must be auto, on or off, not {ENCODER_BF16!r}")
 # CPU threads for the encoder in this process (0: torch's default). Web
 # processes use 1 so a photo search never takes every core from the others.
 ENCODER_THREADS = env.int("ENCODER_THREADS", default=0)

@@ -207,6 +207,34 @@ class Encoder:
         return np.concatenate(chunks, axis=0)
 
 
+def _reference_images(size: int, count: int = 8) -> np.ndarray:
+    """Deterministic, photo-like test images: smooth colour fields with shapes (no files needed)."""
+    rng = np.random.default_rng(1234)
+    coarse = rng.integers(0, 256, size=(count, 7, 7, 3)).astype(np.float32)
+    smooth = F.interpolate(torch.from_numpy(coarse).permute(0, 3, 1, 2), size=(size, size), mode="bicubic")
+    images = smooth.clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    for i, img in enumerate(images):
+        top, left = rng.integers(20, size // 2, size=2)
+        img[top : top + size // 3, left : left + size // 3] = (
+            rng.integers(0, 256, size=3, dtype=np.uint8) if i % 2 else 255
+        )
+    return images
+
+
+def bf16_agreement(encoder: Encoder) -> float:
+    """The lowest cosine between bf16-autocast and float32 embeddings of reference images."""
+    images = _reference_images(encoder.input_size)
+    enabled = encoder.bf16
+    try:
+        encoder.bf16 = False
+        fp32 = encoder.embed_images(images)
+        encoder.bf16 = True
+        bf16 = encoder.embed_images(images)
+    finally:
+        encoder.bf16 = enabled
+    return float(np.min(np.sum(fp32 * bf16, axis=1)))
+
+
 class ResNet50Encoder(Encoder):
     """torchvision ResNet50 without its classifier: the 2048-d global-average-pooled trunk, ImageNet mean/std."""
 

@@ -59,6 +59,7 @@ def encoder_choice() -> EncoderChoice:
 
 
 ACTIVE_SPACE_FILE = "ACTIVE_SPACE"
+BF16_MIN_COSINE = 0.99
 SPACE_ENCODERS = {space: name for name, space in ENCODER_SPACES.items()}
 
 
@@ -103,15 +104,22 @@ def encoder_for(name: str) -> encoders.Encoder:
     """The encoder named ``name`` (as ENCODER takes it), loaded once per process."""
     if settings.ENCODER_THREADS > 0:
         torch.set_num_threads(settings.ENCODER_THREADS)
+    mode = settings.ENCODER_BF16
     loaded = encoders.encoder_load(
         name=name,
         resnet50_weights_file=settings.RESNET50_WEIGHTS_FILE or None,
         allow_download=settings.ENCODER_ALLOW_DOWNLOAD,
         device=settings.ENCODER_DEVICE,
-        bf16=settings.ENCODER_BF16,
+        bf16=mode == "on",
     )
     if loaded.id != ENCODER_SPACES[name]:
         raise encoders.EncoderUnavailable(f"loaded encoder {loaded.id} but expected {ENCODER_SPACES[name]}")
+    if mode == "auto" and (loaded.device.type == "cuda" or encoders.cpu_has_native_bf16()):
+        # bfloat16 roughly doubles throughput where the hardware has it; keep it
+        # only while its vectors stay interchangeable with float32 ones.
+        agreement = encoders.bf16_agreement(loaded)
+        loaded.bf16 = agreement >= BF16_MIN_COSINE
+        logger.info("bf16 autocast %s (cosine to float32 >= %.4f)", "on" if loaded.bf16 else "off", agreement)
     return loaded
 
 

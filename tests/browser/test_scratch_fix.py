@@ -37,9 +37,12 @@ def _history_miss(live_server, browser_catalog):
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
         u = page.url
         page.evaluate("sessionStorage.clear()")
+        page.on("request", lambda r: print("REQ", r.url, r.headers.get("hx-request"), r.headers.get("hx-history-restore-request")))
+        page.evaluate("document.addEventListener('htmx:historyCacheMiss', () => console.log('MISS')); document.addEventListener('htmx:historyRestore', (e) => console.log('RESTORE', JSON.stringify(e.detail.cacheMiss)))")
+        page.on("console", lambda m: print("CONSOLE", m.text))
         page.go_back()
         page.wait_for_timeout(1500)
-        print("\nURL", u, "->", page.url, "header:", page.locator("header.top").count(), "#results:", page.locator("#results").count(), "cards", page.locator(".card").count())
+        print("\nURL", repr(page.evaluate("document.body.innerHTML.slice(0, 300)")), page.title(), page.evaluate("sessionStorage.length"), u, "->", page.url, "header:", page.locator("header.top").count(), "#results:", page.locator("#results").count(), "cards", page.locator(".card").count())
         # reload then back (cross-document)
         page.goto(live_server.url + "/?q=Sweatshirt")
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
