@@ -25,6 +25,7 @@ from PIL import Image, ImageEnhance
 
 from gallery.catalog import styles_read
 from recommender.encoders import Encoder
+from recommender.heads import Projection, fit_pca, train_catalog_head
 from recommender.index import LoadedIndex, index_build
 from recommender.pipeline import ImageItem, embed_stream
 
@@ -54,12 +55,15 @@ def identity(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LabelledCatalog:
-    """Products with an image, in styles.csv order: ids, labels and image paths, aligned row by row."""
+    """Labelled products aligned row by row: ids, articleType, baseColour and each image (path or bytes).
+
+    ``images`` may be empty where the caller embeds and distorts the images itself.
+    """
 
     ids: np.ndarray
     article_types: np.ndarray
     colours: np.ndarray
-    images: tuple[Path, ...]
+    images: tuple[Source, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,7 +73,7 @@ class LabelledCatalog:
             ids=self.ids[rows],
             article_types=self.article_types[rows],
             colours=self.colours[rows],
-            images=tuple(self.images[int(i)] for i in rows),
+            images=tuple(self.images[int(i)] for i in rows) if self.images else (),
         )
 
 
@@ -296,6 +300,13 @@ def recall_at_k(retrieved: np.ndarray, targets: np.ndarray, *, k: int | None = N
     if len(retrieved) == 0:
         return 0.0
     return float((retrieved == np.asarray(targets)[:, None]).any(axis=1).mean())
+
+
+def ceiling_precision(labels: np.ndarray, split: Split, *, k: int) -> float:
+    """The best precision@k any ranking can reach: relevant index products are often fewer than k."""
+    values, counts = np.unique(labels[split.index], return_counts=True)
+    available = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    return float(np.mean([min(k, available.get(label, 0)) / k for label in labels[split.query]]))
 
 
 def chance_precision(labels: np.ndarray, split: Split) -> float:
@@ -552,8 +563,50 @@ def eval_context(data: EvalSet, *, k: int) -> dict[str, Any]:
         "eval_distort_seed": EVAL_DISTORT_SEED,
         "jpeg_quality": JPEG_QUALITY,
         "chance": {name: chance_precision(labels, data.split) for name, labels in data.relevances.items()},
+        "ceiling": {name: ceiling_precision(labels, data.split, k=k) for name, labels in data.relevances.items()},
     }
 
 
 def results_json(results: Sequence[SpaceResult], *, context: Mapping[str, Any]) -> dict[str, Any]:
     return {"context": dict(context), "spaces": [asdict(r) for r in results]}
+
+
+def standard_spaces(
+    data: EvalSet,
+    *,
+    dim: int = 256,
+    epochs: int = 30,
+    seed: int = 0,
+    train_head: bool = True,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[dict[str, Transform], dict[str, Projection]]:
+    """Raw, PCA-``dim`` whitened and not, and a triplet head, all fitted on the index products only.
+
+    Returns the spaces by name and the fitted projections by the same names.
+    """
+    rows = data.split.index
+    train = data.vectors[rows]
+    projections = {
+        f"pca{dim}-whiten": fit_pca(train, dim=dim, whiten=True, seed=seed, encoder_id=data.encoder_id),
+        f"pca{dim}": fit_pca(train, dim=dim, whiten=False, seed=seed, encoder_id=data.encoder_id),
+    }
+    if train_head:
+        position = np.full(len(data.catalog), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        keep = position[data.train_augmented_of] >= 0
+        head, _ = train_catalog_head(
+            train,
+            article_types=data.catalog.article_types[rows].tolist(),
+            colours=data.catalog.colours[rows].tolist(),
+            augmented=data.train_augmented[keep] if keep.any() else None,
+            augmented_of=position[data.train_augmented_of[keep]] if keep.any() else None,
+            out_dim=dim,
+            epochs=epochs,
+            seed=seed,
+            encoder_id=data.encoder_id,
+            progress=progress,
+        )
+        projections[f"head{dim}"] = head
+    spaces: dict[str, Transform] = {"raw": identity}
+    spaces.update({name: projection.apply for name, projection in projections.items()})
+    return spaces, projections

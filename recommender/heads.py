@@ -514,3 +514,38 @@ def train_triplet_head(
     }
     logger.info("Trained a %d->%d head on %d vectors in %.1f s (loss %.4f)", in_dim, out_dim, n, seconds, history[-1])
     return Projection(kind="head", arrays=net.arrays(), encoder_id=encoder_id, params=params), history
+
+
+# The label recipe chosen on an inner validation split of the demo catalog (docs/quality.md): fine classes
+# "articleType|baseColour" plus an articleType term at half weight. Fine classes alone scatter products of one
+# type; articleType alone leaves colour where the encoder has it.
+TYPE_WEIGHT = 0.5
+
+
+def train_catalog_head(
+    vectors: np.ndarray,
+    *,
+    article_types: Sequence[str],
+    colours: Sequence[str],
+    augmented: np.ndarray | None = None,
+    augmented_of: np.ndarray | None = None,
+    out_dim: int = 256,
+    epochs: int = 30,
+    seed: int = 0,
+    encoder_id: str = "",
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[Projection, list[float]]:
+    """train_triplet_head with the catalog recipe: "articleType|baseColour" classes + articleType at TYPE_WEIGHT."""
+    fine = [f"{t}|{c}" if t and c else "" for t, c in zip(article_types, colours, strict=True)]
+    return train_triplet_head(
+        vectors,
+        fine,
+        extra_labels=[(list(article_types), TYPE_WEIGHT)],
+        augmented=augmented,
+        augmented_of=augmented_of,
+        out_dim=out_dim,
+        epochs=epochs,
+        seed=seed,
+        encoder_id=encoder_id,
+        progress=progress,
+    )

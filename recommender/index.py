@@ -246,6 +246,15 @@ class LoadedIndex:
             )
         self.product_ids = np.ascontiguousarray(items[:, 0])
         self.embedding_ids = np.ascontiguousarray(items[:, 1])
+        self._embedding_ids_sorted = np.sort(self.embedding_ids)
+
+    def holds(self, embedding_ids: np.ndarray) -> np.ndarray:
+        """A boolean mask: which of ``embedding_ids`` this build holds (binary search, no Python loop)."""
+        known = self._embedding_ids_sorted
+        if not len(known):
+            return np.zeros(len(embedding_ids), dtype=bool)
+        positions = np.searchsorted(known, embedding_ids).clip(max=len(known) - 1)
+        return known[positions] == embedding_ids
 
     def item_vector(self, item: int) -> np.ndarray:
         """The vector Annoy holds for item ``item`` (Annoy keeps angular vectors as given)."""

@@ -75,6 +75,23 @@ def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple
     return [(pid, eid, float(s)) for (pid, eid, _), s in zip(rows, scores, strict=True)]
 
 
+def delta_rows(*, allowed: Q, loaded: LoadedIndex | None) -> list[tuple[int, int, bytes]]:
+    """(product id, embedding id, vector) of every allowed vector the published index does not hold.
+
+    Only ids are read for the rows newer than the build's watermark; vectors
+    are loaded for those the index lacks (normally a handful).
+    """
+    if loaded is None:
+        return list(Embedding.objects.filter(allowed).values_list("product_id", "id", "vector"))
+    newer = np.fromiter(
+        Embedding.objects.filter(allowed, id__gt=loaded.meta.watermark).values_list("id", flat=True), dtype=np.int64
+    )
+    outside = newer[~loaded.holds(newer)]
+    if not len(outside):
+        return []
+    return list(Embedding.objects.filter(id__in=outside.tolist()).values_list("product_id", "id", "vector"))
+
+
 def similar_products(
     *, vector: np.ndarray, k: int = 25, exclude_ids: frozenset[int] = frozenset(), filters: Q | None = None
 ) -> list[Neighbour]:
@@ -97,14 +114,8 @@ def similar_products(
 
             index_rebuild_request(reason="no index published")
             raise SimilarityUnavailable("The similarity index is being built; please try again in a minute.")
-        watermark = 0
-    else:
-        watermark = loaded.meta.watermark
 
-    # Vectors stored since the build, searched exactly (the "delta").
-    delta = _exact(
-        vector, list(Embedding.objects.filter(allowed, id__gt=watermark).values_list("product_id", "id", "vector"))
-    )
+    delta = _exact(vector, delta_rows(allowed=allowed, loaded=loaded))
     best: dict[int, float] = {}
     for product_id, _, score in delta:
         if product_id not in exclude_ids:

@@ -213,11 +213,11 @@ def products_stale_pending() -> list[int]:
 
 # --- Index ------------------------------------------------------------------------------
 
-# Embedding tasks commit within seconds; a row older than this margin at build
-# time is certainly visible to the build. Newer rows are also searched exactly
-# beside the index, so a row committed late (with a lower id than one already
-# visible) is never missed.
-WATERMARK_MARGIN = timedelta(minutes=10)
+# A vector is stored in a transaction lasting milliseconds, so a row created
+# more than this margin before the build started is certainly visible to it.
+# Rows after the watermark are checked against the index at query time: one
+# that committed late (with a lower id than one the build saw) is never missed.
+WATERMARK_MARGIN = timedelta(seconds=60)
 
 
 def index_rebuild(*, space: str | None = None, n_trees: int | None = None) -> IndexMeta | None:

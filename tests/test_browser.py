@@ -47,10 +47,12 @@ COUNT_SWAPS = "window.__swaps = 0; document.addEventListener('htmx:afterSettle',
 
 
 @pytest.fixture
-def browser_catalog(transactional_db, demo_dir: Path, tmp_path: Path) -> dict[int, dict[str, object]]:
+def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) -> dict[int, dict[str, object]]:
     """The first SLICE demo products imported with their images, embedded and indexed: id -> fields."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/browser-deps.sh to install Debian's chromium")
+    # Other test runs on this machine share the Redis counter of photo searches from 127.0.0.1.
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 0
     catalog = tmp_path / "catalog"
     (catalog / "images").mkdir(parents=True)
     lines = (demo_dir / "styles.csv").read_text().splitlines(keepends=True)[: SLICE + 1]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.cache import cache
+from django.db.models import Q
 
 from gallery.models import Product
 from recommender import runtime, selectors, services
@@ -100,6 +101,17 @@ def test_vectors_stored_after_the_build_are_found_without_a_rebuild(demo_catalog
 
     assert found[0] == fresh.id
     assert IndexReader(runtime.index_reader().directory).current().meta.count == len(demo_catalog_db)
+
+
+def test_the_exact_pass_reads_only_vectors_the_index_lacks(demo_catalog_db, demo_vectors):
+    # Every vector was stored moments before the build: none of them is re-read per query.
+    space = runtime.active_space()
+    loaded = runtime.index_reader().current()
+    assert selectors.delta_rows(allowed=Q(space=space), loaded=loaded) == []
+
+    fresh = Product.objects.create(id=999_002, name="Fresh", image_version=1)
+    services.embedding_store(product_id=fresh.id, image_version=1, space=space, vector=demo_vectors[demo_catalog_db[0]])
+    assert [row[0] for row in selectors.delta_rows(allowed=Q(space=space), loaded=loaded)] == [fresh.id]
 
 
 def test_a_replaced_vector_is_never_served_from_the_index(demo_catalog_db, demo_vectors):

@@ -33,6 +33,7 @@ def _history_miss(live_server, browser_catalog):
         ctx.add_init_script(COUNT_SWAPS)
         page = ctx.new_page()
         page.goto(live_server.url + "/?q=Sweatshirt")
+        page.evaluate("htmx.config.historyCacheSize = 0")
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
         by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
         u = page.url

@@ -70,7 +70,9 @@ class Command(BaseCommand):
         def stop(*_args) -> None:
             raise KeyboardInterrupt
 
+        # Installed explicitly: a shell's background job inherits SIGINT ignored.
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         try:
             if settings.EMBEDDED_REDIS:
                 children.append(("redis", embedded_redis_start(settings.EMBEDDED_REDIS_SOCKET)))

@@ -1,0 +1,581 @@
+"""Helpers shared by the benchmark sections: environment, machine description, timing, tables, data.
+
+Nothing here measures anything by itself. The sections (``bench/*_bench.py``) import what they need;
+``bench/run.py`` sets the environment up with :func:`environment_prepare` *before* Django is imported, so
+every benchmark runs against a throwaway SQLite file, media and index directories under a temporary
+directory and Redis database 12, never a developer's ``var/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PYTHON = sys.executable
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
+ENCODER_NAME = "efficientnet-lite0"
+DEMO_SEED = 7
+
+
+# --- Environment --------------------------------------------------------------------------------------------
+
+
+def environment_prepare(tmp: Path) -> dict[str, str]:
+    """Point this process (and every child it starts) at throwaway state under ``tmp``; call before django.setup().
+
+    Overrides, never inherits, the variables that select data: a developer's DATABASE_URL or MEDIA_ROOT
+    in the shell cannot leak into a benchmark.
+    """
+    var = tmp / "var"
+    var.mkdir(parents=True, exist_ok=True)
+    values = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "GALLERY_ENV": "local",
+        "ENCODER": ENCODER_NAME,
+        "REDIS_URL": BENCH_REDIS_URL,
+        "CACHE_KEY_PREFIX": "gallery-bench",
+        "GALLERY_VAR_DIR": str(var),
+        "DATABASE_URL": f"sqlite:///{var / 'bench.sqlite3'}",
+        "MEDIA_ROOT": str(var / "media"),
+        "INDEX_DIR": str(var / "index"),
+        "STATIC_ROOT": str(var / "staticfiles"),
+        "LOG_LEVEL": "WARNING",
+        "DEBUG": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(values)
+    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K"):
+        os.environ.pop(name, None)  # the product's defaults, unless a section sets them explicitly
+    return values
+
+
+def django_setup() -> None:
+    """Import Django with the prepared environment and create the throwaway database's tables."""
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a worker, web server or probe process: this process's, plus ``extra``."""
+    env = os.environ.copy()
+    env.update(extra)
+    return env
+
+
+def redis_flush() -> None:
+    """Empty the benchmark's Redis database (12) and nothing else."""
+    import redis
+
+    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+
+
+def catalog_reset() -> None:
+    """Drop every product, vector, stored image and index build, and the per-process singletons."""
+    from django.conf import settings
+
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding
+
+    Embedding.objects.all().delete()
+    Product.objects.all().delete()
+    for directory in (Path(settings.MEDIA_ROOT), Path(settings.INDEX_DIR)):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    runtime.reset()
+
+
+@contextlib.contextmanager
+def settings_set(**values: object) -> Iterator[None]:
+    """Override Django settings for a block and reload the encoder and index singletons around it."""
+    from django.conf import settings
+
+    from recommender import runtime
+
+    old = {name: getattr(settings, name) for name in values}
+    for name, value in values.items():
+        setattr(settings, name, value)
+    runtime.reset()
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(settings, name, value)
+        runtime.reset()
+
+
+# --- Machine ------------------------------------------------------------------------------------------------
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = "unknown", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return model, flags
+
+
+def _meminfo_gib() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    return 0.0
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_describe() -> dict[str, Any]:
+    """CPU model, cores, RAM, relevant CPU flags, load and library versions: what results depend on."""
+    import torch
+
+    model, flags = _cpuinfo()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "ram_gib": _meminfo_gib(),
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "annoy": _version("annoy"),
+        "faiss": _version("faiss-cpu"),
+        "numpy": _version("numpy"),
+        "scikit-learn": _version("scikit-learn"),
+        "scipy": _version("scipy"),
+        "pillow": _version("pillow"),
+        "django": _version("django"),
+        "gunicorn": _version("gunicorn"),
+        "locust": _version("locust"),
+        "celery": _version("celery"),
+        "git_commit": commit,
+    }
+
+
+# --- Timing ---------------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Order statistics of repeated timings, in the unit they were given in."""
+
+    n: int
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        if not values:
+            nan = float("nan")
+            return cls(0, nan, nan, nan, nan, nan, nan)
+        return cls(
+            n=len(values),
+            median=float(statistics.median(values)),
+            p90=percentile(values, 90),
+            p95=percentile(values, 95),
+            p99=percentile(values, 99),
+            mean=float(statistics.fmean(values)),
+            max=float(max(values)),
+        )
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes (perf_counter)."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "it") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- Tables and results -------------------------------------------------------------------------------------
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` significant figures, everything else as str."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "-"
+        if value == 0:
+            return "0"
+        magnitude = abs(value)
+        if magnitude >= 10 ** (digits - 1):
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}" if magnitude >= 1e-3 else f"{value:.2e}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return str(value)
+
+
+@dataclass
+class Table:
+    """One printed table: a title, column names and rows of raw values (formatted only when shown)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[object]] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, *cells: object) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{self.title}: {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(list(cells))
+
+    def text(self) -> str:
+        cells = [self.columns, *([fmt(c) for c in row] for row in self.rows)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = [self.title, "  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True))]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells[1:]]
+        if self.note:
+            lines.append(f"  ({self.note})")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |"]
+        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
+        lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", f"_{self.note}_"]
+        return "\n".join(lines)
+
+
+@dataclass
+class Target:
+    """A stated goal and whether this run met it (reported, never asserted)."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured in this run
+
+
+@dataclass
+class SectionResult:
+    """What a section hands back: tables to print, targets, notes, and raw numbers for the JSON file."""
+
+    name: str
+    tables: list[Table] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        parts = [t.text() for t in self.tables]
+        if self.targets:
+            table = Table("Targets", ["target", "goal", "measured", "met"])
+            for t in self.targets:
+                table.add(t.name, t.goal, t.measured, "n/a" if t.met is None else t.met)
+            parts.append(table.text())
+        parts += [f"note: {n}" for n in self.notes]
+        return "\n\n".join(parts)
+
+    def markdown(self) -> str:
+        parts = [t.markdown() for t in self.tables]
+        if self.targets:
+            table = Table("Targets", ["target", "goal", "measured", "met"])
+            for t in self.targets:
+                table.add(t.name, t.goal, t.measured, "n/a" if t.met is None else t.met)
+            parts.append(table.markdown())
+        parts += [f"- {n}" for n in self.notes]
+        return "\n\n".join(parts)
+
+    def write(self, directory: Path, *, quick: bool, machine: dict[str, Any], command: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.name}.json"
+        payload = {
+            "section": self.name,
+            "quick": quick,
+            "command": command,
+            "finished_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            "seconds": round(self.seconds, 1),
+            "machine": machine,
+            "tables": [asdict(t) for t in self.tables],
+            "targets": [asdict(t) for t in self.targets],
+            "notes": self.notes,
+            "data": self.data,
+        }
+        path.write_text(json.dumps(payload, indent=2, default=_json_default))
+        return path
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)  # type: ignore[arg-type]
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --- Context shared by the sections of one run --------------------------------------------------------------
+
+
+@dataclass
+class BenchContext:
+    """One run: mode, the temporary directory, and data made once and reused by later sections."""
+
+    quick: bool
+    tmp: Path
+    results_dir: Path
+    _catalogs: dict[int, Path] = field(default_factory=dict)
+
+    def demo_catalog(self, count: int) -> Path:
+        """The demo catalog of ``count`` products (styles.csv + images/), drawn once per run."""
+        if count not in self._catalogs:
+            from gallery.demo import demo_catalog_write
+
+            directory = self.tmp / f"demo-{count}"
+            demo_catalog_write(out_dir=directory, count=count, seed=DEMO_SEED)
+            self._catalogs[count] = directory
+        return self._catalogs[count]
+
+
+def catalog_replicate(source: Path, target: Path, *, rows: int, id_offset: int = 100_000) -> Path:
+    """A catalog of ``rows`` rows made by repeating ``source``'s rows under new ids (images hard-linked).
+
+    Each copy of an image is a separate product, so import and embedding do all their work for it.
+    """
+    lines = (source / "styles.csv").read_text(encoding="utf-8").splitlines()
+    header, body = lines[0], [line for line in lines[1:] if line.strip()]
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    out = [header]
+    for i in range(rows):
+        line = body[i % len(body)]
+        old_id, rest = line.split(",", 1)
+        new_id = id_offset + i
+        out.append(f"{new_id},{rest}")
+        destination = target / "images" / f"{new_id}.jpg"
+        if not destination.exists():
+            try:
+                os.link(source / "images" / f"{old_id}.jpg", destination)
+            except OSError:
+                shutil.copyfile(source / "images" / f"{old_id}.jpg", destination)
+    (target / "styles.csv").write_text("\n".join(out) + "\n", encoding="utf-8")
+    return target
+
+
+def catalog_load(directory: Path, *, embed: bool = True, index: bool = True) -> list[int]:
+    """Import ``directory`` into the (reset) catalog, embed it and publish an index, all through product code.
+
+    Returns the ids of the products that were embedded.
+    """
+    from gallery.models import EmbedStatus, Product
+    from gallery.services import catalog_import
+    from recommender import services
+
+    catalog_reset()
+    catalog_import(directory=directory, enqueue=False, workers=2)
+    if embed:
+        services.products_embed(products=list(Product.objects.only("id", "image", "image_version")))
+    if index:
+        services.index_rebuild()
+    return list(Product.objects.filter(embed_status=EmbedStatus.DONE).order_by("id").values_list("id", flat=True))
+
+
+# --- Processes -----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A child process in its own session (so it and its children stop together), logging to a file."""
+
+    def __init__(self, name: str, command: list[str], *, log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log
+        self._fh = log.open("ab")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_log(self, marker: str, *, timeout: float) -> None:
+        """Wait until ``marker`` appears in the log; raises with the log's tail if the process dies first."""
+
+        def seen() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
+            return marker in self.log.read_text(errors="replace")
+
+        wait_until(seen, timeout=timeout, interval=0.2, what=f"{self.name} to log {marker!r}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM this service's own process group, SIGKILL it if it lingers."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._fh.close()
+
+
+# --- Synthetic vectors ----------------------------------------------------------------------------------------
+
+# Shape parameters of the synthetic catalogue, calibrated so that a 600-vector sample has the statistics of
+# the served encoder's (EfficientNet-Lite0) vectors of the 600-product demo catalog: mean cosine of random
+# pairs ~0.4, of the 1st / 25th neighbour ~0.9 / ~0.6, PCA participation ratio ~27, 10 components holding
+# ~half the variance (the query section prints both side by side when the embed section's vectors exist).
+SYNTHETIC_SHAPE = {
+    "types": 40,  # top-level groups (article types)
+    "per_cluster": 100,  # items per sub-cluster on average (styles within a type)
+    "alpha": 1.0,  # per-dimension variance ~ rank^-alpha (a decaying spectrum, like CNN features)
+    "mean_weight": 1.0,  # a shared mean direction (all CNN features are non-negative)
+    "type_weight": 1.2,
+    "sub_weight": 0.25,  # sub-clusters overlap: neighbours are often in other sub-clusters
+    "item_weight": 0.6,  # within-cluster spread, larger than the spacing of sub-clusters
+}
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """Unit vectors of a synthetic catalogue plus held-out queries drawn from the same distribution."""
+
+    vectors: np.ndarray  # (n, dim) float32, unit rows
+    labels: np.ndarray  # sub-cluster of each vector
+    queries: np.ndarray  # (q, dim) float32, unit rows, not in ``vectors``
+    query_labels: np.ndarray
+
+
+def synthetic_vectors(n: int, dim: int, *, queries: int = 200, seed: int = 0) -> VectorSet:
+    """A clustered catalogue of ``n`` unit ``dim``-vectors (see SYNTHETIC_SHAPE) and ``queries`` held-out queries.
+
+    x = mean + type centre + sub-cluster offset + item noise, every term scaled per dimension by a decaying
+    spectrum, then normalised.
+    """
+    shape = SYNTHETIC_SHAPE
+    rng = np.random.default_rng(seed)
+    spectrum = np.arange(1, dim + 1, dtype=np.float64) ** -shape["alpha"]
+    scale = np.sqrt(spectrum / spectrum.sum()).astype(np.float32)[rng.permutation(dim)]
+    mean = np.abs(rng.standard_normal(dim)).astype(np.float32)
+    mean /= np.linalg.norm(mean)
+    types = rng.standard_normal((shape["types"], dim)).astype(np.float32) * scale
+    total = n + queries
+    n_sub = max(shape["types"], total // shape["per_cluster"])
+    sub_type = rng.integers(0, shape["types"], n_sub)
+    subs = types[sub_type] * shape["type_weight"]
+    subs += rng.standard_normal((n_sub, dim)).astype(np.float32) * scale * shape["sub_weight"]
+    labels = rng.integers(0, n_sub, total)
+    out = np.empty((total, dim), dtype=np.float32)
+    for start in range(0, total, 16_384):
+        stop = min(total, start + 16_384)
+        noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * scale * shape["item_weight"]
+        out[start:stop] = mean * shape["mean_weight"] + subs[labels[start:stop]] + noise
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return VectorSet(out[:n], labels[:n], out[n:], labels[n:])
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 256) -> np.ndarray:
+    """Exact top-``k`` rows of ``vectors`` by inner product for each query, best first (batched GEMM)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ vectors.T
+        part = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+        out[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def recall_at(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> np.ndarray:
+    """Per-query recall@k: the share of the exact top-k among the first k found."""
+    return np.array([len(set(list(f)[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth, strict=True)])
+
+
+def neighbour_structure(vectors: np.ndarray, *, sample: int = 600, seed: int = 0) -> dict[str, float]:
+    """Statistics that say how hard a set is: random-pair and 1st/25th-neighbour cosines, the PCA spectrum.
+
+    Computed on a random ``sample`` of the vectors (neighbours among the sample), as for the real vectors.
+    """
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(vectors), min(sample, len(vectors)), replace=False)
+    x = vectors[pick]
+    sims = x @ x.T
+    np.fill_diagonal(sims, -2.0)
+    ordered = -np.sort(-sims, axis=1)
+    upper = sims[np.triu_indices(len(x), 1)]
+    centred = x - x.mean(axis=0)
+    variance = np.linalg.svd(centred, compute_uv=False) ** 2
+    variance /= variance.sum()
+    return {
+        "random_pair_cos": float(upper.mean()),
+        "nn1_cos": float(ordered[:, 0].mean()),
+        "nn25_cos": float(ordered[:, 24].mean()) if len(x) > 25 else float("nan"),
+        "participation_ratio": float(1.0 / np.sum(variance**2)),
+        "variance_top10": float(variance[:10].sum()),
+        "variance_top100": float(variance[:100].sum()),
+    }
