@@ -32,7 +32,7 @@ def catalog(tmp_path: Path) -> Path:
             "39386,Men,Apparel,Bottomwear,Jeans,Blue,Summer,2012,Casual,Peter England Men Party Blue Jeans",
             # The real file's fault: commas inside the display name, unquoted.
             "59263,Women,Accessories,Watches,Watches,Silver,Winter,2016,Casual,Titan Women Silver Watch, Analog, Steel",
-            "21379,Men,Apparel,Bottomwear,Track Pants,Black,Fall,2011,Casual,Manchester United Men Solid Black Track Pants",
+            "21379,Men,Apparel,Bottomwear,Track Pants,Black,Fall,2011,Casual,Manchester United Men Solid Black Pants",
         ],
         {
             15970: jpeg_bytes(colour=(20, 30, 90)),

@@ -1111,7 +1111,7 @@ TRAIL_CASES: list[tuple[str, str, int]] = [
     ("trail: n", "n", 400),
     ("trail: pn12", "pn12", 400),
     ("trail: p0", "p0", 200),
-    ("trail: 48 pinned steps", ",".join(f"p{i}" for i in range(101, 125)) * 2, 200),
+    ("trail: 48 pinned steps", ",".join([f"p{i}" for i in range(101, 125)] * 2), 200),
     ("trail: 49 steps", ",".join(str(i) for i in range(49)), 400),
     ("trail: only dislikes", "n101,n102,n103", 200),
     ("trail: SQL", "1;DROP TABLE x", 400),

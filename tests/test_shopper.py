@@ -1,4 +1,4 @@
-"""Shopper experience: the editable trail, filters inside the similarity search, search by photo, the API description."""
+"""Shopper experience: the editable trail, filters inside similarity search, search by photo, the API description."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from PIL import Image
 
 from gallery.models import Product
 from gallery.trail import MAX_STEPS, Trail, TrailError
-
 
 # --- The trail as data ---------------------------------------------------------------------
 
@@ -54,7 +53,6 @@ def test_trail_is_capped_keeping_marked_steps():
 
 
 # --- The trail through the pages and the API --------------------------------------------------
-
 
 
 def grid_ids(html: str) -> list[int]:
@@ -202,7 +200,8 @@ def test_photo_filters_apply(client, demo_catalog_db, demo_dir):
     product_id = demo_catalog_db[32]
     gender = "Women"
     response = client.post(
-        f"/api/search-by-image?gender={gender}", {"image": SimpleUploadedFile("p.jpg", demo_photo(demo_dir, product_id))}
+        f"/api/search-by-image?gender={gender}",
+        {"image": SimpleUploadedFile("p.jpg", demo_photo(demo_dir, product_id))},
     )
     ids = [r["id"] for r in response.json()["results"]]
     assert ids and set(attrs(ids, "gender")) == {gender}

@@ -73,9 +73,7 @@ def admin_add(client, product_id: int, image: bytes, name: str = "New arrival"):
 
 def test_admin_upload_is_embedded_by_a_worker_and_found_by_similarity(client, small_catalog, start_worker):
     start_worker()
-    response = admin_add(
-        admin_client(client), 5001, jpeg_bytes(colour=(205, 35, 30), shape="disc")
-    )
+    response = admin_add(admin_client(client), 5001, jpeg_bytes(colour=(205, 35, 30), shape="disc"))
     assert response.status_code == 302, response.content.decode()[:2000]
 
     assert Product.objects.get(id=5001).embed_status in {EmbedStatus.PENDING, EmbedStatus.PROCESSING, EmbedStatus.DONE}

@@ -23,7 +23,7 @@ def test_bugs(live_server, browser_catalog, demo_dir, tmp_path):
         src = page.get_attribute("#results .trail-photo img", "src")
         print("\nphoto token has -/_:", "-" in src or "_" in src, "naturalWidth", page.evaluate("document.querySelector('#results .trail-photo img').naturalWidth"))
         print("title after photo:", page.title())
-        by_htmx(page, lambda: page.select_option("select[name=colour]", "Black"))
+        # by_htmx(page, lambda: page.select_option("select[name=colour]", "Black"))
         print("after filter on photo page:", page.url, "cards", page.locator(".card").count(), page.locator("#results").inner_text()[:200])
         # bug 4: filter chosen via htmx, then photo
         page.goto(live_server.url + "/")
