@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     ctx = BenchContext(quick=args.quick, tmp=tmp, results_dir=args.results)
     print(f"Benchmarks {', '.join(chosen)} ({'quick' if args.quick else 'full'}); scratch in {tmp}")
-    print(f"Machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['ram_gib']} GiB, "
-          f"load {machine['load_average_at_start']}")
+    print(
+        f"Machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['ram_gib']} GiB, "
+        f"load {machine['load_average_at_start']}"
+    )
     results: list[SectionResult] = []
     failed: list[str] = []
     redis_flush()
@@ -112,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             path = result.write(args.results, quick=args.quick, machine=machine, command=command)
             print(result.text())
-            print(f"({result.seconds:.0f} s; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})",
-                  flush=True)
+            print(
+                f"({result.seconds:.0f} s; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})", flush=True
+            )
     finally:
         redis_flush()
         if args.keep:

@@ -440,8 +440,11 @@ def nothing_stored(db) -> Callable[[], None]:
 
 
 def photo_api(client: Client, data: bytes, *, name: str = "photo.jpg", content_type: str = "image/jpeg", **fields):
+    """POST to the photo API; upper-case keywords (REMOTE_ADDR, HTTP_...) go to the WSGI environ, others are fields."""
+    environ = {key: value for key, value in fields.items() if key.isupper()}
+    form = {key: value for key, value in fields.items() if not key.isupper()}
     return client.post(
-        "/api/search-by-image", {"image": SimpleUploadedFile(name, data, content_type=content_type), **fields}
+        "/api/search-by-image", {"image": SimpleUploadedFile(name, data, content_type=content_type), **form}, **environ
     )
 
 

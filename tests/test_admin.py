@@ -1,0 +1,178 @@
+"""The catalog admin: product edits, bulk zip uploads, embedding state and retries."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from gallery.models import EmbedStatus, Product
+from recommender import runtime, services
+from recommender.models import Embedding
+from tests.conftest import jpeg_bytes
+from tests.test_catalog_import import HEADER
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client):
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.login(username="admin", password="pw")
+    return client
+
+
+def catalog_zip(rows: list[str], images: dict[int, bytes], *, folder: str = "") -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr(f"{folder}styles.csv", "\n".join([HEADER, *rows]) + "\n")
+        for product_id, data in images.items():
+            archive.writestr(f"{folder}images/{product_id}.jpg", data)
+        archive.writestr(f"{folder}README.txt", "ignored")
+    return out.getvalue()
+
+
+def test_bulk_zip_imports_queues_embedding_after_commit_and_reports_skips(
+    staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    queued: list[list[int]] = []
+    monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
+    data = catalog_zip(
+        [
+            "501,Men,Apparel,Topwear,Shirts,Blue,Fall,2012,Casual,Blue Shirt",
+            "502,Women,Footwear,Shoes,Heels,Red,Fall,2013,Formal,Red Heels, Strappy",
+            "503,Women,Footwear,Shoes,Heels,Red,Fall,2013,Formal,No Image Heels",
+        ],
+        {501: jpeg_bytes(colour=(20, 40, 200)), 502: jpeg_bytes(colour=(200, 20, 20))},
+        folder="fashion/",
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            "/admin/gallery/product/bulk-upload/", {"archive": SimpleUploadedFile("c.zip", data)}, follow=True
+        )
+
+    assert response.status_code == 200
+    messages = [str(m) for m in response.context["messages"]]
+    assert any("2 created" in m and "1 skipped" in m for m in messages)
+    assert any("missing" in m for m in messages)
+    assert sorted(Product.objects.values_list("id", flat=True)) == [501, 502]
+    assert Product.objects.get(id=502).name == "Red Heels, Strappy"
+    assert queued == [[501, 502]]  # one enqueue, after the commit
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a zip", "not a readable zip"),
+        (catalog_zip([], {}, folder="a/b/c/"), "exactly one styles.csv"),
+    ],
+)
+def test_bulk_upload_refuses_bad_archives_clearly(staff, data: bytes, message: str):
+    response = staff.post("/admin/gallery/product/bulk-upload/", {"archive": SimpleUploadedFile("c.zip", data)})
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Product.objects.exists()
+
+
+def test_editing_a_products_image_replaces_its_vector_and_queues_it(
+    staff, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    queued: list[list[int]] = []
+    monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
+    form = {
+        "id": 601,
+        "name": "Green Tshirt",
+        "gender": "Men",
+        "master_category": "Apparel",
+        "sub_category": "Topwear",
+        "article_type": "Tshirts",
+        "base_colour": "Green",
+        "season": "Summer",
+        "year": 2014,
+        "usage": "Casual",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            "/admin/gallery/product/add/",
+            {**form, "image_upload": SimpleUploadedFile("my holiday.png", jpeg_bytes(format="PNG"))},
+        )
+    assert response.status_code == 302
+    product = Product.objects.get(id=601)
+    assert product.image.name.startswith("products/") and "holiday" not in product.image.name
+    assert product.embed_status == EmbedStatus.PENDING
+    services.products_embed(products=[product])
+    old_file = product.image.path
+    assert Embedding.objects.filter(product_id=601).count() == 1
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post(
+            "/admin/gallery/product/601/change/",
+            {**form, "image_upload": SimpleUploadedFile("new.jpg", jpeg_bytes(colour=(10, 200, 10), shape="disc"))},
+        )
+    assert response.status_code == 302
+    product.refresh_from_db()
+    assert product.image_version == 2
+    assert product.embed_status == EmbedStatus.PENDING
+    assert not Embedding.objects.filter(product_id=601).exists()  # the stale vector is gone at once
+    assert queued == [[601], [601]]
+    assert not Path(old_file).exists()  # the replaced file is deleted after the commit
+
+    # Editing the text only keeps the image and its vector.
+    services.products_embed(products=[product])
+    with django_capture_on_commit_callbacks(execute=True):
+        staff.post("/admin/gallery/product/601/change/", {**form, "name": "Green Crew Tshirt"})
+    product.refresh_from_db()
+    assert (product.name, product.image_version, product.embed_status) == ("Green Crew Tshirt", 2, EmbedStatus.DONE)
+    assert queued == [[601], [601]]
+
+
+def test_a_new_product_needs_a_valid_image(staff):
+    response = staff.post("/admin/gallery/product/add/", {"id": 602, "name": "No image"})
+    assert response.status_code == 200
+    assert "needs an image" in response.content.decode()
+    response = staff.post(
+        "/admin/gallery/product/add/",
+        {"id": 602, "name": "Bad image", "image_upload": SimpleUploadedFile("x.jpg", b"%PDF-1.4 not an image")},
+    )
+    assert "not an image we can read" in response.content.decode()
+    assert not Product.objects.exists()
+
+
+def test_list_shows_embedding_state_filters_by_it_and_retries_failures(
+    staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    queued: list[list[int]] = []
+    monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
+    Product.objects.create(id=701, name="Done", image="products/a.jpg", embed_status=EmbedStatus.DONE)
+    Product.objects.create(
+        id=702, name="Broken", image="products/b.jpg", embed_status=EmbedStatus.FAILED, embed_error="truncated"
+    )
+
+    listing = staff.get("/admin/gallery/product/", {"embed_status__exact": "failed"}).content.decode()
+    rows = listing.split("<tbody>")[1].split("</tbody>")[0]
+    assert "Broken" in rows and ">Done<" not in rows
+    assert "Failed" in listing
+    assert "truncated" in staff.get("/admin/gallery/product/702/change/").content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff.post("/admin/gallery/product/", {"action": "retry_embedding", "_selected_action": [702]})
+    broken = Product.objects.get(id=702)
+    assert (broken.embed_status, broken.embed_error) == (EmbedStatus.PENDING, "")
+    assert queued == [[702]]
+
+
+def test_admin_and_pages_show_the_encoder_and_why_it_is_a_fallback(staff, settings, tmp_path, monkeypatch):
+    page = staff.get("/admin/").content.decode()
+    assert f"Similarity encoder: {runtime.active_space()}." in page
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    settings.ENCODER = "auto"
+    runtime.reset()
+    for url in ("/admin/", "/"):
+        page = staff.get(url).content.decode()
+        assert "ResNet50 ImageNet weights not found" in page
