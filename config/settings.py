@@ -185,6 +185,22 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Media on S3-compatible object storage instead of MEDIA_ROOT: an optional
+# extra (pip install -r requirements-s3.txt). Index builds stay on a shared
+# filesystem (INDEX_DIR): readers mmap them.
+MEDIA_S3_BUCKET = env("MEDIA_S3_BUCKET", default="")
+if MEDIA_S3_BUCKET:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": MEDIA_S3_BUCKET,
+            "endpoint_url": env("MEDIA_S3_ENDPOINT_URL", default=None),
+            "region_name": env("MEDIA_S3_REGION", default=None),
+            "custom_domain": env("MEDIA_S3_CUSTOM_DOMAIN", default=None),
+            "querystring_auth": env.bool("MEDIA_S3_SIGNED_URLS", default=False),
+            "file_overwrite": False,
+        },
+    }
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # Locally the site serves its own media; in production a front server or S3 does.
