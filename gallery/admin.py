@@ -13,7 +13,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from gallery.bulk import BulkUploadRejected, zip_extract_catalog
-from gallery.catalog import CatalogError
+from gallery.catalog import FIELDS, CatalogError
 from gallery.models import Product
 from gallery.services import (
     StoredImage,
@@ -36,6 +36,10 @@ def read_upload(upload, *, limit: int) -> bytes:
     return data
 
 
+# The styles.csv columns beside id and name, as Product fields.
+CATALOG_FIELDS = [field for field, _ in FIELDS.values() if field != "name"] + ["year"]
+
+
 class ProductForm(forms.ModelForm):
     # Not the model's ImageField: the upload is validated, re-encoded and stored
     # under a random name by the service; its original bytes never reach the disk.
@@ -47,18 +51,7 @@ class ProductForm(forms.ModelForm):
 
     class Meta:
         model = Product
-        fields = [
-            "id",
-            "name",
-            "gender",
-            "master_category",
-            "sub_category",
-            "article_type",
-            "base_colour",
-            "season",
-            "year",
-            "usage",
-        ]
+        fields = ["id", "name", *CATALOG_FIELDS]
 
     def clean_image_upload(self) -> StoredImage | None:
         upload = self.cleaned_data.get("image_upload")

@@ -48,13 +48,24 @@ def _error(description: str) -> dict[str, object]:
     }
 
 
+def _results(description: str, query: dict[str, object], **extra: dict[str, object]) -> dict[str, object]:
+    """A 200 response holding ``query``, the filters applied and the result list."""
+    properties = {"query": query, **extra, "filters": {"type": "object"}, "results": RESULTS}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object", "properties": properties}}},
+    }
+
+
+RESULTS = {
+    "type": "array",
+    "items": {"$ref": "#/components/schemas/Product"},
+    "description": "Best first; never the query product, never duplicates.",
+}
+
+
 def openapi_spec() -> dict[str, object]:
     """The API description; limits come from the running settings."""
-    results = {
-        "type": "array",
-        "items": {"$ref": "#/components/schemas/Product"},
-        "description": "Best first; never the query product, never duplicates.",
-    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -78,21 +89,7 @@ def openapi_spec() -> dict[str, object]:
                         *_filter_params(),
                     ],
                     "responses": {
-                        "200": {
-                            "description": "Matching products",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "query": {"type": "string"},
-                                            "filters": {"type": "object"},
-                                            "results": results,
-                                        },
-                                    }
-                                }
-                            },
-                        },
+                        "200": _results("Matching products", {"type": "string"}),
                         "400": _error("Invalid k"),
                     },
                 }
@@ -113,22 +110,7 @@ def openapi_spec() -> dict[str, object]:
                         *_filter_params(),
                     ],
                     "responses": {
-                        "200": {
-                            "description": "Similar products",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "query": {"type": "integer"},
-                                            "trail": {"type": "string"},
-                                            "filters": {"type": "object"},
-                                            "results": results,
-                                        },
-                                    }
-                                }
-                            },
-                        },
+                        "200": _results("Similar products", {"type": "integer"}, trail={"type": "string"}),
                         "400": _error("Invalid k, trail or filter"),
                         "404": _error("No such product"),
                         "409": _error("The product's image is not embedded yet (or could not be)"),
@@ -162,21 +144,7 @@ def openapi_spec() -> dict[str, object]:
                         },
                     },
                     "responses": {
-                        "200": {
-                            "description": "Similar products",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "query": {"const": "image"},
-                                            "filters": {"type": "object"},
-                                            "results": results,
-                                        },
-                                    }
-                                }
-                            },
-                        },
+                        "200": _results("Similar products", {"const": "image"}),
                         "400": _error("Not an image we read, too large in pixels, truncated or empty"),
                         "413": _error("The request body is over the size limit"),
                         "429": _error("Too many photo searches from this client; see Retry-After"),
