@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ PYTHON = sys.executable
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 ENCODER_NAME = "efficientnet-lite0"
 DEMO_SEED = 7
+SERVED_DIM = 1280  # the served encoder's (EfficientNet-Lite0) vectors
+SERVED_TREES = 40  # INDEX_N_TREES default
 
 
 # --- Environment --------------------------------------------------------------------------------------------
@@ -376,7 +379,10 @@ class BenchContext:
     quick: bool
     tmp: Path
     results_dir: Path
+    # Index builds kept for later sections: (N, dim, n_trees) -> (index directory, IndexMeta).
+    builds: dict[tuple[int, int, int], tuple[Path, Any]] = field(default_factory=dict)
     _catalogs: dict[int, Path] = field(default_factory=dict)
+    _loaded: int | None = None  # the demo catalog the database holds, embedded and indexed, if any
 
     def demo_catalog(self, count: int) -> Path:
         """The demo catalog of ``count`` products (styles.csv + images/), drawn once per run."""
@@ -387,6 +393,23 @@ class BenchContext:
             demo_catalog_write(out_dir=directory, count=count, seed=DEMO_SEED)
             self._catalogs[count] = directory
         return self._catalogs[count]
+
+    def demo_catalog_loaded(self, count: int) -> list[int]:
+        """The database holding the demo catalog of ``count``, embedded and indexed (by product code).
+
+        Reuses the state a previous section left when it is that catalog; returns the embedded ids.
+        """
+        from gallery.models import EmbedStatus, Product
+
+        if self._loaded != count:
+            catalog_load(self.demo_catalog(count))
+            self._loaded = count
+        return list(Product.objects.filter(embed_status=EmbedStatus.DONE).order_by("id").values_list("id", flat=True))
+
+    def reset(self) -> None:
+        """An empty catalog (see catalog_reset)."""
+        catalog_reset()
+        self._loaded = None
 
 
 def catalog_replicate(source: Path, target: Path, *, rows: int, id_offset: int = 100_000) -> Path:
@@ -429,6 +452,16 @@ def catalog_load(directory: Path, *, embed: bool = True, index: bool = True) -> 
     if index:
         services.index_rebuild()
     return list(Product.objects.filter(embed_status=EmbedStatus.DONE).order_by("id").values_list("id", flat=True))
+
+
+def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body holding one JPEG file field, and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{filename}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    return head.encode() + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 # --- Processes -----------------------------------------------------------------------------------------------
@@ -540,15 +573,21 @@ def synthetic_vectors(n: int, dim: int, *, queries: int = 200, seed: int = 0) ->
     return VectorSet(out[:n], labels[:n], out[n:], labels[n:])
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 256) -> np.ndarray:
-    """Exact top-``k`` rows of ``vectors`` by inner product for each query, best first (batched GEMM)."""
-    out = np.empty((len(queries), k), dtype=np.int64)
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` rows of ``vectors`` by inner product for each query, best first: (ids, scores).
+
+    Batched matrix products, ``chunk`` queries at a time.
+    """
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    scores = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ vectors.T
-        part = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
-        out[start : start + chunk] = np.take_along_axis(part, order, axis=1)
-    return out
+        block = queries[start : start + chunk] @ vectors.T
+        part = np.argpartition(-block, k, axis=1)[:, :k]
+        part_scores = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(-part_scores, axis=1)
+        ids[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        scores[start : start + chunk] = np.take_along_axis(part_scores, order, axis=1)
+    return ids, scores
 
 
 def recall_at(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> np.ndarray:

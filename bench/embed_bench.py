@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.common import BenchContext, SectionResult, Table, Target, catalog_reset, settings_set
+from bench.common import BenchContext, SectionResult, Table, Target, settings_set
 
 if TYPE_CHECKING:
     from recommender.encoders import Encoder
@@ -158,9 +158,9 @@ def run(ctx: BenchContext) -> SectionResult:
     from recommender import runtime, services
     from recommender.preprocess import batch_to_tensor, image_prepare
 
-    count, chunk, naive_per_chunk = (64, 64, 8) if ctx.quick else (512, 128, 32)
+    count, chunk, naive_per_chunk = (64, 64, 8) if ctx.quick else (384, 96, 24)
     result = SectionResult("embed")
-    catalog_reset()
+    ctx.reset()
     catalog_import(directory=ctx.demo_catalog(count), enqueue=False, workers=2)
     products = _products()
     ids = [p.id for p in products]

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -50,7 +51,8 @@ def _filter_menus(selected: dict[str, str]) -> list[dict[str, object]]:
 
 
 def _photo_context(params: dict[str, str]) -> dict[str, str]:
-    return {"photo_src": f"data:image/jpeg;base64,{params['photo']}" if params.get("photo") else ""}
+    token = params.get("photo", "")  # URL-safe base64; a data: URI needs the standard alphabet
+    return {"photo_src": "data:image/jpeg;base64," + token.replace("-", "+").replace("_", "/") if token else ""}
 
 
 def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
@@ -98,10 +100,15 @@ def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Product], par
 
 
 def _render(request: HttpRequest, template: str, context: dict, status: int = 200) -> HttpResponse:
-    # htmx swaps only the results; a plain request (JavaScript off) gets the page.
-    if request.htmx and not request.htmx.boosted:
+    # htmx swaps only the results; plain requests (JavaScript off) and htmx's
+    # history restore (it replaces the whole body) get the page.
+    if request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request:
         template = "gallery/_results.html"
-    return render(request, template, context, status=status)
+        context = {**context, "partial": True}
+    response = render(request, template, context, status=status)
+    # One URL answers a fragment or a page: the browser's cache (Back, Forward) must keep them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
 
 
 @require_GET

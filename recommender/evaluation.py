@@ -120,8 +120,8 @@ def split_stratified(
 ) -> Split:
     """Hold out ``query_fraction`` of each stratum (at least one, never all; singletons stay in the index).
 
-    Which products are held out depends only on the seed and the ids (a keyed hash, not the row order), so
-    the split is the same on every run and a product keeps its side when the catalog grows.
+    Which products are held out depends only on the seed, the ids and their strata (a keyed hash of each id
+    ranks a stratum's members; row order plays no part), so every run and every process gets the same split.
     """
     if not 0.0 < query_fraction < 1.0:
         raise ValueError(f"query_fraction must be between 0 and 1, got {query_fraction}")

@@ -231,11 +231,21 @@ def _principal_axes(
     data = x.astype(np.float64)
     mean = data.mean(axis=0)
     centred = data - mean
-    covariance = centred.T @ centred / max(1, len(data) - 1)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1][:dim]
+    scale = max(1, len(data) - 1)
+    if len(data) < data.shape[1]:
+        # Fewer rows than dimensions: the thin SVD of the rows is far cheaper than the covariance's eigh.
+        _, singular, rows_t = np.linalg.svd(centred, full_matrices=False)
+        values, axes = singular**2 / scale, rows_t
+        if dim > len(values):  # axes beyond the rank carry no variance; complete them to an orthonormal set
+            complement = np.linalg.svd(np.eye(data.shape[1]) - axes.T @ axes)[0][:, : dim - len(values)].T
+            values = np.concatenate([values, np.zeros(dim - len(values))])
+            axes = np.concatenate([axes, complement])
+    else:
+        values, vectors = np.linalg.eigh(centred.T @ centred / scale)
+        axes = vectors.T
+    order = np.argsort(values, kind="stable")[::-1][:dim]
     values = np.clip(values[order], 0.0, None)
-    axes = vectors[:, order].T
+    axes = axes[order]
     # Eigenvector signs are arbitrary; pin them so the same data always gives the same file.
     signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
     axes = axes * np.where(signs == 0, 1.0, signs)[:, None]

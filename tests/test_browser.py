@@ -9,18 +9,23 @@ README's screenshot to docs/screenshot.png.
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import pytest
 from django.core.cache import cache
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect, sync_playwright
 
 from gallery.models import Product
 from gallery.services import catalog_import
+from recommender.models import Embedding
 from recommender.services import index_rebuild, products_embed
 
 pytestmark = pytest.mark.browser
@@ -68,10 +73,10 @@ def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) 
     assert report.embedded == SLICE
     assert index_rebuild() is not None
     # Everything the assertions need, read now: no database queries while the browser runs.
-    return {
-        p["id"]: p
-        for p in Product.objects.values("id", "name", "article_type", "base_colour", "gender", "master_category")
-    }
+    products = {p["id"]: p for p in Product.objects.values("id", "name", "article_type", "base_colour")}
+    for product_id, vector in Embedding.objects.values_list("product_id", "vector"):
+        products[product_id]["vector"] = np.frombuffer(vector, dtype="<f4")
+    return products
 
 
 def ids_in(page, selector: str, attribute: str = "href") -> list[int]:
@@ -107,14 +112,31 @@ def share(ids: list[int], catalog: dict, field: str, value: object) -> float:
     return sum(catalog[i][field] == value for i in ids) / len(ids)
 
 
-def assert_thumbnails_load(page, selector: str = "#results ol.grid .card img") -> None:
-    """The first row of thumbnails is served (media) and decodes as an image."""
-    page.wait_for_function(
-        """sel => { const imgs = [...document.querySelectorAll(sel)].slice(0, 4);
-                    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=selector,
-        timeout=TIMEOUT_MS,
-    )
+def likeness(ids: list[int], catalog: dict, product_id: int) -> float:
+    """Mean cosine similarity of the products ``ids`` to ``product_id`` (vectors are unit length)."""
+    return float(np.mean([catalog[i]["vector"] @ catalog[product_id]["vector"] for i in ids]))
+
+
+def assert_images_show(page, selector: str = "#results ol.grid .card img", first: int = 4) -> None:
+    """The first ``first`` images matching ``selector`` are served and decode (lazy ones below the fold may wait)."""
+    images = "([sel, n]) => [...document.querySelectorAll(sel)].slice(0, n)"
+    try:
+        page.wait_for_function(
+            f"args => {{ const imgs = ({images})(args); return imgs.length && imgs.every(i => i.naturalWidth); }}",
+            arg=[selector, first],
+            timeout=TIMEOUT_MS,
+        )
+    except PlaywrightTimeout:
+        broken = page.evaluate(
+            f"args => ({images})(args).filter(i => !i.naturalWidth).map(i => i.src)", [selector, first]
+        )
+        pytest.fail(f"images that do not show ({selector}): {[src[:80] for src in broken] or 'none found'}")
+
+
+def assert_whole_page(page) -> None:
+    """A whole, styled page: header, search box and results (not the results fragment alone)."""
+    expect(page.locator("header.top #q"), "a whole page, not the results fragment alone").to_have_count(1)
+    assert page.evaluate("getComputedStyle(document.querySelector('.top')).position") == "sticky", "CSS not applied"
 
 
 def assert_words_in_names(page, query: str, catalog: dict) -> list[int]:
@@ -123,17 +145,17 @@ def assert_words_in_names(page, query: str, catalog: dict) -> list[int]:
     words = query.lower().split()
     expected = sorted(i for i, p in catalog.items() if all(w in p["name"].lower() for w in words))
     assert names and all(all(w in name.lower() for w in words) for name in names), names
-    assert sorted(ids) == expected[:25] or (len(expected) > 25 and len(ids) == 25)
+    assert sorted(ids) == expected if len(expected) <= 25 else len(ids) == 25
     assert [catalog[i]["name"] for i in ids] == names
     return ids
 
 
 def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_dir: Path, tmp_path: Path, capsys):
-    from playwright.sync_api import expect, sync_playwright
-
     catalog = browser_catalog
     base = live_server.url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("failure-*.png"):
+        old.unlink()
     failed_responses: list[str] = []
 
     def record_failure(response) -> None:
@@ -151,19 +173,22 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             page = context.new_page()
             page.on("response", record_failure)
             page.on("pageerror", lambda exc: js_errors.append(str(exc)))
-            page.on("console", lambda m: m.type == "error" and js_errors.append(m.text))
+            # Failed loads show as console errors too: they are checked above, without the favicon.
+            page.on(
+                "console", lambda m: m.type == "error" and "Failed to load" not in m.text and js_errors.append(m.text)
+            )
 
             # 1. Text search: Enter in the search box; htmx swaps the results and pushes ?q=.
             page.goto(f"{base}/")
             assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
-            assert page.evaluate("getComputedStyle(document.querySelector('.top')).position") == "sticky", "no CSS"
+            assert_whole_page(page)
             expect(page.locator("#results ol.grid .card")).to_have_count(25)
-            assert_thumbnails_load(page)
+            assert_images_show(page)
             page.fill("#q", QUERY)
             by_htmx(page, lambda: page.press("#q", "Enter"))
             assert parse_qs(urlparse(page.url).query)["q"] == [QUERY]
             searched = assert_words_in_names(page, QUERY, catalog)
-            assert_thumbnails_load(page)
+            assert_images_show(page)
             shot(page, "01-text-search.png")
 
             # 2. Click a product: its trail and up to 25 similar products, never itself; then a second click.
@@ -174,7 +199,7 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             expect(page.locator("#results .trail-query")).to_have_text(f"“{QUERY}”")
             grid_first = grid_ids(page)
             assert len(grid_first) == 25 == len(set(grid_first)) and first not in grid_first
-            assert_thumbnails_load(page)
+            assert_images_show(page)
             shot(page, "02-click.png")
 
             second = grid_first[0]
@@ -196,23 +221,34 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             grid_after = grid_ids(page)
             assert len(grid_after) == 25 and first not in grid_after and second not in grid_after
             assert grid_after != grid_before
-            effect = {
-                field: (share(grid_before, catalog, field, catalog[first][field]), share(grid_after, catalog, field, catalog[first][field]))
-                for field in ("article_type", "base_colour")
-            }
-            changed = len(set(grid_before) - set(grid_after))
+            # What changed: how much the grid still looks like the disliked product.
+            kind, colour = catalog[first]["article_type"], catalog[first]["base_colour"]
+            before = (likeness(grid_before, catalog, first), share(grid_before, catalog, "article_type", kind))
+            after = (likeness(grid_after, catalog, first), share(grid_after, catalog, "article_type", kind))
+            colours = (
+                share(grid_before, catalog, "base_colour", colour),
+                share(grid_after, catalog, "base_colour", colour),
+            )
+            top10 = (
+                share(grid_before[:10], catalog, "base_colour", colour),
+                share(grid_after[:10], catalog, "base_colour", colour),
+            )
             with capsys.disabled():
                 print(
-                    f"\n'not like this' on {catalog[first]['name']} ({first}) while at {catalog[second]['name']}: "
-                    f"{changed}/25 grid products replaced; share of its article type "
-                    f"{catalog[first]['article_type']!r} {effect['article_type'][0]:.2f} -> {effect['article_type'][1]:.2f}, "
-                    f"of its colour {catalog[first]['base_colour']!r} {effect['base_colour'][0]:.2f} -> {effect['base_colour'][1]:.2f}"
+                    f"\n'not like this' on step 1 {catalog[first]['name']!r} (at step 2 {catalog[second]['name']!r}): "
+                    f"{len(set(grid_before) - set(grid_after))}/25 grid products replaced; "
+                    f"mean cosine to it {before[0]:.3f} -> {after[0]:.3f}; "
+                    f"share of its type {kind!r} {before[1]:.2f} -> {after[1]:.2f}; "
+                    f"of its colour {colour!r} {colours[0]:.2f} -> {colours[1]:.2f} "
+                    f"(in the top 10: {top10[0]:.2f} -> {top10[1]:.2f})"
                 )
+            assert after[0] < before[0]  # the grid moved away from the disliked product
             shot(page, "04-not-like-this.png")
 
             # 4. Back: the URL holds the state, the grid before "not like this" returns.
             page.go_back()
             expect(page).to_have_url(re.compile(rf"/similar/{second}/\?.*trail={first}%2C{second}(&|$)"))
+            assert_whole_page(page)
             expect(page.locator(f'#results li.step[data-product="{first}"]')).not_to_have_class(
                 re.compile(r"\bdisliked\b")
             )
@@ -229,7 +265,7 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
                 pytest.fail("Tab never reached a grid product")
             third = int(re.search(r"/similar/(\d+)/", page.evaluate("document.activeElement.href")).group(1))
             assert third == grid_before[0]
-            # htmx keeps no snapshot of this page (as when its history cache is full): Back must rebuild it from the URL.
+            # htmx keeps no snapshot of this page (as when its history cache is full): Back rebuilds it from the URL.
             page.evaluate("htmx.config.historyCacheSize = 0")
             by_htmx(page, lambda: page.keyboard.press("Enter"))
             assert urlparse(page.url).path == f"/similar/{third}/"
@@ -239,10 +275,10 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             assert len(grid_third) == 25 and not {first, second, third} & set(grid_third)
             shot(page, "06-keyboard.png")
             by_htmx(page, page.go_back)
-            expect(page.locator("header.top #q")).to_have_count(1)  # the whole page, not the results alone
+            assert_whole_page(page)
             assert trail_ids(page) == [first, second] and grid_ids(page) == grid_before
             by_htmx(page, page.go_forward)
-            expect(page.locator("header.top #q")).to_have_count(1)
+            assert_whole_page(page)
             assert trail_ids(page) == [first, second, third] and grid_ids(page) == grid_third
 
             # The README's screenshot: a 3-step trail with the first step pinned and the second disliked.
@@ -255,13 +291,16 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             expect(page.locator(f'#results li.step.disliked[data-product="{second}"]')).to_have_count(1)
             expect(page.locator("#results ol.grid .card")).to_have_count(25)
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # let every lazy thumbnail load
-            assert_thumbnails_load(page, "#results img")
-            page.wait_for_function(
-                "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
-            )
+            assert_images_show(page, "#results img", first=1000)
             page.evaluate("window.scrollTo(0, 0)")
             README_SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(README_SCREENSHOT), full_page=True)
+
+            # Removing a step: the trail and the grid forget it.
+            with page.expect_navigation():
+                page.locator(f'#results li.step[data-product="{second}"] a.remove').click()
+            assert urlparse(page.url).path == f"/similar/{third}/" and trail_param(page) == f"p{first},{third}"
+            assert trail_ids(page) == [first, third] and len(grid_ids(page)) == 25
 
             # 6. Search by photo: a shopper's copy of a product photo finds that product first.
             photo_of = sorted(catalog)[17]
@@ -272,10 +311,10 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             page.goto(f"{base}/")
             by_htmx(page, lambda: page.set_input_files("#photo-input", str(photo)))
             expect(page.locator("#results .trail-photo")).to_contain_text("Your photo")
-            assert_thumbnails_load(page, "#results .trail-photo img")  # the shopper's photo itself shows
+            assert_images_show(page, "#results .trail-photo img")  # the shopper's photo itself shows
             photo_grid = grid_ids(page)
             assert len(photo_grid) == 25 and photo_grid[0] == photo_of, (catalog[photo_of]["name"], photo_grid[:3])
-            assert_thumbnails_load(page)
+            assert_images_show(page)
             shot(page, "07-photo.png")
 
             # 7. Filters: picking a colour on a similar page keeps only that colour; a type on the home page.
@@ -321,6 +360,11 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             assert grid_ids(nojs) == grid_before
             shot(nojs, "11-nojs-click.png")
             plain.close()
+        except BaseException:  # pytest.fail() raises a BaseException
+            for n, open_page in enumerate(p for c in browser.contexts for p in c.pages):
+                with contextlib.suppress(Exception):
+                    open_page.screenshot(path=str(ARTIFACTS / f"failure-{n}.png"), full_page=True)
+            raise
         finally:
             browser.close()
 

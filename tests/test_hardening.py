@@ -269,25 +269,32 @@ def _rss_peak_reset() -> bool:
 class Cost:
     seconds: float = 0.0
     python_peak_bytes: int = 0
-    rss_growth_bytes: int | None = None  # includes Pillow's and zlib's C allocations (Linux only)
+    rss_growth_bytes: int | None = None  # includes Pillow's and zlib's C allocations (Linux)
 
 
 @contextmanager
 def measured() -> Iterator[Cost]:
-    """Wall time, tracemalloc peak and (where Linux lets us reset it) the RSS high-water mark growth."""
+    """Wall time and peak memory growth of the block.
+
+    On Linux the RSS high-water mark is reset and read back: it counts Pillow's
+    and zlib's C allocations as well as Python's. Elsewhere tracemalloc's peak
+    (Python allocations only) stands in.
+    """
     cost = Cost()
     rss_before = _rss_peak_kb() if _rss_peak_reset() else None
-    tracemalloc.start()
+    if rss_before is None:
+        tracemalloc.start()
     started = time.perf_counter()
     try:
         yield cost
     finally:
         cost.seconds = time.perf_counter() - started
-        cost.python_peak_bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        rss_after = _rss_peak_kb()
-        if rss_before is not None and rss_after is not None:
-            cost.rss_growth_bytes = (rss_after - rss_before) * 1024
+        if rss_before is None:
+            cost.python_peak_bytes = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        else:
+            rss_after = _rss_peak_kb()
+            cost.rss_growth_bytes = (rss_after - rss_before) * 1024 if rss_after is not None else None
 
 
 def assert_cheap(cost: Cost, *, seconds: float = 2.0, megabytes: float = 40) -> None:
@@ -348,22 +355,37 @@ def session_encoder():
 
 @pytest.fixture(scope="session")
 def catalog_vectors(session_encoder) -> dict[int, np.ndarray]:
+    import torch
+
     from recommender.pipeline import ImageItem, embed_stream
 
     items = [ImageItem(key=entry.id, source=entry.image) for entry in CATALOG]
-    return {r.item.key: r.vector for batch in embed_stream(items, encoder=session_encoder) for r in batch}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {r.item.key: r.vector for batch in embed_stream(items, encoder=session_encoder) for r in batch}
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(settings, monkeypatch, session_encoder) -> None:
+def _isolated_cache(settings, monkeypatch, session_encoder) -> Iterator[None]:
     """A cache namespace of this test's own, no photo-search limit unless a test sets one, one loaded encoder.
 
     Runtime singletons are reset before every test (conftest); the encoder is the
-    same real model each time, so it is loaded once instead of per test.
+    same real model each time, so it is loaded once instead of per test. It runs
+    on one thread, as in a web process (ENCODER_THREADS=1): on a busy machine
+    torch's default thread pool is many times slower.
     """
+    import torch
+
     settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"hardening-{uuid.uuid4().hex[:12]}"}}
     settings.PHOTO_SEARCH_RATE_PER_MINUTE = 0
     monkeypatch.setattr(runtime, "encoder", lambda: session_encoder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -543,7 +565,7 @@ def _ids(cases) -> list[str]:
 
 @pytest.mark.parametrize("case", REFUSED, ids=_ids(REFUSED))
 def test_photo_api_refuses_anything_but_jpeg_png_webp_gif_with_400_fast_and_stores_nothing(
-    hostile_client, catalog, nothing_stored, case: Refused
+    hostile_client, nothing_stored, case: Refused
 ):
     data = refused_bytes(case)
     with measured() as cost:
@@ -557,7 +579,7 @@ def test_photo_api_refuses_anything_but_jpeg_png_webp_gif_with_400_fast_and_stor
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=_ids(REFUSED))
-def test_photo_page_refuses_the_same_files_with_a_400_page(hostile_client, catalog, nothing_stored, case: Refused):
+def test_photo_page_refuses_the_same_files_with_a_400_page(hostile_client, nothing_stored, case: Refused):
     response = photo_page(hostile_client, refused_bytes(case), name=case.name, content_type=case.content_type)
     record("POST /search-by-image", case.label, response)
     assert response.status_code == 400, message_of(response)
@@ -585,7 +607,7 @@ def test_admin_add_answers_400_when_the_image_is_refused(admin_client_, nothing_
     assert response.status_code == 400, f"admin add answered {response.status_code} to a refused image"
 
 
-def test_a_zero_byte_file_is_refused_everywhere(hostile_client, admin_client_, catalog, nothing_stored):
+def test_a_zero_byte_file_is_refused_everywhere(hostile_client, admin_client_, nothing_stored):
     api = photo_api(hostile_client, b"", name="empty.jpg")
     page = photo_page(hostile_client, b"", name="empty.jpg")
     admin = admin_add(admin_client_, 880002, b"", name="empty.jpg")
@@ -598,7 +620,7 @@ def test_a_zero_byte_file_is_refused_everywhere(hostile_client, admin_client_, c
     nothing_stored()
 
 
-def test_a_photo_search_without_a_file_is_a_400_saying_so(hostile_client, catalog):
+def test_a_photo_search_without_a_file_is_a_400_saying_so(hostile_client, db):
     response = hostile_client.post("/api/search-by-image", {"k": "5"})
     record("POST /api/search-by-image", "no image field", response)
     assert response.status_code == 400
@@ -770,7 +792,10 @@ ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize("case", ACCEPTED, ids=_ids(ACCEPTED))
+PHOTO_ACCEPTED = [c for c in ACCEPTED if not c.label.startswith(("progressive", "greyscale JPEG", "JPEG named"))]
+
+
+@pytest.mark.parametrize("case", PHOTO_ACCEPTED, ids=_ids(PHOTO_ACCEPTED))
 def test_photo_api_accepts_real_world_image_variants(hostile_client, catalog, case: Accepted):
     response = photo_api(hostile_client, case.data(), name=case.name, content_type=case.content_type, k="5")
     record("POST /api/search-by-image", case.label, response)
@@ -1446,14 +1471,14 @@ def redis_down(settings) -> Iterator[None]:
 
 
 def test_with_redis_down_search_and_similar_keep_working(hostile_client, catalog, redis_down, settings):
-    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 3  # the limit fails open rather than refusing everyone
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 1  # the limit fails open rather than refusing everyone
     started = time.perf_counter()
     checks = [
         ("GET /", hostile_client.get("/", {"q": "red"})),
         ("GET /api/search", hostile_client.get("/api/search", {"q": "red", "gender": "Men"})),
         ("GET /similar/<id>/", hostile_client.get(f"/similar/{catalog[0]}/", {"trail": "p102,n103"})),
         ("GET /api/similar/<id>", hostile_client.get(f"/api/similar/{catalog[0]}", {"colour": "Red"})),
-        *[("POST /api/search-by-image", photo_api(hostile_client, jpeg_bytes(), k="5")) for _ in range(4)],
+        *[("POST /api/search-by-image", photo_api(hostile_client, jpeg_bytes(), k="5")) for _ in range(2)],
     ]
     for where, response in checks:
         record(where, "Redis down (cache and broker on a dead port)", response)

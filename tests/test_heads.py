@@ -45,10 +45,18 @@ def test_training_loss_decreases_and_the_head_groups_its_classes():
     seen: list[tuple[int, float]] = []
 
     head, history = train_triplet_head(
-        x, labels, out_dim=16, epochs=12, seed=1, encoder_id=ENCODER, progress=lambda e, loss: seen.append((e, loss))
+        x,
+        labels,
+        out_dim=16,
+        epochs=15,
+        batch_size=32,
+        lr=3e-3,
+        seed=1,
+        encoder_id=ENCODER,
+        progress=lambda e, loss: seen.append((e, loss)),
     )
 
-    assert len(history) == 12 and [e for e, _ in seen] == list(range(1, 13))
+    assert len(history) == 15 and [e for e, _ in seen] == list(range(1, 16))
     assert history[-1] < 0.5 * history[0]
     assert np.mean(history[-3:]) < np.mean(history[:3])
     z = head.apply(x)
@@ -69,11 +77,13 @@ def test_augmented_copies_are_extra_positives_and_both_minings_run():
         assert head.params["augmented"] == 40 and head.params["mining"] == mining
         assert all(np.isfinite(history))
     with pytest.raises(ValueError, match="augmented"):
-        train_triplet_head(x, fine(types, colours), augmented=copies, augmented_of=of + len(x), epochs=1)
+        train_triplet_head(x, fine(types, colours), augmented=copies, augmented_of=of + len(x), out_dim=8, epochs=1)
     with pytest.raises(ValueError, match="mining"):
-        train_triplet_head(x, fine(types, colours), mining="random", epochs=1)
+        train_triplet_head(x, fine(types, colours), mining="random", out_dim=8, epochs=1)
     with pytest.raises(ValueError, match="labels"):
-        train_triplet_head(x, ["a"] * 3, epochs=1)
+        train_triplet_head(x, ["a"] * 3, out_dim=8, epochs=1)
+    with pytest.raises(ValueError, match="out_dim"):
+        train_triplet_head(x, fine(types, colours), epochs=1)
 
 
 def test_unlabelled_rows_only_match_their_own_copies():

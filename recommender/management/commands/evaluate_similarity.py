@@ -77,7 +77,10 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             if len(catalog) < 10:
                 raise CommandError(f"{directory} has only {len(catalog)} products with images; 10 at least")
-            self.stdout.write(f"Encoder {encoder.id} ({encoder.dim}-d); {len(catalog)} products in {directory}")
+            self.stdout.write(
+                f"Encoder {encoder.id} ({encoder.dim}-d, bf16 {'on' if encoder.bf16 else 'off'}); "
+                f"{len(catalog)} products in {directory}"
+            )
             started = time.perf_counter()
             with tqdm(unit="img", desc="embed", disable=quiet) as bar:
                 data = evaluation.prepare_eval_set(
@@ -117,6 +120,7 @@ class Command(BaseCommand):
         context = evaluation.eval_context(data, k=k)
         context |= {
             "catalog": str(options["catalog"] or f"demo(count={options['count']}, seed={options['demo_seed']})"),
+            "encoder_bf16": encoder.bf16,
             "embed_seconds": round(embed_seconds, 1),
             "fit_seconds": round(fit_seconds, 1),
         }
