@@ -1,7 +1,7 @@
 """Locust shoppers for the http section (run by bench/http_bench.py, one scenario per locust run).
 
 Environment: BENCH_DATA (JSON: ids, trails, search queries, photo files, the trivial path), BENCH_SCENARIO
-(trivial, search, click, trail or photo), BENCH_TIMES (where each
+(trivial, status, search, click, trail or photo), BENCH_TIMES (where each
 request's name, latency in ms, status and error flag are written as JSON when locust quits: exact
 latencies, where locust's own CSV rounds them). Users never wait between requests.
 """
@@ -42,6 +42,9 @@ class Shopper(FastHttpUser):
 
     def trivial(self) -> None:
         self.client.get(DATA["trivial_path"], name="trivial")
+
+    def status(self) -> None:
+        self.client.get("/api/status", name="status")
 
     def search(self) -> None:
         self.client.get("/api/search?" + urlencode({"q": random.choice(DATA["queries"])}), name="search")

@@ -195,12 +195,14 @@ def _pca_methods(
     """PCA-256 (plain, whitened) indexed by Annoy with the euclidean metric; the recall ceiling of each."""
     from annoy import AnnoyIndex
     from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     x, queries = data.vectors, data.queries
     rng = np.random.default_rng(0)
     sample = x[rng.choice(len(x), min(len(x), PCA_FIT_MAX), replace=False)]
     started = time.perf_counter()
-    pca = PCA(n_components=PCA_DIMS, svd_solver="covariance_eigh").fit(sample)
+    with threadpool_limits(limits=1):  # BLAS threads spin badly when the cores are shared with others
+        pca = PCA(n_components=PCA_DIMS, svd_solver="covariance_eigh").fit(sample)
     fit_s = time.perf_counter() - started
     components = pca.components_.T.astype(np.float32)
     mean = pca.mean_.astype(np.float32)
@@ -555,12 +557,13 @@ def run(ctx: BenchContext) -> SectionResult:
     at_target = [d for d in datasets if d["n"] == TARGET_N] or [datasets[0]]
     for d in at_target:
         served = next(r for r in d["rows"] if r["method"] == SERVED and "fresh" not in r["params"])
+        met = served["x_exact"] >= 10 and served["recall_mean"] >= 0.95
         result.targets.append(
             Target(
                 f"served config at N={d['n']:,}, {d['dim']}-d",
-                ">= 10x faster than exact numpy, recall@25 >= 0.95",
+                f">= 10x faster than exact numpy, recall@25 >= 0.95{'' if d['n'] == TARGET_N else ' (set for 44k)'}",
                 f"{served['x_exact']:.1f}x, recall {served['recall_mean']:.3f}",
-                served["x_exact"] >= 10 and served["recall_mean"] >= 0.95,
+                met if d["n"] == TARGET_N else None,
             )
         )
         passing = [

@@ -240,6 +240,9 @@ ENCODER_THREADS = env.int("ENCODER_THREADS", default=0)
 ENCODER_BATCH_SIZE = env.int("ENCODER_BATCH_SIZE", default=32)
 ENCODER_DECODE_WORKERS = env.int("ENCODER_DECODE_WORKERS", default=1)
 INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))
+# Serve vectors projected by a trained head or PCA (a version such as
+# "head256-3f2a9c1b", its file in INDEX_DIR/heads); empty: the raw encoder vectors.
+EMBEDDING_HEAD = env("EMBEDDING_HEAD", default="")
 INDEX_N_TREES = env.int("INDEX_N_TREES", default=40)
 INDEX_SEARCH_K = env.int("INDEX_SEARCH_K", default=-1)
 INDEX_KEEP_BUILDS = env.int("INDEX_KEEP_BUILDS", default=2)

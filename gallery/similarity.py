@@ -107,7 +107,7 @@ def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) ->
     rgb = image_to_rgb(image_open(data, max_pixels=settings.IMAGE_MAX_PIXELS))
     square = np.asarray(image_to_square(rgb, size=INPUT_SIZE))
     with _photo_slots:
-        vector = runtime.encoder().embed_images([square])[0]
+        vector = runtime.query_vectors([square])[0]
     neighbours = similar_products(vector=vector, k=k, filters=filters.q() if filters else None)
     products = Product.objects.in_bulk([n.product_id for n in neighbours])
     items = [GridItem(products[n.product_id], n.score) for n in neighbours if n.product_id in products]

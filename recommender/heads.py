@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 KINDS = ("pca", "head")
 FORMAT = 1
 MINING = ("batch-hard", "semi-hard")
+# Fine classes drawn from each coarse class per batch: enough same-type, other-colour negatives to mine.
+FINE_PER_GROUP = 4
 # Arrays a projection may hold; anything else in a file is refused.
 _ARRAYS = ("mean", "weight", "w1", "b1", "w2", "b2")
 _META_KEY = "meta_json"
@@ -365,13 +367,14 @@ class _Batches:
     ) -> None:
         self.rng = rng
         self.per_class = per_class
-        self.members = {int(c): np.flatnonzero(fine == c) for c in np.unique(fine)}
+        order = np.argsort(fine, kind="stable")
+        classes, starts = np.unique(fine[order], return_index=True)
+        self.members = {int(c): rows for c, rows in zip(classes, np.split(order, starts[1:]), strict=True)}
         fine_of_coarse: dict[int, list[int]] = {}
         for c in self.members:
             fine_of_coarse.setdefault(int(coarse[self.members[c][0]]), []).append(c)
         self.fine_of_coarse = {k: np.array(sorted(v)) for k, v in fine_of_coarse.items()}
         self.coarse_ids = np.array(sorted(self.fine_of_coarse))
-        self.fine_per_coarse = 4
         self.batch_size = batch_size
 
     def sample(self) -> np.ndarray:
@@ -384,7 +387,7 @@ class _Batches:
                 coarse_order, position = self.rng.permutation(self.coarse_ids), 0
             fine = self.fine_of_coarse[int(coarse_order[position])]
             position += 1
-            chosen = self.rng.choice(fine, min(self.fine_per_coarse, len(fine)), replace=False)
+            chosen = self.rng.choice(fine, min(FINE_PER_GROUP, len(fine)), replace=False)
             for c in chosen:
                 members = self.members[int(c)]
                 take = self.rng.choice(members, min(self.per_class, len(members)), replace=False)

@@ -11,10 +11,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from django.conf import settings
 
 from recommender import encoders
+from recommender.heads import Projection, ProjectionCorrupt
 from recommender.index import IndexReader
 
 logger = logging.getLogger(__name__)
@@ -63,13 +65,60 @@ BF16_MIN_COSINE = 0.99
 SPACE_ENCODERS = {space: name for name, space in ENCODER_SPACES.items()}
 
 
+# --- Spaces: an encoder's raw vectors, or those projected by a head -----------------------
+
+
+def heads_dir() -> Path:
+    """Projection files, beside the index builds (shared by every machine the same way)."""
+    return settings.INDEX_DIR / "heads"
+
+
+def space_encoder_id(space: str) -> str:
+    """The raw encoder space a space is derived from (itself for a raw space)."""
+    return space.partition("+")[0]
+
+
+@functools.cache
+def projection_for(version: str) -> Projection:
+    """The projection file named by ``version`` (e.g. ``head256-3f2a9c1b``), loaded once per process."""
+    kind_dim, _, digest = version.rpartition("-")
+    kind = kind_dim.rstrip("0123456789")
+    path = heads_dir() / f"head-{kind}-{kind_dim[len(kind) :]}-{digest}.npz"
+    projection = Projection.load(path)
+    if projection.version != version:
+        raise ProjectionCorrupt(f"{path} holds {projection.version}, not {version}")
+    return projection
+
+
+def space_known(space: str) -> bool:
+    """Whether this process can produce vectors of ``space``: a known encoder, plus a loadable head."""
+    base, _, version = space.partition("+")
+    if base not in SPACE_ENCODERS:
+        return False
+    if not version:
+        return True
+    try:
+        return projection_for(version).space == space
+    except (ProjectionCorrupt, ValueError):
+        return False
+
+
+def project(space: str, raw: np.ndarray) -> np.ndarray:
+    """Vectors of ``space`` from raw encoder vectors (unchanged for a raw space); keeps the input's shape."""
+    _, _, version = space.partition("+")
+    if not version:
+        return raw
+    projected = projection_for(version).apply(raw)
+    return projected[0] if np.ndim(raw) == 1 else projected
+
+
 def space_switch_read() -> str | None:
-    """The space ``reembed_catalog`` switched the site to, if any (overrides ENCODER)."""
+    """The space reembed_catalog or use_projection switched the site to, if any (overrides the settings)."""
     try:
         space = (settings.INDEX_DIR / ACTIVE_SPACE_FILE).read_text().strip()
     except FileNotFoundError:
         return None
-    if space not in SPACE_ENCODERS:
+    if not space_known(space):
         logger.error("Ignoring %s: unknown space %r", ACTIVE_SPACE_FILE, space)
         return None
     return space
@@ -77,7 +126,7 @@ def space_switch_read() -> str | None:
 
 def space_switch_write(space: str) -> None:
     """Switch every process to ``space`` on its next query (atomic rename of one small file)."""
-    if space not in SPACE_ENCODERS:
+    if not space_known(space):
         raise encoders.EncoderUnavailable(f"unknown space {space!r}")
     settings.INDEX_DIR.mkdir(parents=True, exist_ok=True)
     tmp = settings.INDEX_DIR / f".{ACTIVE_SPACE_FILE}.tmp"
@@ -91,12 +140,30 @@ def active_space() -> str:
     Read on every call (one small file), so a switch reaches running processes
     without a restart.
     """
-    return space_switch_read() or encoder_choice().space
+    return space_switch_read() or configured_space()
+
+
+def configured_space() -> str:
+    """The space the settings ask for: ENCODER's, projected by EMBEDDING_HEAD when set."""
+    space = encoder_choice().space
+    if settings.EMBEDDING_HEAD:
+        space = f"{space}+{settings.EMBEDDING_HEAD}"
+        if not space_known(space):
+            raise encoders.EncoderUnavailable(
+                f"EMBEDDING_HEAD={settings.EMBEDDING_HEAD!r} names no projection file for {encoder_choice().space} "
+                f"in {heads_dir()}"
+            )
+    return space
 
 
 def encoder() -> encoders.Encoder:
     """The encoder of the active space, loaded once per process on first use."""
-    return encoder_for(SPACE_ENCODERS[active_space()])
+    return encoder_for(SPACE_ENCODERS[space_encoder_id(active_space())])
+
+
+def query_vectors(images: list[np.ndarray]) -> np.ndarray:
+    """Vectors of the active space for prepared images (a shopper's photo)."""
+    return project(active_space(), encoder().embed_images(images))
 
 
 @functools.cache
@@ -141,4 +208,5 @@ def reset() -> None:
     """Forget cached singletons (tests change settings between cases)."""
     encoder_choice.cache_clear()
     encoder_for.cache_clear()
+    projection_for.cache_clear()
     _index_reader.cache_clear()

@@ -173,7 +173,8 @@ def index_status() -> dict[str, object]:
     return {
         "encoder": {
             "space": space,
-            "name": runtime.SPACE_ENCODERS[space],
+            "name": runtime.SPACE_ENCODERS[runtime.space_encoder_id(space)],
+            "projection": space.partition("+")[2] or None,
             "note": choice.note if space == choice.space else None,
         },
         "index": index,

@@ -12,7 +12,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from gallery.models import EmbedStatus, Product
@@ -122,6 +122,10 @@ def products_embed(
         return report
     active = encoder is None
     encoder = encoder or runtime.encoder()
+    target = runtime.active_space() if active else encoder.id
+    # A head's space keeps the raw vectors too: new heads are trained, and
+    # spaces re-projected, from them without decoding an image again.
+    spaces = [encoder.id] if target == encoder.id else [encoder.id, target]
     items = []
     for product in products:
         if not product.image:
@@ -142,19 +146,60 @@ def products_embed(
                         product_id=result.item.key, image_version=result.item.version, reason=result.error
                     )
                 report.failed += 1
-            elif embedding_store(
-                product_id=result.item.key,
-                image_version=result.item.version,
-                space=encoder.id,
-                vector=result.vector,
-                mark_done=active,
-            ):
+                continue
+            stored = [
+                embedding_store(
+                    product_id=result.item.key,
+                    image_version=result.item.version,
+                    space=space,
+                    vector=runtime.project(space, result.vector),
+                    mark_done=active and space == target,
+                )
+                for space in spaces
+            ]
+            if all(stored):
                 report.embedded += 1
             else:
                 report.skipped += 1
         if progress:
             progress(len(batch))
     return report
+
+
+def space_reproject(*, space: str, chunk: int = 2000) -> int:
+    """Store ``space`` vectors projected from the raw ones for every product lacking them; returns how many.
+
+    No image is decoded: this is how switching heads stays cheap. A raw vector
+    is projected only while it belongs to the product's current image.
+    """
+    base = runtime.space_encoder_id(space)
+    if base == space:
+        return 0
+    done = 0
+    while True:
+        have = Embedding.objects.filter(space=space).values("product_id")
+        rows = list(
+            Embedding.objects.filter(space=base, product__image_version=F("image_version"))
+            .exclude(product_id__in=have)
+            .order_by("product_id")
+            .values_list("product_id", "image_version", "vector")[:chunk]
+        )
+        if not rows:
+            return done
+        projected = runtime.project(space, np.stack([np.frombuffer(v, "<f4") for _, _, v in rows]))
+        with transaction.atomic():
+            Embedding.objects.filter(space=space, product_id__in=[pid for pid, _, _ in rows]).delete()
+            Embedding.objects.bulk_create(
+                Embedding(
+                    product_id=pid,
+                    space=space,
+                    dim=projected.shape[1],
+                    vector=vec.astype("<f4").tobytes(),
+                    image_version=ver,
+                )
+                for (pid, ver, _), vec in zip(rows, projected, strict=True)
+            )
+        done += len(rows)
 
 
 def products_needing_embedding(*, space: str) -> list[int]:

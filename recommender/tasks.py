@@ -192,7 +192,9 @@ def embed_sweep() -> int:
     Also catches up products embedded only in another space (uploaded while
     reembed_catalog was building the space now active).
     """
-    missing = services.products_missing_from_space(space=runtime.active_space())
+    space = runtime.active_space()
+    services.space_reproject(space=space)  # a head space: cheap, from the raw vectors
+    missing = services.products_missing_from_space(space=space)
     if missing:
         services.products_mark_pending(product_ids=missing)
     ids = services.products_stale_pending() + missing

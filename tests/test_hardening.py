@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import struct
 import subprocess
 import sys
@@ -51,6 +52,8 @@ from tests.conftest import ROOT, jpeg_bytes
 _LOG_PATH = os.environ.get("HARDENING_LOG", "")
 _ALERT = re.compile(r'role="alert">(.*?)</p>', re.S)
 _ERRORLIST = re.compile(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', re.S)
+_MESSAGELIST = re.compile(r'<ul class="messagelist">(.*?)</ul>', re.S)
+_HEADING = re.compile(r"<h1>(.*?)</h1>\s*(?:<p>(.*?)</p>)?", re.S)
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -68,10 +71,16 @@ def message_of(response) -> str:
         return body[:300]
     found = [html.unescape(_TAG.sub(" ", m)).strip() for m in _ALERT.findall(body)]
     found += [" ".join(html.unescape(_TAG.sub(" ", m)).split()) for m in _ERRORLIST.findall(body)]
+    found += [" ".join(html.unescape(_TAG.sub(" ", m)).split()) for m in _MESSAGELIST.findall(body)]
     if found:
         return " | ".join(found)[:400]
     if response.status_code in (301, 302):
         return f"redirect to {response['Location']}"
+    heading = _HEADING.search(body)
+    if heading:
+        return " ".join(html.unescape(_TAG.sub(" ", " ".join(g for g in heading.groups() if g))).split())[:300]
+    if response.status_code == 200 and "<html" in body[:200].lower():
+        return "(page with results)"
     return body[:120].strip() or "(empty body)"
 
 
@@ -435,8 +444,9 @@ def _staff_user(*, superuser: bool = True, staff: bool = True, username: str = "
 
 
 @pytest.fixture
-def admin_client_(db, client) -> Client:
-    client.raise_request_exception = False
+def superuser_client(db) -> Client:
+    """A logged-in superuser (a client of its own); view crashes come back as 500 responses."""
+    client = Client(raise_request_exception=False)
     client.force_login(_staff_user())
     return client
 
@@ -588,9 +598,11 @@ def test_photo_page_refuses_the_same_files_with_a_400_page(hostile_client, nothi
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=_ids(REFUSED))
-def test_admin_add_refuses_the_same_files_and_stores_nothing(admin_client_, nothing_stored, case: Refused):
+def test_admin_add_refuses_the_same_files_and_stores_nothing(superuser_client, nothing_stored, case: Refused):
     with measured() as cost:
-        response = admin_add(admin_client_, 880001, refused_bytes(case), name=case.name, content_type=case.content_type)
+        response = admin_add(
+            superuser_client, 880001, refused_bytes(case), name=case.name, content_type=case.content_type
+        )
     record("admin add (image_upload)", case.label, response)
     # Django's admin re-renders an invalid form (200); the strict status is checked below.
     assert response.status_code in (200, 400), message_of(response)
@@ -599,18 +611,18 @@ def test_admin_add_refuses_the_same_files_and_stores_nothing(admin_client_, noth
     nothing_stored()
 
 
-def test_admin_add_answers_400_when_the_image_is_refused(admin_client_, nothing_stored):
+def test_admin_add_answers_400_when_the_image_is_refused(superuser_client, nothing_stored):
     """Issue 7: every refused upload gets 400, the admin's add form included."""
-    response = admin_add(admin_client_, 880001, TEXT, name="photo.jpg")
+    response = admin_add(superuser_client, 880001, TEXT, name="photo.jpg")
     assert MSG_NOT_IMAGE in message_of(response)
     nothing_stored()
     assert response.status_code == 400, f"admin add answered {response.status_code} to a refused image"
 
 
-def test_a_zero_byte_file_is_refused_everywhere(hostile_client, admin_client_, nothing_stored):
+def test_a_zero_byte_file_is_refused_everywhere(hostile_client, superuser_client, nothing_stored):
     api = photo_api(hostile_client, b"", name="empty.jpg")
     page = photo_page(hostile_client, b"", name="empty.jpg")
-    admin = admin_add(admin_client_, 880002, b"", name="empty.jpg")
+    admin = admin_add(superuser_client, 880002, b"", name="empty.jpg")
     for where, response in (("POST /api/search-by-image", api), ("POST /search-by-image", page)):
         record(where, "zero-byte file", response)
         assert response.status_code == 400
@@ -628,12 +640,12 @@ def test_a_photo_search_without_a_file_is_a_400_saying_so(hostile_client, db):
 
 
 def test_an_image_over_image_max_pixels_is_refused_from_its_header(
-    hostile_client, admin_client_, catalog, nothing_stored, settings
+    hostile_client, superuser_client, catalog, nothing_stored, settings
 ):
     settings.IMAGE_MAX_PIXELS = 10_000
     data = jpeg_bytes(size=(200, 200))
     api = photo_api(hostile_client, data)
-    admin = admin_add(admin_client_, 880003, data)
+    admin = admin_add(superuser_client, 880003, data)
     record("POST /api/search-by-image", "200x200 JPEG with IMAGE_MAX_PIXELS=10000", api)
     record("admin add (image_upload)", "200x200 JPEG with IMAGE_MAX_PIXELS=10000", admin)
     assert api.status_code == 400
@@ -719,13 +731,13 @@ def test_a_malformed_content_length_is_a_400_not_a_crash(db, content_length: str
 
 
 def test_an_oversize_upload_through_the_client_gets_413_and_stores_nothing(
-    hostile_client, admin_client_, catalog, nothing_stored, settings
+    hostile_client, superuser_client, catalog, nothing_stored, settings
 ):
     settings.IMAGE_MAX_BYTES = 1_000_000  # the body limit is this plus 256 KB for the form
     big = os.urandom(1_400_000)
     api = photo_api(hostile_client, big, name="big.jpg")
     page = photo_page(hostile_client, big, name="big.jpg")
-    admin = admin_add(admin_client_, 880004, big, name="big.jpg")
+    admin = admin_add(superuser_client, 880004, big, name="big.jpg")
     for where, response in (
         ("POST /api/search-by-image", api),
         ("POST /search-by-image", page),
@@ -739,12 +751,12 @@ def test_an_oversize_upload_through_the_client_gets_413_and_stores_nothing(
 
 
 def test_an_upload_over_image_max_bytes_but_under_the_body_limit_is_a_400(
-    hostile_client, admin_client_, catalog, nothing_stored, settings
+    hostile_client, superuser_client, catalog, nothing_stored, settings
 ):
     settings.IMAGE_MAX_BYTES = 1_000_000
     data = os.urandom(1_100_000)
     api = photo_api(hostile_client, data, name="big.jpg")
-    admin = admin_add(admin_client_, 880005, data, name="big.jpg")
+    admin = admin_add(superuser_client, 880005, data, name="big.jpg")
     record("POST /api/search-by-image", "1.1 MB file with IMAGE_MAX_BYTES=1 MB", api)
     record("admin add (image_upload)", "1.1 MB file with IMAGE_MAX_BYTES=1 MB", admin)
     assert api.status_code == 400
@@ -753,9 +765,9 @@ def test_an_upload_over_image_max_bytes_but_under_the_body_limit_is_a_400(
     nothing_stored()
 
 
-def test_an_oversize_bulk_zip_gets_413(admin_client_, nothing_stored, settings):
+def test_an_oversize_bulk_zip_gets_413(superuser_client, nothing_stored, settings):
     settings.BULK_UPLOAD_MAX_BYTES = 200_000
-    response = bulk_upload(admin_client_, os.urandom(300_000))
+    response = bulk_upload(superuser_client, os.urandom(300_000))
     record("admin bulk upload", "300 KB zip with BULK_UPLOAD_MAX_BYTES=200 KB", response)
     assert response.status_code == 413
     assert "too large" in message_of(response)
@@ -812,8 +824,8 @@ def _stored(product: Product) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=_ids(ACCEPTED))
-def test_admin_add_stores_real_world_image_variants_as_plain_jpeg(admin_client_, case: Accepted):
-    response = admin_add(admin_client_, 880010, case.data(), name=case.name, content_type=case.content_type)
+def test_admin_add_stores_real_world_image_variants_as_plain_jpeg(superuser_client, case: Accepted):
+    response = admin_add(superuser_client, 880010, case.data(), name=case.name, content_type=case.content_type)
     record("admin add (image_upload)", case.label, response)
     assert response.status_code == 302, message_of(response)
     product = Product.objects.get(id=880010)
@@ -831,7 +843,7 @@ def _pixel(path: Path, fx: float, fy: float) -> tuple[int, int, int]:
         return img.convert("RGB").getpixel((int(img.width * fx), int(img.height * fy)))
 
 
-def test_stored_images_show_what_the_shopper_saw(admin_client_):
+def test_stored_images_show_what_the_shopper_saw(superuser_client):
     """Transparency on white, 16-bit scaled (not clipped), CMYK colours, GIF frame 0, EXIF rotation applied."""
     cases = {
         880020: palette_png_transparent(),
@@ -843,7 +855,7 @@ def test_stored_images_show_what_the_shopper_saw(admin_client_):
         880026: png16_rgb_by_hand(),
     }
     for pid, data in cases.items():
-        assert admin_add(admin_client_, pid, data).status_code == 302, pid
+        assert admin_add(superuser_client, pid, data).status_code == 302, pid
     stored = {pid: Path(Product.objects.get(id=pid).image.path) for pid in cases}
 
     corner = _pixel(stored[880020], 0.02, 0.02)
@@ -866,11 +878,11 @@ def test_stored_images_show_what_the_shopper_saw(admin_client_):
     assert rgb16[0] > 170 and rgb16[1] < 60, f"16-bit RGB red stored as {rgb16}"
 
 
-def test_stored_catalog_images_get_random_names_under_media_root_without_exif_or_gps(admin_client_, settings):
+def test_stored_catalog_images_get_random_names_under_media_root_without_exif_or_gps(superuser_client, settings):
     original = exif_jpeg(gps=True)
     with Image.open(io.BytesIO(original)) as img:
         assert img.getexif().get_ifd(0x8825), "the fixture must carry GPS"
-    response = admin_add(admin_client_, 880030, original, name="holiday-at-home-51.5N.jpg")
+    response = admin_add(superuser_client, 880030, original, name="holiday-at-home-51.5N.jpg")
     assert response.status_code == 302
     product = Product.objects.get(id=880030)
     media_root = Path(settings.MEDIA_ROOT).resolve()
@@ -971,7 +983,7 @@ def zip_unknown_method() -> bytes:
 class BadZip:
     label: str
     data: Callable[[], bytes]
-    message: str
+    message: str  # a phrase the answer must hold (for damaged members: the member's name)
 
 
 BAD_ZIPS = [
@@ -1021,10 +1033,10 @@ BAD_ZIPS = [
         lambda: make_zip([("styles.csv", styles_csv(1)), ("images/1.jpg", jpeg_bytes())])[:300],
         "not a readable zip",
     ),
-    BadZip("zip member with a bad CRC", zip_bad_crc, "zip"),
-    BadZip("zip bomb lying about its size in the headers", zip_lying_bomb, "zip"),
-    BadZip("zip member flagged encrypted", zip_encrypted_flag, "zip"),
-    BadZip("zip member with unknown compression method 99", zip_unknown_method, "zip"),
+    BadZip("zip member with a bad CRC", zip_bad_crc, "images/1.jpg"),
+    BadZip("zip bomb lying about its size in the headers", zip_lying_bomb, "images/1.jpg"),
+    BadZip("zip member flagged encrypted", zip_encrypted_flag, "styles.csv"),
+    BadZip("zip member with unknown compression method 99", zip_unknown_method, "images/1.jpg"),
 ]
 
 
@@ -1033,25 +1045,28 @@ def bulk_upload(client: Client, data: bytes, *, name: str = "catalog.zip"):
 
 
 @pytest.mark.parametrize("case", BAD_ZIPS, ids=_ids(BAD_ZIPS))
-def test_bulk_upload_refuses_unsafe_or_broken_zips_fast_and_stores_nothing(admin_client_, nothing_stored, case: BadZip):
+def test_bulk_upload_refuses_unsafe_or_broken_zips_fast_and_stores_nothing(
+    superuser_client, nothing_stored, monkeypatch, tmp_path: Path, case: BadZip
+):
     data = case.data()
-    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    scratch = tmp_path / "tmp"  # where the upload is extracted (tempfile.TemporaryDirectory)
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with measured() as cost:
-        response = bulk_upload(admin_client_, data)
+        response = bulk_upload(superuser_client, data)
     record("admin bulk upload", case.label, response)
     assert response.status_code == 400, f"{response.status_code}: {message_of(response)}"
     assert case.message in message_of(response)
     assert_cheap(cost, seconds=3, megabytes=60)
     nothing_stored()
-    new_tmp = set(os.listdir(tempfile.gettempdir())) - tmp_before
-    assert not [n for n in new_tmp if n.startswith("bulk-") or n == "evil.jpg"], new_tmp
-    assert not (Path(settings.MEDIA_ROOT).parent / "evil.jpg").exists()
+    assert list(scratch.iterdir()) == [], "extracted files were left behind"
+    assert not list(tmp_path.rglob("evil.jpg"))
 
 
-def test_bulk_upload_of_a_good_zip_imports_it(admin_client_):
+def test_bulk_upload_of_a_good_zip_imports_it(superuser_client):
     """The control for the refusals above: the same layout, safe, is imported."""
     data = make_zip([("styles.csv", styles_csv(4242)), ("images/4242.jpg", jpeg_bytes())])
-    response = bulk_upload(admin_client_, data)
+    response = bulk_upload(superuser_client, data)
     assert response.status_code == 302, message_of(response)
     product = Product.objects.get(id=4242)
     assert Path(product.image.path).resolve().is_relative_to(Path(settings.MEDIA_ROOT).resolve())
@@ -1067,9 +1082,9 @@ def test_bulk_upload_of_a_good_zip_imports_it(admin_client_):
     ],
     ids=["bmp", "svg", "bomb", "truncated"],
 )
-def test_bulk_upload_skips_rows_whose_image_is_refused(admin_client_, nothing_stored, label: str, member):
+def test_bulk_upload_skips_rows_whose_image_is_refused(superuser_client, nothing_stored, label: str, member):
     data = make_zip([("styles.csv", styles_csv(4243)), ("images/4243.jpg", member())])
-    response = admin_client_.post(BULK, {"archive": SimpleUploadedFile("c.zip", data)}, follow=True)
+    response = superuser_client.post(BULK, {"archive": SimpleUploadedFile("c.zip", data)}, follow=True)
     record("admin bulk upload", label, response)
     assert response.status_code == 200
     assert "1 skipped" in response.content.decode()
@@ -1241,6 +1256,41 @@ def test_too_many_query_parameters_are_a_400_not_a_500(hostile_client, catalog):
         assert response.status_code == 400
 
 
+def test_reflected_input_is_escaped_and_pages_carry_the_security_headers(hostile_client, catalog):
+    payload = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    for path, params in (
+        ("/", {"q": payload}),
+        (f"/similar/{catalog[0]}/", {"trail": payload}),
+        (f"/similar/{catalog[0]}/", {"q": payload, "colour": payload}),
+        ("/", {"photo": "javascript:alert(1)"}),
+    ):
+        response = hostile_client.get(path, params)
+        record(f"GET {path}", f"reflected XSS in {', '.join(params)}", response)
+        body = response.content.decode()
+        # The payload shows only escaped (&lt;script&gt;...), never as markup.
+        assert "<script>alert" not in body
+        assert "<img src=x" not in body
+        assert 'src="javascript:' not in body
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/../config/settings.py",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2fmanage.py",
+        "/media//etc/passwd",
+    ],
+)
+def test_media_urls_cannot_escape_media_root(hostile_client, db, path: str):
+    response = hostile_client.get(path)
+    record("GET /media/...", f"path traversal {path}", response)
+    assert response.status_code in (400, 404)
+    assert b"DJANGO_SETTINGS_MODULE" not in response.content and b"root:" not in response.content
+
+
 def test_wrong_methods_are_405(hostile_client, catalog):
     for method, path in (("get", "/api/search-by-image"), ("get", "/search-by-image"), ("post", "/api/search")):
         response = getattr(hostile_client, method)(path)
@@ -1253,7 +1303,8 @@ def test_wrong_methods_are_405(hostile_client, catalog):
 # =============================================================================================
 
 
-def _manage(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
+def _manage(tmp_path: Path, *args: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    """``manage.py <args>`` with production settings (GALLERY_ENV=production), as a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG"}}
     env.update(
         {
@@ -1261,36 +1312,33 @@ def _manage(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
             "GALLERY_ENV": "production",
             "ALLOWED_HOSTS": "example.com",
             "REDIS_URL": settings.REDIS_URL,
-            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{tempfile.gettempdir()}/deploy-check.sqlite3",
-            "GALLERY_VAR_DIR": tempfile.mkdtemp(prefix="gallery-deploy-"),
-            "STATIC_ROOT": tempfile.mkdtemp(prefix="gallery-static-"),
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+            "GALLERY_VAR_DIR": str(tmp_path / "var"),
+            "STATIC_ROOT": str(tmp_path / "static"),
         }
     )
     env.update(env_overrides)
-    env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
     )
 
 
-def test_the_deployment_checks_pass_with_production_settings():
-    secret = "".join(
-        secrets.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@#$%^&*(-_=+)")
-        for _ in range(50)
-    )
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=secret)
+def test_the_deployment_checks_pass_with_production_settings(tmp_path: Path):
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@#$%^&*(-_=+)"
+    secret = "".join(secrets.choice(alphabet) for _ in range(50))
+    result = _manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=secret)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
-def test_production_refuses_to_start_without_a_secret_key():
-    result = _manage("check")  # SECRET_KEY removed from the environment
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path):
+    result = _manage(tmp_path, "check")  # SECRET_KEY removed from the environment
     assert result.returncode != 0
     assert "SECRET_KEY must be set when GALLERY_ENV=production" in result.stderr
 
 
-def test_production_refuses_to_start_without_allowed_hosts():
-    result = _manage("check", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="")
+def test_production_refuses_to_start_without_allowed_hosts(tmp_path: Path):
+    result = _manage(tmp_path, "check", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="")
     assert result.returncode != 0
     assert "ALLOWED_HOSTS must be set" in result.stderr
 
@@ -1488,11 +1536,11 @@ def test_with_redis_down_search_and_similar_keep_working(hostile_client, catalog
 
 
 def test_with_redis_down_an_admin_upload_is_saved_pending(
-    admin_client_, redis_down, django_capture_on_commit_callbacks
+    superuser_client, redis_down, django_capture_on_commit_callbacks
 ):
     started = time.perf_counter()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = admin_add(admin_client_, 880060, jpeg_bytes())
+        response = admin_add(superuser_client, 880060, jpeg_bytes())
     record("admin add (image_upload)", "valid JPEG while Redis is down", response)
     assert response.status_code == 302, message_of(response)
     assert callbacks, "the embedding was never queued"
@@ -1531,8 +1579,6 @@ def _corrupt(path: Path) -> None:
 
 
 def _delete_index_dir(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(_index_dir())
 
 

@@ -134,13 +134,21 @@ def test_pca_projection_shape_norms_and_reload(tmp_path: Path):
         assert 0.0 < pca.params["explained_variance"] <= 1.0
         loaded = Projection.load(pca.save(tmp_path))
         np.testing.assert_array_equal(loaded.apply(x), z)
-    whitened = fit_pca(x, dim=24, whiten=True).apply(x) * 0  # shapes only; values differ from the plain one
-    assert whitened.shape == (300, 24)
     assert fit_pca(x, dim=24, whiten=True).version != fit_pca(x, dim=24, whiten=False).version
     with pytest.raises(ValueError, match="dim"):
         fit_pca(x, dim=65)
     with pytest.raises(ValueError, match="dimensions"):
         fit_pca(x, dim=8).apply(np.ones((2, 10), np.float32))
+
+
+def test_pca_to_more_dims_than_vectors_still_gives_an_orthonormal_projection():
+    x, _, _ = labelled(n=10, dim=64)
+    pca = fit_pca(x, dim=16, whiten=False)
+    weight = pca.arrays["weight"]
+    np.testing.assert_allclose(weight @ weight.T, np.eye(16), atol=1e-5)
+    z = fit_pca(x, dim=16).apply(x)
+    assert z.shape == (10, 16) and np.isfinite(z).all()
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
 
 
 def test_pca_without_whitening_keeps_neighbours():

@@ -70,11 +70,13 @@ def _only_when_asked(request: pytest.FixtureRequest) -> None:
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:  # pragma: no cover
-        print(line)  # noqa: T201
+    """Print past pytest's output capture, so the numbers show in every run."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(line, flush=True)  # noqa: T201
+        return
+    with capture.global_and_fixture_disabled():
+        print(line, flush=True)  # noqa: T201
 
 
 # --- The server ---------------------------------------------------------------------------

@@ -24,6 +24,9 @@ class Command(BaseCommand):
             services.products_mark_pending(
                 product_ids=list(Product.objects.filter(embed_status="failed").values_list("id", flat=True))
             )
+        reprojected = services.space_reproject(space=space)
+        if reprojected:
+            self.stdout.write(f"Projected {reprojected} stored raw vectors into {space}")
         ids = services.products_needing_embedding(space=space)
         encoder = runtime.encoder()
         self.stdout.write(f"Encoder {encoder.id} ({encoder.dim}-d on {encoder.device}); {len(ids)} products to embed")
