@@ -142,6 +142,7 @@ def _annoy_methods(
             )
         if n_trees == SERVED_TREES and dim == SERVED_DIM:
             ctx.builds[(n, dim, n_trees)] = (target, meta)
+        if n_trees == SERVED_TREES:
             served = LoadedIndex(target, meta.version)
             methods.append(
                 Method(

@@ -34,7 +34,8 @@ class EmbedReport:
     skipped: int = 0
 
 
-def _image_source(name: str) -> Path | bytes:
+def image_source(name: str) -> Path | bytes:
+    """A stored image as a local path, or its bytes when the storage is remote."""
     try:
         return Path(default_storage.path(name))
     except NotImplementedError:  # remote storage: fetch the bytes
@@ -131,7 +132,7 @@ def products_embed(
         if not product.image:
             report.skipped += 1
             continue
-        items.append(ImageItem(key=product.id, source=_image_source(product.image.name), version=product.image_version))
+        items.append(ImageItem(key=product.id, source=image_source(product.image.name), version=product.image_version))
     for batch in embed_stream(
         items,
         encoder=encoder,

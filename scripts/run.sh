@@ -11,4 +11,8 @@ $py manage.py migrate --noinput -v0
 $py manage.py setup_demo
 $py manage.py embed_catalog
 $py manage.py build_index --if-needed
+# The catalog has labels: train a head once and serve it only if it beats the
+# raw vectors on the held-out split (docs/quality.md). Serving goes on either way.
+$py manage.py train_embedding_head --unless-trained --use-if-better \
+  || echo "Training a head failed (see above); serving the raw encoder vectors" >&2
 exec $py manage.py serve "$@"

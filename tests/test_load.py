@@ -251,12 +251,18 @@ def run_threads(
     seconds: float,
     results: Results,
 ) -> None:
-    """Each worker loops (closed loop, keep-alive session) until the deadline."""
+    """Each worker loops (closed loop) until the deadline, one connection per request.
+
+    A fresh connection per request is what gunicorn sees behind a proxy (nginx
+    speaks HTTP/1.0 to its upstream by default), and it lets the kernel spread
+    requests over both workers instead of pinning each client to one.
+    """
     deadline = time.monotonic() + seconds
 
     def loop(index: int, make: Callable) -> None:
         rng = random.Random(index)
         with requests.Session() as session:
+            session.headers["Connection"] = "close"
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 kind = "?"

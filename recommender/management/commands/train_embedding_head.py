@@ -4,8 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
@@ -13,17 +12,10 @@ from recommender import evaluation, runtime
 from recommender.encoders import Encoder, EncoderUnavailable
 from recommender.heads import fit_pca, train_catalog_head
 from recommender.models import Embedding
+from recommender.services import image_source
 
 # Rows read from the database per query: bounded memory on a catalog of any size.
 CHUNK = 5000
-
-
-def _image_source(name: str) -> Path | bytes:
-    try:
-        return Path(default_storage.path(name))
-    except NotImplementedError:  # remote storage: fetch the bytes
-        with default_storage.open(name, "rb") as fh:
-            return fh.read()
 
 
 class Command(BaseCommand):
@@ -38,7 +30,15 @@ class Command(BaseCommand):
         parser.add_argument("--epochs", type=int, default=30, help="training epochs of a head (30)")
         parser.add_argument("--seed", type=int, default=0, help="training seed (0)")
         parser.add_argument("--no-whiten", action="store_true", help="PCA without whitening")
-        parser.add_argument("--out", type=Path, default=None, help="directory for the file (VAR_DIR/heads)")
+        parser.add_argument("--out", type=Path, default=None, help="directory for the file (INDEX_DIR/heads)")
+        parser.add_argument(
+            "--use-if-better",
+            action="store_true",
+            help="serve it (use_projection) if no worse than raw on any held-out metric and better on one",
+        )
+        parser.add_argument(
+            "--unless-trained", action="store_true", help="do nothing when a projection file exists already"
+        )
         parser.add_argument("--copies", type=int, default=2, help="distorted copies per sampled product (2)")
         parser.add_argument(
             "--augment", type=int, default=2000, help="training products whose photos get distorted copies (2000)"
@@ -49,6 +49,9 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=10, help="cut-off of the comparison metrics (10)")
 
     def handle(self, *args, **options):
+        if options["unless_trained"] and any(runtime.heads_dir().glob("head-*.npz")):
+            self.stdout.write(f"A projection was trained already ({runtime.heads_dir()}); nothing to do.")
+            return
         quiet = options["verbosity"] == 0
         raw_space = runtime.active_space().partition("+")[0]
         try:
@@ -138,9 +141,14 @@ class Command(BaseCommand):
                 "context": evaluation.eval_context(data, k=k),
             }
         )
-        path = projection.save(options["out"] or settings.VAR_DIR / "heads")
+        path = projection.save(options["out"] or runtime.heads_dir())
         self.stdout.write(self.style.SUCCESS(f"Saved {path}"))
         self.stdout.write(f"version {projection.version}\nspace   {projection.space}")
+        if options["use_if_better"]:
+            if wins and not losses:
+                call_command("use_projection", str(path), stdout=self.stdout, verbosity=options["verbosity"])
+            else:
+                self.stdout.write("Not served: it does not beat the raw vectors on every held-out metric")
 
     def _rows(self, space: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """Ids, raw vectors, article types, colours and image names of every product with a vector in ``space``."""
@@ -181,7 +189,7 @@ class Command(BaseCommand):
         sources, kept = [], []
         for row in rows:
             try:
-                sources.append(_image_source(images[int(row)]))
+                sources.append(image_source(images[int(row)]))
             except OSError as exc:
                 self.stderr.write(f"Skipping product {ids[row]}: {exc}")
                 continue
