@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -104,20 +105,32 @@ def _jpeg_draft_off() -> Iterator[None]:
 
 @dataclass
 class _Tally:
-    """Images and seconds a variant spent over all rounds, plus its per-round rates."""
+    """Images, wall seconds and CPU seconds a variant spent over all rounds, plus its per-round rates."""
 
     images: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     per_round: list[float] = field(default_factory=list)
 
-    def add(self, images: int, seconds: float) -> None:
+    def add(self, images: int, seconds: float, cpu_seconds: float) -> None:
         self.images += images
         self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
         self.per_round.append(images / seconds)
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds if self.seconds else float("nan")
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1e3 * self.cpu_seconds / self.images if self.images else float("nan")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process's threads plus its finished children (the DataLoader's decode workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -146,6 +159,41 @@ def _naive(encoder: Encoder, products: list, paths: list[Path]) -> None:
         tensor = batch_to_tensor([np.asarray(square)], mean=encoder.mean, std=encoder.std)
         vector = encoder.embed_tensor(tensor)[0]
         embedding_store(product_id=product.id, image_version=product.image_version, space=encoder.id, vector=vector)
+
+
+def _store_batched(products: list, space: str, vectors: np.ndarray) -> None:
+    """What a batched embedding_store would cost (NOT product code): one transaction and four statements per batch.
+
+    Same checks and effects as recommender.services.embedding_store, for BATCH products at a time.
+    """
+    from django.db import transaction
+
+    from gallery.models import EmbedStatus, Product
+    from recommender.models import Embedding
+
+    for start in range(0, len(products), BATCH):
+        chunk = list(zip(products[start : start + BATCH], vectors[start : start + BATCH], strict=True))
+        with transaction.atomic():
+            ids = [p.id for p, _ in chunk]
+            current = dict(Product.objects.select_for_update().filter(id__in=ids).values_list("id", "image_version"))
+            keep = [(p, v) for p, v in chunk if current.get(p.id) == p.image_version]
+            kept = [p.id for p, _ in keep]
+            Embedding.objects.filter(product_id__in=kept, space=space).delete()
+            Embedding.objects.bulk_create(
+                [
+                    Embedding(
+                        product_id=p.id,
+                        space=space,
+                        dim=len(v),
+                        vector=np.ascontiguousarray(v, dtype="<f4").tobytes(),
+                        image_version=p.image_version,
+                    )
+                    for p, v in keep
+                ]
+            )
+            Product.objects.filter(id__in=kept).update(
+                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
+            )
 
 
 def _stage_rate(fn: Callable[[], object], items: int) -> float:
@@ -187,7 +235,7 @@ def run(ctx: BenchContext) -> SectionResult:
             for name in order:
                 encoder.bf16 = "bf16" in name
                 n = len(products[part])
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), _cpu_seconds()
                 if name.startswith("bare"):
                     vectors = [encoder.embed_tensor(batch) for batch in batches]
                 elif name == "naive fp32":
@@ -198,7 +246,7 @@ def run(ctx: BenchContext) -> SectionResult:
                         services.products_embed(products=products[part], decode_workers=0)
                 else:
                     services.products_embed(products=products[part], decode_workers=int(name[-1]))
-                tallies[name].add(n, time.perf_counter() - started)
+                tallies[name].add(n, time.perf_counter() - started, _cpu_seconds() - cpu)
                 if name.startswith("bare"):
                     outputs[name.split()[1]].append(np.concatenate(vectors))
                 elif name.endswith("nodraft"):
@@ -212,6 +260,7 @@ def run(ctx: BenchContext) -> SectionResult:
             ],
             count,
         )
+        batched_write_rate = _stage_rate(lambda: _store_batched(products, encoder.id, vectors_fp32), count)
     with settings_set(ENCODER_BF16="auto"):
         auto_bf16 = runtime.encoder().bf16
     decode_draft = _stage_rate(lambda: [image_prepare(p, size=224, jpeg_draft=True) for p in paths], count)
@@ -230,6 +279,8 @@ def run(ctx: BenchContext) -> SectionResult:
             "x bare (totals)",
             "x bare (median round)",
             "x bare (min-max)",
+            "CPU ms per image",
+            "x bare (CPU)",
         ],
     )
 
@@ -237,7 +288,17 @@ def run(ctx: BenchContext) -> SectionResult:
         tally = tallies[name]
         per_round = [r / b for r, b in zip(tally.per_round, bare[precision].per_round, strict=True)]
         spread = f"{min(per_round):.2f}-{max(per_round):.2f}"
-        table.add(label, precision, workers, tally.rate, tally.rate / bare[precision].rate, median(per_round), spread)
+        table.add(
+            label,
+            precision,
+            workers,
+            tally.rate,
+            tally.rate / bare[precision].rate,
+            median(per_round),
+            spread,
+            tally.cpu_ms_per_image,
+            bare[precision].cpu_ms_per_image / tally.cpu_ms_per_image,
+        )
 
     for p in PRECISIONS:
         row("bare forward (prepared tensors)", f"bare {p}", p, "-")
@@ -247,7 +308,10 @@ def run(ctx: BenchContext) -> SectionResult:
     row(f"naive loop (batch 1; {naive_per_chunk} images a round)", "naive fp32", "fp32", "-")
     table.note = (
         "x bare: against bare forward of the same precision in the same rounds; totals = images/s over all rounds, "
-        "median round = the median of the per-round ratios (robust to a burst of load on one round)"
+        "median round = the median of the per-round ratios (robust to a burst of load on one round); CPU = user + "
+        "system time of this process's threads and its decode workers per image, x bare (CPU) = bare's CPU per image "
+        "over the variant's (what the pipeline costs beyond the model, whatever the load; it cannot show the overlap "
+        "decode workers buy)"
     )
     result.tables.append(table)
 
@@ -255,6 +319,11 @@ def run(ctx: BenchContext) -> SectionResult:
     stages.add("decode + resize, JPEG draft on (image_prepare)", decode_draft, 1e3 / decode_draft)
     stages.add("decode + resize, JPEG draft off", decode_full, 1e3 / decode_full)
     stages.add("database write (embedding_store, 1 row per transaction)", write_rate, 1e3 / write_rate)
+    stages.add(
+        f"database write batched by {BATCH} (bench/embed_bench.py _store_batched, not product code)",
+        batched_write_rate,
+        1e3 / batched_write_rate,
+    )
     for p in PRECISIONS:
         stages.add(f"forward {p} (bare, from the rounds above)", bare[p].rate, 1e3 / bare[p].rate)
     result.tables.append(stages)
@@ -300,7 +369,12 @@ def run(ctx: BenchContext) -> SectionResult:
         "batch": BATCH,
         "naive_images_per_round": naive_per_chunk,
         "variants": {name: asdict(t) | {"rate": t.rate} for name, t in tallies.items()},
-        "stages_images_per_s": {"decode_draft": decode_draft, "decode_full": decode_full, "db_write": write_rate},
+        "stages_images_per_s": {
+            "decode_draft": decode_draft,
+            "decode_full": decode_full,
+            "db_write": write_rate,
+            "db_write_batched": batched_write_rate,
+        },
         "agreement_bf16_vs_fp32": bf16_vs_fp32,
         "agreement_draft_vs_full": draft_vs_full,
         "auto_bf16": auto_bf16,

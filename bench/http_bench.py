@@ -134,7 +134,7 @@ def run(ctx: BenchContext) -> SectionResult:
 
     result = SectionResult("http")
     count = 120 if ctx.quick else 400
-    levels, seconds = ((2,), 3) if ctx.quick else ((1, 4), 10)
+    levels, seconds = ((2,), 3) if ctx.quick else ((1, 4), 8)
     ids = ctx.demo_catalog_loaded(count)
     photos = [
         Path(default_storage.path(name))

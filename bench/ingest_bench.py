@@ -9,7 +9,7 @@
   catalog embedded and indexed. Each of 20 uploads (quick: 5) is a logged-in staff POST of a new product
   to the admin (the admin's real path: image_prepare_for_store, product_image_set, embedding queued on
   commit), whose image is a re-encoded copy of an anchor product's; then GET /api/similar/<anchor> is
-  polled every 50 ms (Django test client, in this process) until the new product is in the results.
+  polled every 10 ms (Django test client, in this process) until the new product is in the results.
   One warm-up upload first (the worker loads the encoder on its first task) is not counted.
 """
 
@@ -33,7 +33,7 @@ from bench.common import (
     child_env,
 )
 
-POLL_S = 0.05
+POLL_S = 0.01
 FINDABLE_TIMEOUT_S = 90
 _SUMMARY = re.compile(r"(\d+) rows in ([\d.]+)s \((\d+) rows/s\)")
 

@@ -220,6 +220,8 @@ API_MAX_K = env.int("API_MAX_K", default=100)
 PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)
 # Photo searches embedded at once per web process; more wait their turn.
 PHOTO_SEARCH_CONCURRENCY = env.int("PHOTO_SEARCH_CONCURRENCY", default=1)
+# ...and this many more may wait; beyond that they get 503 with Retry-After.
+PHOTO_SEARCH_QUEUE = env.int("PHOTO_SEARCH_QUEUE", default=1)
 
 # --- Recommender ----------------------------------------------------------------------
 # ENCODER: auto (ResNet50 where its ImageNet weights can be had, else the

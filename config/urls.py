@@ -15,3 +15,6 @@ if settings.SERVE_MEDIA:
     # One-machine installs serve product images themselves; production puts a
     # front server or object storage in front of MEDIA_URL.
     urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]
+
+handler404 = "gallery.views.not_found"
+handler400 = "gallery.views.bad_request"

@@ -122,6 +122,13 @@ class ProductAdmin(admin.ModelAdmin):
             if changed:
                 products_embed_enqueue_on_commit([obj.id])
 
+    def render_change_form(self, request: HttpRequest, context: dict, *args, **kwargs) -> HttpResponse:
+        response = super().render_change_form(request, context, *args, **kwargs)
+        # A refused upload or field is a client error: say so in the status too.
+        if request.method == "POST" and context.get("errors"):
+            response.status_code = 400
+        return response
+
     @admin.action(description="Retry embedding of the selected products")
     def retry_embedding(self, request: HttpRequest, queryset) -> None:
         ids = list(queryset.values_list("id", flat=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -67,6 +68,10 @@ def zip_extract_catalog(upload: BinaryIO, *, destination: Path) -> Path:
             is_image = len(relative.parts) == 2 and relative.parts[0] == "images" and _IMAGE_NAME.match(relative.name)
             if not (is_styles or is_image):
                 continue
+            if info.flag_bits & 0x1:
+                raise BulkUploadRejected(f"{info.filename[:100]} is encrypted; upload the zip without a password.")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise BulkUploadRejected(f"{info.filename[:100]} uses a compression method we do not read.")
             if info.file_size > MAX_MEMBER_BYTES:
                 raise BulkUploadRejected(f"{info.filename[:100]} is larger than {MAX_MEMBER_BYTES // 1024**2} MB.")
             if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
@@ -79,11 +84,15 @@ def zip_extract_catalog(upload: BinaryIO, *, destination: Path) -> Path:
         (catalog / "images").mkdir(parents=True)
         for info, relative in wanted:
             target = catalog.joinpath(*relative.parts)
-            with archive.open(info) as source, target.open("wb") as out:
-                written = 0
-                while block := source.read(1 << 16):
-                    written += len(block)
-                    if written > info.file_size or written > MAX_MEMBER_BYTES:
-                        raise BulkUploadRejected(f"{info.filename[:100]} is larger than the zip declares.")
-                    out.write(block)
+            try:
+                with archive.open(info) as source, target.open("wb") as out:
+                    written = 0
+                    while block := source.read(1 << 16):
+                        written += len(block)
+                        if written > info.file_size or written > MAX_MEMBER_BYTES:
+                            raise BulkUploadRejected(f"{info.filename[:100]} is larger than the zip declares.")
+                        out.write(block)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                # A bad CRC, a size the headers lie about, a cut-off stream.
+                raise BulkUploadRejected(f"The zip is damaged: {info.filename[:100]} cannot be read ({exc}).") from exc
     return catalog

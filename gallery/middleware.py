@@ -8,6 +8,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
 class RequestSizeLimit:
     """413 for bodies larger than the endpoint accepts, judged from Content-Length.
 
@@ -25,7 +29,7 @@ class RequestSizeLimit:
             return HttpResponse("Bad Content-Length.", status=400, content_type="text/plain")
         limit = self.limit_for(request.path)
         if length > limit:
-            message = f"The upload is too large: {length / 1e6:.1f} MB, the limit is {limit / 1e6:.0f} MB."
+            message = f"The upload is too large: {megabytes(length)}, the limit is {megabytes(limit)}."
             if request.path.startswith("/api/"):
                 return JsonResponse({"error": message}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain")

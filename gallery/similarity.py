@@ -74,9 +74,17 @@ PHOTO_TOKEN_SIDE = 64
 PHOTO_TOKEN_MAX_CHARS = 4000
 _PHOTO_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,4000}={0,2}$")
 
-# Photo searches run the CNN inside the web process; bounding how many run at
-# once keeps text search and clicks fast while photos queue.
+# Photo searches run the CNN inside the web process. At most
+# PHOTO_SEARCH_CONCURRENCY run at once and PHOTO_SEARCH_QUEUE more wait; the
+# rest are turned away at once, so waiting photos never hold every server
+# thread while text searches and clicks queue behind them.
 _photo_slots = threading.BoundedSemaphore(max(1, settings.PHOTO_SEARCH_CONCURRENCY))
+_photo_admitted = threading.BoundedSemaphore(max(1, settings.PHOTO_SEARCH_CONCURRENCY) + settings.PHOTO_SEARCH_QUEUE)
+PHOTO_BUSY_RETRY_S = 2
+
+
+class PhotoSearchBusy(Exception):
+    """Too many photo searches in this process right now; the message says when to retry."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,17 @@ def photo_token_valid(token: str) -> bool:
 def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) -> PhotoGrid:
     """The ``k`` products that look most like the photo ``data``; it is embedded in memory and dropped.
 
-    Raises ImageRejected (a bad or oversized image) or SimilarityUnavailable.
+    Raises ImageRejected (a bad or oversized image), PhotoSearchBusy or SimilarityUnavailable.
     """
-    rgb = image_to_rgb(image_open(data, max_pixels=settings.IMAGE_MAX_PIXELS))
-    square = np.asarray(image_to_square(rgb, size=INPUT_SIZE))
-    with _photo_slots:
-        vector = runtime.query_vectors([square])[0]
+    if not _photo_admitted.acquire(blocking=False):
+        raise PhotoSearchBusy(f"Photo search is busy; please try again in {PHOTO_BUSY_RETRY_S} seconds.")
+    try:
+        rgb = image_to_rgb(image_open(data, max_pixels=settings.IMAGE_MAX_PIXELS))
+        square = np.asarray(image_to_square(rgb, size=INPUT_SIZE))
+        with _photo_slots:
+            vector = runtime.query_vectors([square])[0]
+    finally:
+        _photo_admitted.release()
     neighbours = similar_products(vector=vector, k=k, filters=filters.q() if filters else None)
     products = Product.objects.in_bulk([n.product_id for n in neighbours])
     items = [GridItem(products[n.product_id], n.score) for n in neighbours if n.product_id in products]

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -18,7 +19,7 @@ from gallery.models import Product
 from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
-from gallery.similarity import GridItem, PhotoGrid, photo_grid, similar_grid
+from gallery.similarity import GridItem, PhotoGrid, PhotoSearchBusy, photo_grid, similar_grid
 from gallery.trail import Step, Trail
 from recommender.preprocess import ImageRejected
 from recommender.selectors import SimilarityUnavailable, index_status
@@ -139,12 +140,13 @@ def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> tup
         return photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters), "", 200
     except ImageRejected as exc:
         return None, str(exc), 400
-    except SimilarityUnavailable as exc:
+    except (SimilarityUnavailable, PhotoSearchBusy) as exc:
         return None, str(exc), 503
 
 
 def _retry_after(response: HttpResponse, message: str, status: int) -> HttpResponse:
-    if status == 429:
+    """Tell clients when to come back: the wait the message names, else a minute for a 503."""
+    if status in (429, 503):
         response["Retry-After"] = "".join(ch for ch in message.split(" in ")[-1] if ch.isdigit()) or "60"
     return response
 
@@ -201,7 +203,8 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
             link=lambda pid, t: similar_url(pid, t, params),
         )
     except SimilarityUnavailable as exc:
-        return _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=503)
+        response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=503)
+        return _retry_after(response, str(exc), 503)
     steps = _trail_steps(trail, product.id, grid.trail_products, params)
     context |= {"items": grid.items, "notice": grid.notice, "trail_steps": steps, "trail_param": str(trail)}
     return _render(request, "gallery/similar.html", context)
@@ -264,7 +267,7 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
     try:
         grid = similar_grid(anchor=product, trail=trail, k=form.cleaned_data["k"], filters=form.filters)
     except SimilarityUnavailable as exc:
-        return api_error(str(exc), status=503)
+        return _retry_after(api_error(str(exc), status=503), str(exc), 503)
     if grid.notice and not grid.items:
         return api_error(grid.notice, status=409)
     return JsonResponse(
@@ -306,3 +309,18 @@ def api_openapi(request: HttpRequest) -> JsonResponse:
 @require_GET
 def api_status(request: HttpRequest) -> JsonResponse:
     return JsonResponse(index_status())
+
+
+def _api_or_default(default_view, message: str, status: int):
+    """Error handlers: JSON under /api/, Django's pages elsewhere."""
+
+    def handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return api_error(message, status=status)
+        return default_view(request, exception)
+
+    return handler
+
+
+not_found = _api_or_default(defaults.page_not_found, "No such endpoint or product.", 404)
+bad_request = _api_or_default(defaults.bad_request, "The request is malformed.", 400)

@@ -180,8 +180,12 @@ def index_build(
 
 def _pointer_publish(directory: Path, version: str) -> None:
     tmp = directory / f".{POINTER_FILE}.{uuid.uuid4().hex}"
-    _write_synced(tmp, version.encode())
-    tmp.replace(directory / POINTER_FILE)  # atomic: readers see the old or the new name
+    try:
+        _write_synced(tmp, version.encode())
+        tmp.replace(directory / POINTER_FILE)  # atomic: readers see the old or the new name
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(directory)
 
 

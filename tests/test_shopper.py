@@ -220,3 +220,10 @@ def test_openapi_description_lists_every_endpoint(client):
 def test_vectors_are_unit_length_for_the_trail_formula(demo_vectors):
     norms = np.linalg.norm(np.stack(list(demo_vectors.values())), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-4)
+
+
+def test_api_errors_are_json_even_for_unknown_routes(client):
+    response = client.get("/api/similar/abc")
+    assert response.status_code == 404
+    assert response.json() == {"error": "No such endpoint or product."}
+    assert client.get("/no-such-page").status_code == 404
