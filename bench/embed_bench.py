@@ -196,6 +196,21 @@ def _store_batched(products: list, space: str, vectors: np.ndarray) -> None:
             )
 
 
+def _worker_start_seconds(products: list) -> float:
+    """What decode workers 1 adds to one products_embed call: the median of 3 (1-image call, dw 1 minus dw 0)."""
+    from recommender import services
+
+    extra = []
+    for _ in range(3):
+        times = {}
+        for workers in (0, 1):
+            started = time.perf_counter()
+            services.products_embed(products=products, decode_workers=workers)
+            times[workers] = time.perf_counter() - started
+        extra.append(times[1] - times[0])
+    return median(extra)
+
+
 def _stage_rate(fn: Callable[[], object], items: int) -> float:
     started = time.perf_counter()
     fn()
@@ -261,6 +276,7 @@ def run(ctx: BenchContext) -> SectionResult:
             count,
         )
         batched_write_rate = _stage_rate(lambda: _store_batched(products, encoder.id, vectors_fp32), count)
+        worker_start = _worker_start_seconds(products[:1])
     with settings_set(ENCODER_BF16="auto"):
         auto_bf16 = runtime.encoder().bf16
     decode_draft = _stage_rate(lambda: [image_prepare(p, size=224, jpeg_draft=True) for p in paths], count)
@@ -326,6 +342,7 @@ def run(ctx: BenchContext) -> SectionResult:
     )
     for p in PRECISIONS:
         stages.add(f"forward {p} (bare, from the rounds above)", bare[p].rate, 1e3 / bare[p].rate)
+    stages.add("decode worker start, once per products_embed call with decode workers 1", "-", 1e3 * worker_start)
     result.tables.append(stages)
 
     bf16_vs_fp32 = _agreement(vectors_fp32, np.concatenate(outputs["bf16"]))
@@ -375,6 +392,7 @@ def run(ctx: BenchContext) -> SectionResult:
             "db_write": write_rate,
             "db_write_batched": batched_write_rate,
         },
+        "decode_worker_start_seconds": worker_start,
         "agreement_bf16_vs_fp32": bf16_vs_fp32,
         "agreement_draft_vs_full": draft_vs_full,
         "auto_bf16": auto_bf16,

@@ -67,32 +67,50 @@ def products_claim(*, product_ids: Iterable[int], claimant: str) -> list[Product
     )
 
 
+def embeddings_store(*, space: str, vectors: list[tuple[int, int, np.ndarray]], mark_done: bool = True) -> set[int]:
+    """Store (product id, image version, vector) rows of ``space`` in one transaction; returns the ids stored.
+
+    A vector is stored only if its product still has the image it was computed
+    from. It replaces any earlier vector of that space with a new row (a new
+    id, so an index build that holds the old one knows it is stale). With
+    ``mark_done`` the products are marked done (their status speaks of the
+    active space).
+    """
+    if not vectors:
+        return set()
+    latest = {pid: (version, vector) for pid, version, vector in vectors}
+    with transaction.atomic():
+        # Lock the product rows, in id order so two batches never deadlock:
+        # concurrent workers on one product serialise here.
+        current = dict(
+            Product.objects.select_for_update()
+            .filter(id__in=list(latest))
+            .order_by("id")
+            .values_list("id", "image_version")
+        )
+        keep = {pid: (version, vector) for pid, (version, vector) in latest.items() if current.get(pid) == version}
+        if not keep:
+            return set()
+        Embedding.objects.filter(product_id__in=list(keep), space=space).delete()
+        rows = []
+        for pid, (version, vector) in keep.items():
+            data = np.ascontiguousarray(vector, dtype="<f4")
+            rows.append(
+                Embedding(product_id=pid, space=space, dim=len(data), vector=data.tobytes(), image_version=version)
+            )
+        Embedding.objects.bulk_create(rows)
+        if mark_done:
+            Product.objects.filter(id__in=list(keep)).update(
+                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
+            )
+    return set(keep)
+
+
 def embedding_store(
     *, product_id: int, image_version: int, space: str, vector: np.ndarray, mark_done: bool = True
 ) -> bool:
-    """Store a product's vector if it still has the image it was computed from.
-
-    Replaces any earlier vector of that space with a new row (a new id, so an
-    index build that holds the old one knows it is stale) and, with
-    ``mark_done``, marks the product done (its status speaks of the active
-    space). Returns False, storing nothing, when the product is gone or its
-    image changed meanwhile.
-    """
-    data = np.ascontiguousarray(vector, dtype="<f4")
-    with transaction.atomic():
-        # Lock the product row: concurrent workers on one product serialise here.
-        current = Product.objects.select_for_update().filter(id=product_id).values_list("image_version", flat=True)
-        if list(current) != [image_version]:
-            return False
-        Embedding.objects.filter(product_id=product_id, space=space).delete()
-        Embedding.objects.create(
-            product_id=product_id, space=space, dim=len(data), vector=data.tobytes(), image_version=image_version
-        )
-        if mark_done:
-            Product.objects.filter(id=product_id).update(
-                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
-            )
-    return True
+    """embeddings_store for one product: whether its vector was stored."""
+    return bool(embeddings_store(space=space, vectors=[(product_id, image_version, vector)], mark_done=mark_done))
 
 
 def product_embed_fail(*, product_id: int, image_version: int, reason: str) -> None:
@@ -140,6 +158,7 @@ def products_embed(
         decode_workers=decode_workers,
         max_pixels=settings.IMAGE_MAX_PIXELS,
     ):
+        good = [result for result in batch if result.vector is not None]
         for result in batch:
             if result.vector is None:
                 if active:
@@ -147,21 +166,14 @@ def products_embed(
                         product_id=result.item.key, image_version=result.item.version, reason=result.error
                     )
                 report.failed += 1
-                continue
-            stored = [
-                embedding_store(
-                    product_id=result.item.key,
-                    image_version=result.item.version,
-                    space=space,
-                    vector=runtime.project(space, result.vector),
-                    mark_done=active and space == target,
-                )
-                for space in spaces
-            ]
-            if all(stored):
-                report.embedded += 1
-            else:
-                report.skipped += 1
+        stored = None
+        for space in spaces:
+            vectors = runtime.project(space, np.stack([r.vector for r in good])) if good else []
+            rows = [(r.item.key, r.item.version, vector) for r, vector in zip(good, vectors, strict=True)]
+            done = embeddings_store(space=space, vectors=rows, mark_done=active and space == target)
+            stored = done if stored is None else stored & done
+        report.embedded += len(stored or ())
+        report.skipped += len(good) - len(stored or ())
         if progress:
             progress(len(batch))
     return report

@@ -133,7 +133,7 @@ def test_editing_a_products_image_replaces_its_vector_and_queues_it(
 
 def test_a_new_product_needs_a_valid_image(staff):
     response = staff.post("/admin/gallery/product/add/", {"id": 602, "name": "No image"})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "needs an image" in response.content.decode()
     response = staff.post(
         "/admin/gallery/product/add/",
