@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from PIL import Image, ImageDraw
 
@@ -34,6 +36,7 @@ def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
     settings.INDEX_DIR = tmp_path / "index"
     runtime.reset()
     tasks._queue_down_until = 0.0
+    cache.clear()  # cached filter menus and rate-limit counters belong to one test
     yield
     runtime.reset()
 
@@ -245,6 +248,31 @@ def start_worker(tmp_path: Path, redis_db) -> Iterator[Callable[..., Worker]]:
     for worker in workers:
         if worker.process.poll() is None:
             worker.stop()
+
+
+@contextlib.contextmanager
+def celery_broker(url: str) -> Iterator[None]:
+    """Point this process's Celery publisher at ``url`` for a block, and back after.
+
+    Celery caches both the connection pool and the producer pool: both are
+    dropped on the way in and out, or later tests would publish to a dead broker.
+    """
+    from config.celery import app
+
+    old = app.conf.broker_url
+
+    def reset() -> None:
+        app._pool = None
+        app.amqp._producer_pool = None
+        tasks.redis_client.cache_clear()
+
+    app.conf.broker_url = url
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_url = old
+        reset()
 
 
 def wait_for(

@@ -211,9 +211,8 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             assert len(grid_before) == 25 and not {first, second} & set(grid_before)
             shot(page, "03-second-click.png")
 
-            # 3. "Not like this" on the first step: the grid is pushed away from it.
-            with page.expect_navigation():  # the trail's controls are plain links
-                page.locator(f'#results li.step[data-product="{first}"] a.dislike').click()
+            # 3. "Not like this" on the first step (an htmx swap): the grid is pushed away from it.
+            by_htmx(page, lambda: page.locator(f'#results li.step[data-product="{first}"] a.dislike').click())
             assert trail_param(page) == f"n{first},{second}"
             disliked = page.locator(f'#results li.step[data-product="{first}"]')
             expect(disliked).to_have_class(re.compile(r"\bdisliked\b"))
@@ -282,10 +281,8 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             assert trail_ids(page) == [first, second, third] and grid_ids(page) == grid_third
 
             # The README's screenshot: a 3-step trail with the first step pinned and the second disliked.
-            with page.expect_navigation():
-                page.locator(f'#results li.step[data-product="{first}"] a.pin').click()
-            with page.expect_navigation():
-                page.locator(f'#results li.step[data-product="{second}"] a.dislike').click()
+            by_htmx(page, lambda: page.locator(f'#results li.step[data-product="{first}"] a.pin').click())
+            by_htmx(page, lambda: page.locator(f'#results li.step[data-product="{second}"] a.dislike').click())
             assert trail_param(page) == f"p{first},n{second},{third}"
             expect(page.locator(f'#results li.step.pinned[data-product="{first}"]')).to_have_count(1)
             expect(page.locator(f'#results li.step.disliked[data-product="{second}"]')).to_have_count(1)
@@ -297,8 +294,7 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             page.screenshot(path=str(README_SCREENSHOT), full_page=True)
 
             # Removing a step: the trail and the grid forget it.
-            with page.expect_navigation():
-                page.locator(f'#results li.step[data-product="{second}"] a.remove').click()
+            by_htmx(page, lambda: page.locator(f'#results li.step[data-product="{second}"] a.remove').click())
             assert urlparse(page.url).path == f"/similar/{third}/" and trail_param(page) == f"p{first},{third}"
             assert trail_ids(page) == [first, third] and len(grid_ids(page)) == 25
 

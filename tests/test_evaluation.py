@@ -259,4 +259,4 @@ def test_train_embedding_head_saves_a_versioned_head(db, settings, tmp_path, dem
     assert "copy r@1" in head.metrics["heldout"]["projection"]
 
     call_command("train_embedding_head", kind="pca", dim=16, recall_sample=2, verbosity=0, stdout=io.StringIO())
-    assert len(list((settings.VAR_DIR / "heads").glob("head-pca-16-*.npz"))) == 1
+    assert len(list(runtime.heads_dir().glob("head-pca-16-*.npz"))) == 1

@@ -40,12 +40,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image, ImageDraw
 
-from config.celery import app as celery_app
 from gallery.models import EmbedStatus, Product
 from recommender import index as index_module
 from recommender import runtime, selectors, services, tasks
 from recommender.models import Embedding
-from tests.conftest import ROOT, jpeg_bytes
+from tests.conftest import ROOT, celery_broker, jpeg_bytes
 
 # --- Recording what the server answered -------------------------------------------------
 
@@ -1507,15 +1506,9 @@ def redis_down(settings) -> Iterator[None]:
     """Cache, broker and locks all pointed at a port where nothing listens."""
     settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": DEAD_REDIS}}
     settings.REDIS_URL = DEAD_REDIS
-    old_broker = celery_app.conf.broker_url
-    celery_app.conf.broker_url = DEAD_REDIS
-    celery_app._pool = None
-    tasks.redis_client.cache_clear()
     tasks._queue_down_until = 0.0
-    yield
-    celery_app.conf.broker_url = old_broker
-    celery_app._pool = None
-    tasks.redis_client.cache_clear()
+    with celery_broker(DEAD_REDIS):
+        yield
 
 
 def test_with_redis_down_search_and_similar_keep_working(hostile_client, catalog, redis_down, settings):

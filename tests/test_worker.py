@@ -17,12 +17,11 @@ import redis
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from config.celery import app as celery_app
 from gallery.models import EmbedStatus, Product
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.models import Embedding
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env, wait_for
+from tests.conftest import ROOT, celery_broker, jpeg_bytes, subprocess_env, wait_for
 from tests.test_catalog_import import write_catalog
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -197,15 +196,11 @@ class SecondRedis:
 def second_redis(tmp_path: Path, settings):
     server = SecondRedis(free_port(), tmp_path)
     server.start()
-    old_broker = celery_app.conf.broker_url
-    celery_app.conf.broker_url = server.url
-    celery_app._pool = None
     settings.REDIS_URL = server.url
     tasks._queue_down_until = 0.0
-    yield server
+    with celery_broker(server.url):
+        yield server
     server.stop()
-    celery_app.conf.broker_url = old_broker
-    celery_app._pool = None
 
 
 def test_an_upload_while_redis_is_down_is_saved_pending_and_embedded_when_it_returns(
