@@ -90,17 +90,47 @@ def demo_vectors(demo_dir: Path) -> dict[int, np.ndarray]:
     return vectors
 
 
-@pytest.fixture
-def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> list[int]:
-    """The demo catalog's rows and vectors in the database (no image files: fast), with an index built."""
+def admin_product_form(product_id: int, image: bytes | None = None, **fields: object) -> dict[str, object]:
+    """The admin's add/change form for a product, with an image upload when ``image`` is given."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form: dict[str, object] = {
+        "id": product_id,
+        "name": "Uploaded product",
+        "gender": "Men",
+        "master_category": "Apparel",
+        "sub_category": "Topwear",
+        "article_type": "Tshirts",
+        "base_colour": "Red",
+        "season": "Summer",
+        "year": 2013,
+        "usage": "Casual",
+    }
+    form.update(fields)
+    if image is not None:
+        name = str(form.pop("filename", "photo.jpg"))
+        content_type = str(form.pop("content_type", "image/jpeg"))
+        form["image_upload"] = SimpleUploadedFile(name, image, content_type=content_type)
+    return form
+
+
+def demo_rows_store(rows: list, demo_vectors: dict[int, np.ndarray], **product_fields: object) -> list[int]:
+    """Store demo catalog rows as done products with their vectors in the active space; returns their ids."""
     from gallery.models import EmbedStatus, Product
-    from recommender import services
     from recommender.models import Embedding
 
     space = runtime.active_space()
-    rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")]
     Product.objects.bulk_create(
-        [Product(id=row.id, embed_status=EmbedStatus.DONE, image_version=1, **row.fields) for row in rows]
+        [
+            Product(
+                id=row.id,
+                embed_status=EmbedStatus.DONE,
+                image_version=1,
+                **{key: value.format(id=row.id) for key, value in product_fields.items()},
+                **row.fields,
+            )
+            for row in rows
+        ]
     )
     Embedding.objects.bulk_create(
         [
@@ -114,8 +144,17 @@ def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> 
             for row in rows
         ]
     )
-    services.index_rebuild()
     return [row.id for row in rows]
+
+
+@pytest.fixture
+def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> list[int]:
+    """The demo catalog's rows and vectors in the database (no image files: fast), with an index built."""
+    from recommender import services
+
+    ids = demo_rows_store([row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")], demo_vectors)
+    services.index_rebuild()
+    return ids
 
 
 # --- Redis and Celery workers ---------------------------------------------------------

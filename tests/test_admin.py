@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from gallery.models import EmbedStatus, Product
 from recommender import runtime, services
 from recommender.models import Embedding
-from tests.conftest import jpeg_bytes
+from tests.conftest import admin_product_form, jpeg_bytes
 from tests.test_catalog_import import HEADER
 
 pytestmark = pytest.mark.django_db
@@ -84,18 +84,7 @@ def test_editing_a_products_image_replaces_its_vector_and_queues_it(
 ):
     queued: list[list[int]] = []
     monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
-    form = {
-        "id": 601,
-        "name": "Green Tshirt",
-        "gender": "Men",
-        "master_category": "Apparel",
-        "sub_category": "Topwear",
-        "article_type": "Tshirts",
-        "base_colour": "Green",
-        "season": "Summer",
-        "year": 2014,
-        "usage": "Casual",
-    }
+    form = admin_product_form(601, name="Green Tshirt", base_colour="Green", year=2014)
     with django_capture_on_commit_callbacks(execute=True):
         response = staff.post(
             "/admin/gallery/product/add/",

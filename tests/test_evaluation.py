@@ -16,6 +16,7 @@ from gallery.catalog import styles_read
 from gallery.demo import demo_catalog_write
 from recommender import evaluation as ev
 from recommender.heads import Projection
+from tests.conftest import demo_rows_store
 
 # --- Metrics ------------------------------------------------------------------------------------------------
 
@@ -208,35 +209,14 @@ def test_evaluate_similarity_command_on_a_small_catalog(tmp_path: Path):
 
 
 def test_train_embedding_head_saves_a_versioned_head(db, settings, tmp_path, demo_dir, demo_vectors):
-    from gallery.models import EmbedStatus, Product
     from recommender import runtime
-    from recommender.models import Embedding
 
     rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")][:80]
     (settings.MEDIA_ROOT / "products").mkdir(parents=True)
     for row in rows:
         shutil.copy(demo_dir / "images" / f"{row.id}.jpg", settings.MEDIA_ROOT / "products" / f"{row.id}.jpg")
-    Product.objects.bulk_create(
-        [
-            Product(
-                id=row.id, image=f"products/{row.id}.jpg", image_version=1, embed_status=EmbedStatus.DONE, **row.fields
-            )
-            for row in rows
-        ]
-    )
+    demo_rows_store(rows, demo_vectors, image="products/{id}.jpg")
     space = runtime.active_space()
-    Embedding.objects.bulk_create(
-        [
-            Embedding(
-                product_id=row.id,
-                space=space,
-                dim=1280,
-                vector=demo_vectors[row.id].astype("<f4").tobytes(),
-                image_version=1,
-            )
-            for row in rows
-        ]
-    )
     out = io.StringIO()
     call_command(
         "train_embedding_head",

@@ -44,7 +44,7 @@ from gallery.models import EmbedStatus, Product
 from recommender import index as index_module
 from recommender import runtime, selectors, services, tasks
 from recommender.models import Embedding
-from tests.conftest import ROOT, celery_broker, jpeg_bytes
+from tests.conftest import ROOT, admin_product_form, celery_broker, jpeg_bytes
 
 # --- Recording what the server answered -------------------------------------------------
 
@@ -490,22 +490,7 @@ BULK = "/admin/gallery/product/bulk-upload/"
 
 
 def admin_add(client: Client, product_id: int, data: bytes, *, name: str = "photo.jpg", content_type="image/jpeg"):
-    return client.post(
-        ADMIN_ADD,
-        {
-            "id": product_id,
-            "name": "Uploaded product",
-            "gender": "Men",
-            "master_category": "Apparel",
-            "sub_category": "Topwear",
-            "article_type": "Tshirts",
-            "base_colour": "Red",
-            "season": "Summer",
-            "year": 2013,
-            "usage": "Casual",
-            "image_upload": SimpleUploadedFile(name, data, content_type=content_type),
-        },
-    )
+    return client.post(ADMIN_ADD, admin_product_form(product_id, data, filename=name, content_type=content_type))
 
 
 # =============================================================================================

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 from django.contrib.auth.models import User
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from gallery.models import EmbedStatus, Product
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.models import Embedding
-from tests.conftest import ROOT, celery_broker, jpeg_bytes, subprocess_env, wait_for
+from tests.conftest import ROOT, admin_product_form, celery_broker, jpeg_bytes, subprocess_env, wait_for
 from tests.test_catalog_import import write_catalog
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,22 +51,7 @@ def admin_client(client):
 
 
 def admin_add(client, product_id: int, image: bytes, name: str = "New arrival"):
-    return client.post(
-        "/admin/gallery/product/add/",
-        {
-            "id": product_id,
-            "name": name,
-            "gender": "Men",
-            "master_category": "Apparel",
-            "sub_category": "Topwear",
-            "article_type": "Tshirts",
-            "base_colour": "Red",
-            "season": "Summer",
-            "year": 2013,
-            "usage": "Casual",
-            "image_upload": SimpleUploadedFile("photo.jpg", image, content_type="image/jpeg"),
-        },
-    )
+    return client.post("/admin/gallery/product/add/", admin_product_form(product_id, image, name=name))
 
 
 def test_admin_upload_is_embedded_by_a_worker_and_found_by_similarity(client, small_catalog, start_worker):
