@@ -226,13 +226,6 @@ class Summary:
         )
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes (perf_counter)."""
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
 def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "it") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -436,22 +429,16 @@ def catalog_replicate(source: Path, target: Path, *, rows: int, id_offset: int =
     return target
 
 
-def catalog_load(directory: Path, *, embed: bool = True, index: bool = True) -> list[int]:
-    """Import ``directory`` into the (reset) catalog, embed it and publish an index, all through product code.
-
-    Returns the ids of the products that were embedded.
-    """
-    from gallery.models import EmbedStatus, Product
+def catalog_load(directory: Path) -> None:
+    """Import ``directory`` into an emptied catalog, embed it and publish an index, all through product code."""
+    from gallery.models import Product
     from gallery.services import catalog_import
     from recommender import services
 
     catalog_reset()
     catalog_import(directory=directory, enqueue=False, workers=2)
-    if embed:
-        services.products_embed(products=list(Product.objects.only("id", "image", "image_version")))
-    if index:
-        services.index_rebuild()
-    return list(Product.objects.filter(embed_status=EmbedStatus.DONE).order_by("id").values_list("id", flat=True))
+    services.products_embed(products=list(Product.objects.only("id", "image", "image_version")))
+    services.index_rebuild()
 
 
 def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, str]:

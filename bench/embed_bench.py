@@ -5,10 +5,11 @@ re-encoded JPEGs the product stores, about 480x640):
 
 * bare forward: ``Encoder.embed_tensor`` on batches already decoded, resized and normalised (the ceiling);
 * the product path: ``recommender.services.products_embed`` (what ``embed_catalog`` and the Celery task
-  call: decode in ``embed_stream``'s DataLoader, resize, forward, one ``embedding_store`` transaction per
-  product), with ENCODER_DECODE_WORKERS 0 and 1;
+  call: decode in ``embed_stream``'s DataLoader, resize, forward, ``embeddings_store``: one transaction
+  per batch), with ENCODER_DECODE_WORKERS 0 and 1;
 * the naive loop: PIL open, full-size decode, resize, forward a batch of 1, store the row;
-* the stages alone: decoding with and without Pillow's JPEG draft, the database writes;
+* the stages alone: decoding with and without Pillow's JPEG draft, the database writes (one row or one
+  batch per transaction), the start of a decode worker;
 * agreement: bf16-autocast vectors against fp32 ones (cosine, top-25 neighbour overlap), and likewise
   vectors from draft-decoded against fully decoded images.
 
@@ -161,41 +162,6 @@ def _naive(encoder: Encoder, products: list, paths: list[Path]) -> None:
         embedding_store(product_id=product.id, image_version=product.image_version, space=encoder.id, vector=vector)
 
 
-def _store_batched(products: list, space: str, vectors: np.ndarray) -> None:
-    """What a batched embedding_store would cost (NOT product code): one transaction and four statements per batch.
-
-    Same checks and effects as recommender.services.embedding_store, for BATCH products at a time.
-    """
-    from django.db import transaction
-
-    from gallery.models import EmbedStatus, Product
-    from recommender.models import Embedding
-
-    for start in range(0, len(products), BATCH):
-        chunk = list(zip(products[start : start + BATCH], vectors[start : start + BATCH], strict=True))
-        with transaction.atomic():
-            ids = [p.id for p, _ in chunk]
-            current = dict(Product.objects.select_for_update().filter(id__in=ids).values_list("id", "image_version"))
-            keep = [(p, v) for p, v in chunk if current.get(p.id) == p.image_version]
-            kept = [p.id for p, _ in keep]
-            Embedding.objects.filter(product_id__in=kept, space=space).delete()
-            Embedding.objects.bulk_create(
-                [
-                    Embedding(
-                        product_id=p.id,
-                        space=space,
-                        dim=len(v),
-                        vector=np.ascontiguousarray(v, dtype="<f4").tobytes(),
-                        image_version=p.image_version,
-                    )
-                    for p, v in keep
-                ]
-            )
-            Product.objects.filter(id__in=kept).update(
-                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
-            )
-
-
 def _worker_start_seconds(products: list) -> float:
     """What decode workers 1 adds to one products_embed call: the median of 3 (1-image call, dw 1 minus dw 0)."""
     from recommender import services
@@ -275,7 +241,19 @@ def run(ctx: BenchContext) -> SectionResult:
             ],
             count,
         )
-        batched_write_rate = _stage_rate(lambda: _store_batched(products, encoder.id, vectors_fp32), count)
+        batched_write_rate = _stage_rate(
+            lambda: [
+                services.embeddings_store(
+                    space=encoder.id,
+                    vectors=[
+                        (p.id, p.image_version, v)
+                        for p, v in zip(products[i : i + BATCH], vectors_fp32[i : i + BATCH], strict=True)
+                    ],
+                )
+                for i in range(0, count, BATCH)
+            ],
+            count,
+        )
         worker_start = _worker_start_seconds(products[:1])
     with settings_set(ENCODER_BF16="auto"):
         auto_bf16 = runtime.encoder().bf16
@@ -326,17 +304,17 @@ def run(ctx: BenchContext) -> SectionResult:
         "x bare: against bare forward of the same precision in the same rounds; totals = images/s over all rounds, "
         "median round = the median of the per-round ratios (robust to a burst of load on one round); CPU = user + "
         "system time of this process's threads and its decode workers per image, x bare (CPU) = bare's CPU per image "
-        "over the variant's (what the pipeline costs beyond the model, whatever the load; it cannot show the overlap "
-        "decode workers buy)"
+        "over the variant's (what the pipeline costs beyond the model; less sensitive to load than wall time, though "
+        "spinning OpenMP threads count, and blind to the overlap decode workers buy)"
     )
     result.tables.append(table)
 
     stages = Table("Stages alone (one process, not interleaved)", ["stage", "images/s", "ms per image"])
     stages.add("decode + resize, JPEG draft on (image_prepare)", decode_draft, 1e3 / decode_draft)
     stages.add("decode + resize, JPEG draft off", decode_full, 1e3 / decode_full)
-    stages.add("database write (embedding_store, 1 row per transaction)", write_rate, 1e3 / write_rate)
+    stages.add("database write, 1 row per transaction (embedding_store)", write_rate, 1e3 / write_rate)
     stages.add(
-        f"database write batched by {BATCH} (bench/embed_bench.py _store_batched, not product code)",
+        f"database write, {BATCH} rows per transaction (embeddings_store, what products_embed calls)",
         batched_write_rate,
         1e3 / batched_write_rate,
     )
@@ -378,7 +356,7 @@ def run(ctx: BenchContext) -> SectionResult:
         "workers 1 pays a worker start per call"
     )
     result.notes.append(
-        f"ENCODER_BF16=auto (the default) turned bf16 autocast {'on' if auto_bf16 else 'off'} on this machine"
+        f"ENCODER_BF16=auto (the default) {'enables' if auto_bf16 else 'does not enable'} bf16 autocast on this machine"
     )
     result.data = {
         "images": count,

@@ -3,7 +3,8 @@
 Sections (in run order): embed, query, index, http, ingest. Each prints its tables and writes
 ``bench/results/<section>.json``; the whole run also writes ``bench/results/report.md`` (every table in
 Markdown, with the machine description and the command) for docs/benchmarks.md. ``--quick`` is the
-CI-smoke mode: small sizes, a minute or two in all. Nothing here asserts on timings.
+CI-smoke mode: small sizes, a minute or two in all, written under ``bench/results/quick/`` so it never
+replaces a full run's results. Nothing here asserts on timings.
 
 Everything runs on throwaway state: a temporary directory holds the SQLite database, media, index builds
 and logs (removed at the end unless ``--keep``), and Redis database 12 is flushed before and after.
@@ -75,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a CI smoke run of a minute or two")
     parser.add_argument("--only", action="append", default=[], help=f"run only these sections: {', '.join(SECTIONS)}")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where to write the JSON (bench/results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where to write the JSON and report.md (default bench/results, or bench/results/quick with --quick)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     args = parser.parse_args(argv)
+    args.results = args.results or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     chosen = [name.strip() for value in args.only for name in value.split(",") if name.strip()] or list(SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    report = args.results / ("report-quick.md" if args.quick else "report.md")
+    report = args.results / "report.md"
     report.write_text(_report(results, machine, command, args.quick))
     print(f"\nreport: {report}")
     if failed:

@@ -70,9 +70,9 @@ def _published(space: str) -> LoadedIndex | None:
 def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, float]]:
     if not rows:
         return []
-    matrix = np.stack([np.frombuffer(v, dtype="<f4") for _, _, v in rows])
-    scores = matrix @ vector
-    return [(pid, eid, float(s)) for (pid, eid, _), s in zip(rows, scores, strict=True)]
+    matrix = np.frombuffer(b"".join(v for _, _, v in rows), dtype="<f4").reshape(len(rows), -1)
+    scores = (matrix @ vector).tolist()
+    return [(pid, eid, score) for (pid, eid, _), score in zip(rows, scores, strict=True)]
 
 
 def delta_rows(*, allowed: Q, loaded: LoadedIndex | None) -> list[tuple[int, int, bytes]]:

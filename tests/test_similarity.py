@@ -260,3 +260,19 @@ def test_visual_quality_on_the_demo_catalog(demo_dir, demo_vectors, capsys):
         )
     assert type_share >= 0.7 and type_share >= 8 * chance(types)
     assert colour_share >= 1.5 * chance(colours)
+
+
+def test_the_scheduled_refresh_rebuilds_a_build_whose_watermark_lags(demo_catalog_db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from recommender import tasks
+
+    # Built moments after the vectors were stored: every query must check their ids.
+    assert tasks.index_watermark_lags()
+    Embedding.objects.update(created_at=timezone.now() - timedelta(hours=1))
+
+    assert tasks.index_refresh().startswith("published")
+    assert not tasks.index_watermark_lags()
+    assert tasks.index_refresh() == "index is current"
