@@ -311,24 +311,20 @@ class SectionResult:
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def _tables_with_targets(self) -> list[Table]:
+        if not self.targets:
+            return list(self.tables)
+        table = Table("Targets", ["target", "goal", "measured", "met"])
+        for t in self.targets:
+            table.add(t.name, t.goal, t.measured, "n/a" if t.met is None else t.met)
+        return [*self.tables, table]
+
     def text(self) -> str:
-        parts = [t.text() for t in self.tables]
-        if self.targets:
-            table = Table("Targets", ["target", "goal", "measured", "met"])
-            for t in self.targets:
-                table.add(t.name, t.goal, t.measured, "n/a" if t.met is None else t.met)
-            parts.append(table.text())
-        parts += [f"note: {n}" for n in self.notes]
+        parts = [t.text() for t in self._tables_with_targets()] + [f"note: {n}" for n in self.notes]
         return "\n\n".join(parts)
 
     def markdown(self) -> str:
-        parts = [t.markdown() for t in self.tables]
-        if self.targets:
-            table = Table("Targets", ["target", "goal", "measured", "met"])
-            for t in self.targets:
-                table.add(t.name, t.goal, t.measured, "n/a" if t.met is None else t.met)
-            parts.append(table.markdown())
-        parts += [f"- {n}" for n in self.notes]
+        parts = [t.markdown() for t in self._tables_with_targets()] + [f"- {n}" for n in self.notes]
         return "\n\n".join(parts)
 
     def write(self, directory: Path, *, quick: bool, machine: dict[str, Any], command: str) -> Path:
