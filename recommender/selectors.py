@@ -175,7 +175,7 @@ def index_status() -> dict[str, object]:
             "space": space,
             "name": runtime.SPACE_ENCODERS[runtime.space_encoder_id(space)],
             "projection": space.partition("+")[2] or None,
-            "note": choice.note if space == choice.space else None,
+            "note": choice.note if runtime.space_encoder_id(space) == choice.space else None,
         },
         "index": index,
         "products": {"total": sum(products.values()), **products},

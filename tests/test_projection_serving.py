@@ -41,6 +41,7 @@ def test_using_a_projection_reprojects_builds_its_index_and_switches(client, dem
     assert (meta.space, meta.dim, meta.count) == (space, 64, len(demo_catalog_db))  # one space per index
     status = client.get("/api/status").json()
     assert status["encoder"]["projection"] == space.partition("+")[2]
+    assert f"<strong>{space}</strong>" in client.get("/").content.decode()  # the footer names the served space
     results = client.get(f"/api/similar/{demo_catalog_db[0]}").json()["results"]
     assert len(results) == 25
 
