@@ -376,7 +376,7 @@ class BenchContext:
     def demo_catalog(self, count: int) -> Path:
         """The demo catalog of ``count`` products (styles.csv + images/), drawn once per run."""
         if count not in self._catalogs:
-            from gallery.demo import demo_catalog_write
+            from lab.demo import demo_catalog_write
 
             directory = self.tmp / f"demo-{count}"
             demo_catalog_write(out_dir=directory, count=count, seed=DEMO_SEED)

@@ -59,6 +59,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "gallery",
     "recommender",
+    # Commands only (demo catalog, quality harness, head training): no URLs, no models.
+    "lab",
 ]
 
 MIDDLEWARE = [

@@ -16,7 +16,7 @@ import torch
 from django.conf import settings
 
 from recommender import encoders
-from recommender.heads import Projection, ProjectionCorrupt
+from recommender.projection import Projection, ProjectionCorrupt
 from recommender.index import IndexReader
 
 logger = logging.getLogger(__name__)

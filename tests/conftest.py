@@ -21,7 +21,7 @@ from django.db import connection
 from PIL import Image, ImageDraw
 
 from gallery.catalog import styles_read
-from gallery.demo import demo_catalog_write
+from lab.demo import demo_catalog_write
 from recommender import runtime, tasks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from gallery import demo
-from gallery.demo import PALETTE, STYLES_HEADER, DemoCatalog, demo_catalog_write
+from lab import demo
+from lab.demo import PALETTE, STYLES_HEADER, DemoCatalog, demo_catalog_write
 
 COUNT = 72
 

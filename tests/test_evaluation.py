@@ -13,9 +13,9 @@ from django.core.management import call_command
 from PIL import Image
 
 from gallery.catalog import styles_read
-from gallery.demo import demo_catalog_write
-from recommender import evaluation as ev
-from recommender.heads import Projection
+from lab.demo import demo_catalog_write
+from lab import evaluation as ev
+from recommender.projection import Projection
 from tests.conftest import demo_rows_store
 
 # --- Metrics ------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recommender.heads import Projection, ProjectionCorrupt, fit_pca, train_catalog_head, train_triplet_head
+from lab.heads import fit_pca, train_catalog_head, train_triplet_head
+from recommender.projection import Projection, ProjectionCorrupt
 
 ENCODER = "test-encoder"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gallery.demo import demo_catalog_write
+from lab.demo import demo_catalog_write
 from gallery.models import Product
 from gallery.services import catalog_import
 from recommender import services

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from recommender import runtime, services
-from recommender.heads import Projection, ProjectionCorrupt
+from recommender.projection import Projection, ProjectionCorrupt
 
 
 class Command(BaseCommand):

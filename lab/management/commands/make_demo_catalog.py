@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery.demo import demo_catalog_write
+from lab.demo import demo_catalog_write
 
 
 class Command(BaseCommand):

@@ -9,10 +9,11 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.catalog import CatalogError
-from gallery.demo import demo_catalog_write
-from recommender import evaluation, runtime
+from lab.demo import demo_catalog_write
+from lab import evaluation
+from recommender import runtime
 from recommender.encoders import EncoderUnavailable
-from recommender.heads import Projection, ProjectionCorrupt
+from recommender.projection import Projection, ProjectionCorrupt
 
 
 class Command(BaseCommand):

@@ -8,9 +8,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from recommender import evaluation, runtime
+from lab import evaluation
+from recommender import runtime
 from recommender.encoders import Encoder, EncoderUnavailable
-from recommender.heads import fit_pca, train_catalog_head
+from lab.heads import fit_pca, train_catalog_head
 from recommender.models import Embedding
 from recommender.services import image_source
 

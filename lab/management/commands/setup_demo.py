@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from gallery.demo import demo_catalog_write
+from lab.demo import demo_catalog_write
 from gallery.models import Product
 
 

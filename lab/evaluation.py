@@ -25,7 +25,8 @@ from PIL import Image, ImageEnhance
 
 from gallery.catalog import styles_read
 from recommender.encoders import Encoder
-from recommender.heads import Projection, fit_pca, train_catalog_head
+from lab.heads import fit_pca, train_catalog_head
+from recommender.projection import Projection
 from recommender.index import LoadedIndex, index_build
 from recommender.pipeline import ImageItem, embed_stream
 
