@@ -12,8 +12,9 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 COPY . .
 # Static files are collected at build time and served by WhiteNoise.
-RUN SECRET_KEY=build-only ALLOWED_HOSTS=localhost REDIS_URL=redis://localhost:6379/0 \
-    python manage.py collectstatic --noinput -v0
+# A throwaway key: production settings refuse short or placeholder keys.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" ALLOWED_HOSTS=localhost \
+    REDIS_URL=redis://localhost:6379/0 python manage.py collectstatic --noinput -v0
 
 RUN useradd --create-home gallery && mkdir -p /data && chown gallery /data
 USER gallery

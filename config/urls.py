@@ -18,3 +18,4 @@ if settings.SERVE_MEDIA:
 
 handler404 = "gallery.views.not_found"
 handler400 = "gallery.views.bad_request"
+handler500 = "gallery.views.server_error"

@@ -1,29 +1,30 @@
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 
-from gallery.bulk import BulkUploadRejected, zip_extract_catalog
-from gallery.catalog import FIELDS, CatalogError
-from gallery.models import Product
+from gallery import jobs
+from gallery.bulk import BulkUploadRejected
+from gallery.catalog import FIELDS
+from gallery.middleware import megabytes
+from gallery.models import ImportJob, ImportStatus, Product
 from gallery.services import (
     StoredImage,
-    catalog_import,
     image_prepare_for_store,
     product_image_set,
+    products_delete,
     products_embed_enqueue_on_commit,
 )
-from recommender.preprocess import ImageRejected
-from recommender.services import products_mark_pending
+from recommender import api
+from recommender.errors import ImageRejected
 
 
 def read_upload(upload, *, limit: int) -> bytes:
@@ -69,18 +70,21 @@ class ProductForm(forms.ModelForm):
 class BulkUploadForm(forms.Form):
     archive = forms.FileField(
         label="Catalog zip",
-        help_text="A zip holding styles.csv and images/<id>.jpg, the layout import_catalog reads.",
+        # Django renders help text as HTML: escaped, "<id>" is text, not a tag.
+        help_text=escape("A zip holding styles.csv and images/<id>.jpg, the layout import_catalog reads."),
     )
 
 
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
     form = ProductForm
-    list_display = ["id", "preview", "name", "article_type", "base_colour", "gender", "embed_status"]
+    list_display = ["id", "preview", "name", "article_type", "base_colour", "gender", "embedding"]
+    # The embedding state is the vector engine's (recommender.models.EmbeddingState), read through the relation.
+    list_select_related = ["embedding_state"]
     list_display_links = ["id", "name"]
-    list_filter = ["embed_status", "gender", "master_category", "article_type", "base_colour", "season"]
+    list_filter = [("embedding_state__status", admin.ChoicesFieldListFilter), "gender", "master_category", "article_type", "base_colour", "season"]
     search_fields = ["name", "=id"]
-    readonly_fields = ["preview", "embed_status", "embed_error", "image_version", "embed_requested_at", "updated_at"]
+    readonly_fields = ["preview", "embedding", "embedding_error", "image_version", "embedding_requested_at", "updated_at"]
     actions = ["retry_embedding"]
     list_per_page = 50
     change_list_template = "admin/gallery/product/change_list.html"
@@ -101,7 +105,10 @@ class ProductAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Embedding", {"fields": ["embed_status", "embed_error", "image_version", "embed_requested_at", "updated_at"]}),
+        (
+            "Embedding",
+            {"fields": ["embedding", "embedding_error", "image_version", "embedding_requested_at", "updated_at"]},
+        ),
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Product | None = None) -> list[str]:
@@ -129,13 +136,41 @@ class ProductAdmin(admin.ModelAdmin):
             response.status_code = 400
         return response
 
-    @admin.action(description="Retry embedding of the selected products")
+    @staticmethod
+    def _state(obj: Product) -> object | None:
+        try:
+            return obj.embedding_state
+        except ObjectDoesNotExist:  # no image yet: nothing to embed
+            return None
+
+    @admin.display(description="embedding", ordering="embedding_state__status")
+    def embedding(self, obj: Product) -> str:
+        state = self._state(obj)
+        return state.get_status_display() if state else "no image"
+
+    @admin.display(description="embedding error")
+    def embedding_error(self, obj: Product) -> str:
+        state = self._state(obj)
+        return state.error if state else ""
+
+    @admin.display(description="embedding requested at")
+    def embedding_requested_at(self, obj: Product) -> object:
+        state = self._state(obj)
+        return state.requested_at if state else None
+
+    # Re-queues work for the whole selection: only for staff who may change products.
+    @admin.action(description="Retry embedding of the selected products", permissions=["change"])
     def retry_embedding(self, request: HttpRequest, queryset) -> None:
         ids = list(queryset.values_list("id", flat=True))
         with transaction.atomic():
-            count = products_mark_pending(product_ids=ids)
-            products_embed_enqueue_on_commit(ids)
+            count = api.embedding_retry(product_ids=ids)
         self.message_user(request, f"{count} products queued for embedding.", messages.SUCCESS)
+
+    def delete_model(self, request: HttpRequest, obj: Product) -> None:
+        products_delete(product_ids=[obj.id])
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        products_delete(product_ids=list(queryset.values_list("id", flat=True)))
 
     def get_urls(self):
         return [
@@ -143,27 +178,41 @@ class ProductAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        context = {
+            **(extra_context or {}),
+            "embedding": _embedding_context(),
+            "may_bulk_upload": jobs.bulk_upload_allowed(user=request.user),
+        }
+        return super().changelist_view(request, extra_context=context)
+
     def bulk_upload_view(self, request: HttpRequest) -> HttpResponse:
-        if not self.has_add_permission(request):
-            return HttpResponse("You may not add products.", status=403)
+        # A bulk upload creates and updates products: it needs both permissions.
+        if not jobs.bulk_upload_allowed(user=request.user):
+            return HttpResponse(
+                "Bulk upload needs the permissions to add and to change products.",
+                status=403,
+                content_type="text/plain",
+            )
         form = BulkUploadForm(request.POST or None, request.FILES or None)
         status = 200
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["archive"]
+            limit = settings.BULK_UPLOAD_MAX_BYTES
             try:
-                if upload.size > settings.BULK_UPLOAD_MAX_BYTES:
-                    raise BulkUploadRejected(f"The zip is larger than {settings.BULK_UPLOAD_MAX_BYTES / 1e6:.0f} MB.")
-                with tempfile.TemporaryDirectory(prefix="bulk-") as tmp:
-                    directory = zip_extract_catalog(upload, destination=Path(tmp))
-                    summary = catalog_import(directory=directory, workers=1)
-            except (BulkUploadRejected, CatalogError) as exc:
+                if upload.size > limit:
+                    raise BulkUploadRejected(f"The zip is {megabytes(upload.size)}; the limit is {megabytes(limit)}.")
+                job = jobs.import_job_create(upload=upload, user=request.user)
+            except BulkUploadRejected as exc:
                 form.add_error("archive", str(exc))
                 status = 400
             else:
-                level = messages.WARNING if summary.skipped else messages.SUCCESS
-                for line in summary.lines():
-                    self.message_user(request, line, level)
-                return HttpResponseRedirect(reverse("admin:gallery_product_changelist"))
+                self.message_user(
+                    request,
+                    f"{upload.name} received: {job.rows_total} rows are being imported in the background.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:gallery_importjob_change", args=[job.id]))
         elif request.method == "POST":
             status = 400
         context = {
@@ -171,8 +220,136 @@ class ProductAdmin(admin.ModelAdmin):
             "form": form,
             "opts": self.model._meta,
             "title": "Bulk upload",
+            "max_bytes": megabytes(settings.BULK_UPLOAD_MAX_BYTES),
+            "recent_jobs": ImportJob.objects.select_related("created_by")[:5],
         }
         return render(request, "admin/gallery/product/bulk_upload.html", context, status=status)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _embedding_context() -> dict[str, object]:
+    progress = jobs.embedding_progress()
+    return {
+        "progress": progress,
+        "percent": round(100 * progress.done / progress.total) if progress.total else 100,
+        "per_minute": round(progress.per_second * 60) if progress.per_second is not None else None,
+        "eta": _duration(progress.eta_seconds) if progress.awaiting else "",
+    }
+
+
+def _job_context(job: ImportJob) -> dict[str, object]:
+    fraction = jobs.import_job_fraction(job=job)
+    rate = job.rows_read / job.seconds if job.seconds else None
+    left = (job.rows_total or 0) - job.rows_read
+    return {
+        "job": job,
+        "finished": job.status in jobs.FINISHED,
+        "percent": round(100 * fraction),
+        "rate": round(rate) if rate else None,
+        "eta": _duration(left / rate) if rate and left > 0 and job.status == ImportStatus.RUNNING else "",
+        "elapsed": _duration(job.seconds) if job.seconds else "",
+        "more_skipped": max(0, job.skipped - len(job.reasons)),
+    }
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    """Catalog imports: read-only, kept for later reading; each one's page follows it live."""
+
+    list_display = [
+        "id",
+        "status",
+        "what",
+        "progress",
+        "created",
+        "updated",
+        "unchanged",
+        "skipped",
+        "images_queued",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "source"]
+    list_select_related = ["created_by"]
+    actions = None  # one job at a time, and only a finished one, may be deleted
+    list_per_page = 50
+
+    @admin.display(description="file or folder")
+    def what(self, obj: ImportJob) -> str:
+        return obj.original_name or "-"
+
+    @admin.display(description="progress")
+    def progress(self, obj: ImportJob) -> str:
+        total = f" / {obj.rows_total:,}" if obj.rows_total is not None else ""
+        return f"{obj.rows_read:,}{total} rows ({round(100 * jobs.import_job_fraction(job=obj))}%)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        # Whoever may upload a catalog may follow the imports.
+        return super().has_view_permission(request, obj) or jobs.bulk_upload_allowed(user=request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or jobs.bulk_upload_allowed(user=request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        # A running job is never deleted from under its worker.
+        return super().has_delete_permission(request, obj) and (obj is None or obj.status in jobs.FINISHED)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<int:job_id>/progress/", view(self.progress_view), name="gallery_importjob_progress"),
+            path("embedding-progress/", view(self.embedding_view), name="gallery_importjob_embedding"),
+            *super().get_urls(),
+        ]
+
+    def _job_or_404(self, request: HttpRequest, job_id: object) -> ImportJob:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        job = (
+            ImportJob.objects.select_related("created_by").filter(pk=str(job_id)).first()
+            if str(job_id).isdigit()
+            else None
+        )
+        if job is None:
+            raise Http404("No such import.")
+        return job
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None) -> HttpResponse:  # noqa: ANN001
+        job = self._job_or_404(request, object_id)
+        context = {
+            **self.admin_site.each_context(request),
+            **_job_context(job),
+            "opts": self.model._meta,
+            "title": f"Catalog import {job.id}",
+            "embedding": _embedding_context(),
+            "may_delete": self.has_delete_permission(request, job),
+        }
+        return TemplateResponse(request, "admin/gallery/importjob/detail.html", context)
+
+    def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        """The job's progress block alone, polled by htmx while the job runs."""
+        job = self._job_or_404(request, job_id)
+        return TemplateResponse(request, "admin/gallery/importjob/_progress.html", _job_context(job))
+
+    def embedding_view(self, request: HttpRequest) -> HttpResponse:
+        """The embedding panel alone, polled by htmx while products await embedding (any staff may read it)."""
+        return TemplateResponse(request, "admin/gallery/importjob/_embedding.html", {"embedding": _embedding_context()})
 
 
 admin.site.site_header = "Visual gallery admin"

@@ -5,20 +5,20 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from gallery.selectors import ProductFilters, query_normalise
+from gallery.filters import FILTERS, ProductFilters
+from gallery.selectors import query_normalise
 from gallery.similarity import photo_token_valid
 from gallery.trail import Trail, TrailError
 
+# One optional text field per filter of the registry (gallery.filters), inherited by every form below.
+_FilterFields = type("_FilterFields", (forms.Form,), {f.name: forms.CharField(required=False) for f in FILTERS})
 
-class SearchForm(forms.Form):
+
+class SearchForm(_FilterFields):
     """The text query (capped, never rejected for its content), k and filters."""
 
     q = forms.CharField(required=False, strip=False)
     k = forms.IntegerField(required=False, min_value=1)
-    gender = forms.CharField(required=False)
-    category = forms.CharField(required=False)
-    type = forms.CharField(required=False)
-    colour = forms.CharField(required=False)
     photo = forms.CharField(required=False)
 
     def clean_q(self) -> str:

@@ -9,16 +9,15 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
-from recommender import runtime
-from recommender.index import IndexCorrupt
+from recommender import api
 
 logger = logging.getLogger(__name__)
 
 
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. Touches nothing else."""
     return JsonResponse({"status": "ok"})
@@ -42,19 +41,11 @@ def _check_redis() -> str:
 
 
 def _check_index() -> str:
-    try:
-        loaded = runtime.index_reader().current()
-    except IndexCorrupt:
-        return "error: corrupt"
-    if loaded is None:
-        return "missing"
-    if loaded.meta.space != runtime.active_space():
-        return f"error: built for {loaded.meta.space}"
-    return "ok"
+    return api.index_health()
 
 
 @never_cache
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: database, Redis and the published index. 503 when one fails.
 

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+BULK_UPLOAD_PATH = "/admin/gallery/product/bulk-upload/"
 
 
 def megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
+def _may_bulk_upload(request: HttpRequest) -> bool:
+    """Whether the request's session belongs to a user allowed to upload catalog zips.
+
+    This middleware runs before the session and authentication middleware (it
+    must judge the body before anything reads it), so it loads the session
+    from its cookie itself.
+    """
+    from gallery.jobs import bulk_upload_allowed
+
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if not key:
+        return False
+    session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    return bulk_upload_allowed(user=get_user(SimpleNamespace(session=session)))
 
 
 class RequestSizeLimit:
@@ -17,6 +38,10 @@ class RequestSizeLimit:
 
     Django limits form fields but not file uploads; without this a client
     could make the server spool gigabytes to disk before any validation ran.
+    The bulk upload's large limit applies only to staff allowed to use it:
+    for anyone else (an anonymous client with a forged CSRF cookie included)
+    the CSRF check would otherwise spool the whole body before the redirect
+    to the login page.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -27,7 +52,7 @@ class RequestSizeLimit:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return HttpResponse("Bad Content-Length.", status=400, content_type="text/plain")
-        limit = self.limit_for(request.path)
+        limit = self.limit_for(request, length=length)
         if length > limit:
             message = f"The upload is too large: {megabytes(length)}, the limit is {megabytes(limit)}."
             if request.path.startswith("/api/"):
@@ -36,8 +61,13 @@ class RequestSizeLimit:
         return self.get_response(request)
 
     @staticmethod
-    def limit_for(path: str) -> int:
-        if path.startswith("/admin/gallery/product/bulk-upload/"):
-            return settings.BULK_UPLOAD_MAX_BYTES
+    def limit_for(request: HttpRequest, *, length: int) -> int:
         # One image plus the form around it.
-        return settings.IMAGE_MAX_BYTES + 256 * 1024
+        ordinary = settings.IMAGE_MAX_BYTES + 256 * 1024
+        if not request.path.startswith(BULK_UPLOAD_PATH):
+            return ordinary
+        anyone = min(ordinary, settings.BULK_UPLOAD_MAX_BYTES)
+        # The session is looked up only for a body larger than anyone may send.
+        if length > anyone and _may_bulk_upload(request):
+            return settings.BULK_UPLOAD_MAX_BYTES
+        return anyone

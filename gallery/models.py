@@ -1,7 +1,13 @@
-"""The catalog: one row per product, keyed by the dataset's own id."""
+"""The catalog: one row per product, keyed by the dataset's own id.
+
+Where a product's image stands in the embedding pipeline is the vector
+engine's state (``recommender.models.EmbeddingState``, reached as
+``product.embedding_state``), not a field here.
+"""
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
@@ -16,13 +22,6 @@ def product_image_name(instance: "Product", filename: str) -> str:
 
 def product_thumbnail_name(instance: "Product", filename: str) -> str:
     return _random_name("thumbs")
-
-
-class EmbedStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    PROCESSING = "processing", "Processing"
-    DONE = "done", "Done"
-    FAILED = "failed", "Failed"
 
 
 class Product(models.Model):
@@ -42,23 +41,86 @@ class Product(models.Model):
     thumbnail = models.ImageField(upload_to=product_thumbnail_name, blank=True, editable=False)
     # SHA-256 of the source bytes: a re-import of the same file changes nothing.
     image_sha256 = models.CharField(max_length=64, blank=True, editable=False)
-    # Bumped on every new image; an embedding records the version it was made from.
+    # Bumped on every new image (under a row lock); the vector engine is told each version
+    # and stores a vector only for the version it was computed from.
     image_version = models.PositiveIntegerField(default=0, editable=False)
 
-    embed_status = models.CharField(
-        "embedding", max_length=16, choices=EmbedStatus.choices, default=EmbedStatus.PENDING, db_index=True
-    )
-    embed_error = models.TextField("embedding error", blank=True, editable=False)
-    embed_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
-    embed_claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
-    embed_claimed_by = models.CharField(max_length=64, blank=True, editable=False)
-
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    # Indexed: the latest value is part of the catalog's version, read on every grid (gallery.cards).
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["embed_status", "embed_requested_at"], name="product_embed_queue")]
+
+    @property
+    def image_url(self) -> str | None:
+        return self.image.url if self.image else None
+
+    @property
+    def thumbnail_url(self) -> str | None:
+        return self.thumbnail.url if self.thumbnail else None
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ImportJob(models.Model):
+    """One catalog import (a bulk upload or an ``import_catalog`` run) and its progress.
+
+    ``gallery.jobs`` alone moves a job's status and counters. The counters are
+    written in the same transaction as each batch of products, so they always
+    match what the catalog holds, and ``lines_done`` is where a resumed job
+    picks up.
+    """
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Bulk upload"
+        COMMAND = "command", "import_catalog"
+
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.UPLOAD)
+    status = models.CharField(max_length=16, choices=ImportStatus.choices, default=ImportStatus.QUEUED, db_index=True)
+    # The uploaded file's name, shown to admins only; the stored zip has a random name.
+    original_name = models.CharField(max_length=255, blank=True)
+    # Relative to IMPORT_JOBS_DIR; emptied once the stored zip is removed.
+    archive = models.CharField(max_length=255, blank=True)
+    archive_bytes = models.PositiveBigIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
+    )
+
+    rows_total = models.PositiveIntegerField(null=True, blank=True)
+    rows_read = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    images_queued = models.PositiveIntegerField(default=0)
+    # The first skipped rows, as [{"line": 12, "reason": "..."}].
+    reasons = models.JSONField(default=list, blank=True)
+    # The last styles.csv line whose batch is committed: a resumed job starts after it.
+    lines_done = models.PositiveIntegerField(default=0)
+
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claimed_by = models.CharField(max_length=64, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    seconds = models.FloatField(default=0.0)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "catalog import"
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="import_job_sweep")]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} ({self.get_status_display().lower()})"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from gallery.filters import FILTERS, MAX_VALUE_CHARS
+
 QUERY_TEXT = "Words to search for; capped at {} characters. Empty: a varied starting grid."
 TRAIL_TEXT = (
     "Comma-separated product ids clicked before; prefix p pins a step (the grid keeps looking like it), "
@@ -13,21 +15,15 @@ IMAGE_TEXT = "JPEG, PNG, WebP or GIF; at most {} MiB and {} megapixels."
 
 
 def _filter_params() -> list[dict[str, object]]:
-    described = {
-        "gender": "Exact gender, e.g. Men, Women, Unisex.",
-        "category": "Exact master category, e.g. Apparel, Footwear, Accessories.",
-        "type": "Exact article type, e.g. Tshirts, Heels, Watches.",
-        "colour": "Exact base colour, e.g. Navy Blue.",
-    }
     return [
         {
-            "name": name,
+            "name": f.name,
             "in": "query",
             "required": False,
-            "description": text,
-            "schema": {"type": "string", "maxLength": 64},
+            "description": f.description,
+            "schema": {"type": "string", "maxLength": MAX_VALUE_CHARS},
         }
-        for name, text in described.items()
+        for f in FILTERS
     ]
 
 
@@ -48,14 +44,75 @@ def _error(description: str) -> dict[str, object]:
     }
 
 
-def _results(description: str, query: dict[str, object], **extra: dict[str, object]) -> dict[str, object]:
-    """A 200 response holding ``query``, the filters applied and the result list."""
-    properties = {"query": query, **extra, "filters": {"type": "object"}, "results": RESULTS}
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"type": "object", "properties": properties}}},
-    }
+FILTERS_APPLIED = {
+    "type": "object",
+    "description": "The filters applied, by name (only those given).",
+    "properties": {f.name: {"type": "string"} for f in FILTERS},
+    "additionalProperties": False,
+}
 
+
+def _results(description: str, query: dict[str, object], **extra: dict[str, object]) -> dict[str, object]:
+    """A 200 response holding ``query``, the filters applied and the result list (and nothing else)."""
+    properties = {"query": query, **extra, "filters": FILTERS_APPLIED, "results": RESULTS}
+    schema = {"type": "object", "required": list(properties), "properties": properties, "additionalProperties": False}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _json(schema: dict[str, object], description: str) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+SERVER_ERROR = "The server failed (JSON like every /api/ answer; the cause goes to the server's log)"
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+STATUS = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["encoder", "index", "products", "awaiting_embedding"],
+    "properties": {
+        "encoder": {
+            "type": "object",
+            "required": ["space", "name", "projection", "note"],
+            "properties": {
+                "space": {"type": "string", "description": "The embedding space served (encoder id, + head)"},
+                "name": {"type": "string"},
+                "projection": {"type": ["string", "null"]},
+                "note": {"type": ["string", "null"], "description": "Why the preferred encoder is not in use"},
+            },
+        },
+        "index": {
+            "description": "The published index; null before the first build",
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                {
+                    "type": "object",
+                    "required": ["version", "space", "count", "dim", "n_trees", "built_at", "matches_active_space"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "space": {"type": "string"},
+                        "count": _COUNT,
+                        "dim": _COUNT,
+                        "n_trees": _COUNT,
+                        "built_at": {"type": "string"},
+                        "build_seconds": {"type": "number"},
+                        "matches_active_space": {"type": "boolean"},
+                    },
+                },
+            ],
+        },
+        "products": {
+            "type": "object",
+            "description": "Products with an image, by embedding state",
+            "required": ["total", "pending", "processing", "done", "failed"],
+            "properties": {name: _COUNT for name in ("total", "pending", "processing", "done", "failed")},
+        },
+        "awaiting_embedding": _COUNT,
+        "embedding_per_second": {"type": ["number", "null"], "description": "Over the last five minutes"},
+    },
+}
 
 RESULTS = {
     "type": "array",
@@ -91,6 +148,7 @@ def openapi_spec() -> dict[str, object]:
                     "responses": {
                         "200": _results("Matching products", {"type": "string"}),
                         "400": _error("Invalid k"),
+                        "500": _error(SERVER_ERROR),
                     },
                 }
             },
@@ -114,7 +172,8 @@ def openapi_spec() -> dict[str, object]:
                         "400": _error("Invalid k, trail or filter"),
                         "404": _error("No such product"),
                         "409": _error("The product's image is not embedded yet (or could not be)"),
-                        "503": _error("The similarity index is being built or repaired"),
+                        "503": _error("The similarity index is being built or repaired; see Retry-After"),
+                        "500": _error(SERVER_ERROR),
                     },
                 }
             },
@@ -148,7 +207,8 @@ def openapi_spec() -> dict[str, object]:
                         "400": _error("Not an image we read, too large in pixels, truncated or empty"),
                         "413": _error("The request body is over the size limit"),
                         "429": _error("Too many photo searches from this client; see Retry-After"),
-                        "503": _error("The similarity index is being built or repaired"),
+                        "503": _error("The similarity index is being built or repaired; see Retry-After"),
+                        "500": _error(SERVER_ERROR),
                     },
                 }
             },
@@ -156,20 +216,39 @@ def openapi_spec() -> dict[str, object]:
                 "get": {
                     "summary": "Active encoder, published index and embedding queue",
                     "responses": {
-                        "200": {
-                            "description": "Status",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "Status"),
+                        "500": _error(SERVER_ERROR),
                     },
                 }
             },
         },
         "components": {
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string", "description": "A sentence to show a person"}},
+                    "additionalProperties": False,
+                },
+                "Status": STATUS,
                 "Product": {
                     "type": "object",
-                    "required": ["id", "name", "image_url"],
+                    "additionalProperties": False,
+                    "required": [
+                        "id",
+                        "name",
+                        "image_url",
+                        "thumbnail_url",
+                        "url",
+                        "gender",
+                        "master_category",
+                        "sub_category",
+                        "article_type",
+                        "base_colour",
+                        "season",
+                        "year",
+                        "usage",
+                    ],
                     "properties": {
                         "id": {"type": "integer", "description": "The catalog's own product id"},
                         "name": {"type": "string"},

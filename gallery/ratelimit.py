@@ -1,17 +1,75 @@
-"""A fixed-window rate limit per client, counted in the shared cache (Redis)."""
+"""A fixed-window rate limit per client, counted in the shared cache (Redis).
+
+The client is the address that connected to us, unless the operator declared
+the proxies in front of the web server (``TRUSTED_PROXY_COUNT`` or
+``TRUSTED_PROXIES``): then it is the address the outermost trusted proxy saw,
+read from the right-hand end of ``X-Forwarded-For``. Everything left of that is
+written by the client and never trusted.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str) -> IPAddress | None:
+    """An address as a proxy writes it ("203.0.113.7", "2001:db8::1", "[2001:db8::1]"), or None."""
+    text = text.strip().removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    # A dual-stack server shows IPv4 clients as ::ffff:a.b.c.d: the same client.
+    return address.ipv4_mapped or address if address.version == 6 else address
+
+
+def _trusted(address: IPAddress | None) -> bool:
+    return address is not None and any(address in network for network in settings.TRUSTED_PROXIES)
+
+
+def client_address(*, request: HttpRequest) -> IPAddress | None:
+    """The shopper's address, as far as the configured proxies vouch for it; None when unreadable.
+
+    With no trusted proxy configured this is ``REMOTE_ADDR`` and
+    ``X-Forwarded-For`` is ignored: a client could write any address there.
+    """
+    peer = _address(request.META.get("REMOTE_ADDR") or "")
+    forwarded = [hop for hop in (request.META.get("HTTP_X_FORWARDED_FOR") or "").split(",") if hop.strip()]
+    if settings.TRUSTED_PROXY_COUNT:
+        # Each of the N proxies appends the address it saw; the Nth from the
+        # right was appended by the outermost one. Fewer hops than proxies: the
+        # request did not come through all of them, so only the peer is known.
+        if len(forwarded) < settings.TRUSTED_PROXY_COUNT:
+            return peer
+        return _address(forwarded[-settings.TRUSTED_PROXY_COUNT]) or peer
+    if settings.TRUSTED_PROXIES and _trusted(peer):
+        # Walk right to left past our own proxies; the first other hop is the client.
+        hop = peer
+        for text in reversed(forwarded):
+            hop = _address(text)
+            if not _trusted(hop):
+                break
+        return hop or peer
+    return peer
+
 
 def client_key(request: HttpRequest) -> str:
-    # REMOTE_ADDR as the WSGI server saw it; behind a proxy, the proxy sets it
-    # from X-Forwarded-For (never trusted from the client here).
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The rate-limit bucket of a request: the client address, an IPv6 client's /64 network."""
+    address = client_address(request=request)
+    if address is None:
+        return "unknown"
+    if address.version == 6:
+        # One IPv6 subscriber holds a whole /64: counting single addresses
+        # would let one client take 2**64 buckets.
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def rate_limit_hit(*, scope: str, request: HttpRequest, per_minute: int) -> int:

@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from django.conf import settings
-from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.core.cache import cache
-from django.db import connection
-from django.db.models import Case, Count, IntegerField, Min, Q, QuerySet, Value, When
-from django.db.models.functions import Length
+from django.db.models import Count, Min
 
+from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
+from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens
 
-MAX_WORDS = 8
-# Filter name (as in URLs and the API) -> Product field.
-FILTER_FIELDS = {
-    "gender": "gender",
-    "category": "master_category",
-    "type": "article_type",
-    "colour": "base_colour",
-}
-
-
-@dataclass(frozen=True)
-class ProductFilters:
-    """Exact-match filters a shopper picked; empty values mean no filter."""
-
-    values: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, str]) -> ProductFilters:
-        picked = []
-        for name in FILTER_FIELDS:
-            value = _clean(str(data.get(name) or ""))[:64].strip()
-            if value:
-                picked.append((name, value))
-        return cls(tuple(picked))
-
-    def q(self, prefix: str = "") -> Q:
-        return Q(**{f"{prefix}{FILTER_FIELDS[name]}": value for name, value in self.values})
-
-    def __bool__(self) -> bool:
-        return bool(self.values)
-
-    def as_dict(self) -> dict[str, str]:
-        return dict(self.values)
-
-
-def _clean(text: str) -> str:
-    # Control characters (NUL included) never reach the database.
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch in " \t")
+_clean = text_clean
 
 
 def query_normalise(query: str) -> str:
@@ -62,63 +19,46 @@ def query_normalise(query: str) -> str:
 
 
 def query_words(query: str) -> list[str]:
-    """Lower-cased words of a query (letters and digits; ``T-shirt`` gives ``t``, ``shirt``)."""
-    return [w for w in re.findall(r"\w+", query_normalise(query).lower())][:MAX_WORDS]
+    """The folded words of a query as search reads them (``T-shirt`` gives ``tshirt``), at most ``MAX_WORDS``."""
+    return query_tokens(query_normalise(query))[:MAX_WORDS]
 
 
-def product_search(*, query: str, k: int = 25, filters: ProductFilters | None = None) -> list[Product]:
-    """Products whose name contains every word of ``query``, best first.
+def product_search(*, query: str, k: int = 25, filters: ProductFilters | None = None) -> SearchResult:
+    """The ``k`` products that best match ``query``, best first, with what the page and the API say of them.
 
-    Ranking: names holding more of the words as whole words first, then shorter
-    names, then id. PostgreSQL ranks with its full-text search; SQLite with word
-    boundaries. An empty query gives the starting grid.
+    Matching, corrections and ranking are ``gallery.search``'s (plurals, typos, stop words, column
+    values, partial matches when no product holds every word). A query without words gives the
+    starting grid. Reads only.
     """
-    words = query_words(query)
-    if not words:
-        return starting_grid(k=k, filters=filters)
-    qs = Product.objects.all()
-    if filters:
-        qs = qs.filter(filters.q())
-    for word in words:
-        qs = qs.filter(name__icontains=word)
-    return list(_ranked(qs, words)[:k])
-
-
-def _ranked(qs: QuerySet[Product], words: list[str]) -> QuerySet[Product]:
-    if connection.vendor == "postgresql":
-        vector = SearchVector("name", config="simple")
-        query = SearchQuery(" ".join(words), config="simple", search_type="plain")
-        return qs.annotate(rank=SearchRank(vector, query), name_length=Length("name")).order_by(
-            "-rank", "name_length", "id"
-        )
-    whole_words = sum(
-        (
-            Case(
-                When(name__iregex=rf"\b{re.escape(word)}\b", then=Value(1)),
-                default=Value(0),
-                output_field=IntegerField(),
-            )
-            for word in words
-        ),
-        start=Value(0),
-    )
-    return qs.annotate(rank=whole_words, name_length=Length("name")).order_by("-rank", "name_length", "id")
+    query = query_normalise(query)
+    if not query_words(query):
+        return SearchResult(query=query, products=starting_grid(k=k, filters=filters))
+    return catalog_search(query=query, k=k, filters=filters)
 
 
 def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list[Product]:
-    """A varied first grid: the first product of each of the most common article types, then the rest by id."""
+    """A varied first grid: the first product of each of the most common article types, then the rest by id.
+
+    The ids are worked out once per catalog version in each process (an
+    aggregate over the whole catalog); the products are read fresh.
+    """
     qs = Product.objects.all()
     if filters:
         qs = qs.filter(filters.q())
-    firsts = (
-        qs.values("article_type")
-        .annotate(first=Min("id"), n=Count("id"))
-        .order_by("-n", "article_type")
-        .values_list("first", flat=True)[:k]
-    )
-    ids = list(firsts)
-    if len(ids) < k:
-        ids += list(qs.exclude(id__in=ids).order_by("id").values_list("id", flat=True)[: k - len(ids)])
+
+    def compute() -> list[int]:
+        firsts = (
+            qs.values("article_type")
+            .annotate(first=Min("id"), n=Count("id"))
+            .order_by("-n", "article_type")
+            .values_list("first", flat=True)[:k]
+        )
+        ids = list(firsts)
+        if len(ids) < k:
+            ids += list(qs.exclude(id__in=ids).order_by("id").values_list("id", flat=True)[: k - len(ids)])
+        return ids
+
+    ids = remembered(("starting-grid", k, filters.values if filters else ()), compute)
     by_id = qs.in_bulk(ids)
     return [by_id[i] for i in ids if i in by_id]
 

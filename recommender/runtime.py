@@ -1,68 +1,44 @@
-"""Per-process singletons: the encoder (loaded lazily, once) and the index reader.
+"""Per-process singletons: the encoder (loaded lazily, once), projections and the index reader.
 
 Nothing here runs at import time or in AppConfig.ready(): ``manage.py migrate``
-never loads a model.
+never loads a model. Importing this module does not import torch either: a web
+process that serves text search and clicks never loads it; the first photo
+search (or embedding task) does, once.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from django.conf import settings
 
-from recommender import encoders
-from recommender.projection import Projection, ProjectionCorrupt
+from recommender.errors import EncoderUnavailable
 from recommender.index import IndexReader
+from recommender.projection import Projection, ProjectionCorrupt
+from recommender.spaces import ENCODER_SPACES, SPACE_ENCODERS, EncoderChoice, encoder_choose, space_encoder_id
+
+if TYPE_CHECKING:
+    from recommender.encoders import Encoder
 
 logger = logging.getLogger(__name__)
-
-# ENCODER setting value -> the space id its vectors are stored under.
-ENCODER_SPACES = {
-    "resnet50": encoders.RESNET50_ID,
-    "efficientnet-lite0": encoders.EFFICIENTNET_LITE0_ID,
-    # Random weights (tests only) get spaces of their own: never mixed with real vectors.
-    "resnet50-random": "resnet50" + encoders.RANDOM_SUFFIX,
-    "efficientnet-lite0-random": "efficientnet-lite0" + encoders.RANDOM_SUFFIX,
-}
-
-
-@dataclass(frozen=True)
-class EncoderChoice:
-    name: str  # as encoder_load() takes it
-    space: str  # the id stored with embeddings and index builds
-    note: str | None  # why the preferred encoder is not in use, for footer and admin
 
 
 @functools.cache
 def encoder_choice() -> EncoderChoice:
-    """Which encoder this process uses, decided without loading any weights."""
-    name = settings.ENCODER
-    note = None
-    if name == "auto":
-        found = encoders.resnet50_weights_path(
-            weights_file=settings.RESNET50_WEIGHTS_FILE or None, allow_download=False
-        )
-        if found or settings.ENCODER_ALLOW_DOWNLOAD:
-            name = "resnet50"
-        else:
-            name = "efficientnet-lite0"
-            note = encoders.FALLBACK_NOTE
-            logger.warning("ENCODER FALLBACK: %s", note)
-    if name not in ENCODER_SPACES:
-        raise encoders.EncoderUnavailable(
-            f"ENCODER={settings.ENCODER!r} is not one of: auto, {', '.join(sorted(ENCODER_SPACES))}"
-        )
-    return EncoderChoice(name=name, space=ENCODER_SPACES[name], note=note)
+    """Which encoder this process uses, decided without loading any weights (see recommender.spaces)."""
+    return encoder_choose(
+        name=settings.ENCODER,
+        weights_file=settings.RESNET50_WEIGHTS_FILE or None,
+        allow_download=settings.ENCODER_ALLOW_DOWNLOAD,
+    )
 
 
 ACTIVE_SPACE_FILE = "ACTIVE_SPACE"
 BF16_MIN_COSINE = 0.99
-SPACE_ENCODERS = {space: name for name, space in ENCODER_SPACES.items()}
 
 
 # --- Spaces: an encoder's raw vectors, or those projected by a head -----------------------
@@ -71,11 +47,6 @@ SPACE_ENCODERS = {space: name for name, space in ENCODER_SPACES.items()}
 def heads_dir() -> Path:
     """Projection files, beside the index builds (shared by every machine the same way)."""
     return settings.INDEX_DIR / "heads"
-
-
-def space_encoder_id(space: str) -> str:
-    """The raw encoder space a space is derived from (itself for a raw space)."""
-    return space.partition("+")[0]
 
 
 @functools.cache
@@ -127,7 +98,7 @@ def space_switch_read() -> str | None:
 def space_switch_write(space: str) -> None:
     """Switch every process to ``space`` on its next query (atomic rename of one small file)."""
     if not space_known(space):
-        raise encoders.EncoderUnavailable(f"unknown space {space!r}")
+        raise EncoderUnavailable(f"unknown space {space!r}")
     settings.INDEX_DIR.mkdir(parents=True, exist_ok=True)
     tmp = settings.INDEX_DIR / f".{ACTIVE_SPACE_FILE}.tmp"
     tmp.write_text(space)
@@ -149,14 +120,14 @@ def configured_space() -> str:
     if settings.EMBEDDING_HEAD:
         space = f"{space}+{settings.EMBEDDING_HEAD}"
         if not space_known(space):
-            raise encoders.EncoderUnavailable(
+            raise EncoderUnavailable(
                 f"EMBEDDING_HEAD={settings.EMBEDDING_HEAD!r} names no projection file for {encoder_choice().space} "
                 f"in {heads_dir()}"
             )
     return space
 
 
-def encoder() -> encoders.Encoder:
+def encoder() -> Encoder:
     """The encoder of the active space, loaded once per process on first use."""
     return encoder_for(SPACE_ENCODERS[space_encoder_id(active_space())])
 
@@ -167,8 +138,12 @@ def query_vectors(images: list[np.ndarray]) -> np.ndarray:
 
 
 @functools.cache
-def encoder_for(name: str) -> encoders.Encoder:
-    """The encoder named ``name`` (as ENCODER takes it), loaded once per process."""
+def encoder_for(name: str) -> Encoder:
+    """The encoder named ``name`` (as ENCODER takes it), loaded once per process; torch is imported here."""
+    import torch
+
+    from recommender import encoders
+
     if settings.ENCODER_THREADS > 0:
         torch.set_num_threads(settings.ENCODER_THREADS)
     mode = settings.ENCODER_BF16
@@ -180,7 +155,7 @@ def encoder_for(name: str) -> encoders.Encoder:
         bf16=mode == "on",
     )
     if loaded.id != ENCODER_SPACES[name]:
-        raise encoders.EncoderUnavailable(f"loaded encoder {loaded.id} but expected {ENCODER_SPACES[name]}")
+        raise EncoderUnavailable(f"loaded encoder {loaded.id} but expected {ENCODER_SPACES[name]}")
     if mode == "auto" and (loaded.device.type == "cuda" or encoders.cpu_has_native_bf16()):
         # bfloat16 roughly doubles throughput where the hardware has it; keep it
         # only while its vectors stay interchangeable with float32 ones.

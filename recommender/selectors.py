@@ -1,31 +1,45 @@
-"""Reads about vectors: a product's vector, nearest neighbours, index status."""
+"""Reads about vectors: a product's vector, nearest neighbours, index status. Reads never write.
+
+Products are known by id only. A filter reaches this module as the sorted
+array of product ids that pass it (the shop resolves its own filters); which
+way a filtered query is answered is chosen by the filter's measured size, as
+Lucene's filtered kNN does: a selective filter is searched exactly over its
+own vectors (a few thousand rows of the memory-mapped build), a broad one
+through Annoy with an over-fetch sized by the filter's share of the catalog,
+and exactly whenever the over-fetch would not fill the grid.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from django.db.models import Count, Q
 
-from gallery.models import EmbedStatus, Product
 from recommender import runtime
+from recommender.errors import NotEmbeddedYet, SimilarityUnavailable
 from recommender.index import IndexCorrupt, LoadedIndex
-from recommender.models import Embedding
+from recommender.models import Embedding, EmbedStatus
+from recommender.state import states_count, states_done_since
 
 logger = logging.getLogger(__name__)
 
 # Without a published index, vectors are searched exactly from the database up
 # to this many; beyond it, similarity waits for the first build.
 EXACT_FALLBACK_MAX = 5000
-
-
-class SimilarityUnavailable(Exception):
-    """Similar-product search cannot answer now (no usable index); says why."""
-
-
-class NotEmbeddedYet(Exception):
-    """The product's image has not been embedded (yet, or ever); says which."""
+# A filter is searched exactly when its vectors hold at most this many floats
+# (8M floats = 32 MB: ~6,000 products at 1280-d, ~31,000 at 256-d): a matrix
+# product over them costs about what an over-fetching Annoy query does.
+EXACT_FILTER_MAX_FLOATS = 8_000_000
+# The embedding rate /api/status reports is measured over this window.
+RATE_WINDOW_S = 300
+# Annoy over-fetch for a broad filter: this many times the hits the filter's
+# share of the catalog should leave, plus a margin; and Annoy searches this
+# many times its default nodes for it (recall@25 of the filtered result >= 0.99
+# with 40 trees in tests/test_filtered_similarity.py).
+FILTER_OVERFETCH = 2.0
+FILTER_SEARCH_K_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -34,153 +48,26 @@ class Neighbour:
     score: float
 
 
+def _space_vectors(*, space: str, product_ids: list[int]) -> dict[int, np.ndarray]:
+    rows = Embedding.objects.filter(space=space, product_id__in=product_ids).values_list("product_id", "vector")
+    return {pid: np.frombuffer(vector, dtype="<f4") for pid, vector in rows}
+
+
+def _why_not_embedded(product_id: int) -> NotEmbeddedYet:
+    from recommender.models import EmbeddingState
+
+    status = EmbeddingState.objects.filter(product_id=product_id).values_list("status", flat=True).first()
+    if status == EmbedStatus.FAILED:
+        return NotEmbeddedYet("This product's image could not be analysed, so there are no similar products for it.")
+    return NotEmbeddedYet("This product's image is still being analysed; similar products appear in a few seconds.")
+
+
 def product_vector(*, product_id: int) -> np.ndarray:
     """The stored vector of a product in the active space; raises NotEmbeddedYet."""
-    space = runtime.active_space()
-    row = Embedding.objects.filter(product_id=product_id, space=space).values_list("vector", flat=True).first()
-    if row is None:
-        status = Product.objects.filter(id=product_id).values_list("embed_status", flat=True).first()
-        if status == EmbedStatus.FAILED:
-            raise NotEmbeddedYet("This product's image could not be analysed, so there are no similar products for it.")
-        raise NotEmbeddedYet("This product's image is still being analysed; similar products appear in a few seconds.")
-    return np.frombuffer(row, dtype="<f4")
-
-
-def _published(space: str) -> LoadedIndex | None:
-    try:
-        loaded = runtime.index_reader().current()
-    except IndexCorrupt as exc:
-        logger.error("The published index cannot be served: %s", exc)
-        from recommender.tasks import index_rebuild_request
-
-        index_rebuild_request(reason="published index unusable")
-        raise SimilarityUnavailable(
-            "Similar-product search is being repaired; please try again in a minute. Text search still works."
-        ) from exc
-    if loaded is not None and loaded.meta.space != space:
-        # Vectors of two encoders are not comparable: never query across spaces.
-        logger.warning("Index %s holds %s vectors; active space is %s", loaded.meta.version, loaded.meta.space, space)
-        from recommender.tasks import index_rebuild_request
-
-        index_rebuild_request(reason=f"index built for {loaded.meta.space}, active space is {space}")
-        return None
-    return loaded
-
-
-def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, float]]:
-    if not rows:
-        return []
-    matrix = np.frombuffer(b"".join(v for _, _, v in rows), dtype="<f4").reshape(len(rows), -1)
-    scores = (matrix @ vector).tolist()
-    return [(pid, eid, score) for (pid, eid, _), score in zip(rows, scores, strict=True)]
-
-
-def delta_rows(*, allowed: Q, loaded: LoadedIndex | None) -> list[tuple[int, int, bytes]]:
-    """(product id, embedding id, vector) of every allowed vector the published index does not hold.
-
-    Only ids are read for the rows newer than the build's watermark; vectors
-    are loaded for those the index lacks (normally a handful).
-    """
-    if loaded is None:
-        return list(Embedding.objects.filter(allowed).values_list("product_id", "id", "vector"))
-    newer = np.fromiter(
-        Embedding.objects.filter(allowed, id__gt=loaded.meta.watermark).values_list("id", flat=True), dtype=np.int64
-    )
-    outside = newer[~loaded.holds(newer)]
-    if not len(outside):
-        return []
-    return list(Embedding.objects.filter(id__in=outside.tolist()).values_list("product_id", "id", "vector"))
-
-
-def similar_products(
-    *, vector: np.ndarray, k: int = 25, exclude_ids: frozenset[int] = frozenset(), filters: Q | None = None
-) -> list[Neighbour]:
-    """The ``k`` products nearest to ``vector`` (cosine), best first, none of ``exclude_ids``.
-
-    Searches the published Annoy index plus, exactly, every vector stored since
-    it was built, and keeps only candidates whose stored vector is the one the
-    index holds: products deleted, re-imaged or filtered out never appear.
-    ``filters`` is a Q over Product fields; the index is over-fetched until
-    ``k`` pass it or the catalog is exhausted.
-    """
-    space = runtime.active_space()
-    vector = np.asarray(vector, dtype=np.float32)
-    allowed = Q(space=space) & (Q(product__in=Product.objects.filter(filters)) if filters else Q())
-    loaded = _published(space)
-    if loaded is None:
-        total = Embedding.objects.filter(allowed).count()
-        if total > EXACT_FALLBACK_MAX:
-            from recommender.tasks import index_rebuild_request
-
-            index_rebuild_request(reason="no index published")
-            raise SimilarityUnavailable("The similarity index is being built; please try again in a minute.")
-
-    delta = _exact(vector, delta_rows(allowed=allowed, loaded=loaded))
-    best: dict[int, float] = {}
-    for product_id, _, score in delta:
-        if product_id not in exclude_ids:
-            best[product_id] = score
-
-    if loaded is not None:
-        want = k + len(exclude_ids)
-        n = want * (8 if filters else 2) + 10
-        while True:
-            hits = [
-                h for h in loaded.query(vector, n=n) if h.product_id not in exclude_ids and h.product_id not in best
-            ]
-            current = set(
-                Embedding.objects.filter(allowed, product_id__in=[h.product_id for h in hits]).values_list(
-                    "product_id", "id"
-                )
-            )
-            for hit in hits:
-                # The index's vector is served only while it is still the product's vector.
-                if (hit.product_id, hit.embedding_id) in current:
-                    best.setdefault(hit.product_id, hit.score)
-            if len(best) >= want or n >= loaded.meta.count:
-                break
-            n = min(loaded.meta.count, n * 4)
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
-    return [Neighbour(product_id=pid, score=score) for pid, score in ranked[:k]]
-
-
-def index_status() -> dict[str, object]:
-    """What /api/status reports about the encoder, the index and the queue."""
-    choice = runtime.encoder_choice()
-    try:
-        loaded = runtime.index_reader().current()
-        index: dict[str, object] | None = None
-        if loaded is not None:
-            meta = loaded.meta
-            index = {
-                "version": meta.version,
-                "space": meta.space,
-                "count": meta.count,
-                "dim": meta.dim,
-                "n_trees": meta.n_trees,
-                "built_at": meta.built_at,
-                "build_seconds": meta.build_seconds,
-                "matches_active_space": meta.space == runtime.active_space(),
-            }
-    except IndexCorrupt as exc:
-        index = {"error": str(exc)}
-    counts = {
-        row["embed_status"]: row["n"]
-        for row in Product.objects.values("embed_status").annotate(n=Count("id")).order_by()
-    }
-    products = {status.value: counts.get(status.value, 0) for status in EmbedStatus}
-    space = runtime.active_space()
-    return {
-        "encoder": {
-            "space": space,
-            "name": runtime.SPACE_ENCODERS[runtime.space_encoder_id(space)],
-            "projection": space.partition("+")[2] or None,
-            "note": choice.note if runtime.space_encoder_id(space) == choice.space else None,
-        },
-        "index": index,
-        "products": {"total": sum(products.values()), **products},
-        "awaiting_embedding": products["pending"] + products["processing"],
-    }
+    found = _space_vectors(space=runtime.active_space(), product_ids=[product_id])
+    if product_id not in found:
+        raise _why_not_embedded(product_id)
+    return found[product_id]
 
 
 # How hard a "not like this" pushes the grid away, relative to the pull of the liked steps.
@@ -194,18 +81,204 @@ def query_vector(*, liked_ids: list[int], disliked_ids: list[int] = ()) -> np.nd
     products' stored vectors. Raises NotEmbeddedYet when no liked product has
     a vector; disliked products without one are ignored.
     """
-    space = runtime.active_space()
-    rows = dict(
-        Embedding.objects.filter(space=space, product_id__in=[*liked_ids, *disliked_ids]).values_list(
-            "product_id", "vector"
-        )
-    )
-    liked = [np.frombuffer(rows[i], dtype="<f4") for i in liked_ids if i in rows]
+    rows = _space_vectors(space=runtime.active_space(), product_ids=[*liked_ids, *disliked_ids])
+    liked = [rows[i] for i in liked_ids if i in rows]
     if not liked:
-        product_vector(product_id=liked_ids[-1])  # raises with the reason
+        raise _why_not_embedded(liked_ids[-1])
     query = np.mean(liked, axis=0)
-    disliked = [np.frombuffer(rows[i], dtype="<f4") for i in disliked_ids if i in rows]
+    disliked = [rows[i] for i in disliked_ids if i in rows]
     if disliked:
         query = query - DISLIKE_WEIGHT * np.mean(disliked, axis=0)
     norm = float(np.linalg.norm(query))
     return (query / norm).astype(np.float32) if norm > 1e-6 else np.asarray(liked[-1], dtype=np.float32)
+
+
+def _published(space: str) -> LoadedIndex | None:
+    """The published build for ``space``; None when there is none (or it holds another space)."""
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt as exc:
+        # The periodic sweep (recommender.tasks.index_repair_if_needed) rebuilds it; a read never writes.
+        logger.error("The published index cannot be served: %s", exc)
+        raise SimilarityUnavailable(
+            "Similar-product search is being repaired; please try again in a minute. Text search still works."
+        ) from exc
+    if loaded is not None and loaded.meta.space != space:
+        # Vectors of two encoders are not comparable: never query across spaces.
+        logger.warning("Index %s holds %s vectors; active space is %s", loaded.meta.version, loaded.meta.space, space)
+        return None
+    return loaded
+
+
+def _passes(product_ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """Mask of ``product_ids`` found in the sorted ``allowed`` (all True without a filter)."""
+    if allowed is None:
+        return np.ones(len(product_ids), dtype=bool)
+    if not len(allowed):
+        return np.zeros(len(product_ids), dtype=bool)
+    positions = np.searchsorted(allowed, product_ids).clip(max=len(allowed) - 1)
+    return allowed[positions] == product_ids
+
+
+def delta_rows(*, space: str, loaded: LoadedIndex | None) -> list[tuple[int, int, bytes]]:
+    """(product id, embedding id, vector) of every vector of ``space`` the published index does not hold.
+
+    Only ids are read for the rows newer than the build's watermark; vectors
+    are loaded for those the index lacks (normally a handful).
+    """
+    rows = Embedding.objects.filter(space=space)
+    if loaded is None:
+        return list(rows.values_list("product_id", "id", "vector"))
+    newer = np.fromiter(rows.filter(id__gt=loaded.meta.watermark).values_list("id", flat=True), dtype=np.int64)
+    outside = newer[~loaded.holds(newer)]
+    if not len(outside):
+        return []
+    return list(Embedding.objects.filter(id__in=outside.tolist()).values_list("product_id", "id", "vector"))
+
+
+def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, float]]:
+    if not rows:
+        return []
+    matrix = np.frombuffer(b"".join(v for _, _, v in rows), dtype="<f4").reshape(len(rows), -1)
+    scores = (matrix @ vector).tolist()
+    return [(pid, eid, score) for (pid, eid, _), score in zip(rows, scores, strict=True)]
+
+
+def _index_candidates(
+    loaded: LoadedIndex, vector: np.ndarray, *, want: int, allowed: np.ndarray | None
+) -> list[tuple[int, int, float]]:
+    """(product id, embedding id, score) of the index's items nearest ``vector`` that pass ``allowed``, best first.
+
+    At least ``want`` when the filter holds that many (fewer only when it does not).
+    """
+    count = loaded.meta.count
+    if allowed is not None:
+        share = min(1.0, len(allowed) / max(1, count))
+        if len(allowed) * loaded.meta.dim <= EXACT_FILTER_MAX_FLOATS or share * count <= want:
+            return _index_exact(loaded, vector, items=loaded.items_of(allowed), want=want)
+        n = min(count, math.ceil(want / share * FILTER_OVERFETCH) + 50)
+        search_k = max(loaded.meta.search_k, loaded.meta.n_trees * n * FILTER_SEARCH_K_FACTOR)
+    else:
+        n = min(count, want * 2 + 10)
+        search_k = None  # the build's own setting
+    hits = loaded.query(vector, n=n, search_k=search_k)
+    passing = _passes(np.fromiter((h.product_id for h in hits), dtype=np.int64, count=len(hits)), allowed)
+    found = [(h.product_id, h.embedding_id, h.score) for h, ok in zip(hits, passing, strict=True) if ok]
+    if len(found) < want and n < count:
+        # The over-fetch did not fill the grid (the filter's items sit far from the query): search it exactly.
+        items = loaded.items_of(allowed) if allowed is not None else np.arange(count)
+        return _index_exact(loaded, vector, items=items, want=want)
+    return found
+
+
+def _index_exact(
+    loaded: LoadedIndex, vector: np.ndarray, *, items: np.ndarray, want: int
+) -> list[tuple[int, int, float]]:
+    """Exact cosine over the given items of the build, best ``want`` first (ties by product id)."""
+    if not len(items):
+        return []
+    scores = loaded.vectors_of(items) @ vector
+    top = min(want, len(items))
+    best = np.argpartition(-scores, top - 1)[:top] if top < len(items) else np.arange(len(items))
+    chosen = items[best]
+    ranked = sorted(
+        zip(
+            loaded.product_ids[chosen].tolist(),
+            loaded.embedding_ids[chosen].tolist(),
+            scores[best].tolist(),
+            strict=True,
+        ),
+        key=lambda row: (-row[2], row[0]),
+    )
+    return ranked
+
+
+def similar_products(
+    *,
+    vector: np.ndarray,
+    k: int = 25,
+    exclude_ids: frozenset[int] = frozenset(),
+    allowed_ids: np.ndarray | None = None,
+) -> list[Neighbour]:
+    """The ``k`` products nearest to ``vector`` (cosine), best first, none of ``exclude_ids``.
+
+    Searches the published Annoy index plus, exactly, every vector stored since
+    it was built, and keeps only candidates whose stored vector is the one the
+    index holds: products deleted or re-imaged never appear. ``allowed_ids`` (a
+    sorted int64 array) restricts the result to those products; its results
+    match an exact search over the allowed products' vectors. Raises
+    SimilarityUnavailable when no index can answer.
+    """
+    space = runtime.active_space()
+    vector = np.asarray(vector, dtype=np.float32)
+    allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
+    loaded = _published(space)
+    if loaded is None and Embedding.objects.filter(space=space).count() > EXACT_FALLBACK_MAX:
+        raise SimilarityUnavailable("The similarity index is being built; please try again in a minute.")
+
+    best: dict[int, float] = {}
+    fresh = delta_rows(space=space, loaded=loaded)
+    fresh_products = {pid for pid, _, _ in fresh}
+    passing = _passes(np.fromiter((pid for pid, _, _ in fresh), dtype=np.int64, count=len(fresh)), allowed)
+    for (product_id, _, score), ok in zip(_exact(vector, fresh), passing, strict=True):
+        if ok and product_id not in exclude_ids:
+            best[product_id] = score
+
+    if loaded is not None:
+        want = k + len(exclude_ids) + 10
+        while True:
+            found = _index_candidates(loaded, vector, want=want, allowed=allowed)
+            candidates = [row for row in found if row[0] not in exclude_ids and row[0] not in fresh_products]
+            # The index's vector is served only while it is still the product's vector:
+            # one indexed look-up over the candidates drops deleted and re-imaged products.
+            current = set(
+                Embedding.objects.filter(space=space, product_id__in=[pid for pid, _, _ in candidates]).values_list(
+                    "product_id", "id"
+                )
+            )
+            for pid, eid, score in candidates:
+                if (pid, eid) in current:
+                    best.setdefault(pid, score)
+            if len(best) >= k or len(found) < want or want >= loaded.meta.count:
+                break
+            want = min(loaded.meta.count, want * 4)
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+    return [Neighbour(product_id=pid, score=score) for pid, score in ranked[:k]]
+
+
+def index_status() -> dict[str, object]:
+    """What /api/status reports about the encoder, the index and the embedding queue."""
+    choice = runtime.encoder_choice()
+    space = runtime.active_space()
+    try:
+        loaded = runtime.index_reader().current()
+        index: dict[str, object] | None = None
+        if loaded is not None:
+            meta = loaded.meta
+            index = {
+                "version": meta.version,
+                "space": meta.space,
+                "count": meta.count,
+                "dim": meta.dim,
+                "n_trees": meta.n_trees,
+                "built_at": meta.built_at,
+                "build_seconds": meta.build_seconds,
+                "matches_active_space": meta.space == space,
+            }
+    except IndexCorrupt:
+        # The reason (with file paths) goes to the log, not to clients.
+        logger.exception("The published index cannot be read")
+        index = {"error": "The published index is damaged; it is being rebuilt."}
+    products = states_count()
+    return {
+        "encoder": {
+            "space": space,
+            "name": runtime.SPACE_ENCODERS[runtime.space_encoder_id(space)],
+            "projection": space.partition("+")[2] or None,
+            "note": choice.note if runtime.space_encoder_id(space) == choice.space else None,
+        },
+        "index": index,
+        "products": {"total": sum(products.values()), **products},
+        "awaiting_embedding": products["pending"] + products["processing"],
+        "embedding_per_second": round(states_done_since(seconds=RATE_WINDOW_S) / RATE_WINDOW_S, 3),
+    }

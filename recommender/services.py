@@ -1,9 +1,13 @@
-"""Writes about vectors: claiming work, embedding products, building the index."""
+"""Writes about vectors: embedding images, storing vectors, re-projecting spaces, building the index.
+
+Products are known by id only; which image to embed comes from their
+``EmbeddingState`` (``recommender.state``, the state machine's one owner).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -12,19 +16,18 @@ import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max
 from django.utils import timezone
 
-from gallery.models import EmbedStatus, Product
-from recommender import runtime
-from recommender.encoders import Encoder
+from recommender import runtime, state
 from recommender.index import IndexMeta, index_build
-from recommender.models import Embedding
-from recommender.pipeline import ImageItem, embed_stream
+from recommender.locks import index_build_lock
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from recommender.state import ImageRef
 
 logger = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 500
+MAX_ERROR_CHARS = state.MAX_ERROR_CHARS
 
 
 @dataclass
@@ -43,51 +46,20 @@ def image_source(name: str) -> Path | bytes:
             return fh.read()
 
 
-def products_claim(*, product_ids: Iterable[int], claimant: str) -> list[Product]:
-    """Mark the given products as being embedded by ``claimant`` and return those it got.
-
-    A product is claimable when pending, when this claimant already holds it
-    (a redelivered task), or when another claim is older than
-    EMBED_STALE_AFTER_S (its worker died). One conditional UPDATE: two workers
-    never both claim a product.
-    """
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.EMBED_STALE_AFTER_S)
-    claimable = Q(embed_status=EmbedStatus.PENDING) | Q(
-        Q(embed_claimed_by=claimant) | Q(embed_claimed_at__lt=stale), embed_status=EmbedStatus.PROCESSING
-    )
-    ids = list(product_ids)
-    Product.objects.filter(claimable, id__in=ids).exclude(image="").update(
-        embed_status=EmbedStatus.PROCESSING, embed_claimed_at=now, embed_claimed_by=claimant
-    )
-    return list(
-        Product.objects.filter(id__in=ids, embed_status=EmbedStatus.PROCESSING, embed_claimed_by=claimant).only(
-            "id", "image", "image_version"
-        )
-    )
-
-
 def embeddings_store(*, space: str, vectors: list[tuple[int, int, np.ndarray]], mark_done: bool = True) -> set[int]:
     """Store (product id, image version, vector) rows of ``space`` in one transaction; returns the ids stored.
 
-    A vector is stored only if its product still has the image it was computed
-    from. It replaces any earlier vector of that space with a new row (a new
-    id, so an index build that holds the old one knows it is stale). With
-    ``mark_done`` the products are marked done (their status speaks of the
-    active space).
+    A vector is stored only if its product's current image (its EmbeddingState)
+    is still the version it was computed from. It replaces any earlier vector of
+    that space with a new row (a new id, so an index build that holds the old
+    one knows it is stale). With ``mark_done`` the products are marked done
+    (their state speaks of the active space).
     """
     if not vectors:
         return set()
     latest = {pid: (version, vector) for pid, version, vector in vectors}
     with transaction.atomic():
-        # Lock the product rows, in id order so two batches never deadlock:
-        # concurrent workers on one product serialise here.
-        current = dict(
-            Product.objects.select_for_update()
-            .filter(id__in=list(latest))
-            .order_by("id")
-            .values_list("id", "image_version")
-        )
+        current = state.states_current_versions(product_ids=list(latest))
         keep = {pid: (version, vector) for pid, (version, vector) in latest.items() if current.get(pid) == version}
         if not keep:
             return set()
@@ -100,9 +72,7 @@ def embeddings_store(*, space: str, vectors: list[tuple[int, int, np.ndarray]], 
             )
         Embedding.objects.bulk_create(rows)
         if mark_done:
-            Product.objects.filter(id__in=list(keep)).update(
-                embed_status=EmbedStatus.DONE, embed_error="", embed_claimed_at=None, embed_claimed_by=""
-            )
+            state.states_done(product_ids=list(keep))
     return set(keep)
 
 
@@ -113,31 +83,23 @@ def embedding_store(
     return bool(embeddings_store(space=space, vectors=[(product_id, image_version, vector)], mark_done=mark_done))
 
 
-def product_embed_fail(*, product_id: int, image_version: int, reason: str) -> None:
-    """Record that a product's image can never be embedded (until it gets a new one)."""
-    Product.objects.filter(id=product_id, image_version=image_version).update(
-        embed_status=EmbedStatus.FAILED,
-        embed_error=reason[:MAX_ERROR_CHARS],
-        embed_claimed_at=None,
-        embed_claimed_by="",
-    )
-
-
-def products_embed(
+def images_embed(
     *,
-    products: list[Product],
+    images: list[ImageRef],
     decode_workers: int = 0,
     progress: Callable[[int], None] | None = None,
-    encoder: Encoder | None = None,
+    encoder: object | None = None,
 ) -> EmbedReport:
-    """Embed the given products' images and store the vectors.
+    """Embed the given images and store the vectors.
 
     With the active encoder (the default) products are marked done or failed;
     with another ``encoder`` (a space being built beside the active one, see
-    reembed_catalog) their status is left alone.
+    reembed_catalog) their state is left alone.
     """
+    from recommender.pipeline import ImageItem, embed_stream  # torch: only where images are embedded
+
     report = EmbedReport()
-    if not products:
+    if not images:
         return report
     active = encoder is None
     encoder = encoder or runtime.encoder()
@@ -145,12 +107,9 @@ def products_embed(
     # A head's space keeps the raw vectors too: new heads are trained, and
     # spaces re-projected, from them without decoding an image again.
     spaces = [encoder.id] if target == encoder.id else [encoder.id, target]
-    items = []
-    for product in products:
-        if not product.image:
-            report.skipped += 1
-            continue
-        items.append(ImageItem(key=product.id, source=image_source(product.image.name), version=product.image_version))
+    items = [
+        ImageItem(key=ref.product_id, source=image_source(ref.image_name), version=ref.image_version) for ref in images
+    ]
     for batch in embed_stream(
         items,
         encoder=encoder,
@@ -162,9 +121,7 @@ def products_embed(
         for result in batch:
             if result.vector is None:
                 if active:
-                    product_embed_fail(
-                        product_id=result.item.key, image_version=result.item.version, reason=result.error
-                    )
+                    state.state_fail(product_id=result.item.key, image_version=result.item.version, reason=result.error)
                 report.failed += 1
         stored = None
         for space in spaces:
@@ -176,6 +133,20 @@ def products_embed(
         report.skipped += len(good) - len(stored or ())
         if progress:
             progress(len(batch))
+    return report
+
+
+def products_embed(
+    *,
+    product_ids: list[int],
+    decode_workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+    encoder: object | None = None,
+) -> EmbedReport:
+    """images_embed for the current images of ``product_ids`` (those without an image are skipped)."""
+    images = state.states_images(product_ids=list(product_ids))
+    report = images_embed(images=images, decode_workers=decode_workers, progress=progress, encoder=encoder)
+    report.skipped += len(set(product_ids)) - len(images)
     return report
 
 
@@ -192,7 +163,8 @@ def space_reproject(*, space: str, chunk: int = 2000) -> int:
     while True:
         have = Embedding.objects.filter(space=space).values("product_id")
         rows = list(
-            Embedding.objects.filter(space=base, product__image_version=F("image_version"))
+            # Only raw vectors of the product's current image (its state's version).
+            Embedding.objects.filter(space=base, product__embedding_state__image_version=F("image_version"))
             .exclude(product_id__in=have)
             .order_by("product_id")
             .values_list("product_id", "image_version", "vector")[:chunk]
@@ -219,11 +191,10 @@ def products_needing_embedding(*, space: str) -> list[int]:
     """Ids of products with an image but no vector in ``space`` (failed ones excluded)."""
     have = Embedding.objects.filter(space=space).values("product_id")
     return list(
-        Product.objects.exclude(image="")
-        .exclude(embed_status=EmbedStatus.FAILED)
-        .exclude(id__in=have)
-        .order_by("id")
-        .values_list("id", flat=True)
+        EmbeddingState.objects.exclude(status=EmbedStatus.FAILED)
+        .exclude(product_id__in=have)
+        .order_by("product_id")
+        .values_list("product_id", flat=True)
     )
 
 
@@ -231,41 +202,10 @@ def products_missing_from_space(*, space: str, limit: int = 5000) -> list[int]:
     """Products done for another space but without a vector in ``space`` (after a switch of space)."""
     have = Embedding.objects.filter(space=space).values("product_id")
     return list(
-        Product.objects.filter(embed_status=EmbedStatus.DONE)
-        .exclude(image="")
-        .exclude(id__in=have)
-        .order_by("id")
-        .values_list("id", flat=True)[:limit]
-    )
-
-
-def products_mark_pending(*, product_ids: list[int]) -> int:
-    """Put products back in the queue (admin retry, encoder switch). Returns how many."""
-    return (
-        Product.objects.filter(id__in=product_ids)
-        .exclude(image="")
-        .update(
-            embed_status=EmbedStatus.PENDING,
-            embed_error="",
-            embed_requested_at=timezone.now(),
-            embed_claimed_at=None,
-            embed_claimed_by="",
-        )
-    )
-
-
-def products_stale_pending() -> list[int]:
-    """Products pending, or claimed, for longer than EMBED_STALE_AFTER_S: their task was lost."""
-    stale = timezone.now() - timedelta(seconds=settings.EMBED_STALE_AFTER_S)
-    return list(
-        Product.objects.filter(
-            Q(embed_status=EmbedStatus.PENDING, embed_requested_at__lt=stale)
-            | Q(embed_status=EmbedStatus.PENDING, embed_requested_at__isnull=True)
-            | Q(embed_status=EmbedStatus.PROCESSING, embed_claimed_at__lt=stale)
-        )
-        .exclude(image="")
-        .order_by("id")
-        .values_list("id", flat=True)[:5000]
+        EmbeddingState.objects.filter(status=EmbedStatus.DONE)
+        .exclude(product_id__in=have)
+        .order_by("product_id")
+        .values_list("product_id", flat=True)[:limit]
     )
 
 
@@ -278,12 +218,18 @@ def products_stale_pending() -> list[int]:
 WATERMARK_MARGIN = timedelta(seconds=60)
 
 
-def index_rebuild(*, space: str | None = None, n_trees: int | None = None) -> IndexMeta | None:
-    """Build and publish an index from every stored vector of the active space.
+def index_rebuild(*, space: str | None = None, n_trees: int | None = None, wait: bool = True) -> IndexMeta | None:
+    """Build and publish an index from every stored vector of ``space`` (the active one by default).
 
-    Returns None when there is nothing to index. The caller holds the build lock.
+    Takes the build lock for the whole build: with ``wait`` it waits for a build
+    in progress, else raises BuildInProgress. Returns None when there is nothing
+    to index.
     """
-    space = space or runtime.active_space()
+    with index_build_lock(wait=wait):
+        return _index_rebuild_locked(space=space or runtime.active_space(), n_trees=n_trees)
+
+
+def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | None:
     started = timezone.now()
     rows = Embedding.objects.filter(space=space, product__isnull=False).order_by("id")
     watermark_row = rows.filter(created_at__lt=started - WATERMARK_MARGIN).aggregate(m=Max("id"))["m"] or 0

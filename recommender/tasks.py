@@ -10,7 +10,6 @@ Redis or every worker was down.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import asdict
@@ -20,25 +19,20 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
-from django.db.models import Q
-from django.utils import timezone
 from kombu.exceptions import KombuError
 
-from gallery.models import EmbedStatus, Product
-from recommender import runtime, services
+from recommender import runtime, services, state
+from recommender.errors import EncoderUnavailable
+from recommender.locks import BuildInProgress, redis_client
 from recommender.models import Embedding
 
 logger = logging.getLogger(__name__)
 
-BUILD_LOCK = "gallery:index-build-lock"
 BUILD_REQUESTED = "gallery:index-build-requested"
 TRANSIENT = (OperationalError, InterfaceError, OSError, redis.RedisError)
 QUEUE_DOWN = (KombuError, redis.RedisError, OSError)
-
-
-@functools.cache
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+# Celery's default queue: an empty one means nothing pending is still on its way to a worker.
+EMBED_QUEUE = "celery"
 
 
 # After a failed publish, skip publishing for a while: every upload during an
@@ -69,6 +63,7 @@ def embed_enqueue(*, product_ids: list[int]) -> int:
                 "Task queue unavailable (%s); %d products stay pending for the sweep", exc, len(product_ids) - queued
             )
             break
+        state.states_queued(product_ids=chunk)
         queued += len(chunk)
     return queued
 
@@ -77,15 +72,7 @@ class EmbedTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
         """Retries exhausted on a transient error: hand the products back to the sweep, saying why."""
         product_ids = args[0] if args else kwargs.get("product_ids", [])
-        Product.objects.filter(
-            id__in=product_ids, embed_status=EmbedStatus.PROCESSING, embed_claimed_by=task_id
-        ).update(
-            embed_status=EmbedStatus.PENDING,
-            embed_error=f"{type(exc).__name__}: {exc}"[: services.MAX_ERROR_CHARS],
-            embed_requested_at=timezone.now(),
-            embed_claimed_at=None,
-            embed_claimed_by="",
-        )
+        state.states_release(product_ids=product_ids, claimant=task_id, reason=f"{type(exc).__name__}: {exc}")
 
 
 @shared_task(
@@ -105,10 +92,19 @@ class EmbedTask(Task):
 def embed_products(self: Task, product_ids: list[int]) -> dict[str, int]:
     """Embed the products in ``product_ids`` that are still waiting; skip the rest."""
     claimant = self.request.id or "local"
-    products = services.products_claim(product_ids=product_ids, claimant=claimant)
-    if not products:
+    images = state.states_claim(product_ids=product_ids, claimant=claimant)
+    if not images:
         return {"embedded": 0, "failed": 0, "skipped": len(product_ids)}
-    report = services.products_embed(products=products)
+    try:
+        report = services.images_embed(images=images)
+    except EncoderUnavailable as exc:
+        # A broken weights file is no transient fault: retrying would loop for
+        # ever. The products fail with the reason; the admin's retry (or
+        # embed_catalog --retry-failed) sends them again once it is fixed.
+        logger.error("Encoder unavailable; %d products fail: %s", len(images), exc)
+        for image in images:
+            state.state_fail(product_id=image.product_id, image_version=image.image_version, reason=str(exc))
+        return {"embedded": 0, "failed": len(images), "skipped": len(product_ids) - len(images)}
     index_rebuild_if_needed()
     return asdict(report)
 
@@ -172,19 +168,31 @@ def index_rebuild_if_needed() -> None:
     time_limit=3600,
 )
 def build_index(reason: str = "") -> str:
-    """Rebuild and publish the index; one build at a time across all workers (a Redis lock)."""
-    lock = redis_client().lock(BUILD_LOCK, timeout=3600, blocking=False)
-    if not lock.acquire():
-        return "another build is running"
+    """Rebuild and publish the index; one build at a time across all workers (the build lock)."""
+    cache.delete(BUILD_REQUESTED)
     try:
-        cache.delete(BUILD_REQUESTED)
-        meta = services.index_rebuild()
-    finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            logger.warning("Index build lock expired before release")
+        meta = services.index_rebuild(wait=False)
+    except BuildInProgress:
+        return "another build is running"
     return f"published {meta.version} ({meta.count} vectors; {reason})" if meta else "nothing to index"
+
+
+def index_repair_if_needed() -> None:
+    """Request a build when the published index cannot serve the active space (corrupt, missing, other space).
+
+    Queries answer 503 meanwhile and never write; this periodic check is what repairs.
+    """
+    from recommender.index import IndexCorrupt
+
+    space = runtime.active_space()
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt as exc:
+        logger.error("The published index cannot be served: %s", exc)
+        index_rebuild_request(reason="published index unusable")
+        return
+    if (loaded is None or loaded.meta.space != space) and Embedding.objects.filter(space=space).exists():
+        index_rebuild_request(reason="no usable index for the active space")
 
 
 @shared_task(name="recommender.index_refresh", acks_late=True)
@@ -198,6 +206,14 @@ def index_refresh() -> str:
     return build_index(reason="scheduled")
 
 
+def embed_queue_empty() -> bool:
+    """Whether the embedding queue holds no message (False when Redis cannot tell: then nothing is re-sent)."""
+    try:
+        return int(redis_client().llen(EMBED_QUEUE)) == 0
+    except redis.RedisError:
+        return False
+
+
 @shared_task(name="recommender.embed_sweep", acks_late=True)
 def embed_sweep() -> int:
     """Scheduled: re-queue products whose embedding task was lost (Redis or workers were down).
@@ -206,14 +222,14 @@ def embed_sweep() -> int:
     reembed_catalog was building the space now active).
     """
     space = runtime.active_space()
+    index_repair_if_needed()
     services.space_reproject(space=space)  # a head space: cheap, from the raw vectors
     missing = services.products_missing_from_space(space=space)
     if missing:
-        services.products_mark_pending(product_ids=missing)
-    ids = services.products_stale_pending() + missing
+        state.states_retry(product_ids=missing)
+    ids = sorted(set(state.states_lost(queue_empty=embed_queue_empty()) + missing))
     if not ids:
         return 0
-    Product.objects.filter(Q(embed_status=EmbedStatus.PENDING), id__in=ids).update(embed_requested_at=timezone.now())
     queued = embed_enqueue(product_ids=ids)
     logger.info("Sweep re-queued %d of %d waiting products", queued, len(ids))
     return queued

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from gallery.catalog import styles_read
 from lab.demo import demo_catalog_write
+from gallery import cards
 from recommender import runtime, tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,7 @@ def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INDEX_DIR = tmp_path / "index"
     runtime.reset()
+    cards.forget()
     tasks._queue_down_until = 0.0
     cache.clear()  # cached filter menus and rate-limit counters belong to one test
     yield
@@ -114,21 +117,42 @@ def admin_product_form(product_id: int, image: bytes | None = None, **fields: ob
     return form
 
 
+def embed_status(product_id: int) -> str | None:
+    """A product's embedding state as the vector engine holds it (None: the engine was never told of an image)."""
+    from recommender.models import EmbeddingState
+
+    return EmbeddingState.objects.filter(product_id=product_id).values_list("status", flat=True).first()
+
+
+def engine_knows(product_id: int, *, image_version: int = 1, image_name: str = "") -> None:
+    """Tell the vector engine that ``product_id`` has image ``image_version`` (as the shop does on a new image)."""
+    from recommender.api import ImageRef, embedding_request
+
+    embedding_request(
+        images=[ImageRef(product_id, image_name or f"products/{product_id}-{image_version}.jpg", image_version)]
+    )
+
+
 def demo_rows_store(rows: list, demo_vectors: dict[int, np.ndarray], **product_fields: object) -> list[int]:
     """Store demo catalog rows as done products with their vectors in the active space; returns their ids."""
-    from gallery.models import EmbedStatus, Product
-    from recommender.models import Embedding
+    from gallery.models import Product
+    from recommender.models import Embedding, EmbeddingState, EmbedStatus
 
     space = runtime.active_space()
     Product.objects.bulk_create(
         [
             Product(
                 id=row.id,
-                embed_status=EmbedStatus.DONE,
                 image_version=1,
                 **{key: value.format(id=row.id) for key, value in product_fields.items()},
                 **row.fields,
             )
+            for row in rows
+        ]
+    )
+    EmbeddingState.objects.bulk_create(
+        [
+            EmbeddingState(product_id=row.id, image_name=f"demo/{row.id}.jpg", image_version=1, status=EmbedStatus.DONE)
             for row in rows
         ]
     )
@@ -324,3 +348,23 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def connection_attempts(port: int) -> Iterator[list[float | None]]:
+    """The socket timeout of every TCP connection attempt to ``port`` made in the block, in order.
+
+    Bounds the work a request does against a server that is down without timing
+    it: how many times it tries, and how long each try may wait at most.
+    """
+    attempts: list[float | None] = []
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address: object) -> None:
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] == port:
+            attempts.append(sock.gettimeout())
+        return real_connect(sock, address)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        yield attempts

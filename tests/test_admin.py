@@ -10,11 +10,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from gallery.models import EmbedStatus, Product
+from gallery.models import Product
+from recommender.models import EmbedStatus, EmbeddingState
 from recommender import runtime, services
 from recommender.models import Embedding
-from tests.conftest import admin_product_form, jpeg_bytes
+from tests.conftest import admin_product_form, embed_status, jpeg_bytes
 from tests.test_catalog_import import HEADER
+from tests.test_import_jobs import job_id_of, run_job_inline
 
 pytestmark = pytest.mark.django_db
 
@@ -36,11 +38,14 @@ def catalog_zip(rows: list[str], images: dict[int, bytes], *, folder: str = "") 
     return out.getvalue()
 
 
-def test_bulk_zip_imports_queues_embedding_after_commit_and_reports_skips(
-    staff, django_capture_on_commit_callbacks, monkeypatch
+def test_bulk_zip_is_imported_by_its_job_queues_embedding_after_commit_and_reports_skips(
+    staff, django_capture_on_commit_callbacks, monkeypatch, settings, tmp_path
 ):
+    settings.IMPORT_JOBS_DIR = tmp_path / "imports"
     queued: list[list[int]] = []
+    sent: list[int] = []
     monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
+    monkeypatch.setattr("gallery.jobs.import_job_enqueue", lambda *, job_id: sent.append(job_id) or True)
     data = catalog_zip(
         [
             "501,Men,Apparel,Topwear,Shirts,Blue,Fall,2012,Casual,Blue Shirt",
@@ -52,17 +57,19 @@ def test_bulk_zip_imports_queues_embedding_after_commit_and_reports_skips(
     )
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff.post(
-            "/admin/gallery/product/bulk-upload/", {"archive": SimpleUploadedFile("c.zip", data)}, follow=True
-        )
+        response = staff.post("/admin/gallery/product/bulk-upload/", {"archive": SimpleUploadedFile("c.zip", data)})
+    job_id = job_id_of(response)
+    assert sent == [job_id] and not Product.objects.exists()  # the request only stores and queues
+    with django_capture_on_commit_callbacks(execute=True):
+        job = run_job_inline(job_id)
 
-    assert response.status_code == 200
-    messages = [str(m) for m in response.context["messages"]]
-    assert any("2 created" in m and "1 skipped" in m for m in messages)
-    assert any("missing" in m for m in messages)
+    assert (job.status, job.created, job.skipped) == ("done", 2, 1)
+    page = staff.get(response["Location"]).content.decode()
+    assert "Red Heels, Strappy" not in page  # the summary, not the rows
+    assert "images/503.jpg is missing" in page
     assert sorted(Product.objects.values_list("id", flat=True)) == [501, 502]
     assert Product.objects.get(id=502).name == "Red Heels, Strappy"
-    assert queued == [[501, 502]]  # one enqueue, after the commit
+    assert queued == [[501, 502]]  # one enqueue, after the batch commits
 
 
 @pytest.mark.parametrize(
@@ -93,8 +100,8 @@ def test_editing_a_products_image_replaces_its_vector_and_queues_it(
     assert response.status_code == 302
     product = Product.objects.get(id=601)
     assert product.image.name.startswith("products/") and "holiday" not in product.image.name
-    assert product.embed_status == EmbedStatus.PENDING
-    services.products_embed(products=[product])
+    assert embed_status(601) == EmbedStatus.PENDING
+    services.products_embed(product_ids=[601])
     old_file = product.image.path
     assert Embedding.objects.filter(product_id=601).count() == 1
 
@@ -106,17 +113,17 @@ def test_editing_a_products_image_replaces_its_vector_and_queues_it(
     assert response.status_code == 302
     product.refresh_from_db()
     assert product.image_version == 2
-    assert product.embed_status == EmbedStatus.PENDING
+    assert embed_status(601) == EmbedStatus.PENDING
     assert not Embedding.objects.filter(product_id=601).exists()  # the stale vector is gone at once
     assert queued == [[601], [601]]
     assert not Path(old_file).exists()  # the replaced file is deleted after the commit
 
     # Editing the text only keeps the image and its vector.
-    services.products_embed(products=[product])
+    services.products_embed(product_ids=[601])
     with django_capture_on_commit_callbacks(execute=True):
         staff.post("/admin/gallery/product/601/change/", {**form, "name": "Green Crew Tshirt"})
     product.refresh_from_db()
-    assert (product.name, product.image_version, product.embed_status) == ("Green Crew Tshirt", 2, EmbedStatus.DONE)
+    assert (product.name, product.image_version, embed_status(601)) == ("Green Crew Tshirt", 2, EmbedStatus.DONE)
     assert queued == [[601], [601]]
 
 
@@ -137,12 +144,14 @@ def test_list_shows_embedding_state_filters_by_it_and_retries_failures(
 ):
     queued: list[list[int]] = []
     monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
-    Product.objects.create(id=701, name="Done", image="products/a.jpg", embed_status=EmbedStatus.DONE)
-    Product.objects.create(
-        id=702, name="Broken", image="products/b.jpg", embed_status=EmbedStatus.FAILED, embed_error="truncated"
+    Product.objects.create(id=701, name="Done", image="products/a.jpg", image_version=1)
+    EmbeddingState.objects.create(product_id=701, image_name="products/a.jpg", image_version=1, status=EmbedStatus.DONE)
+    Product.objects.create(id=702, name="Broken", image="products/b.jpg", image_version=1)
+    EmbeddingState.objects.create(
+        product_id=702, image_name="products/b.jpg", image_version=1, status=EmbedStatus.FAILED, error="truncated"
     )
 
-    listing = staff.get("/admin/gallery/product/", {"embed_status__exact": "failed"}).content.decode()
+    listing = staff.get("/admin/gallery/product/", {"embedding_state__status__exact": "failed"}).content.decode()
     rows = listing.split("<tbody>")[1].split("</tbody>")[0]
     assert "Broken" in rows and ">Done<" not in rows
     assert "Failed" in listing
@@ -150,8 +159,8 @@ def test_list_shows_embedding_state_filters_by_it_and_retries_failures(
 
     with django_capture_on_commit_callbacks(execute=True):
         staff.post("/admin/gallery/product/", {"action": "retry_embedding", "_selected_action": [702]})
-    broken = Product.objects.get(id=702)
-    assert (broken.embed_status, broken.embed_error) == (EmbedStatus.PENDING, "")
+    broken = EmbeddingState.objects.get(product_id=702)
+    assert (broken.status, broken.error) == (EmbedStatus.PENDING, "")
     assert queued == [[702]]
 
 

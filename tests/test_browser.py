@@ -69,7 +69,7 @@ def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) 
     cache.delete("gallery:filter-choices")  # menus from another test's catalog must not show
     summary = catalog_import(directory=catalog, enqueue=False, workers=1)
     assert summary.created == SLICE, summary.lines()
-    report = products_embed(products=list(Product.objects.all()))
+    report = products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     assert report.embedded == SLICE
     assert index_rebuild() is not None
     # Everything the assertions need, read now: no database queries while the browser runs.

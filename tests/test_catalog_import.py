@@ -8,9 +8,10 @@ from django.core.management import CommandError, call_command
 from PIL import Image
 
 from gallery.catalog import COLUMNS, RowError, styles_read
-from gallery.models import EmbedStatus, Product
+from gallery.models import Product
+from recommender.models import EmbedStatus
 from gallery.services import catalog_import
-from tests.conftest import jpeg_bytes
+from tests.conftest import embed_status, jpeg_bytes
 
 HEADER = ",".join(COLUMNS)
 
@@ -56,7 +57,7 @@ def test_import_creates_products_with_dataset_ids_and_thumbnails(catalog: Path):
         "Navy Blue",
         2011,
     )
-    assert shirt.embed_status == EmbedStatus.PENDING
+    assert embed_status(shirt.id) == EmbedStatus.PENDING
     with shirt.thumbnail.open() as fh:
         thumb = Image.open(fh)
         assert max(thumb.size) <= 320
@@ -132,7 +133,7 @@ def test_reimport_updates_by_id_without_duplicates_or_reprocessing(catalog: Path
     assert Product.objects.get(id=15970).name == "Turtle Check Men Navy Shirt"
     jeans = Product.objects.get(id=39386)
     assert jeans.image_version == 2
-    assert jeans.embed_status == EmbedStatus.PENDING
+    assert embed_status(jeans.id) == EmbedStatus.PENDING
     assert Product.objects.count() == 4
 
 

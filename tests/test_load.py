@@ -1,7 +1,10 @@
 """Issue 7: the site under a bounded load, served by gunicorn as in production.
 
-Opt-in: marked ``load`` and skipped unless selected with ``pytest -m load`` (or
-RUN_LOAD_TESTS=1 is set), so the plain ``pytest`` run never starts it.
+The full load is opt-in: marked ``load`` and skipped unless selected with
+``pytest -m load`` (or RUN_LOAD_TESTS=1 is set). A short version (a small
+catalog, one gunicorn worker, a fixed number of requests, seconds) runs in the
+default suite, so a change that makes the served site fail under concurrent
+traffic is caught on every run.
 
 A throwaway database (the test database) holds a slice of the demo catalog with
 its images stored, embedded and indexed. ``gunicorn config.wsgi --workers 2
@@ -31,21 +34,24 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
 
-from lab.demo import demo_catalog_write
 from gallery.models import Product
 from gallery.services import catalog_import
+from lab.demo import demo_catalog_write
 from recommender import services
 from tests.conftest import ROOT, subprocess_env, wait_for
 
-pytestmark = [pytest.mark.load, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CATALOG_SIZE = 120
+SHORT_CATALOG_SIZE = 24
+SHORT_REQUESTS_EACH = 10
 MIXED_SECONDS = 20
 PHASE_SECONDS = 15
 TEXT_CLICK_THREADS = 4
@@ -66,7 +72,7 @@ def _load_selected(config: pytest.Config) -> bool:
 
 @pytest.fixture(autouse=True)
 def _only_when_asked(request: pytest.FixtureRequest) -> None:
-    if not _load_selected(request.config):
+    if request.node.get_closest_marker("load") and not _load_selected(request.config):
         pytest.skip("load test: run it with `pytest -m load` (or RUN_LOAD_TESTS=1)")
 
 
@@ -83,24 +89,33 @@ def _report(request: pytest.FixtureRequest, line: str) -> None:
 # --- The server ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def catalog_slice(tmp_path: Path, settings) -> list[int]:
-    """A demo catalog slice with stored images, embedded by the real encoder and indexed."""
+def _catalog_slice_store(tmp_path: Path, size: int) -> list[int]:
+    """A demo catalog slice of ``size`` products with stored images, embedded by the real encoder and indexed."""
     import torch
 
     directory = tmp_path / "demo"
-    demo_catalog_write(out_dir=directory, count=CATALOG_SIZE, seed=11)
+    demo_catalog_write(out_dir=directory, count=size, seed=11)
     summary = catalog_import(directory=directory, enqueue=False, workers=2)
-    assert summary.created == CATALOG_SIZE, summary.lines()
+    assert summary.created == size, summary.lines()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = services.products_embed(products=list(Product.objects.all()))
+        report = services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     finally:
         torch.set_num_threads(threads)
-    assert report.embedded == CATALOG_SIZE
+    assert report.embedded == size
     assert services.index_rebuild() is not None
     return list(Product.objects.order_by("id").values_list("id", flat=True))
+
+
+@pytest.fixture
+def catalog_slice(tmp_path: Path) -> list[int]:
+    return _catalog_slice_store(tmp_path, CATALOG_SIZE)
+
+
+@pytest.fixture
+def small_catalog_slice(tmp_path: Path) -> list[int]:
+    return _catalog_slice_store(tmp_path, SHORT_CATALOG_SIZE)
 
 
 @dataclass
@@ -110,8 +125,9 @@ class Server:
     log: Path
 
 
-@pytest.fixture
-def gunicorn(catalog_slice, tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def _served(tmp_path: Path, *, workers: int) -> Iterator[Server]:
+    """gunicorn serving the test database on loopback, as production runs it; stopped on the way out."""
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = subprocess_env(
@@ -128,7 +144,7 @@ def gunicorn(catalog_slice, tmp_path: Path) -> Iterator[Server]:
         "gunicorn",
         "config.wsgi",
         "--workers",
-        "2",
+        str(workers),
         "--threads",
         "4",
         "--bind",
@@ -152,6 +168,18 @@ def gunicorn(catalog_slice, tmp_path: Path) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture
+def gunicorn(catalog_slice, tmp_path: Path) -> Iterator[Server]:
+    with _served(tmp_path, workers=2) as server:
+        yield server
+
+
+@pytest.fixture
+def small_gunicorn(small_catalog_slice, tmp_path: Path) -> Iterator[Server]:
+    with _served(tmp_path, workers=1) as server:
+        yield server
 
 
 def free_port() -> int:
@@ -261,8 +289,9 @@ def run_threads(
     *,
     seconds: float,
     results: Results,
+    requests_each: int | None = None,
 ) -> None:
-    """Each worker loops (closed loop) until the deadline, one connection per request.
+    """Each worker loops (closed loop) until the deadline (or ``requests_each`` requests), one connection per request.
 
     A fresh connection per request is what gunicorn sees behind a proxy (nginx
     speaks HTTP/1.0 to its upstream by default), and it lets the kernel spread
@@ -274,7 +303,9 @@ def run_threads(
         rng = random.Random(index)
         with requests.Session() as session:
             session.headers["Connection"] = "close"
-            while time.monotonic() < deadline:
+            made = 0
+            while time.monotonic() < deadline and (requests_each is None or made < requests_each):
+                made += 1
                 started = time.perf_counter()
                 kind = "?"
                 try:
@@ -292,15 +323,19 @@ def run_threads(
         thread.join(timeout=seconds + 180)
 
 
-@pytest.fixture
-def traffic(gunicorn: Server, catalog_slice: list[int]) -> Traffic:
+def _warmed_traffic(server: Server, ids: list[int]) -> Traffic:
     photos = [_stored_image(product) for product in Product.objects.order_by("id")[:20]]
-    traffic = Traffic(gunicorn.url, catalog_slice, photos)
+    traffic = Traffic(server.url, ids, photos)
     # Warm-up: each worker loads its encoder and index on its first photo search.
     results = Results()
     run_threads([traffic.photo, traffic.photo, traffic.text, traffic.click], seconds=3, results=results)
     assert not results.server_errors(), results.summary()
     return traffic
+
+
+@pytest.fixture
+def traffic(gunicorn: Server, catalog_slice: list[int]) -> Traffic:
+    return _warmed_traffic(gunicorn, catalog_slice)
 
 
 def _stored_image(product: Product) -> bytes:
@@ -311,6 +346,30 @@ def _stored_image(product: Product) -> bytes:
 # --- The tests ------------------------------------------------------------------------------------
 
 
+def test_a_short_concurrent_load_gets_no_5xx_and_sheds_extra_photo_searches_with_retry_after(
+    request, small_gunicorn: Server, small_catalog_slice: list[int]
+):
+    """The default suite's load: a fixed number of requests (no time bound) over every kind of shopper action."""
+    traffic = _warmed_traffic(small_gunicorn, small_catalog_slice)
+    results = Results()
+    # 4 text/click clients beside 3 photo clients: one gunicorn worker embeds one photo at a time and lets one
+    # wait, so the third concurrent photo search may be shed.
+    clients = [traffic.text, traffic.click] * 2 + [traffic.photo] * 3
+    run_threads(clients, seconds=120, results=results, requests_each=SHORT_REQUESTS_EACH)
+    total = sum(len(v) for v in results.latencies.values())
+    _report(request, f"\nShort load: {len(clients)} client threads, {total} requests:")
+    for line in results.summary():
+        _report(request, line)
+    assert not results.errors, results.errors[:5]
+    assert total == len(clients) * SHORT_REQUESTS_EACH, "some clients did not finish their requests"
+    assert not results.server_errors(), results.summary() + [small_gunicorn.log.read_text(errors="replace")[-3000:]]
+    for kind in TEXT_CLICK:
+        assert set(results.statuses.get(kind, {})) <= {200}, (kind, dict(results.statuses[kind]))
+    assert results.statuses["photo"][200], "no photo search succeeded"
+    assert set(results.statuses["photo"]) <= {200, 503}, dict(results.statuses["photo"])
+
+
+@pytest.mark.load
 def test_a_mixed_load_of_text_clicks_and_photos_gets_no_5xx(request, traffic: Traffic, gunicorn: Server):
     def mixed(session: requests.Session, rng: random.Random) -> tuple[str, requests.Response]:
         roll = rng.random()
@@ -334,6 +393,7 @@ def test_a_mixed_load_of_text_clicks_and_photos_gets_no_5xx(request, traffic: Tr
     assert not results.errors, results.errors[:5]
 
 
+@pytest.mark.load
 def test_photo_search_overload_slows_text_and_clicks_by_less_than_the_bound(request, traffic: Traffic, gunicorn):
     text_click = [traffic.text, traffic.click] * (TEXT_CLICK_THREADS // 2)
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from gallery.models import EmbedStatus, Product
+from gallery.models import Product
+from recommender.models import EmbedStatus, EmbeddingState
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.index import BUILDS_DIR, INDEX_FILE
 from recommender.models import Embedding
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env, wait_for
+from tests.conftest import ROOT, embed_status, engine_knows, jpeg_bytes, subprocess_env, wait_for
 from tests.test_catalog_import import write_catalog
-from tests.test_worker import free_port
+from tests.test_worker import free_port, task_reports
 
 SHAPES = ("box", "disc", "tri")
 
@@ -33,7 +34,7 @@ def imaged_catalog(tmp_path: Path) -> list[int]:
     images = {i: jpeg_bytes(colour=((i * 37) % 255, (i * 91) % 255, (i * 53) % 255), shape=SHAPES[i % 3]) for i in ids}
     write_catalog(tmp_path / "cat", lines, images)
     catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
-    services.products_embed(products=list(Product.objects.all()))
+    services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     services.index_rebuild()
     return ids
 
@@ -93,7 +94,7 @@ def test_after_a_switch_the_sweep_queues_products_missing_from_the_new_space(ima
     Embedding.objects.filter(product_id=imaged_catalog[3], space=runtime.active_space()).delete()
 
     assert tasks.embed_sweep() == 1
-    assert Product.objects.get(id=imaged_catalog[3]).embed_status == EmbedStatus.PENDING
+    assert embed_status(imaged_catalog[3]) == EmbedStatus.PENDING
 
 
 @pytest.mark.django_db
@@ -105,6 +106,7 @@ def test_verify_index_reports_consistency_missing_and_corruption(imaged_catalog)
 
     vector = Embedding.objects.get(product_id=imaged_catalog[0]).as_array()
     Product.objects.create(id=9999, name="New", image_version=1)
+    engine_knows(9999)
     services.embedding_store(product_id=9999, image_version=1, space=runtime.active_space(), vector=vector)
     out = io.StringIO()
     call_command("verify_index", stdout=out)
@@ -172,10 +174,14 @@ def test_two_workers_share_the_work_and_racing_on_one_product_leaves_one_embeddi
         tasks.embed_products.apply_async(args=[[ids[0]]])
 
     wait_for(
-        lambda: Product.objects.filter(id__in=ids, embed_status=EmbedStatus.DONE).count() == len(ids),
+        lambda: EmbeddingState.objects.filter(product_id__in=ids, status=EmbedStatus.DONE).count() == len(ids),
         timeout=120,
         what="all products embedded",
     )
     assert Embedding.objects.filter(product_id__in=ids).count() == len(ids)
     busy = [w for w in workers if re.search(r"embed_products\[.*\] succeeded", w.log.read_text())]
     assert len(busy) == 2  # both workers took tasks
+    # 8 batches and 6 duplicates: the claim let exactly one of the 7 deliveries holding ids[0] embed it.
+    wait_for(lambda: sum(len(task_reports(w)) for w in workers) == 14, what="every delivery to finish")
+    reports = [report for w in workers for report in task_reports(w)]
+    assert sum(report["embedded"] for report in reports) == len(ids), reports

@@ -15,7 +15,7 @@ from gallery.services import catalog_import
 from recommender import runtime, services
 from lab.heads import fit_pca
 from recommender.models import Embedding
-from tests.conftest import jpeg_bytes
+from tests.conftest import embed_status, jpeg_bytes
 from tests.test_catalog_import import write_catalog
 from tests.test_operations import SHAPES
 
@@ -65,7 +65,7 @@ def test_uploads_and_photos_in_a_projected_space(client, tmp_path):
     images = {i: jpeg_bytes(colour=((i * 37) % 255, (i * 91) % 255, (i * 53) % 255), shape=SHAPES[i % 3]) for i in ids}
     write_catalog(tmp_path / "cat", lines, images)
     catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
-    services.products_embed(products=list(Product.objects.all()))
+    services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     raw = np.stack([e.as_array() for e in Embedding.objects.order_by("product_id")])
     path = fit_pca(raw, dim=8, whiten=False, encoder_id=runtime.active_space()).save(tmp_path / "p")
     call_command("use_projection", str(path), stdout=io.StringIO())
@@ -74,12 +74,12 @@ def test_uploads_and_photos_in_a_projected_space(client, tmp_path):
     # A new product is embedded into both the raw space and the projected one.
     write_catalog(tmp_path / "new", ["999,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,New"], {999: images[401]})
     catalog_import(directory=tmp_path / "new", enqueue=False, workers=1)
-    services.products_embed(products=[Product.objects.get(id=999)])
+    services.products_embed(product_ids=[999])
     assert sorted(Embedding.objects.filter(product_id=999).values_list("space", flat=True)) == sorted(
         [runtime.space_encoder_id(space), space]
     )
     assert Embedding.objects.get(product_id=999, space=space).dim == 8
-    assert Product.objects.get(id=999).embed_status == "done"
+    assert embed_status(999) == "done"
 
     # A photo is projected the same way before the search.
     response = client.post("/api/search-by-image?k=3", {"image": SimpleUploadedFile("p.jpg", images[405])})

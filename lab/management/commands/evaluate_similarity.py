@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery.catalog import CatalogError
-from lab.demo import demo_catalog_write
 from lab import evaluation
+from lab.demo import demo_catalog_write
 from recommender import runtime
 from recommender.encoders import EncoderUnavailable
 from recommender.projection import Projection, ProjectionCorrupt

@@ -4,8 +4,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from lab.demo import demo_catalog_write
 from gallery.models import Product
+from lab.demo import demo_catalog_write
 
 
 class Command(BaseCommand):

@@ -9,9 +9,9 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from lab import evaluation
+from lab.heads import fit_pca, train_catalog_head
 from recommender import runtime
 from recommender.encoders import Encoder, EncoderUnavailable
-from lab.heads import fit_pca, train_catalog_head
 from recommender.models import Embedding
 from recommender.services import image_source
 

@@ -2,8 +2,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
-from gallery.models import Product
-from recommender import runtime, services
+from recommender import runtime, services, state
+from recommender.models import EmbedStatus
 
 
 class Command(BaseCommand):
@@ -21,9 +21,7 @@ class Command(BaseCommand):
     def handle(self, *args, decode_workers: int, retry_failed: bool, **options):
         space = runtime.active_space()
         if retry_failed:
-            services.products_mark_pending(
-                product_ids=list(Product.objects.filter(embed_status="failed").values_list("id", flat=True))
-            )
+            state.states_retry(product_ids=state.states_ids(status=EmbedStatus.FAILED))
         reprojected = services.space_reproject(space=space)
         if reprojected:
             self.stdout.write(f"Projected {reprojected} stored raw vectors into {space}")
@@ -36,10 +34,9 @@ class Command(BaseCommand):
         chunk = 1024
         with tqdm(total=len(ids), unit="img", desc="embed", disable=options["verbosity"] == 0) as bar:
             for start in range(0, len(ids), chunk):
-                products = list(
-                    Product.objects.filter(id__in=ids[start : start + chunk]).only("id", "image", "image_version")
+                part = services.products_embed(
+                    product_ids=ids[start : start + chunk], decode_workers=decode_workers, progress=bar.update
                 )
-                part = services.products_embed(products=products, decode_workers=decode_workers, progress=bar.update)
                 report.embedded += part.embedded
                 report.failed += part.failed
                 report.skipped += part.skipped

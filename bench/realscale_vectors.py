@@ -1,0 +1,393 @@
+"""Child process of the realscale section: work that needs Django on a database other than the runner's.
+
+Usage (the environment names the database, as ``bench/realscale.py`` sets it):
+
+* ``python bench/realscale_vectors.py copy-from-sqlite SQLITE_FILE``: copy the products and vectors
+  of a prepared SQLite catalog into the (PostgreSQL) database of DATABASE_URL with COPY, unless it already
+  holds exactly those rows. Prints one JSON line: ``{"copied": bool, "products": n, "embeddings": n}``.
+* ``python bench/realscale_vectors.py save-vectors FILE`` / ``load-vectors FILE``: write every stored vector
+  of the active space with its product id and source image hash to FILE (npz); store them back into a
+  freshly imported catalog through ``recommender.services.embeddings_store``, for products whose source
+  image has the same hash, so a database of a new schema is filled without re-embedding.
+* ``python bench/realscale_vectors.py clicks --n N --dim D --clicks C --fresh F --out FILE``: make sure
+  the database holds N synthetic products with clustered unit D-vectors (``bench.common.synthetic_vectors``)
+  and a published index over all of them (both cached in the database and INDEX_DIR: built once), then
+  time what a click runs, ``gallery.similarity.similar_grid`` (trail -> query vector -> index + exact pass
+  over vectors outside it -> k=25 -> products), for a one-step click, a 10-step trail and a click filtered
+  by a colour 22% of the products have, with no fresh vectors and with F stored after the build, beside
+  exact numpy over the same vectors in memory. Writes the timings as JSON to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sqlite3
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+K = 25
+SEED = 1_000_003
+TRAIL_STEPS = 10
+# Synthetic products get a colour so a filtered click can be timed: Black on 22% of them (as in the real
+# catalog), the rest spread over other colours.
+COLOURS = ("Black", "White", "Blue", "Brown", "Grey", "Red", "Green", "Pink", "Navy Blue", "Purple")
+COLOUR_SHARES = (0.22, *([0.78 / 9] * 9))
+
+
+def _django() -> None:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def _copy_rows(model, source: sqlite3.Connection) -> int:  # noqa: ANN001
+    """COPY every row of ``model``'s table from the SQLite file into the same table here; returns the count."""
+    from django.db import connection
+
+    table = model._meta.db_table
+    columns = [f.column for f in model._meta.concrete_fields]
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    count = 0
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # psycopg 3
+            for row in source.execute(f"SELECT {names} FROM {table} ORDER BY 1"):  # noqa: S608 (model metadata)
+                copy.write_row(row)
+                count += 1
+    return count
+
+
+def _fingerprint(rows: list[tuple]) -> list[list[int]]:
+    return [[int(n or 0), int(s or 0)] for n, s in rows]
+
+
+def _copied_models() -> list:
+    """The shop's and the engine's models, the shop's first (the engine's rows point at products)."""
+    from django.apps import apps
+
+    return [*apps.get_app_config("gallery").get_models(), *apps.get_app_config("recommender").get_models()]
+
+
+def copy_from_sqlite(sqlite_file: Path) -> dict[str, object]:
+    """Make this database hold exactly the SQLite file's catalog (same ids); say whether it copied.
+
+    Copies every table of the gallery and recommender apps (products, vectors, their states and jobs).
+    """
+    from django.core.management.color import no_style
+    from django.db import connection, transaction
+
+    probe = (
+        "SELECT COUNT(*), SUM(id) FROM gallery_product",
+        "SELECT COUNT(*), SUM(id) FROM recommender_embedding",
+    )
+    with contextlib.closing(sqlite3.connect(sqlite_file)) as source:
+        wanted = _fingerprint([source.execute(sql).fetchone() for sql in probe])
+        with connection.cursor() as cursor:
+            here = []
+            for sql in probe:
+                cursor.execute(sql)
+                here.append(cursor.fetchone())
+        if _fingerprint(here) == wanted:
+            return {"copied": False, "products": wanted[0][0], "embeddings": wanted[1][0]}
+        started = time.perf_counter()
+        models = _copied_models()
+        tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
+        counts = {}
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {tables} CASCADE")
+            for model in models:
+                counts[model._meta.db_table] = _copy_rows(model, source)
+            with connection.cursor() as cursor:
+                for sql in connection.ops.sequence_reset_sql(no_style(), models):
+                    cursor.execute(sql)
+        with connection.cursor() as cursor:
+            for model in models:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
+    return {"copied": True, "rows": counts, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def vectors_save(path: Path) -> dict[str, object]:
+    """Write every stored vector of the active space, keyed by product id and source image hash, to ``path``."""
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding
+
+    space = runtime.active_space()
+    sha = dict(Product.objects.values_list("id", "image_sha256"))
+    ids, hashes, rows = [], [], []
+    for product_id, vector in (
+        Embedding.objects.filter(space=space).values_list("product_id", "vector").iterator(chunk_size=2000)
+    ):
+        ids.append(product_id)
+        hashes.append(sha.get(product_id, ""))
+        rows.append(np.frombuffer(vector, dtype="<f4"))
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=np.asarray(ids, dtype=np.int64), sha256=np.asarray(hashes), vectors=np.stack(rows), space=space)
+    tmp.replace(path)
+    return {"saved": len(ids), "space": space}
+
+
+def vectors_load(path: Path) -> dict[str, object]:
+    """Store the saved vectors of products whose source image is the one they were computed from.
+
+    Through the product's own ``embeddings_store``, so the rows and states are what embed_catalog leaves.
+    """
+    from gallery.models import Product
+    from recommender import runtime, services
+
+    data = np.load(path)
+    space = runtime.active_space()
+    if str(data["space"]) != space:
+        return {"loaded": 0, "reason": f"saved vectors are of {data['space']}, the active space is {space}"}
+    saved = {
+        (int(pid), str(digest)): row for row, (pid, digest) in enumerate(zip(data["ids"], data["sha256"], strict=True))
+    }
+    vectors = data["vectors"]
+    batch, loaded, missing = [], 0, 0
+    for pid, version, digest in Product.objects.values_list("id", "image_version", "image_sha256").iterator(
+        chunk_size=2000
+    ):
+        row = saved.get((pid, digest))
+        if row is None:
+            missing += 1
+            continue
+        batch.append((pid, version, vectors[row]))
+        if len(batch) == 2000:
+            loaded += len(services.embeddings_store(space=space, vectors=batch))
+            batch = []
+    loaded += len(services.embeddings_store(space=space, vectors=batch))
+    return {"loaded": loaded, "missing": missing}
+
+
+# --- 1M vectors -------------------------------------------------------------------------------------------------
+
+
+def _fields(model) -> set[str]:  # noqa: ANN001
+    return {f.name for f in model._meta.concrete_fields}
+
+
+def _store(vectors: np.ndarray, *, first_id: int, colours: np.ndarray, chunk: int = 5000) -> None:
+    """Products and their vectors, in bulk, as embed_catalog leaves them (embedded, one vector each).
+
+    Written in bulk for speed, so the embedding status is set directly: on the product (older schema) or
+    as an EmbeddingState row, whichever the code has.
+    """
+    from django.apps import apps
+    from django.db import transaction
+
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding
+
+    space = runtime.active_space()
+    product_done = {"embed_status": "done"} if "embed_status" in _fields(Product) else {}
+    state_model = next(
+        (m for m in apps.get_app_config("recommender").get_models() if m.__name__ == "EmbeddingState"), None
+    )
+    for start in range(0, len(vectors), chunk):
+        ids = range(first_id + start, first_id + min(len(vectors), start + chunk))
+        with transaction.atomic():
+            Product.objects.bulk_create(
+                [
+                    Product(
+                        id=i,
+                        name=f"Synthetic product {i}",
+                        base_colour=COLOURS[colours[i - first_id]],
+                        image_version=1,
+                        **product_done,
+                    )
+                    for i in ids
+                ]
+            )
+            if state_model is not None:
+                state = {"image_version": 1, "status": "done"}
+                state = {k: v for k, v in state.items() if k in _fields(state_model)}
+                state_model.objects.bulk_create([state_model(product_id=i, **state) for i in ids])
+            Embedding.objects.bulk_create(
+                [
+                    Embedding(
+                        product_id=i,
+                        space=space,
+                        dim=vectors.shape[1],
+                        vector=vectors[i - first_id].astype("<f4").tobytes(),
+                        image_version=1,
+                    )
+                    for i in ids
+                ]
+            )
+
+
+def _wipe() -> None:
+    """Empty the catalog's tables with plain DELETEs (Django's cascade would collect a million rows first)."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        for model in reversed(_copied_models()):
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")  # noqa: S608
+
+
+def _catalog_ready(n: int, dim: int, log) -> tuple[np.ndarray, dict[str, float]]:  # noqa: ANN001
+    """The N synthetic vectors, stored and indexed (reusing what a previous run left); returns them and timings."""
+    from django.utils import timezone
+
+    from bench.common import synthetic_vectors
+    from gallery.models import Product
+    from recommender import runtime, services
+    from recommender.models import Embedding
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    vectors = synthetic_vectors(n, dim, queries=0, seed=SEED).vectors
+    timings["generate_s"] = time.perf_counter() - started
+    colours = np.random.default_rng(SEED).choice(len(COLOURS), n, p=COLOUR_SHARES)
+    space = runtime.active_space()
+    Embedding.objects.filter(product_id__gt=n).delete()  # fresh vectors a killed run left behind
+    Product.objects.filter(id__gt=n).delete()
+    stored = Embedding.objects.filter(space=space, dim=dim).count()
+    if stored != n or Product.objects.count() != n:
+        log(f"storing {n:,} products and {dim}-d vectors (once; cached in the database)")
+        _wipe()
+        started = time.perf_counter()
+        _store(vectors, first_id=1, colours=colours)
+        timings["store_s"] = time.perf_counter() - started
+    loaded = runtime.index_reader().current()
+    if loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
+        # As on a settled site: every vector older than the build's margin, so the index holds them all.
+        Embedding.objects.update(created_at=timezone.now() - timedelta(hours=1))
+        log(f"building the index over {n:,} vectors (once; cached in INDEX_DIR)")
+        started = time.perf_counter()
+        meta = services.index_rebuild()
+        timings["index_build_s"] = time.perf_counter() - started
+        timings["index_file_mb"] = meta.file_bytes / 1e6
+        runtime.reset()
+    return vectors, timings
+
+
+def _trails(rng: np.random.Generator, n: int, count: int) -> list[str]:
+    """10-step trails: 3 pinned, 2 "not like this", 4 plain steps, the clicked product last."""
+    out = []
+    for _ in range(count):
+        ids = rng.choice(n, TRAIL_STEPS, replace=False) + 1
+        marks = ["p", "p", "p", "n", "n", "", "", "", "", ""]
+        out.append(",".join(f"{m}{i}" for m, i in zip(marks, ids.tolist(), strict=True)))
+    return out
+
+
+def _time_clicks(vectors: np.ndarray, anchors: np.ndarray, trails: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Wall and thread-CPU ms of each request kind per anchor, interleaved, beside exact numpy in memory."""
+    from gallery.models import Product
+    from gallery.selectors import ProductFilters
+    from gallery.similarity import similar_grid
+    from gallery.trail import Trail
+
+    black = ProductFilters.from_mapping({"colour": "Black"})
+
+    def click(pid: int) -> int:
+        return len(similar_grid(anchor=Product.objects.get(id=pid), trail=Trail.parse(str(pid)), k=K).items)
+
+    def trail(text: str) -> int:
+        parsed = Trail.parse(text)
+        anchor = Product.objects.get(id=parsed.steps[-1].product_id)
+        return len(similar_grid(anchor=anchor, trail=parsed, k=K).items)
+
+    def filtered(pid: int) -> int:
+        anchor = Product.objects.get(id=pid)
+        return len(similar_grid(anchor=anchor, trail=Trail.parse(str(pid)), k=K, filters=black).items)
+
+    def exact(pid: int) -> int:
+        scores = vectors @ vectors[pid - 1]
+        top = np.argpartition(-scores, K + 1)[: K + 1]
+        return len(top[np.argsort(-scores[top])])
+
+    kinds = {"click": click, "trail": trail, "click + colour=Black": filtered, "exact numpy (in memory)": exact}
+    out: dict[str, dict[str, list[float]]] = {name: {"wall_ms": [], "cpu_ms": [], "results": []} for name in kinds}
+    for round_, (pid, text) in enumerate(zip(anchors.tolist(), trails, strict=True)):
+        names = list(kinds)
+        names = names[round_ % len(names) :] + names[: round_ % len(names)]  # rotate: load hits all alike
+        for name in names:
+            argument = text if name == "trail" else pid
+            wall, cpu = time.perf_counter(), time.thread_time()
+            found = kinds[name](argument)
+            out[name]["cpu_ms"].append((time.thread_time() - cpu) * 1e3)
+            out[name]["wall_ms"].append((time.perf_counter() - wall) * 1e3)
+            out[name]["results"].append(found)
+    return out
+
+
+def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    vectors, timings = _catalog_ready(n, dim, log)
+    rng = np.random.default_rng(7)
+    results: dict[str, object] = {"n": n, "dim": dim, "timings": timings, "states": {}}
+    warm = rng.integers(1, n + 1, 20)
+    _time_clicks(vectors, warm, _trails(rng, n, len(warm)))  # the index mapped, the database's pages read
+    anchors = rng.integers(1, n + 1, count)
+    trails = _trails(rng, n, count)
+    results["states"]["index holds every vector"] = _time_clicks(vectors, anchors, trails)
+    extra = __import__("bench.common", fromlist=["synthetic_vectors"]).synthetic_vectors(
+        fresh, dim, queries=0, seed=SEED + 1
+    )
+    try:
+        _store(extra.vectors, first_id=n + 1, colours=np.zeros(fresh, dtype=np.int64))
+        runtime.reset()
+        _time_clicks(vectors, warm, _trails(rng, n, len(warm)))
+        results["states"][f"+ {fresh} fresh vectors outside the index"] = _time_clicks(vectors, anchors, trails)
+    finally:
+        Embedding.objects.filter(product_id__gt=n).delete()
+        Product.objects.filter(id__gt=n).delete()
+    loaded = runtime.index_reader().current()
+    results["index"] = {
+        "count": loaded.meta.count,
+        "n_trees": loaded.meta.n_trees,
+        "search_k": loaded.meta.search_k,
+        "file_mb": loaded.meta.file_bytes / 1e6,
+        "space": loaded.meta.space,
+    }
+    out.write_text(json.dumps(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    copy = sub.add_parser("copy-from-sqlite")
+    copy.add_argument("sqlite_file", type=Path)
+    for name in ("save-vectors", "load-vectors"):
+        sub.add_parser(name).add_argument("path", type=Path)
+    timed = sub.add_parser("clicks")
+    timed.add_argument("--n", type=int, required=True)
+    timed.add_argument("--dim", type=int, default=256)
+    timed.add_argument("--clicks", type=int, default=300)
+    timed.add_argument("--fresh", type=int, default=500)
+    timed.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    _django()
+    if args.command == "copy-from-sqlite":
+        print(json.dumps(copy_from_sqlite(args.sqlite_file)))
+    elif args.command == "save-vectors":
+        print(json.dumps(vectors_save(args.path)))
+    elif args.command == "load-vectors":
+        print(json.dumps(vectors_load(args.path)))
+    else:
+        clicks(args.n, args.dim, args.clicks, args.fresh, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Simulated shoppers: how many clicks until the wanted product is on screen, per refinement strategy.
+
+    nice -n 10 .venv/bin/python bench/shopper_bench.py                 # both catalogs, all sections (~25 min, 2 cores)
+    nice -n 10 .venv/bin/python bench/shopper_bench.py --quick         # 400 demo products, 150 shoppers: a smoke run
+    .venv/bin/python bench/shopper_bench.py --only colour,strategies   # sections: colour, strategies, encoders
+    .venv/bin/python bench/shopper_bench.py --markdown /tmp/shoppers.md --json /tmp/shoppers.json
+
+Catalogs: the drawn demo catalog (2,000 products, seed 7) and 5,000 rows sampled (seed 1) from the real
+``../shared/data/styles.csv``, each drawn as the demo draws (``lab.shopper.real_rows_draw``); the real one is
+skipped, saying so, when that file is absent. Images, vectors and colour descriptors are cached under
+``~/.cache/visual-gallery/bench/shopper/`` (never in the repository), so a second run embeds nothing.
+
+Sections:
+
+* ``colour``: precision@10 by type and by colour of the image vectors, the colour descriptor, and blends of
+  the two (recommender.colour), on the harness's held-out split (lab.evaluation.split_stratified).
+* ``strategies``: each shopper wants one target product, starts from the starting grid (or, in a variant,
+  a text query of the target's noun), and each round clicks the tile the label judge ranks closest to the
+  target (lab.shopper). Found within 0..8 clicks, for single-click neighbours, the original trail, and each
+  candidate strategy (recommender.feedback), with and without the diversity pass and the colour blend, for
+  shoppers who only click, who also pin and say "not like this", and who say "same colour" / "same shape".
+* ``encoders``: EfficientNet-Lite0/1/2 on the demo catalog: quality (type and colour p@10, found within 3
+  and 8 clicks with the shipped strategy) and cost (images/s through recommender.pipeline, fp32 and bf16).
+
+Nothing here asserts; the numbers go in docs/quality.md ("Refinement: simulated shoppers").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import Table  # noqa: E402
+from lab import shopper  # noqa: E402
+from lab.demo import demo_catalog_write  # noqa: E402
+from lab.evaluation import split_stratified, top_k  # noqa: E402
+from recommender import colour, feedback  # noqa: E402
+
+logger = logging.getLogger("bench.shopper")
+
+REAL_STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
+DEMO_COUNT, DEMO_SEED = 2000, 7
+REAL_COUNT, REAL_SEED = 5000, 1
+SHOPPERS = 500
+TARGET_SEED = 3
+K_PRECISION = 10
+
+
+# --- Catalogs and encoders -----------------------------------------------------------------------------------
+
+
+def encoder_make(name: str, *, bf16: bool):  # noqa: ANN201 - torch types stay out of this module's signatures
+    """Lite0 through the product's loader, Lite1/Lite2 through their own; CPU, bf16 autocast as asked."""
+    from recommender import encoders
+
+    if name == "efficientnet-lite0":
+        return encoders.encoder_load(name=name, device="cpu", bf16=bf16)
+    return encoders.lite_encoder_load(variant=name, device="cpu", bf16=bf16)
+
+
+def bf16_default() -> bool:
+    """What ENCODER_BF16=auto picks on this CPU for the product's encoder (native bfloat16 or not)."""
+    from recommender.encoders import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def embedder(name: str, *, bf16: bool) -> Callable[[Sequence[Path]], np.ndarray]:
+    """A function image paths -> unit rows through recommender.pipeline (the product's embedding path)."""
+
+    def embed(paths: Sequence[Path]) -> np.ndarray:
+        from lab.evaluation import embed_sources
+
+        encoder = encoder_make(name, bf16=bf16)
+        started = time.perf_counter()
+        vectors, ok = embed_sources(encoder=encoder, sources=list(paths))
+        logger.info("embedded %d images with %s in %.0f s", len(paths), encoder.id, time.perf_counter() - started)
+        if not ok.all():
+            raise RuntimeError(f"{int((~ok).sum())} catalog images could not be embedded")
+        return vectors
+
+    return embed
+
+
+def demo_dir(count: int, seed: int) -> Path:
+    directory = shopper.CACHE_DIR / f"demo-{count}-seed{seed}"
+    if not (directory / "styles.csv").is_file():
+        logger.info("drawing the demo catalog: %d products, seed %d", count, seed)
+        demo_catalog_write(out_dir=directory, count=count, seed=seed)
+    return directory
+
+
+def real_dir(count: int, seed: int) -> Path | None:
+    if not REAL_STYLES.is_file():
+        logger.warning("%s is absent: the real-rows catalog is skipped", REAL_STYLES)
+        return None
+    stat = REAL_STYLES.stat()
+    directory = shopper.CACHE_DIR / f"real-{count}-seed{seed}-{stat.st_size}"
+    if not (directory / "rows.json").is_file():
+        logger.info("drawing %d rows of %s, seed %d", count, REAL_STYLES, seed)
+        shopper.real_rows_draw(styles=REAL_STYLES, out_dir=directory, count=count, seed=seed)
+    return directory
+
+
+def catalog(kind: str, *, count: int, seed: int, encoder: str, bf16: bool) -> shopper.ShopperCatalog | None:
+    """The demo or real-rows catalog with ``encoder``'s vectors (cached), or None when its source is absent."""
+    directory = demo_dir(count, seed) if kind == "demo" else real_dir(count, seed)
+    if directory is None:
+        return None
+    key = f"{encoder}-{'bf16' if bf16 else 'fp32'}"
+    return shopper.catalog_load(directory, name=f"{kind} {count}", embed=embedder(encoder, bf16=bf16), encoder_key=key)
+
+
+# --- Section: colour ------------------------------------------------------------------------------------------
+
+
+def precision_by(cat: shopper.ShopperCatalog, scores_of: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict:
+    """p@10 type, colour and type+colour of a scoring (query rows, index rows) -> (Q, I) on the held-out split."""
+    split = split_stratified(ids=cat.ids, strata=cat.article_types)
+    scores = scores_of(split.query, split.index)
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :K_PRECISION]
+    out = {}
+    for name, labels in (
+        ("type", cat.article_types),
+        ("colour", cat.colours),
+        ("type+colour", np.char.add(np.char.add(cat.article_types, "|"), cat.colours)),
+    ):
+        found = labels[split.index][ranked] == labels[split.query][:, None]
+        out[name] = float(found.mean())
+    return out
+
+
+def colour_section(cats: Sequence[shopper.ShopperCatalog], weights: Sequence[float]) -> tuple[list[Table], dict]:
+    tables, data = [], {}
+    for cat in cats:
+        table = Table(
+            f"Colour blend, {cat.name} ({cat.encoder_id}): p@{K_PRECISION} on the held-out split",
+            ["scoring", "p@10 type", "p@10 colour", "p@10 type+colour"],
+        )
+        rows = {}
+
+        def image(q: np.ndarray, i: np.ndarray, cat: shopper.ShopperCatalog = cat) -> np.ndarray:
+            return cat.vectors[q] @ cat.vectors[i].T
+
+        def colours_only(q: np.ndarray, i: np.ndarray, cat: shopper.ShopperCatalog = cat) -> np.ndarray:
+            return cat.colour_vectors[q] @ cat.colour_vectors[i].T
+
+        rows["image vector (today)"] = precision_by(cat, image)
+        rows["colour descriptor alone"] = precision_by(cat, colours_only)
+        for w in weights:
+
+            def blended(q: np.ndarray, i: np.ndarray, w: float = w, cat: shopper.ShopperCatalog = cat) -> np.ndarray:
+                return colour.blend(
+                    cat.vectors[q] @ cat.vectors[i].T, cat.colour_vectors[q] @ cat.colour_vectors[i].T, colour_weight=w
+                )
+
+            rows[f"blend w={w:g}"] = precision_by(cat, blended)
+        for name, values in rows.items():
+            table.add(name, values["type"], values["colour"], values["type+colour"])
+        tables.append(table)
+        data[cat.name] = rows
+    return tables, data

@@ -1,0 +1,104 @@
+"""Celery tasks of the catalog: thin callers of gallery.jobs. Arguments are ids only.
+
+The import task is idempotent: it claims its job with one conditional UPDATE
+and goes on only if that took; every batch it writes is fenced by that claim.
+Messages are acknowledged after the task ends (``acks_late``) and given back
+when a worker dies mid-task (``reject_on_worker_lost``); the periodic sweep
+resumes a job whose worker was lost, after its last committed batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import InterfaceError, OperationalError
+
+from gallery import jobs
+from gallery.models import ImportStatus
+
+logger = logging.getLogger(__name__)
+
+# One task imports for at most this long, then hands the job to a new task that
+# continues after the last committed batch: a task never outlives the broker's
+# visibility timeout (an hour), after which Redis would deliver it twice.
+IMPORT_SOFT_LIMIT_S = 1800
+IMPORT_HARD_LIMIT_S = IMPORT_SOFT_LIMIT_S + 300
+TRANSIENT = (OperationalError, InterfaceError)
+DECODE_WORKERS = 2  # as import_catalog: images decode in two processes beside the task
+
+
+@contextlib.contextmanager
+def _decoding_processes_allowed() -> Iterator[None]:
+    """Let this task start the import's decoding processes.
+
+    Celery's prefork pool processes are daemonic, and multiprocessing refuses
+    children to a daemonic process (so that none outlive it). The import's
+    processes cannot: ``catalog_import`` shuts its pool down in a ``finally``,
+    and they exit by themselves when their parent's pipe closes, so the flag
+    is lifted for the duration of the import only.
+    """
+    config = multiprocessing.current_process()._config
+    daemon = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        config["daemon"] = daemon
+
+
+class ImportJobTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
+        """The import raised (retries exhausted or an unexpected error): fail the job, saying why."""
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id is not None:
+            jobs.import_job_fail(job_id=int(job_id), claimant=task_id, reason=f"{type(exc).__name__}: {exc}")
+
+
+@shared_task(
+    name="gallery.import_catalog_job",
+    bind=True,
+    base=ImportJobTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=5,
+    soft_time_limit=IMPORT_SOFT_LIMIT_S,
+    time_limit=IMPORT_HARD_LIMIT_S,
+)
+def import_catalog_job(self: Task, job_id: int) -> str:
+    """Import the zip of job ``job_id`` if it is still queued; ends it done or failed, or hands it on."""
+    claimant = self.request.id or f"local-{uuid.uuid4().hex}"
+    job = jobs.import_job_claim(job_id=job_id, claimant=claimant)
+    if job is None:
+        return "not queued: already running, finished or deleted"
+    try:
+        with _decoding_processes_allowed():
+            status = jobs.import_job_run(job=job, workers=DECODE_WORKERS)
+    except jobs.ImportJobLost:
+        logger.warning("Import job %d was resumed elsewhere; this run stops", job_id)
+        return "lost the claim"
+    except SoftTimeLimitExceeded:
+        # The batch in flight rolled back; the next task starts after the last committed one.
+        jobs.import_job_release(job_id=job_id, claimant=claimant, note="Continued in a new task after 30 minutes.")
+        jobs.import_job_enqueue(job_id=job_id)
+        return "continued in a new task"
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            raise  # on_failure fails the job with the reason
+        jobs.import_job_release(job_id=job_id, claimant=claimant, note=f"Retrying after {type(exc).__name__}.")
+        raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from exc
+    return ImportStatus(status).label
+
+
+@shared_task(name="gallery.import_jobs_sweep", acks_late=True, soft_time_limit=240, time_limit=300)
+def import_jobs_sweep() -> dict[str, int]:
+    """Scheduled: resume jobs whose worker was lost, re-send lost messages, remove orphaned files."""
+    counts = jobs.import_jobs_sweep()
+    if any(counts.values()):
+        logger.info("Import sweep: %s", counts)
+    return counts

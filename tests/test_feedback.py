@@ -1,0 +1,230 @@
+"""Refinement strategies, the diversity pass and the simulated shopper that measures them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lab import shopper
+from recommender import colour, feedback
+from recommender.feedback import Strategy, TrailVectors
+
+
+def _unit(*rows: list[float]) -> np.ndarray:
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _ranked(trail: TrailVectors, strategy: Strategy, candidates: np.ndarray, **kw) -> list[int]:
+    scores = feedback.candidate_scores(trail=trail, strategy=strategy, candidates=candidates, **kw)
+    return np.argsort(-scores, kind="stable").tolist()
+
+
+E = np.eye(4, dtype=np.float32)  # four orthogonal "looks"
+
+
+def test_neighbours_asks_for_the_newest_click_only():
+    trail = TrailVectors(vectors=E[[0, 1]], marks=("", ""))
+    np.testing.assert_allclose(feedback.query_vectors(trail=trail, strategy=feedback.NEIGHBOURS)[0], E[1])
+
+
+def test_original_trail_matches_the_galleries_formula():
+    # normalise(mean(anchor + pinned) - 0.5 * mean(disliked)), plain older clicks left out.
+    trail = TrailVectors(vectors=E, marks=("p", "", "n", ""))
+    expected = (E[0] + E[3]) / 2 - 0.5 * E[2]
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(feedback.query_vectors(trail=trail, strategy=feedback.TRAIL)[0], expected, atol=1e-6)
+
+
+def test_recency_weights_pull_hardest_towards_the_newest_click():
+    trail = TrailVectors(vectors=E[:3], marks=("", "", ""))
+    weights = feedback.liked_weights(trail, Strategy(name="r", decay=0.5))
+    np.testing.assert_allclose(weights, np.array([1, 2, 4]) / 7)
+    pinned = TrailVectors(vectors=E[:3], marks=("p", "", ""))
+    weights = feedback.liked_weights(pinned, Strategy(name="r", decay=0.5))
+    assert weights[0] == weights[2] > weights[1]  # a pinned step keeps the newest step's pull
+    assert abs(weights.sum() - 1.0) < 1e-9
+
+
+def test_skipped_products_push_the_grid_away_as_weak_negatives():
+    trail = TrailVectors(
+        vectors=_unit([1, 0, 0, 0]), marks=("",), skipped=_unit([1, 1, 0, 0]), skipped_age=np.array([0])
+    )
+    candidates = _unit([1, 0.9, 0, 0], [1, 0, 1.2, 0])
+    plain = Strategy(name="plain", colour_weight=None)
+    rocchio = Strategy(name="rocchio", colour_weight=None, skipped_weight=0.5)
+    assert _ranked(trail, plain, candidates) == [0, 1]  # the skipped look wins without the push
+    assert _ranked(trail, rocchio, candidates) == [1, 0]
+
+
+def test_best_score_keeps_an_old_like_of_another_kind_alive():
+    # Liked a shirt (E0) then a shoe (E1): averaging finds neither well, best_score finds both.
+    trail = TrailVectors(vectors=E[[0, 1]], marks=("", ""))
+    candidates = _unit([1, 0, 0, 0.1], [0, 1, 0, 0.1], [1, 1, 0, 0], [0, 0, 1, 0])
+    best = Strategy(name="best", combine="best", colour_weight=None)
+    scores = feedback.candidate_scores(trail=trail, strategy=best, candidates=candidates)
+    assert scores[0] > scores[2] and scores[1] > scores[2]
+    assert len(feedback.query_vectors(trail=trail, strategy=best)) == 2  # one index query per liked step
+
+
+def test_best_score_sinks_what_is_nearer_a_disliked_step_than_any_liked():
+    trail = TrailVectors(vectors=E[[0, 2]], marks=("", "n"))
+    candidates = _unit([1, 0, 0.2, 0], [0.3, 0, 1, 0])
+    scores = feedback.candidate_scores(
+        trail=trail, strategy=Strategy(name="best", combine="best", colour_weight=None), candidates=candidates
+    )
+    assert scores[0] > 0 > scores[1]
+
+
+def test_context_pairs_rank_the_liked_side_of_every_pair_first():
+    # Pair (E0 liked, E1 not like this): a weaker candidate on E0's side beats a stronger one on E1's side.
+    trail = TrailVectors(vectors=_unit([1, 0, 0, 0], [0, 1, 0, 0], [0.2, 0.6, 1, 0]), marks=("", "n", ""))
+    candidates = _unit([0.5, 0.4, 1, 0], [0.1, 0.6, 1, 0])
+    context = Strategy(name="context", context=True, colour_weight=None, dislike_weight=0.0)
+    plain = Strategy(name="plain", colour_weight=None, dislike_weight=0.0, decay=0.0)
+    assert _ranked(trail, plain, candidates) == [1, 0]
+    assert _ranked(trail, context, candidates) == [0, 1]
+
+
+def test_colour_aspect_of_a_step_decides_between_shape_and_colour():
+    step = _unit([1, 0, 0, 0])
+    step_colour = _unit([0, 0, 1])
+    candidates = _unit([0.95, 0.3, 0, 0], [0.7, 0.7, 0, 0])  # the first keeps the shape
+    candidate_colours = _unit([1, 0, 0], [0, 0.2, 1])  # the second keeps the colour
+    strategy = Strategy(name="aspects")
+
+    def ranked(aspect: str) -> list[int]:
+        trail = TrailVectors(vectors=step, marks=("",), aspects=(aspect,), colours=step_colour)
+        return _ranked(trail, strategy, candidates, candidate_colours=candidate_colours)
+
+    assert ranked(colour.Aspect.SAME_COLOUR) == [1, 0]
+    assert ranked(colour.Aspect.ANY_COLOUR) == [0, 1]
+    assert ranked(colour.Aspect.SAME_SHAPE) == [0, 1]
+
+
+def test_diversify_at_strength_zero_is_the_plain_top_k():
+    scores = np.array([0.1, 0.9, 0.5, 0.7])
+    chosen = feedback.diversify(scores=scores, vectors=np.eye(4), k=3, strength=0.0)
+    assert chosen.tolist() == [1, 3, 2]
+
+
+def test_diversify_does_not_fill_the_grid_with_near_copies():
+    # Five near-copies of one look score best; two other looks score a little lower.
+    copies = np.repeat(E[:1], 5, axis=0) + np.float32(1e-3) * E[[1, 2, 3, 1, 2]]
+    vectors = np.concatenate([copies / np.linalg.norm(copies, axis=1, keepdims=True), E[[1, 2]]])
+    scores = np.array([0.90, 0.90, 0.89, 0.89, 0.88, 0.80, 0.79])
+    plain = feedback.diversify(scores=scores, vectors=vectors, k=3, strength=0.0)
+    varied = feedback.diversify(scores=scores, vectors=vectors, k=3, strength=0.5)
+    assert plain.tolist() == [0, 1, 2]
+    assert varied.tolist() == [0, 5, 6]  # the best match first, then the other looks, not the copies
+
+
+def test_diversify_is_bounded_by_the_candidates():
+    assert feedback.diversify(scores=np.array([0.2, 0.1]), vectors=np.eye(2), k=25, strength=0.3).tolist() == [0, 1]
+    assert feedback.diversify(scores=np.zeros(0), vectors=np.zeros((0, 2)), k=25, strength=0.3).tolist() == []
+
+
+def test_grid_rank_returns_k_distinct_candidates_in_grid_order():
+    rng = np.random.default_rng(4)
+    candidates = rng.normal(size=(200, 16)).astype(np.float32)
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    trail = TrailVectors(vectors=candidates[:3], marks=("", "p", ""))
+    for strategy in (*feedback.STRATEGIES.values(), feedback.SHIPPED):
+        positions, scores = feedback.grid_rank(trail=trail, strategy=strategy, candidates=candidates[3:], k=25)
+        assert len(positions) == 25 == len(set(positions.tolist()))
+        assert np.isfinite(scores).all()
+
+
+def test_trail_vectors_refuse_inconsistent_input():
+    with pytest.raises(ValueError, match="marks"):
+        TrailVectors(vectors=E[:2], marks=("",))
+    with pytest.raises(ValueError, match="not like this"):
+        TrailVectors(vectors=E[:1], marks=("n",))
+    with pytest.raises(ValueError, match="aspects"):
+        TrailVectors(vectors=E[:2], marks=("", ""), aspects=("c",))
+    with pytest.raises(ValueError, match="liked"):
+        Strategy(name="bad", liked="oldest")
+    with pytest.raises(ValueError, match="diversity"):
+        Strategy(name="bad", diversity=1.0)
+
+
+# --- The simulated shopper ---------------------------------------------------------------------------------------
+
+
+def _toy_catalog() -> shopper.ShopperCatalog:
+    """Four types x four colours x three products; vectors see the type strongly and the colour weakly."""
+    rng = np.random.default_rng(0)
+    types, colours = ["Shirts", "Jeans", "Watches", "Heels"], ["Red", "Blue", "Green", "Black"]
+    rows = [(t, c) for t in types for c in colours for _ in range(3)]
+    type_axis = {t: np.eye(8)[i] for i, t in enumerate(types)}
+    colour_axis = {c: np.eye(8)[4 + i] for i, c in enumerate(colours)}
+    vectors = np.stack([type_axis[t] + 0.3 * colour_axis[c] + 0.05 * rng.normal(size=8) for t, c in rows])
+    colour_vectors = np.stack([np.eye(4)[colours.index(c)] + 0.05 * rng.random(4) for _, c in rows])
+    n = len(rows)
+    return shopper.ShopperCatalog(
+        name="toy",
+        ids=np.arange(1000, 1000 + n),
+        names=tuple(f"Brand {c} {t}" for t, c in rows),
+        article_types=np.array([t for t, _ in rows]),
+        sub_categories=np.array(["Sub"] * n),
+        master_categories=np.array(["Master"] * n),
+        colours=np.array([c for _, c in rows]),
+        patterns=np.array(["Solid"] * n),
+        vectors=(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32),
+        colour_vectors=(colour_vectors / np.linalg.norm(colour_vectors, axis=1, keepdims=True)).astype(np.float32),
+    )
+
+
+def test_judge_prefers_the_right_type_then_the_nearer_colour():
+    cat = _toy_catalog()
+    judge = shopper.Judge.of(cat)
+    target = 0  # a red shirt
+    red_jeans = int(np.flatnonzero((cat.article_types == "Jeans") & (cat.colours == "Red"))[0])
+    blue_shirt = int(np.flatnonzero((cat.article_types == "Shirts") & (cat.colours == "Blue"))[0])
+    other_red_shirt = 1
+    d = judge.distance(target, np.array([red_jeans, blue_shirt, other_red_shirt]))
+    assert d[2] == 0.0 and d[1] < d[0]
+    assert judge.equal(target, np.array([other_red_shirt, blue_shirt])).tolist() == [True, False]
+
+
+def test_a_shopper_who_is_shown_the_target_at_once_needs_no_click():
+    cat = _toy_catalog()
+    engine = shopper.Engine(catalog=cat, k=len(cat))
+    found = shopper.shopper_run(
+        engine=engine, judge=shopper.Judge.of(cat), target=5, strategy=feedback.NEIGHBOURS, behaviour=shopper.CLICKS
+    )
+    assert found == 0
+
+
+def test_shoppers_find_targets_in_a_few_clicks_and_hiding_skipped_never_shows_a_tile_twice():
+    cat = _toy_catalog()
+    judge = shopper.Judge.of(cat)
+    engine = shopper.Engine(catalog=cat, k=4, overfetch=4)
+    hide = Strategy(name="hide", hide_skipped=True)
+    curve = shopper.simulate(
+        engine=engine, judge=judge, targets=np.arange(len(cat)), strategy=hide, behaviour=shopper.CLICKS, rounds=4
+    )
+    assert len(curve) == 5 and curve == sorted(curve)
+    assert curve[-1] >= 0.9
+    # Follow one shopper's grids by hand: with hide_skipped no product comes back once passed over.
+    steps: list = []
+    grid = engine.start(shopper.CLICKS, 0)
+    seen: set[int] = set()
+    skipped: dict[int, int] = {}
+    for _ in range(3):
+        assert not (set(grid.tolist()) & seen)
+        seen |= set(grid.tolist())
+        pick = int(grid[np.argmin(judge.distance(0, grid))])
+        skipped.update({int(r): 0 for r in grid if r != pick})
+        steps.append(shopper._Step(pick))
+        grid = engine.grid(steps=steps, skipped=skipped, strategy=hide)
+
+
+def test_text_search_start_ranks_whole_words_then_shorter_names():
+    cat = _toy_catalog()
+    rows = shopper.text_search(cat, "jeans", k=25)
+    assert len(rows) == 12 and (cat.article_types[rows] == "Jeans").all()
+    assert shopper.query_word("Levis Women Navy Blue Skinny Fit Jeans, Regular Fit") == "jeans"
+    assert shopper.pattern_from_name("Turtle Check Men Navy Blue Shirt") == "Checked"
+    assert shopper.pattern_from_name("Reid & Taylor Men Stripes Navy Blue Tie") == "Striped"
+    assert shopper.pattern_from_name("Nike Men Black T-shirt") == "Solid"
