@@ -388,12 +388,13 @@ class BenchContext:
 
         Reuses the state a previous section left when it is that catalog; returns the embedded ids.
         """
-        from gallery.models import EmbedStatus, Product
+        from recommender import state
+        from recommender.models import EmbedStatus
 
         if self._loaded != count:
             catalog_load(self.demo_catalog(count))
             self._loaded = count
-        return list(Product.objects.filter(embed_status=EmbedStatus.DONE).order_by("id").values_list("id", flat=True))
+        return state.states_ids(status=EmbedStatus.DONE)
 
     def reset(self) -> None:
         """An empty catalog (see catalog_reset)."""
@@ -433,7 +434,7 @@ def catalog_load(directory: Path) -> None:
 
     catalog_reset()
     catalog_import(directory=directory, enqueue=False, workers=2)
-    services.products_embed(products=list(Product.objects.only("id", "image", "image_version")))
+    services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     services.index_rebuild()
 
 

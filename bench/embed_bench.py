@@ -172,7 +172,7 @@ def _worker_start_seconds(products: list) -> float:
         times = {}
         for workers in (0, 1):
             started = time.perf_counter()
-            services.products_embed(products=products, decode_workers=workers)
+            services.products_embed(product_ids=[p.id for p in products], decode_workers=workers)
             times[workers] = time.perf_counter() - started
         extra.append(times[1] - times[0])
     return median(extra)
@@ -226,9 +226,9 @@ def run(ctx: BenchContext) -> SectionResult:
                     _naive(encoder, products[part][:n], paths[part][:n])
                 elif name.endswith("nodraft"):
                     with _jpeg_draft_off():
-                        services.products_embed(products=products[part], decode_workers=0)
+                        services.products_embed(product_ids=[p.id for p in products[part]], decode_workers=0)
                 else:
-                    services.products_embed(products=products[part], decode_workers=int(name[-1]))
+                    services.products_embed(product_ids=[p.id for p in products[part]], decode_workers=int(name[-1]))
                 tallies[name].add(n, time.perf_counter() - started, _cpu_seconds() - cpu)
                 if name.startswith("bare"):
                     outputs[name.split()[1]].append(np.concatenate(vectors))

@@ -138,16 +138,22 @@ def _memory(ctx: BenchContext, directory: Path, version: str, data_queries: np.n
 
 def _catalog_store(vectors: np.ndarray, *, first_id: int = 1) -> list[int]:
     """Products and their vectors in the database (bulk), as embed_catalog would leave them."""
-    from gallery.models import EmbedStatus, Product
+    from gallery.models import Product
     from recommender import runtime
-    from recommender.models import Embedding
+    from recommender.models import Embedding, EmbeddingState, EmbedStatus
 
     space = runtime.active_space()
     ids = list(range(first_id, first_id + len(vectors)))
     for start in range(0, len(ids), 2000):
         chunk = ids[start : start + 2000]
         Product.objects.bulk_create(
-            [Product(id=i, name=f"Product {i}", embed_status=EmbedStatus.DONE, image_version=1) for i in chunk]
+            [Product(id=i, name=f"Product {i}", image_version=1) for i in chunk]
+        )
+        EmbeddingState.objects.bulk_create(
+            [
+                EmbeddingState(product_id=i, image_name=f"bench/{i}.jpg", image_version=1, status=EmbedStatus.DONE)
+                for i in chunk
+            ]
         )
         Embedding.objects.bulk_create(
             [

@@ -107,7 +107,7 @@ def _admin_add(client, product_id: int, image: bytes) -> int:  # noqa: ANN001
 
 def _upload_until_findable(client, anchor: int, product_id: int, image: bytes) -> dict[str, float | None]:  # noqa: ANN001
     """Seconds from the start of the admin POST to: its response, the vector stored, the product in the grid."""
-    from gallery.models import EmbedStatus, Product
+    from recommender.models import EmbeddingState, EmbedStatus
 
     started = time.perf_counter()
     status = _admin_add(client, product_id, image)
@@ -116,7 +116,7 @@ def _upload_until_findable(client, anchor: int, product_id: int, image: bytes) -
         raise RuntimeError(f"admin upload answered {status}")
     embedded = found = None
     while time.perf_counter() - started < FINDABLE_TIMEOUT_S:
-        if embedded is None and Product.objects.filter(id=product_id, embed_status=EmbedStatus.DONE).exists():
+        if embedded is None and EmbeddingState.objects.filter(product_id=product_id, status=EmbedStatus.DONE).exists():
             embedded = time.perf_counter() - started
         response = client.get(f"/api/similar/{anchor}")
         if response.status_code == 200 and product_id in {r["id"] for r in response.json()["results"]}:

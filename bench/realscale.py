@@ -95,104 +95,40 @@ GRID = 25
 
 # --- Drawing an image per row of the real catalog -------------------------------------------------------------
 
-# Article types lab.demo has no drawing for, drawn as the nearest shape it has.
+# Article types lab.demo has no drawing for, drawn as the nearest shape it has; then by sub-category, then by
+# master category.
+# fmt: off
 DRAWN_AS = {
-    "Kurtas": "Shirts",
-    "Kurtis": "Tops",
-    "Tunics": "Tops",
-    "Camisoles": "Tops",
-    "Bra": "Tops",
-    "Sweaters": "Sweatshirts",
-    "Blazers": "Jackets",
-    "Waistcoat": "Jackets",
-    "Rain Jacket": "Jackets",
-    "Nehru Jackets": "Jackets",
-    "Shrug": "Jackets",
-    "Innerwear Vests": "Tshirts",
-    "Lounge Tshirts": "Tshirts",
-    "Night suits": "Tshirts",
-    "Briefs": "Shorts",
-    "Boxers": "Shorts",
-    "Trunk": "Shorts",
-    "Lounge Shorts": "Shorts",
-    "Track Pants": "Trousers",
-    "Lounge Pants": "Trousers",
-    "Leggings": "Trousers",
-    "Capris": "Trousers",
-    "Jeggings": "Jeans",
-    "Sarees": "Dresses",
-    "Nightdress": "Dresses",
-    "Jumpsuit": "Dresses",
-    "Flats": "Sandals",
-    "Sports Sandals": "Sandals",
-    "Booties": "Casual Shoes",
-    "Wallets": "Handbags",
-    "Clutches": "Handbags",
-    "Laptop Bag": "Backpacks",
-    "Duffel Bag": "Backpacks",
-    "Trolley Bag": "Backpacks",
-    "Rucksacks": "Backpacks",
-    "Messenger Bag": "Backpacks",
-    "Ties": "Belts",
-    "Hat": "Caps",
-    "Headband": "Caps",
+    "Kurtas": "Shirts", "Kurtis": "Tops", "Tunics": "Tops", "Camisoles": "Tops", "Bra": "Tops",
+    "Sweaters": "Sweatshirts", "Blazers": "Jackets", "Waistcoat": "Jackets", "Rain Jacket": "Jackets",
+    "Nehru Jackets": "Jackets", "Shrug": "Jackets", "Innerwear Vests": "Tshirts", "Lounge Tshirts": "Tshirts",
+    "Night suits": "Tshirts", "Briefs": "Shorts", "Boxers": "Shorts", "Trunk": "Shorts", "Lounge Shorts": "Shorts",
+    "Track Pants": "Trousers", "Lounge Pants": "Trousers", "Leggings": "Trousers", "Capris": "Trousers",
+    "Jeggings": "Jeans", "Sarees": "Dresses", "Nightdress": "Dresses", "Jumpsuit": "Dresses", "Flats": "Sandals",
+    "Sports Sandals": "Sandals", "Booties": "Casual Shoes", "Wallets": "Handbags", "Clutches": "Handbags",
+    "Laptop Bag": "Backpacks", "Duffel Bag": "Backpacks", "Trolley Bag": "Backpacks", "Rucksacks": "Backpacks",
+    "Messenger Bag": "Backpacks", "Ties": "Belts", "Hat": "Caps", "Headband": "Caps",
 }
-# Then by sub-category, then by master category.
 DRAWN_AS_SUB = {
-    "Topwear": "Tshirts",
-    "Bottomwear": "Trousers",
-    "Dress": "Dresses",
-    "Saree": "Dresses",
-    "Apparel Set": "Tshirts",
-    "Innerwear": "Shorts",
-    "Loungewear and Nightwear": "Dresses",
-    "Socks": "Flip Flops",
-    "Shoes": "Casual Shoes",
-    "Sandal": "Sandals",
-    "Flip Flops": "Flip Flops",
-    "Bags": "Handbags",
-    "Wallets": "Handbags",
-    "Watches": "Watches",
-    "Jewellery": "Watches",
-    "Belts": "Belts",
-    "Headwear": "Caps",
+    "Topwear": "Tshirts", "Bottomwear": "Trousers", "Dress": "Dresses", "Saree": "Dresses",
+    "Apparel Set": "Tshirts", "Innerwear": "Shorts", "Loungewear and Nightwear": "Dresses", "Socks": "Flip Flops",
+    "Shoes": "Casual Shoes", "Sandal": "Sandals", "Flip Flops": "Flip Flops", "Bags": "Handbags",
+    "Wallets": "Handbags", "Watches": "Watches", "Jewellery": "Watches", "Belts": "Belts", "Headwear": "Caps",
     "Eyewear": "Sunglasses",
 }
 DRAWN_AS_MASTER = {"Apparel": "Tshirts", "Footwear": "Casual Shoes", "Personal Care": "Backpacks"}
 DRAWN_DEFAULT = "Handbags"
 # Colours of the real catalog that lab.demo's palette lacks, painted as the nearest one it has.
 PAINTED_AS = {
-    "Silver": "Grey",
-    "Steel": "Grey",
-    "Grey Melange": "Grey",
-    "Charcoal": "Black",
-    "Metallic": "Grey",
-    "Taupe": "Grey",
-    "Gold": "Yellow",
-    "Mustard": "Yellow",
-    "Cream": "Beige",
-    "Off White": "White",
-    "Khaki": "Beige",
-    "Skin": "Beige",
-    "Nude": "Beige",
-    "Tan": "Brown",
-    "Coffee Brown": "Brown",
-    "Mushroom Brown": "Brown",
-    "Copper": "Brown",
-    "Bronze": "Brown",
-    "Rust": "Orange",
-    "Peach": "Pink",
-    "Rose": "Pink",
-    "Magenta": "Pink",
-    "Lavender": "Purple",
-    "Mauve": "Purple",
-    "Burgundy": "Maroon",
-    "Sea Green": "Green",
-    "Lime Green": "Green",
-    "Fluorescent Green": "Green",
-    "Turquoise Blue": "Teal",
+    "Silver": "Grey", "Steel": "Grey", "Grey Melange": "Grey", "Charcoal": "Black", "Metallic": "Grey",
+    "Taupe": "Grey", "Gold": "Yellow", "Mustard": "Yellow", "Cream": "Beige", "Off White": "White",
+    "Khaki": "Beige", "Skin": "Beige", "Nude": "Beige", "Tan": "Brown", "Coffee Brown": "Brown",
+    "Mushroom Brown": "Brown", "Copper": "Brown", "Bronze": "Brown", "Rust": "Orange", "Peach": "Pink",
+    "Rose": "Pink", "Magenta": "Pink", "Lavender": "Purple", "Mauve": "Purple", "Burgundy": "Maroon",
+    "Sea Green": "Green", "Lime Green": "Green", "Fluorescent Green": "Green", "Turquoise Blue": "Teal",
     "Multi": "Red",
 }
+# fmt: on
 PATTERN_NAMES = (("strip", "Striped"), ("check", "Checked"), ("polka", "Polka Dot"), ("print", "Printed"))
 
 
@@ -938,7 +874,13 @@ def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes
             run(kind, seed)
         memory["after every kind but photo"] = worker_memory(server.pid)
         for kind in photo:
-            run(kind, 99)
+            # 1 client first, on one connection: one worker serves every photo and loads the encoder.
+            log(f"  [{database}] {kind.name}")
+            one[kind.name] = [one_client(port, kind, warm=sizes.warm, count=sizes.photo_count, seed=99)]
+            memory["after photos from 1 client"] = worker_memory(server.pid)
+            # Then every worker loads it, off the clock, before 8 clients are timed.
+            many_clients(port, kind, clients=12, seconds=max(5.0, sizes.seconds), seed=1)
+            many[kind.name] = [many_clients(port, kind, clients=sizes.clients, seconds=sizes.seconds, seed=99)]
         run(healthz, 100)
         memory["at the end"] = worker_memory(server.pid)
     finally:
@@ -1048,8 +990,9 @@ def database_tables(database: str, measured: dict, shop: Shop, sizes: Sizes) -> 
             memory.add(when, number, w["rss_mb"], w["pss_mb"], w["private_mb"], w["index_rss_mb"], w["torch_loaded"])
     memory.note = (
         "private (USS): what this worker alone holds, i.e. what one more worker costs; Pss adds its share of pages "
-        "shared with the other workers (the index file, libraries). 'after every kind but photo': no worker had served "
-        "a photo yet"
+        "shared with the other workers (the index file, libraries). No worker had served a photo 'after every kind "
+        "but photo'; 'after photos from 1 client': one connection, so one worker served them all; before the "
+        "8-client photo run every worker served photos"
     )
     data = {
         "one": {name: {k: v for k, v in r.items() if k != "times"} for name, r in one.items()},
@@ -1100,7 +1043,7 @@ def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log
     data = json.loads(out.read_text())
     index = data["index"]
     table = Table(
-        f"A click at {n:,} synthetic {dim}-d vectors (gallery.similarity.similar_grid in one process, SQLite; "
+        f"A click at {n:,} synthetic {dim}-d vectors (GET /api/similar/ through Django's test client, SQLite; "
         f"{clicks} anchors, ms)",
         ["index state", "request", "wall p50", "wall p99", "thread CPU p50", "CPU p99", "results", "p50 x exact numpy"],
     )

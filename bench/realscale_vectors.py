@@ -12,10 +12,11 @@ Usage (the environment names the database, as ``bench/realscale.py`` sets it):
 * ``python bench/realscale_vectors.py clicks --n N --dim D --clicks C --fresh F --out FILE``: make sure
   the database holds N synthetic products with clustered unit D-vectors (``bench.common.synthetic_vectors``)
   and a published index over all of them (both cached in the database and INDEX_DIR: built once), then
-  time what a click runs, ``gallery.similarity.similar_grid`` (trail -> query vector -> index + exact pass
-  over vectors outside it -> k=25 -> products), for a one-step click, a 10-step trail and a click filtered
-  by a colour 22% of the products have, with no fresh vectors and with F stored after the build, beside
-  exact numpy over the same vectors in memory. Writes the timings as JSON to FILE.
+  time ``GET /api/similar/<id>`` through Django's test client (the site's own code end to end, without a
+  socket: trail -> query vector -> index + exact pass over vectors outside it -> k=25 -> products -> JSON)
+  for a one-step click, a 10-step trail and a click filtered by a colour 22% of the products have, with no
+  fresh vectors and with F stored after the build, beside exact numpy over the same vectors in memory.
+  Writes the timings as JSON to FILE.
 """
 
 from __future__ import annotations
@@ -286,40 +287,39 @@ def _trails(rng: np.random.Generator, n: int, count: int) -> list[str]:
 
 
 def _time_clicks(vectors: np.ndarray, anchors: np.ndarray, trails: list[str]) -> dict[str, dict[str, list[float]]]:
-    """Wall and thread-CPU ms of each request kind per anchor, interleaved, beside exact numpy in memory."""
-    from gallery.models import Product
-    from gallery.selectors import ProductFilters
-    from gallery.similarity import similar_grid
-    from gallery.trail import Trail
+    """Wall and thread-CPU ms of each request kind per anchor, interleaved, beside exact numpy in memory.
 
-    black = ProductFilters.from_mapping({"colour": "Black"})
+    Requests go through Django's test client: the site's URLs, middleware, view and JSON, without a socket,
+    so whatever the code behind /api/similar/ is, this times it.
+    """
+    from django.test import Client
 
-    def click(pid: int) -> int:
-        return len(similar_grid(anchor=Product.objects.get(id=pid), trail=Trail.parse(str(pid)), k=K).items)
+    client = Client(HTTP_HOST="127.0.0.1")
 
-    def trail(text: str) -> int:
-        parsed = Trail.parse(text)
-        anchor = Product.objects.get(id=parsed.steps[-1].product_id)
-        return len(similar_grid(anchor=anchor, trail=parsed, k=K).items)
-
-    def filtered(pid: int) -> int:
-        anchor = Product.objects.get(id=pid)
-        return len(similar_grid(anchor=anchor, trail=Trail.parse(str(pid)), k=K, filters=black).items)
+    def get(path: str) -> int:
+        response = client.get(path)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {path} answered {response.status_code}: {response.content[:300]!r}")
+        return len(response.json()["results"])
 
     def exact(pid: int) -> int:
         scores = vectors @ vectors[pid - 1]
         top = np.argpartition(-scores, K + 1)[: K + 1]
         return len(top[np.argsort(-scores[top])])
 
-    kinds = {"click": click, "trail": trail, "click + colour=Black": filtered, "exact numpy (in memory)": exact}
+    kinds = {
+        "click": lambda pid, text: get(f"/api/similar/{pid}"),
+        "trail": lambda pid, text: get(f"/api/similar/{text.rsplit(',', 1)[-1]}?trail={text}"),
+        "click + colour=Black": lambda pid, text: get(f"/api/similar/{pid}?colour=Black"),
+        "exact numpy (in memory)": lambda pid, text: exact(pid),
+    }
     out: dict[str, dict[str, list[float]]] = {name: {"wall_ms": [], "cpu_ms": [], "results": []} for name in kinds}
     for round_, (pid, text) in enumerate(zip(anchors.tolist(), trails, strict=True)):
         names = list(kinds)
         names = names[round_ % len(names) :] + names[: round_ % len(names)]  # rotate: load hits all alike
         for name in names:
-            argument = text if name == "trail" else pid
             wall, cpu = time.perf_counter(), time.thread_time()
-            found = kinds[name](argument)
+            found = kinds[name](pid, text)
             out[name]["cpu_ms"].append((time.thread_time() - cpu) * 1e3)
             out[name]["wall_ms"].append((time.perf_counter() - wall) * 1e3)
             out[name]["results"].append(found)

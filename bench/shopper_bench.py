@@ -173,3 +173,121 @@ def colour_section(cats: Sequence[shopper.ShopperCatalog], weights: Sequence[flo
         tables.append(table)
         data[cat.name] = rows
     return tables, data
+
+
+# --- Spaces and shoppers -------------------------------------------------------------------------------------
+
+
+def head_space(cat: shopper.ShopperCatalog, directory: Path) -> shopper.ShopperCatalog:
+    """The catalog in a head256 space trained (lab.heads, the catalog recipe) on its index products only.
+
+    What ``scripts/run.sh`` serves on the demo catalog when the head wins; the held-out products the
+    shoppers want were never seen in training. Projected vectors are cached beside the raw ones.
+    """
+    cache = directory / f"head256-{cat.encoder_id}.npy"
+    if cache.is_file():
+        projected = np.load(cache)
+    else:
+        from lab.heads import train_catalog_head
+
+        split = split_stratified(ids=cat.ids, strata=cat.article_types)
+        started = time.perf_counter()
+        head, _ = train_catalog_head(
+            cat.vectors[split.index],
+            article_types=cat.article_types[split.index].tolist(),
+            colours=cat.colours[split.index].tolist(),
+            out_dim=256,
+            epochs=30,
+            seed=0,
+            encoder_id=cat.encoder_id,
+        )
+        logger.info("trained head256 on %d products in %.0f s", len(split.index), time.perf_counter() - started)
+        projected = head.apply(cat.vectors)
+        np.save(cache, projected)
+    return cat.with_vectors(projected, encoder_id=f"{cat.encoder_id}+head256")
+
+
+def target_halves(cat: shopper.ShopperCatalog) -> tuple[np.ndarray, np.ndarray]:
+    """(tuning, report) targets: the held-out products of the harness's split, halved by a keyed hash of the id.
+
+    Strategies and weights were chosen on the tuning half; the tables report the other half.
+    """
+    import hashlib
+
+    split = split_stratified(ids=cat.ids, strata=cat.article_types)
+    parity = np.array(
+        [hashlib.blake2b(f"shopper:{int(cat.ids[r])}".encode(), digest_size=1).digest()[0] % 2 for r in split.query]
+    )
+    return split.query[parity == 0], split.query[parity == 1]
+
+
+def found_table(
+    title: str,
+    rows: Sequence[tuple[str, shopper.Behaviour, feedback.Strategy]],
+    *,
+    cat: shopper.ShopperCatalog,
+    targets: np.ndarray,
+    note: str = "",
+) -> tuple[Table, list[dict]]:
+    """Found within 0..8 clicks for each (label, behaviour, strategy) row, the same targets for every row."""
+    judge = shopper.Judge.of(cat)
+    engine = shopper.Engine(catalog=cat)
+    table = Table(title, ["strategy", "shopper", *(f"f@{r}" for r in range(shopper.ROUNDS + 1)), "s"], note=note)
+    data = []
+    for label, behaviour, strategy in rows:
+        started = time.perf_counter()
+        curve = shopper.simulate(engine=engine, judge=judge, targets=targets, strategy=strategy, behaviour=behaviour)
+        seconds = time.perf_counter() - started
+        table.add(label, behaviour.name, *curve, round(seconds, 1))
+        data.append({"label": label, "behaviour": behaviour.name, "strategy": asdict(strategy), "found": curve})
+        logger.info("%s / %s / %s: f@3 %.2f f@8 %.2f (%.0f s)", cat.name, label, behaviour.name, curve[3], curve[8], seconds)
+    return table, data
+
+
+def _text(behaviour: shopper.Behaviour) -> shopper.Behaviour:
+    return replace(behaviour, name=f"{behaviour.name}, text start", start="text")
+
+
+def strategy_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
+    """Every strategy alone, the shipped one's parts added one at a time, then the other shoppers."""
+    s = feedback
+    clicks, pins, aspects = shopper.CLICKS, shopper.PIN_DISLIKE, shopper.ASPECTS
+    rows = [(name, clicks, strategy) for name, strategy in s.STRATEGIES.items() if name not in {"discovery"}]
+    rows += [
+        ("rocchio+hide + MMR 0.3", clicks, replace(s.ROCCHIO_HIDE, diversity=0.3)),
+        ("rocchio+hide + MMR 0.5", clicks, replace(s.ROCCHIO_HIDE, diversity=0.5)),
+        ("rocchio+hide + MMR 0.7", clicks, replace(s.ROCCHIO_HIDE, diversity=0.7)),
+        ("rocchio+hide + colour 0.2", clicks, replace(s.ROCCHIO_HIDE, colour_weight=colour.DEFAULT_COLOUR_WEIGHT)),
+        ("refine, colour 0.1", clicks, replace(s.REFINE, colour_weight=0.1)),
+        ("refine, colour 0.3", clicks, replace(s.REFINE, colour_weight=0.3)),
+        ("refine, no colour", clicks, replace(s.REFINE, colour_weight=None)),
+        ("neighbours", pins, s.NEIGHBOURS),
+        ("trail", pins, s.TRAIL),
+        ("refine", pins, s.REFINE),
+        ("discovery", pins, replace(s.DISCOVERY, colour_weight=colour.DEFAULT_COLOUR_WEIGHT)),
+        ("refine, best-score", pins, replace(s.REFINE, combine="best")),
+        ("neighbours", aspects, s.NEIGHBOURS),
+        ("trail", aspects, s.TRAIL),
+        ("refine", aspects, s.REFINE),
+        ("neighbours", _text(clicks), s.NEIGHBOURS),
+        ("trail", _text(clicks), s.TRAIL),
+        ("refine", _text(clicks), s.REFINE),
+    ]
+    return rows
+
+
+def tune_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
+    """The sweep the shipped values were chosen from (run on the tuning half of the targets)."""
+    rows = []
+    for skipped in (0.25, 0.5, 1.0, 1.5):
+        for diversity in (0.3, 0.5, 0.7):
+            strategy = replace(feedback.REFINE, skipped_weight=skipped, diversity=diversity)
+            rows.append((f"skipped {skipped:g}, MMR {diversity:g}", shopper.CLICKS, strategy))
+    for decay in (0.0, 0.3, 0.7, 1.0):
+        rows.append((f"decay {decay:g}", shopper.CLICKS, replace(feedback.REFINE, decay=decay)))
+    for same_colour in (0.2, 0.35, 0.5, 0.7):
+        for same_shape in (-0.2, -0.1, 0.0):
+            weights = {colour.Aspect.SAME_COLOUR.value: same_colour, colour.Aspect.SAME_SHAPE.value: same_shape}
+            strategy = replace(feedback.REFINE, aspect_weights=weights)
+            rows.append((f"same colour {same_colour:g}, same shape {same_shape:g}", shopper.ASPECTS, strategy))
+    return rows

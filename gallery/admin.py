@@ -82,9 +82,23 @@ class ProductAdmin(admin.ModelAdmin):
     # The embedding state is the vector engine's (recommender.models.EmbeddingState), read through the relation.
     list_select_related = ["embedding_state"]
     list_display_links = ["id", "name"]
-    list_filter = [("embedding_state__status", admin.ChoicesFieldListFilter), "gender", "master_category", "article_type", "base_colour", "season"]
+    list_filter = [
+        ("embedding_state__status", admin.ChoicesFieldListFilter),
+        "gender",
+        "master_category",
+        "article_type",
+        "base_colour",
+        "season",
+    ]
     search_fields = ["name", "=id"]
-    readonly_fields = ["preview", "embedding", "embedding_error", "image_version", "embedding_requested_at", "updated_at"]
+    readonly_fields = [
+        "preview",
+        "embedding",
+        "embedding_error",
+        "image_version",
+        "embedding_requested_at",
+        "updated_at",
+    ]
     actions = ["retry_embedding"]
     list_per_page = 50
     change_list_template = "admin/gallery/product/change_list.html"
@@ -209,7 +223,7 @@ class ProductAdmin(admin.ModelAdmin):
             else:
                 self.message_user(
                     request,
-                    f"{upload.name} received: {job.rows_total} rows are being imported in the background.",
+                    f"Received {upload.name}: its {job.rows_total} rows are being imported in the background.",
                     messages.SUCCESS,
                 )
                 return HttpResponseRedirect(reverse("admin:gallery_importjob_change", args=[job.id]))
@@ -236,10 +250,13 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _embedding_context() -> dict[str, object]:
+def _embedding_context(*, job: ImportJob | None = None) -> dict[str, object]:
+    """The embedding panel; it keeps polling while products await embedding or ``job`` may still add some."""
     progress = jobs.embedding_progress()
     return {
         "progress": progress,
+        "job_id": job.id if job else None,
+        "poll": bool(progress.awaiting) or (job is not None and job.status not in jobs.FINISHED),
         "percent": round(100 * progress.done / progress.total) if progress.total else 100,
         "per_minute": round(progress.per_second * 60) if progress.per_second is not None else None,
         "eta": _duration(progress.eta_seconds) if progress.awaiting else "",
@@ -337,7 +354,7 @@ class ImportJobAdmin(admin.ModelAdmin):
             **_job_context(job),
             "opts": self.model._meta,
             "title": f"Catalog import {job.id}",
-            "embedding": _embedding_context(),
+            "embedding": _embedding_context(job=job),
             "may_delete": self.has_delete_permission(request, job),
         }
         return TemplateResponse(request, "admin/gallery/importjob/detail.html", context)
@@ -348,8 +365,14 @@ class ImportJobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/gallery/importjob/_progress.html", _job_context(job))
 
     def embedding_view(self, request: HttpRequest) -> HttpResponse:
-        """The embedding panel alone, polled by htmx while products await embedding (any staff may read it)."""
-        return TemplateResponse(request, "admin/gallery/importjob/_embedding.html", {"embedding": _embedding_context()})
+        """The embedding panel alone, polled by htmx while products await embedding (any staff may read it).
+
+        ``?job=<id>``: the panel of that job's page, which polls until the job has ended too.
+        """
+        raw = request.GET.get("job", "")
+        job = ImportJob.objects.filter(id=int(raw)).first() if raw.isdigit() and len(raw) < 19 else None
+        context = {"embedding": _embedding_context(job=job)}
+        return TemplateResponse(request, "admin/gallery/importjob/_embedding.html", context)
 
 
 admin.site.site_header = "Visual gallery admin"

@@ -1,12 +1,14 @@
-"""Per-process memory of what a grid shows: product cards, the ids each filter passes, the starting grid.
+"""What a grid shows of products (cards), and per-process memory of what is costly to work out.
 
-A click's grid needs the 25 products' names and thumbnails and, with a
-filter, the set of ids that pass it; none of that changes between catalog
-edits, so each web process keeps them and asks the database one cheap
-question per request instead: the catalog's version, (number of products,
-latest ``updated_at``), read from the indexes. Any product saved, created or
-deleted changes it, and every memory here is dropped at once. Bounded: at
-most CARDS_MAX cards and FILTERS_MAX filter sets are kept.
+The ids each filter passes (a scan of the catalog: tens of milliseconds at
+44,000 products) and the starting grid (an aggregate over it) change only when
+products do, so each web process keeps them per catalog version: the latest
+``updated_at``, one look-up on its index per request. Saving or creating a
+product moves it. A deletion does not, and needs not: a deleted product has
+no vector left to be found by, and cards are always read fresh (one indexed
+query per grid), with the shopper's filter applied again, so a product edited
+out of a filter, or deleted, is never shown. Bounded: at most MEMORY_MAX
+entries are kept.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from django.db.models import Count, Max
+from django.db.models import Max
 
 from gallery.filters import ProductFilters
 from gallery.models import Product
 
-CARDS_MAX = 100_000
-FILTERS_MAX = 256
+MAX_PRODUCT_ID = 2**63 - 1
+MEMORY_MAX = 256
 _CARD_FIELDS = (
     "id",
     "name",
@@ -59,31 +61,42 @@ class Card:
     usage: str
 
 
-CatalogVersion = tuple[int, datetime | None]
+CatalogVersion = datetime | None
 
 
 def catalog_version() -> CatalogVersion:
-    """(number of products, latest updated_at): changes whenever a product is saved, created or deleted."""
-    row = Product.objects.aggregate(n=Count("id"), latest=Max("updated_at"))
-    return row["n"], row["latest"]
+    """The latest ``updated_at`` of any product: moves whenever a product is saved or created."""
+    return Product.objects.aggregate(latest=Max("updated_at"))["latest"]
+
+
+_UNSET = object()
 
 
 class _Memory:
     """Everything remembered for one catalog version; replaced whole when the version moves."""
 
-    def __init__(self, version: CatalogVersion) -> None:
+    def __init__(self, version: object) -> None:
         self.version = version
-        self.cards: OrderedDict[int, Card | None] = OrderedDict()
-        self.filters: OrderedDict[object, np.ndarray] = OrderedDict()
+        self.values: OrderedDict[object, object] = OrderedDict()
         self.lock = threading.Lock()
 
+    def get_or_compute(self, key: object, compute: Callable[[], object]) -> object:
+        value = self.values.get(key, _UNSET)
+        if value is _UNSET:
+            value = compute()
+            with self.lock:
+                self.values[key] = value
+                while len(self.values) > MEMORY_MAX:
+                    self.values.popitem(last=False)
+        return value
 
-_memory = _Memory((-1, None))
+
+_memory = _Memory(_UNSET)
 
 
-def _current(version: CatalogVersion | None) -> _Memory:
+def _current(version: CatalogVersion | object) -> _Memory:
     global _memory
-    version = version if version is not None else catalog_version()
+    version = catalog_version() if version is _UNSET else version
     memory = _memory
     if memory.version != version:
         memory = _memory = _Memory(version)
@@ -100,57 +113,36 @@ def _card(row: dict[str, object], storage_url: Callable[[str], str]) -> Card:
     )
 
 
-def cards_get(product_ids: Iterable[int], *, version: CatalogVersion | None = None) -> dict[int, Card]:
-    """Cards of the given products that exist, by id (one query for those not remembered)."""
+def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = None) -> dict[int, Card]:
+    """Cards of the given products that exist (and pass ``filters``), by id: one query, read fresh."""
     from django.core.files.storage import default_storage
 
-    memory = _current(version)
-    ids = list(dict.fromkeys(int(i) for i in product_ids))
-    missing = [i for i in ids if i not in memory.cards]
-    if missing:
-        rows = {row["id"]: row for row in Product.objects.filter(id__in=missing).values(*_CARD_FIELDS)}
-        with memory.lock:
-            for pid in missing:
-                row = rows.get(pid)
-                memory.cards[pid] = _card(row, default_storage.url) if row else None
-            while len(memory.cards) > CARDS_MAX:
-                memory.cards.popitem(last=False)
-    found = {}
-    for pid in ids:
-        card = memory.cards.get(pid)
-        if card is not None:
-            found[pid] = card
-    return found
+    # Ids beyond what the column holds name no product (and would overflow the database driver).
+    ids = [i for i in dict.fromkeys(int(i) for i in product_ids) if 0 < i <= MAX_PRODUCT_ID]
+    if not ids:
+        return {}
+    rows = Product.objects.filter(id__in=ids)
+    if filters:
+        rows = rows.filter(filters.q())
+    return {row["id"]: _card(row, default_storage.url) for row in rows.values(*_CARD_FIELDS)}
 
 
-def filter_ids(filters: ProductFilters, *, version: CatalogVersion | None = None) -> np.ndarray:
+def filter_ids(filters: ProductFilters, *, version: CatalogVersion | object = _UNSET) -> np.ndarray:
     """The sorted ids of the products passing ``filters`` (int64), remembered per catalog version."""
-    memory = _current(version)
-    key = filters.values
-    ids = memory.filters.get(key)
-    if ids is None:
-        ids = np.fromiter(
-            Product.objects.filter(filters.q()).order_by("id").values_list("id", flat=True), dtype=np.int64
-        )
-        with memory.lock:
-            memory.filters[key] = ids
-            while len(memory.filters) > FILTERS_MAX:
-                memory.filters.popitem(last=False)
-    return ids
+
+    def compute() -> np.ndarray:
+        rows = Product.objects.filter(filters.q()).order_by("id").values_list("id", flat=True)
+        return np.fromiter(rows, dtype=np.int64)
+
+    return _current(version).get_or_compute(("filter", filters.values), compute)
 
 
-def remembered(key: object, compute: Callable[[], object], *, version: CatalogVersion | None = None) -> object:
-    """``compute()`` once per catalog version under ``key`` (the starting grid, for one)."""
-    memory = _current(version)
-    wrapped = ("value", key)
-    if wrapped not in memory.filters:
-        value = compute()
-        with memory.lock:
-            memory.filters[wrapped] = value
-    return memory.filters[wrapped]
+def remembered(key: object, compute: Callable[[], object], *, version: CatalogVersion | object = _UNSET) -> object:
+    """``compute()`` once per catalog version under ``key`` (the starting grid, the filter menus)."""
+    return _current(version).get_or_compute(("value", key), compute)
 
 
 def forget() -> None:
-    """Drop everything remembered (tests that change the catalog under one version)."""
+    """Drop everything remembered (tests that change the catalog within one version)."""
     global _memory
-    _memory = _Memory((-1, None))
+    _memory = _Memory(_UNSET)

@@ -33,8 +33,15 @@ FILTER_FIELDS = {f.name: f.field for f in FILTERS}
 
 
 def text_clean(text: str) -> str:
-    """``text`` without control characters (NUL included): they never reach the database."""
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch in " \t")
+    """``text`` with control characters (NUL, line breaks...) as spaces and other invisible ones dropped.
+
+    None of them reaches the database. Spaces, not nothing: "blue\ndenim" is two
+    words, as the shopper meant; a zero-width space inside a word goes.
+    """
+    categories = (unicodedata.category(ch) for ch in text)
+    return "".join(
+        " " if cat == "Cc" else ch for ch, cat in zip(text, categories, strict=True) if cat[0] != "C" or cat == "Cc"
+    )
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,10 @@ class ProductFilters:
 
     def q(self, prefix: str = "") -> Q:
         return Q(**{f"{prefix}{FILTER_FIELDS[name]}": value for name, value in self.values})
+
+    def matches(self, product: object) -> bool:
+        """Whether ``product`` (a Product or a card) passes every filter."""
+        return all(getattr(product, FILTER_FIELDS[name]) == value for name, value in self.values)
 
     def __bool__(self) -> bool:
         return bool(self.values)

@@ -52,6 +52,9 @@ class Product(models.Model):
     class Meta:
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
     @property
     def image_url(self) -> str | None:
         return self.image.url if self.image else None
@@ -59,9 +62,6 @@ class Product(models.Model):
     @property
     def thumbnail_url(self) -> str | None:
         return self.thumbnail.url if self.thumbnail else None
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.id})"
 
 
 class ImportStatus(models.TextChoices):

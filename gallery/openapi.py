@@ -121,6 +121,28 @@ RESULTS = {
 }
 
 
+_WORDS = {"type": "array", "items": {"type": "string"}}
+# How a text search's results came about (gallery.search.SearchResult.explanation).
+SEARCH_EXPLANATION: dict[str, dict[str, object]] = {
+    "notice": {"type": "string", "description": "The line the page shows when not every word matched; or empty"},
+    "words": {**_WORDS, "description": "The words searched: stop words dropped, words joined or corrected"},
+    "matched": {**_WORDS, "description": "Words some result holds"},
+    "unmatched": {**_WORDS, "description": "Words no result holds"},
+    "corrections": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "Typed word -> the catalog's word searched instead",
+    },
+    "related": {
+        "type": "object",
+        "additionalProperties": _WORDS,
+        "description": "Typed word few products hold -> words also searched, ranked after it",
+    },
+    "complete": {"type": "integer", "minimum": 0, "description": "The first this many results hold every word"},
+    "partial": {"type": "boolean", "description": "Some results hold only some of the words"},
+}
+
+
 def openapi_spec() -> dict[str, object]:
     """The API description; limits come from the running settings."""
     return {
@@ -133,7 +155,7 @@ def openapi_spec() -> dict[str, object]:
         "paths": {
             "/api/search": {
                 "get": {
-                    "summary": "Products whose names hold every word of q",
+                    "summary": "Products matching the words of q (stems, typos, column values), best first",
                     "parameters": [
                         {
                             "name": "q",
@@ -146,7 +168,7 @@ def openapi_spec() -> dict[str, object]:
                         *_filter_params(),
                     ],
                     "responses": {
-                        "200": _results("Matching products", {"type": "string"}),
+                        "200": _results("Matching products", {"type": "string"}, **SEARCH_EXPLANATION),
                         "400": _error("Invalid k"),
                         "500": _error(SERVER_ERROR),
                     },

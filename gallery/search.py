@@ -21,11 +21,14 @@ From a query to a grid:
    word in the name, then a column value, then a stem, then a correction; then names with fewer other
    words, then shorter names, then the lower id.
 
-The index is built per process from the catalog's rows and kept in memory (about 6 MB at 44k products;
-see ``docs/benchmarks.md``), shared through the cache so that a new process loads it instead of
-building it. A search checks that it is current with one indexed query (the latest ``updated_at``);
-products deleted since the build are dropped when fetched and bring a rebuild. Searching writes nothing
-to the database.
+The index lives in each web process's memory, built from the catalog's rows: at 44k products about
+5 MB (2 MB of numpy arrays: ids, postings, column codes; the rest the vocabulary), growing by about
+40 bytes a product (``bench/search_quality.py``). A process that starts loads the copy another process
+shared through Redis (numpy arrays and JSON, never pickle) instead of building it. Each search asks the
+database one indexed question, the catalog's latest ``updated_at`` (from 10k products, at most once a
+second per process); when it moved, the index is rebuilt: at once under 10k products, otherwise in a
+background thread while searches go on with the previous index. Products deleted since a build are
+dropped when fetched and bring a rebuild. Searching writes nothing to the database.
 """
 
 from __future__ import annotations
@@ -87,11 +90,15 @@ SCORE_CORRECTED = 1
 WEIGHT_WORD = 2
 WEIGHT_KIND_WORD = 3
 
-# A build faster than this runs in the search that finds the catalog changed (tests, small catalogs);
-# a slower one runs in a background thread, at most once per REBUILD_INTERVAL_FACTOR times its own
-# duration, while searches go on with the previous index (which then lags writes by that much).
-REBUILD_IN_BACKGROUND_S = 0.05
+# Below this many products a rebuild runs in the search that finds the catalog changed (about 0.1 s
+# of CPU at 10k); from it, in a background thread, at most once per REBUILD_INTERVAL_FACTOR times its
+# own duration, while searches go on with the previous index (which then lags writes by that much).
+# A count, not a duration: whether a search may see a stale index must not depend on the machine's load.
+REBUILD_IN_BACKGROUND_FROM = 10_000
 REBUILD_INTERVAL_FACTOR = 10
+# From that size on, the version is also read at most this often per process: a search then asks the
+# database one question (its products), not two.
+VERSION_CHECK_INTERVAL_S = 1.0
 # Writes that bypass updated_at (queryset.update()) are picked up by this age at the latest.
 INDEX_MAX_AGE_S = 600
 CACHE_TIMEOUT_S = 24 * 3600
@@ -450,8 +457,8 @@ def query_tokens(query: str) -> list[str]:
     return list(dict.fromkeys(text_tokens(query)))[:MAX_WORDS]
 
 
-def _best_known(index: SearchIndex, word: str, *, exclude_stem: str = "") -> str | None:
-    """The known word nearest ``word`` within its typo budget, or a known word it begins; None if none.
+def _corrections(index: SearchIndex, word: str) -> list[str]:
+    """Known words within ``word``'s typo budget, or that it begins, nearest first (shown forms, distinct).
 
     Nearest: fewest edits, then the same first letter, then the word more products hold.
     """
@@ -469,18 +476,45 @@ def _best_known(index: SearchIndex, word: str, *, exclude_stem: str = "") -> str
                     probe, choices, scorer=OSA.distance, score_cutoff=budget, limit=None
                 ):
                     known_stem = to_stem[known] if to_stem is not None else known
-                    if known_stem == exclude_stem:
-                        continue
                     shown = index.stem_word[known_stem]
                     candidates.append((int(distance), shown[0] != word[0], -index.stem_count(known_stem), shown))
     if len(word) >= 3 and word.isalpha():
         # A word cut short: the known words it begins count as one edit away.
         for known in _starting_with(index.lexicon_sorted, word):
             known_stem = index.lexicon_stem[known]
-            if known != word and known_stem != exclude_stem:
+            if known != word:
                 candidates.append((1, False, -index.stem_count(known_stem), index.stem_word[known_stem]))
-    candidates = [c for c in candidates if c[0] <= max(budget, 1)]
-    return min(candidates)[3] if candidates else None
+    ranked = sorted(c for c in candidates if c[0] <= max(budget, 1))
+    return list(dict.fromkeys(c[3] for c in ranked))
+
+
+def _holders(index: SearchIndex, stem: str) -> np.ndarray:
+    """Products holding ``stem`` in the name or in any column value (a mask)."""
+    mask = np.zeros(len(index), dtype=bool)
+    for term in index.stem_terms.get(stem, ()):
+        mask[index.docs(term)] = True
+    for field_name, code, _ in index.value_stems.get(stem, ()):
+        mask |= index.fields[field_name].codes == code
+    return mask
+
+
+def _correction_in_context(index: SearchIndex, candidates: list[str], others: list[str]) -> str | None:
+    """The nearest candidate that some product holds together with the query's other words.
+
+    Without other words, the nearest. When no candidate meets the others, none: a correction that no
+    product pairs with the rest ("woolen sweater" as "wooden sweater") would only add noise to the grid.
+    """
+    if not candidates or not others:
+        return candidates[0] if candidates else None
+    context = np.ones(len(index), dtype=bool)
+    for stem in others:
+        context &= _holders(index, stem)
+    if not context.any():
+        return candidates[0]  # the other words never meet either: the nearest word it is
+    for candidate in candidates[:8]:
+        if (context & _holders(index, word_stem(candidate))).any():
+            return candidate
+    return None
 
 
 def _starting_with(sorted_words: tuple[str, ...], prefix: str) -> tuple[str, ...]:
@@ -520,23 +554,32 @@ def query_plan(index: SearchIndex, query: str, *, k: int) -> list[QueryWord]:
         else:
             joined.append((content[i], content[i]))
             i += 1
-    words: list[QueryWord] = []
+    words: list[QueryWord | None] = []
     for typed, searched in joined:
         if index.knows(searched):
             related: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
             if index.stem_count(word_stem(searched)) < k:
                 related = _related_stems(index, searched)
             words.append(QueryWord(typed=typed, searched=searched, related=related[0], related_shown=related[1]))
-            continue
-        correction = _best_known(index, searched)
-        if correction is None:
-            words.append(QueryWord(typed=typed, searched=searched))
         else:
-            words.append(QueryWord(typed=typed, searched=correction, corrected=True))
+            words.append(None)
+    # Unknown words are corrected after the known ones are read, in the context of those (and of the
+    # corrections made before them).
+    for position, (typed, searched) in enumerate(joined):
+        if words[position] is not None:
+            continue
+        others = [w.stem for w in words if w is not None and (w.corrected or index.knows(w.searched))]
+        correction = _correction_in_context(index, _corrections(index, searched), others)
+        words[position] = (
+            QueryWord(typed=typed, searched=searched)
+            if correction is None
+            else QueryWord(typed=typed, searched=correction, corrected=True)
+        )
     # A correction may land on a word already searched: search it once.
     unique: dict[str, QueryWord] = {}
     for word in words:
-        unique.setdefault(word.stem, word)
+        if word is not None:
+            unique.setdefault(word.stem, word)
     return list(unique.values())
 
 
@@ -670,6 +713,7 @@ class _Served:
     version: str  # the catalog's latest updated_at when the build started
     built_at: float  # time.monotonic() of the build (or load)
     stale: bool = False  # a product it returned is gone
+    checked_at: float = 0.0  # time.monotonic() when the catalog's version was last read and matched
 
 
 _served: _Served | None = None
@@ -734,7 +778,7 @@ def _fresh_enough(served: _Served, *, version: str) -> bool:
     if served.version == version and not served.stale:
         return True
     # The catalog changed: a slow build reruns no more often than REBUILD_INTERVAL_FACTOR times its duration.
-    slow = served.index.built_seconds >= REBUILD_IN_BACKGROUND_S
+    slow = len(served.index) >= REBUILD_IN_BACKGROUND_FROM
     return slow and age < served.index.built_seconds * REBUILD_INTERVAL_FACTOR
 
 
@@ -769,7 +813,8 @@ def _refresh(source: str, version: str) -> SearchIndex:
             index = search_index_build(_rows())
             logger.info("Search index built: %d products in %.0f ms", len(index), index.built_seconds * 1000)
             _shared_store(source, version, index)
-    _served = _Served(index=index, source=source, version=version, built_at=time.monotonic())
+    now = time.monotonic()
+    _served = _Served(index=index, source=source, version=version, built_at=now, checked_at=now)
     return index
 
 
@@ -798,14 +843,24 @@ def search_index() -> SearchIndex:
     search the previous index.
     """
     source = _source()
-    version = _catalog_version()
     served = _served
+    if (
+        served is not None
+        and served.source == source
+        and not served.stale
+        and len(served.index) >= REBUILD_IN_BACKGROUND_FROM
+        and time.monotonic() - served.checked_at < VERSION_CHECK_INTERVAL_S
+    ):
+        return served.index  # a large catalog's version was read a moment ago
+    version = _catalog_version()
     if served is None or served.source != source:
         with _build_lock:
             return _refresh(source, version)
     if _fresh_enough(served, version=version):
+        if served.version == version:
+            served.checked_at = time.monotonic()
         return served.index
-    if served.index.built_seconds >= REBUILD_IN_BACKGROUND_S:
+    if len(served.index) >= REBUILD_IN_BACKGROUND_FROM:
         _refresh_in_background(source, version)
         return served.index
     if not _build_lock.acquire(blocking=False):

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Min
 
+from gallery.cards import remembered
 from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
 from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens

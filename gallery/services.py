@@ -17,7 +17,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F
-from django.utils import timezone
 from PIL import Image
 
 from gallery.catalog import CatalogRow, RowError, image_path_for, styles_read

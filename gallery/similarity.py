@@ -20,7 +20,7 @@ from django.core.cache import cache
 from django_redis.exceptions import ConnectionInterrupted
 from PIL import Image
 
-from gallery.cards import Card, CatalogVersion, cards_get, catalog_version, filter_ids
+from gallery.cards import Card, cards_get, filter_ids
 from gallery.filters import ProductFilters
 from gallery.trail import Trail
 from recommender import api
@@ -43,15 +43,23 @@ class SimilarGrid:
     notice: str = ""
 
 
-def _allowed(filters: ProductFilters | None, version: CatalogVersion) -> np.ndarray | None:
-    return filter_ids(filters, version=version) if filters else None
+def _allowed(filters: ProductFilters | None) -> np.ndarray | None:
+    return filter_ids(filters) if filters else None
 
 
 def _grid(
-    neighbours: list[api.Neighbour], version: CatalogVersion, link: Callable[[int], str | None]
+    neighbours: list[api.Neighbour],
+    filters: ProductFilters | None,
+    link: Callable[[int], str | None],
+    cards: dict[int, Card] | None = None,
 ) -> list[GridItem]:
-    cards = cards_get([n.product_id for n in neighbours], version=version)
-    return [GridItem(cards[n.product_id], n.score, link(n.product_id)) for n in neighbours if n.product_id in cards]
+    """The neighbours as grid items; a product deleted, or edited out of ``filters``, since it was found is left out."""
+    cards = cards if cards is not None else cards_get([n.product_id for n in neighbours])
+    return [
+        GridItem(cards[n.product_id], n.score, link(n.product_id))
+        for n in neighbours
+        if n.product_id in cards and (not filters or filters.matches(cards[n.product_id]))
+    ]
 
 
 def similar_grid(
@@ -64,22 +72,23 @@ def similar_grid(
 ) -> SimilarGrid:
     """The ``k`` products that look most like the trail anchored at ``anchor_id``, away from its disliked steps.
 
-    The trail's liked steps (``Trail.liked_ids``: the anchor and the pinned
-    steps) pull, its "not like this" steps push; products on the trail never
+    The trail's liked steps (``Trail.liked_ids_for``: the pinned steps and the
+    anchor) pull, its "not like this" steps push; products on the trail never
     appear. When no liked product has a vector yet the grid is empty and
     ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
     """
-    version = catalog_version()
-    trail_products = cards_get(trail.product_ids, version=version)
     liked = trail.liked_ids_for(anchor_id)
     try:
         vector = api.trail_vector(liked_ids=liked, disliked_ids=trail.disliked_ids)
     except api.NotEmbeddedYet as exc:
-        return SimilarGrid(items=[], trail_products=trail_products, notice=str(exc))
+        return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))
     neighbours = api.nearest(
-        vector=vector, k=k, exclude_ids=frozenset(trail.product_ids), allowed_ids=_allowed(filters, version)
+        vector=vector, k=k, exclude_ids=frozenset(trail.product_ids), allowed_ids=_allowed(filters)
     )
-    items = _grid(neighbours, version, lambda pid: link(pid, trail.then(pid)) if link else None)
+    # One query for the grid's cards and the trail's.
+    cards = cards_get([*trail.product_ids, *(n.product_id for n in neighbours)])
+    items = _grid(neighbours, filters, lambda pid: link(pid, trail.then(pid)) if link else None, cards)
+    trail_products = {pid: cards[pid] for pid in trail.product_ids if pid in cards}
     return SimilarGrid(items=items, trail_products=trail_products)
 
 
@@ -134,8 +143,7 @@ def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) ->
     stored). Raises ImageRejected, PhotoSearchBusy or SimilarityUnavailable.
     """
     photo = api.photo_vector(data=data)
-    version = catalog_version()
-    neighbours = api.nearest(vector=photo.vector, k=k, allowed_ids=_allowed(filters, version))
+    neighbours = api.nearest(vector=photo.vector, k=k, allowed_ids=_allowed(filters))
     token = secrets.token_urlsafe(16)
     try:
         # Stored as text: the cache's serializer is JSON (nothing in Redis is ever unpickled).
@@ -144,4 +152,4 @@ def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) ->
     except CACHE_DOWN:
         # Without the cache the results still show; only the trail's thumbnail is missing.
         logger.warning("Cache unavailable: the photo's thumbnail is not kept", exc_info=True)
-    return PhotoGrid(items=_grid(neighbours, version, lambda pid: None), photo_token=token)
+    return PhotoGrid(items=_grid(neighbours, filters, lambda pid: None), photo_token=token)

@@ -254,7 +254,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
         {
             "query": form.cleaned_data["q"],
             "filters": form.filters.as_dict(),
-            "results": [{**_product_json(request, p), "matched": list(found.matched.get(p.id, ()))} for p in found],
+            "results": [_product_json(request, p) for p in found],
             **found.explanation(),
         }
     )

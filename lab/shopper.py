@@ -537,7 +537,9 @@ class Engine:
             grid = self._text_cache[word]
             if len(grid):
                 return grid
-        return starting_grid(self.catalog, k=self.k)
+        if "" not in self._text_cache:
+            self._text_cache[""] = starting_grid(self.catalog, k=self.k)
+        return self._text_cache[""]
 
     def grid(self, *, steps: Sequence[_Step], skipped: dict[int, int], strategy: feedback.Strategy) -> np.ndarray:
         """The next grid's positions for a trail of ``steps`` (skipped: row -> clicks ago it was shown)."""

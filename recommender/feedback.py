@@ -27,6 +27,8 @@ from recommender.colour import ASPECT_COLOUR_WEIGHTS, DEFAULT_COLOUR_WEIGHT, Asp
 # Candidates fetched per grid tile before re-ranking: enough for the colour blend and the diversity pass
 # to find what the image vector alone ranks a little lower.
 OVERFETCH = 8
+# Colour cosine between two clicks below which they say nothing about colour (see Strategy.colour_agreement).
+COLOUR_AGREEMENT_FLOOR = 0.5
 PINNED = "p"
 DISLIKED = "n"
 
@@ -105,6 +107,9 @@ class Strategy:
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
     diversity: float = 0.0
+    diversity_colour: float | None = None
+    colour_agreement: bool = False
+    aspect_weights: dict[str, float] | None = field(default=None, compare=False)
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -149,9 +154,19 @@ def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> f
     if trail.colours is None:
         return 0.0
     aspect = trail.aspect(step)
-    if aspect is Aspect.DEFAULT:
-        return strategy.colour_weight or 0.0
-    return ASPECT_COLOUR_WEIGHTS[aspect]
+    if aspect is not Aspect.DEFAULT:
+        overrides = strategy.aspect_weights or {}
+        return overrides.get(aspect.value, ASPECT_COLOUR_WEIGHTS[aspect])
+    weight = strategy.colour_weight or 0.0
+    if strategy.colour_agreement and weight:
+        # Without an aspect, colour counts as far as the shopper's clicks agree on it: two blue clicks in a row
+        # say "blue"; a first click, or a click in another colour than the one before, says nothing about colour.
+        liked = [int(i) for i in trail.liked if i < step]
+        if not liked:
+            return 0.0
+        agreement = float(np.asarray(trail.colours[step]) @ np.asarray(trail.colours[liked[-1]]))
+        weight *= min(1.0, max(0.0, (agreement - COLOUR_AGREEMENT_FLOOR) / (1.0 - COLOUR_AGREEMENT_FLOOR)))
+    return weight
 
 
 def _unit(vector: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -231,7 +246,9 @@ def candidate_scores(
             scores = scores - strategy.dislike_weight * disliked_scores.mean(axis=0)
     skipped = _skipped_weights(trail, strategy)
     if len(skipped):
-        scores = scores - strategy.skipped_weight * (skipped @ (np.asarray(trail.skipped) @ candidates.T))
+        # Linear in the skipped vectors: push from their weighted mean, one (d,) vector, not an (s, N) matrix.
+        pushed = skipped @ np.asarray(trail.skipped, dtype=np.float32)
+        scores = scores - strategy.skipped_weight * (candidates @ pushed)
     if strategy.context and disliked_scores is not None:
         scores = scores + _context_rank(trail, liked_scores, disliked_scores)
     return np.asarray(scores, dtype=np.float32)
@@ -266,7 +283,7 @@ def diversify(
     Each pick maximises (1 - strength) * score - strength * (its highest similarity to a tile already
     picked), similarity being the image cosine blended with the colour cosine when ``colours`` is given.
     Strength 0 is the plain top-k by score; larger values trade relevance for tiles unlike each other, so a
-    grid is not 25 near-copies. O(k * N) after one (N, N) similarity matrix; no side effects.
+    grid is not 25 near-copies. O(k * N * d): one similarity row per pick, never the (N, N) matrix.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
@@ -276,20 +293,20 @@ def diversify(
     if strength <= 0.0 or k == 1:
         return np.argsort(-scores, kind="stable")[:k]
     vectors = np.asarray(vectors, dtype=np.float32)
-    similarity = (vectors @ vectors.T).astype(np.float64)
-    if colours is not None:
-        colours = np.asarray(colours, dtype=np.float32)
-        similarity = (1.0 - colour_weight) * similarity + colour_weight * (colours @ colours.T)
+    colours = None if colours is None else np.asarray(colours, dtype=np.float32)
     chosen = np.zeros(k, dtype=np.int64)
     taken = np.zeros(n, dtype=bool)
-    closest = np.full(n, -np.inf)
+    closest = np.zeros(n)  # the first pick is the best score alone
     for pick in range(k):
-        gain = (1.0 - strength) * scores - strength * np.where(np.isfinite(closest), closest, 0.0)
+        gain = (1.0 - strength) * scores - strength * closest
         gain[taken] = -np.inf
         best = int(np.argmax(gain))
         chosen[pick] = best
         taken[best] = True
-        closest = np.maximum(closest, similarity[best])
+        similarity = vectors @ vectors[best]
+        if colours is not None:
+            similarity = (1.0 - colour_weight) * similarity + colour_weight * (colours @ colours[best])
+        closest = similarity if pick == 0 else np.maximum(closest, similarity)
     return chosen
 
 
@@ -306,22 +323,74 @@ def grid_rank(
         trail=trail, strategy=strategy, candidates=candidates, candidate_colours=candidate_colours
     )
     use_colours = candidate_colours if trail.colours is not None else None
+    similarity_colour = strategy.colour_weight if strategy.diversity_colour is None else strategy.diversity_colour
     positions = diversify(
         scores=scores,
         vectors=candidates,
         k=k,
         strength=strategy.diversity,
         colours=use_colours,
-        colour_weight=strategy.colour_weight or 0.0,
+        colour_weight=similarity_colour or 0.0,
     )
     return positions, scores[positions]
 
 
-NEIGHBOURS = Strategy(name="neighbours", liked="newest", dislike_weight=0.0, colour_weight=None)
-TRAIL = Strategy(name="trail", liked="anchor", colour_weight=None)
+# The candidates the simulated-shopper benchmark measured (docs/quality.md, "Refinement: simulated shoppers").
+# Colour and diversity are off in all but the last two, so each row shows one idea alone.
+NEIGHBOURS = Strategy(
+    name="neighbours", liked="newest", dislike_weight=0.0, colour_weight=None, notes="the clicked product's neighbours"
+)
+TRAIL = Strategy(
+    name="trail", liked="anchor", colour_weight=None, notes="normalise(mean(anchor + pinned) - 0.5 mean(not like this))"
+)
+RECENCY = Strategy(name="recency", colour_weight=None, notes="every click, each half the weight of the next")
+HIDE_SKIPPED = Strategy(
+    name="hide-skipped", liked="newest", colour_weight=None, hide_skipped=True, notes="neighbours, never re-shown"
+)
+ROCCHIO = Strategy(
+    name="rocchio", colour_weight=None, skipped_weight=1.0, notes="recency minus the shown-and-skipped, recent first"
+)
+ROCCHIO_HIDE = Strategy(
+    name="rocchio+hide", colour_weight=None, skipped_weight=1.0, hide_skipped=True, notes="rocchio, never re-shown"
+)
+BEST_SCORE = Strategy(
+    name="best-score", combine="best", colour_weight=None, hide_skipped=True, notes="Qdrant best_score, never re-shown"
+)
+DISCOVERY = Strategy(
+    name="discovery",
+    context=True,
+    colour_weight=None,
+    skipped_weight=1.0,
+    hide_skipped=True,
+    diversity=0.5,
+    notes="rocchio+hide+MMR, ranked by (liked, not like this) context pairs first",
+)
+NEIGHBOURS_VARIED = Strategy(
+    name="neighbours+colour+mmr",
+    liked="newest",
+    dislike_weight=0.0,
+    colour_weight=DEFAULT_COLOUR_WEIGHT,
+    diversity=0.5,
+    notes="the clicked product's neighbours, colour blend, MMR",
+)
+REFINE = Strategy(
+    name="refine",
+    skipped_weight=1.0,
+    hide_skipped=True,
+    colour_weight=DEFAULT_COLOUR_WEIGHT,
+    diversity=0.5,
+    notes="recency + skipped as weak negatives + never re-shown + colour blend + MMR 0.5",
+)
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (NEIGHBOURS, TRAIL)}
-SHIPPED = TRAIL
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (NEIGHBOURS, TRAIL, RECENCY, HIDE_SKIPPED, ROCCHIO, ROCCHIO_HIDE, BEST_SCORE, DISCOVERY,
+              NEIGHBOURS_VARIED, REFINE)
+}  # fmt: skip
+# What the gallery should serve: it beat the neighbours and the original trail on both catalogs (see the docs).
+SHIPPED = REFINE
+# The MMR strength SHIPPED uses, for a setting that overrides it.
+DEFAULT_DIVERSITY = REFINE.diversity
 
 
 def strategy_named(name: str, candidates: Sequence[Strategy] = ()) -> Strategy:

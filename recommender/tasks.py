@@ -23,7 +23,7 @@ from kombu.exceptions import KombuError
 
 from recommender import runtime, services, state
 from recommender.errors import EncoderUnavailable
-from recommender.locks import BuildInProgress, redis_client
+from recommender.locks import BUILD_LOCK, BuildInProgress, redis_client  # noqa: F401 (BUILD_LOCK re-exported)
 from recommender.models import Embedding
 
 logger = logging.getLogger(__name__)

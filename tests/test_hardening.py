@@ -22,7 +22,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 import uuid
 import zipfile
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,11 +40,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image, ImageDraw
 
+from gallery import ratelimit
 from gallery.models import Product
-from recommender.models import EmbedStatus, EmbeddingState
 from recommender import index as index_module
 from recommender import runtime, selectors, services, tasks
-from recommender.models import Embedding
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from tests.conftest import ROOT, admin_product_form, celery_broker, connection_attempts, embed_status, jpeg_bytes
 
 # --- Recording what the server answered -------------------------------------------------
@@ -1420,7 +1420,9 @@ def test_admin_forms_without_a_csrf_token_are_403_and_store_nothing(csrf_client,
     nothing_stored()
 
 
-def test_the_photo_api_needs_no_csrf_token_and_ignores_the_session(csrf_client, catalog, settings, redis_db):
+def test_the_photo_api_needs_no_csrf_token_and_ignores_the_session(
+    csrf_client, catalog, settings, redis_db, monkeypatch
+):
     """The API is csrf-exempt because it never looks at cookies: an admin's session changes nothing."""
     anonymous = photo_api(csrf_client, jpeg_bytes(), k="5", REMOTE_ADDR="10.7.0.1")
     assert anonymous.status_code == 200
@@ -1436,7 +1438,7 @@ def test_the_photo_api_needs_no_csrf_token_and_ignores_the_session(csrf_client, 
 
     # And no exemption from the limit: the admin is limited like anyone.
     settings.PHOTO_SEARCH_RATE_PER_MINUTE = 1
-    _fresh_rate_window()
+    _fixed_rate_window(monkeypatch)
     assert photo_api(csrf_client, jpeg_bytes(), REMOTE_ADDR="10.7.0.3").status_code == 200
     limited = photo_api(csrf_client, jpeg_bytes(), REMOTE_ADDR="10.7.0.3")
     record("POST /api/search-by-image (logged-in admin session)", "2nd photo search with limit 1/min", limited)
@@ -1491,16 +1493,16 @@ def test_staff_without_the_add_permission_cannot_add_or_bulk_upload(hostile_clie
     nothing_stored()
 
 
-def _fresh_rate_window(margin: float = 6.0) -> None:
-    """Wait for a new minute when the fixed window is about to turn over (the limit counts per minute)."""
-    left = 60 - time.time() % 60
-    if left < margin:
-        time.sleep(left + 0.05)
+def _fixed_rate_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fixed instant, 50 s before the minute turns: every request counts in the same window on any machine."""
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 1_699_999_990.0))
 
 
-def test_photo_search_is_rate_limited_per_client_through_the_shared_cache(hostile_client, catalog, settings, redis_db):
+def test_photo_search_is_rate_limited_per_client_through_the_shared_cache(
+    hostile_client, catalog, settings, redis_db, monkeypatch
+):
     settings.PHOTO_SEARCH_RATE_PER_MINUTE = 3
-    _fresh_rate_window()
+    _fixed_rate_window(monkeypatch)
     client_ip = "10.1.2.3"
     statuses = [photo_api(hostile_client, jpeg_bytes(), k="3", REMOTE_ADDR=client_ip).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -1510,7 +1512,7 @@ def test_photo_search_is_rate_limited_per_client_through_the_shared_cache(hostil
     assert fourth["Content-Type"] == "application/json"
     assert "Too many photo searches" in fourth.json()["error"]
     retry_after = int(fourth["Retry-After"])
-    assert 1 <= retry_after <= 61
+    assert retry_after == 51  # the seconds left in the window, plus one
     assert str(retry_after) in fourth.json()["error"]
 
     # The page shares the count; X-Forwarded-For from the client is not trusted.

@@ -110,7 +110,7 @@ def server_errors_client(client) -> Client:
 @pytest.fixture
 def one_window(monkeypatch) -> None:
     """Every request counts in the same rate-limit minute, whenever the test runs."""
-    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 1_700_000_010.0))
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 1_699_999_990.0))
 
 
 def photo_search(client: Client, **environ: str):

@@ -689,3 +689,14 @@ def test_a_job_whose_worker_is_killed_resumes_in_another_after_its_last_committe
     assert (job.rows_read, job.created, job.updated, job.unchanged) == (60, 60, 0, 0)
     assert sorted(Product.objects.values_list("id", flat=True)) == ids
     assert stored_files() == []
+
+
+def test_the_sweep_is_a_registered_task_on_the_beat_schedule(settings):
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    entry = settings.CELERY_BEAT_SCHEDULE["import-sweep"]
+    assert entry["task"] in app.tasks
+    assert entry["schedule"] < jobs.IMPORT_STALE_AFTER_S
+    assert tasks.import_catalog_job.name in app.tasks
+    assert tasks.import_catalog_job.acks_late and tasks.import_catalog_job.reject_on_worker_lost

@@ -147,6 +147,23 @@ def test_typos_are_corrected_against_the_catalogs_words(catalog, typed, expected
     assert found.notice.startswith(f"Showing results for “{searched}”")
 
 
+def test_a_correction_is_chosen_to_fit_the_other_words(db):
+    ProductFactory(id=1, name="Garnier Women Face Mask", article_type="Mask and Peel")
+    ProductFactory(id=2, name="Boat Mast Blue", article_type="Toys")
+    ProductFactory(id=3, name="Boat Mast Red", article_type="Toys")
+    ProductFactory(id=4, name="Boat Mast Green", article_type="Toys")
+    found = product_search(query="face masc")
+    assert found.corrections == {"masc": "mask"}  # "mast" is as near and more common, but no face has one
+    assert ids(found)[:1] == [1] and found.complete == 1
+    assert product_search(query="masc").corrections == {"masc": "mast"}  # alone: the more common word
+
+
+def test_a_correction_no_product_pairs_with_the_other_words_is_not_made(catalog):
+    found = product_search(query="blakc umbrella")  # there is a black watch, and a green umbrella
+    assert found.corrections == {} and ids(found) == [80]
+    assert found.notice == "No exact match for “blakc umbrella”; showing products matching “umbrella”."
+
+
 @pytest.mark.parametrize("typed", ["sendels", "jakkit", "tpo"])
 def test_typos_beyond_the_budget_are_not_guessed(catalog, typed):
     # 7 and 6 letters allow one edit (these are two away); under 4 letters, none.
@@ -286,8 +303,9 @@ def test_a_search_only_reads_and_a_warm_one_runs_two_queries(catalog):
 def test_a_slow_rebuild_runs_in_the_background_while_searches_go_on(monkeypatch):
     for pid, name, gender, _category, _sub, kind, colour in CATALOG[:5]:
         ProductFactory(id=pid, name=name, gender=gender, article_type=kind, base_colour=colour)
-    monkeypatch.setattr(search, "REBUILD_IN_BACKGROUND_S", 0.0)  # every build counts as slow
+    monkeypatch.setattr(search, "REBUILD_IN_BACKGROUND_FROM", 0)  # as for a large catalog
     monkeypatch.setattr(search, "REBUILD_INTERVAL_FACTOR", 0)
+    monkeypatch.setattr(search, "VERSION_CHECK_INTERVAL_S", 0)
     assert top("watch") == [30]  # the first build of a process: nothing to serve meanwhile
     ProductFactory(id=700, name="Casio Men Grey Watch", article_type="Watches")
     assert top("watch") == [30]  # served by the previous index; the refresh runs beside it
@@ -369,12 +387,10 @@ def test_api_says_which_words_matched_or_were_corrected(catalog, client):
     assert body["partial"] is False and body["complete"] == 2
     assert body["notice"].startswith("Showing results for")
     assert [r["id"] for r in body["results"][:2]] == [30, 31]
-    assert body["results"][0]["matched"] == ["black", "watch"]
 
     body = client.get("/api/search", {"q": "purple umbrella"}).json()
     assert body["partial"] is True and body["complete"] == 0
     assert body["matched"] == ["umbrella"] and body["unmatched"] == ["purple"]
-    assert body["results"][0]["matched"] == ["umbrella"]
 
 
 def test_api_starting_grid_is_not_a_partial_match(catalog, client):
@@ -446,11 +462,12 @@ def test_the_issues_queries_give_sensible_grids_on_the_real_catalog(real_catalog
         assert product_search(query=typo).notice.startswith("Showing results for"), typo
 
 
-def test_the_real_catalogs_index_stays_small_and_a_warm_search_runs_two_queries(real_catalog):
+def test_the_real_catalogs_index_stays_small_and_a_warm_search_runs_at_most_two_queries(real_catalog):
     index = search.search_index()
     assert len(index) == real_catalog
     assert index.memory_bytes() < 4_000_000  # arrays: ids, postings, columns (1.9 MB measured)
     assert len(search.search_index_dumps(index, version="v")) < 4_000_000  # what Redis holds
     with CaptureQueriesContext(connection) as queries:
         product_search(query="blakc watch for men")
-    assert len(queries.captured_queries) == 2
+    # The products shown, and the catalog's version unless it was read less than a second ago.
+    assert 1 <= len(queries.captured_queries) <= 2
