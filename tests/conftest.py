@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from gallery.catalog import styles_read
 from lab.demo import demo_catalog_write
-from gallery import cards
+from gallery import cards, search
 from recommender import runtime, tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +38,7 @@ def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
     settings.INDEX_DIR = tmp_path / "index"
     runtime.reset()
     cards.forget()
+    search.search_index_reset()
     tasks._queue_down_until = 0.0
     cache.clear()  # cached filter menus and rate-limit counters belong to one test
     yield
