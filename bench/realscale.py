@@ -998,8 +998,8 @@ def database_tables(database: str, measured: dict, shop: Shop, sizes: Sizes) -> 
     memory.note = (
         "private (USS): what this worker alone holds, i.e. what one more worker costs; Pss adds its share of pages "
         "shared with the other workers (the index file, libraries). No worker had served a photo 'after every kind "
-        "but photo'; 'after photos from 1 client': one connection, so one worker served them all; before the "
-        "8-client photo run every worker served photos"
+        "but photo'; 'after photos from 1 client': one connection, so one worker served them all; then photos came "
+        "on 12 and 8 connections, spread over the workers as they accepted them"
     )
     data = {
         "one": {name: {k: v for k, v in r.items() if k != "times"} for name, r in one.items()},
@@ -1126,7 +1126,7 @@ def realscale_run(*, quick: bool, databases: list[str], tmp: Path, vectors: int 
         _manage(prepared, database, "migrate", "--noinput", "-v", "0", log=log)
     shop = shop_read(prepared)
     sizes = (
-        Sizes(warm=5, count=40, photo_count=20, seconds=3)
+        Sizes(warm=3, count=30, photo_count=10, seconds=2)
         if quick
         else Sizes(warm=30, count=300, photo_count=300, seconds=10)
     )
@@ -1140,7 +1140,7 @@ def realscale_run(*, quick: bool, databases: list[str], tmp: Path, vectors: int 
         result.data["databases"][database] = data
     if vectors:
         table, targets, data = measure_vectors(
-            n=vectors, dim=256, clicks=40 if quick else 300, fresh=500, tmp=tmp, log=log
+            n=vectors, dim=256, clicks=20 if quick else 300, fresh=500, tmp=tmp, log=log
         )
         result.tables.append(table)
         result.targets += targets

@@ -268,6 +268,7 @@ def strategy_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
         ("neighbours", pins, s.NEIGHBOURS),
         ("trail", pins, s.TRAIL),
         ("refine", pins, s.REFINE),
+        ("refine, pushed 0.5 by not-like-this", pins, replace(s.REFINE, dislike_weight=0.5, sink_disliked=False)),
         ("discovery", pins, replace(s.DISCOVERY, colour_weight=colour.DEFAULT_COLOUR_WEIGHT)),
         ("refine, best-score", pins, replace(s.REFINE, combine="best")),
         ("neighbours", aspects, s.NEIGHBOURS),

@@ -4,8 +4,8 @@ A shopper wants one target product. They start from the starting grid or from a 
 click the shown product that a *judge* built from the catalog's labels ranks closest to the target; in a
 variant they also pin steps, mark products "not like this", or say "same colour" on a step. A shopper has
 *found* the target when it, or a product equal to it on the judged labels, is in the grid. Everything runs
-in memory with exact cosine search over the catalog's vectors (no HTTP, no database); grids are made by the
-same functions the gallery serves with (:mod:`recommender.feedback`, :mod:`recommender.colour`).
+in memory with exact cosine search over the catalog's vectors (no HTTP, no database); grids are ranked by the
+functions the gallery's similarity grids are meant to call (:mod:`recommender.feedback`, :mod:`recommender.colour`).
 
 Two catalogs: the drawn demo catalog (:mod:`lab.demo`) and rows of a real ``styles.csv`` drawn the same
 way (:func:`real_rows_draw`), one image per row, so the labels and their skew are the real catalog's.
@@ -555,7 +555,6 @@ class Engine:
             colours=None if colours is None else colours[rows],
             skipped=cat.vectors[skipped_rows],
             skipped_age=skipped_age,
-            skipped_colours=None if colours is None else colours[skipped_rows],
         )
         excluded = np.zeros(len(cat), dtype=bool)
         excluded[rows] = True

@@ -21,10 +21,13 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+# Ids, names and the fallback note live with the torch-free choice of encoder;
+# they are re-exported here for callers that build encoders.
 from recommender.errors import EncoderUnavailable
-from recommender.spaces import (
+from recommender.spaces import (  # noqa: F401
     EFFICIENTNET_LITE0_ID,
     ENCODER_NAMES,
+    FALLBACK_NOTE,
     RANDOM_SUFFIX,
     RESNET50_ID,
     encoder_choose,

@@ -29,6 +29,8 @@ from recommender.colour import ASPECT_COLOUR_WEIGHTS, DEFAULT_COLOUR_WEIGHT, Asp
 OVERFETCH = 8
 # Colour cosine between two clicks below which they say nothing about colour (see Strategy.colour_agreement).
 COLOUR_AGREEMENT_FLOOR = 0.5
+# Subtracted from a sunk candidate's score: more than any two scores differ (weighted cosines, pushes included).
+SUNK = 8.0
 PINNED = "p"
 DISLIKED = "n"
 
@@ -40,8 +42,8 @@ class TrailVectors:
     ``vectors`` (n, d) are the steps' stored unit image vectors and ``marks`` their marks ("", "p" pinned,
     "n" not like this); ``aspects`` their :class:`~recommender.colour.Aspect` codes ("" for none). ``skipped``
     (s, d) are products shown in the grids the shopper clicked from and did not click, ``skipped_age`` (s,)
-    how many clicks ago each was shown (0: in the grid the newest step was clicked from). ``colours`` and
-    ``skipped_colours`` are the matching colour descriptors, or None where the space has none.
+    how many clicks ago each was shown (0: in the grid the newest step was clicked from). ``colours`` are the
+    steps' colour descriptors, or None where the space has none (skipped products push by image alone).
     """
 
     vectors: np.ndarray
@@ -50,7 +52,6 @@ class TrailVectors:
     colours: np.ndarray | None = None
     skipped: np.ndarray | None = None
     skipped_age: np.ndarray | None = None
-    skipped_colours: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.vectors)
@@ -65,8 +66,6 @@ class TrailVectors:
         skipped = 0 if self.skipped is None else len(self.skipped)
         if self.skipped_age is not None and len(self.skipped_age) != skipped:
             raise ValueError("skipped_age needs one age per skipped product")
-        if self.skipped_colours is not None and len(self.skipped_colours) != skipped:
-            raise ValueError("skipped_colours needs one descriptor per skipped product")
 
     @property
     def liked(self) -> np.ndarray:
@@ -83,17 +82,25 @@ class TrailVectors:
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a trail becomes a grid. Every field is a measured choice; see the benchmark's table.
+    """How a trail becomes a grid. Every field is a measured choice; see the benchmark's tables.
 
-    ``liked``: "anchor" pulls towards the newest liked step and the pinned steps, equally (the gallery's
-    original trail); "recency" towards every liked step, each ``decay`` times the weight of the next newer
-    one, pinned steps at the newest step's weight. ``combine``: "mean" scores a candidate by the weighted sum
-    of its step scores (Rocchio); "best" by its best liked step, unless a disliked step is closer (Qdrant's
-    ``best_score``). ``context``: rank first by how many (liked, disliked) pairs the candidate sides with
-    the liked member of (Qdrant's discovery search), then by the score. ``skipped_weight``: how hard
-    products shown and passed over push away (Rocchio's weak negatives), recent grids the most.
-    ``hide_skipped``: never show them again. ``colour_weight``: the colour share of a step without an
-    aspect (None: the image vector only). ``diversity``: the MMR strength of :func:`diversify`.
+    - ``liked``: "newest" pulls towards the newest liked step only (single-click neighbours); "anchor"
+      towards it and the pinned steps, equally (the gallery's original trail); "recency" towards every
+      liked step, each ``decay`` times the weight of the next newer one, pinned steps at the newest's weight.
+    - ``combine``: "mean" scores a candidate by the weighted sum of its step scores (Rocchio); "best" by its
+      best liked step, unless a disliked step is closer (Qdrant's ``best_score``).
+    - ``dislike_weight``: how hard the "not like this" steps push the whole query away. ``sink_disliked``:
+      candidates nearer a "not like this" step than to every liked step drop below all the others
+      (best_score's rule for dislikes, on any ``combine``).
+    - ``skipped_weight``, ``skipped_decay``: how hard products shown and passed over push away (Rocchio's
+      weak negatives), recent grids the most. ``hide_skipped``: never show them again.
+    - ``context``: rank first by how many (liked, disliked) pairs a candidate sides with the liked member of
+      (Qdrant's discovery search), then by the score.
+    - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only);
+      ``colour_agreement``: scale it by how far the step's colour agrees with the liked step before it;
+      ``aspect_weights``: colour shares overriding recommender.colour's per aspect code.
+    - ``diversity``: the MMR strength of :func:`diversify`; ``diversity_colour``: the colour share of the
+      similarity MMR spreads the grid by (None: ``colour_weight``).
     """
 
     name: str
@@ -101,6 +108,7 @@ class Strategy:
     decay: float = 0.5
     combine: str = "mean"
     dislike_weight: float = 0.5
+    sink_disliked: bool = False
     skipped_weight: float = 0.0
     skipped_decay: float = 0.5
     hide_skipped: bool = False
@@ -251,6 +259,11 @@ def candidate_scores(
         scores = scores - strategy.skipped_weight * (candidates @ pushed)
     if strategy.context and disliked_scores is not None:
         scores = scores + _context_rank(trail, liked_scores, disliked_scores)
+    if strategy.sink_disliked and disliked_scores is not None and strategy.combine != "best":
+        # best_score's rule for dislikes on top of any liked-side score: a candidate nearer a "not like this"
+        # step than to every liked step goes below all the others; the rest keep their order.
+        negative = disliked_scores.max(axis=0)
+        scores = np.where(liked_scores.max(axis=0) > negative, scores, scores - SUNK - negative**2)
     return np.asarray(scores, dtype=np.float32)
 
 
@@ -377,9 +390,11 @@ REFINE = Strategy(
     name="refine",
     skipped_weight=1.0,
     hide_skipped=True,
+    dislike_weight=0.0,
+    sink_disliked=True,
     colour_weight=DEFAULT_COLOUR_WEIGHT,
     diversity=0.5,
-    notes="recency + skipped as weak negatives + never re-shown + colour blend + MMR 0.5",
+    notes="recency + skipped as weak negatives + never re-shown + colour blend + MMR 0.5; not-like-this sinks",
 )
 
 STRATEGIES: dict[str, Strategy] = {

@@ -76,6 +76,18 @@ def test_best_score_sinks_what_is_nearer_a_disliked_step_than_any_liked():
     assert scores[0] > 0 > scores[1]
 
 
+def test_shipped_strategy_sinks_only_what_is_nearer_a_not_like_this_step():
+    # Liked E0, then "not like this" on a product between E0 and E2: a near-copy of it sinks to the bottom,
+    # while the rest keep the order the liked step gives them (no push of the whole query away).
+    trail = TrailVectors(vectors=_unit([1, 0, 0, 0], [0.5, 0, 1, 0]), marks=("", "n"))
+    candidates = _unit([0.45, 0, 1, 0], [1, 0.2, 0, 0], [0.6, 0.6, 0.5, 0], [1, 0, 0.3, 0])
+    strategy = feedback.SHIPPED
+    ranked = _ranked(trail, strategy, candidates)
+    assert ranked[-1] == 0
+    liked_only = TrailVectors(vectors=trail.vectors[:1], marks=("",))
+    assert [i for i in _ranked(liked_only, strategy, candidates) if i != 0] == ranked[:-1]
+
+
 def test_context_pairs_rank_the_liked_side_of_every_pair_first():
     # Pair (E0 liked, E1 not like this): a weaker candidate on E0's side beats a stronger one on E1's side.
     trail = TrailVectors(vectors=_unit([1, 0, 0, 0], [0, 1, 0, 0], [0.2, 0.6, 1, 0]), marks=("", "n", ""))

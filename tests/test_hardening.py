@@ -1249,8 +1249,16 @@ def test_a_long_query_is_capped_not_refused(hostile_client, catalog, settings):
 
 
 def test_sql_and_wildcards_are_searched_literally(hostile_client, catalog):
-    assert hostile_client.get("/api/search", {"q": "red' OR '1'='1"}).json()["results"] == []
-    assert hostile_client.get("/api/search", {"q": "_"}).json()["results"] == []
+    # The quote and the operators are just characters: the query is the words "red", "or", "1"; it finds what
+    # "red" finds (a partial match, said so), never the whole catalog.
+    injected = hostile_client.get("/api/search", {"q": "red' OR '1'='1", "k": 100}).json()
+    plain = hostile_client.get("/api/search", {"q": "red", "k": 100}).json()
+    assert [r["id"] for r in injected["results"]] == [r["id"] for r in plain["results"]]
+    assert 0 < len(plain["results"]) < len(catalog)
+    # "_" holds no word: it is the empty query (the starting grid), not a LIKE wildcard.
+    assert hostile_client.get("/api/search", {"q": "_"}).json()["results"] == (
+        hostile_client.get("/api/search", {"q": ""}).json()["results"]
+    )
     assert hostile_client.get("/api/search", {"colour": "%"}).json()["results"] == []
     assert Product.objects.count() == len(catalog)
 
