@@ -248,6 +248,9 @@ def import_job_run(*, job: ImportJob, workers: int = 2) -> ImportStatus:
     except CatalogError as exc:
         import_job_fail(job_id=job.id, claimant=claimant, reason=_reason_without_paths(str(exc), directory))
         return ImportStatus.FAILED
+    # The extracted copy goes before the job is marked done (44,000 files take a while to delete), the
+    # zip after: a worker lost in between leaves a job that resumes from the zip and finds nothing left.
+    shutil.rmtree(scratch, ignore_errors=True)
     return import_job_finish(job_id=job.id, claimant=claimant)
 
 
