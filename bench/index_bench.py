@@ -146,9 +146,7 @@ def _catalog_store(vectors: np.ndarray, *, first_id: int = 1) -> list[int]:
     ids = list(range(first_id, first_id + len(vectors)))
     for start in range(0, len(ids), 2000):
         chunk = ids[start : start + 2000]
-        Product.objects.bulk_create(
-            [Product(id=i, name=f"Product {i}", image_version=1) for i in chunk]
-        )
+        Product.objects.bulk_create([Product(id=i, name=f"Product {i}", image_version=1) for i in chunk])
         EmbeddingState.objects.bulk_create(
             [
                 EmbeddingState(product_id=i, image_name=f"bench/{i}.jpg", image_version=1, status=EmbedStatus.DONE)

@@ -21,9 +21,9 @@ from django.core.cache import cache
 from django.db import connection
 from PIL import Image, ImageDraw
 
+from gallery import cards, search
 from gallery.catalog import styles_read
 from lab.demo import demo_catalog_write
-from gallery import cards, search
 from recommender import runtime, tasks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,8 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from gallery.models import Product
-from recommender.models import EmbedStatus, EmbeddingState
 from recommender import runtime, services
-from recommender.models import Embedding
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from tests.conftest import admin_product_form, embed_status, jpeg_bytes
 from tests.test_catalog_import import HEADER
 from tests.test_import_jobs import job_id_of, run_job_inline

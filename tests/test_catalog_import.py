@@ -9,8 +9,8 @@ from PIL import Image
 
 from gallery.catalog import COLUMNS, RowError, styles_read
 from gallery.models import Product
-from recommender.models import EmbedStatus
 from gallery.services import catalog_import
+from recommender.models import EmbedStatus
 from tests.conftest import embed_status, jpeg_bytes
 
 HEADER = ",".join(COLUMNS)

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from PIL import Image
 
 from gallery.catalog import styles_read
-from lab.demo import demo_catalog_write
 from lab import evaluation as ev
+from lab.demo import demo_catalog_write
 from recommender.projection import Projection
 from tests.conftest import demo_rows_store
 

@@ -1256,8 +1256,9 @@ def test_sql_and_wildcards_are_searched_literally(hostile_client, catalog):
     assert [r["id"] for r in injected["results"]] == [r["id"] for r in plain["results"]]
     assert 0 < len(plain["results"]) < len(catalog)
     # "_" holds no word: it is the empty query (the starting grid), not a LIKE wildcard.
-    assert hostile_client.get("/api/search", {"q": "_"}).json()["results"] == (
-        hostile_client.get("/api/search", {"q": ""}).json()["results"]
+    assert (
+        hostile_client.get("/api/search", {"q": "_"}).json()["results"]
+        == (hostile_client.get("/api/search", {"q": ""}).json()["results"])
     )
     assert hostile_client.get("/api/search", {"colour": "%"}).json()["results"] == []
     assert Product.objects.count() == len(catalog)

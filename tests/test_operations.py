@@ -14,11 +14,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from gallery.models import Product
-from recommender.models import EmbedStatus, EmbeddingState
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.index import BUILDS_DIR, INDEX_FILE
-from recommender.models import Embedding
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from tests.conftest import ROOT, embed_status, engine_knows, jpeg_bytes, subprocess_env, wait_for
 from tests.test_catalog_import import write_catalog
 from tests.test_worker import free_port, task_reports

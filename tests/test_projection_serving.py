@@ -12,8 +12,8 @@ from django.core.management import CommandError, call_command
 
 from gallery.models import Product
 from gallery.services import catalog_import
-from recommender import runtime, services
 from lab.heads import fit_pca
+from recommender import runtime, services
 from recommender.models import Embedding
 from tests.conftest import embed_status, jpeg_bytes
 from tests.test_catalog_import import write_catalog

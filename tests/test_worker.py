@@ -18,10 +18,9 @@ import redis
 from django.contrib.auth.models import User
 
 from gallery.models import Product
-from recommender.models import EmbedStatus, EmbeddingState
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
-from recommender.models import Embedding
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from tests.conftest import (
     ROOT,
     admin_product_form,
