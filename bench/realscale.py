@@ -1,6 +1,6 @@
 """Section ``realscale``: every shopper request at the real catalog's size, and a click at 1M vectors.
 
-``.venv/bin/python bench/realscale.py [--quick] [--databases sqlite,postgres] [--prepare-only]``, or
+``.venv/bin/python bench/realscale.py [--quick] [--databases sqlite,postgres] [--vectors N] [--prepare-only]``, or
 ``bench/run.py --only realscale`` (the same, inside the benchmark runner; not part of a default run).
 
 * The catalog: the real ``styles.csv`` (``../shared/data/styles.csv`` beside the repository, 44,446 rows;
@@ -13,14 +13,17 @@
   on a site that has settled. PostgreSQL gets the same rows and vectors copied from the SQLite file
   (nothing is embedded twice) and builds its own index.
 * Everything prepared lives outside the repository, under ``~/.cache/visual-gallery/bench/``, in a
-  directory keyed by a hash of styles.csv, the slice, the drawing recipe and the encoder; a second run
-  starts in seconds. The PostgreSQL database ``bench_realscale`` is reloaded only when it does not hold
-  that catalog.
+  directory keyed by a hash of styles.csv, the slice, the drawing recipe and the encoder: the drawn
+  catalog, the vectors (``vectors.npz``), and per database schema (a hash of the migrations) the SQLite
+  file, media and index builds. A second run starts in seconds; a new schema starts from a migrated copy
+  of the previous one's database (or an import with the saved vectors stored back, never re-embedding).
+  The PostgreSQL database ``bench_realscale`` is reloaded only when it does not hold that catalog, and
+  emptied first when other migrations made it (the database's comment records the schema).
 * The web path: gunicorn exactly as the Procfile's ``web`` line runs it (3 workers x 4 threads, access
   log on), bound to 127.0.0.1, on Redis database 6, with PHOTO_SEARCH_RATE_PER_MINUTE=0 and
   PHOTO_SEARCH_QUEUE=8 so photo searches are timed rather than rate limited or shed. Every other setting
   is the product's default.
-* The request mix (``REQUEST_KINDS``): /healthz (the baseline, measured first and last), the home page,
+* The request mix (``Shop.kinds``): /healthz (the baseline, measured first and last), the home page,
   text search (page and API), a click (page, htmx fragment, API), a 10-step trail with pins and "not like
   this" (fragment and API), a click filtered by a common value, by a rare one (<= 1% of the products), by
   a combination that matches nothing, by three combined filters, and a photo search (API). Each kind runs
@@ -28,13 +31,15 @@
   then at 8 concurrent clients for a fixed time (req/s, p99). Latencies are wall-clock, in ms, measured
   by the client, which runs on the same 2 cores; ratios to /healthz are what this shared machine lets us
   compare.
-* Memory: /proc/<pid>/smaps_rollup (Rss, Pss, private) of every gunicorn worker after the requests that
-  are not photos, and again at the end; /proc/<pid>/maps says whether torch is loaded in each worker.
+* Memory: /proc/<pid>/smaps_rollup (Rss, Pss, private) of every gunicorn worker when started, after every
+  kind but photo, after photos from one client (one connection: one worker served them) and at the end;
+  /proc/<pid>/smaps says whether torch is loaded in each worker and how much of the index is resident.
 * 1M vectors (``bench/realscale_vectors.py``, a child process on its own cached SQLite database):
   1,000,000 synthetic clustered unit 256-d vectors (``bench.common.synthetic_vectors``) stored as products
-  and embeddings, indexed by ``index_rebuild``; a click and a 10-step trail run through
-  ``recommender.selectors.query_vector`` + ``similar_products`` (what every click runs), with no fresh
-  vectors and with 500 outside the index (INDEX_REBUILD_DELTA), beside exact numpy in memory.
+  and embeddings, indexed by ``index_rebuild`` (both once, cached); a click, a 10-step trail and a click
+  filtered by colour, each ``GET /api/similar/<id>`` through Django's test client (the site's code end to
+  end without a socket), with no fresh vectors and with 500 outside the index (INDEX_REBUILD_DELTA), beside
+  exact numpy in memory.
 
 Nothing here asserts on timings: targets are reported as met or missed.
 """

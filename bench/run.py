@@ -1,7 +1,7 @@
 """Run the performance benchmarks: ``.venv/bin/python bench/run.py [--quick] [--only NAME[,NAME]]``.
 
 Sections (in run order): embed, query, index, http, ingest, and ``realscale`` (only when named with
-``--only``: it prepares the real catalog's size once, then runs ~20 minutes; see bench/realscale.py). Each
+``--only``: it prepares the real catalog's size once, then runs ~15 minutes; see bench/realscale.py). Each
 prints its tables and writes ``bench/results/<section>.json``; the whole run also writes
 ``bench/results/report.md`` (every table in Markdown, with the machine description and the command) for
 docs/benchmarks.md. ``--quick`` is the CI-smoke mode: small sizes, a minute or two in all, written under
