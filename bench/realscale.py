@@ -543,6 +543,10 @@ class Kind:
     matches: float | None = None  # share of the products the filter lets through
 
 
+# The 10-step trails: 3 pinned steps, 2 "not like this", 4 plain steps, then the clicked product.
+TRAIL_MARKS = ("p", "p", "p", "n", "n", "", "", "", "", "")
+
+
 @dataclass
 class Shop:
     """Ids, queries, filter values and photos drawn from the prepared catalog, and the request kinds over them."""
@@ -556,8 +560,31 @@ class Shop:
     def trail(self, rng: random.Random) -> tuple[int, str]:
         """A 10-step trail: 3 pinned steps, 2 "not like this", 4 plain steps, then the clicked product."""
         steps = rng.sample(self.ids, 10)
-        marks = ["p", "p", "p", "n", "n", "", "", "", "", ""]
-        return steps[-1], ",".join(f"{m}{i}" for m, i in zip(marks, steps, strict=True))
+        return steps[-1], ",".join(f"{m}{i}" for m, i in zip(TRAIL_MARKS, steps, strict=True))
+
+    def walks(self, *, seed: int = 11) -> Callable[[random.Random], tuple[int, str]]:
+        """Shoppers walking their trails: each draw is the next click of a walk, its trail one step longer.
+
+        Walks of 10 steps (marked as ``trail``'s) follow each other, and a walk's trails are drawn in order,
+        as a shopper clicks: the trail just before a draw was asked for already (by whichever client), as
+        on the site, where the page a shopper clicks from was served just before. ``trail`` draws every
+        request as a new 10-step link: all its earlier grids are ranked anew (a shared link opened cold).
+        """
+        walk_rng = random.Random(seed)
+        lock = threading.Lock()
+        state = {"walk": [], "length": 0}
+
+        def draw(rng: random.Random) -> tuple[int, str]:
+            with lock:
+                if state["length"] >= len(TRAIL_MARKS) or not state["walk"]:
+                    state["walk"], state["length"] = walk_rng.sample(self.ids, len(TRAIL_MARKS)), 0
+                state["length"] += 1
+                steps = state["walk"][: state["length"]]
+            marks = TRAIL_MARKS[: len(steps)]
+            liked = [i for m, i in zip(marks, steps, strict=True) if m != "n"] or steps
+            return liked[-1], ",".join(f"{m}{i}" for m, i in zip(marks, steps, strict=True))
+
+        return draw
 
     def kinds(self) -> list[Kind]:
         hx = (("HX-Request", "true"),)
@@ -571,6 +598,12 @@ class Shop:
         def trail_api(rng: random.Random) -> Request:
             anchor, trail = self.trail(rng)
             return Request("GET", f"/api/similar/{anchor}?{urlencode({'trail': trail})}")
+
+        walk = self.walks()
+
+        def walk_page(rng: random.Random) -> Request:
+            anchor, trail = walk(rng)
+            return Request("GET", f"/similar/{anchor}/?{urlencode({'trail': trail})}", headers=hx)
 
         def photo(rng: random.Random) -> Request:
             body, content_type = multipart("image", "photo.jpg", rng.choice(self.photos))
@@ -592,6 +625,7 @@ class Shop:
             Kind("click API", "/api/similar/<id>", lambda rng: Request("GET", f"/api/similar/{pick(rng)}"), api=True),
             Kind("trail fragment", "/similar/<id>/?trail=3 pins,2 not-like,4 steps (HX-Request)", trail_page),
             Kind("trail API", "/api/similar/<id>?trail=3 pins,2 not-like,4 steps", trail_api, api=True),
+            Kind("trail walk fragment", "the next click of a 10-step walk (HX-Request)", walk_page),
         ]
         for name, (params, share) in self.filters.items():
             encoded = urlencode(params)

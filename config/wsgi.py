@@ -2,6 +2,13 @@ import logging
 import os
 import threading
 
+# A web process answers many small requests at once (workers x threads): a BLAS
+# thread pool per matrix product only makes them contend for the same cores (an
+# exact pass over 700 vectors took 11 ms with OpenBLAS's threads on a busy 2-core
+# machine, 0.6 ms without). Set before numpy is first imported; the encoder's
+# torch threads are set apart (ENCODER_THREADS).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

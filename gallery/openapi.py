@@ -8,8 +8,15 @@ from gallery.filters import FILTERS, MAX_VALUE_CHARS
 
 QUERY_TEXT = "Words to search for; capped at {} characters. Empty: a varied starting grid."
 TRAIL_TEXT = (
-    "Comma-separated product ids clicked before; prefix p pins a step (the grid keeps looking like it), "
-    "n marks it 'not like this'. Example: 12,p34,n56."
+    "Comma-separated product ids clicked before, oldest first; prefix p pins a step (the grid keeps looking "
+    "like it), n marks it 'not like this' (what looks more like it than like the liked steps sinks). A suffix "
+    "says what a step should keep: c the same colour, a any colour, s the same shape in other colours. "
+    "Products the trail's earlier grids showed and the shopper passed over are not shown again. "
+    "Example: 12,p34c,n56."
+)
+START_TEXT = (
+    "Where the trail began: the text search it started from, or empty (q=) for the starting grid of the home "
+    "page. That first grid counts as shown: what it showed is not shown again. Without q nothing is assumed."
 )
 IMAGE_TEXT = "JPEG, PNG, WebP or GIF; at most {} MiB and {} megapixels."
 
@@ -184,7 +191,14 @@ def openapi_spec() -> dict[str, object]:
                             "in": "query",
                             "required": False,
                             "description": TRAIL_TEXT,
-                            "schema": {"type": "string", "pattern": "^([pn]?[0-9]+)(,[pn]?[0-9]+)*$"},
+                            "schema": {"type": "string", "pattern": "^([pn]?[0-9]+[cas]?)(,[pn]?[0-9]+[cas]?)*$"},
+                        },
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "required": False,
+                            "description": START_TEXT,
+                            "schema": {"type": "string"},
                         },
                         _k_param(),
                         *_filter_params(),

@@ -61,6 +61,7 @@ from django_redis import get_redis_connection
 from rapidfuzz import process as fuzz_process
 from rapidfuzz.distance import OSA
 
+from gallery.cards import Card, cards_get
 from gallery.filters import FILTER_FIELDS, ProductFilters
 from gallery.models import Product
 
@@ -897,7 +898,7 @@ class SearchResult:
     """What a text search found and how: the products, best first, and what the page and the API say."""
 
     query: str
-    products: list[Product]
+    products: list[Card]
     words: tuple[QueryWord, ...] = ()
     complete: int = 0  # the first ``complete`` products hold every word
     matched: dict[int, tuple[str, ...]] = field(default_factory=dict)  # product id -> the words it holds
@@ -997,10 +998,11 @@ def catalog_search(*, query: str, k: int, filters: ProductFilters | None = None)
     by_field = {FILTER_FIELDS[name]: value for name, value in filters.values} if filters else {}
     ranked = search_rank(index, words, k=k, filters=by_field)
     ids = [int(index.ids[number]) for number in ranked.numbers]
-    found = Product.objects.in_bulk(ids)
+    # Cards, read fresh (one lean query): what the grid and the API show of each product.
+    found = cards_get(ids)
     if len(found) < len(ids):
         _mark_stale()  # deleted since the build: dropped now, gone from the next build
-    products: list[Product] = []
+    products: list[Card] = []
     complete = 0
     matched: dict[int, tuple[str, ...]] = {}
     for position, product_id in enumerate(ids):

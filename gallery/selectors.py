@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Min
 
-from gallery.cards import remembered
+from gallery.cards import Card, cards_get, remembered
 from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
 from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens
@@ -37,12 +37,20 @@ def product_search(*, query: str, k: int = 25, filters: ProductFilters | None = 
     return catalog_search(query=query, k=k, filters=filters)
 
 
-def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list[Product]:
+def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list[Card]:
     """A varied first grid: the first product of each of the most common article types, then the rest by id.
 
     The ids are worked out once per catalog version in each process (an
-    aggregate over the whole catalog); the products are read fresh.
+    aggregate over the whole catalog); the products are read fresh, as cards,
+    with the filters checked again on them.
     """
+    ids = starting_grid_ids(k=k, filters=filters)
+    by_id = cards_get(ids, filters=filters)
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def starting_grid_ids(*, k: int = 25, filters: ProductFilters | None = None) -> list[int]:
+    """The ids of ``starting_grid``, remembered per catalog version (products deleted since may be among them)."""
     qs = Product.objects.all()
     if filters:
         qs = qs.filter(filters.q())
@@ -59,9 +67,7 @@ def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list
             ids += list(qs.exclude(id__in=ids).order_by("id").values_list("id", flat=True)[: k - len(ids)])
         return ids
 
-    ids = remembered(("starting-grid", k, filters.values if filters else ()), compute)
-    by_id = qs.in_bulk(ids)
-    return [by_id[i] for i in ids if i in by_id]
+    return remembered(("starting-grid", k, filters.values if filters else ()), compute)
 
 
 def filter_choices() -> dict[str, list[str]]:

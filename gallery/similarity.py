@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
+from django.conf import settings
 from django.core.cache import cache
 from django_redis.exceptions import ConnectionInterrupted
 from PIL import Image
 
-from gallery.cards import Card, cards_get, filter_ids
+from gallery.cards import Card, cards_get, filter_ids, remembered
 from gallery.filters import ProductFilters
-from gallery.trail import Trail
+from gallery.selectors import product_search, query_normalise, query_words, starting_grid_ids
+from gallery.trail import Step, Trail
 from recommender import api
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,36 @@ def _grid(
     ]
 
 
+def _engine_steps(trail: Trail, anchor_id: int) -> list[api.StepRef]:
+    """The trail as the engine ranks it, the page's product as its newest liked step.
+
+    The page's product is the anchor whatever its mark; when a liked step comes after it (a hand-made
+    link), it moves to the end, as a click on it would have put it.
+    """
+    steps = list(trail.steps)
+    index = next((i for i, step in enumerate(steps) if step.product_id == anchor_id), None)
+    anchor = Step(anchor_id) if index is None else steps.pop(index)
+    anchor = Step(anchor_id, "" if anchor.disliked else anchor.mark, anchor.aspect)
+    later_liked = index is not None and any(not step.disliked for step in steps[index:])
+    steps.insert(len(steps) if index is None or later_liked else index, anchor)
+    return [api.StepRef(step.product_id, step.mark, step.aspect) for step in steps]
+
+
+def _first_grid(start_query: str | None, filters: ProductFilters | None) -> list[int]:
+    """The grid a trail's first click came from: the starting grid, a text search's, or unknown (None: a photo)."""
+    if start_query is None:
+        return []
+    query = query_normalise(start_query)
+    if not query_words(query):
+        return starting_grid_ids(k=settings.GRID_SIZE, filters=filters)
+
+    def search() -> list[int]:
+        return [product.id for product in product_search(query=query, k=settings.GRID_SIZE, filters=filters)]
+
+    # Every click of a trail begun from a text search names the same first grid: searched once per catalog version.
+    return remembered(("first-grid", query, filters.values if filters else ()), search)
+
+
 def similar_grid(
     *,
     anchor_id: int,
@@ -69,22 +101,27 @@ def similar_grid(
     k: int,
     filters: ProductFilters | None = None,
     link: Callable[[int, Trail], str] | None = None,
+    start_query: str | None = None,
 ) -> SimilarGrid:
-    """The ``k`` products that look most like the trail anchored at ``anchor_id``, away from its disliked steps.
+    """The ``k`` products to show for the trail anchored at ``anchor_id``, in grid order.
 
-    The trail's liked steps (``Trail.liked_ids_for``: the pinned steps and the
-    anchor) pull, its "not like this" steps push; products on the trail never
-    appear. When no liked product has a vector yet the grid is empty and
-    ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
+    Ranked by the vector engine's trail strategy (``api.trail_grid``): the trail's clicks pull (the
+    newest hardest, its pinned steps as hard), "not like this" steps sink what looks more like them, each
+    step's aspect (same colour, any colour, same shape) sets how much its colour counts, and what the
+    trail's earlier grids showed and the shopper passed over is not shown again. ``start_query`` is the
+    text search the trail started from ("": the starting grid; None: not known), whose grid counts as
+    shown too. Products on the trail never appear. When no liked product has a vector yet the grid is
+    empty and ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
     """
-    liked = trail.liked_ids_for(anchor_id)
     try:
-        vector = api.trail_vector(liked_ids=liked, disliked_ids=trail.disliked_ids)
+        neighbours = api.trail_grid(
+            steps=_engine_steps(trail, anchor_id),
+            k=k,
+            allowed_ids=_allowed(filters),
+            shown_first=_first_grid(start_query, filters),
+        )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))
-    neighbours = api.nearest(
-        vector=vector, k=k, exclude_ids=frozenset(trail.product_ids), allowed_ids=_allowed(filters)
-    )
     # One query for the grid's cards and the trail's.
     cards = cards_get([*trail.product_ids, *(n.product_id for n in neighbours)])
     items = _grid(neighbours, filters, lambda pid: link(pid, trail.then(pid)) if link else None, cards)

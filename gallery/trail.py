@@ -1,9 +1,12 @@
 """The refinement trail: the products a shopper clicked, kept in the URL.
 
-Written as ``trail=12,p34,n56``: each step a product id, ``p`` marks a pinned
-step (it keeps pulling the grid towards it), ``n`` a "not like this" step (the
-grid is pushed away from it). The product in the page's path is the newest
-step. Pure data: no database, no vectors.
+Written as ``trail=12,p34c,n56``: each step a product id, ``p`` marks a pinned
+step (it keeps pulling the grid towards it), ``n`` a "not like this" step (what
+looks more like it than like the liked steps sinks). A suffix says what the
+step should keep: ``c`` the same colour, ``a`` any colour, ``s`` the same shape
+in other colours; no suffix is the default blend (links from before aspects
+existed have none and keep their meaning). The product in the page's path is
+the newest step. Pure data: no database, no vectors.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ MAX_STEPS = 12
 # the trail needs no pandas): 16 digits at most, so every importable product
 # can be on a trail and no id loses precision in JSON.
 MAX_ID = 2**53
-_STEP = re.compile(r"^([pn]?)(\d{1,16})$")
+_STEP = re.compile(r"^([pn]?)(\d{1,16})([cas]?)$")
+# Aspect codes (recommender.colour.Aspect's values) and what the page calls them.
+ASPECTS = {"c": "same colour", "a": "any colour", "s": "same shape"}
 
 
 class TrailError(ValueError):
@@ -27,6 +32,7 @@ class TrailError(ValueError):
 class Step:
     product_id: int
     mark: str = ""  # "", "p" (pinned) or "n" (not like this)
+    aspect: str = ""  # "", or a code of ASPECTS
 
     @property
     def pinned(self) -> bool:
@@ -37,7 +43,7 @@ class Step:
         return self.mark == "n"
 
     def __str__(self) -> str:
-        return f"{self.mark}{self.product_id}"
+        return f"{self.mark}{self.product_id}{self.aspect}"
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,14 @@ class Trail:
         for part in parts:
             match = _STEP.match(part)
             if not match:
-                raise TrailError(f"{part[:20]!r} is not a trail step (a product id, optionally prefixed p or n)")
+                raise TrailError(
+                    f"{part[:20]!r} is not a trail step (a product id, optionally prefixed p or n "
+                    "and suffixed c, a or s)"
+                )
             product_id = int(match.group(2))
             if product_id >= MAX_ID:
                 raise TrailError(f"{part[:20]!r} is not a trail step (product ids are below {MAX_ID})")
-            steps.append(Step(product_id, match.group(1)))
+            steps.append(Step(product_id, match.group(1), match.group(3)))
         return cls(tuple(steps)).capped()
 
     def __str__(self) -> str:
@@ -87,6 +96,14 @@ class Trail:
         """The trail with step ``index`` marked (toggling: marking twice clears)."""
         step = self.steps[index]
         new = replace(step, mark="" if step.mark == mark else mark)
+        return Trail(self.steps[:index] + (new,) + self.steps[index + 1 :])
+
+    def aspected(self, index: int, aspect: str) -> Trail:
+        """The trail with step ``index`` asking for ``aspect`` (a code of ASPECTS; asking twice clears it)."""
+        if aspect not in ASPECTS:
+            raise TrailError(f"unknown aspect {aspect!r}")
+        step = self.steps[index]
+        new = replace(step, aspect="" if step.aspect == aspect else aspect)
         return Trail(self.steps[:index] + (new,) + self.steps[index + 1 :])
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,7 +23,7 @@ from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
 from gallery.similarity import GridItem, PhotoGrid, photo_grid, photo_thumbnail_get, similar_grid
-from gallery.trail import Step, Trail
+from gallery.trail import ASPECTS, Step, Trail
 from recommender.api import EngineError, SimilarityUnavailable, engine_status
 
 
@@ -82,6 +83,17 @@ class TrailStep:
     remove_url: str
     dislike_url: str
     pin_url: str
+    # (code, label, url, on) per aspect this step can keep: "same colour", "any colour", "same shape".
+    aspects: tuple[tuple[str, str, str, bool], ...] = ()
+
+
+def _step_aspects(trail: Trail, index: int, anchor_id: int, params: dict[str, str]) -> tuple:
+    if trail.steps[index].disliked:
+        return ()  # a "not like this" step keeps nothing
+    return tuple(
+        (code, label, _trail_url(trail.aspected(index, code), anchor_id, params), trail.steps[index].aspect == code)
+        for code, label in ASPECTS.items()
+    )
 
 
 def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Card], params: dict[str, str]) -> list[TrailStep]:
@@ -94,6 +106,7 @@ def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Card], params
             remove_url=_trail_url(trail.without(index), anchor_id, params),
             dislike_url=_trail_url(trail.marked(index, "n"), anchor_id, params),
             pin_url=_trail_url(trail.marked(index, "p"), anchor_id, params),
+            aspects=_step_aspects(trail, index, anchor_id, params),
         )
         for index, step in enumerate(trail.steps)
     ]
@@ -207,6 +220,8 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
             k=settings.GRID_SIZE,
             filters=form.filters,
             link=lambda pid, t: similar_url(pid, t, params),
+            # The page's links carry the query or photo the trail began from: neither means the starting grid.
+            start_query=None if params["photo"] else params["q"],
         )
     except SimilarityUnavailable as exc:
         response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=exc.status)
@@ -219,12 +234,49 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
 # --- JSON API -----------------------------------------------------------------------------
 
 
-def _product_json(request: HttpRequest, product: Card | Product, score: float | None = None) -> dict[str, object]:
+# A path made only of these, starting with one "/" and without "." or ".." segments, is what
+# request.build_absolute_uri appends to the request's scheme and host unchanged (no join, no quoting).
+_PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9_.~/-]*")
+_ID_MARK = 918273645  # stands for the product id in the page URL worked out once per response
+
+
+class _JsonUrls:
+    """Absolute URLs for one API response: the request's origin and the product page's URL worked out once.
+
+    Gives exactly what ``request.build_absolute_uri`` (and ``reverse`` for the page) give, without
+    their cost per URL: an API grid holds up to API_MAX_K products, each with three URLs.
+    """
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._request = request
+        self._origin = request.build_absolute_uri("/")[:-1]
+        head, mark, tail = reverse("gallery:similar", args=[_ID_MARK]).rpartition(str(_ID_MARK))
+        self._page = (head, tail) if mark else None
+
+    def absolute(self, location: str) -> str:
+        if _PLAIN_PATH.fullmatch(location) and "/./" not in location and "/../" not in location:
+            return self._origin + location
+        return self._request.build_absolute_uri(location)
+
+    def page(self, product_id: int) -> str:
+        path = (
+            f"{self._page[0]}{product_id}{self._page[1]}"
+            if self._page
+            else reverse("gallery:similar", args=[product_id])
+        )
+        return self.absolute(path)
+
+
+def _product_json(
+    request: HttpRequest, product: Card | Product, score: float | None = None, *, urls: _JsonUrls | None = None
+) -> dict[str, object]:
+    urls = urls or _JsonUrls(request)
+    image_url, thumbnail_url = product.image_url, product.thumbnail_url
     data: dict[str, object] = {
         "id": product.id,
         "name": product.name,
-        "image_url": request.build_absolute_uri(product.image_url) if product.image_url else None,
-        "thumbnail_url": request.build_absolute_uri(product.thumbnail_url) if product.thumbnail_url else None,
+        "image_url": urls.absolute(image_url) if image_url else None,
+        "thumbnail_url": urls.absolute(thumbnail_url) if thumbnail_url else None,
         "gender": product.gender,
         "master_category": product.master_category,
         "sub_category": product.sub_category,
@@ -233,11 +285,17 @@ def _product_json(request: HttpRequest, product: Card | Product, score: float | 
         "season": product.season,
         "year": product.year,
         "usage": product.usage,
-        "url": request.build_absolute_uri(reverse("gallery:similar", args=[product.id])),
+        "url": urls.page(product.id),
     }
     if score is not None:
         data["score"] = round(score, 6)
     return data
+
+
+def _results_json(request: HttpRequest, products: list[tuple[Card | Product, float | None]]) -> list[dict[str, object]]:
+    """The API's ``results``: each (product, score) as ``_product_json``, the URLs' common parts worked out once."""
+    urls = _JsonUrls(request)
+    return [_product_json(request, product, score, urls=urls) for product, score in products]
 
 
 def api_error(message: str, *, status: int) -> JsonResponse:
@@ -254,7 +312,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
         {
             "query": form.cleaned_data["q"],
             "filters": form.filters.as_dict(),
-            "results": [_product_json(request, p) for p in found],
+            "results": _results_json(request, [(p, None) for p in found]),
             **found.explanation(),
         }
     )
@@ -272,7 +330,15 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
     if product.id not in trail.product_ids:
         trail = trail.then(product.id)
     try:
-        grid = similar_grid(anchor_id=product.id, trail=trail, k=form.cleaned_data["k"], filters=form.filters)
+        grid = similar_grid(
+            anchor_id=product.id,
+            trail=trail,
+            k=form.cleaned_data["k"],
+            filters=form.filters,
+            # An API client says where its trail began by sending q: the text search, or empty for the starting
+            # grid (the home page). Without q nothing is assumed.
+            start_query=form.cleaned_data["q"] if "q" in request.GET else None,
+        )
     except SimilarityUnavailable as exc:
         return _retry_after(api_error(str(exc), status=exc.status), exc)
     if grid.notice and not grid.items:
@@ -282,7 +348,7 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
             "query": product.id,
             "trail": str(trail),
             "filters": form.filters.as_dict(),
-            "results": [_product_json(request, item.product, item.score) for item in grid.items],
+            "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
         }
     )
 
@@ -304,7 +370,7 @@ def api_search_by_image(request: HttpRequest) -> JsonResponse:
         {
             "query": "image",
             "filters": form.filters.as_dict(),
-            "results": [_product_json(request, item.product, item.score) for item in grid.items],
+            "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
         }
     )
 

@@ -19,7 +19,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from recommender import runtime, selectors, state
+from recommender import refine, runtime, selectors, state
 from recommender.errors import (
     EngineError,
     ImageRejected,
@@ -29,6 +29,7 @@ from recommender.errors import (
 )
 from recommender.models import Embedding, EmbedStatus
 from recommender.preprocess import image_load
+from recommender.refine import StepRef
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
 
@@ -44,6 +45,7 @@ __all__ = [
     "PhotoSearchBusy",
     "PhotoVector",
     "SimilarityUnavailable",
+    "StepRef",
     "embedding_enqueue_on_commit",
     "embedding_request",
     "embedding_retry",
@@ -53,7 +55,7 @@ __all__ = [
     "engine_status",
     "nearest",
     "photo_vector",
-    "trail_vector",
+    "trail_grid",
 ]
 
 
@@ -96,9 +98,23 @@ def embedding_retry(*, product_ids: list[int]) -> int:
 # --- Queries --------------------------------------------------------------------------------
 
 
-def trail_vector(*, liked_ids: list[int], disliked_ids: list[int] = ()) -> np.ndarray:
-    """The unit query vector of a refinement trail; raises NotEmbeddedYet when no liked product has a vector."""
-    return selectors.query_vector(liked_ids=liked_ids, disliked_ids=list(disliked_ids))
+def trail_grid(
+    *,
+    steps: list[StepRef],
+    k: int,
+    allowed_ids: np.ndarray | None = None,
+    shown_first: list[int] = (),
+) -> list[Neighbour]:
+    """The grid for a refinement trail (oldest step first): ``k`` products in grid order, none on the trail.
+
+    Ranked by the shipped feedback strategy (recommender.feedback): recent clicks pull hardest, what the
+    trail's earlier grids showed and the shopper passed over is pushed away and not shown again, "not like
+    this" sinks what is nearer it than every liked step, each step's aspect blends in its colour, and the
+    grid is varied by MMR (REFINE_DIVERSITY). ``shown_first`` is the grid the first step was clicked from,
+    when known. Raises NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no
+    index can answer.
+    """
+    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first)
 
 
 def nearest(

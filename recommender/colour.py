@@ -29,6 +29,9 @@ AB_CENTRES = np.array([-72.0, -48.0, -24.0, 0.0, 24.0, 48.0, 72.0], dtype=np.flo
 L_SIGMA = 11.0
 AB_SIGMA = 13.0
 COLOUR_DIM = len(L_CENTRES) * len(AB_CENTRES) ** 2
+# The embedding space colour descriptors are stored under (recommender.models.Embedding), one per product,
+# whatever encoder serves the image vectors: they come from the same decoded square.
+COLOUR_SPACE = f"colour-lab{COLOUR_DIM}"
 # The descriptor is computed on a reduced copy: colour statistics need far fewer pixels than the CNN.
 WORK_SIDE = 64
 # Background: near-white and nearly neutral. The demo's lit white products are capped at sRGB 242

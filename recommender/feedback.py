@@ -216,6 +216,11 @@ def _step_scores(
     if trail.colours is None or candidate_colours is None:
         return image
     colour_scores = np.asarray(trail.colours, dtype=np.float32)[steps] @ candidate_colours.T
+    unknown = ~np.asarray(candidate_colours).any(axis=1)
+    if unknown.any():
+        # A candidate without a stored descriptor (embedded before colours were kept) is scored by its image
+        # alone, as if its colour agreed as well as its look: neither favoured nor sunk.
+        colour_scores[:, unknown] = image[:, unknown]
     weights = np.array([_step_colour_weight(trail, int(i), strategy) for i in steps], dtype=np.float32)[:, None]
     return (1.0 - np.maximum(weights, 0.0)) * image + weights * colour_scores
 
@@ -265,6 +270,41 @@ def candidate_scores(
         negative = disliked_scores.max(axis=0)
         scores = np.where(liked_scores.max(axis=0) > negative, scores, scores - SUNK - negative**2)
     return np.asarray(scores, dtype=np.float32)
+
+
+def likeness(
+    *,
+    trail: TrailVectors,
+    strategy: Strategy,
+    candidates: np.ndarray,
+    candidate_colours: np.ndarray | None = None,
+) -> np.ndarray:
+    """How alike each candidate (N,) is to the trail's liked steps: their weighted blended cosines.
+
+    What a grid shows as a product's score and orders itself by: a similarity in [-1, 1], without the
+    ranking's pushes away from skipped and disliked products (those chose which products are shown).
+    """
+    candidates = np.asarray(candidates, dtype=np.float32)
+    if not len(candidates):
+        return np.zeros(0, dtype=np.float32)
+    scores = _step_scores(trail, strategy, trail.liked, candidates, candidate_colours)
+    return np.asarray(liked_weights(trail, strategy) @ scores, dtype=np.float32)
+
+
+def sunk(
+    *,
+    trail: TrailVectors,
+    strategy: Strategy,
+    candidates: np.ndarray,
+    candidate_colours: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mask (N,): the candidates the ranking sinks, nearer a "not like this" step than every liked step."""
+    candidates = np.asarray(candidates, dtype=np.float32)
+    if not len(trail.disliked) or not (strategy.sink_disliked or strategy.combine == "best") or not len(candidates):
+        return np.zeros(len(candidates), dtype=bool)
+    liked = _step_scores(trail, strategy, trail.liked, candidates, candidate_colours).max(axis=0)
+    disliked = _step_scores(trail, strategy, trail.disliked, candidates, candidate_colours).max(axis=0)
+    return disliked >= liked
 
 
 def _context_rank(trail: TrailVectors, liked_scores: np.ndarray, disliked_scores: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from recommender.colour import colour_descriptor
 from recommender.encoders import Encoder
 from recommender.preprocess import ImageRejected, image_prepare
 
@@ -28,6 +29,8 @@ class Embedded:
     item: ImageItem
     vector: np.ndarray | None
     error: str = ""
+    # The colour descriptor of the same decoded square (recommender.colour), stored beside the vector.
+    colour: np.ndarray | None = None
 
 
 class _Decoded(Dataset):
@@ -39,17 +42,24 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+    def __getitem__(self, index: int) -> _Prepared:
         item = self.items[index]
         try:
-            return index, image_prepare(item.source, size=self.size, max_pixels=self.max_pixels), ""
+            square = image_prepare(item.source, size=self.size, max_pixels=self.max_pixels)
         except ImageRejected as exc:
-            return index, None, str(exc)
+            return index, None, None, str(exc)
         except FileNotFoundError:
-            return index, None, "The image file is missing."
+            return index, None, None, "The image file is missing."
+        # Computed where the image was decoded (a decode worker when there is one), from the very square the
+        # model sees: the colour never comes from another version of the image.
+        return index, square, colour_descriptor(square), ""
 
 
-def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
+# (position in the batch's items, the prepared square or None, its colour descriptor, the reason it failed)
+_Prepared = tuple[int, np.ndarray | None, np.ndarray | None, str]
+
+
+def _collate(batch: list[_Prepared]) -> list[_Prepared]:
     return batch
 
 
@@ -76,7 +86,7 @@ def embed_stream(
         persistent_workers=False,
     )
     for batch in loader:
-        good = [(index, array) for index, array, _ in batch if array is not None]
+        good = [(index, array) for index, array, _, _ in batch if array is not None]
         vectors = encoder.embed_images([array for _, array in good]) if good else np.zeros((0, encoder.dim), np.float32)
         by_index = {index: vectors[row] for row, (index, _) in enumerate(good)}
-        yield [Embedded(items[index], by_index.get(index), error) for index, _, error in batch]
+        yield [Embedded(items[index], by_index.get(index), error, colour) for index, _, colour, error in batch]

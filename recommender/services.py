@@ -20,6 +20,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from recommender import runtime, state
+from recommender.colour import COLOUR_SPACE
 from recommender.index import IndexMeta, index_build
 from recommender.locks import index_build_lock
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
@@ -123,6 +124,9 @@ def images_embed(
                 if active:
                     state.state_fail(product_id=result.item.key, image_version=result.item.version, reason=result.error)
                 report.failed += 1
+        # The colour first: a product marked done below has its colour descriptor already.
+        colours = [(r.item.key, r.item.version, r.colour) for r in good if r.colour is not None]
+        embeddings_store(space=COLOUR_SPACE, vectors=colours, mark_done=False)
         stored = None
         for space in spaces:
             vectors = runtime.project(space, np.stack([r.vector for r in good])) if good else []
@@ -198,6 +202,42 @@ def products_needing_embedding(*, space: str) -> list[int]:
     )
 
 
+def products_without_colour() -> list[int]:
+    """Products done (they have a vector) but with no colour descriptor: embedded before colours were kept."""
+    have = Embedding.objects.filter(space=COLOUR_SPACE).values("product_id")
+    return list(
+        EmbeddingState.objects.filter(status=EmbedStatus.DONE)
+        .exclude(product_id__in=have)
+        .order_by("product_id")
+        .values_list("product_id", flat=True)
+    )
+
+
+def colours_backfill(*, product_ids: list[int], progress: Callable[[int], None] | None = None) -> int:
+    """Store the colour descriptor of each product's current image (no model: a decode and a histogram each).
+
+    For products whose vectors were stored before colour descriptors were; an unreadable image is skipped
+    (its state is the embedding's business). Returns how many were stored.
+    """
+    from recommender.colour import colour_descriptor
+    from recommender.preprocess import ImageRejected, image_prepare
+
+    stored = 0
+    images = state.states_images(product_ids=list(product_ids))
+    for start in range(0, len(images), 256):
+        rows = []
+        for ref in images[start : start + 256]:
+            try:
+                square = image_prepare(image_source(ref.image_name), size=224, max_pixels=settings.IMAGE_MAX_PIXELS)
+            except (ImageRejected, FileNotFoundError):
+                continue
+            rows.append((ref.product_id, ref.image_version, colour_descriptor(square)))
+        stored += len(embeddings_store(space=COLOUR_SPACE, vectors=rows, mark_done=False))
+        if progress:
+            progress(len(images[start : start + 256]))
+    return stored
+
+
 def products_missing_from_space(*, space: str, limit: int = 5000) -> list[int]:
     """Products done for another space but without a vector in ``space`` (after a switch of space)."""
     have = Embedding.objects.filter(space=space).values("product_id")
@@ -229,6 +269,24 @@ def index_rebuild(*, space: str | None = None, n_trees: int | None = None, wait:
         return _index_rebuild_locked(space=space or runtime.active_space(), n_trees=n_trees)
 
 
+def _colours_aligned(product_ids: np.ndarray) -> np.ndarray | None:
+    """The stored colour descriptor of each of ``product_ids``, in order (zeros where none); None if none at all."""
+    order = np.argsort(product_ids, kind="stable")
+    sorted_ids = product_ids[order]
+    colours: np.ndarray | None = None
+    rows = Embedding.objects.filter(space=COLOUR_SPACE).values_list("product_id", "vector")
+    for product_id, vector in rows.iterator(chunk_size=2000):
+        position = int(np.searchsorted(sorted_ids, product_id))
+        if position >= len(sorted_ids) or sorted_ids[position] != product_id:
+            continue  # a product without a vector in this space
+        descriptor = np.frombuffer(vector, dtype="<f4")
+        if colours is None:
+            colours = np.zeros((len(product_ids), len(descriptor)), dtype=np.float16)
+        if len(descriptor) == colours.shape[1]:
+            colours[order[position]] = descriptor
+    return colours
+
+
 def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | None:
     started = timezone.now()
     rows = Embedding.objects.filter(space=space, product__isnull=False).order_by("id")
@@ -240,11 +298,13 @@ def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | Non
         chunks.append(np.frombuffer(vector, dtype="<f4"))
     if not chunks:
         return None
+    product_ids = np.asarray(products, dtype=np.int64)
     return index_build(
         directory=runtime.index_dir(space),
         vectors=np.stack(chunks),
-        product_ids=np.asarray(products, dtype=np.int64),
+        product_ids=product_ids,
         embedding_ids=np.asarray(ids, dtype=np.int64),
+        colours=_colours_aligned(product_ids),
         space=space,
         n_trees=n_trees or settings.INDEX_N_TREES,
         search_k=settings.INDEX_SEARCH_K,

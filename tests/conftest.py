@@ -94,6 +94,19 @@ def demo_vectors(demo_dir: Path) -> dict[int, np.ndarray]:
     return vectors
 
 
+@pytest.fixture(scope="session")
+def demo_colours(demo_dir: Path) -> dict[int, np.ndarray]:
+    """Demo product id -> its colour descriptor, as the embedding pipeline stores it (no database)."""
+    from recommender.colour import colour_descriptor
+    from recommender.preprocess import image_prepare
+
+    return {
+        row.id: colour_descriptor(image_prepare(demo_dir / "images" / f"{row.id}.jpg", size=224))
+        for row in styles_read(demo_dir / "styles.csv")
+        if hasattr(row, "fields")
+    }
+
+
 def admin_product_form(product_id: int, image: bytes | None = None, **fields: object) -> dict[str, object]:
     """The admin's add/change form for a product, with an image upload when ``image`` is given."""
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -134,9 +147,18 @@ def engine_knows(product_id: int, *, image_version: int = 1, image_name: str = "
     )
 
 
-def demo_rows_store(rows: list, demo_vectors: dict[int, np.ndarray], **product_fields: object) -> list[int]:
-    """Store demo catalog rows as done products with their vectors in the active space; returns their ids."""
+def demo_rows_store(
+    rows: list,
+    demo_vectors: dict[int, np.ndarray],
+    colours: dict[int, np.ndarray] | None = None,
+    **product_fields: object,
+) -> list[int]:
+    """Store demo catalog rows as done products with their vectors in the active space; returns their ids.
+
+    With ``colours`` their colour descriptors are stored too, as the embedding pipeline stores them.
+    """
     from gallery.models import Product
+    from recommender.colour import COLOUR_SPACE
     from recommender.models import Embedding, EmbeddingState, EmbedStatus
 
     space = runtime.active_space()
@@ -169,15 +191,30 @@ def demo_rows_store(rows: list, demo_vectors: dict[int, np.ndarray], **product_f
             for row in rows
         ]
     )
+    if colours:
+        Embedding.objects.bulk_create(
+            Embedding(
+                product_id=row.id,
+                space=COLOUR_SPACE,
+                dim=len(colours[row.id]),
+                vector=colours[row.id].astype("<f4").tobytes(),
+                image_version=1,
+            )
+            for row in rows
+            if row.id in colours
+        )
     return [row.id for row in rows]
 
 
 @pytest.fixture
-def demo_catalog_db(db, demo_dir: Path, demo_vectors: dict[int, np.ndarray]) -> list[int]:
-    """The demo catalog's rows and vectors in the database (no image files: fast), with an index built."""
+def demo_catalog_db(
+    db, demo_dir: Path, demo_vectors: dict[int, np.ndarray], demo_colours: dict[int, np.ndarray]
+) -> list[int]:
+    """The demo catalog's rows, vectors and colours in the database (no image files: fast), with an index built."""
     from recommender import services
 
-    ids = demo_rows_store([row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")], demo_vectors)
+    rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")]
+    ids = demo_rows_store(rows, demo_vectors, demo_colours)
     services.index_rebuild()
     return ids
 

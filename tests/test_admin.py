@@ -102,7 +102,7 @@ def test_editing_a_products_image_replaces_its_vector_and_queues_it(
     assert embed_status(601) == EmbedStatus.PENDING
     services.products_embed(product_ids=[601])
     old_file = product.image.path
-    assert Embedding.objects.filter(product_id=601).count() == 1
+    assert Embedding.objects.filter(product_id=601, space=runtime.active_space()).count() == 1
 
     with django_capture_on_commit_callbacks(execute=True):
         response = staff.post(

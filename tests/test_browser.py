@@ -25,6 +25,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from gallery.models import Product
 from gallery.services import catalog_import
+from recommender import runtime
+from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding
 from recommender.services import index_rebuild, products_embed
 
@@ -74,8 +76,12 @@ def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) 
     assert index_rebuild() is not None
     # Everything the assertions need, read now: no database queries while the browser runs.
     products = {p["id"]: p for p in Product.objects.values("id", "name", "article_type", "base_colour")}
-    for product_id, vector in Embedding.objects.values_list("product_id", "vector"):
+    for product_id, vector in Embedding.objects.filter(space=runtime.active_space()).values_list(
+        "product_id", "vector"
+    ):
         products[product_id]["vector"] = np.frombuffer(vector, dtype="<f4")
+    for product_id, vector in Embedding.objects.filter(space=COLOUR_SPACE).values_list("product_id", "vector"):
+        products[product_id]["colour"] = np.frombuffer(vector, dtype="<f4")
     return products
 
 
@@ -297,6 +303,40 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
             by_htmx(page, lambda: page.locator(f'#results li.step[data-product="{second}"] a.remove').click())
             assert urlparse(page.url).path == f"/similar/{third}/" and trail_param(page) == f"p{first},{third}"
             assert trail_ids(page) == [first, third] and len(grid_ids(page)) == 25
+
+            # Aspects: "same colour" on the current step keeps its colour, "same shape" shows its shape in others.
+            def aspect(code: str):
+                return page.locator(f'#results li.step[data-product="{third}"] a.aspect-{code}')
+
+            colour = catalog[third]["base_colour"]
+            usual = grid_ids(page)
+            expect(aspect("c")).to_have_attribute("aria-pressed", "false")
+            by_htmx(page, lambda: aspect("c").click())
+            assert trail_param(page) == f"p{first},{third}c"
+            expect(aspect("c")).to_have_attribute("aria-pressed", "true")
+            same_colour = grid_ids(page)
+            by_htmx(page, lambda: aspect("s").click())
+            assert trail_param(page) == f"p{first},{third}s"
+            expect(aspect("s")).to_have_attribute("aria-pressed", "true")
+            expect(aspect("c")).to_have_attribute("aria-pressed", "false")
+            same_shape = grid_ids(page)
+            shares = [share(g, catalog, "base_colour", colour) for g in (same_colour, usual, same_shape)]
+            # How alike the grid's colours are to the step's (cosine of the stored colour descriptors).
+            hue = [float(np.mean([catalog[i]["colour"] @ catalog[third]["colour"] for i in g])) for g in
+                   (same_colour, usual, same_shape)]  # fmt: skip
+            with capsys.disabled():
+                print(
+                    f"\nshare of {colour!r} in the grid: same colour {shares[0]:.2f}, usual {shares[1]:.2f}, "
+                    f"same shape {shares[2]:.2f}; colour likeness {hue[0]:.3f}, {hue[1]:.3f}, {hue[2]:.3f}"
+                )
+            assert len(same_colour) == len(same_shape) == 25 and same_colour != same_shape
+            assert shares[0] >= shares[2] and hue[0] > hue[1] > hue[2]
+            shot(page, "06b-aspects.png")
+            # Back restores the same-colour grid from the URL; a click from it keeps the step's aspect on the trail.
+            by_htmx(page, page.go_back)
+            assert trail_param(page) == f"p{first},{third}c" and grid_ids(page) == same_colour
+            by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
+            assert trail_param(page) == f"p{first},{third}c,{same_colour[0]}"
 
             # 6. Search by photo: a shopper's copy of a product photo finds that product first.
             photo_of = sorted(catalog)[17]

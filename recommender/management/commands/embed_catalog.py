@@ -44,3 +44,9 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{report.embedded} embedded, {report.failed} failed, {report.skipped} skipped ({rate:.1f} images/s)"
         )
+        # Products embedded before colour descriptors were kept get theirs (trails blend colour per step).
+        missing = services.products_without_colour()
+        if missing:
+            with tqdm(total=len(missing), unit="img", desc="colour", disable=options["verbosity"] == 0) as bar:
+                added = services.colours_backfill(product_ids=missing, progress=bar.update)
+            self.stdout.write(f"{added} colour descriptors added")

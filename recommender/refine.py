@@ -1,0 +1,347 @@
+"""Serving a refinement trail: the grid after each click, ranked by ``recommender.feedback.SHIPPED``.
+
+Reads the database only. The trail is all the engine is told (its URL is the shopper's whole state),
+so what the shopper was shown and passed over is worked out again from the trail itself: the page after
+each earlier step showed the grid of the trail up to that step, and what it showed besides the next
+click was skipped (pushed away and never shown again: Rocchio's weak negatives, measured in
+docs/quality.md). Those prefix grids are remembered, per process and in the shared cache (derived data
+that expires: losing it costs only recomputation), so a shopper's next click ranks one grid, not one per
+step.
+
+A grid is three steps (see ``recommender.feedback``): the strategy's query vector asks the index for an
+over-fetched candidate set (``selectors.similar_products``: fresh vectors included, deleted and
+re-imaged products left out, filters exact); the candidates' image vectors and colour descriptors come
+from the published build's memory maps (the database only for those it does not hold); ``grid_rank``
+scores them against every step (colour blended per step's aspect) and picks a varied grid by MMR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from threading import Lock
+
+import numpy as np
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
+
+from recommender import runtime, selectors
+from recommender.colour import COLOUR_SPACE, Aspect
+from recommender.feedback import (
+    DISLIKED,
+    OVERFETCH,
+    PINNED,
+    STRATEGIES,
+    Strategy,
+    TrailVectors,
+    grid_rank,
+    likeness,
+    query_vectors,
+    strategy_named,
+    sunk,
+)
+from recommender.index import LoadedIndex
+from recommender.models import Embedding
+from recommender.selectors import Neighbour
+
+logger = logging.getLogger(__name__)
+
+# Prefix grids remembered in each process (each a tuple of at most a grid's ids: a few MB in all).
+PREFIX_MEMORY = 4096
+# ... and in the shared cache, so a shopper's next click is cheap on whichever web process it lands.
+PREFIX_CACHE_TTL_S = 3600
+_PREFIX_KEY = "recommender:shown:"
+_CACHE_DOWN = (redis.RedisError, OSError, ConnectionError)
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """One trail step as the engine sees it: a product, its mark and its aspect (their link codes)."""
+
+    product_id: int
+    mark: str = ""  # "", PINNED ("p") or DISLIKED ("n")
+    aspect: str = ""  # an Aspect value: "", "c" same colour, "a" any colour, "s" same shape
+
+    def __post_init__(self) -> None:
+        if self.mark not in ("", PINNED, DISLIKED):
+            raise ValueError(f"unknown trail mark {self.mark!r}")
+        Aspect(self.aspect)  # raises ValueError for an unknown code
+
+    def __str__(self) -> str:
+        return f"{self.mark}{self.product_id}{self.aspect}"
+
+
+def strategy_served() -> Strategy:
+    """The REFINE_STRATEGY setting's strategy (feedback.STRATEGIES), at the REFINE_DIVERSITY setting's MMR strength.
+
+    The diversity setting applies to the strategies that vary their grid (the shipped one does); the others
+    are served as measured. Raises ImproperlyConfigured for an unknown name.
+    """
+    try:
+        strategy = strategy_named(settings.REFINE_STRATEGY)
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"REFINE_STRATEGY must be one of {', '.join(STRATEGIES)}, not {settings.REFINE_STRATEGY!r}"
+        ) from None
+    strength = float(settings.REFINE_DIVERSITY)
+    if strategy.diversity and strength != strategy.diversity:
+        strategy = replace(strategy, diversity=strength)
+    return strategy
+
+
+class _Memory:
+    """A small thread-safe LRU of prefix grids."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._lock = Lock()
+
+    def get(self, key: str) -> tuple[int, ...] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: str, ids: tuple[int, ...]) -> None:
+        with self._lock:
+            self._items[key] = ids
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_shown = _Memory(PREFIX_MEMORY)
+
+
+def forget() -> None:
+    """Drop the prefix grids this process remembers (tests that rebuild a catalog under the same ids)."""
+    _shown.clear()
+
+
+class _Vectors:
+    """Image vectors and colour descriptors by product id, for one request.
+
+    A vector stored since the build (a new or re-imaged product) comes from the database, every other one
+    from the build's memory map: the build's copy of a re-imaged product is its old look.
+    """
+
+    def __init__(self, space: str, loaded: LoadedIndex | None) -> None:
+        self.space = space
+        self.loaded = loaded
+        self._newer = {
+            pid: np.frombuffer(vector, dtype="<f4")
+            for pid, _, vector in selectors.delta_rows(space=space, loaded=loaded)
+        }
+        self.vectors: dict[int, np.ndarray] = {}
+        self.colours: dict[int, np.ndarray] = {}
+
+    def fetch(self, product_ids: Sequence[int], *, fresh: bool = False, colours: bool = True) -> None:
+        """Look up the ids not looked up yet; ``fresh`` reads the database for all of them (the trail's steps)."""
+        wanted = sorted({int(i) for i in product_ids} - self.vectors.keys())
+        if not wanted:
+            return
+        from_db = set(wanted) if fresh or self.loaded is None else set()
+        held: list[int] = []
+        if not from_db:
+            for pid in wanted:
+                if pid in self._newer:
+                    self.vectors[pid] = self._newer[pid]
+            items = self.loaded.items_of(np.asarray([p for p in wanted if p not in self._newer], dtype=np.int64))
+            held = self.loaded.product_ids[items].tolist()
+            for pid, vector in zip(held, self.loaded.vectors_of(items), strict=True):
+                self.vectors[pid] = vector
+            built = self.loaded.colours_of(items) if colours else None
+            for pid, colour in zip(held, () if built is None else built, strict=False):
+                if colour.any():
+                    self.colours[pid] = colour
+        need_colour = [pid for pid in wanted if colours and pid not in self.colours]
+        if not from_db and not need_colour:
+            return
+        rows = Embedding.objects.filter(
+            Q(space=self.space, product_id__in=sorted(from_db)) | Q(space=COLOUR_SPACE, product_id__in=need_colour)
+        ).values_list("product_id", "space", "vector")
+        for pid, space, vector in rows:
+            (self.colours if space == COLOUR_SPACE else self.vectors)[pid] = np.frombuffer(vector, dtype="<f4")
+
+    def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
+        return np.stack([self.vectors[pid] for pid in product_ids]).astype(np.float32, copy=False)
+
+    def colour_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
+        """Colour descriptors of ``product_ids`` (zeros where one is missing); None when none of them has one."""
+        found = [self.colours.get(pid) for pid in product_ids]
+        known = next((c for c in found if c is not None), None)
+        if known is None:
+            return None
+        blank = np.zeros(len(known), dtype=np.float32)
+        return np.stack([blank if c is None or len(c) != len(known) else c for c in found]).astype(np.float32)
+
+
+def _digest(ids: np.ndarray | Sequence[int] | None) -> str:
+    if ids is None:
+        return "all"
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+
+
+def trail_grid(
+    *,
+    steps: Sequence[StepRef],
+    k: int,
+    allowed_ids: np.ndarray | None = None,
+    shown_first: Sequence[int] = (),
+) -> list[Neighbour]:
+    """The ``k`` products to show for a trail (oldest step first), in grid order, none of the trail's.
+
+    ``shown_first`` is the grid the first step was clicked from (the starting grid or a text search),
+    when the shop knows it. Raises NotEmbeddedYet when no liked step has a vector, SimilarityUnavailable
+    when no index can answer.
+    """
+    if not any(step.mark != DISLIKED for step in steps):
+        raise ValueError("a trail needs at least one step not marked 'not like this'")
+    space = runtime.active_space()
+    loaded = selectors._published(space)
+    store = _Vectors(space, loaded)
+    store.fetch([step.product_id for step in steps], fresh=True)
+    usable = [step for step in steps if step.product_id in store.vectors]
+    if not any(step.mark != DISLIKED for step in usable):
+        newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
+        raise selectors._why_not_embedded(newest.product_id)
+
+    strategy = strategy_served()
+    # The page after each earlier click showed a grid of GRID_SIZE, its own step then the anchor (whatever
+    # mark the step carries now): that prefix, ranked the same way, is what the shopper saw there.
+    prefixes = [(*usable[:end], replace(usable[end], mark=_liked(usable[end].mark))) for end in range(len(usable))]
+    # What a prefix showed depends on the build it was ranked from: a new build ranks the trail afresh.
+    version = loaded.meta.version if loaded is not None else "no-index"
+    shown_k = settings.GRID_SIZE
+    context = "|".join(
+        [
+            space,
+            version,
+            strategy.name,
+            f"{strategy.diversity}",
+            str(shown_k),
+            _digest(allowed_ids),
+            _digest(shown_first),
+        ]
+    )
+    keys = [
+        hashlib.blake2b(f"{context}|{','.join(map(str, prefix))}".encode(), digest_size=16).hexdigest()
+        for prefix in prefixes
+    ]
+    found = _prefix_lookup(keys[:-1])
+    shown: list[tuple[int, ...]] = []
+    for prefix, key in zip(prefixes[:-1], keys[:-1], strict=True):
+        grid = found.get(key)
+        if grid is None:
+            ranked = _rank(prefix, shown, shown_first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
+            grid = tuple(n.product_id for n in ranked)
+            _prefix_store(key, grid)
+        shown.append(grid)
+    grid = _rank(usable, shown, shown_first, store=store, k=k, allowed=allowed_ids, strategy=strategy)
+    if k == shown_k and prefixes[-1] == tuple(usable):
+        # This page's grid is the next click's earlier grid: remembered now, that click ranks only its own.
+        _prefix_store(keys[-1], tuple(n.product_id for n in grid))
+    return grid
+
+
+def _liked(mark: str) -> str:
+    return "" if mark == DISLIKED else mark
+
+
+def _prefix_lookup(keys: list[str]) -> dict[str, tuple[int, ...]]:
+    found = {key: ids for key in keys if (ids := _shown.get(key)) is not None}
+    wanted = [key for key in keys if key not in found]
+    if wanted:
+        try:
+            shared = cache.get_many([_PREFIX_KEY + key for key in wanted])
+        except _CACHE_DOWN:
+            shared = {}
+        for key in wanted:
+            ids = shared.get(_PREFIX_KEY + key)
+            if isinstance(ids, list):
+                found[key] = tuple(int(i) for i in ids)
+                _shown.put(key, found[key])
+    return found
+
+
+def _prefix_store(key: str, grid: tuple[int, ...]) -> None:
+    _shown.put(key, grid)
+    try:
+        cache.set(_PREFIX_KEY + key, list(grid), PREFIX_CACHE_TTL_S)
+    except _CACHE_DOWN:
+        logger.warning("Cache unavailable: a trail's earlier grid is remembered in this process only", exc_info=True)
+
+
+def _rank(
+    steps: Sequence[StepRef],
+    shown: Sequence[tuple[int, ...]],
+    shown_first: Sequence[int],
+    *,
+    store: _Vectors,
+    k: int,
+    allowed: np.ndarray | None,
+    strategy: Strategy,
+) -> list[Neighbour]:
+    """The grid for ``steps`` after the grids ``shown`` (oldest first; the newest was clicked from)."""
+    on_trail = {step.product_id for step in steps}
+    # Clicks ago each passed-over product was last shown: 0 for the grid the newest step was clicked from.
+    age: dict[int, int] = {}
+    for ago, grid in enumerate([*reversed(shown), tuple(shown_first)]):
+        for pid in grid:
+            if pid not in on_trail:
+                age.setdefault(int(pid), ago)
+    skipped = sorted(age)
+    store.fetch(skipped, colours=False)
+    skipped = [pid for pid in skipped if pid in store.vectors]
+    ids = [step.product_id for step in steps]
+    trail = TrailVectors(
+        vectors=store.matrix(ids),
+        marks=tuple(step.mark for step in steps),
+        aspects=tuple(step.aspect for step in steps),
+        colours=store.colour_matrix(ids),
+        skipped=store.matrix(skipped) if skipped else None,
+        skipped_age=np.asarray([age[pid] for pid in skipped], dtype=np.int64) if skipped else None,
+    )
+    hidden = frozenset(skipped) if strategy.hide_skipped else frozenset()
+    want = OVERFETCH * k
+    pool: dict[int, None] = {}
+    for query in query_vectors(trail=trail, strategy=strategy):
+        for n in selectors.similar_products(
+            vector=query, k=want, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed
+        ):
+            pool.setdefault(n.product_id)
+    if len(pool) < k and hidden:
+        # Everything left was shown before (a narrow filter, a long trail): show it again rather than fewer.
+        for query in query_vectors(trail=trail, strategy=strategy):
+            for n in selectors.similar_products(
+                vector=query, k=k, exclude_ids=frozenset(on_trail), allowed_ids=allowed
+            ):
+                pool.setdefault(n.product_id)
+    candidates = list(pool)
+    if not candidates:
+        return []
+    store.fetch(candidates, colours=trail.colours is not None)
+    candidates = [pid for pid in candidates if pid in store.vectors]
+    matrix = store.matrix(candidates)
+    colours = store.colour_matrix(candidates) if trail.colours is not None else None
+    positions, _ = grid_rank(trail=trail, strategy=strategy, candidates=matrix, candidate_colours=colours, k=k)
+    # The ranking chose a varied set. It is shown most alike the trail first, each with that likeness as its
+    # score (the ranking's own scores carry its pushes away from what was passed over: not a similarity);
+    # what "not like this" sinks stays last.
+    picked = {"trail": trail, "strategy": strategy, "candidates": matrix[positions]}
+    picked["candidate_colours"] = None if colours is None else colours[positions]
+    order = zip(positions.tolist(), likeness(**picked).tolist(), sunk(**picked).tolist(), strict=True)
+    chosen = sorted(order, key=lambda row: (row[2], -row[1], candidates[row[0]]))
+    return [Neighbour(product_id=candidates[p], score=float(s)) for p, s, _ in chosen]

@@ -1,0 +1,284 @@
+"""Refinement as served: the trail's ranking, passed-over products, aspects, variety, colour descriptors.
+
+Against the demo catalog in the database (vectors and colour descriptors as the pipeline stores them) and
+the real Django test client; the colour descriptor's storage runs the embedding code on real image files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from gallery.models import Product
+from gallery.trail import Trail, TrailError
+from recommender import refine, runtime, selectors, services
+from recommender.colour import COLOUR_DIM, COLOUR_SPACE, colour_descriptor
+from recommender.index import IndexReader
+from recommender.models import Embedding
+from recommender.preprocess import image_prepare
+from tests.conftest import engine_knows
+
+pytestmark = pytest.mark.django_db
+
+
+def api_ids(client, product_id: int, **params: object) -> list[int]:
+    response = client.get(f"/api/similar/{product_id}", params)
+    assert response.status_code == 200, response.content
+    return [r["id"] for r in response.json()["results"]]
+
+
+def colours_of(ids: list[int]) -> list[str]:
+    by_id = dict(Product.objects.filter(id__in=ids).values_list("id", "base_colour"))
+    return [by_id[i] for i in ids]
+
+
+# --- The trail's format ---------------------------------------------------------------------------
+
+
+def test_trail_steps_carry_an_aspect_suffix_and_old_links_keep_their_meaning():
+    trail = Trail.parse("12,p34c,n56,78s,90a")
+    assert [(s.product_id, s.mark, s.aspect) for s in trail.steps] == [
+        (12, "", ""),
+        (34, "p", "c"),
+        (56, "n", ""),
+        (78, "", "s"),
+        (90, "", "a"),
+    ]
+    assert str(trail) == "12,p34c,n56,78s,90a"
+    assert str(Trail.parse("12,p34,n56")) == "12,p34,n56"  # a link from before aspects
+    assert str(trail.aspected(0, "c")) == "12c,p34c,n56,78s,90a"
+    assert str(trail.aspected(1, "c")) == "12,p34,n56,78s,90a"  # asking twice clears it
+    for bad in ("12x", "c12", "12cc", "p12n"):
+        with pytest.raises(TrailError, match="suffixed c, a or s"):
+            Trail.parse(bad)
+
+
+def test_an_unknown_aspect_is_a_400_with_the_reason(client, demo_catalog_db):
+    product_id = demo_catalog_db[0]
+    response = client.get(f"/api/similar/{product_id}", {"trail": f"{product_id}z"})
+    assert response.status_code == 400
+    assert "suffixed c, a or s" in response.json()["error"]
+    page = client.get(f"/similar/{product_id}/", {"trail": f"{product_id}q"})
+    assert page.status_code == 400 and b"suffixed c, a or s" in page.content
+
+
+def test_old_trail_links_open_with_a_full_grid(client, demo_catalog_db):
+    a, b, c = demo_catalog_db[3], demo_catalog_db[40], demo_catalog_db[90]
+    response = client.get(f"/similar/{b}/", {"trail": f"{a},p{b},n{c}"})
+    assert response.status_code == 200
+    body = client.get(f"/api/similar/{b}", {"trail": f"p{a},{b},n{c}"}).json()
+    assert body["trail"] == f"p{a},{b},n{c}"
+    ids = [r["id"] for r in body["results"]]
+    assert len(ids) == 25 and not {a, b, c} & set(ids)
+
+
+# --- What was shown is not shown again --------------------------------------------------------------
+
+
+def test_a_click_never_shows_again_what_the_grid_it_came_from_showed(client, demo_catalog_db):
+    start = demo_catalog_db[5]
+    first = api_ids(client, start)
+    clicked = first[3]
+    second = api_ids(client, clicked, trail=f"{start},{clicked}")
+    assert len(second) == 25
+    assert not set(second) & (set(first) - {clicked})
+    third_click = second[0]
+    third = api_ids(client, third_click, trail=f"{start},{clicked},{third_click}")
+    assert len(third) == 25
+    assert not set(third) & (set(first) | set(second))
+
+
+def test_the_grid_a_trail_started_from_counts_as_shown(client, demo_catalog_db):
+    from gallery.selectors import starting_grid_ids
+
+    home = starting_grid_ids(k=25)
+    clicked = home[0]
+    page = client.get(f"/similar/{clicked}/").content.decode()  # a click on the home page's grid
+    grid = [int(i) for i in re.findall(r'<li class="card">\s*<a href="/similar/(\d+)/', page)]
+    assert len(grid) == 25 and not set(grid) & set(home)
+    # An API client says so with an empty q (q names the text search a trail began from).
+    assert api_ids(client, clicked, q="") == grid
+
+
+def test_passed_over_products_come_back_when_nothing_else_is_left(client, demo_catalog_db):
+    # A filter with few products: once they have all been shown, the grid shows them again rather than fewer.
+    kind = Product.objects.values_list("article_type", flat=True).first()
+    matching = list(Product.objects.filter(article_type=kind).values_list("id", flat=True))
+    assert 3 <= len(matching) <= 40, len(matching)
+    start, clicked = matching[0], matching[1]
+    trail = f"{start},{clicked}"
+    grid = api_ids(client, clicked, trail=trail, type=kind)
+    assert len(grid) == min(25, len(matching) - 2)
+    assert set(grid) <= set(matching) - {start, clicked}
+
+
+def test_a_trails_earlier_grids_are_ranked_once(client, demo_catalog_db, monkeypatch):
+    calls = []
+    real = selectors.similar_products
+
+    def counting(**kwargs):
+        calls.append(kwargs["k"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(selectors, "similar_products", counting)
+    steps = demo_catalog_db[10:70:10]
+    trail = ",".join(map(str, steps))
+    api_ids(client, steps[-1], trail=trail)
+    assert len(calls) == len(steps)  # each earlier step's grid, then this one
+    calls.clear()
+    api_ids(client, steps[-1], trail=trail)
+    assert len(calls) == 1  # the earlier grids are remembered
+    refine.forget()
+    calls.clear()
+    api_ids(client, steps[-1], trail=trail)
+    assert len(calls) == 1  # ... in the shared cache too, for the next web process
+    # A shopper's next click: the page they clicked from was this trail's grid, remembered when it was shown.
+    grid = api_ids(client, steps[-1], trail=trail)
+    calls.clear()
+    api_ids(client, grid[0], trail=f"{trail},{grid[0]}")
+    assert len(calls) == 1
+
+
+# --- "Not like this" and aspects ---------------------------------------------------------------------
+
+
+def test_not_like_this_sinks_what_looks_more_like_it(client, demo_catalog_db, demo_vectors):
+    Embedding.objects.filter(space=COLOUR_SPACE).delete()  # "looks like" by the image vectors alone, below
+    services.index_rebuild()
+    liked, disliked = demo_catalog_db[20], demo_catalog_db[21]
+    ids = api_ids(client, liked, trail=f"n{disliked},{liked}")
+    assert len(ids) == 25
+    nearer = [demo_vectors[i] @ demo_vectors[disliked] > demo_vectors[i] @ demo_vectors[liked] for i in ids]
+    # Whatever looks more like the disliked step than the liked one is sunk below everything else.
+    assert nearer == sorted(nearer)
+
+
+def test_same_colour_keeps_the_colour_and_same_shape_changes_it(client, demo_catalog_db):
+    shares = {"c": [], "": [], "s": []}
+    for product_id in demo_catalog_db[::15]:
+        colour = Product.objects.get(id=product_id).base_colour
+        for aspect in shares:
+            ids = api_ids(client, product_id, trail=f"{product_id}{aspect}")
+            shares[aspect].append(np.mean([c == colour for c in colours_of(ids)]))
+    same, default, shape = (float(np.mean(shares[a])) for a in ("c", "", "s"))
+    assert same > default > shape, (same, default, shape)
+
+
+def test_the_page_offers_each_aspect_and_links_keep_them(client, demo_catalog_db):
+    a, b = demo_catalog_db[1], demo_catalog_db[2]
+    page = client.get(f"/similar/{b}/", {"trail": f"{a}c,{b}"}).content.decode()
+    assert f'href="/similar/{b}/?trail={a}%2C{b}"' in page  # "same colour" on step a, pressed: clears it
+    assert f'href="/similar/{b}/?trail={a}c%2C{b}s"' in page  # "same shape" on step b
+    assert 'class="aspect aspect-c" ' in page and 'aria-pressed="true"' in page
+    # The grid's links carry the aspect on: the next click keeps what the shopper asked of step a.
+    assert f"trail={a}c%2C{b}%2C" in page
+
+
+# --- Variety --------------------------------------------------------------------------------------
+
+
+def test_a_grid_is_varied_by_the_diversity_setting(client, demo_catalog_db, demo_vectors, settings):
+    def spread(ids: list[int]) -> float:
+        matrix = np.stack([demo_vectors[i] for i in ids])
+        similarity = matrix @ matrix.T
+        return float(similarity[np.triu_indices(len(ids), 1)].mean())
+
+    anchors = demo_catalog_db[::40]
+    settings.REFINE_DIVERSITY = 0.0
+    plain = [spread(api_ids(client, a)) for a in anchors]
+    settings.REFINE_DIVERSITY = 0.5
+    varied = [spread(api_ids(client, a)) for a in anchors]
+    assert np.mean(varied) < np.mean(plain) - 0.01, (np.mean(varied), np.mean(plain))
+
+
+def test_without_variety_a_click_is_its_nearest_by_the_blended_score(client, demo_catalog_db, settings):
+    settings.REFINE_DIVERSITY = 0.0
+    product_id = demo_catalog_db[7]
+    scores = [r["score"] for r in client.get(f"/api/similar/{product_id}").json()["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 25
+
+
+# --- Colour descriptors beside the vectors ----------------------------------------------------------
+
+
+def stored_colour(product_id: int) -> np.ndarray | None:
+    row = Embedding.objects.filter(product_id=product_id, space=COLOUR_SPACE).values_list("vector", flat=True).first()
+    return None if row is None else np.frombuffer(row, dtype="<f4")
+
+
+def test_embedding_stores_each_products_colour_and_the_index_holds_it(settings, demo_dir: Path, make_jpeg):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    ids = []
+    for n, source in enumerate(sorted((demo_dir / "images").glob("*.jpg"))[:6]):
+        product_id = 9000 + n
+        name = default_storage.save(f"products/{product_id}.jpg", ContentFile(source.read_bytes()))
+        Product.objects.create(id=product_id, name=f"Product {n}", image=name, image_version=1)
+        engine_knows(product_id, image_name=name)
+        ids.append((product_id, source))
+    report = services.products_embed(product_ids=[pid for pid, _ in ids])
+    assert report.embedded == 6
+    for product_id, source in ids:
+        colour = stored_colour(product_id)
+        assert colour is not None and colour.shape == (COLOUR_DIM,)
+        np.testing.assert_allclose(colour, colour_descriptor(image_prepare(source, size=224)), atol=1e-5)
+    assert services.index_rebuild() is not None
+    loaded = IndexReader(runtime.index_dir(runtime.active_space())).current()
+    items = loaded.items_of(np.array([pid for pid, _ in ids]))
+    built = loaded.colours_of(items)
+    for product_id, row in zip(loaded.product_ids[items].tolist(), built, strict=True):
+        np.testing.assert_allclose(row, stored_colour(product_id), atol=2e-3)  # half precision
+
+    # A new image drops the old colour with the old vector: the product's old look is never blended in.
+    engine_knows(ids[0][0], image_version=2, image_name=f"products/{ids[0][0]}.jpg")
+    assert stored_colour(ids[0][0]) is None
+
+
+def test_embed_catalog_adds_the_colours_of_products_embedded_before_them(settings, demo_dir: Path):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    source = sorted((demo_dir / "images").glob("*.jpg"))[0]
+    name = default_storage.save("products/7001.jpg", ContentFile(source.read_bytes()))
+    Product.objects.create(id=7001, name="Older product", image=name, image_version=1)
+    engine_knows(7001, image_name=name)
+    services.products_embed(product_ids=[7001])
+    Embedding.objects.filter(space=COLOUR_SPACE).delete()  # as stored before colours were kept
+    assert services.products_without_colour() == [7001]
+    call_command("embed_catalog", verbosity=0)
+    np.testing.assert_allclose(stored_colour(7001), colour_descriptor(image_prepare(source, size=224)), atol=1e-5)
+    assert services.products_without_colour() == []
+
+
+def test_a_catalog_without_colours_is_ranked_by_the_image_alone(client, demo_catalog_db):
+    Embedding.objects.filter(space=COLOUR_SPACE).delete()
+    services.index_rebuild()
+    product_id = demo_catalog_db[12]
+    same = api_ids(client, product_id, trail=f"{product_id}c")
+    other = api_ids(client, product_id, trail=f"{product_id}s")
+    assert len(same) == 25 and same == other  # no colour to keep or change: the aspects change nothing
+
+
+def test_an_unknown_strategy_is_refused_by_the_system_check(settings):
+    from django.core.management import CommandError
+
+    settings.REFINE_STRATEGY = "best-guess"
+    with pytest.raises(CommandError, match="REFINE_STRATEGY must be one of .*refine"):
+        call_command("check")
+
+
+def test_the_strategy_setting_serves_the_gallerys_first_rule(client, demo_catalog_db, demo_vectors, settings):
+    # "trail": the nearest by normalise(mean(anchor + pinned) - 0.5 mean(not like this)), nothing hidden.
+    settings.REFINE_STRATEGY = "trail"
+    a, b = demo_catalog_db[30], demo_catalog_db[31]
+    ids = api_ids(client, b, trail=f"p{a},{b}")
+    query = demo_vectors[a] + demo_vectors[b]
+    query /= np.linalg.norm(query)
+    others = [i for i in demo_vectors if i not in {a, b}]
+    exact = sorted(others, key=lambda i: -float(demo_vectors[i] @ query))[:25]
+    assert len(set(ids) & set(exact)) >= 24
