@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
+from django_redis.exceptions import ConnectionInterrupted
 
 from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
@@ -57,7 +58,7 @@ PREFIX_MEMORY = 4096
 # ... and in the shared cache, so a shopper's next click is cheap on whichever web process it lands.
 PREFIX_CACHE_TTL_S = 3600
 _PREFIX_KEY = "recommender:shown:"
-_CACHE_DOWN = (redis.RedisError, OSError, ConnectionError)
+_CACHE_DOWN = (redis.RedisError, ConnectionInterrupted, OSError)
 
 
 @dataclass(frozen=True)
@@ -240,19 +241,19 @@ def trail_grid(
         hashlib.blake2b(f"{context}|{','.join(map(str, prefix))}".encode(), digest_size=16).hexdigest()
         for prefix in prefixes
     ]
-    found = _prefix_lookup(keys[:-1])
+    found, shared = _prefix_lookup(keys[:-1])
     shown: list[tuple[int, ...]] = []
+    ranked: dict[str, tuple[int, ...]] = {}
     for prefix, key in zip(prefixes[:-1], keys[:-1], strict=True):
-        grid = found.get(key)
-        if grid is None:
-            ranked = _rank(prefix, shown, shown_first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
-            grid = tuple(n.product_id for n in ranked)
-            _prefix_store(key, grid)
-        shown.append(grid)
+        if key not in found:
+            grid = _rank(prefix, shown, shown_first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
+            found[key] = ranked[key] = tuple(n.product_id for n in grid)
+        shown.append(found[key])
     grid = _rank(usable, shown, shown_first, store=store, k=k, allowed=allowed_ids, strategy=strategy)
     if k == shown_k and prefixes[-1] == tuple(usable):
         # This page's grid is the next click's earlier grid: remembered now, that click ranks only its own.
-        _prefix_store(keys[-1], tuple(n.product_id for n in grid))
+        ranked[keys[-1]] = tuple(n.product_id for n in grid)
+    _prefix_store(ranked, shared=shared)
     return grid
 
 
@@ -260,28 +261,35 @@ def _liked(mark: str) -> str:
     return "" if mark == DISLIKED else mark
 
 
-def _prefix_lookup(keys: list[str]) -> dict[str, tuple[int, ...]]:
+def _prefix_lookup(keys: list[str]) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """The prefix grids remembered under ``keys``, and whether the shared cache answered (or was not needed)."""
     found = {key: ids for key in keys if (ids := _shown.get(key)) is not None}
     wanted = [key for key in keys if key not in found]
-    if wanted:
-        try:
-            shared = cache.get_many([_PREFIX_KEY + key for key in wanted])
-        except _CACHE_DOWN:
-            shared = {}
-        for key in wanted:
-            ids = shared.get(_PREFIX_KEY + key)
-            if isinstance(ids, list):
-                found[key] = tuple(int(i) for i in ids)
-                _shown.put(key, found[key])
-    return found
-
-
-def _prefix_store(key: str, grid: tuple[int, ...]) -> None:
-    _shown.put(key, grid)
+    if not wanted:
+        return found, True
     try:
-        cache.set(_PREFIX_KEY + key, list(grid), PREFIX_CACHE_TTL_S)
+        shared = cache.get_many([_PREFIX_KEY + key for key in wanted])
     except _CACHE_DOWN:
-        logger.warning("Cache unavailable: a trail's earlier grid is remembered in this process only", exc_info=True)
+        logger.warning("Cache unavailable: a trail's earlier grids are ranked again", exc_info=True)
+        return found, False
+    for key in wanted:
+        ids = shared.get(_PREFIX_KEY + key)
+        if isinstance(ids, list):
+            found[key] = tuple(int(i) for i in ids)
+            _shown.put(key, found[key])
+    return found, True
+
+
+def _prefix_store(grids: dict[str, tuple[int, ...]], *, shared: bool) -> None:
+    """Remember new prefix grids here and, in one call, in the shared cache (not tried again once it failed)."""
+    for key, grid in grids.items():
+        _shown.put(key, grid)
+    if not grids or not shared:
+        return
+    try:
+        cache.set_many({_PREFIX_KEY + key: list(grid) for key, grid in grids.items()}, PREFIX_CACHE_TTL_S)
+    except _CACHE_DOWN:
+        logger.warning("Cache unavailable: a trail's earlier grids are remembered in this process only", exc_info=True)
 
 
 def _rank(
