@@ -51,7 +51,9 @@ def _weak_secret_key(key: str) -> str:
     return ""
 
 
-SECRET_KEY = env("SECRET_KEY", default="")
+# Read as it is: django-environ takes a value starting with "$" for the name of another variable, and a
+# random key starts with one now and then.
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when GALLERY_ENV=production")
