@@ -24,7 +24,6 @@ served single-click grids (the first 10 of ``/api/similar/<id>``) for the held-o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -469,12 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from django.core.cache import cache
 
     cache.delete_pattern("*")  # this run's keys only (its own prefix)
-    data["seconds"] = round(time.perf_counter() - started, 1)
-    logger.info("done in %.0f s", data["seconds"])
-    if args.markdown:
-        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    shopper_bench.outputs_write(args, tables=tables, data=data, started=started)
     return 0
 
 

@@ -458,13 +458,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for table in tables:
         print(table.text(), end="\n\n")
+    outputs_write(args, tables=tables, data=data, started=started)
+    return 0
+
+
+def outputs_write(args: argparse.Namespace, *, tables: Sequence[Table], data: dict, started: float) -> None:
+    """The run's time in ``data``, then the tables as Markdown (--markdown) and every number as JSON (--json)."""
     data["seconds"] = round(time.perf_counter() - started, 1)
     logger.info("done in %.0f s", data["seconds"])
     if args.markdown:
         args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":

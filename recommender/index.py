@@ -338,24 +338,16 @@ class LoadedIndex:
 
     def query(self, vector: np.ndarray, *, n: int, search_k: int | None = None) -> list[Hit]:
         """The ``n`` nearest items to a unit ``vector``, best first, scored by cosine."""
-        if len(vector) != self.meta.dim:
-            raise ValueError(f"query has {len(vector)} dimensions, the index {self.meta.dim}")
-        items, distances = self._ann.get_nns_by_vector(
-            np.asarray(vector, dtype=np.float32).tolist(),
-            min(n, self.meta.count),
-            search_k=self.meta.search_k if search_k is None else search_k,
-            include_distances=True,
-        )
-        # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors.
+        items, scores = self.query_items(vector, n=n, search_k=search_k)
         return [
-            Hit(int(self.product_ids[item]), int(self.embedding_ids[item]), 1.0 - (dist * dist) / 2.0)
-            for item, dist in zip(items, distances, strict=True)
+            Hit(int(self.product_ids[item]), int(self.embedding_ids[item]), score)
+            for item, score in zip(items.tolist(), scores.tolist(), strict=True)
         ]
 
     def query_items(self, vector: np.ndarray, *, n: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``query`` as arrays: the ``n`` nearest items (int64) and their cosines (float64), best first.
+        """The ``n`` nearest items to a unit ``vector`` (int64) and their cosines (float64), best first.
 
-        For callers that filter hundreds of hits: no Hit object is made for the ones they drop.
+        Arrays, for callers that filter hundreds of hits: no Hit object is made for the ones they drop.
         """
         if len(vector) != self.meta.dim:
             raise ValueError(f"query has {len(vector)} dimensions, the index {self.meta.dim}")
@@ -367,7 +359,7 @@ class LoadedIndex:
         )
         found = np.asarray(items, dtype=np.int64)
         distance = np.asarray(distances, dtype=np.float64)
-        # The same arithmetic as ``query``: Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors.
+        # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors.
         return found, 1.0 - (distance * distance) / 2.0
 
     def scores_of(self, items: np.ndarray, vector: np.ndarray) -> np.ndarray:

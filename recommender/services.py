@@ -191,26 +191,20 @@ def space_reproject(*, space: str, chunk: int = 2000) -> int:
         done += len(rows)
 
 
+def _products_without(states, space: str) -> list[int]:  # noqa: ANN001 - an EmbeddingState queryset
+    """Ids, ascending, of the products among ``states`` with no vector in ``space``."""
+    have = Embedding.objects.filter(space=space).values("product_id")
+    return list(states.exclude(product_id__in=have).order_by("product_id").values_list("product_id", flat=True))
+
+
 def products_needing_embedding(*, space: str) -> list[int]:
     """Ids of products with an image but no vector in ``space`` (failed ones excluded)."""
-    have = Embedding.objects.filter(space=space).values("product_id")
-    return list(
-        EmbeddingState.objects.exclude(status=EmbedStatus.FAILED)
-        .exclude(product_id__in=have)
-        .order_by("product_id")
-        .values_list("product_id", flat=True)
-    )
+    return _products_without(EmbeddingState.objects.exclude(status=EmbedStatus.FAILED), space)
 
 
 def products_without_colour() -> list[int]:
     """Products done (they have a vector) but with no colour descriptor: embedded before colours were kept."""
-    have = Embedding.objects.filter(space=COLOUR_SPACE).values("product_id")
-    return list(
-        EmbeddingState.objects.filter(status=EmbedStatus.DONE)
-        .exclude(product_id__in=have)
-        .order_by("product_id")
-        .values_list("product_id", flat=True)
-    )
+    return _products_without(EmbeddingState.objects.filter(status=EmbedStatus.DONE), COLOUR_SPACE)
 
 
 def colours_backfill(*, product_ids: list[int], progress: Callable[[int], None] | None = None) -> int:
