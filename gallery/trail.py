@@ -115,10 +115,11 @@ class Trail:
         return None
 
     def liked_ids_for(self, anchor_id: int) -> list[int]:
-        """The products a grid anchored at ``anchor_id`` should look like: the pinned steps, then the anchor.
+        """The steps that pull a grid anchored at ``anchor_id`` hardest: the pinned steps, then the anchor.
 
-        The one rule for "liked": the page's product is the anchor whatever its
-        place on the trail, and the pinned steps keep pulling beside it.
+        The page's product is the anchor whatever its place on the trail; the
+        engine weighs these fully and every other liked step less the older it
+        is (recommender.feedback's recency weights).
         """
         return [step.product_id for step in self.steps if step.pinned and step.product_id != anchor_id] + [anchor_id]
 
