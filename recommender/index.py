@@ -313,13 +313,8 @@ class LoadedIndex:
             len(items), self.meta.dim
         )
 
-    @property
-    def colour_dim(self) -> int:
-        """Length of the build's colour descriptors (0: it holds none)."""
-        return 0 if self._colours is None else int(self._colours.shape[1])
-
     def colours_of(self, items: np.ndarray) -> np.ndarray | None:
-        """The (len(items), colour_dim) float32 colour descriptors of ``items``; None when the build has none."""
+        """The (len(items), c) float32 colour descriptors of ``items``; None when the build has none."""
         if self._colours is None:
             return None
         return np.asarray(self._colours[np.asarray(items, dtype=np.int64)], dtype=np.float32)
