@@ -2,6 +2,8 @@ import logging
 import os
 import threading
 
+from config.malloc import keep_freed_memory
+
 # A web process answers many small requests at once (workers x threads): a BLAS
 # thread pool per matrix product only makes them contend for the same cores (an
 # exact pass over 700 vectors took 11 ms with OpenBLAS's threads on a busy 2-core
@@ -9,7 +11,11 @@ import threading
 # torch threads are set apart (ENCODER_THREADS).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from django.core.wsgi import get_wsgi_application
+# Freed memory is kept for the next request rather than returned to the kernel
+# page by page (config/malloc.py: a third of a click's time on a VM).
+keep_freed_memory()
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402 - after the process settings above
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 application = get_wsgi_application()

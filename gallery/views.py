@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -9,7 +10,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -56,10 +57,29 @@ def _photo_context(params: dict[str, str]) -> dict[str, str]:
     return {"photo_src": reverse("gallery:photo-thumbnail", args=[token]) if token else ""}
 
 
+_ID_MARK = 918273645  # stands for the product id in the page path worked out once per URL configuration
+
+
+@functools.lru_cache(maxsize=16)
+def _similar_path_parts(script_prefix: str, urlconf: object) -> tuple[str, str] | None:
+    head, mark, tail = reverse("gallery:similar", args=[_ID_MARK], urlconf=urlconf).rpartition(str(_ID_MARK))
+    return (head, tail) if mark else None
+
+
+def similar_path(product_id: int) -> str:
+    """``reverse("gallery:similar", args=[product_id])``, without resolving the pattern per link.
+
+    A page holds a grid of links and each trail step's controls: tens of them per response. The path is
+    worked out once per script prefix and URL configuration, the id put in its place.
+    """
+    parts = _similar_path_parts(get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF)
+    return f"{parts[0]}{int(product_id)}{parts[1]}" if parts else reverse("gallery:similar", args=[product_id])
+
+
 def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
     """The page for ``trail`` anchored at ``product_id``; a one-step trail is just the path."""
     query = _query_string(trail=str(trail) if str(trail) != str(product_id) else "", **params)
-    base = reverse("gallery:similar", args=[product_id])
+    base = similar_path(product_id)
     return f"{base}?{query}" if query else base
 
 
@@ -237,7 +257,6 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
 # A path made only of these, starting with one "/" and without "." or ".." segments, is what
 # request.build_absolute_uri appends to the request's scheme and host unchanged (no join, no quoting).
 _PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9_.~/-]*")
-_ID_MARK = 918273645  # stands for the product id in the page URL worked out once per response
 
 
 class _JsonUrls:
@@ -250,8 +269,6 @@ class _JsonUrls:
     def __init__(self, request: HttpRequest) -> None:
         self._request = request
         self._origin = request.build_absolute_uri("/")[:-1]
-        head, mark, tail = reverse("gallery:similar", args=[_ID_MARK]).rpartition(str(_ID_MARK))
-        self._page = (head, tail) if mark else None
 
     def absolute(self, location: str) -> str:
         if _PLAIN_PATH.fullmatch(location) and "/./" not in location and "/../" not in location:
@@ -259,12 +276,7 @@ class _JsonUrls:
         return self._request.build_absolute_uri(location)
 
     def page(self, product_id: int) -> str:
-        path = (
-            f"{self._page[0]}{product_id}{self._page[1]}"
-            if self._page
-            else reverse("gallery:similar", args=[product_id])
-        )
-        return self.absolute(path)
+        return self.absolute(similar_path(product_id))
 
 
 def _product_json(

@@ -29,7 +29,6 @@ import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Q
 from django_redis.exceptions import ConnectionInterrupted
 
 from recommender import runtime, selectors
@@ -48,7 +47,6 @@ from recommender.feedback import (
     sunk,
 )
 from recommender.index import LoadedIndex
-from recommender.models import Embedding
 from recommender.selectors import Neighbour
 
 logger = logging.getLogger(__name__)
@@ -131,6 +129,46 @@ def forget() -> None:
     _shown.clear()
 
 
+class _Rows:
+    """Rows (vectors or colour descriptors) by product id, kept as the blocks they were read in.
+
+    ``matrix`` gathers a block's rows with one fancy index each: stacking hundreds of single rows costs
+    more than the scoring they feed.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray] = []
+        self._where: dict[int, tuple[int, int]] = {}
+
+    def add(self, product_ids: Sequence[int], block: np.ndarray) -> None:
+        if not len(product_ids):
+            return
+        number = len(self._blocks)
+        self._blocks.append(block)
+        self._where.update((pid, (number, row)) for row, pid in enumerate(product_ids))
+
+    def __contains__(self, product_id: int) -> bool:
+        return product_id in self._where
+
+    def width(self, product_id: int) -> int:
+        return self._blocks[self._where[product_id][0]].shape[1]
+
+    def matrix(self, product_ids: Sequence[int], *, width: int | None = None) -> np.ndarray:
+        """float32 rows of ``product_ids``, in order; with ``width``, zeros for ids missing or of another width."""
+        width = width if width is not None else self.width(product_ids[0])
+        out = np.zeros((len(product_ids), width), dtype=np.float32)
+        grouped: dict[int, tuple[list[int], list[int]]] = {}
+        for position, pid in enumerate(product_ids):
+            found = self._where.get(pid)
+            if found is not None and self._blocks[found[0]].shape[1] == width:
+                positions, rows = grouped.setdefault(found[0], ([], []))
+                positions.append(position)
+                rows.append(found[1])
+        for number, (positions, rows) in grouped.items():
+            out[positions] = self._blocks[number][rows]
+        return out
+
+
 class _Vectors:
     """Image vectors and colour descriptors by product id, for one request.
 
@@ -141,52 +179,47 @@ class _Vectors:
     def __init__(self, space: str, loaded: LoadedIndex | None) -> None:
         self.space = space
         self.loaded = loaded
-        self._newer = {
-            pid: np.frombuffer(vector, dtype="<f4")
-            for pid, _, vector in selectors.delta_rows(space=space, loaded=loaded)
-        }
-        self.vectors: dict[int, np.ndarray] = {}
-        self.colours: dict[int, np.ndarray] = {}
+        # Read once per request: the candidate search (selectors.similar_products) is given the same rows.
+        self.delta = selectors.delta_rows(space=space, loaded=loaded)
+        self._newer = {pid: np.frombuffer(vector, dtype="<f4") for pid, _, vector in self.delta}
+        self.vectors = _Rows()
+        self.colours = _Rows()
+        self._looked_up: set[int] = set()
 
     def fetch(self, product_ids: Sequence[int], *, fresh: bool = False, colours: bool = True) -> None:
         """Look up the ids not looked up yet; ``fresh`` reads the database for all of them (the trail's steps)."""
-        wanted = sorted({int(i) for i in product_ids} - self.vectors.keys())
+        wanted = sorted({int(i) for i in product_ids} - self._looked_up)
         if not wanted:
             return
+        self._looked_up.update(wanted)
         from_db = set(wanted) if fresh or self.loaded is None else set()
-        held: list[int] = []
         if not from_db:
-            for pid in wanted:
-                if pid in self._newer:
-                    self.vectors[pid] = self._newer[pid]
+            newer = [pid for pid in wanted if pid in self._newer]
+            if newer:
+                self.vectors.add(newer, np.stack([self._newer[pid] for pid in newer]))
             items = self.loaded.items_of(np.asarray([p for p in wanted if p not in self._newer], dtype=np.int64))
             held = self.loaded.product_ids[items].tolist()
-            for pid, vector in zip(held, self.loaded.vectors_of(items), strict=True):
-                self.vectors[pid] = vector
+            self.vectors.add(held, self.loaded.vectors_of(items))
             built = self.loaded.colours_of(items) if colours else None
-            for pid, colour in zip(held, () if built is None else built, strict=False):
-                if colour.any():
-                    self.colours[pid] = colour
-        need_colour = [pid for pid in wanted if colours and pid not in self.colours]
+            if built is not None:
+                known = built.any(axis=1)
+                self.colours.add([pid for pid, ok in zip(held, known.tolist(), strict=True) if ok], built[known])
+        need_colour = [pid for pid in wanted if pid not in self.colours] if colours else []
         if not from_db and not need_colour:
             return
-        rows = Embedding.objects.filter(
-            Q(space=self.space, product_id__in=sorted(from_db)) | Q(space=COLOUR_SPACE, product_id__in=need_colour)
-        ).values_list("product_id", "space", "vector")
+        rows = selectors.stored_vectors({self.space: sorted(from_db), COLOUR_SPACE: need_colour})
         for pid, space, vector in rows:
-            (self.colours if space == COLOUR_SPACE else self.vectors)[pid] = np.frombuffer(vector, dtype="<f4")
+            (self.colours if space == COLOUR_SPACE else self.vectors).add([pid], np.frombuffer(vector, "<f4")[None, :])
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
-        return np.stack([self.vectors[pid] for pid in product_ids]).astype(np.float32, copy=False)
+        return self.vectors.matrix(product_ids)
 
     def colour_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
         """Colour descriptors of ``product_ids`` (zeros where one is missing); None when none of them has one."""
-        found = [self.colours.get(pid) for pid in product_ids]
-        known = next((c for c in found if c is not None), None)
+        known = next((pid for pid in product_ids if pid in self.colours), None)
         if known is None:
             return None
-        blank = np.zeros(len(known), dtype=np.float32)
-        return np.stack([blank if c is None or len(c) != len(known) else c for c in found]).astype(np.float32)
+        return self.colours.matrix(product_ids, width=self.colours.width(known))
 
 
 def _digest(ids: np.ndarray | Sequence[int] | None) -> str:
@@ -327,14 +360,14 @@ def _rank(
     pool: dict[int, None] = {}
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
-            vector=query, k=want, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed
+            vector=query, k=want, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed, fresh=store.delta
         ):
             pool.setdefault(n.product_id)
     if len(pool) < k and hidden:
         # Everything left was shown before (a narrow filter, a long trail): show it again rather than fewer.
         for query in query_vectors(trail=trail, strategy=strategy):
             for n in selectors.similar_products(
-                vector=query, k=k, exclude_ids=frozenset(on_trail), allowed_ids=allowed
+                vector=query, k=k, exclude_ids=frozenset(on_trail), allowed_ids=allowed, fresh=store.delta
             ):
                 pool.setdefault(n.product_id)
     candidates = list(pool)

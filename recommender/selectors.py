@@ -119,6 +119,30 @@ def _current_pairs(*, space: str, product_ids: list[int]) -> set[tuple[int, int]
     return found
 
 
+def stored_vectors(wanted: dict[str, list[int]]) -> list[tuple[int, str, bytes]]:
+    """(product id, space, vector) of the stored vectors of each space for its product ids.
+
+    The rows of ``Embedding.objects.filter(space=s, product_id__in=ids)`` for every (s, ids), read with
+    plain statements (one per space and chunk of ids): a trail's steps and the colours its candidates
+    lack, on every click.
+    """
+    meta = Embedding._meta
+    connection = connections[router.db_for_read(Embedding)]
+    quote = connection.ops.quote_name
+    product, space_column = quote(meta.get_field("product").column), quote(meta.get_field("space").column)
+    vector, table = quote(meta.get_field("vector").column), quote(meta.db_table)
+    # Only the model's own table and column names are spliced in; every value is a parameter.
+    head = f"SELECT {product}, {space_column}, {vector} FROM {table} WHERE {space_column} = %s AND {product} IN "  # noqa: S608
+    found: list[tuple[int, str, bytes]] = []
+    with connection.cursor() as cursor:
+        for space, product_ids in wanted.items():
+            for start in range(0, len(product_ids), _LOOKUP_CHUNK):
+                part = [int(pid) for pid in product_ids[start : start + _LOOKUP_CHUNK]]
+                cursor.execute(head + "(" + ", ".join(["%s"] * len(part)) + ")", [space, *part])
+                found.extend((pid, space_of, bytes(blob)) for pid, space_of, blob in cursor.fetchall())
+    return found
+
+
 def _rows_newer(*, space: str, watermark: int) -> list[tuple[int, int]]:
     """(embedding id, product id) of the stored vectors of ``space`` newer than ``watermark``, by id.
 
@@ -241,6 +265,7 @@ def similar_products(
     k: int = 25,
     exclude_ids: frozenset[int] = frozenset(),
     allowed_ids: np.ndarray | None = None,
+    fresh: list[tuple[int, int, bytes]] | None = None,
 ) -> list[Neighbour]:
     """The ``k`` products nearest to ``vector`` (cosine), best first, none of ``exclude_ids``.
 
@@ -248,8 +273,9 @@ def similar_products(
     it was built, and keeps only candidates whose stored vector is the one the
     index holds: products deleted or re-imaged never appear. ``allowed_ids`` (a
     sorted int64 array) restricts the result to those products; its results
-    match an exact search over the allowed products' vectors. Raises
-    SimilarityUnavailable when no index can answer.
+    match an exact search over the allowed products' vectors. ``fresh`` is
+    ``delta_rows`` read already in this request (a trail's several searches
+    read it once). Raises SimilarityUnavailable when no index can answer.
     """
     space = runtime.active_space()
     vector = np.asarray(vector, dtype=np.float32)
@@ -259,7 +285,7 @@ def similar_products(
         raise SimilarityUnavailable("The similarity index is being built; please try again in a minute.")
 
     best: dict[int, float] = {}
-    fresh = delta_rows(space=space, loaded=loaded)
+    fresh = delta_rows(space=space, loaded=loaded) if fresh is None else fresh
     fresh_products = {pid for pid, _, _ in fresh}
     passing = _passes(np.fromiter((pid for pid, _, _ in fresh), dtype=np.int64, count=len(fresh)), allowed)
     for (product_id, _, score), ok in zip(_exact(vector, fresh), passing, strict=True):
