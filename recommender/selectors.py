@@ -259,6 +259,31 @@ def _index_exact(
     return ranked
 
 
+# Candidates looked up beyond the ones still needed, so that a deleted or re-imaged one among the first
+# rarely costs a second look-up.
+_CURRENT_MARGIN = 16
+
+
+def _still_current(*, space: str, candidates: list[tuple[int, int, float]], k: int) -> list[tuple[int, int, float]]:
+    """The ``candidates`` (best first) whose index vector is still their product's vector, in order.
+
+    The index's vector is served only while it is still the product's: indexed look-ups drop deleted
+    and re-imaged products. Only as many are looked up as the best ``k`` need: the first ``k`` that
+    pass, and any scored the same as the ``k``-th (a tie the caller breaks by product id), so a grid
+    of 200 candidates out of an over-fetch of 900 reads 200-odd rows, not 900.
+    """
+    if k <= 0:
+        return []
+    passed: list[tuple[int, int, float]] = []
+    start = 0
+    while start < len(candidates) and (len(passed) < k or candidates[start][2] >= passed[k - 1][2]):
+        part = candidates[start : start + max(k - len(passed), 1) + _CURRENT_MARGIN]
+        current = _current_pairs(space=space, product_ids=[pid for pid, _, _ in part])
+        passed += [row for row in part if (row[0], row[1]) in current]
+        start += len(part)
+    return passed
+
+
 def similar_products(
     *,
     vector: np.ndarray,
@@ -297,12 +322,8 @@ def similar_products(
         while True:
             found = _index_candidates(loaded, vector, want=want, allowed=allowed)
             candidates = [row for row in found if row[0] not in exclude_ids and row[0] not in fresh_products]
-            # The index's vector is served only while it is still the product's vector:
-            # one indexed look-up over the candidates drops deleted and re-imaged products.
-            current = _current_pairs(space=space, product_ids=[pid for pid, _, _ in candidates])
-            for pid, eid, score in candidates:
-                if (pid, eid) in current:
-                    best.setdefault(pid, score)
+            for pid, _, score in _still_current(space=space, candidates=candidates, k=k):
+                best.setdefault(pid, score)
             if len(best) >= k or len(found) < want or want >= loaded.meta.count:
                 break
             want = min(loaded.meta.count, want * 4)

@@ -7,6 +7,7 @@ test computes both and compares them, over the odd inputs the fast path must han
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,44 @@ def test_the_validity_look_up_equals_the_orm_one(odd_catalog):
     got = selectors._current_pairs(space=space, product_ids=asked)
     assert got == set(Embedding.objects.filter(space=space, product_id__in=asked).values_list("product_id", "id"))
     assert len(got) == len(odd_catalog) - 1 and selectors._current_pairs(space=space, product_ids=[]) == set()
+
+
+def test_only_the_candidates_the_grid_needs_are_checked_and_the_result_is_the_same(odd_catalog, monkeypatch):
+    space = "efficientnet-lite0-imagenet"
+    vector = np.ones(4, dtype="<f4").tobytes()
+    rows = Embedding.objects.bulk_create(
+        [Embedding(product_id=pid, space=space, dim=4, vector=vector, image_version=1) for pid in odd_catalog],
+        batch_size=500,
+    )
+    eids = {row.product_id: row.id for row in Embedding.objects.filter(space=space)}
+    assert len(rows) == len(eids)
+    # Candidates best first, as the index gives them: ties in runs of three; every 7th product deleted,
+    # every 5th re-imaged (its index vector is the old one).
+    deleted = set(odd_catalog[::7])
+    Product.objects.filter(id__in=deleted).delete()
+    for pid in (pid for pid in odd_catalog[::5] if pid not in deleted):
+        Embedding.objects.filter(product_id=pid, space=space).delete()
+        Embedding.objects.create(product_id=pid, space=space, dim=4, vector=vector, image_version=2)
+    # Ids fall within each run of ties: the grid's tie-break (by id) wants the last of a run checked too.
+    candidates = [(pid, eids[pid], 1.0 - (i // 3) * 0.001) for i, pid in enumerate(reversed(odd_catalog))]
+    everything = selectors._current_pairs(space=space, product_ids=odd_catalog)
+    all_current = [row for row in candidates if (row[0], row[1]) in everything]
+    asked: list[int] = []
+    checked = selectors._current_pairs
+    monkeypatch.setattr(selectors, "_current_pairs", lambda **kw: asked.extend(kw["product_ids"]) or checked(**kw))
+
+    def top(rows, k):
+        return sorted(rows, key=lambda row: (-row[2], row[0]))[:k]
+
+    for margin, k in itertools.product((16, 0), (1, 2, 25, 200, 1000, 1200)):
+        monkeypatch.setattr(selectors, "_CURRENT_MARGIN", margin)
+        asked.clear()
+        found = selectors._still_current(space=space, candidates=candidates, k=k)
+        assert top(found, k) == top(all_current, k)
+        assert found == all_current[: len(found)]
+        if k <= 200:
+            assert len(asked) <= 2 * k + 3 * 16  # not the 1,200
+    assert selectors._still_current(space=space, candidates=candidates, k=0) == []
 
 
 def test_stored_vectors_equal_the_orm_rows(odd_catalog):
