@@ -329,10 +329,10 @@ def _time_clicks(vectors: np.ndarray, anchors: np.ndarray, trails: list[str]) ->
 def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
     from config.malloc import keep_freed_memory
     from gallery.models import Product
-
-    keep_freed_memory()  # as config/wsgi.py sets every web process
     from recommender import runtime
     from recommender.models import Embedding
+
+    keep_freed_memory()  # as config/wsgi.py sets every web process
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
