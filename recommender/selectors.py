@@ -94,53 +94,47 @@ def _passes(product_ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
 _LOOKUP_CHUNK = 900
 
 
-def _current_pairs(*, space: str, product_ids: list[int]) -> set[tuple[int, int]]:
-    """(product id, embedding id) of the stored vectors of ``space`` for ``product_ids``.
+def _rows_of(*, fields: tuple[str, ...], space: str, product_ids: list[int]) -> list[tuple]:
+    """``fields`` of the stored vectors of ``space`` for ``product_ids``, with one plain statement per chunk.
 
-    The same rows as ``Embedding.objects.filter(space=..., product_id__in=...)``, read
-    with one plain statement per chunk: a grid's hundreds of candidates would spend
-    more time in the ORM building the IN list than the database spends answering.
+    The same rows as ``Embedding.objects.filter(space=..., product_id__in=...).values_list(*fields)``:
+    a grid's hundreds of candidates would spend more time in the ORM building the IN list than the
+    database spends answering.
     """
     if not product_ids:
-        return set()
+        return []
     meta = Embedding._meta
     connection = connections[router.db_for_read(Embedding)]
     quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in fields)
     product, space_column = quote(meta.get_field("product").column), quote(meta.get_field("space").column)
     # Only the model's own table and column names are spliced in; every value is a parameter.
-    table, key = quote(meta.db_table), quote(meta.pk.column)
-    head = f"SELECT {product}, {key} FROM {table} WHERE {space_column} = %s AND {product} IN "  # noqa: S608
-    found: set[tuple[int, int]] = set()
+    head = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {space_column} = %s AND {product} IN "  # noqa: S608
+    rows: list[tuple] = []
     with connection.cursor() as cursor:
         for start in range(0, len(product_ids), _LOOKUP_CHUNK):
             part = [int(pid) for pid in product_ids[start : start + _LOOKUP_CHUNK]]
             cursor.execute(head + "(" + ", ".join(["%s"] * len(part)) + ")", [space, *part])
-            found.update(map(tuple, cursor.fetchall()))  # plain ints from every driver
-    return found
+            rows.extend(map(tuple, cursor.fetchall()))
+    return rows
+
+
+def _current_pairs(*, space: str, product_ids: list[int]) -> set[tuple[int, int]]:
+    """(product id, embedding id) of the stored vectors of ``space`` for ``product_ids``."""
+    return set(_rows_of(fields=("product", "id"), space=space, product_ids=product_ids))  # plain ints everywhere
 
 
 def stored_vectors(wanted: dict[str, list[int]]) -> list[tuple[int, str, bytes]]:
     """(product id, space, vector) of the stored vectors of each space for its product ids.
 
     The rows of ``Embedding.objects.filter(space=s, product_id__in=ids)`` for every (s, ids), read with
-    plain statements (one per space and chunk of ids): a trail's steps and the colours its candidates
-    lack, on every click.
+    plain statements: a trail's steps and the colours its candidates lack, on every click.
     """
-    meta = Embedding._meta
-    connection = connections[router.db_for_read(Embedding)]
-    quote = connection.ops.quote_name
-    product, space_column = quote(meta.get_field("product").column), quote(meta.get_field("space").column)
-    vector, table = quote(meta.get_field("vector").column), quote(meta.db_table)
-    # Only the model's own table and column names are spliced in; every value is a parameter.
-    head = f"SELECT {product}, {space_column}, {vector} FROM {table} WHERE {space_column} = %s AND {product} IN "  # noqa: S608
-    found: list[tuple[int, str, bytes]] = []
-    with connection.cursor() as cursor:
-        for space, product_ids in wanted.items():
-            for start in range(0, len(product_ids), _LOOKUP_CHUNK):
-                part = [int(pid) for pid in product_ids[start : start + _LOOKUP_CHUNK]]
-                cursor.execute(head + "(" + ", ".join(["%s"] * len(part)) + ")", [space, *part])
-                found.extend((pid, space_of, bytes(blob)) for pid, space_of, blob in cursor.fetchall())
-    return found
+    return [
+        (pid, space, bytes(vector))
+        for space, product_ids in wanted.items()
+        for pid, vector in _rows_of(fields=("product", "vector"), space=space, product_ids=product_ids)
+    ]
 
 
 def _rows_newer(*, space: str, watermark: int) -> list[tuple[int, int]]:
