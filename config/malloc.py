@@ -3,11 +3,11 @@
 glibc returns a freed block of more than 128 KB straight to the kernel (the mmap
 threshold) and trims the heap above the same size, so every request's
 megabyte-sized arrays (a grid's 200 candidate vectors, the index's hits, their
-scores) arrive as fresh pages and each page fault is paid again. On a virtual
-machine that was a third of a click's time: a click fragment's p50 at 44,000
-products went from 22 ms to 13-15 ms with freed memory kept (docs/benchmarks.md).
-A worker then holds its peak working set (tens of MB) instead of giving it back
-between requests. No Django here: config/wsgi.py calls it before the site loads.
+scores) arrive as fresh pages and each page fault is paid again, on every click
+(tests/test_click_path.py bounds the faults; docs/benchmarks.md, "Full run after
+the memory and click-path changes", measures the click). A worker then holds its
+peak working set (tens of MB) instead of giving it back between requests. No
+Django here: config/wsgi.py calls it before the site loads.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from config.malloc import keep_freed_memory
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Freed memory is kept for the next request rather than returned to the kernel
-# page by page (config/malloc.py: a third of a click's time on a VM).
+# page by page (config/malloc.py).
 keep_freed_memory()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402 - after the process settings above
