@@ -40,6 +40,12 @@
   filtered by colour, each ``GET /api/similar/<id>`` through Django's test client (the site's code end to
   end without a socket), with no fresh vectors and with 500 outside the index (INDEX_REBUILD_DELTA), beside
   exact numpy in memory.
+* The refinement strategies' cost (``--strategies-at N``, default the real catalog's 44,446 products;
+  ``--strategies-only`` runs this part alone): N synthetic clustered 1280-d vectors (the served
+  EfficientNet-Lite0 space) with a colour descriptor each, on their own cached SQLite database; each
+  strategy the site can serve (``recommender.feedback.SERVED``) answers the same walks, interleaved: a first
+  click, the next click of a 10-click walk, and the walk's 10-step link opened cold. Thread CPU per request,
+  each beside plain neighbours'.
 
 Nothing here asserts on timings: targets are reported as met or missed.
 """
@@ -1147,11 +1153,72 @@ def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log
     return table, targets, data
 
 
+STRATEGY_PRODUCTS = 44_446  # the real catalog's size
+STRATEGY_DIM = 1280  # the served EfficientNet-Lite0 space
+STRATEGY_COST_GOAL = 1.2  # the served strategy's click CPU within this multiple of plain neighbours'
+
+
+def measure_strategies(*, n: int, walks: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
+    """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic products."""
+    out = tmp / f"strategies-{n}.json"
+    command = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), "strategies", "--n", str(n)]
+    command += ["--dim", str(STRATEGY_DIM), "--walks", str(walks), "--out", str(out)]
+    log(f"  strategies at {n:,} x {STRATEGY_DIM}-d synthetic vectors: {' '.join(command[1:])}")
+    done = subprocess.run(
+        command, cwd=ROOT, env=vectors_env(n, STRATEGY_DIM, log=log), capture_output=True, text=True, check=False
+    )
+    for line in done.stderr.strip().splitlines()[-5:]:
+        log(f"    {line}")
+    if done.returncode != 0:
+        raise RuntimeError(f"realscale_vectors.py strategies failed: {done.stderr[-3000:]}")
+    data = json.loads(out.read_text())
+    results = data["strategies"]
+    table = Table(
+        f"A click's cost per refinement strategy at {n:,} synthetic {STRATEGY_DIM}-d vectors with colour descriptors "
+        f"(GET /api/similar/ through Django's test client, SQLite; {walks} walks of 10 clicks, ms)",
+        ["request", "strategy", "thread CPU p50", "CPU p99", "wall p50", "wall p99", "CPU p50 x neighbours"],
+        note="each walk clicks the first new tile of every grid; every strategy answers the same walks, interleaved; "
+        "walk: next click = clicks 2-10 with the walk's earlier grids remembered (as on a site in use); 10-step "
+        "link, cold = the walk's last link with nothing remembered (every earlier grid ranked again)",
+    )
+    targets = []
+    for kind in next(iter(results.values())):
+        base = Summary.of(results["neighbours"][kind]["cpu_ms"]).median
+        for name, kinds in results.items():
+            cpu, wall = Summary.of(kinds[kind]["cpu_ms"]), Summary.of(kinds[kind]["wall_ms"])
+            table.add(kind, name, cpu.median, cpu.p99, wall.median, wall.p99, cpu.median / base)
+            if name != "neighbours" and kind != "10-step link, cold":
+                ratio = cpu.median / base
+                targets.append(
+                    Target(f"{name}: {kind}, CPU vs plain neighbours", f"<= {STRATEGY_COST_GOAL}x",
+                           f"{ratio:.2f}x", ratio <= STRATEGY_COST_GOAL)
+                )  # fmt: skip
+    return table, targets, data
+
+
 # --- The section ------------------------------------------------------------------------------------------------
 
 
-def realscale_run(*, quick: bool, databases: list[str], tmp: Path, vectors: int | None, log) -> SectionResult:  # noqa: ANN001
-    """Prepare (or reuse) the catalog, measure every database, then the click at ``vectors`` synthetic vectors."""
+def realscale_run(
+    *,
+    quick: bool,
+    databases: list[str],
+    tmp: Path,
+    vectors: int | None,
+    log,  # noqa: ANN001
+    strategies_at: int | None = None,
+    strategies_only: bool = False,
+) -> SectionResult:
+    """Prepare (or reuse) the catalog, measure every database, the click at ``vectors`` synthetic vectors, and
+    the strategies' cost at ``strategies_at`` (alone with ``strategies_only``)."""
+    if strategies_only:
+        result = SectionResult("realscale-strategies")
+        table, targets, data = measure_strategies(n=strategies_at or STRATEGY_PRODUCTS, walks=5 if quick else 30,
+                                                  tmp=tmp, log=log)  # fmt: skip
+        result.tables.append(table)
+        result.targets += targets
+        result.data = {"strategies": data}
+        return result
     if not STYLES.is_file():
         raise FileNotFoundError(f"{STYLES} is missing: the realscale section needs the real catalog's styles.csv")
     prepared = prepared_for(rows=QUICK_ROWS if quick else None)
@@ -1184,6 +1251,11 @@ def realscale_run(*, quick: bool, databases: list[str], tmp: Path, vectors: int 
         result.tables.append(table)
         result.targets += targets
         result.data["vectors"] = data
+    if strategies_at:
+        table, targets, data = measure_strategies(n=strategies_at, walks=5 if quick else 30, tmp=tmp, log=log)
+        result.tables.append(table)
+        result.targets += targets
+        result.data["strategies"] = data
     state = prepared.state()
     result.notes.append(
         f"catalog: {shop.products:,} rows of styles.csv imported ({len(shop.ids):,} embedded), one image drawn per "
@@ -1206,6 +1278,7 @@ def run(ctx) -> SectionResult:  # noqa: ANN001
         tmp=ctx.tmp,
         vectors=20_000 if ctx.quick else 1_000_000,
         log=lambda message: print(message, flush=True),
+        strategies_at=5_000 if ctx.quick else STRATEGY_PRODUCTS,
     )
 
 
@@ -1219,6 +1292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--vectors", type=int, default=None, help="synthetic vectors for the click (0: skip)")
     parser.add_argument("--prepare-only", action="store_true", help="prepare and cache the catalog, measure nothing")
+    parser.add_argument(
+        "--strategies-at", type=int, default=None, help="products for the strategies' cost (0: skip; default 44,446)"
+    )
+    parser.add_argument("--strategies-only", action="store_true", help="measure the strategies' cost alone")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
@@ -1242,12 +1319,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gallery-realscale-"))
     started = time.perf_counter()
     try:
-        result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log)
+        strategies_at = args.strategies_at if args.strategies_at is not None else STRATEGY_PRODUCTS
+        result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log,
+                               strategies_at=strategies_at, strategies_only=args.strategies_only)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     path = result.write(results, quick=args.quick, machine=machine, command=command.strip())
-    (results / "realscale.md").write_text(
+    (results / f"{result.name}.md").write_text(
         f"Command: `{command.strip()}`\n\nMachine: {machine['cpu_model']}, {machine['cores']} cores, "
         f"{machine['ram_gib']} GiB, load average at start {machine['load_average_at_start']}; "
         f"git {machine['git_commit']}"

@@ -17,6 +17,11 @@ Usage (the environment names the database, as ``bench/realscale.py`` sets it):
   for a one-step click, a 10-step trail and a click filtered by a colour 22% of the products have, with no
   fresh vectors and with F stored after the build, beside exact numpy over the same vectors in memory.
   Writes the timings as JSON to FILE.
+* ``python bench/realscale_vectors.py strategies --n N --dim D --walks W --out FILE``: the same synthetic
+  catalog with a colour descriptor per product (in the index build too), then the thread CPU of each
+  strategy of ``recommender.feedback.SERVED`` on the same requests, interleaved: a first click, the next
+  click of a 10-click walk (the walk's earlier grids remembered, as on a site a shopper is using) and the
+  walk's 10-step link opened cold (nothing remembered). Writes the timings as JSON to FILE.
 """
 
 from __future__ import annotations
@@ -239,8 +244,47 @@ def _wipe() -> None:
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")  # noqa: S608
 
 
-def _catalog_ready(n: int, dim: int, log) -> tuple[np.ndarray, dict[str, float]]:  # noqa: ANN001
-    """The N synthetic vectors, stored and indexed (reusing what a previous run left); returns them and timings."""
+def _colours_of(colours: np.ndarray) -> np.ndarray:
+    """A colour descriptor per product: its colour's own random histogram, a little noise, unit length."""
+    from recommender.colour import COLOUR_DIM
+
+    rng = np.random.default_rng(SEED + 2)
+    base = rng.random((len(COLOURS), COLOUR_DIM)).astype(np.float32) ** 4
+    out = base[colours] + 0.05 * rng.random((len(colours), COLOUR_DIM)).astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _colours_store(colours: np.ndarray, *, chunk: int = 5000) -> None:
+    """Every synthetic product's colour descriptor, in the colour space, as the embedding pipeline stores it."""
+    from django.db import transaction
+
+    from recommender.colour import COLOUR_DIM, COLOUR_SPACE
+    from recommender.models import Embedding
+
+    descriptors = _colours_of(colours)
+    Embedding.objects.filter(space=COLOUR_SPACE).delete()
+    for start in range(0, len(descriptors), chunk):
+        with transaction.atomic():
+            Embedding.objects.bulk_create(
+                [
+                    Embedding(product_id=i + 1, space=COLOUR_SPACE, dim=COLOUR_DIM, image_version=1,
+                              vector=descriptors[i].astype("<f4").tobytes())
+                    for i in range(start, min(len(descriptors), start + chunk))
+                ]
+            )  # fmt: skip
+
+
+def _catalog_ready(
+    n: int,
+    dim: int,
+    log,  # noqa: ANN001
+    *,
+    colours: bool = False,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The N synthetic vectors, stored and indexed (reusing what a previous run left); returns them and timings.
+
+    ``colours`` also stores a colour descriptor per product, so that the index build holds them.
+    """
     from django.utils import timezone
 
     from bench.common import synthetic_vectors
@@ -252,6 +296,7 @@ def _catalog_ready(n: int, dim: int, log) -> tuple[np.ndarray, dict[str, float]]
     started = time.perf_counter()
     vectors = synthetic_vectors(n, dim, queries=0, seed=SEED).vectors
     timings["generate_s"] = time.perf_counter() - started
+    want_colours = colours
     colours = np.random.default_rng(SEED).choice(len(COLOURS), n, p=COLOUR_SHARES)
     space = runtime.active_space()
     Embedding.objects.filter(product_id__gt=n).delete()  # fresh vectors a killed run left behind
@@ -263,8 +308,18 @@ def _catalog_ready(n: int, dim: int, log) -> tuple[np.ndarray, dict[str, float]]
         started = time.perf_counter()
         _store(vectors, first_id=1, colours=colours)
         timings["store_s"] = time.perf_counter() - started
+    colours_missing = False
+    if want_colours:
+        from recommender.colour import COLOUR_SPACE
+
+        if Embedding.objects.filter(space=COLOUR_SPACE).count() != n:
+            log(f"storing {n:,} colour descriptors (once; cached in the database)")
+            _colours_store(colours)
+            colours_missing = True
     loaded = runtime.index_reader().current()
-    if loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
+    if want_colours and loaded is not None and loaded.colours_of(np.zeros(1, dtype=np.int64)) is None:
+        colours_missing = True
+    if colours_missing or loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
         # As on a settled site: every vector older than the build's margin, so the index holds them all.
         Embedding.objects.update(created_at=timezone.now() - timedelta(hours=1))
         log(f"building the index over {n:,} vectors (once; cached in INDEX_DIR)")
@@ -367,6 +422,69 @@ def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
     out.write_text(json.dumps(results))
 
 
+def strategies(n: int, dim: int, walks: int, out: Path) -> None:
+    """Thread CPU and wall ms per request for each served strategy on the same walks (see the module's doc)."""
+    from django.conf import settings
+    from django.core.cache import cache
+    from django.test import Client
+
+    from config.malloc import keep_freed_memory
+    from recommender import refine
+    from recommender.feedback import SERVED
+
+    keep_freed_memory()  # as config/wsgi.py sets every web process
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    _, timings = _catalog_ready(n, dim, log, colours=True)
+    client = Client(HTTP_HOST="127.0.0.1")
+
+    def forget() -> None:
+        refine.forget()
+        cache.delete_pattern("*recommender:shown:*")
+
+    def timed(anchor: int, trail: list[str]) -> tuple[float, float, list[int]]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        response = client.get(f"/api/similar/{anchor}", {"trail": ",".join(trail)})
+        cpu_ms, wall_ms = (time.thread_time() - cpu) * 1e3, (time.perf_counter() - wall) * 1e3
+        if response.status_code != 200 or len(response.json()["results"]) != K:
+            raise RuntimeError(f"GET /api/similar/{anchor} answered {response.status_code}: {response.content[:300]!r}")
+        return cpu_ms, wall_ms, [int(item["id"]) for item in response.json()["results"]]
+
+    def walk(first: int, record: dict | None) -> list[str]:
+        """A shopper's walk of TRAIL_STEPS clicks, each on the first tile of the grid before; its trail."""
+        trail, anchor = [], first
+        for step in range(TRAIL_STEPS):
+            trail.append(str(anchor))
+            cpu_ms, wall_ms, grid = timed(anchor, trail)
+            if record is not None:
+                kind = record["first click" if step == 0 else "walk: next click"]
+                kind["cpu_ms"].append(cpu_ms)
+                kind["wall_ms"].append(wall_ms)
+            anchor = next(pid for pid in grid if str(pid) not in trail)
+        return trail
+
+    kinds = ("first click", "walk: next click", "10-step link, cold")
+    results = {name: {kind: {"cpu_ms": [], "wall_ms": []} for kind in kinds} for name in SERVED}
+    rng = np.random.default_rng(11)
+    for name in SERVED:  # warm: the index mapped, the database's pages read, each strategy's code run
+        settings.REFINE_STRATEGY = name
+        walk(int(rng.integers(1, n + 1)), None)
+    for number in range(walks):
+        first = int(rng.integers(1, n + 1))
+        names = list(SERVED)[number % len(SERVED) :] + list(SERVED)[: number % len(SERVED)]  # rotate the order
+        for name in names:
+            settings.REFINE_STRATEGY = name
+            forget()
+            trail = walk(first, results[name])
+            forget()
+            cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail)
+            results[name]["10-step link, cold"]["cpu_ms"].append(cpu_ms)
+            results[name]["10-step link, cold"]["wall_ms"].append(wall_ms)
+    out.write_text(json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -380,6 +498,11 @@ def main() -> None:
     timed.add_argument("--clicks", type=int, default=300)
     timed.add_argument("--fresh", type=int, default=500)
     timed.add_argument("--out", type=Path, required=True)
+    compared = sub.add_parser("strategies")
+    compared.add_argument("--n", type=int, required=True)
+    compared.add_argument("--dim", type=int, default=1280)
+    compared.add_argument("--walks", type=int, default=30)
+    compared.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     _django()
     if args.command == "copy-from-sqlite":
@@ -388,6 +511,8 @@ def main() -> None:
         print(json.dumps(vectors_save(args.path)))
     elif args.command == "load-vectors":
         print(json.dumps(vectors_load(args.path)))
+    elif args.command == "strategies":
+        strategies(args.n, args.dim, args.walks, args.out)
     else:
         clicks(args.n, args.dim, args.clicks, args.fresh, args.out)
 

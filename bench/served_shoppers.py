@@ -1,37 +1,52 @@
-"""Simulated shoppers through the served gallery: every grid is a real request to the site.
+"""What a shopper sees after a click, through the served site, on real art and on drawn catalogs.
 
-    nice -n 10 .venv/bin/python bench/served_shoppers.py            # demo 2,000 + real rows 5,000 (~20 min, 2 cores)
-    nice -n 10 .venv/bin/python bench/served_shoppers.py --quick    # demo 400, ~40 shoppers: a smoke run (~2 min)
-    .venv/bin/python bench/served_shoppers.py --markdown /tmp/served.md --json /tmp/served.json
+    nice -n 10 .venv/bin/python bench/served_shoppers.py                       # art 2,000 + demo 400 + real 5,000
+    nice -n 10 .venv/bin/python bench/served_shoppers.py --catalogs art-full   # every emoji (~4,700 products)
+    nice -n 10 .venv/bin/python bench/served_shoppers.py --quick               # art 2,000 only, fewer paths
+    .venv/bin/python bench/served_shoppers.py --strategies coherent,neighbours,refine-hide --markdown /tmp/s.md
 
-The shoppers, their judge, their targets and the catalogs are ``lab/shopper.py``'s, as
-``bench/shopper_bench.py`` measures them in memory (its cached catalogs under
-``~/.cache/visual-gallery/bench/shopper/`` are reused, embedding only what is missing). Here, though, the
-catalog is stored in a throwaway SQLite database (products, their EfficientNet-Lite0 vectors in the active
-space and their colour descriptors, as the embedding pipeline stores them), the index is built by
-``recommender.services.index_rebuild``, and each round is ``GET /api/similar/<click>?trail=...`` with the
-trail built by the page's own links (``gallery.trail.Trail.then / marked / aspected``). A shopper starts
-from the home page's grid (``GET /api/search``: the starting grid) or from a text search of the target's
-noun (``GET /api/search?q=noun``, then ``q`` passed on, as the page's links carry it).
+Every grid is a real request (``GET /api/search``, ``GET /api/similar/<id>?trail=...&q=...``) to the site
+through Django's test client, the trail built by the page's own link rules (``gallery.trail.Trail``); the
+strategy served is swapped in-process (``recommender.refine.strategy_served``), so each one answers the same
+paths on the same stored catalog, beside the simplest alternative: the clicked product's plain neighbours.
 
-Reported, per catalog: found within 1..8 clicks for ``REFINE_STRATEGY`` neighbours, trail and refine,
-for shoppers who only click, who also pin and say "not like this", and who say "same colour" / "same
-shape"; the lab harness's numbers on the same targets beside them; and type / colour precision@10 of the
-served single-click grids (the first 10 of ``/api/similar/<id>``) for the held-out query products under
-"trail" (the image vector alone) and "refine". Nothing here asserts; docs/quality.md records the numbers.
+Catalogs (``--catalogs``): ``art`` (about 2,000 products: every third emoji drawn by OpenMoji, JoyPixels and
+Fluent, built by ``bench/art_catalog.py`` from their npm packages: real art the product did not draw),
+``art-full`` (every emoji), ``demo`` (the 400-product demo catalog ``scripts/run.sh`` serves) and ``real``
+(5,000 rows of ``../shared/data/styles.csv``, drawn; skipped when the file is absent). Vectors are
+EfficientNet-Lite0's, cached under ``~/.cache/visual-gallery/bench/``.
+
+Two measures, which must hold together:
+
+* **Coherence** (seeded paths): a text search of a product's colour and type words, a click on the first
+  result of that type, then two more clicks on the first tile of the clicked type; and a fresh click (no
+  trail, no query). Per grid: the share holding the clicked product's type over min(25, other products of
+  that type), the mean raw-vector cosine to the click, and whether it holds fewer than 10 of the type (over
+  types with at least 10 others). The same first click with each aspect (same colour, any colour, same
+  shape) gives the type share and the share in the click's colour.
+* **Convergence**: a shopper wants one product and starts from the home page's grid, or from a text search
+  of the target's kind (its type words, never its name). Each round they click the tile a judge ranks
+  closest to the target: the catalog's labels (type, group, colour) plus how alike the two pictures look
+  (16x16 CIELAB thumbnails: pixels, not the product's encoder). Found means *that* product is on screen
+  (on the art, any vendor's drawing of that emoji), never a product with equal labels. Found within 1, 3
+  and 8 clicks, with 95 % Wilson intervals.
+
+Nothing here asserts; docs/quality.md records the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
-import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -40,6 +55,7 @@ from unittest import mock
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -47,381 +63,410 @@ if str(ROOT) not in sys.path:
 
 from bench.common import Table  # noqa: E402
 from lab import shopper  # noqa: E402
-from recommender import feedback  # noqa: E402
+from lab import strategies as lab_strategies  # noqa: E402
+from recommender import colour, feedback  # noqa: E402
 
 logger = logging.getLogger("bench.served_shoppers")
 
-STRATEGIES = ("neighbours", "trail", "refine")
-BEHAVIOURS = (
-    shopper.CLICKS,
-    shopper.PIN_DISLIKE,
-    shopper.ASPECTS,
-    replace(shopper.CLICKS, name="click, text start", start="text"),
-)
-REPORTED = (1, 2, 3, 5, 8)
-K_PRECISION = 10
-# A grid's tiles on the page: the product's link is the tile's first anchor.
-_PAGE_TILE = re.compile(r'<li class="card">\s*<a href="/similar/(\d+)/')
+DEFAULT_STRATEGIES = ("neighbours", "coherent", "refine-hide")
+COHERENCE_PATHS = 150
+SHOPPERS = 300
+CLICKS = 8
+REPORTED = (1, 3, 8)
+FEW = 10  # a grid with fewer than this many of the clicked type reads as incoherent
+LOOK_SIDE = 16
+LOOK_WEIGHT = 0.5  # the judge: labels first, then how alike the pictures look (at most half a type mismatch)
+SEED = 11
+ASPECTS = (("default", ""), ("same colour", "c"), ("any colour", "a"), ("same shape", "s"))
 
 
-# --- The served site ------------------------------------------------------------------------------------------
+# --- Catalogs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A labelled catalog with vectors (``cat``), its rows for storing, and what the judge reads.
+
+    ``same`` gives each product's identity: products sharing it are "that product" for a shopper who wants
+    one of them (the art: one emoji by any vendor; elsewhere each product alone). ``looks`` are small CIELAB
+    thumbnails, flattened: what a person sees, independent of the encoder.
+    """
+
+    name: str
+    cat: shopper.ShopperCatalog
+    rows: list[dict[str, object]]
+    same: np.ndarray
+    looks: np.ndarray
+    kind_words: tuple[str, ...]
+
+    @property
+    def types(self) -> np.ndarray:
+        return self.cat.article_types
+
+
+def looks_of(paths: Sequence[Path]) -> np.ndarray:
+    """Each image as a LOOK_SIDE-pixel CIELAB thumbnail, flattened: what the judge compares."""
+    out = np.zeros((len(paths), LOOK_SIDE * LOOK_SIDE * 3), dtype=np.float32)
+    for row, path in enumerate(paths):
+        with Image.open(path) as image:
+            small = image.convert("RGB").resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BOX)
+        out[row] = colour.srgb_to_lab(np.asarray(small)).reshape(-1)
+    return out
+
+
+def catalog_of(cat: shopper.ShopperCatalog, directory: Path, *, name: str, cache: Path | None = None) -> Catalog:
+    """The bench's view of a catalog directory (images/<id>.jpg, rows.json or styles.csv) with its vectors."""
+    rows = shopper.catalog_rows(directory)
+    ids = [int(i) for i in cat.ids.tolist()]
+    if [int(row["id"]) for row in rows] != ids:
+        raise ValueError(f"the rows of {directory} are not the catalog's products, in its order")
+    looks_file = (cache or directory) / f"looks-{LOOK_SIDE}.npy"
+    looks = np.load(looks_file) if looks_file.is_file() else None
+    if looks is None or len(looks) != len(ids):
+        looks = looks_of([directory / "images" / f"{pid}.jpg" for pid in ids])
+        np.save(looks_file, looks)
+    identity = [str(row.get("emoji") or row["id"]) for row in rows]
+    return Catalog(
+        name=name,
+        cat=cat,
+        rows=rows,
+        same=np.unique(np.asarray(identity), return_inverse=True)[1].astype(np.int64),
+        looks=looks,
+        kind_words=tuple(str(t).lower() for t in cat.article_types),
+    )
+
+
+def catalog_load(kind: str, *, bf16: bool) -> Catalog | None:
+    """One of the catalogs by name, with its vectors (embedded once, cached); None when its source is absent."""
+    from bench import shopper_bench
+
+    if kind in {"art", "art-full"}:
+        from bench.art_catalog import art_catalog_dir
+
+        directory = art_catalog_dir(size="full" if kind == "art-full" else "small")
+    elif kind == "demo":
+        directory = shopper_bench.demo_dir(400, shopper_bench.DEMO_SEED)
+    elif kind == "real":
+        directory = shopper_bench.real_dir(shopper_bench.REAL_COUNT, shopper_bench.REAL_SEED)
+        if directory is None:
+            return None
+    else:
+        raise ValueError(f"unknown catalog {kind!r}: art, art-full, demo or real")
+    key = f"{shopper_bench.ENCODERS[0]}-{'bf16' if bf16 else 'fp32'}"
+    cat = shopper.catalog_load(directory, name=kind, embed=shopper_bench.embedder(shopper_bench.ENCODERS[0], bf16=bf16),
+                               encoder_key=key)  # fmt: skip
+    return catalog_of(cat, directory, name=f"{kind} ({len(cat):,})")
+
+
+# --- The served site --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ServedSite:
-    """The gallery as a shopper meets it: its API (or its pages) through Django's test client.
-
-    ``catalog`` gives the judge's labels; its ids are the stored products'. ``via`` is "api" (GET
-    /api/similar, which counts the grid a trail started from as shown only when ``q`` is sent) or
-    "page" (GET /similar/<id>/, which counts the starting grid too, as the site's own links do).
-    """
+    """The gallery's API as a shopper's page uses it, through Django's test client; grids as catalog rows."""
 
     client: Any  # django.test.Client
-    catalog: shopper.ShopperCatalog
-    via: str = "api"
+    catalog: Catalog
     requests: int = 0
     _rows: dict[int, int] = field(default_factory=dict)
-    _starts: dict[str, list[int]] = field(default_factory=dict)
+    _searches: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._rows = {int(pid): row for row, pid in enumerate(self.catalog.ids.tolist())}
-        if self.via not in {"api", "page"}:
-            raise ValueError(f"via must be api or page, not {self.via!r}")
+        self._rows = {int(pid): row for row, pid in enumerate(self.catalog.cat.ids.tolist())}
 
-    def _get(self, path: str, params: dict[str, str]) -> Any:
+    def _get(self, path: str, params: dict[str, str]) -> list[int]:
         self.requests += 1
         response = self.client.get(path, params)
         if response.status_code != 200:
             raise RuntimeError(f"GET {path} {params} answered {response.status_code}: {response.content[:300]!r}")
-        return response
+        return [self._rows[int(item["id"])] for item in response.json()["results"]]
 
-    def rows_of(self, ids: Sequence[int]) -> np.ndarray:
-        return np.asarray([self._rows[int(pid)] for pid in ids], dtype=np.int64)
+    def search(self, q: str) -> np.ndarray:
+        """The home page's grid for ``q`` ("" the starting grid), as rows; the same for every strategy."""
+        if q not in self._searches:
+            self._searches[q] = np.asarray(self._get("/api/search", {"q": q} if q else {}), dtype=np.int64)
+        return self._searches[q]
 
-    def search(self, q: str) -> list[int]:
-        """The home page's grid for a text query ("" for the starting grid), as ids."""
-        if q not in self._starts:
-            found = self._get("/api/search", {"q": q} if q else {}).json()["results"]
-            self._starts[q] = [int(item["id"]) for item in found]
-        return self._starts[q]
-
-    def start(self, behaviour: shopper.Behaviour, target: int) -> tuple[np.ndarray, str]:
-        """(the first grid's rows, the text query the trail carries: "" for the starting grid)."""
-        if behaviour.start == "text":
-            word = shopper.query_word(self.catalog.names[target])
-            ids = self.search(word) if word else []
-            if ids:
-                return self.rows_of(ids), word
-        return self.rows_of(self.search("")), ""
-
-    def grid(self, *, trail: Any, anchor: int, q: str) -> np.ndarray:
-        """The grid's rows for ``trail`` (a gallery.trail.Trail) on the page of product ``anchor``."""
-        # q names where the trail began, as the page's links do: "" the starting grid, else the text search.
-        params = {"trail": str(trail), "q": q}
-        if self.via == "page":
-            html = self._get(f"/similar/{anchor}/", params).content.decode()
-            return self.rows_of([int(pid) for pid in _PAGE_TILE.findall(html)])
-        found = self._get(f"/api/similar/{anchor}", params).json()["results"]
-        return self.rows_of([int(item["id"]) for item in found])
-
-    def similar_ids(self, product_id: int) -> list[int]:
-        """A single click's grid (no trail, no query), as the API returns it."""
-        return [int(item["id"]) for item in self._get(f"/api/similar/{product_id}", {}).json()["results"]]
+    def similar(self, *, trail: Any, anchor: int, q: str | None) -> np.ndarray:
+        """The grid after a click on row ``anchor`` with ``trail`` (a gallery.trail.Trail); q None: no query."""
+        params = {"trail": str(trail)}
+        if q is not None:
+            params["q"] = q
+        pid = int(self.catalog.cat.ids[anchor])
+        return np.asarray(self._get(f"/api/similar/{pid}", params), dtype=np.int64)
 
 
-def served_shopper_run(
-    *,
-    site: ServedSite,
-    judge: shopper.Judge,
-    target: int,
-    behaviour: shopper.Behaviour,
-    rounds: int = shopper.ROUNDS,
-) -> int | None:
-    """``lab.shopper.shopper_run``'s shopper, its grids from the served site; clicks needed, None if not found.
-
-    The shopper does what the lab's does, but through the page's links: a click is ``Trail.then``; "not like
-    this" on a tile is a click on it marked ``n`` before the real click (the trail ``...,n<tile>,<click>``,
-    the same steps as the lab's); pinning and aspects mark the clicked step.
-    """
-    from gallery.trail import Trail
-
-    ids = site.catalog.ids
-    grid, q = site.start(behaviour, target)
-    trail = Trail()
-    dislikes = 0
-    for clicks in range(rounds + 1):
-        if (grid == target).any() or judge.equal(target, grid).any():
-            return clicks
-        if clicks == rounds or not len(grid):
-            return None
-        distances = judge.distance(target, grid)
-        pick = int(grid[int(np.argmin(distances))])  # ties: the tile shown first
-        if (
-            behaviour.dislike
-            and dislikes < behaviour.max_dislikes
-            and int(grid[0]) != pick
-            and distances[0] >= distances.min() + behaviour.dislike_margin
-        ):
-            trail = trail.then(int(ids[grid[0]]))
-            trail = trail.marked(len(trail) - 1, feedback.DISLIKED)
-            dislikes += 1
-        trail = trail.then(int(ids[pick]))
-        last = len(trail) - 1
-        if behaviour.pin and judge.types[pick] == judge.types[target]:
-            if judge.colour_names[pick] == judge.colour_names[target]:
-                trail = trail.marked(last, feedback.PINNED)
-        if behaviour.aspects:
-            if judge.colour_names[pick] == judge.colour_names[target]:
-                trail = trail.aspected(last, "c")
-            elif judge.types[pick] == judge.types[target]:
-                trail = trail.aspected(last, "s")
-        grid = site.grid(trail=trail, anchor=int(ids[pick]), q=q)
-    return None
-
-
-def served_simulate(
-    *, site: ServedSite, judge: shopper.Judge, targets: np.ndarray, behaviour: shopper.Behaviour
-) -> list[float]:
-    """found_curve over ``targets`` for the strategy the site serves now."""
-    found = [served_shopper_run(site=site, judge=judge, target=int(t), behaviour=behaviour) for t in targets]
-    return shopper.found_curve(found)
-
-
-def strategy_serve(name: str) -> None:
-    """Serve ``name`` (REFINE_STRATEGY) from now on, forgetting the prefix grids another strategy ranked.
-
-    ``recommender.refine`` keys its remembered prefix grids by space, build, k, filters, first grid and MMR
-    strength, not by the strategy: "neighbours" and "trail" (both without MMR) would share them.
-    """
-    from django.conf import settings
+@contextmanager
+def served(strategy: feedback.Strategy) -> Iterator[None]:
+    """Serve ``strategy`` for the requests made inside, with no grid another strategy ranked remembered."""
     from django.core.cache import cache
 
     from recommender import refine
 
-    settings.REFINE_STRATEGY = name
     refine.forget()
     cache.delete_pattern("*recommender:shown:*")
+    with mock.patch.object(refine, "strategy_served", return_value=strategy):
+        yield
 
 
-# --- Storing a catalog ------------------------------------------------------------------------------------------
-
-
-def catalog_store(cat: shopper.ShopperCatalog, rows: Sequence[dict[str, object]]) -> str:
-    """Replace the database's catalog with ``cat``: products, their vectors in the active space, colours; index it.
-
-    Returns the active space. The vectors must be the active encoder's (EfficientNet-Lite0 raw vectors).
-    """
+def catalog_store(catalog: Catalog) -> None:
+    """Replace the database's catalog with ``catalog``: products, vectors in the active space, colours; index it."""
     from gallery import cards, search
     from gallery.models import Product
     from recommender import refine, runtime, services
     from recommender.colour import COLOUR_SPACE
     from recommender.models import Embedding, EmbeddingState, EmbedStatus
-    from recommender.spaces import EFFICIENTNET_LITE0_ID, space_encoder_id
+    from recommender.spaces import EFFICIENTNET_LITE0_ID
 
+    cat = catalog.cat
     space = runtime.active_space()
     if space != EFFICIENTNET_LITE0_ID or not cat.encoder_id.startswith("efficientnet-lite0"):
         raise RuntimeError(f"the site serves {space}, the catalog's vectors are {cat.encoder_id}: set ENCODER")
-    assert space_encoder_id(space) == EFFICIENTNET_LITE0_ID
     Embedding.objects.all().delete()
     EmbeddingState.objects.all().delete()
     Product.objects.all().delete()
-    by_id = {int(row["id"]): row for row in rows}
-    batch = 1000
+    by_id = {int(row["id"]): row for row in catalog.rows}
     ids = [int(i) for i in cat.ids.tolist()]
+
+    def text(pid: int, key: str) -> str:
+        return str(by_id[pid].get(key) or "")
+
     Product.objects.bulk_create(
         [
-            Product(
-                id=pid,
-                name=str(by_id[pid]["productDisplayName"] or f"Product {pid}"),
-                gender=str(by_id[pid]["gender"] or ""),
-                master_category=str(by_id[pid]["masterCategory"] or ""),
-                sub_category=str(by_id[pid]["subCategory"] or ""),
-                article_type=str(by_id[pid]["articleType"] or ""),
-                base_colour=str(by_id[pid]["baseColour"] or ""),
-                image_version=1,
-            )
+            Product(id=pid, name=text(pid, "productDisplayName") or f"Product {pid}", gender=text(pid, "gender"),
+                    master_category=text(pid, "masterCategory"), sub_category=text(pid, "subCategory"),
+                    article_type=text(pid, "articleType"), base_colour=text(pid, "baseColour"), image_version=1)
             for pid in ids
         ],
-        batch_size=batch,
-    )
+        batch_size=1000,
+    )  # fmt: skip
     EmbeddingState.objects.bulk_create(
-        [
-            EmbeddingState(product_id=pid, image_name=f"bench/{pid}.jpg", image_version=1, status=EmbedStatus.DONE)
-            for pid in ids
-        ],
-        batch_size=batch,
-    )
+        [EmbeddingState(product_id=pid, image_name=f"bench/{pid}.jpg", image_version=1, status=EmbedStatus.DONE)
+         for pid in ids],
+        batch_size=1000,
+    )  # fmt: skip
     vectors = np.asarray(cat.vectors, dtype="<f4")
     colours = np.asarray(cat.colour_vectors, dtype="<f4")
-    Embedding.objects.bulk_create(
-        [
-            Embedding(product_id=pid, space=space, dim=vectors.shape[1], vector=vectors[r].tobytes(), image_version=1)
-            for r, pid in enumerate(ids)
-        ]
-        + [
-            Embedding(
-                product_id=pid, space=COLOUR_SPACE, dim=colours.shape[1], vector=colours[r].tobytes(), image_version=1
-            )
-            for r, pid in enumerate(ids)
-            if colours[r].any()
-        ],
-        batch_size=batch,
-    )
+    rows = [
+        Embedding(product_id=pid, space=space, dim=vectors.shape[1], vector=vectors[r].tobytes(), image_version=1)
+        for r, pid in enumerate(ids)
+    ]
+    rows += [
+        Embedding(product_id=pid, space=COLOUR_SPACE, dim=colours.shape[1], vector=colours[r].tobytes(),
+                  image_version=1)
+        for r, pid in enumerate(ids)
+        if colours[r].any()
+    ]  # fmt: skip
+    Embedding.objects.bulk_create(rows, batch_size=1000)
     runtime.reset()
     cards.forget()
     search.search_index_reset()
     refine.forget()
     services.index_rebuild()
-    return space
 
 
-# --- Measuring ----------------------------------------------------------------------------------------------------
+# --- Coherence ---------------------------------------------------------------------------------------------------
 
 
-def lab_curve(
-    cat: shopper.ShopperCatalog,
-    *,
-    targets: np.ndarray,
-    strategy: feedback.Strategy,
-    behaviour: shopper.Behaviour,
-    sorted_by_score: bool = False,
-) -> list[float]:
-    """The lab harness's found curve on the same targets (in memory, exact search, the lab's text search).
+@dataclass
+class Grids:
+    """Per-grid coherence readings of one kind of grid (after the text search, clicks 2-3, a fresh click)."""
 
-    ``sorted_by_score`` shows each grid best score first, as the served grid is, instead of in MMR's order.
-    """
-    engine = shopper.Engine(catalog=cat)
-    judge = shopper.Judge.of(cat)
-    if not sorted_by_score:
-        return shopper.simulate(engine=engine, judge=judge, targets=targets, strategy=strategy, behaviour=behaviour)
-    ranked = feedback.grid_rank
+    type_share: list[float] = field(default_factory=list)
+    cosine: list[float] = field(default_factory=list)
+    few: list[bool] = field(default_factory=list)
+    colour_share: list[float] = field(default_factory=list)
 
-    def by_score(**kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        positions, scores = ranked(**kwargs)
-        order = np.argsort(-scores, kind="stable")
-        return positions[order], scores[order]
-
-    with mock.patch.object(feedback, "grid_rank", by_score):
-        return shopper.simulate(engine=engine, judge=judge, targets=targets, strategy=strategy, behaviour=behaviour)
+    def add(self, catalog: Catalog, grid: np.ndarray, click: int, trail_rows: Sequence[int]) -> None:
+        types, colours = catalog.types, catalog.cat.colours
+        same_type = types[grid] == types[click]
+        others = int((types == types[click]).sum()) - sum(1 for r in trail_rows if types[r] == types[click])
+        if others > 0:
+            self.type_share.append(float(same_type.sum()) / min(len(grid) or 1, others))
+        if others >= FEW:
+            self.few.append(bool(same_type.sum() < FEW))
+        vectors = catalog.cat.vectors
+        if len(grid):
+            self.cosine.append(float((vectors[grid] @ vectors[click]).mean()))
+            self.colour_share.append(float((colours[grid] == colours[click]).mean()))
 
 
-def served_precision(site: ServedSite, cat: shopper.ShopperCatalog, queries: np.ndarray) -> dict[str, float]:
-    """Type, colour and type+colour p@10 of the first 10 results of each query product's single-click grid."""
-    hits = {"type": [], "colour": [], "type+colour": []}
-    for row in queries.tolist():
-        got = site.rows_of(site.similar_ids(int(cat.ids[row]))[:K_PRECISION])
-        same_type = cat.article_types[got] == cat.article_types[row]
-        same_colour = cat.colours[got] == cat.colours[row]
-        hits["type"].append(same_type.mean())
-        hits["colour"].append(same_colour.mean())
-        hits["type+colour"].append((same_type & same_colour).mean())
-    return {name: float(np.mean(values)) for name, values in hits.items()}
+def coherence_paths(catalog: Catalog, *, count: int, seed: int) -> list[tuple[str, str]]:
+    """Seeded (query, type) pairs: a product's colour and type words, as a shopper would type them."""
+    rng = np.random.default_rng(seed)
+    cat = catalog.cat
+    picked = rng.choice(len(cat), size=min(count, len(cat)), replace=False)
+    return [(f"{cat.colours[r]} {catalog.types[r]}".lower().strip(), str(catalog.types[r])) for r in picked.tolist()]
 
 
-def catalog_measure(
-    cat: shopper.ShopperCatalog,
-    rows: Sequence[dict[str, object]],
-    *,
-    shoppers: int,
-    behaviours: Sequence[shopper.Behaviour],
-    lab: bool,
-    page: bool,
-) -> tuple[list[Table], dict]:
-    from django.test import Client
+def coherence_walk(site: ServedSite, paths: Sequence[tuple[str, str]]) -> dict[str, Grids]:
+    """Each path's grids under the strategy served now, by kind; aspects on the first click."""
+    from gallery.trail import Trail
 
-    from bench.shopper_bench import precision_by, target_halves
-    from lab.evaluation import split_stratified
-    from recommender import colour
+    catalog = site.catalog
+    types = catalog.types
+    out = {kind: Grids() for kind in ("text", "clicks 2-3", "fresh", *(f"aspect: {a}" for a, _ in ASPECTS))}
+    for q, kind in paths:
+        first = site.search(q)
+        matching = [int(r) for r in first if types[r] == kind]
+        if not matching:
+            continue
+        click = matching[0]
+        trail = Trail().then(int(catalog.cat.ids[click]))
+        grid = site.similar(trail=trail, anchor=click, q=q)
+        out["text"].add(catalog, grid, click, [click])
+        out["aspect: default"].add(catalog, grid, click, [click])
+        for label, code in ASPECTS[1:]:
+            aspected = site.similar(trail=trail.aspected(0, code), anchor=click, q=q)
+            out[f"aspect: {label}"].add(catalog, aspected, click, [click])
+        clicked = [click]
+        for _ in range(2):
+            following = [int(r) for r in grid if types[r] == types[clicked[-1]]]
+            if not following:
+                break
+            clicked.append(following[0])
+            trail = trail.then(int(catalog.cat.ids[clicked[-1]]))
+            grid = site.similar(trail=trail, anchor=clicked[-1], q=q)
+            out["clicks 2-3"].add(catalog, grid, clicked[-1], clicked)
+        fresh = site.similar(trail=Trail(), anchor=click, q=None)
+        out["fresh"].add(catalog, fresh, click, [click])
+    return out
 
-    started = time.perf_counter()
-    space = catalog_store(cat, rows)
-    logger.info("%s: stored and indexed in %.0f s (space %s)", cat.name, time.perf_counter() - started, space)
-    _, report = target_halves(cat)
-    targets = report[:shoppers]
-    judge = shopper.Judge.of(cat)
-    columns = ["strategy", "path", "shopper", *(f"f@{r}" for r in REPORTED), "requests", "s"]
-    found = Table(
-        f"Simulated shoppers through the served site, {cat.name} ({cat.encoder_id})",
-        columns,
-        note=f"{len(targets)} shoppers, held-out targets (report half); grids of {shopper.GRID}",
-    )
-    data: dict = {"shoppers": len(targets), "found": [], "precision": {}}
 
-    def add(strategy: str, path: str, behaviour: shopper.Behaviour, curve: list[float], n: int, s: float) -> None:
-        found.add(strategy, path, behaviour.name, *(curve[r] for r in REPORTED), n, round(s, 1))
-        data["found"].append({"strategy": strategy, "path": path, "behaviour": behaviour.name, "found": curve})
-        logger.info(
-            "%s / %s / %s / %s: f@3 %.2f f@8 %.2f", cat.name, strategy, path, behaviour.name, curve[3], curve[8]
-        )
+# --- Convergence ---------------------------------------------------------------------------------------------
 
-    site = ServedSite(client=Client(), catalog=cat)
-    for name in STRATEGIES:
-        strategy_serve(name)
-        for behaviour in behaviours:
-            before, t0 = site.requests, time.perf_counter()
-            curve = served_simulate(site=site, judge=judge, targets=targets, behaviour=behaviour)
-            add(name, "served API", behaviour, curve, site.requests - before, time.perf_counter() - t0)
-        if page and name == "refine":
-            page_site = ServedSite(client=Client(), catalog=cat, via="page")
-            for behaviour in behaviours[:1]:
-                t0 = time.perf_counter()
-                curve = served_simulate(site=page_site, judge=judge, targets=targets, behaviour=behaviour)
-                add(name, "served page", behaviour, curve, page_site.requests, time.perf_counter() - t0)
-    if lab:
-        for name in STRATEGIES:
-            for behaviour in behaviours:
-                t0 = time.perf_counter()
-                curve = lab_curve(cat, targets=targets, strategy=feedback.STRATEGIES[name], behaviour=behaviour)
-                add(name, "lab", behaviour, curve, 0, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        curve = lab_curve(cat, targets=targets, strategy=feedback.REFINE, behaviour=behaviours[0], sorted_by_score=True)
-        add("refine", "lab, grid sorted by score", behaviours[0], curve, 0, time.perf_counter() - t0)
 
-    queries = split_stratified(ids=cat.ids, strata=cat.article_types).query
-    precision = Table(
-        f"Single-click grids, {cat.name}: p@{K_PRECISION} of the first {K_PRECISION} results",
-        ["grid", "p@10 type", "p@10 colour", "p@10 type+colour"],
-        note=f"{len(queries)} held-out query products; served: GET /api/similar/<id>, the whole catalog indexed",
-    )
-    for name, label in (("trail", "served, trail (before: image vector only)"), ("refine", "served, refine (after)")):
-        strategy_serve(name)
-        p = served_precision(site, cat, queries)
-        precision.add(label, p["type"], p["colour"], p["type+colour"])
-        data["precision"][name] = p
-    lab_rows = {
-        "lab harness, image vector": lambda q, i: cat.vectors[q] @ cat.vectors[i].T,
-        "lab harness, blend w 0.2": lambda q, i: colour.blend(
-            cat.vectors[q] @ cat.vectors[i].T,
-            cat.colour_vectors[q] @ cat.colour_vectors[i].T,
-            colour_weight=colour.DEFAULT_COLOUR_WEIGHT,
-        ),
-    }
-    for label, scores_of in lab_rows.items():
-        p = precision_by(cat, scores_of)
-        precision.add(label, p["type"], p["colour"], p["type+colour"])
-        data["precision"][label] = p
-    return [found, precision], data
+@dataclass(frozen=True)
+class LookJudge:
+    """The shopper's eye: label distance (lab.shopper.Judge) plus how unlike the pictures are, at most 0.5."""
+
+    labels: shopper.Judge
+    looks: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> LookJudge:
+        rng = np.random.default_rng(SEED)
+        a, b = rng.integers(0, len(catalog.looks), size=(2, 2000))
+        scale = float(np.median(np.linalg.norm(catalog.looks[a] - catalog.looks[b], axis=1))) or 1.0
+        return cls(labels=shopper.Judge.of(catalog.cat), looks=catalog.looks, scale=scale)
+
+    def distance(self, target: int, rows: np.ndarray) -> np.ndarray:
+        look = np.linalg.norm(self.looks[rows] - self.looks[target], axis=1) / self.scale
+        return self.labels.distance(target, rows) + LOOK_WEIGHT * np.minimum(1.0, look)
+
+
+def converge(site: ServedSite, judge: LookJudge, target: int, *, start: str) -> int | None:
+    """Clicks until the target (any product sharing its identity) is on screen; None if not within CLICKS."""
+    from gallery.trail import Trail
+
+    catalog = site.catalog
+    q = catalog.kind_words[target] if start == "text" else ""
+    grid = site.search(q)
+    if not len(grid):
+        q, grid = "", site.search("")
+    trail = Trail()
+    for clicks in range(CLICKS + 1):
+        if (catalog.same[grid] == catalog.same[target]).any():
+            return clicks
+        if clicks == CLICKS or not len(grid):
+            return None
+        pick = int(grid[int(np.argmin(judge.distance(target, grid)))])  # ties: the tile shown first
+        trail = trail.then(int(catalog.cat.ids[pick]))
+        grid = site.similar(trail=trail, anchor=pick, q=q)
+    return None
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def _mean_ci(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    a = np.asarray(values, dtype=np.float64)
+    half = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else math.nan
+    return f"{a.mean():.2f} ± {half:.2f}"
+
+
+def _share_ci(hits: int, n: int) -> str:
+    low, high = wilson(hits, n)
+    return f"{hits / n:.2f} [{low:.2f}, {high:.2f}]" if n else "-"
 
 
 # --- The run -------------------------------------------------------------------------------------------------------
 
 
+def catalog_measure(
+    catalog: Catalog, strategies: Sequence[feedback.Strategy], *, paths: int, shoppers: int
+) -> tuple[list[Table], dict]:
+    from django.test import Client
+
+    started = time.perf_counter()
+    catalog_store(catalog)
+    logger.info("%s stored and indexed in %.0f s", catalog.name, time.perf_counter() - started)
+    site = ServedSite(client=Client(), catalog=catalog)
+    walks = coherence_paths(catalog, count=paths, seed=SEED)
+    judge = LookJudge.of(catalog)
+    targets = np.sort(np.random.default_rng(SEED + 1).choice(len(catalog.cat), min(shoppers, len(catalog.cat)),
+                                                             replace=False))  # fmt: skip
+    coherence = Table(
+        f"Coherence, {catalog.name}: the grid after a click, through GET /api/similar",
+        ["strategy", "grid", "grids", "type share", "cosine to click", "< 10 of type", "colour share"],
+        note=f"{len(walks)} seeded paths: a text search of a product's colour and type, a click on the first of "
+        "that type, two more clicks on the first tile of the clicked type; fresh: no trail, no query. "
+        "Means ± 95 % interval; '< 10 of type' over types with 10 or more others",
+    )
+    found = Table(
+        f"Convergence, {catalog.name}: shoppers who want one product (found = that product on screen)",
+        ["strategy", "start", "shoppers", *(f"found ≤ {r}" for r in REPORTED), "requests", "s"],
+        note="each round the tile a judge ranks closest (labels + 16x16 CIELAB look); 95 % Wilson intervals",
+    )
+    data: dict = {"coherence": {}, "convergence": {}}
+    for strategy in strategies:
+        with served(strategy):
+            t0 = time.perf_counter()
+            grids = coherence_walk(site, walks)
+            logger.info("%s / %s: coherence in %.0f s", catalog.name, strategy.name, time.perf_counter() - t0)
+            data["coherence"][strategy.name] = {kind: g.__dict__ for kind, g in grids.items()}
+            for kind, g in grids.items():
+                coherence.add(strategy.name, kind, len(g.cosine), _mean_ci(g.type_share), _mean_ci(g.cosine),
+                              _share_ci(sum(g.few), len(g.few)), _mean_ci(g.colour_share))  # fmt: skip
+            for start in ("grid", "text"):
+                t0, before = time.perf_counter(), site.requests
+                clicks = [converge(site, judge, int(t), start=start) for t in targets]
+                seconds = time.perf_counter() - t0
+                cells = []
+                for r in REPORTED:
+                    cells.append(_share_ci(sum(1 for c in clicks if c is not None and c <= r), len(clicks)))
+                found.add(strategy.name, start, len(clicks), *cells, site.requests - before, round(seconds, 1))
+                data["convergence"][f"{strategy.name}/{start}"] = clicks
+                logger.info("%s / %s / %s: %s", catalog.name, strategy.name, start, " ".join(cells))
+    return [coherence, found], data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="400 demo products, 60 shoppers, no real rows")
-    parser.add_argument("--shoppers", type=int, default=None, help="targets per catalog (default 500; quick 60)")
-    parser.add_argument("--no-lab", action="store_true", help="skip the lab harness's rows on the same targets")
-    parser.add_argument(
-        "--page", action="store_true", help="also refine's clicking shoppers through the page (GET /similar/<id>/)"
-    )
-    parser.add_argument("--catalogs", default="demo,real", help="comma-separated: demo, real")
+    parser.add_argument("--quick", action="store_true", help="the art catalog only, 60 paths, 100 shoppers")
+    parser.add_argument("--catalogs", default="art,demo,real", help="comma-separated: art, art-full, demo, real")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help=f"comma-separated, of: {', '.join(lab_strategies.STRATEGIES)}")  # fmt: skip
+    parser.add_argument("--paths", type=int, default=None, help=f"coherence paths per catalog ({COHERENCE_PATHS})")
+    parser.add_argument("--shoppers", type=int, default=None, help=f"shoppers per catalog and start ({SHOPPERS})")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    strategies = [lab_strategies.strategy_named(name.strip()) for name in args.strategies.split(",") if name.strip()]
 
     from bench import shopper_bench
-    from bench.common import environment_prepare
+    from bench.common import django_setup, environment_prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="served-shoppers-"))
     environment_prepare(tmp)
@@ -429,46 +474,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["CACHE_KEY_PREFIX"] = f"gallery-served-{tmp.name}"
     os.environ["ENCODER"] = "efficientnet-lite0"  # the cached catalogs' vectors are EfficientNet-Lite0's
     os.environ["ALLOWED_HOSTS"] = "testserver"  # django.test.Client's host
-    from bench.common import django_setup
-
     django_setup()
-    # The site's logging settings (LOG_LEVEL=WARNING) would silence this run's progress lines.
-    logger.disabled = False
+    logger.disabled = False  # the site's logging settings (LOG_LEVEL=WARNING) would silence progress lines
     logger.setLevel(logging.INFO)
 
-    shoppers = args.shoppers or (60 if args.quick else shopper_bench.SHOPPERS)
+    paths = args.paths or (60 if args.quick else COHERENCE_PATHS)
+    shoppers = args.shoppers or (100 if args.quick else SHOPPERS)
+    kinds = ["art"] if args.quick else [k.strip() for k in args.catalogs.split(",") if k.strip()]
     bf16 = shopper_bench.bf16_default()
-    kinds = ["demo"] if args.quick else [k.strip() for k in args.catalogs.split(",") if k.strip()]
     started = time.perf_counter()
     tables: list[Table] = []
-    data: dict = {"bf16": bf16, "shoppers": shoppers, "catalogs": {}}
+    data: dict = {"bf16": bf16, "strategies": [s.name for s in strategies], "catalogs": {}}
     for kind in kinds:
-        if kind == "demo":
-            count, seed = (400 if args.quick else shopper_bench.DEMO_COUNT), shopper_bench.DEMO_SEED
-            directory = shopper_bench.demo_dir(count, seed)
-        else:
-            count, seed = shopper_bench.REAL_COUNT, shopper_bench.REAL_SEED
-            directory = shopper_bench.real_dir(count, seed)
-            if directory is None:
-                print(f"{shopper_bench.REAL_STYLES} is absent: the real-rows catalog is skipped", file=sys.stderr)
-                continue
-        cat = shopper_bench.catalog(kind, count=count, seed=seed, encoder=shopper_bench.ENCODERS[0], bf16=bf16)
-        assert cat is not None
-        found, data["catalogs"][cat.name] = catalog_measure(
-            cat,
-            shopper.catalog_rows(directory),
-            shoppers=shoppers,
-            behaviours=BEHAVIOURS,
-            lab=not args.no_lab,
-            page=args.page,
-        )
+        catalog = catalog_load(kind, bf16=bf16)
+        if catalog is None:
+            print(f"{shopper_bench.REAL_STYLES} is absent: the real-rows catalog is skipped", file=sys.stderr)
+            continue
+        found, data["catalogs"][catalog.name] = catalog_measure(catalog, strategies, paths=paths, shoppers=shoppers)
         tables += found
         for table in found:
             print(table.text(), end="\n\n", flush=True)
     from django.core.cache import cache
 
     cache.delete_pattern("*")  # this run's keys only (its own prefix)
-    shopper_bench.outputs_write(args, tables=tables, data=data, started=started)
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     return 0
 
 

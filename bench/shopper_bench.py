@@ -1,8 +1,8 @@
-"""Simulated shoppers: how many clicks until the wanted product is on screen, per refinement strategy.
+"""The lab's in-memory shoppers on drawn catalogs: the colour descriptor's precision, and the encoders compared.
 
-    nice -n 10 .venv/bin/python bench/shopper_bench.py                 # both catalogs, all sections (~25 min, 2 cores)
+    nice -n 10 .venv/bin/python bench/shopper_bench.py                 # both catalogs, both sections
     nice -n 10 .venv/bin/python bench/shopper_bench.py --quick         # 400 demo products, 150 shoppers: a smoke run
-    .venv/bin/python bench/shopper_bench.py --only colour,strategies   # sections: colour, strategies, encoders
+    .venv/bin/python bench/shopper_bench.py --only colour              # sections: colour, encoders
     .venv/bin/python bench/shopper_bench.py --markdown /tmp/shoppers.md --json /tmp/shoppers.json
 
 Catalogs: the drawn demo catalog (2,000 products, seed 7) and 5,000 rows sampled (seed 1) from the real
@@ -14,15 +14,13 @@ Sections:
 
 * ``colour``: precision@10 by type and by colour of the image vectors, the colour descriptor, and blends of
   the two (recommender.colour), on the harness's held-out split (lab.evaluation.split_stratified).
-* ``strategies``: each shopper wants one target product, starts from the starting grid (or, in a variant,
-  a text query of the target's noun), and each round clicks the tile the label judge ranks closest to the
-  target (lab.shopper). Found within 0..8 clicks, for single-click neighbours, the original trail, and each
-  candidate strategy (recommender.feedback), with and without the diversity pass and the colour blend, for
-  shoppers who only click, who also pin and say "not like this", and who say "same colour" / "same shape".
 * ``encoders``: EfficientNet-Lite0/1/2 on the demo catalog: quality (type and colour p@10, found within 3
-  and 8 clicks with the shipped strategy) and cost (images/s through recommender.pipeline, fp32 and bf16).
+  and 8 clicks by the lab's in-memory shoppers) and cost (images/s through recommender.pipeline, fp32 and bf16).
 
-Nothing here asserts; the numbers go in docs/quality.md ("Refinement: simulated shoppers").
+On these catalogs the labels are what the images are drawn from, and the lab's shoppers count a product
+with equal labels as found: these numbers compare encoders and colour blends on one catalog, they do not
+judge refinement strategies. Strategies are judged through the served site on real art by
+``bench/served_shoppers.py`` (docs/quality.md, "Coherence and convergence").
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 
 # Thousands of small matrix products per second: one BLAS thread each is 3-4x faster than two threads that
@@ -225,81 +222,6 @@ def target_halves(cat: shopper.ShopperCatalog) -> tuple[np.ndarray, np.ndarray]:
     return split.query[parity == 0], split.query[parity == 1]
 
 
-def found_table(
-    title: str,
-    rows: Sequence[tuple[str, shopper.Behaviour, feedback.Strategy]],
-    *,
-    cat: shopper.ShopperCatalog,
-    targets: np.ndarray,
-    note: str = "",
-) -> tuple[Table, list[dict]]:
-    """Found within 0..8 clicks for each (label, behaviour, strategy) row, the same targets for every row."""
-    judge = shopper.Judge.of(cat)
-    engine = shopper.Engine(catalog=cat)
-    table = Table(title, ["strategy", "shopper", *(f"f@{r}" for r in range(shopper.ROUNDS + 1)), "s"], note=note)
-    data = []
-    for label, behaviour, strategy in rows:
-        started = time.perf_counter()
-        curve = shopper.simulate(engine=engine, judge=judge, targets=targets, strategy=strategy, behaviour=behaviour)
-        seconds = time.perf_counter() - started
-        table.add(label, behaviour.name, *curve, round(seconds, 1))
-        data.append({"label": label, "behaviour": behaviour.name, "strategy": asdict(strategy), "found": curve})
-        logger.info("%s / %s / %s: f@3 %.2f f@8 %.2f", cat.name, label, behaviour.name, curve[3], curve[8])
-    return table, data
-
-
-def _text(behaviour: shopper.Behaviour) -> shopper.Behaviour:
-    return replace(behaviour, name=f"{behaviour.name}, text start", start="text")
-
-
-def strategy_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
-    """Every strategy alone, the shipped one's parts added one at a time, then the other shoppers."""
-    s = feedback
-    clicks, pins, aspects = shopper.CLICKS, shopper.PIN_DISLIKE, shopper.ASPECTS
-    rows = [(name, clicks, strategy) for name, strategy in s.STRATEGIES.items() if name not in {"discovery"}]
-    rows += [
-        ("rocchio+hide + MMR 0.3", clicks, replace(s.ROCCHIO_HIDE, diversity=0.3)),
-        ("rocchio+hide + MMR 0.5", clicks, replace(s.ROCCHIO_HIDE, diversity=0.5)),
-        ("rocchio+hide + MMR 0.7", clicks, replace(s.ROCCHIO_HIDE, diversity=0.7)),
-        ("rocchio+hide + colour 0.2", clicks, replace(s.ROCCHIO_HIDE, colour_weight=colour.DEFAULT_COLOUR_WEIGHT)),
-        ("refine, colour 0.1", clicks, replace(s.REFINE, colour_weight=0.1)),
-        ("refine, colour 0.3", clicks, replace(s.REFINE, colour_weight=0.3)),
-        ("refine, no colour", clicks, replace(s.REFINE, colour_weight=None)),
-        ("neighbours", pins, s.NEIGHBOURS),
-        ("trail", pins, s.TRAIL),
-        ("refine", pins, s.REFINE),
-        ("refine, pushed 0.5 by not-like-this", pins, replace(s.REFINE, dislike_weight=0.5, sink_disliked=False)),
-        ("discovery", pins, replace(s.DISCOVERY, colour_weight=colour.DEFAULT_COLOUR_WEIGHT)),
-        ("refine, best-score", pins, replace(s.REFINE, combine="best")),
-        ("neighbours", aspects, s.NEIGHBOURS),
-        ("trail", aspects, s.TRAIL),
-        ("refine", aspects, s.REFINE),
-        ("neighbours", _text(clicks), s.NEIGHBOURS),
-        ("trail", _text(clicks), s.TRAIL),
-        ("refine", _text(clicks), s.REFINE),
-    ]
-    return rows
-
-
-def tune_rows() -> list[tuple[str, shopper.Behaviour, feedback.Strategy]]:
-    """The sweep the shipped values were chosen from (run on the tuning half of the targets)."""
-    rows = []
-    for skipped in (0.25, 0.5, 1.0, 1.5):
-        for diversity in (0.3, 0.5, 0.7):
-            strategy = replace(feedback.REFINE, skipped_weight=skipped, diversity=diversity)
-            rows.append((f"skipped {skipped:g}, MMR {diversity:g}", shopper.CLICKS, strategy))
-    for decay in (0.0, 0.3, 0.7, 1.0):
-        rows.append((f"decay {decay:g}", shopper.CLICKS, replace(feedback.REFINE, decay=decay)))
-    for same_colour in (0.2, 0.35, 0.5, 0.7):
-        for same_shape in (-0.2, -0.1, 0.0):
-            weights = {colour.Aspect.SAME_COLOUR.value: same_colour, colour.Aspect.SAME_SHAPE.value: same_shape}
-            strategy = replace(feedback.REFINE, aspect_weights=weights)
-            rows.append((f"same colour {same_colour:g}, same shape {same_shape:g}", shopper.ASPECTS, strategy))
-    return rows
-
-
-# --- Section: encoders ---------------------------------------------------------------------------------------
-
 ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
@@ -333,7 +255,7 @@ def encoder_costs(paths: Sequence[Path], *, repeats: int = 2) -> dict[str, dict[
 def encoders_section(*, count: int, seed: int, shoppers: int, cost_images: int) -> tuple[list[Table], dict]:
     quality = Table(
         f"Encoders on the demo catalog ({count} products): quality",
-        ["encoder", "dim", "input", "p@10 type", "p@10 colour", "p@10 type+colour", "refine f@3", "refine f@8",
+        ["encoder", "dim", "input", "p@10 type", "p@10 colour", "p@10 type+colour", "coherent f@3", "coherent f@8",
          "neighbours f@3", "neighbours f@8"],
     )  # fmt: skip
     data: dict = {"quality": {}, "cost": {}}
@@ -350,11 +272,11 @@ def encoders_section(*, count: int, seed: int, shoppers: int, cost_images: int) 
         judge, engine = shopper.Judge.of(cat), shopper.Engine(catalog=cat)
         curves = {
             label: shopper.simulate(engine=engine, judge=judge, targets=report, strategy=s, behaviour=shopper.CLICKS)
-            for label, s in (("refine", feedback.REFINE), ("neighbours", feedback.NEIGHBOURS))
+            for label, s in (("coherent", feedback.COHERENT), ("neighbours", feedback.NEIGHBOURS))
         }
         quality.add(
             name, cat.vectors.shape[1], sizes[name], p["type"], p["colour"], p["type+colour"],
-            curves["refine"][3], curves["refine"][8], curves["neighbours"][3], curves["neighbours"][8],
+            curves["coherent"][3], curves["coherent"][8], curves["neighbours"][3], curves["neighbours"][8],
         )  # fmt: skip
         data["quality"][name] = {"precision": p, "found": curves}
     assert first is not None
@@ -378,7 +300,7 @@ def encoders_section(*, count: int, seed: int, shoppers: int, cost_images: int) 
 
 # --- The run ---------------------------------------------------------------------------------------------------
 
-SECTIONS = ("colour", "tune", "strategies", "encoders")
+SECTIONS = ("colour", "encoders")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data: dict = {"bf16": bf16, "shoppers": shoppers, "demo_count": demo_count}
 
     cats: dict[str, shopper.ShopperCatalog] = {}
-    if set(sections) & {"colour", "tune", "strategies"}:
+    if "colour" in sections:
         demo = catalog("demo", count=demo_count, seed=DEMO_SEED, encoder=ENCODERS[0], bf16=bf16)
         assert demo is not None
         cats[demo.name] = demo
@@ -421,35 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "colour" in sections:
         found, data["colour"] = colour_section(list(spaces.values()), [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.5])
         tables += found
-    if "tune" in sections:
-        data["tune"] = {}
-        for name, cat in cats.items():
-            tuning, _ = target_halves(cat)
-            table, rows = found_table(
-                f"Tuning sweep, {name}: found within N clicks (tuning half of the held-out targets)",
-                tune_rows(),
-                cat=cat,
-                targets=tuning[:shoppers],
-                note=f"{len(tuning[:shoppers])} shoppers",
-            )
-            tables.append(table)
-            data["tune"][name] = rows
-    if "strategies" in sections:
-        data["strategies"] = {}
-        for name, cat in spaces.items():
-            _, report = target_halves(cat)
-            rows = strategy_rows()
-            if "head256" in name:
-                rows = [row for row in rows if row[0] in {"neighbours", "trail", "refine"} and row[1] is shopper.CLICKS]
-            table, found_rows = found_table(
-                f"Simulated shoppers, {name} ({cat.encoder_id}): share who found the target within N clicks",
-                rows,
-                cat=cat,
-                targets=report[:shoppers],
-                note=f"{len(report[:shoppers])} shoppers, held-out targets; grids of {shopper.GRID}",
-            )
-            tables.append(table)
-            data["strategies"][name] = found_rows
     if "encoders" in sections:
         found, data["encoders"] = encoders_section(
             count=demo_count, seed=DEMO_SEED, shoppers=shoppers, cost_images=96 if args.quick else 256

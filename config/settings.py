@@ -257,14 +257,14 @@ BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1
 IMPORT_JOBS_DIR = Path(env("IMPORT_JOBS_DIR", default=str(VAR_DIR / "imports")))
 SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
 GRID_SIZE = 25
-# Variety within a trail's grid: the maximal-marginal-relevance strength (0 = the 25 nearest, near-copies
-# of each other; below 1). The default is the simulated shoppers' choice (docs/quality.md, "Refinement").
-REFINE_DIVERSITY = env.float("REFINE_DIVERSITY", default=0.5)
-if not 0.0 <= REFINE_DIVERSITY < 1.0:
+# Variety within a trail's grid: the maximal-marginal-relevance strength (0 = the nearest by score; below 1).
+# Unset: the served strategy's own, the measured choice (docs/quality.md, "Coherence and convergence").
+REFINE_DIVERSITY = env.float("REFINE_DIVERSITY", default=None)
+if REFINE_DIVERSITY is not None and not 0.0 <= REFINE_DIVERSITY < 1.0:
     raise ImproperlyConfigured(f"REFINE_DIVERSITY must be at least 0 and below 1, not {REFINE_DIVERSITY}")
-# How a trail becomes a grid: one of recommender.feedback.STRATEGIES ("refine", the measured choice; the
-# others, e.g. "neighbours" or "trail", the gallery's first rule, serve comparisons and A/B tests).
-REFINE_STRATEGY = env("REFINE_STRATEGY", default="refine")
+# How a trail becomes a grid: one of recommender.feedback.SERVED ("coherent", the measured choice, or
+# "neighbours", the clicked product's plain neighbours, the reference every measure is read beside).
+REFINE_STRATEGY = env("REFINE_STRATEGY", default="coherent")
 API_MAX_K = env.int("API_MAX_K", default=100)
 # Photo searches per client per minute, counted in the shared cache.
 PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)

@@ -11,12 +11,13 @@ TRAIL_TEXT = (
     "Comma-separated product ids clicked before, oldest first; prefix p pins a step (the grid keeps looking "
     "like it), n marks it 'not like this' (what looks more like it than like the liked steps sinks). A suffix "
     "says what a step should keep: c the same colour, a any colour, s the same shape in other colours. "
-    "Products the trail's earlier grids showed and the shopper passed over are not shown again. "
+    "Products the grid clicked from showed and the shopper passed over come after new ones about as alike. "
     "Example: 12,p34c,n56."
 )
 START_TEXT = (
-    "Where the trail began: the text search it started from, or empty (q=) for the starting grid of the home "
-    "page. That first grid counts as shown: what it showed is not shown again. Without q nothing is assumed."
+    "Where the trail began: the text search it started from; empty or absent, the starting grid of the home "
+    "page (as the page's own links say). What that first grid showed and the shopper passed over counts as "
+    "seen: new products about as alike come before it."
 )
 IMAGE_TEXT = "JPEG, PNG, WebP or GIF; at most {} MiB and {} megapixels."
 

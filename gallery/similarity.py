@@ -103,14 +103,14 @@ def similar_grid(
     link: Callable[[int, Trail], str] | None = None,
     start_query: str | None = None,
 ) -> SimilarGrid:
-    """The ``k`` products to show for the trail anchored at ``anchor_id``, in grid order.
+    """The ``k`` products to show for the trail anchored at ``anchor_id``, in display order.
 
-    Ranked by the vector engine's trail strategy (``api.trail_grid``): the trail's clicks pull (the
-    newest hardest, its pinned steps as hard), "not like this" steps sink what looks more like them, each
-    step's aspect (same colour, any colour, same shape) sets how much its colour counts, and what the
-    trail's earlier grids showed and the shopper passed over is not shown again. ``start_query`` is the
-    text search the trail started from ("": the starting grid; None: not known), whose grid counts as
-    shown too. Products on the trail never appear. When no liked product has a vector yet the grid is
+    Ranked by the vector engine's trail strategy (``api.trail_grid``): what looks like the newest click
+    comes first, its earlier clicks and pinned steps pull too, "not like this" steps sink what looks more
+    like them, each step's aspect (same colour, any colour, same shape) sets how much its colour counts,
+    and what the trail's earlier grids showed and the shopper passed over yields to new products about as
+    alike. ``start_query`` is the text search the trail started from ("": the starting grid; None: not
+    known, a photo), for a strategy that counts that grid. Products on the trail never appear. When no liked product has a vector yet the grid is
     empty and ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
     """
     try:
@@ -118,7 +118,7 @@ def similar_grid(
             steps=_engine_steps(trail, anchor_id),
             k=k,
             allowed_ids=_allowed(filters),
-            shown_first=_first_grid(start_query, filters),
+            shown_first=lambda: _first_grid(start_query, filters),
         )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))

@@ -38,6 +38,12 @@ def _context_params(form: SearchForm, *, photo: str = "") -> dict[str, str]:
     return {"q": form.cleaned_data.get("q", ""), "photo": photo, **form.filters.as_dict()}
 
 
+def _trail_start(form: SearchForm) -> str | None:
+    """Where a trail began, one rule for the page and the API: the photo (None: its grid is not known), else
+    the text search of ``q``, else (no q, or an empty one) the home page's starting grid."""
+    return None if form.cleaned_data.get("photo") else form.cleaned_data.get("q", "")
+
+
 def _filter_menus(selected: dict[str, str]) -> list[dict[str, object]]:
     """The filter selects: every value the catalog offers, the shopper's choice marked."""
     choices = filter_choices()
@@ -240,8 +246,7 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
             k=settings.GRID_SIZE,
             filters=form.filters,
             link=lambda pid, t: similar_url(pid, t, params),
-            # The page's links carry the query or photo the trail began from: neither means the starting grid.
-            start_query=None if params["photo"] else params["q"],
+            start_query=_trail_start(form),
         )
     except SimilarityUnavailable as exc:
         response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=exc.status)
@@ -347,9 +352,7 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
             trail=trail,
             k=form.cleaned_data["k"],
             filters=form.filters,
-            # An API client says where its trail began by sending q: the text search, or empty for the starting
-            # grid (the home page). Without q nothing is assumed.
-            start_query=form.cleaned_data["q"] if "q" in request.GET else None,
+            start_query=_trail_start(form),
         )
     except SimilarityUnavailable as exc:
         return _retry_after(api_error(str(exc), status=exc.status), exc)

@@ -558,8 +558,11 @@ class Engine:
         )
         excluded = np.zeros(len(cat), dtype=bool)
         excluded[rows] = True
-        if strategy.hide_skipped:
-            excluded[skipped_rows] = True
+        seen_age = np.full(len(cat), -1, dtype=np.int64)
+        recent = skipped_age < strategy.seen_grids
+        seen_age[skipped_rows[recent]] = skipped_age[recent]
+        if strategy.hides_seen:
+            excluded[seen_age >= 0] = True
         want = self.k * self.overfetch
         pool: list[np.ndarray] = []
         for query in feedback.query_vectors(trail=trail, strategy=strategy):
@@ -573,6 +576,7 @@ class Engine:
             strategy=strategy,
             candidates=cat.vectors[candidates],
             candidate_colours=None if colours is None else colours[candidates],
+            candidate_seen=seen_age[candidates],
             k=self.k,
         )
         return candidates[positions]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,16 +104,16 @@ def trail_grid(
     steps: list[StepRef],
     k: int,
     allowed_ids: np.ndarray | None = None,
-    shown_first: list[int] = (),
+    shown_first: Callable[[], Sequence[int]] | None = None,
 ) -> list[Neighbour]:
-    """The grid for a refinement trail (oldest step first): ``k`` products in grid order, none on the trail.
+    """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
 
-    Ranked by the shipped feedback strategy (recommender.feedback): recent clicks pull hardest, what the
-    trail's earlier grids showed and the shopper passed over is pushed away and not shown again, "not like
-    this" sinks what is nearer it than every liked step, each step's aspect blends in its colour, and the
-    grid is varied by MMR (REFINE_DIVERSITY). ``shown_first`` is the grid the first step was clicked from,
-    when known. Raises NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no
-    index can answer.
+    Ranked by the served strategy (REFINE_STRATEGY, recommender.feedback): the newest click pulls hardest,
+    what looks like it comes first, products the trail's earlier grids showed and the shopper passed over
+    yield to new ones about as alike, "not like this" sinks what is nearer it than every liked step, and
+    each step's aspect sets how much its colour counts. ``shown_first`` gives the grid the first step was
+    clicked from (a text search, the starting grid), called only by a strategy that counts it. Raises
+    NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
     """
     return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first)
 

@@ -130,12 +130,12 @@ class Aspect(StrEnum):
 
 
 # Share of the colour descriptor's cosine in a step's score, the image vector's cosine taking the rest.
-# Chosen by measurement (docs/quality.md, "Refinement: simulated shoppers"; bench/shopper_bench.py): 0.2 lifts a
-# product's same-colour neighbours from 0.46 to 0.64 of ten on the demo catalog and finds shoppers' targets
-# soonest of the weights tried; more colour costs type precision faster than it gains colour.
-DEFAULT_COLOUR_WEIGHT = 0.2
-# "Same colour": colour counts more than by default, the style may drift. Stronger settings (0.6 and up) let
-# other kinds of product in the colour take over the grid and shoppers found their target later.
+# Chosen through the served site (docs/quality.md, "Refinement: coherence and convergence"): 0.1 keeps the
+# clicked kind on the demo as plain neighbours do, where 0.2 let other kinds in the click's colour take
+# 0.04-0.06 of the grid, and shoppers on real art find their target as often as with 0.2.
+DEFAULT_COLOUR_WEIGHT = 0.1
+# "Same colour": colour counts more than by default, among the products that look most alike
+# (recommender.feedback.ASPECT_SHORTLIST), so the kind stays.
 SAME_COLOUR_WEIGHT = 0.35
 # "Same shape": the step's own colour is pushed down a little, so the same cut comes back in other colours.
 SAME_SHAPE_COLOUR_WEIGHT = -0.1

@@ -1,34 +1,40 @@
-"""Refinement feedback: a trail's vectors in; what to ask the index, how to rank its answers, and a varied grid.
+"""Refinement feedback: a trail's vectors in; what to ask the index, and the grid in display order.
 
 Pure numpy, no Django: the selectors fetch the stored vectors of the trail's products (and of the products
 the shopper was shown and passed over), call these functions, and map positions back to products. Serving a
-click is three thin steps:
+click is two thin steps:
 
 1. :func:`query_vectors` gives the unit vector(s) to search the index with (one per liked step for the
-   ``best`` combination, one otherwise);
-2. the index is asked for an over-fetched candidate set (:data:`OVERFETCH` times the grid), minus the trail's
-   products and, where :attr:`Strategy.hide_skipped`, the products already shown and passed over;
-3. :func:`grid_rank` scores those candidates (:func:`candidate_scores`, image and colour descriptors blended per
-   step, see :mod:`recommender.colour`) and picks the grid with maximal marginal relevance (:func:`diversify`).
+   ``best`` combination, one otherwise); the index is asked for an over-fetched candidate set
+   (:data:`OVERFETCH` times the grid) without the trail's products;
+2. :func:`grid_rank` scores those candidates (:func:`candidate_scores`: image and colour descriptors blended
+   per step, see :mod:`recommender.colour`; products the shopper passed over demoted), picks the grid (with
+   maximal marginal relevance where the strategy asks, :func:`diversify`) and returns it in display order
+   with the score each tile shows.
 
-Every strategy is a :class:`Strategy` value; :data:`STRATEGIES` holds the candidates the simulated-shopper
-benchmark (``bench/shopper_bench.py``) measured and :data:`SHIPPED` the one it chose.
+The rule the gallery promises (docs/quality.md, "Coherence"): the grid after a click looks like the clicked
+product first. Novelty (not showing again what the shopper passed over), variety and the trail's history
+reorder within what looks alike; they never replace it. :data:`SERVED` holds the strategies the site can
+serve; the lab compares more (``lab/strategies.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from recommender.colour import ASPECT_COLOUR_WEIGHTS, DEFAULT_COLOUR_WEIGHT, Aspect
 
-# Candidates fetched per grid tile before re-ranking: enough for the colour blend and the diversity pass
-# to find what the image vector alone ranks a little lower.
+# Candidates fetched per grid tile before re-ranking: enough for the colour blend, the demotion of what was
+# seen and the diversity pass to find what the image vector alone ranks a little lower.
 OVERFETCH = 8
-# Colour cosine between two clicks below which they say nothing about colour (see Strategy.colour_agreement).
-COLOUR_AGREEMENT_FLOOR = 0.5
+# A step asking for the same colour or the same shape reorders the grid within this many grid's worth of the
+# candidates the default blend ranks first: colour decides among what looks alike, never over it.
+ASPECT_SHORTLIST = 2
+# MMR varies the grid among this many grid's worth of the best-scored candidates: variations on what looks
+# alike, at a third of the cost of weighing every over-fetched candidate.
+MMR_POOL = 3
 # Subtracted from a sunk candidate's score: more than any two scores differ (weighted cosines, pushes included).
 SUNK = 8.0
 PINNED = "p"
@@ -82,42 +88,45 @@ class TrailVectors:
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a trail becomes a grid. Every field is a measured choice; see the benchmark's tables.
+    """How a trail becomes a grid. Every field is a measured choice; see docs/quality.md.
 
     - ``liked``: "newest" pulls towards the newest liked step only (single-click neighbours); "anchor"
       towards it and the pinned steps, equally (the gallery's original trail); "recency" towards every
       liked step, each ``decay`` times the weight of the next newer one, pinned steps at the newest's weight.
     - ``combine``: "mean" scores a candidate by the weighted sum of its step scores (Rocchio); "best" by its
-      best liked step, unless a disliked step is closer (Qdrant's ``best_score``).
-    - ``dislike_weight``: how hard the "not like this" steps push the whole query away. ``sink_disliked``:
-      candidates nearer a "not like this" step than to every liked step drop below all the others
-      (best_score's rule for dislikes, on any ``combine``).
+      best liked step (Qdrant's ``best_score``).
+    - ``dislike_weight``: how hard the "not like this" steps push the whole query away. Whatever it is, a
+      candidate nearer a "not like this" step than to every liked step sinks below all the others.
     - ``skipped_weight``, ``skipped_decay``: how hard products shown and passed over push away (Rocchio's
-      weak negatives), recent grids the most. ``hide_skipped``: never show them again.
+      gamma: a weak negative), the grid clicked from the most (decay 0: that grid alone).
+    - ``seen_penalty``, ``seen_grids``: a product shown in one of the ``seen_grids`` newest earlier grids
+      (1: the grid the shopper clicked from) loses ``seen_penalty`` from its score, so a new product about as
+      alike comes first while one clearly more alike still shows. :data:`HIDDEN` (or more) hides them unless
+      nothing else is left.
+    - ``first_grid``: whether the grid the trail began from (a text search or the home page's starting grid)
+      counts as seen and pushes too. A text search shows what matches the words, not what looks like the
+      click: the products there that look most like it are what the shopper asked for by clicking.
     - ``context``: rank first by how many (liked, disliked) pairs a candidate sides with the liked member of
       (Qdrant's discovery search), then by the score.
     - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only);
-      ``colour_agreement``: scale it by how far the step's colour agrees with the liked step before it;
       ``aspect_weights``: colour shares overriding recommender.colour's per aspect code.
-    - ``diversity``: the MMR strength of :func:`diversify`; ``diversity_colour``: the colour share of the
-      similarity MMR spreads the grid by (None: ``colour_weight``).
+    - ``diversity``: the MMR strength of :func:`diversify` (0: the top k by score).
     """
 
     name: str
     liked: str = "recency"
     decay: float = 0.5
     combine: str = "mean"
-    dislike_weight: float = 0.5
-    sink_disliked: bool = False
+    dislike_weight: float = 0.0
     skipped_weight: float = 0.0
-    skipped_decay: float = 0.5
-    hide_skipped: bool = False
+    skipped_decay: float = 0.0
+    seen_penalty: float = 0.0
+    seen_grids: int = 1
+    first_grid: bool = False
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
-    diversity: float = 0.0
-    diversity_colour: float | None = None
-    colour_agreement: bool = False
     aspect_weights: dict[str, float] | None = field(default=None, compare=False)
+    diversity: float = 0.0
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +138,17 @@ class Strategy:
             raise ValueError("decays must be between 0 and 1")
         if not 0.0 <= self.diversity < 1.0:
             raise ValueError("diversity must be at least 0 and below 1")
+        if self.seen_penalty < 0 or self.seen_grids < 0:
+            raise ValueError("seen_penalty and seen_grids must not be negative")
+
+    @property
+    def hides_seen(self) -> bool:
+        """Whether seen products are left out of the index search (shown again only when nothing else is left)."""
+        return self.seen_penalty >= HIDDEN and self.seen_grids > 0
+
+
+# A seen_penalty this large hides what was seen: more than any two scores differ.
+HIDDEN = SUNK
 
 
 def liked_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
@@ -154,8 +174,9 @@ def _skipped_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     if trail.skipped is None or not len(trail.skipped) or strategy.skipped_weight <= 0:
         return np.zeros(0)
     age = np.zeros(len(trail.skipped)) if trail.skipped_age is None else np.asarray(trail.skipped_age, float)
-    weights = strategy.skipped_decay**age
-    return weights / weights.sum()
+    weights = np.where(age == 0, 1.0, strategy.skipped_decay**age)  # decay 0: the grid clicked from alone
+    total = weights.sum()
+    return weights / total if total > 0 else np.zeros(0)
 
 
 def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> float:
@@ -165,16 +186,13 @@ def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> f
     if aspect is not Aspect.DEFAULT:
         overrides = strategy.aspect_weights or {}
         return overrides.get(aspect.value, ASPECT_COLOUR_WEIGHTS[aspect])
-    weight = strategy.colour_weight or 0.0
-    if strategy.colour_agreement and weight:
-        # Without an aspect, colour counts as far as the shopper's clicks agree on it: two blue clicks in a row
-        # say "blue"; a first click, or a click in another colour than the one before, says nothing about colour.
-        liked = [int(i) for i in trail.liked if i < step]
-        if not liked:
-            return 0.0
-        agreement = float(np.asarray(trail.colours[step]) @ np.asarray(trail.colours[liked[-1]]))
-        weight *= min(1.0, max(0.0, (agreement - COLOUR_AGREEMENT_FLOOR) / (1.0 - COLOUR_AGREEMENT_FLOOR)))
-    return weight
+    return strategy.colour_weight or 0.0
+
+
+def _image_share(trail: TrailVectors, strategy: Strategy) -> float:
+    """How much of the liked steps' pull is the image cosine (the rest is colour): pushes are scaled alike."""
+    shares = np.array([1.0 - max(_step_colour_weight(trail, int(i), strategy), 0.0) for i in trail.liked])
+    return float(liked_weights(trail, strategy) @ shares)
 
 
 def _unit(vector: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -196,11 +214,12 @@ def query_vectors(*, trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     weights = liked_weights(trail, strategy)
     shares = np.array([1.0 - max(_step_colour_weight(trail, i, strategy), 0.0) for i in liked])
     query = (weights * shares) @ vectors[liked]
+    share = _image_share(trail, strategy)
     if len(trail.disliked) and strategy.dislike_weight:
-        query = query - strategy.dislike_weight * vectors[trail.disliked].mean(axis=0)
+        query = query - share * strategy.dislike_weight * vectors[trail.disliked].mean(axis=0)
     skipped = _skipped_weights(trail, strategy)
     if len(skipped):
-        query = query - strategy.skipped_weight * (skipped @ np.asarray(trail.skipped, dtype=np.float32))
+        query = query - share * strategy.skipped_weight * (skipped @ np.asarray(trail.skipped, dtype=np.float32))
     return _unit(query, newest)[None, :]
 
 
@@ -225,86 +244,72 @@ def _step_scores(
     return (1.0 - np.maximum(weights, 0.0)) * image + weights * colour_scores
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """A candidate set scored against a trail: the ranking score, the likeness shown, and what sinks."""
+
+    rank: np.ndarray
+    likeness: np.ndarray
+    sunk: np.ndarray
+
+
+def _score(
+    trail: TrailVectors,
+    strategy: Strategy,
+    candidates: np.ndarray,
+    candidate_colours: np.ndarray | None,
+    candidate_seen: np.ndarray | None,
+) -> _Scored:
+    candidates = np.asarray(candidates, dtype=np.float32)
+    width = np.asarray(trail.vectors).shape[1]
+    if candidates.ndim != 2 or candidates.shape[1] != width:
+        raise ValueError(f"candidates must be (N, {width}), got {candidates.shape}")
+    n = len(candidates)
+    liked, disliked = trail.liked, trail.disliked
+    liked_scores = _step_scores(trail, strategy, liked, candidates, candidate_colours)
+    weights = liked_weights(trail, strategy)
+    likeness = weights @ liked_scores
+    rank = liked_scores.max(axis=0) if strategy.combine == "best" else likeness.copy()
+    sunk = np.zeros(n, dtype=bool)
+    if len(disliked):
+        disliked_scores = _step_scores(trail, strategy, disliked, candidates, candidate_colours)
+        if strategy.dislike_weight and strategy.combine == "mean":
+            rank = rank - _image_share(trail, strategy) * strategy.dislike_weight * disliked_scores.mean(axis=0)
+        if strategy.context:
+            rank = rank + _context_rank(trail, liked_scores, disliked_scores)
+        # The one rule for "not like this": nearer a disliked step than to every liked step sinks below the rest.
+        sunk = disliked_scores.max(axis=0) >= liked_scores.max(axis=0)
+    skipped = _skipped_weights(trail, strategy)
+    if len(skipped):
+        # Linear in the skipped vectors: push from their weighted mean, one (d,) vector, not an (s, N) matrix.
+        pushed = skipped @ np.asarray(trail.skipped, dtype=np.float32)
+        rank = rank - _image_share(trail, strategy) * strategy.skipped_weight * (candidates @ pushed)
+    if candidate_seen is not None and strategy.seen_penalty and strategy.seen_grids:
+        seen = np.asarray(candidate_seen)
+        rank = rank - strategy.seen_penalty * ((seen >= 0) & (seen < strategy.seen_grids))
+    rank = np.where(sunk, rank - SUNK, rank)
+    return _Scored(rank=rank.astype(np.float32), likeness=likeness.astype(np.float32), sunk=sunk)
+
+
 def candidate_scores(
     *,
     trail: TrailVectors,
     strategy: Strategy,
     candidates: np.ndarray,
     candidate_colours: np.ndarray | None = None,
+    candidate_seen: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A score per candidate (N,), higher first; ``candidates`` (N, d) are their image vectors.
+    """The ranking score per candidate (N,), higher first; ``candidates`` (N, d) are their image vectors.
 
-    ``candidate_colours`` (N, c) adds the colour blend of each step's aspect (needs ``trail.colours``).
-    Discovery (``strategy.context``) adds an integer rank per candidate, so sides taken outrank scores.
+    ``candidate_colours`` (N, c) adds the colour blend of each step's aspect (needs ``trail.colours``);
+    ``candidate_seen`` (N,) gives, per candidate, how many clicks ago a grid showed it (-1: never), for the
+    strategy's demotion. Sunk candidates (nearer a "not like this" step than every liked one) score below
+    every other; discovery (``strategy.context``) adds an integer rank per candidate, so sides taken
+    outrank scores.
     """
-    candidates = np.asarray(candidates, dtype=np.float32)
-    if candidates.ndim != 2 or candidates.shape[1] != np.asarray(trail.vectors).shape[1]:
-        raise ValueError(f"candidates must be (N, {np.asarray(trail.vectors).shape[1]}), got {candidates.shape}")
     if not len(candidates):
         return np.zeros(0, dtype=np.float32)
-    liked, disliked = trail.liked, trail.disliked
-    liked_scores = _step_scores(trail, strategy, liked, candidates, candidate_colours)
-    disliked_scores = _step_scores(trail, strategy, disliked, candidates, candidate_colours) if len(disliked) else None
-    if strategy.combine == "best":
-        positive = liked_scores.max(axis=0)
-        if disliked_scores is None:
-            scores = positive
-        else:
-            negative = disliked_scores.max(axis=0)
-            # Qdrant's best_score: closer to a disliked step than to any liked one sinks below every other.
-            scores = np.where(positive > negative, positive, -(negative**2))
-    else:
-        scores = liked_weights(trail, strategy) @ liked_scores
-        if disliked_scores is not None and strategy.dislike_weight:
-            scores = scores - strategy.dislike_weight * disliked_scores.mean(axis=0)
-    skipped = _skipped_weights(trail, strategy)
-    if len(skipped):
-        # Linear in the skipped vectors: push from their weighted mean, one (d,) vector, not an (s, N) matrix.
-        pushed = skipped @ np.asarray(trail.skipped, dtype=np.float32)
-        scores = scores - strategy.skipped_weight * (candidates @ pushed)
-    if strategy.context and disliked_scores is not None:
-        scores = scores + _context_rank(trail, liked_scores, disliked_scores)
-    if strategy.sink_disliked and disliked_scores is not None and strategy.combine != "best":
-        # best_score's rule for dislikes on top of any liked-side score: a candidate nearer a "not like this"
-        # step than to every liked step goes below all the others; the rest keep their order.
-        negative = disliked_scores.max(axis=0)
-        scores = np.where(liked_scores.max(axis=0) > negative, scores, scores - SUNK - negative**2)
-    return np.asarray(scores, dtype=np.float32)
-
-
-def likeness(
-    *,
-    trail: TrailVectors,
-    strategy: Strategy,
-    candidates: np.ndarray,
-    candidate_colours: np.ndarray | None = None,
-) -> np.ndarray:
-    """How alike each candidate (N,) is to the trail's liked steps: their weighted blended cosines.
-
-    What a grid shows as a product's score and orders itself by: a similarity in [-1, 1], without the
-    ranking's pushes away from skipped and disliked products (those chose which products are shown).
-    """
-    candidates = np.asarray(candidates, dtype=np.float32)
-    if not len(candidates):
-        return np.zeros(0, dtype=np.float32)
-    scores = _step_scores(trail, strategy, trail.liked, candidates, candidate_colours)
-    return np.asarray(liked_weights(trail, strategy) @ scores, dtype=np.float32)
-
-
-def sunk(
-    *,
-    trail: TrailVectors,
-    strategy: Strategy,
-    candidates: np.ndarray,
-    candidate_colours: np.ndarray | None = None,
-) -> np.ndarray:
-    """Mask (N,): the candidates the ranking sinks, nearer a "not like this" step than every liked step."""
-    candidates = np.asarray(candidates, dtype=np.float32)
-    if not len(trail.disliked) or not (strategy.sink_disliked or strategy.combine == "best") or not len(candidates):
-        return np.zeros(len(candidates), dtype=bool)
-    liked = _step_scores(trail, strategy, trail.liked, candidates, candidate_colours).max(axis=0)
-    disliked = _step_scores(trail, strategy, trail.disliked, candidates, candidate_colours).max(axis=0)
-    return disliked >= liked
+    return _score(trail, strategy, candidates, candidate_colours, candidate_seen).rank
 
 
 def _context_rank(trail: TrailVectors, liked_scores: np.ndarray, disliked_scores: np.ndarray) -> np.ndarray:
@@ -370,85 +375,67 @@ def grid_rank(
     candidates: np.ndarray,
     k: int,
     candidate_colours: np.ndarray | None = None,
+    candidate_seen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, scores) of the ``k`` candidates to show, in grid order: scored, then diversified."""
-    scores = candidate_scores(
-        trail=trail, strategy=strategy, candidates=candidates, candidate_colours=candidate_colours
-    )
-    use_colours = candidate_colours if trail.colours is not None else None
-    similarity_colour = strategy.colour_weight if strategy.diversity_colour is None else strategy.diversity_colour
-    positions = diversify(
-        scores=scores,
-        vectors=candidates,
+    """(positions, scores) of the ``k`` candidates to show, in display order, each with the score it shows.
+
+    The ranking score (:func:`candidate_scores`) picks the set, varied by MMR at ``strategy.diversity``; the
+    set is shown in ranking order, sunk candidates last (MMR picks among the :data:`MMR_POOL` x ``k`` best
+    scored). A step asking for the same colour or the same shape
+    picks among the :data:`ASPECT_SHORTLIST` x ``k`` candidates the default blend ranks first. The score shown
+    is the candidate's likeness: its weighted blended similarity to the liked steps, without the ranking's
+    pushes and demotions (those chose the order, they are not a similarity).
+    """
+    if not len(candidates) or k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    scored = _score(trail, strategy, candidates, candidate_colours, candidate_seen)
+    eligible = np.arange(len(candidates))
+    if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:
+        plain = _score(replace(trail, aspects=()), strategy, candidates, candidate_colours, candidate_seen)
+        eligible = np.sort(np.argsort(-plain.rank, kind="stable")[: ASPECT_SHORTLIST * k])
+    if strategy.diversity and len(eligible) > MMR_POOL * k:
+        eligible = eligible[np.argsort(-scored.rank[eligible], kind="stable")[: MMR_POOL * k]]
+    use_colours = candidate_colours[eligible] if trail.colours is not None and candidate_colours is not None else None
+    picked = diversify(
+        scores=scored.rank[eligible],
+        vectors=np.asarray(candidates)[eligible],
         k=k,
         strength=strategy.diversity,
         colours=use_colours,
-        colour_weight=similarity_colour or 0.0,
+        # Tiles count as alike the way the newest click asks: its aspect's colour share ("any colour": none).
+        colour_weight=max(_step_colour_weight(trail, int(trail.liked[-1]), strategy), 0.0),
     )
-    return positions, scores[positions]
+    positions = eligible[picked]
+    positions = positions[np.argsort(-scored.rank[positions], kind="stable")]
+    return positions, scored.likeness[positions]
 
 
-# The candidates the simulated-shopper benchmark measured (docs/quality.md, "Refinement: simulated shoppers").
-# Colour and diversity are off in all but the last two, so each row shows one idea alone.
+def _asks_colour(trail: TrailVectors) -> bool:
+    """Whether a liked step asks for the same colour or the same shape (then the shortlist applies)."""
+    asking = {Aspect.SAME_COLOUR, Aspect.SAME_SHAPE}
+    return trail.colours is not None and any(trail.aspect(int(i)) in asking for i in trail.liked)
+
+
+# --- What the site can serve ------------------------------------------------------------------------------------
+
+# The simplest alternative every measure is read beside: the clicked product's plain neighbours.
 NEIGHBOURS = Strategy(
-    name="neighbours", liked="newest", dislike_weight=0.0, colour_weight=None, notes="the clicked product's neighbours"
+    name="neighbours", liked="newest", colour_weight=None, notes="the clicked product's neighbours (image vector)"
 )
-TRAIL = Strategy(
-    name="trail", liked="anchor", colour_weight=None, notes="normalise(mean(anchor + pinned) - 0.5 mean(not like this))"
-)
-RECENCY = Strategy(name="recency", colour_weight=None, notes="every click, each half the weight of the next")
-HIDE_SKIPPED = Strategy(
-    name="hide-skipped", liked="newest", colour_weight=None, hide_skipped=True, notes="neighbours, never re-shown"
-)
-ROCCHIO = Strategy(
-    name="rocchio", colour_weight=None, skipped_weight=1.0, notes="recency minus the shown-and-skipped, recent first"
-)
-ROCCHIO_HIDE = Strategy(
-    name="rocchio+hide", colour_weight=None, skipped_weight=1.0, hide_skipped=True, notes="rocchio, never re-shown"
-)
-BEST_SCORE = Strategy(
-    name="best-score", combine="best", colour_weight=None, hide_skipped=True, notes="Qdrant best_score, never re-shown"
-)
-DISCOVERY = Strategy(
-    name="discovery",
-    context=True,
-    colour_weight=None,
-    skipped_weight=1.0,
-    hide_skipped=True,
-    diversity=0.5,
-    notes="rocchio+hide+MMR, ranked by (liked, not like this) context pairs first",
-)
-NEIGHBOURS_VARIED = Strategy(
-    name="neighbours+colour+mmr",
-    liked="newest",
-    dislike_weight=0.0,
+# Chosen by coherence and convergence together, through the served site, on real art, the demo and drawn real
+# rows (docs/quality.md, "Refinement: coherence and convergence"): the newest click pulls hardest, each older
+# one a quarter as hard; what the trail's earlier grids showed and the shopper passed over yields to new
+# products at most 0.05 less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being
+# near-copies. Pushing the query away from what was passed over (Rocchio's gamma) gained nothing measurable.
+COHERENT = Strategy(
+    name="coherent",
+    liked="recency",
+    decay=0.25,
+    seen_penalty=0.05,
+    seen_grids=8,
     colour_weight=DEFAULT_COLOUR_WEIGHT,
-    diversity=0.5,
-    notes="the clicked product's neighbours, colour blend, MMR",
+    diversity=0.2,
+    notes="recency 0.25, what was passed over demoted by 0.05, colour 0.1, MMR 0.2",
 )
-REFINE = Strategy(
-    name="refine",
-    skipped_weight=1.0,
-    hide_skipped=True,
-    dislike_weight=0.0,
-    sink_disliked=True,
-    colour_weight=DEFAULT_COLOUR_WEIGHT,
-    diversity=0.5,
-    notes="recency + skipped as weak negatives + never re-shown + colour blend + MMR 0.5; not-like-this sinks",
-)
-
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s
-    for s in (NEIGHBOURS, TRAIL, RECENCY, HIDE_SKIPPED, ROCCHIO, ROCCHIO_HIDE, BEST_SCORE, DISCOVERY,
-              NEIGHBOURS_VARIED, REFINE)
-}  # fmt: skip
-# What the gallery should serve: it beat the neighbours and the original trail on both catalogs (see the docs).
-SHIPPED = REFINE
-# The MMR strength SHIPPED uses, for a setting that overrides it.
-DEFAULT_DIVERSITY = REFINE.diversity
-
-
-def strategy_named(name: str, candidates: Sequence[Strategy] = ()) -> Strategy:
-    """The strategy called ``name`` among ``candidates`` (default: STRATEGIES); raises KeyError."""
-    pool = {s.name: s for s in candidates} if candidates else STRATEGIES
-    return pool[name]
+SERVED: dict[str, Strategy] = {s.name: s for s in (COHERENT, NEIGHBOURS)}
+SHIPPED = COHERENT

@@ -1,18 +1,18 @@
-"""Serving a refinement trail: the grid after each click, ranked by ``recommender.feedback.SHIPPED``.
+"""Serving a refinement trail: the grid after each click, ranked by the served strategy (``feedback.SERVED``).
 
 Reads the database only. The trail is all the engine is told (its URL is the shopper's whole state),
 so what the shopper was shown and passed over is worked out again from the trail itself: the page after
 each earlier step showed the grid of the trail up to that step, and what it showed besides the next
-click was skipped (pushed away and never shown again: Rocchio's weak negatives, measured in
+click was passed over (a weak push away and a demotion below new products about as alike, measured in
 docs/quality.md). Those prefix grids are remembered, per process and in the shared cache (derived data
 that expires: losing it costs only recomputation), so a shopper's next click ranks one grid, not one per
-step.
+step. A strategy that ignores what was shown (plain neighbours) ranks no prefix at all.
 
-A grid is three steps (see ``recommender.feedback``): the strategy's query vector asks the index for an
+A grid is two steps (see ``recommender.feedback``): the strategy's query vector asks the index for an
 over-fetched candidate set (``selectors.similar_products``: fresh vectors included, deleted and
 re-imaged products left out, filters exact); the candidates' image vectors and colour descriptors come
-from the published build's memory maps (the database only for those it does not hold); ``grid_rank``
-scores them against every step (colour blended per step's aspect) and picks a varied grid by MMR.
+from the published build's memory maps (the database only for those it does not hold), and ``grid_rank``
+scores them against every step (colour blended per step's aspect) and returns the grid in display order.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from threading import Lock
 
 import numpy as np
@@ -33,19 +33,7 @@ from django_redis.exceptions import ConnectionInterrupted
 
 from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
-from recommender.feedback import (
-    DISLIKED,
-    OVERFETCH,
-    PINNED,
-    STRATEGIES,
-    Strategy,
-    TrailVectors,
-    grid_rank,
-    likeness,
-    query_vectors,
-    strategy_named,
-    sunk,
-)
+from recommender.feedback import DISLIKED, OVERFETCH, PINNED, SERVED, Strategy, TrailVectors, grid_rank, query_vectors
 from recommender.index import LoadedIndex
 from recommender.selectors import Neighbour
 
@@ -77,21 +65,26 @@ class StepRef:
 
 
 def strategy_served() -> Strategy:
-    """The REFINE_STRATEGY setting's strategy (feedback.STRATEGIES), at the REFINE_DIVERSITY setting's MMR strength.
+    """The REFINE_STRATEGY setting's strategy (feedback.SERVED), at the REFINE_DIVERSITY setting's MMR strength.
 
-    The diversity setting applies to the strategies that vary their grid (the shipped one does); the others
-    are served as measured. Raises ImproperlyConfigured for an unknown name.
+    REFINE_DIVERSITY, when set, replaces the strategy's own strength. Raises ImproperlyConfigured for an
+    unknown name.
     """
     try:
-        strategy = strategy_named(settings.REFINE_STRATEGY)
+        strategy = SERVED[settings.REFINE_STRATEGY]
     except KeyError:
         raise ImproperlyConfigured(
-            f"REFINE_STRATEGY must be one of {', '.join(STRATEGIES)}, not {settings.REFINE_STRATEGY!r}"
+            f"REFINE_STRATEGY must be one of {', '.join(SERVED)}, not {settings.REFINE_STRATEGY!r}"
         ) from None
-    strength = float(settings.REFINE_DIVERSITY)
-    if strategy.diversity and strength != strategy.diversity:
-        strategy = replace(strategy, diversity=strength)
+    strength = settings.REFINE_DIVERSITY
+    if strength is not None and float(strength) != strategy.diversity:
+        strategy = replace(strategy, diversity=float(strength))
     return strategy
+
+
+def _uses_shown(strategy: Strategy) -> bool:
+    """Whether the strategy's grid depends on what earlier grids showed (then the trail's prefixes are ranked)."""
+    return bool(strategy.skipped_weight or (strategy.seen_penalty and strategy.seen_grids))
 
 
 class _Memory:
@@ -185,29 +178,42 @@ class _Vectors:
         self.vectors = _Rows()
         self.colours = _Rows()
         self._looked_up: set[int] = set()
+        self._colours_looked_up: set[int] = set()
 
     def fetch(self, product_ids: Sequence[int], *, fresh: bool = False, colours: bool = True) -> None:
-        """Look up the ids not looked up yet; ``fresh`` reads the database for all of them (the trail's steps)."""
-        wanted = sorted({int(i) for i in product_ids} - self._looked_up)
-        if not wanted:
+        """Look up what is not looked up yet: vectors, and colours unless ``colours`` is False.
+
+        ``fresh`` reads the database for all of them (the trail's steps). A product first looked up without
+        its colour (a passed-over one) still gets it when a later call asks for colours.
+        """
+        ids = {int(i) for i in product_ids}
+        wanted = sorted(ids - self._looked_up)
+        colour_wanted = sorted(ids - self._colours_looked_up) if colours else []
+        if not wanted and not colour_wanted:
             return
         self._looked_up.update(wanted)
-        from_db = set(wanted) if fresh or self.loaded is None else set()
-        if not from_db:
+        self._colours_looked_up.update(colour_wanted)
+        from_build = self.loaded is not None and not fresh
+        if from_build and wanted:
             newer = [pid for pid in wanted if pid in self._newer]
             if newer:
                 self.vectors.add(newer, np.stack([self._newer[pid] for pid in newer]))
             items = self.loaded.items_of(np.asarray([p for p in wanted if p not in self._newer], dtype=np.int64))
-            held = self.loaded.product_ids[items].tolist()
-            self.vectors.add(held, self.loaded.vectors_of(items))
-            built = self.loaded.colours_of(items) if colours else None
+            self.vectors.add(self.loaded.product_ids[items].tolist(), self.loaded.vectors_of(items))
+        if from_build and colour_wanted:
+            # The build's colour of a product re-imaged since is its old one: those come from the database.
+            old = np.asarray([p for p in colour_wanted if p not in self._newer], dtype=np.int64)
+            items = self.loaded.items_of(old)
+            built = self.loaded.colours_of(items)
             if built is not None:
+                held = self.loaded.product_ids[items].tolist()
                 known = built.any(axis=1)
                 self.colours.add([pid for pid, ok in zip(held, known.tolist(), strict=True) if ok], built[known])
-        need_colour = [pid for pid in wanted if pid not in self.colours] if colours else []
+        from_db = [] if from_build else wanted
+        need_colour = [pid for pid in colour_wanted if pid not in self.colours]
         if not from_db and not need_colour:
             return
-        rows = selectors.stored_vectors({self.space: sorted(from_db), COLOUR_SPACE: need_colour})
+        rows = selectors.stored_vectors({self.space: from_db, COLOUR_SPACE: need_colour})
         for pid, space, vector in rows:
             (self.colours if space == COLOUR_SPACE else self.vectors).add([pid], np.frombuffer(vector, "<f4")[None, :])
 
@@ -233,13 +239,13 @@ def trail_grid(
     steps: Sequence[StepRef],
     k: int,
     allowed_ids: np.ndarray | None = None,
-    shown_first: Sequence[int] = (),
+    shown_first: Callable[[], Sequence[int]] | None = None,
 ) -> list[Neighbour]:
-    """The ``k`` products to show for a trail (oldest step first), in grid order, none of the trail's.
+    """The ``k`` products to show for a trail (oldest step first), in display order, none of the trail's.
 
-    ``shown_first`` is the grid the first step was clicked from (the starting grid or a text search),
-    when the shop knows it. Raises NotEmbeddedYet when no liked step has a vector, SimilarityUnavailable
-    when no index can answer.
+    ``shown_first`` gives the grid the first step was clicked from (the starting grid or a text search),
+    where the shop knows it; it is called only when the served strategy counts that grid (``first_grid``).
+    Raises NotEmbeddedYet when no liked step has a vector, SimilarityUnavailable when no index can answer.
     """
     if not any(step.mark != DISLIKED for step in steps):
         raise ValueError("a trail needs at least one step not marked 'not like this'")
@@ -253,6 +259,9 @@ def trail_grid(
         raise selectors._why_not_embedded(newest.product_id)
 
     strategy = strategy_served()
+    if not _uses_shown(strategy):
+        return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
+    first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
     # The page after each earlier click showed a grid of GRID_SIZE, its own step then the anchor (whatever
     # mark the step carries now): that prefix, ranked the same way, is what the shopper saw there.
     prefixes = [(*usable[:end], replace(usable[end], mark=_liked(usable[end].mark))) for end in range(len(usable))]
@@ -263,11 +272,10 @@ def trail_grid(
         [
             space,
             version,
-            strategy.name,
-            f"{strategy.diversity}",
+            _strategy_key(strategy),
             str(shown_k),
             _digest(allowed_ids),
-            _digest(shown_first),
+            _digest(first),
         ]
     )
     keys = [
@@ -279,15 +287,21 @@ def trail_grid(
     ranked: dict[str, tuple[int, ...]] = {}
     for prefix, key in zip(prefixes[:-1], keys[:-1], strict=True):
         if key not in found:
-            grid = _rank(prefix, shown, shown_first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
+            grid = _rank(prefix, shown, first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
             found[key] = ranked[key] = tuple(n.product_id for n in grid)
         shown.append(found[key])
-    grid = _rank(usable, shown, shown_first, store=store, k=k, allowed=allowed_ids, strategy=strategy)
+    grid = _rank(usable, shown, first, store=store, k=k, allowed=allowed_ids, strategy=strategy)
     if k == shown_k and prefixes[-1] == tuple(usable):
         # This page's grid is the next click's earlier grid: remembered now, that click ranks only its own.
         ranked[keys[-1]] = tuple(n.product_id for n in grid)
     _prefix_store(ranked, shared=shared)
     return grid
+
+
+def _strategy_key(strategy: Strategy) -> str:
+    """A stable digest of everything in ``strategy`` that decides a grid (its notes aside)."""
+    fields = sorted((name, value) for name, value in asdict(strategy).items() if name != "notes")
+    return hashlib.blake2b(repr(fields).encode(), digest_size=8).hexdigest()
 
 
 def _liked(mark: str) -> str:
@@ -339,29 +353,34 @@ def _rank(
     on_trail = {step.product_id for step in steps}
     # Clicks ago each passed-over product was last shown: 0 for the grid the newest step was clicked from.
     age: dict[int, int] = {}
-    for ago, grid in enumerate([*reversed(shown), tuple(shown_first)]):
+    earlier = [*reversed(shown), tuple(shown_first)] if strategy.first_grid else list(reversed(shown))
+    for ago, grid in enumerate(earlier):
         for pid in grid:
             if pid not in on_trail:
                 age.setdefault(int(pid), ago)
-    skipped = sorted(age)
-    store.fetch(skipped, colours=False)
-    skipped = [pid for pid in skipped if pid in store.vectors]
+    # Only the passed-over products the strategy pushes from are read (decay 0: the grid clicked from).
+    pushing = sorted(
+        pid for pid, ago in age.items() if strategy.skipped_weight and (ago == 0 or strategy.skipped_decay)
+    )
+    store.fetch(pushing, colours=False)
+    pushing = [pid for pid in pushing if pid in store.vectors]
     ids = [step.product_id for step in steps]
     trail = TrailVectors(
         vectors=store.matrix(ids),
         marks=tuple(step.mark for step in steps),
         aspects=tuple(step.aspect for step in steps),
         colours=store.colour_matrix(ids),
-        skipped=store.matrix(skipped) if skipped else None,
-        skipped_age=np.asarray([age[pid] for pid in skipped], dtype=np.int64) if skipped else None,
+        skipped=store.matrix(pushing) if pushing else None,
+        skipped_age=np.asarray([age[pid] for pid in pushing], dtype=np.int64) if pushing else None,
     )
-    hidden = frozenset(skipped) if strategy.hide_skipped else frozenset()
-    want = OVERFETCH * k
+    seen = {pid: ago for pid, ago in age.items() if ago < strategy.seen_grids}
+    hidden = frozenset(seen) if strategy.hides_seen else frozenset()
     pool: dict[int, None] = {}
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
-            vector=query, k=want, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed, fresh=store.delta
-        ):
+            vector=query, k=OVERFETCH * k, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed,
+            fresh=store.delta,
+        ):  # fmt: skip
             pool.setdefault(n.product_id)
     if len(pool) < k and hidden:
         # Everything left was shown before (a narrow filter, a long trail): show it again rather than fewer.
@@ -375,14 +394,12 @@ def _rank(
         return []
     store.fetch(candidates, colours=trail.colours is not None)
     candidates = [pid for pid in candidates if pid in store.vectors]
-    matrix = store.matrix(candidates)
-    colours = store.colour_matrix(candidates) if trail.colours is not None else None
-    positions, _ = grid_rank(trail=trail, strategy=strategy, candidates=matrix, candidate_colours=colours, k=k)
-    # The ranking chose a varied set. It is shown most alike the trail first, each with that likeness as its
-    # score (the ranking's own scores carry its pushes away from what was passed over: not a similarity);
-    # what "not like this" sinks stays last.
-    picked = {"trail": trail, "strategy": strategy, "candidates": matrix[positions]}
-    picked["candidate_colours"] = None if colours is None else colours[positions]
-    order = zip(positions.tolist(), likeness(**picked).tolist(), sunk(**picked).tolist(), strict=True)
-    chosen = sorted(order, key=lambda row: (row[2], -row[1], candidates[row[0]]))
-    return [Neighbour(product_id=candidates[p], score=float(s)) for p, s, _ in chosen]
+    positions, scores = grid_rank(
+        trail=trail,
+        strategy=strategy,
+        candidates=store.matrix(candidates),
+        candidate_colours=store.colour_matrix(candidates) if trail.colours is not None else None,
+        candidate_seen=np.asarray([seen.get(pid, -1) for pid in candidates], dtype=np.int64),
+        k=k,
+    )
+    return [Neighbour(product_id=candidates[p], score=float(s)) for p, s in zip(positions, scores, strict=True)]

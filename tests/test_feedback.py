@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lab import shopper
+from lab import shopper, strategies
 from recommender import colour, feedback
 from recommender.feedback import Strategy, TrailVectors
 
@@ -33,7 +33,7 @@ def test_original_trail_matches_the_galleries_formula():
     trail = TrailVectors(vectors=E, marks=("p", "", "n", ""))
     expected = (E[0] + E[3]) / 2 - 0.5 * E[2]
     expected /= np.linalg.norm(expected)
-    np.testing.assert_allclose(feedback.query_vectors(trail=trail, strategy=feedback.TRAIL)[0], expected, atol=1e-6)
+    np.testing.assert_allclose(feedback.query_vectors(trail=trail, strategy=strategies.TRAIL)[0], expected, atol=1e-6)
 
 
 def test_recency_weights_pull_hardest_towards_the_newest_click():
@@ -141,10 +141,12 @@ def test_grid_rank_returns_k_distinct_candidates_in_grid_order():
     candidates = rng.normal(size=(200, 16)).astype(np.float32)
     candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
     trail = TrailVectors(vectors=candidates[:3], marks=("", "p", ""))
-    for strategy in (*feedback.STRATEGIES.values(), feedback.SHIPPED):
+    for strategy in (*strategies.STRATEGIES.values(), *feedback.SERVED.values()):
         positions, scores = feedback.grid_rank(trail=trail, strategy=strategy, candidates=candidates[3:], k=25)
         assert len(positions) == 25 == len(set(positions.tolist()))
         assert np.isfinite(scores).all()
+        ranking = feedback.candidate_scores(trail=trail, strategy=strategy, candidates=candidates[3:])
+        assert (np.diff(ranking[positions]) <= 0).all(), f"{strategy.name}: not shown in ranking order"
 
 
 def test_trail_vectors_refuse_inconsistent_input():
@@ -212,13 +214,13 @@ def test_shoppers_find_targets_in_a_few_clicks_and_hiding_skipped_never_shows_a_
     cat = _toy_catalog()
     judge = shopper.Judge.of(cat)
     engine = shopper.Engine(catalog=cat, k=4, overfetch=4)
-    hide = Strategy(name="hide", hide_skipped=True)
+    hide = Strategy(name="hide", seen_penalty=feedback.HIDDEN, seen_grids=strategies.ALL_GRIDS)
     curve = shopper.simulate(
         engine=engine, judge=judge, targets=np.arange(len(cat)), strategy=hide, behaviour=shopper.CLICKS, rounds=4
     )
     assert len(curve) == 5 and curve == sorted(curve)
     assert curve[-1] >= 0.9
-    # Follow one shopper's grids by hand: with hide_skipped no product comes back once passed over.
+    # Follow one shopper's grids by hand: hidden, no product comes back once passed over.
     steps: list = []
     grid = engine.start(shopper.CLICKS, 0)
     seen: set[int] = set()
@@ -242,22 +244,45 @@ def test_text_search_start_ranks_whole_words_then_shorter_names():
     assert shopper.pattern_from_name("Nike Men Black T-shirt") == "Solid"
 
 
-def test_likeness_is_the_weighted_similarity_to_the_liked_steps_without_pushes():
+def test_the_score_shown_is_the_likeness_to_the_liked_steps_without_pushes():
     skipped = _unit([0, 1, 1, 0])
     trail = TrailVectors(vectors=E[[0, 1]], marks=("", ""), skipped=skipped, skipped_age=np.array([0]))
     candidates = _unit([1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0])
-    alike = feedback.likeness(trail=trail, strategy=feedback.REFINE, candidates=candidates)
-    weights = feedback.liked_weights(trail, feedback.REFINE)  # the newer click weighs twice the older
-    np.testing.assert_allclose(alike, [weights[0], weights[1], weights[1] / np.sqrt(2)], atol=1e-6)
-    ranked = feedback.candidate_scores(trail=trail, strategy=feedback.REFINE, candidates=candidates)
-    # The ranking pushes away from the skipped product (what looks like it most); likeness does not.
-    assert ranked[0] == pytest.approx(alike[0]) and (ranked[1:] < alike[1:] - 0.3).all()
+    pushed = Strategy(name="pushed", colour_weight=None, skipped_weight=1.0)
+    positions, shown = feedback.grid_rank(trail=trail, strategy=pushed, candidates=candidates, k=3)
+    weights = feedback.liked_weights(trail, pushed)  # the newer click weighs twice the older
+    likeness = np.array([weights[0], weights[1], weights[1] / np.sqrt(2)])
+    np.testing.assert_allclose(shown, likeness[positions], atol=1e-6)
+    ranked = feedback.candidate_scores(trail=trail, strategy=pushed, candidates=candidates)
+    # The ranking pushes away from the skipped product (what looks like it most); the shown score does not.
+    assert ranked[0] == pytest.approx(likeness[0]) and (ranked[1:] < likeness[1:] - 0.3).all()
+    assert positions.tolist() == [0, 1, 2]
 
 
-def test_sunk_marks_what_is_nearer_a_not_like_this_step_than_every_liked_one():
+@pytest.mark.parametrize("strategy", [feedback.NEIGHBOURS, feedback.COHERENT, strategies.TRAIL, strategies.BEST_SCORE])
+def test_what_is_nearer_a_not_like_this_step_than_every_liked_one_is_shown_last(strategy: Strategy):
     trail = TrailVectors(vectors=E[[0, 1]], marks=("n", ""))
-    candidates = _unit([1, 0.2, 0, 0], [0.2, 1, 0, 0], [0, 0, 1, 0])
-    np.testing.assert_array_equal(
-        feedback.sunk(trail=trail, strategy=feedback.REFINE, candidates=candidates), [True, False, True]
-    )
-    assert not feedback.sunk(trail=trail, strategy=feedback.TRAIL, candidates=candidates).any()  # it only pushes
+    candidates = _unit([1, 0.2, 0, 0], [0.2, 1, 0, 0], [0, 0, 1, 0], [0.1, 0.9, 0, 0.3])
+    positions, _ = feedback.grid_rank(trail=trail, strategy=strategy, candidates=candidates, k=4)
+    assert set(positions[-2:].tolist()) == {0, 2}  # nearer the disliked E0, or as near (0 = 0): sunk
+    assert set(positions[:2].tolist()) == {1, 3}
+
+
+def test_a_product_the_grid_clicked_from_showed_yields_only_to_new_ones_about_as_alike():
+    trail = TrailVectors(vectors=E[:1], marks=("",))
+    demote = Strategy(name="demote", colour_weight=None, seen_penalty=0.05, seen_grids=1)
+    # Cosines to the click: 0.99 (seen), 0.97 (new), 0.80 (new): the seen one drops below the new near-equal
+    # one but stays above the clearly less alike one.
+    candidates = _unit([0.99, np.sqrt(1 - 0.99**2), 0, 0], [0.97, 0, np.sqrt(1 - 0.97**2), 0], [0.8, 0, 0, 0.6])
+    seen = np.array([0, -1, -1])
+    positions, shown = feedback.grid_rank(trail=trail, strategy=demote, candidates=candidates, candidate_seen=seen, k=3)
+    assert positions.tolist() == [1, 0, 2]
+    np.testing.assert_allclose(shown, [0.97, 0.99, 0.8], atol=1e-5)  # the likeness, not the demoted score
+    older = np.array([1, -1, -1])  # shown two grids ago, not in the grid clicked from
+    assert feedback.grid_rank(trail=trail, strategy=demote, candidates=candidates, candidate_seen=older, k=3)[
+        0
+    ].tolist() == [0, 1, 2]
+    every = Strategy(name="every grid", colour_weight=None, seen_penalty=0.05, seen_grids=8)
+    assert feedback.grid_rank(trail=trail, strategy=every, candidates=candidates, candidate_seen=older, k=3)[
+        0
+    ].tolist() == [1, 0, 2]

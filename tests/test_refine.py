@@ -79,29 +79,39 @@ def test_old_trail_links_open_with_a_full_grid(client, demo_catalog_db):
 # --- What was shown is not shown again --------------------------------------------------------------
 
 
-def test_a_click_never_shows_again_what_the_grid_it_came_from_showed(client, demo_catalog_db):
+def test_a_walk_shows_new_products_before_what_its_earlier_grids_showed(client, demo_catalog_db, settings):
+    # Plain neighbours show much of the grid a click came from again; the served strategy brings new products
+    # first and the passed-over ones only where they look clearly more like the click.
     start = demo_catalog_db[5]
-    first = api_ids(client, start)
-    clicked = first[3]
-    second = api_ids(client, clicked, trail=f"{start},{clicked}")
-    assert len(second) == 25
-    assert not set(second) & (set(first) - {clicked})
-    third_click = second[0]
-    third = api_ids(client, third_click, trail=f"{start},{clicked},{third_click}")
-    assert len(third) == 25
-    assert not set(third) & (set(first) | set(second))
+    again = {}
+    for name in ("neighbours", "coherent"):
+        settings.REFINE_STRATEGY = name
+        first = api_ids(client, start)
+        clicked = first[3]
+        second = api_ids(client, clicked, trail=f"{start},{clicked}")
+        assert len(second) == 25 and start not in second and clicked not in second
+        again[name] = len(set(second) & set(first))
+    assert again["coherent"] < again["neighbours"], again
 
 
-def test_the_grid_a_trail_started_from_counts_as_shown(client, demo_catalog_db):
-    from gallery.selectors import starting_grid_ids
+def test_the_page_and_the_api_rank_a_trail_the_same_way(client, demo_catalog_db):
+    # Without q, both start from the home page's grid; with q, both from that text search.
+    a = demo_catalog_db[3]
+    b = api_ids(client, a)[2]
+    for params in ({}, {"q": ""}, {"q": "shirt"}):
+        page = client.get(f"/similar/{b}/", {"trail": f"{a},{b}", **params}).content.decode()
+        grid = [int(i) for i in re.findall(r'<li class="card">\s*<a href="/similar/(\d+)/', page)]
+        assert len(grid) == 25 and grid == api_ids(client, b, trail=f"{a},{b}", **params), params
 
-    home = starting_grid_ids(k=25)
-    clicked = home[0]
-    page = client.get(f"/similar/{clicked}/").content.decode()  # a click on the home page's grid
-    grid = [int(i) for i in re.findall(r'<li class="card">\s*<a href="/similar/(\d+)/', page)]
-    assert len(grid) == 25 and not set(grid) & set(home)
-    # An API client says so with an empty q (q names the text search a trail began from).
-    assert api_ids(client, clicked, q="") == grid
+
+def test_a_product_first_read_as_passed_over_keeps_its_colour_for_the_ranking(demo_catalog_db):
+    space = runtime.active_space()
+    store = refine._Vectors(space, runtime.index_reader().current())
+    passed_over = demo_catalog_db[:5]
+    store.fetch(passed_over, colours=False)  # read for the push from what the shopper passed over
+    assert all(pid in store.vectors for pid in passed_over) and not any(pid in store.colours for pid in passed_over)
+    store.fetch(passed_over)  # then among the candidates
+    assert all(pid in store.colours for pid in passed_over)
 
 
 def test_passed_over_products_come_back_when_nothing_else_is_left(client, demo_catalog_db):
@@ -140,6 +150,16 @@ def test_a_trails_earlier_grids_are_ranked_once(client, demo_catalog_db, monkeyp
     grid = api_ids(client, steps[-1], trail=trail)
     calls.clear()
     api_ids(client, grid[0], trail=f"{trail},{grid[0]}")
+    assert len(calls) == 1
+
+
+def test_plain_neighbours_rank_no_earlier_grid(client, demo_catalog_db, monkeypatch, settings):
+    settings.REFINE_STRATEGY = "neighbours"
+    calls = []
+    real = selectors.similar_products
+    monkeypatch.setattr(selectors, "similar_products", lambda **kwargs: calls.append(1) or real(**kwargs))
+    steps = demo_catalog_db[10:70:10]
+    api_ids(client, steps[-1], trail=",".join(map(str, steps)))
     assert len(calls) == 1
 
 
@@ -195,9 +215,9 @@ def test_a_grid_is_varied_by_the_diversity_setting(client, demo_catalog_db, demo
     assert np.mean(varied) < np.mean(plain) - 0.01, (np.mean(varied), np.mean(plain))
 
 
-def test_without_variety_a_click_is_its_nearest_by_the_blended_score(client, demo_catalog_db, settings):
+def test_without_variety_a_first_click_is_its_nearest_by_the_blended_score(client, demo_catalog_db, settings):
     settings.REFINE_DIVERSITY = 0.0
-    product_id = demo_catalog_db[7]
+    product_id = demo_catalog_db[7]  # a first click: nothing passed over yet, so nothing pushed or demoted
     scores = [r["score"] for r in client.get(f"/api/similar/{product_id}").json()["results"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 25
 
@@ -268,17 +288,15 @@ def test_an_unknown_strategy_is_refused_by_the_system_check(settings):
     from django.core.management import CommandError
 
     settings.REFINE_STRATEGY = "best-guess"
-    with pytest.raises(CommandError, match="REFINE_STRATEGY must be one of .*refine"):
+    with pytest.raises(CommandError, match="REFINE_STRATEGY must be one of coherent, neighbours"):
         call_command("check")
 
 
-def test_the_strategy_setting_serves_the_gallerys_first_rule(client, demo_catalog_db, demo_vectors, settings):
-    # "trail": the nearest by normalise(mean(anchor + pinned) - 0.5 mean(not like this)), nothing hidden.
-    settings.REFINE_STRATEGY = "trail"
+def test_the_strategy_setting_serves_plain_neighbours(client, demo_catalog_db, demo_vectors, settings):
+    # "neighbours": the clicked product's nearest by its image vector, whatever the trail before it.
+    settings.REFINE_STRATEGY = "neighbours"
     a, b = demo_catalog_db[30], demo_catalog_db[31]
     ids = api_ids(client, b, trail=f"p{a},{b}")
-    query = demo_vectors[a] + demo_vectors[b]
-    query /= np.linalg.norm(query)
     others = [i for i in demo_vectors if i not in {a, b}]
-    exact = sorted(others, key=lambda i: -float(demo_vectors[i] @ query))[:25]
+    exact = sorted(others, key=lambda i: -float(demo_vectors[i] @ demo_vectors[b]))[:25]
     assert len(set(ids) & set(exact)) >= 24

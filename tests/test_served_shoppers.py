@@ -1,79 +1,124 @@
-"""The simulated shoppers (lab/shopper.py) through the served site: GET /api/similar with the page's trails.
+"""What a shopper sees after a click, through the served site: coherence, aspects and convergence.
 
-bench/served_shoppers.py measures this at catalog scale; here 25 shoppers on the test demo catalog check
-that what the benchmark found still holds where the site serves it: the shipped strategy finds at least
-as many targets within 8 clicks as the gallery's original trail, and it does not show again what the
-shopper was shown and passed over.
+``bench/served_shoppers.py`` measures these at catalog scale on real art, the demo and drawn real rows
+(docs/quality.md). Here its own walks run on the test demo catalog (300 products) through the Django test
+client, on both databases: the served strategy keeps the clicked product's kind as plain neighbours do,
+where last round's strategy did not; each aspect moves the grid the way it says; shoppers who want one
+product find it at least as often as with single clicks.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from bench.served_shoppers import ServedSite, served_shopper_run, strategy_serve
-from bench.shopper_bench import target_halves
-from lab import shopper
-from recommender import colour
+from bench.served_shoppers import (
+    SEED,
+    Catalog,
+    LookJudge,
+    ServedSite,
+    catalog_of,
+    coherence_paths,
+    coherence_walk,
+    converge,
+    served,
+)
+from lab import shopper, strategies
+from recommender import colour, feedback
 
-SHOPPERS = 25
+PATHS = 40
+SHOPPERS = 40
 
 
-def _shopper_catalog(demo_dir: Path, vectors: dict, colours: dict, cache: Path) -> shopper.ShopperCatalog:
-    """The stored demo catalog as the lab's shoppers read it: labels from styles.csv, the fixture's vectors."""
+@pytest.fixture
+def catalog(demo_catalog_db, demo_dir: Path, demo_vectors: dict, demo_colours: dict, tmp_path: Path) -> Catalog:
+    """The stored demo catalog as the bench reads it: labels from styles.csv, the fixture's vectors."""
     ids = [int(row["id"]) for row in shopper.catalog_rows(demo_dir)]
-    np.save(cache / "vectors-fixture.npy", np.stack([vectors[i] for i in ids]))
-    np.save(cache / f"colours-{colour.COLOUR_DIM}.npy", np.stack([colours[i] for i in ids]))
+    assert sorted(ids) == sorted(demo_catalog_db)
+    np.save(tmp_path / "vectors-fixture.npy", np.stack([demo_vectors[i] for i in ids]))
+    np.save(tmp_path / f"colours-{colour.COLOUR_DIM}.npy", np.stack([demo_colours[i] for i in ids]))
 
     def not_embedded(paths: object) -> np.ndarray:
         raise AssertionError("the fixture's vectors are cached: nothing is embedded here")
 
-    return shopper.catalog_load(demo_dir, name="demo 300", embed=not_embedded, encoder_key="fixture", cache=cache)
+    cat = shopper.catalog_load(demo_dir, name="demo 300", embed=not_embedded, encoder_key="fixture", cache=tmp_path)
+    return catalog_of(cat, demo_dir, name="demo 300", cache=tmp_path)
 
 
-def test_refine_finds_at_least_as_many_targets_as_the_trail_through_the_api(
-    client, settings, demo_catalog_db, demo_dir, demo_vectors, demo_colours, tmp_path
-):
-    # Set through the fixture first, so that strategy_serve's changes are undone after the test.
-    settings.REFINE_STRATEGY = "refine"
-    cat = _shopper_catalog(demo_dir, demo_vectors, demo_colours, tmp_path)
-    assert sorted(cat.ids.tolist()) == sorted(demo_catalog_db)
-    judge = shopper.Judge.of(cat)
-    _, report = target_halves(cat)
-    targets = report[:SHOPPERS]
-    assert len(targets) == SHOPPERS
-
-    found: dict[str, list[int | None]] = {}
-    for name in ("trail", "refine"):
-        strategy_serve(name)
-        site = ServedSite(client=client, catalog=cat)
-        found[name] = [
-            served_shopper_run(site=site, judge=judge, target=int(t), behaviour=shopper.CLICKS) for t in targets
-        ]
-        assert site.requests > SHOPPERS  # the grids came from the site, not from memory
-    within = {name: sum(f is not None for f in runs) for name, runs in found.items()}
-    assert within["refine"] >= within["trail"], (within, found)
-    assert within["refine"] >= SHOPPERS * 0.8, found
+def _walks(client, catalog: Catalog, *ranked: feedback.Strategy) -> dict:
+    site = ServedSite(client=client, catalog=catalog)
+    paths = coherence_paths(catalog, count=PATHS, seed=SEED)
+    out = {}
+    for strategy in ranked:
+        with served(strategy):
+            before = site.requests
+            out[strategy.name] = coherence_walk(site, paths)
+            assert site.requests > before + PATHS  # the grids came from the site, not from memory
+    return out
 
 
-def test_refine_does_not_show_again_what_the_shopper_passed_over(client, settings, demo_catalog_db):
-    settings.REFINE_STRATEGY = "refine"
-    first = demo_catalog_db[0]
+def _mean(values: list[float]) -> float:
+    assert len(values) >= 10, "too few grids to compare"
+    return float(np.mean(values))
 
-    def grid(product_id: int, trail: str = "") -> list[int]:
-        response = client.get(f"/api/similar/{product_id}", {"trail": trail} if trail else {})
-        assert response.status_code == 200, response.content
-        return [item["id"] for item in response.json()["results"]]
 
-    overlap = {}
-    for name in ("trail", "refine"):
-        strategy_serve(name)
-        shown = grid(first)
-        clicked = shown[0]
-        again = grid(clicked, f"{first},{clicked}")
-        assert len(again) == 25 and first not in again and clicked not in again
-        overlap[name] = len(set(shown) & set(again))
-    # The click's neighbours are mostly the grid it was clicked from; refine shows 25 others instead.
-    assert overlap["trail"] >= 5, overlap
-    assert overlap["refine"] == 0, overlap
+def test_after_a_text_search_a_click_keeps_the_clicked_kind_as_plain_neighbours_do(client, catalog):
+    walks = _walks(client, catalog, feedback.NEIGHBOURS, feedback.COHERENT, strategies.REFINE_HIDE)
+    plain, served_now, last_round = (walks[name] for name in ("neighbours", "coherent", "refine-hide"))
+    for kind in ("text", "clicks 2-3"):
+        assert _mean(served_now[kind].type_share) >= 0.8 * _mean(plain[kind].type_share), kind
+        assert np.mean(served_now[kind].few) <= np.mean(plain[kind].few) + 0.10, kind
+    # Last round's strategy hid what the text search showed and pushed the query off the click: this fails it.
+    assert _mean(last_round["text"].type_share) < 0.5 * _mean(plain["text"].type_share)
+
+
+def test_each_aspect_moves_the_grid_the_way_it_says(client, catalog):
+    grids = _walks(client, catalog, feedback.COHERENT)["coherent"]
+    default, same_colour, any_colour, same_shape = (
+        grids[f"aspect: {name}"] for name in ("default", "same colour", "any colour", "same shape")
+    )
+    assert _mean(same_colour.colour_share) > _mean(default.colour_share) + 0.1
+    assert _mean(same_shape.colour_share) < _mean(default.colour_share)
+    assert _mean(any_colour.colour_share) < _mean(default.colour_share)
+    for asked in (same_colour, same_shape, any_colour):
+        assert _mean(asked.type_share) >= 0.8 * _mean(default.type_share)
+
+
+def test_any_colour_ranks_as_if_no_product_had_a_colour(client, catalog):
+    from gallery.trail import Trail
+
+    site = ServedSite(client=client, catalog=catalog)
+    click = int(np.flatnonzero(catalog.types == catalog.types[0])[0])
+    trail = Trail().then(int(catalog.cat.ids[click]))
+    with served(feedback.COHERENT):
+        any_colour = site.similar(trail=trail.aspected(0, colour.Aspect.ANY_COLOUR.value), anchor=click, q="")
+    with served(replace(feedback.COHERENT, colour_weight=None)):
+        colourless = site.similar(trail=trail, anchor=click, q="")
+    assert any_colour.tolist() == colourless.tolist()
+
+
+def test_the_demo_walk_blue_shirt_shows_shirts_first(client, catalog):
+    found = client.get("/api/search", {"q": "blue shirt"}).json()["results"]
+    shirt = next(item["id"] for item in found if item["article_type"] == "Shirts")
+    page = client.get(f"/similar/{shirt}/", {"q": "blue shirt"}).content.decode()
+    tiles = [int(i) for i in re.findall(r'<li class="card">\s*<a href="/similar/(\d+)/', page)]
+    assert len(tiles) == 25
+    kinds = dict(zip(catalog.cat.ids.tolist(), catalog.types.tolist(), strict=True))
+    assert [kinds[i] for i in tiles[:3]] == ["Shirts"] * 3, [kinds[i] for i in tiles[:10]]
+
+
+def test_shoppers_find_their_target_at_least_as_often_as_with_single_clicks(client, catalog):
+    site = ServedSite(client=client, catalog=catalog)
+    judge = LookJudge.of(catalog)
+    targets = np.random.default_rng(SEED).choice(len(catalog.cat), SHOPPERS, replace=False)
+    found = {}
+    for strategy in (feedback.NEIGHBOURS, feedback.COHERENT):
+        with served(strategy):
+            clicks = [converge(site, judge, int(t), start="grid") for t in targets]
+        found[strategy.name] = sum(1 for c in clicks if c is not None)
+    assert found["coherent"] >= found["neighbours"], found
+    assert found["coherent"] >= 0.8 * SHOPPERS, found
