@@ -110,8 +110,9 @@ def similar_grid(
     like them, each step's aspect (same colour, any colour, same shape) sets how much its colour counts,
     and what the trail's earlier grids showed and the shopper passed over yields to new products about as
     alike. ``start_query`` is the text search the trail started from ("": the starting grid; None: not
-    known, a photo), for a strategy that counts that grid. Products on the trail never appear. When no liked product has a vector yet the grid is
-    empty and ``notice`` says why. Raises SimilarityUnavailable when the index cannot answer.
+    known, a photo), for a strategy that counts that grid. Products on the trail never appear. When no
+    liked product has a vector yet the grid is empty and ``notice`` says why. Raises SimilarityUnavailable
+    when the index cannot answer.
     """
     try:
         neighbours = api.trail_grid(

@@ -82,10 +82,9 @@ COHERENT_HIDE = replace(
 COHERENT_FIRST = replace(
     COHERENT, name="coherent+first-grid", first_grid=True, notes="coherent, the text search's grid counted as seen"
 )
-COHERENT_PUSH = replace(
-    COHERENT, name="coherent+push", skipped_weight=0.3, skipped_decay=0.5,
-    notes="coherent, and what was passed over pushes the query away (0.3, each older grid half as hard)",
-)  # fmt: skip
+COHERENT_UNPUSHED = replace(
+    COHERENT, name="coherent-push", skipped_weight=0.0, notes="coherent without the push from what was passed over"
+)
 COHERENT_PLAIN = replace(
     COHERENT, name="coherent-mmr", diversity=0.0, notes="coherent without MMR: the 25 best by score"
 )
@@ -93,7 +92,7 @@ COHERENT_PLAIN = replace(
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (NEIGHBOURS, NEIGHBOURS_COLOUR, TRAIL, RECENCY, HIDE_SKIPPED, ROCCHIO, ROCCHIO_CLASSIC, BEST_SCORE,
-              DISCOVERY, REFINE_HIDE, COHERENT, COHERENT_HIDE, COHERENT_FIRST, COHERENT_PUSH, COHERENT_PLAIN)
+              DISCOVERY, REFINE_HIDE, COHERENT, COHERENT_HIDE, COHERENT_FIRST, COHERENT_UNPUSHED, COHERENT_PLAIN)
 }  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from recommender.errors import (
     SimilarityUnavailable,
 )
 from recommender.models import Embedding, EmbedStatus
-from recommender.preprocess import image_load
+from recommender.preprocess import image_check, image_load
 from recommender.refine import StepRef
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
@@ -150,12 +150,16 @@ class PhotoVector:
 def photo_vector(*, data: bytes) -> PhotoVector:
     """The vector of a shopper's photo in the active space; the photo is decoded in memory and dropped.
 
-    Raises ImageRejected (a bad or oversized image), PhotoSearchBusy, or
-    SimilarityUnavailable when the encoder cannot load here.
+    Raises ImageRejected (a bad or oversized image: an empty file, an unknown format or too many pixels
+    are refused from the header, before the encoder loads), PhotoSearchBusy, or SimilarityUnavailable
+    when the encoder cannot load here.
     """
     from recommender.errors import EncoderUnavailable
     from recommender.preprocess import image_prepare
 
+    # Refused from its header before anything costly: a bad upload must not load the encoder (seconds and
+    # hundreds of MB in a web process that served only text and clicks) nor take a place in the queue.
+    image_check(data, max_pixels=settings.IMAGE_MAX_PIXELS)
     if not _photo_admitted.acquire(blocking=False):
         raise PhotoSearchBusy(f"Photo search is busy; please try again in {PhotoSearchBusy.retry_after} seconds.")
     try:

@@ -32,9 +32,6 @@ OVERFETCH = 8
 # A step asking for the same colour or the same shape reorders the grid within this many grid's worth of the
 # candidates the default blend ranks first: colour decides among what looks alike, never over it.
 ASPECT_SHORTLIST = 2
-# MMR varies the grid among this many grid's worth of the best-scored candidates: variations on what looks
-# alike, at a third of the cost of weighing every over-fetched candidate.
-MMR_POOL = 3
 # Subtracted from a sunk candidate's score: more than any two scores differ (weighted cosines, pushes included).
 SUNK = 8.0
 PINNED = "p"
@@ -351,19 +348,21 @@ def diversify(
     if strength <= 0.0 or k == 1:
         return np.argsort(-scores, kind="stable")[:k]
     vectors = np.asarray(vectors, dtype=np.float32)
-    colours = None if colours is None else np.asarray(colours, dtype=np.float32)
+    if colours is not None and colour_weight > 0:
+        # One matrix whose dot products are the blended similarity: one product per pick, not two and a blend.
+        weight = min(colour_weight, 1.0)
+        vectors = np.hstack([np.sqrt(1.0 - weight) * vectors, np.sqrt(weight) * np.asarray(colours, np.float32)])
     chosen = np.zeros(k, dtype=np.int64)
     taken = np.zeros(n, dtype=bool)
     closest = np.zeros(n)  # the first pick is the best score alone
+    kept = 1.0 - strength
     for pick in range(k):
-        gain = (1.0 - strength) * scores - strength * closest
+        gain = kept * scores - strength * closest
         gain[taken] = -np.inf
         best = int(np.argmax(gain))
         chosen[pick] = best
         taken[best] = True
         similarity = vectors @ vectors[best]
-        if colours is not None:
-            similarity = (1.0 - colour_weight) * similarity + colour_weight * (colours @ colours[best])
         closest = similarity if pick == 0 else np.maximum(closest, similarity)
     return chosen
 
@@ -380,8 +379,7 @@ def grid_rank(
     """(positions, scores) of the ``k`` candidates to show, in display order, each with the score it shows.
 
     The ranking score (:func:`candidate_scores`) picks the set, varied by MMR at ``strategy.diversity``; the
-    set is shown in ranking order, sunk candidates last (MMR picks among the :data:`MMR_POOL` x ``k`` best
-    scored). A step asking for the same colour or the same shape
+    set is shown in ranking order, sunk candidates last. A step asking for the same colour or the same shape
     picks among the :data:`ASPECT_SHORTLIST` x ``k`` candidates the default blend ranks first. The score shown
     is the candidate's likeness: its weighted blended similarity to the liked steps, without the ranking's
     pushes and demotions (those chose the order, they are not a similarity).
@@ -393,8 +391,6 @@ def grid_rank(
     if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:
         plain = _score(replace(trail, aspects=()), strategy, candidates, candidate_colours, candidate_seen)
         eligible = np.sort(np.argsort(-plain.rank, kind="stable")[: ASPECT_SHORTLIST * k])
-    if strategy.diversity and len(eligible) > MMR_POOL * k:
-        eligible = eligible[np.argsort(-scored.rank[eligible], kind="stable")[: MMR_POOL * k]]
     use_colours = candidate_colours[eligible] if trail.colours is not None and candidate_colours is not None else None
     picked = diversify(
         scores=scored.rank[eligible],
@@ -424,18 +420,20 @@ NEIGHBOURS = Strategy(
 )
 # Chosen by coherence and convergence together, through the served site, on real art, the demo and drawn real
 # rows (docs/quality.md, "Refinement: coherence and convergence"): the newest click pulls hardest, each older
-# one a quarter as hard; what the trail's earlier grids showed and the shopper passed over yields to new
-# products at most 0.05 less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being
-# near-copies. Pushing the query away from what was passed over (Rocchio's gamma) gained nothing measurable.
+# one a quarter as hard; what the trail's earlier grids showed and the shopper passed over pushes the query
+# away weakly (Rocchio's gamma, 0.3, each older grid half as hard) and yields to new products at most 0.05
+# less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies.
 COHERENT = Strategy(
     name="coherent",
     liked="recency",
     decay=0.25,
+    skipped_weight=0.3,
+    skipped_decay=0.5,
     seen_penalty=0.05,
     seen_grids=8,
     colour_weight=DEFAULT_COLOUR_WEIGHT,
     diversity=0.2,
-    notes="recency 0.25, what was passed over demoted by 0.05, colour 0.1, MMR 0.2",
+    notes="recency 0.25, what was passed over pushed (0.3) and demoted (0.05), colour 0.1, MMR 0.2",
 )
 SERVED: dict[str, Strategy] = {s.name: s for s in (COHERENT, NEIGHBOURS)}
 SHIPPED = COHERENT

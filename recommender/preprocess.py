@@ -4,8 +4,10 @@ One path for every image: catalog files being stored, catalog images being
 embedded and shoppers' photos all go through :func:`image_load`, which checks
 the header before decoding, decodes JPEGs at a reduced scale, shrinks any
 other format by an integer factor before a mode conversion can copy it at full
-size, applies EXIF orientation and composites transparency on white. The
-tensor step lives with the encoders. Pure Pillow/numpy (no Django, no torch), so
+size, applies EXIF orientation, moves colours from an embedded ICC profile
+into sRGB and composites transparency on white. :func:`image_check` reads
+the header alone (format, size, pixel limit), for callers that must refuse
+before they do anything costly. The tensor step lives with the encoders. Pure Pillow/numpy (no Django, no torch), so
 web processes import it without loading a model. Anything wrong with the
 *bytes* of an image surfaces as :class:`ImageRejected`, whose message can be
 shown to a shopper or an admin as it is.
@@ -17,11 +19,13 @@ import io
 import logging
 import re
 import struct
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from recommender.errors import ImageRejected
 
@@ -40,6 +44,11 @@ ImageSource = str | Path | bytes | BinaryIO
 _TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_T = TypeVar("_T")
+# The mode whose pixels an ICC profile of each colour space describes.
+_PROFILE_MODES = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}
+# Modes whose colours are RGB values, which an RGB profile describes (palettes included).
+_RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA"})
 
 
 def _megapixels(pixels: int) -> str:
@@ -65,8 +74,8 @@ def _draft_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _open_loaded(stream: BinaryIO, *, max_pixels: int, draft_to: int | None) -> Image.Image:
-    """Identify, size-check, optionally draft, then decode the first frame of ``stream``."""
+def _open_checked(stream: BinaryIO, *, max_pixels: int) -> tuple[Image.Image, int]:
+    """Identify and size-check ``stream`` from its header, decoding no pixel; returns (image, the pixel limit)."""
     try:
         img = Image.open(stream, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -87,7 +96,13 @@ def _open_loaded(stream: BinaryIO, *, max_pixels: int, draft_to: int | None) -> 
         raise ImageRejected(MSG_CORRUPT)
     if width * height > limit:
         raise _too_large(width, height, limit)
+    return img, limit
 
+
+def _open_loaded(stream: BinaryIO, *, max_pixels: int, draft_to: int | None) -> Image.Image:
+    """Identify, size-check, optionally draft, then decode the first frame of ``stream``."""
+    img, limit = _open_checked(stream, max_pixels=max_pixels)
+    width, height = img.size
     try:
         if draft_to is not None and img.format == "JPEG":
             img.draft("RGB", _draft_size(width, height, draft_to))
@@ -100,21 +115,42 @@ def _open_loaded(stream: BinaryIO, *, max_pixels: int, draft_to: int | None) -> 
     return img
 
 
-def _image_open(source: ImageSource, *, max_pixels: int, draft_to: int | None) -> Image.Image:
+def _with_stream(source: ImageSource, read: Callable[[BinaryIO], _T]) -> _T:
+    """``read(stream)`` over ``source``'s bytes; ImageRejected for an empty one."""
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageRejected(MSG_EMPTY)
-        return _open_loaded(io.BytesIO(source), max_pixels=max_pixels, draft_to=draft_to)
+        return read(io.BytesIO(source))
     if isinstance(source, str | Path):
         path = Path(source)
         # Opening the path is outside the rejection net on purpose: a missing file is our bug, not a bad image.
         with path.open("rb") as stream:
             if path.stat().st_size == 0:
                 raise ImageRejected(MSG_EMPTY)
-            return _open_loaded(stream, max_pixels=max_pixels, draft_to=draft_to)
+            return read(stream)
     if _stream_is_empty(source):
         raise ImageRejected(MSG_EMPTY)
-    return _open_loaded(source, max_pixels=max_pixels, draft_to=draft_to)
+    return read(source)
+
+
+def _image_open(source: ImageSource, *, max_pixels: int, draft_to: int | None) -> Image.Image:
+    return _with_stream(source, lambda stream: _open_loaded(stream, max_pixels=max_pixels, draft_to=draft_to))
+
+
+def image_check(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) of an image we would decode, read from its header alone; no pixel is decoded.
+
+    Raises ImageRejected, as :func:`image_open` does, for an empty file, an unknown format or one over
+    ``max_pixels``: what can be refused before any costly work (a model loaded, a decode). A file whose
+    header passes may still be refused when it is decoded (truncated or corrupt data).
+    """
+
+    def header(stream: BinaryIO) -> tuple[str, int, int]:
+        img, _ = _open_checked(stream, max_pixels=max_pixels)
+        with img:
+            return str(img.format), img.width, img.height
+
+    return _with_stream(source, header)
 
 
 def image_open(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -149,11 +185,57 @@ def _array_to_rgb(values: np.ndarray) -> Image.Image:
 
 
 def image_to_rgb(img: Image.Image) -> Image.Image:
-    """Upright, opaque 8-bit RGB: applies EXIF orientation, puts transparency on white, rescales 16-bit/float.
+    """Upright, opaque 8-bit sRGB: applies EXIF orientation and an embedded ICC profile, puts transparency on
+    white, rescales 16-bit/float.
 
     ``img`` itself is not modified.
     """
-    return _modes_to_rgb(_exif_transposed(img))
+    return _in_srgb(_exif_transposed(img), _icc_profile(img))
+
+
+@cache
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _icc_profile(img: Image.Image) -> bytes | None:
+    profile = img.info.get("icc_profile")
+    return bytes(profile) if isinstance(profile, bytes | bytearray) and profile else None
+
+
+def _profile_to_srgb(img: Image.Image, profile: bytes | None) -> Image.Image | None:
+    """``img`` moved from the colours ``profile`` describes into sRGB (an RGB image), or None where the profile
+    does not describe these pixels (another colour space) or cannot be used: the pixels are then read as sRGB."""
+    if profile is None:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if _PROFILE_MODES.get(source.profile.xcolor_space.strip()) != img.mode:
+            return None
+        # A transform is built per image, never shared: a littleCMS transform keeps a cache that makes it
+        # unsafe to apply from two threads at once (web processes serve several).
+        return ImageCms.profileToProfile(img, source, _srgb_profile(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        # A phone's or an editor's odd profile is no reason to refuse the photo.
+        logger.info("Ignoring an ICC profile we cannot apply (%s); reading the colours as sRGB", type(exc).__name__)
+        return None
+
+
+def _in_srgb(img: Image.Image, profile: bytes | None) -> Image.Image:
+    """Opaque 8-bit RGB in sRGB: ``img``'s colours moved out of the space its ICC ``profile`` describes.
+
+    Stored images carry no profile (viewers read them as sRGB), so a wide-gamut or CMYK photo must be
+    converted, not stripped. CMYK and grey pixels go through their profile directly (better than Pillow's
+    plain conversion); RGB ones after transparency is put on white (white stays white in any profile).
+    """
+    if img.mode in ("CMYK", "L") and "transparency" not in img.info:
+        converted = _profile_to_srgb(img, profile)
+        if converted is not None:
+            return converted
+    rgb = _modes_to_rgb(img)
+    if img.mode not in _RGB_MODES:
+        return rgb  # an RGB profile on grey or CMYK pixels does not describe them
+    return _profile_to_srgb(rgb, profile) or rgb
 
 
 def _modes_to_rgb(img: Image.Image) -> Image.Image:
@@ -233,7 +315,7 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
 def image_load(
     source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
 ) -> Image.Image:
-    """Open, validate and decode an image to upright, opaque 8-bit RGB, at least ``max_side`` on its longer side.
+    """Open, validate and decode an image to upright, opaque 8-bit sRGB, at least ``max_side`` on its longer side.
 
     The one decoding path for stored catalog images, embedded images and shoppers' photos. With
     ``max_side`` the image is decoded (JPEG) or reduced (other formats) to no more than about twice that
@@ -244,10 +326,12 @@ def image_load(
     if max_side is None:
         return image_to_rgb(img)
     orientation = _orientation(img)
+    # Read before any reduction or conversion: not every Pillow operation carries the image's info along.
+    profile = _icc_profile(img)
     img = _shrink(img, max_side)
     if orientation in _UPRIGHT:
         img = img.transpose(_UPRIGHT[orientation])
-    return _modes_to_rgb(img)
+    return _in_srgb(img, profile)
 
 
 def image_to_square(img: Image.Image, *, size: int) -> Image.Image:

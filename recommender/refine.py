@@ -125,40 +125,41 @@ def forget() -> None:
 class _Rows:
     """Rows (vectors or colour descriptors) by product id, kept as the blocks they were read in.
 
-    ``matrix`` gathers a block's rows with one fancy index each: stacking hundreds of single rows costs
-    more than the scoring they feed.
+    ``matrix`` gathers each block's rows with one sorted look-up and one fancy index: stacking or looking up
+    hundreds of single rows in Python costs more than the scoring they feed. A product added again later
+    (its fresh vector) is read from the later block.
     """
 
     def __init__(self) -> None:
-        self._blocks: list[np.ndarray] = []
-        self._where: dict[int, tuple[int, int]] = {}
+        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (block, sorted ids, their rows)
+        self._block_of: dict[int, int] = {}
 
     def add(self, product_ids: Sequence[int], block: np.ndarray) -> None:
         if not len(product_ids):
             return
-        number = len(self._blocks)
-        self._blocks.append(block)
-        self._where.update((pid, (number, row)) for row, pid in enumerate(product_ids))
+        ids = np.asarray(product_ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        self._block_of.update(dict.fromkeys((int(pid) for pid in product_ids), len(self._blocks)))
+        self._blocks.append((block, ids[order], order))
 
     def __contains__(self, product_id: int) -> bool:
-        return product_id in self._where
+        return product_id in self._block_of
 
     def width(self, product_id: int) -> int:
-        return self._blocks[self._where[product_id][0]].shape[1]
+        return self._blocks[self._block_of[product_id]][0].shape[1]
 
     def matrix(self, product_ids: Sequence[int], *, width: int | None = None) -> np.ndarray:
         """float32 rows of ``product_ids``, in order; with ``width``, zeros for ids missing or of another width."""
         width = width if width is not None else self.width(product_ids[0])
-        out = np.zeros((len(product_ids), width), dtype=np.float32)
-        grouped: dict[int, tuple[list[int], list[int]]] = {}
-        for position, pid in enumerate(product_ids):
-            found = self._where.get(pid)
-            if found is not None and self._blocks[found[0]].shape[1] == width:
-                positions, rows = grouped.setdefault(found[0], ([], []))
-                positions.append(position)
-                rows.append(found[1])
-        for number, (positions, rows) in grouped.items():
-            out[positions] = self._blocks[number][rows]
+        ids = np.asarray(product_ids, dtype=np.int64)
+        out = np.zeros((len(ids), width), dtype=np.float32)
+        for block, sorted_ids, rows in self._blocks:  # in the order added: a later block wins
+            if block.shape[1] != width:
+                continue
+            at = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
+            hit = sorted_ids[at] == ids
+            if hit.any():
+                out[hit] = block[rows[at[hit]]]
         return out
 
 
