@@ -448,7 +448,53 @@ def catalog_measure(
                 found.add(strategy.name, start, len(clicks), *cells, site.requests - before, round(seconds, 1))
                 data["convergence"][f"{strategy.name}/{start}"] = clicks
                 logger.info("%s / %s / %s: %s", catalog.name, strategy.name, start, " ".join(cells))
-    return [coherence, found], data
+    return [coherence, found, *summary_tables(catalog.name, data)], data
+
+
+def summary_tables(name: str, data: dict) -> list[Table]:
+    """Each strategy beside plain neighbours on both measures, and the served strategy's aspects."""
+    coherence, convergence = data["coherence"], data["convergence"]
+    if "neighbours" not in coherence:
+        return []
+    plain = coherence["neighbours"]
+
+    def mean(values: list) -> float:
+        return float(np.mean(values)) if values else math.nan
+
+    def found(key: str, within: int) -> float:
+        clicks = convergence[key]
+        return sum(1 for c in clicks if c is not None and c <= within) / len(clicks)
+
+    summary = Table(
+        f"Summary, {name}: each strategy beside plain neighbours on the same paths",
+        ["strategy", "type share, text / clicks 2-3", "x neighbours", "< 10 of type, points over neighbours",
+         "found ≤ 3 / ≤ 8, from the grid", "from a text search"],
+        note="x neighbours: the type share over plain neighbours' (goal >= 0.8); points: the share of grids with "
+        "fewer than 10 of the clicked type, minus neighbours' (goal <= 10)",
+    )  # fmt: skip
+    for strategy, kinds in coherence.items():
+        grids = ("text", "clicks 2-3")
+        shares = [mean(kinds[kind]["type_share"]) for kind in grids]
+        ratios = [mean(kinds[kind]["type_share"]) / mean(plain[kind]["type_share"]) for kind in grids]
+        points = [100 * (mean(kinds[kind]["few"]) - mean(plain[kind]["few"])) for kind in grids]
+        summary.add(
+            strategy,
+            f"{shares[0]:.2f} / {shares[1]:.2f}",
+            f"{ratios[0]:.2f} / {ratios[1]:.2f}",
+            f"{points[0]:+.0f} / {points[1]:+.0f}",
+            f"{found(f'{strategy}/grid', 3):.2f} / {found(f'{strategy}/grid', 8):.2f}",
+            f"{found(f'{strategy}/text', 3):.2f} / {found(f'{strategy}/text', 8):.2f}",
+        )
+    served = feedback.SHIPPED.name if feedback.SHIPPED.name in coherence else next(iter(coherence))
+    aspects = Table(
+        f"Aspects, {name}: {served}'s grid after a text search and a click, with the click's aspect",
+        ["aspect", "type share", "colour share", "cosine to click"],
+        note="colour share: the grid's share in the click's colour (baseColour)",
+    )
+    for label, _ in ASPECTS:
+        kind = coherence[served][f"aspect: {label}"]
+        aspects.add(label, _mean_ci(kind["type_share"]), _mean_ci(kind["colour_share"]), _mean_ci(kind["cosine"]))
+    return [summary, aspects]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
