@@ -65,6 +65,12 @@ elif PRODUCTION and (weakness := _weak_secret_key(SECRET_KEY)):
     )
 
 DEBUG = env.bool("DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    # A debug page shows settings, source lines and every URL pattern to whoever asks for a missing page.
+    raise ImproperlyConfigured(
+        "DEBUG must be off when GALLERY_ENV=production: debug pages show settings, code and URL patterns to "
+        "anyone. Unset DEBUG (or set DEBUG=0), or use GALLERY_ENV=local on your own machine."
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
 if PRODUCTION and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set when GALLERY_ENV=production")
@@ -90,6 +96,7 @@ MIDDLEWARE = [
     # Outermost, so that every error under /api/ (405, a refused body, a 500) reaches clients as JSON.
     "gallery.api_errors.ApiErrorsAsJson",
     "django.middleware.security.SecurityMiddleware",
+    "gallery.middleware.RequestUriLimit",
     "gallery.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -256,6 +263,16 @@ BULK_UPLOAD_MAX_BYTES = env.int("BULK_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1
 # folder), and are removed when the job ends: storage every worker reads.
 IMPORT_JOBS_DIR = Path(env("IMPORT_JOBS_DIR", default=str(VAR_DIR / "imports")))
 SEARCH_QUERY_MAX_CHARS = env.int("SEARCH_QUERY_MAX_CHARS", default=200)
+# The longest request address (path and query string, as sent) answered; longer ones get 414, in JSON under
+# /api/. It must stay below the web server's own limit, or that server answers first in its own words:
+# every gunicorn command line we ship raises gunicorn's --limit-request-line to its ceiling, 8190 bytes for
+# the whole request line ("OPTIONS <address> HTTP/1.1").
+REQUEST_URI_MAX_CHARS = env.int("REQUEST_URI_MAX_CHARS", default=8000)
+if not 1 <= REQUEST_URI_MAX_CHARS <= 8100:
+    raise ImproperlyConfigured(
+        f"REQUEST_URI_MAX_CHARS must be from 1 to 8100 (below gunicorn's request-line limit of 8190), "
+        f"not {REQUEST_URI_MAX_CHARS}"
+    )
 GRID_SIZE = 25
 # Variety within a trail's grid: the maximal-marginal-relevance strength (0 = the nearest by score; below 1).
 # Unset: the served strategy's own, the measured choice (docs/quality.md, "Coherence and convergence").

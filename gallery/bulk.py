@@ -8,21 +8,19 @@ and writes the files, in the worker that imports them.
 
 from __future__ import annotations
 
-import re
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from gallery.catalog import COLUMNS
+from gallery.catalog import CatalogError, header_parse, image_id_of
 
 MAX_MEMBERS = 200_000
 MAX_UNCOMPRESSED_BYTES = 4 * 1024**3
 MAX_MEMBER_BYTES = 50 * 1024**2
 # Real JPEGs barely compress; a member far beyond this ratio is a zip bomb.
 MAX_RATIO = 200
-_IMAGE_NAME = re.compile(r"^\d{1,15}\.jpg$", re.IGNORECASE)
 _HEADER_MAX_BYTES = 64 * 1024
 
 
@@ -84,7 +82,8 @@ def _members_check(archive: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, Pure
             continue
         relative = name.relative_to(root)
         is_styles = relative.parts == ("styles.csv",)
-        is_image = len(relative.parts) == 2 and relative.parts[0] == "images" and _IMAGE_NAME.match(relative.name)
+        # The import finds an image by the same rule (gallery.catalog.images_find).
+        is_image = len(relative.parts) == 2 and relative.parts[0] == "images" and image_id_of(relative.name) is not None
         if not (is_styles or is_image):
             continue
         if info.flag_bits & 0x1:
@@ -125,11 +124,11 @@ def _styles_count_rows(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
                 last = block[-1:]
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise _damaged(info, exc) from exc
-    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
-    found = [column.strip() for column in header.split(",")]
-    missing = [column for column in COLUMNS if column not in found]
-    if missing:
-        raise BulkUploadRejected(f"styles.csv lacks the columns {', '.join(missing)}; its header is {header[:200]!r}")
+    try:
+        # The reader's own header rule (a BOM, quoted names, CRLF), so a header accepted here is read alike.
+        header_parse(head.split(b"\n", 1)[0])
+    except CatalogError as exc:
+        raise BulkUploadRejected(str(exc)) from exc
     lines = newlines + (0 if last == b"\n" else 1)
     return max(0, lines - 1)
 
@@ -156,9 +155,10 @@ def zip_inspect_catalog(upload: BinaryIO | Path) -> CatalogZip:
 def zip_extract_catalog(upload: BinaryIO | Path, *, destination: Path) -> Path:
     """Extract styles.csv and images/<id>.jpg from ``upload`` into ``destination``; returns the catalog folder.
 
-    Everything is checked before a byte is written (as ``zip_inspect_catalog``
-    does). Sizes are checked again while extracting, since a zip can lie about
-    them. Other members are ignored.
+    Image names follow ``gallery.catalog.image_id_of`` (``.jpg`` or ``.jpeg``,
+    any case). Everything is checked before a byte is written (as
+    ``zip_inspect_catalog`` does). Sizes are checked again while extracting,
+    since a zip can lie about them. Other members are ignored.
     """
     try:
         archive = zipfile.ZipFile(upload)

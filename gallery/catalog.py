@@ -1,18 +1,22 @@
 """Reading the Fashion Product Images layout: ``styles.csv`` plus ``images/<id>.jpg``.
 
-The real ``styles.csv`` has lines whose display name holds commas without
-quotes. The name is the last column, so any fields past the tenth belong to it
-and are joined back. Rows are parsed and validated one chunk at a time, so a
-catalog of any size streams through in constant memory.
+Every physical line of ``styles.csv`` after the header comes out as one
+CatalogRow or one RowError, numbered as a person counts lines (the header is
+line 1), so an import's counts always add up to the file's data lines. The
+real file has lines whose display name holds commas without quotes; the name
+is the last column, so any fields past the header's width belong to it and are
+joined back. The file is read one line at a time, in constant memory.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import BinaryIO
 
 COLUMNS = (
     "id",
@@ -38,6 +42,19 @@ FIELDS = {
     "productDisplayName": ("name", 255),
 }
 MAX_ID = 2**53  # ids travel through JSON; larger ones would lose precision
+# A valid row is well under 2 KB; a longer line is skipped without being held in memory whole.
+# (Below the csv module's field limit of 131,072 characters, so that limit is never what refuses a line.)
+MAX_LINE_BYTES = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
+# The one rule for an image's file name, for the bulk upload's layout check and the import alike:
+# ``<id>.jpg`` or ``<id>.jpeg`` in any letter case (ASCII digits only).
+_IMAGE_NAME = re.compile(r"([0-9]{1,15})\.jpe?g", re.IGNORECASE)
+# What the csv module's strict parser says (CPython's messages), in words a catalog admin can act on.
+_CSV_REASONS = {
+    "unexpected end of data": "a quoted field is never closed on this line",
+    "',' expected after '\"'": "a quoted field is followed by more characters before the next comma",
+    "new-line character seen": "the line holds a carriage return (\\r) inside it",
+}
 
 
 @dataclass(frozen=True)
@@ -59,23 +76,58 @@ class CatalogError(ValueError):
     """The catalog as a whole cannot be read (no styles.csv, wrong header)."""
 
 
-def _repair_line(fields: list[str]) -> list[str]:
-    """Join the fields of an unquoted, comma-holding display name back together."""
-    head = fields[: len(COLUMNS) - 1]
-    return [*head, ",".join(fields[len(COLUMNS) - 1 :])]
+def image_id_of(name: str) -> int | None:
+    """The product id an image file's name gives (``15970.jpg``, ``15970.JPEG``), or None if it is no image name."""
+    match = _IMAGE_NAME.fullmatch(name)
+    return int(match[1]) if match else None
 
 
-def _header_check(path: Path) -> None:
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        header = fh.readline().strip().lstrip("\ufeff")
-    found = [column.strip() for column in header.split(",")]
-    missing = [column for column in COLUMNS if column not in found]
+def images_find(directory: Path) -> dict[int, list[str]]:
+    """The file names in ``directory/images`` that ``image_id_of`` accepts, by product id (sorted; usually one)."""
+    found: dict[int, list[str]] = {}
+    try:
+        entries = list(os.scandir(directory / "images"))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        product_id = image_id_of(entry.name)
+        if product_id is not None and entry.is_file():
+            found.setdefault(product_id, []).append(entry.name)
+    for names in found.values():
+        names.sort()
+    return found
+
+
+def header_parse(line: bytes) -> list[str]:
+    """The column names of the header line ``line`` (a BOM and line ending allowed), in order.
+
+    Raises CatalogError naming the expected columns it lacks.
+    """
+    text = line.removeprefix(_BOM).decode("utf-8", errors="replace").rstrip("\r\n")
+    try:
+        names = [name.strip() for name in next(csv.reader([text], strict=True), [])]
+    except csv.Error:
+        names = [name.strip() for name in text.split(",")]
+    missing = [column for column in COLUMNS if column not in names]
     if missing:
-        raise CatalogError(f"{path.name} lacks the columns {', '.join(missing)}; its header is {header[:200]!r}")
+        raise CatalogError(f"styles.csv lacks the columns {', '.join(missing)}; its header is {text[:200]!r}")
+    return names
 
 
-def _row_parse(line: int, raw: dict[str, object]) -> CatalogRow | RowError:
-    text = {key: ("" if value is None or pd.isna(value) else str(value).strip()) for key, value in raw.items()}
+def _lines(fh: BinaryIO) -> Iterator[bytes | None]:
+    """Each physical line without its ending (LF or CRLF); None for a line longer than MAX_LINE_BYTES."""
+    while raw := fh.readline(MAX_LINE_BYTES + 1):
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            # Too long to be a row: read past the rest of it a piece at a time.
+            while (rest := fh.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield raw.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _row_parse(line: int, raw: dict[str, str]) -> CatalogRow | RowError:
+    text = {key: value.strip() for key, value in raw.items()}
     try:
         product_id = int(text["id"])
     except ValueError:
@@ -85,8 +137,6 @@ def _row_parse(line: int, raw: dict[str, object]) -> CatalogRow | RowError:
     fields: dict[str, object] = {}
     for column, (field, max_length) in FIELDS.items():
         value = text[column]
-        if "\x00" in value:
-            return RowError(line, f"{column} holds a NUL byte")
         if len(value) > max_length:
             return RowError(line, f"{column} is longer than {max_length} characters")
         fields[field] = value
@@ -105,27 +155,53 @@ def _row_parse(line: int, raw: dict[str, object]) -> CatalogRow | RowError:
     return CatalogRow(line=line, id=product_id, fields=fields)
 
 
-def styles_read(path: Path, *, chunk_rows: int = 2000) -> Iterator[CatalogRow | RowError]:
-    """Yield each data line of ``styles.csv`` as a CatalogRow or the reason it is unusable."""
+def _line_parse(line: int, raw: bytes | None, positions: dict[str, int], width: int) -> CatalogRow | RowError:
+    """One data line of styles.csv, parsed on its own: a quote never reaches into the next line."""
+    if raw is None:
+        return RowError(line, f"the line is longer than {MAX_LINE_BYTES} bytes")
+    if b"\x00" in raw:
+        return RowError(line, "the line holds a NUL byte")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RowError(line, f"the line is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+    if not text.strip():
+        return RowError(line, "the line is blank")
+    try:
+        fields = next(csv.reader((text,), strict=True))
+    except csv.Error as exc:
+        message = str(exc)
+        reason = next((words for key, words in _CSV_REASONS.items() if message.startswith(key)), None)
+        return RowError(line, reason or f"the line cannot be read as CSV ({message})")
+    if len(fields) < width:
+        return RowError(line, f"the line has {len(fields)} fields, the header {width}")
+    if len(fields) > width:
+        if positions["productDisplayName"] != width - 1:
+            return RowError(line, f"the line has {len(fields)} fields, the header {width}")
+        # The real file's fault: commas inside the display name (the last column), unquoted.
+        fields[width - 1 :] = [",".join(fields[width - 1 :])]
+    return _row_parse(line, {column: fields[position] for column, position in positions.items()})
+
+
+def styles_read(path: Path) -> Iterator[CatalogRow | RowError]:
+    """Yield each data line of ``styles.csv``, in order, as a CatalogRow or the reason it is unusable.
+
+    Every line after the header yields exactly one item, numbered by its
+    physical line (the header is line 1). Raises CatalogError when the file is
+    missing or its header lacks a column.
+    """
+    # Not pandas.read_csv: it drops lines it cannot parse without calling on_bad_lines (a quoted
+    # field followed by more characters vanishes; a quote never closed swallows the lines after it),
+    # and then its row numbers are no longer the file's lines. The csv module reads one physical
+    # line at a time here, so each line is accounted for and keeps its own number.
     if not path.is_file():
         raise CatalogError(f"{path} does not exist")
-    _header_check(path)
-    reader = pd.read_csv(
-        path,
-        dtype=str,
-        keep_default_na=False,
-        engine="python",
-        on_bad_lines=_repair_line,
-        chunksize=chunk_rows,
-        encoding="utf-8",
-        encoding_errors="replace",
-    )
-    for chunk in reader:
-        chunk.columns = [str(c).strip().lstrip("\ufeff") for c in chunk.columns]
-        for position, raw in zip(chunk.index, chunk[list(COLUMNS)].to_dict("records"), strict=True):
-            # Line numbers as a person counts them: the header is line 1.
-            yield _row_parse(int(position) + 2, raw)
-
-
-def image_path_for(directory: Path, product_id: int) -> Path:
-    return directory / "images" / f"{product_id}.jpg"
+    with path.open("rb") as fh:
+        lines = _lines(fh)
+        header = next(lines, b"")
+        if header is None:
+            raise CatalogError(f"the first line of styles.csv, its header, is longer than {MAX_LINE_BYTES} bytes")
+        names = header_parse(header)
+        positions = {column: names.index(column) for column in COLUMNS}
+        for number, raw in enumerate(lines, start=2):
+            yield _line_parse(number, raw, positions, len(names))

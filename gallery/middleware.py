@@ -1,4 +1,4 @@
-"""Refuse oversize request bodies before a byte of them is read."""
+"""Refuse oversize requests: addresses longer than the site answers, bodies before a byte of them is read."""
 
 from __future__ import annotations
 
@@ -31,6 +31,30 @@ def _may_bulk_upload(request: HttpRequest) -> bool:
         return False
     session = import_module(settings.SESSION_ENGINE).SessionStore(key)
     return bulk_upload_allowed(user=get_user(SimpleNamespace(session=session)))
+
+
+class RequestUriLimit:
+    """414 for a request address (path and query string) longer than REQUEST_URI_MAX_CHARS; JSON under /api/.
+
+    gunicorn refuses long request lines itself, with an HTML page whatever the path. Its limit is raised
+    above this one (the Procfile), so the addresses it lets through that are still too long are refused
+    here, in the answer each part of the site gives.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # gunicorn hands over the address as the client sent it; other servers (runserver, the test client)
+        # only its parts, put back together here as a client would have encoded them.
+        address = request.META.get("RAW_URI") or request.get_full_path()
+        limit = settings.REQUEST_URI_MAX_CHARS
+        if len(address) > limit:
+            message = f"The address is too long: {len(address)} characters, the limit is {limit}."
+            if request.path.startswith("/api/"):
+                return JsonResponse({"error": message}, status=414)
+            return HttpResponse(message, status=414, content_type="text/plain")
+        return self.get_response(request)
 
 
 class RequestSizeLimit:

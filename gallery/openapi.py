@@ -52,6 +52,10 @@ def _error(description: str) -> dict[str, object]:
     }
 
 
+def _too_long() -> dict[str, object]:
+    return _error(f"The address (path and query string) is over {settings.REQUEST_URI_MAX_CHARS} characters")
+
+
 FILTERS_APPLIED = {
     "type": "object",
     "description": "The filters applied, by name (only those given).",
@@ -178,6 +182,7 @@ def openapi_spec() -> dict[str, object]:
                     "responses": {
                         "200": _results("Matching products", {"type": "string"}, **SEARCH_EXPLANATION),
                         "400": _error("Invalid k"),
+                        "414": _too_long(),
                         "500": _error(SERVER_ERROR),
                     },
                 }
@@ -209,6 +214,7 @@ def openapi_spec() -> dict[str, object]:
                         "400": _error("Invalid k, trail or filter"),
                         "404": _error("No such product"),
                         "409": _error("The product's image is not embedded yet (or could not be)"),
+                        "414": _too_long(),
                         "503": _error("The similarity index is being built or repaired; see Retry-After"),
                         "500": _error(SERVER_ERROR),
                     },
@@ -243,6 +249,7 @@ def openapi_spec() -> dict[str, object]:
                         "200": _results("Similar products", {"const": "image"}),
                         "400": _error("Not an image we read, too large in pixels, truncated or empty"),
                         "413": _error("The request body is over the size limit"),
+                        "414": _too_long(),
                         "429": _error("Too many photo searches from this client; see Retry-After"),
                         "503": _error("The similarity index is being built or repaired; see Retry-After"),
                         "500": _error(SERVER_ERROR),
@@ -254,6 +261,7 @@ def openapi_spec() -> dict[str, object]:
                     "summary": "Active encoder, published index and embedding queue",
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Status"}, "Status"),
+                        "414": _too_long(),
                         "500": _error(SERVER_ERROR),
                     },
                 }

@@ -319,6 +319,10 @@ def api_error(message: str, *, status: int) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+# The read-only API views are csrf_exempt: they change nothing and read no session, so there is nothing to
+# forge, and without it the CSRF middleware (which runs before the view) would answer a POST, PUT, PATCH or
+# DELETE with 403 "Forbidden" instead of the 405 naming the allowed methods that require_safe gives.
+@csrf_exempt
 @require_safe
 def api_search(request: HttpRequest) -> JsonResponse:
     form = SearchForm(request.GET)
@@ -335,6 +339,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
     )
 
 
+@csrf_exempt  # read-only: see api_search
 @require_safe
 def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
     form = SimilarForm(request.GET)
@@ -390,11 +395,13 @@ def api_search_by_image(request: HttpRequest) -> JsonResponse:
     )
 
 
+@csrf_exempt  # read-only: see api_search
 @require_safe
 def api_openapi(request: HttpRequest) -> JsonResponse:
     return JsonResponse(openapi_spec())
 
 
+@csrf_exempt  # read-only: see api_search
 @require_safe
 def api_status(request: HttpRequest) -> JsonResponse:
     return JsonResponse(engine_status())

@@ -1126,11 +1126,13 @@ def test_bulk_upload_skips_rows_whose_image_is_refused(
 # 2. Queries
 # =============================================================================================
 
-LONG = "blue " * 2000  # 10k characters
+LONG = "blue " * 1400  # 7k characters: under REQUEST_URI_MAX_CHARS (8000) once in an address
+TOO_LONG = "blue " * 2000  # 10k characters: no address this long is answered (414)
 HOSTILE_QUERIES: list[tuple[str, dict[str, str], int]] = [
     ("empty q", {"q": ""}, 200),
     ("whitespace q", {"q": " \t\n  "}, 200),
-    ("10k-char q", {"q": LONG}, 200),
+    ("7k-char q", {"q": LONG}, 200),
+    ("10k-char q (the address is over REQUEST_URI_MAX_CHARS)", {"q": TOO_LONG}, 414),
     ("emoji q", {"q": "😀👗🧢 red"}, 200),
     ("RTL q (Hebrew + Arabic + RLO)", {"q": "\u202eשלום مرحبا red"}, 200),
     ("combining characters q", {"q": "re\u0301d\u0336 z\u0351\u0352\u0353algo"}, 200),
@@ -1154,10 +1156,11 @@ HOSTILE_QUERIES: list[tuple[str, dict[str, str], int]] = [
     ("k=1e3", {"q": "red", "k": "1e3"}, 400),
     ("k=NaN", {"q": "red", "k": "NaN"}, 400),
     ("filter with NUL", {"gender": "Men\x00"}, 400),
-    ("filter of 10k chars", {"colour": "R" * 10_000}, 200),
+    ("filter of 7k chars", {"colour": "R" * 7_000}, 200),
+    ("filter of 10k chars", {"colour": "R" * 10_000}, 414),
     ("filter SQL", {"type": "x' OR 1=1 --"}, 200),
     ("filter %", {"colour": "%"}, 200),
-    ("photo token garbage (10k chars)", {"photo": "A" * 10_000}, 200),
+    ("photo token garbage (7k chars)", {"photo": "A" * 7_000}, 200),
     ("photo token javascript:", {"photo": "javascript:alert(1)"}, 200),
 ]
 # Raw query strings, sent as they are (not re-encoded by the client).
@@ -1175,7 +1178,8 @@ RAW_QUERIES: list[tuple[str, str, int]] = [
     ("empty key", "=red&&&", 200),
 ]
 TRAIL_CASES: list[tuple[str, str, int]] = [
-    ("trail: very long (20k chars)", "1," * 10_000, 400),
+    ("trail: very long (7k chars)", "1," * 1_700, 400),
+    ("trail: very long (20k chars, over REQUEST_URI_MAX_CHARS)", "1," * 10_000, 414),
     ("trail: nested commas", ",,,101,,,,102,,", 200),
     ("trail: only commas", ",,,,,,", 200),
     ("trail: huge id (20 digits)", "99999999999999999999", 400),
@@ -1289,7 +1293,8 @@ def test_out_of_range_product_ids_are_404_not_500(hostile_client, catalog, label
 
 
 def test_too_many_query_parameters_are_a_400_not_a_500(hostile_client, catalog):
-    query = "&".join(f"f{i}=1" for i in range(1500))
+    # Short names: the address stays under REQUEST_URI_MAX_CHARS, so the field count is what is judged.
+    query = "&".join(f"{i:x}" for i in range(1500))
     for path, where, _ in _endpoints(catalog[0]):
         response = hostile_client.get(path, QUERY_STRING=query)
         record(where, "1500 query parameters", response)

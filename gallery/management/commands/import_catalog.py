@@ -10,8 +10,9 @@ from gallery.services import catalog_import
 
 class Command(BaseCommand):
     help = (
-        "Import a catalog in the Fashion Product Images layout: DIR/styles.csv and DIR/images/<id>.jpg. "
-        "The run is recorded as a catalog import in the admin, with its progress and summary."
+        "Import a catalog in the Fashion Product Images layout: DIR/styles.csv and DIR/images/<id>.jpg "
+        "(.jpg or .jpeg, any case). Every line of styles.csv is imported or skipped with its line number and "
+        "reason. The run is recorded as a catalog import in the admin, with its progress and summary."
     )
 
     def add_arguments(self, parser):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         if not styles.is_file():
             raise CommandError(f"{styles} not found: expected DIR/styles.csv and DIR/images/<id>.jpg")
         with styles.open("rb") as fh:
+            # Physical lines, as the reader numbers them and the bulk upload counts them: each is one row.
             total = max(0, sum(1 for _ in fh) - 1)
         with tqdm(total=total, unit="row", desc="import", disable=options["verbosity"] == 0) as bar:
             try:

@@ -106,6 +106,9 @@ class Command(BaseCommand):
                 "4",
                 "--timeout",
                 "60",
+                # Above REQUEST_URI_MAX_CHARS, so that the site answers over-long addresses itself (JSON under /api/).
+                "--limit-request-line",
+                "8190",
                 "--access-logfile",
                 "-",
             ]
