@@ -17,9 +17,12 @@ from gallery.catalog import FIELDS
 from gallery.middleware import megabytes
 from gallery.models import ImportJob, ImportStatus, Product
 from gallery.services import (
+    ImageStoreFailed,
     StoredImage,
+    image_files_guard,
     image_prepare_for_store,
     product_image_set,
+    product_lock,
     products_delete,
     products_embed_enqueue_on_commit,
 )
@@ -54,7 +57,12 @@ class ProductForm(forms.ModelForm):
         model = Product
         fields = ["id", "name", *CATALOG_FIELDS]
 
+    # Set (on a subclass, by ProductAdmin.get_form) when the image of this very POST could not be stored.
+    store_failure = ""
+
     def clean_image_upload(self) -> StoredImage | None:
+        if self.store_failure:
+            raise forms.ValidationError(self.store_failure)
         upload = self.cleaned_data.get("image_upload")
         if not upload:
             if self.instance._state.adding:
@@ -135,9 +143,36 @@ class ProductAdmin(admin.ModelAdmin):
             return "-"
         return format_html('<img src="{}" alt="" style="height:64px;width:auto">', obj.thumbnail.url)
 
+    def changeform_view(
+        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        # The guard encloses the admin's own transaction (ModelAdmin.changeform_view opens it): only once that has
+        # ended is it known whether the save committed, and the files of one that did not are removed.
+        try:
+            with image_files_guard():
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        except ImageStoreFailed as exc:
+            # Nothing was saved and no file of it is left. Show the form again with why, keeping what was typed
+            # (this second pass only validates: the failure is a form error); 503, as the server failed, not the form.
+            request._image_store_failure = (
+                f"The image could not be stored ({exc.strerror or 'storage error'}). Nothing was saved; "
+                "try again, and tell an operator if it happens again."
+            )
+            response = super().changeform_view(request, object_id, form_url, extra_context)
+            response.status_code = 503
+            return response
+
+    def get_form(self, request: HttpRequest, obj: Product | None = None, change: bool = False, **kwargs) -> type:
+        form = super().get_form(request, obj, change, **kwargs)
+        failure = getattr(request, "_image_store_failure", "")
+        return type(form.__name__, (form,), {"store_failure": failure}) if failure else form
+
     def save_model(self, request: HttpRequest, obj: Product, form: ProductForm, change: bool) -> None:
         stored = form.cleaned_data.get("image_upload")
         with transaction.atomic():
+            if change:
+                # The form was loaded before: save the image the row holds now, not one another admin replaced.
+                product_lock(product=obj)
             changed = stored is not None and product_image_set(product=obj, stored=stored)
             obj.save()
             if changed:

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
+from django.db.models import F, Q
+from django.db.models.fields.files import FieldFile
 from PIL import Image
 
 from gallery.catalog import CatalogRow, RowError, images_find, styles_read
@@ -84,35 +87,148 @@ def _files_delete_later(names: Iterable[str]) -> None:
         transaction.on_commit(delete)
 
 
+class ImageStoreFailed(OSError):
+    """The image or its thumbnail could not be written (a full disk, a storage error); no file of it was kept."""
+
+
+# The names of the image files written inside the innermost ``image_files_guard`` block (None outside any).
+_guarded_names: ContextVar[list[str] | None] = ContextVar("gallery_guarded_image_names", default=None)
+
+
+@contextmanager
+def image_files_guard() -> Iterator[None]:
+    """Remove, when the block ends, the image files written inside it that no committed product names.
+
+    Enter it outside the transaction that calls ``product_image_set`` (the admin
+    wraps its whole save view in it). Django has no on_rollback hook, and a
+    savepoint or a try/except around our own atomic block sees only our own
+    failure, not a rollback of the caller's enclosing transaction after we
+    returned: the one place that knows is after the outermost block has ended.
+    There the database says which new names a row holds; an on_commit flag
+    would not do, as an earlier on-commit callback that raises skips it and
+    committed files would be deleted. Entered inside a transaction, the block
+    hands its names to the enclosing guard, if any.
+    """
+    outer = _guarded_names.get()
+    names: list[str] = []
+    token = _guarded_names.set(names)
+    try:
+        yield
+    finally:
+        _guarded_names.reset(token)
+        if transaction.get_connection().in_atomic_block:
+            if outer is not None:
+                outer.extend(names)
+        else:
+            _files_unreferenced_delete(names)
+
+
+def _files_unreferenced_delete(names: list[str]) -> None:
+    """Delete those of ``names`` (files this process wrote) that no committed product row names."""
+    if not names:
+        return
+    try:
+        held = {
+            name
+            for pair in Product.objects.filter(Q(image__in=names) | Q(thumbnail__in=names)).values_list(
+                "image", "thumbnail"
+            )
+            for name in pair
+        }
+    except DatabaseError:
+        logger.warning("Could not check which new image files were committed; keeping %s", names, exc_info=True)
+        return
+    _files_delete(name for name in names if name not in held)
+
+
+def product_lock(*, product: Product) -> None:
+    """Lock ``product``'s row for the rest of the transaction and take its image fields from the row.
+
+    The lock comes before the old file names are read: a writer that read them
+    before another committed a new image would delete the files it already
+    deleted and leave the other's for ever. PostgreSQL waits here for a
+    concurrent writer of the product; SQLite, whose transactions take the
+    database's write lock first (BEGIN IMMEDIATE), ignores FOR UPDATE but runs
+    the same code. A caller that saves a product loaded earlier calls it too,
+    or its save would write back image names another writer has replaced
+    (and deleted). A new product has no row to lock.
+    """
+    if product._state.adding:
+        return
+    row = (
+        Product.objects.select_for_update()
+        .filter(id=product.id)
+        .values_list("image", "thumbnail", "image_sha256", "image_version")
+        .first()
+    )
+    if row is not None:
+        product.image, product.thumbnail, product.image_sha256, product.image_version = row
+
+
+def _file_write(file: FieldFile, *, filename: str, data: bytes) -> str:
+    """Write ``data`` under a new name for ``file``'s field and return the name; raises ImageStoreFailed.
+
+    A write that fails part-way (ENOSPC after some bytes, or none) leaves a
+    partial file at that name (Django's FileSystemStorage does not remove it):
+    it is deleted before the error is raised. The name is random (uuid4), so
+    the file there is this write's.
+    """
+    name = file.field.generate_filename(file.instance, filename)
+    try:
+        return file.storage.save(name, ContentFile(data), max_length=file.field.max_length)
+    except OSError as exc:
+        _files_delete([name])
+        raise ImageStoreFailed(exc.errno, exc.strerror or str(exc)) from exc
+    except BaseException:
+        _files_delete([name])
+        raise
+
+
 def product_image_set(*, product: Product, stored: StoredImage) -> bool:
     """Give ``product`` a new image (unless it already has these bytes) and tell the vector engine.
 
     Must run inside a transaction; the caller saves ``product``. Side effects:
-    writes the image and thumbnail files, bumps the image version in the
-    database (an UPDATE, so two writers of one product never share a version),
-    and records the embedding request (the product's old vectors are dropped:
-    a stale look is never served). Queue the work with
+    locks the product's row and takes its image fields from it, writes the
+    image and thumbnail files, bumps the image version in the database (an
+    UPDATE, so two writers of one product never share a version), and records
+    the embedding request (the product's old vectors are dropped: a stale look
+    is never served). The replaced files are deleted after the commit; the new
+    ones are deleted at once if this call fails (``ImageStoreFailed`` when a
+    file cannot be written, the product as it was), and by ``image_files_guard``
+    if the transaction rolls back later. Queue the work with
     ``products_embed_enqueue_on_commit``. Returns whether the image changed.
     """
+    product_lock(product=product)
     if product.image and product.image_sha256 == stored.sha256:
         return False
-    old_names = [product.image.name, product.thumbnail.name]
-    product.image.save("image.jpg", ContentFile(stored.image), save=False)
-    product.thumbnail.save("thumb.jpg", ContentFile(stored.thumbnail), save=False)
-    product.image_sha256 = stored.sha256
-    bumped = 0
-    if not product._state.adding:
-        # The increment happens in the database, under the row's write lock: a
-        # version read earlier (by this request or another) can be stale.
-        bumped = Product.objects.filter(id=product.id).update(image_version=F("image_version") + 1)
-    if bumped:
-        product.image_version = Product.objects.filter(id=product.id).values_list("image_version", flat=True).get()
-    else:
-        product.image_version += 1
-    api.embedding_request(
-        images=[ImageRef(product_id=product.id, image_name=product.image.name, image_version=product.image_version)]
-    )
-    _files_delete_later(old_names)
+    before = (product.image.name, product.thumbnail.name, product.image_sha256, product.image_version)
+    written: list[str] = []
+    try:
+        written.append(_file_write(product.image, filename="image.jpg", data=stored.image))
+        written.append(_file_write(product.thumbnail, filename="thumb.jpg", data=stored.thumbnail))
+        product.image, product.thumbnail = written
+        product.image_sha256 = stored.sha256
+        bumped = 0
+        if not product._state.adding:
+            # The increment happens in the database, under the row's write lock: a
+            # version read earlier (by this request or another) can be stale.
+            bumped = Product.objects.filter(id=product.id).update(image_version=F("image_version") + 1)
+        if bumped:
+            product.image_version = Product.objects.filter(id=product.id).values_list("image_version", flat=True).get()
+        else:
+            product.image_version += 1
+        api.embedding_request(
+            images=[ImageRef(product_id=product.id, image_name=product.image.name, image_version=product.image_version)]
+        )
+    except BaseException:
+        # Nothing names the new files: remove them now, whatever the caller does with its transaction.
+        _files_delete(written)
+        product.image, product.thumbnail, product.image_sha256, product.image_version = before
+        raise
+    guarded = _guarded_names.get()
+    if guarded is not None:
+        guarded.extend(written)
+    _files_delete_later(before[:2])
     return True
 
 
@@ -352,12 +468,12 @@ def _catalog_write_lock() -> None:
 
 
 def _files_delete(names: Iterable[str]) -> None:
-    """Remove files written for a batch that rolled back: no row points at them."""
+    """Remove files written by a save that failed or rolled back: no row points at them."""
     for name in names:
         try:
             default_storage.delete(name)
         except OSError:
-            logger.warning("Could not delete %s, written by a rolled-back import batch", name, exc_info=True)
+            logger.warning("Could not delete %s, written by a save that did not commit", name, exc_info=True)
 
 
 def _rows_apply(
