@@ -14,6 +14,15 @@ A build is written under a hidden temporary name, renamed into ``builds/``
 ``os.replace``. Readers mmap the file; a published file is never written again,
 so a reader never sees half a build, and an old build stays readable by the
 processes still holding it.
+
+A file damaged after publishing (a failing disk, a half-copied build on shared
+storage) is another matter: reading a page past the end of a truncated mapped
+file kills the process with SIGBUS. ``meta.json`` records each file's size and
+checksum; a reader compares the size of every file it maps (``fstat`` of the
+very file it mapped) with it before each use, and drops a build that no longer
+matches instead of reading it (``IndexCorrupt``: the query path's "no usable
+index"). The periodic sweep checks the files of the published build the same
+way, and their checksums, and rebuilds from the database when they fail.
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -65,6 +76,9 @@ class IndexMeta:
     watermark: int
     file_bytes: int
     file_blake2b: str
+    # name -> {"bytes": int, "blake2b": str} of every file of the build, vectors.ann included;
+    # empty for builds published before it was recorded (their .npy sizes follow from their headers).
+    files: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def effective_search_k(self) -> int:
@@ -87,10 +101,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _stream_digest(fh)
+
+
+def _stream_digest(fh: BinaryIO) -> str:
+    """The digest of the whole file open as ``fh`` (the file held, whatever its path names now)."""
+    digest = hashlib.blake2b(digest_size=16)
+    fh.seek(0)
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -168,6 +188,11 @@ def index_build(
         ann_path = tmp / INDEX_FILE
         with ann_path.open("rb") as fh:
             os.fsync(fh.fileno())
+        # One blake2b pass over each file (~0.25 s per 225 MB: 44k x 1280 float32), once per build.
+        files: dict[str, dict[str, object]] = {
+            name: {"bytes": (tmp / name).stat().st_size, "blake2b": _file_digest(tmp / name)}
+            for name in (INDEX_FILE, *(name for name, _ in arrays))
+        }
         meta = IndexMeta(
             version=version,
             space=space,
@@ -179,8 +204,9 @@ def index_build(
             built_at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 3),
             watermark=int(watermark),
-            file_bytes=ann_path.stat().st_size,
-            file_blake2b=_file_digest(ann_path),
+            file_bytes=int(files[INDEX_FILE]["bytes"]),
+            file_blake2b=str(files[INDEX_FILE]["blake2b"]),
+            files=files,
         )
         _write_synced(tmp / META_FILE, json.dumps(asdict(meta), indent=2).encode())
         final = builds / version
@@ -240,29 +266,142 @@ def index_meta_read(directory: Path, version: str) -> IndexMeta:
         raise IndexCorrupt(f"index build {version} has no readable metadata: {exc}") from exc
 
 
+def _npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of the .npy file open as ``fh``; ValueError when unreadable."""
+    fh.seek(0)
+    major, _ = np.lib.format.read_magic(fh)
+    if major == 1:
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif major == 2:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {major}")
+    return shape, fortran, dtype, fh.tell()
+
+
+def _npy_bytes(fh: BinaryIO) -> int:
+    """The size the .npy file open as ``fh`` has when whole: its header and every element it declares."""
+    shape, _, dtype, offset = _npy_header(fh)
+    return offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _recorded_files(meta: IndexMeta, build: Path) -> dict[str, tuple[int, str | None]]:
+    """name -> (size, blake2b or None) of every file of the build, as published."""
+    if meta.files:
+        return {name: (int(info["bytes"]), str(info["blake2b"])) for name, info in meta.files.items()}
+    # A build from before sizes were recorded: the Annoy file's from the metadata, each array's from its header.
+    recorded: dict[str, tuple[int, str | None]] = {INDEX_FILE: (meta.file_bytes, meta.file_blake2b)}
+    for name in (ITEMS_FILE, VECTORS_FILE, COLOURS_FILE):
+        if name != ITEMS_FILE and not (build / name).exists():
+            continue
+        try:
+            with (build / name).open("rb") as fh:
+                recorded[name] = (_npy_bytes(fh), None)
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"index build {meta.version}: {name} is unreadable: {exc}") from exc
+    return recorded
+
+
+FileSignature = tuple[tuple[str, int, int, int], ...]
+
+
+def index_files_verify(directory: Path, version: str, *, checksum: bool = True) -> FileSignature:
+    """Check build ``version``'s files on disk against its metadata: every size, and with ``checksum`` every byte.
+
+    Raises IndexCorrupt on the first mismatch. Returns the files' (name, inode, size, mtime) as
+    checked, so that a caller can skip the checksum (~0.5 s for 44k x 1280-d) while they stay the same.
+    """
+    meta = index_meta_read(directory, version)
+    build = directory / BUILDS_DIR / version
+    recorded = _recorded_files(meta, build)
+    signature = []
+    for name, (size, _) in sorted(recorded.items()):
+        try:
+            stat = (build / name).stat()
+        except OSError as exc:
+            raise IndexCorrupt(f"index build {version} is missing {name}: {exc}") from exc
+        if stat.st_size != size:
+            raise IndexCorrupt(f"index build {version}: {name} is {stat.st_size} bytes, {size} when published")
+        signature.append((name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    if checksum:
+        for name, (_, digest) in sorted(recorded.items()):
+            if digest is not None and _file_digest(build / name) != digest:
+                raise IndexCorrupt(f"index build {version}: {name} fails its checksum")
+    return tuple(signature)
+
+
+def _build_signature(build: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """(inode, size, mtime) of each file a build may hold, None where missing: changes when any file does."""
+    signature = []
+    for name in (META_FILE, INDEX_FILE, ITEMS_FILE, VECTORS_FILE, COLOURS_FILE):
+        try:
+            stat = (build / name).stat()
+        except OSError:
+            signature.append(None)
+        else:
+            signature.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+def _files_close(mapped: list[tuple[str, BinaryIO, int]]) -> None:
+    for _, fh, _ in mapped:
+        fh.close()
+
+
 class LoadedIndex:
-    """One published build, memory-mapped; safe to query from many threads."""
+    """One published build, memory-mapped; safe to query from many threads.
+
+    Reading a page past the end of a mapped file that shrank after it was mapped kills the
+    process (SIGBUS), so the build keeps each file it maps open and ``damage`` compares its
+    size with the published one: ``IndexReader.current`` does before every use. Copying the
+    files to private memory instead would cost every worker process ~0.5 GB at 44k x 1280-d
+    (nothing shared through the page cache) and a full read per process per build; the check
+    costs a few microseconds. What it cannot close is the window of one click: a file cut
+    between the check and the reads of the click that follows it still faults.
+    """
 
     def __init__(self, directory: Path, version: str, *, verify: bool = True) -> None:
         self.meta = index_meta_read(directory, version)
-        build = directory / BUILDS_DIR / version
+        # (name, the open file, its size when published) of each mapped file; see ``damage``.
+        self._mapped: list[tuple[str, BinaryIO, int]] = []
+        # Closed with the build (the maps keep their own handles): a dropped build holds no files.
+        closer = weakref.finalize(self, _files_close, self._mapped)
+        try:
+            self._load(directory / BUILDS_DIR / version, verify=verify)
+        except BaseException:
+            closer()
+            raise
+
+    def _load(self, build: Path, *, verify: bool) -> None:
+        version = self.meta.version
         ann_path = build / INDEX_FILE
         try:
-            size = ann_path.stat().st_size
+            ann_file = ann_path.open("rb")
+        except OSError as exc:
+            raise IndexCorrupt(f"index build {version} is incomplete: {exc}") from exc
+        self._mapped.append((INDEX_FILE, ann_file, self.meta.file_bytes))
+        try:
             items = np.load(build / ITEMS_FILE, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise IndexCorrupt(f"index build {version} is incomplete: {exc}") from exc
-        if size != self.meta.file_bytes or items.shape != (self.meta.count, 2):
-            raise IndexCorrupt(f"index build {version} does not match its metadata")
+        size = os.fstat(ann_file.fileno()).st_size
+        if size != self.meta.file_bytes:
+            raise IndexCorrupt(f"index build {version}: {INDEX_FILE} is {size} bytes, {self.meta.file_bytes} published")
+        if items.shape != (self.meta.count, 2):
+            raise IndexCorrupt(f"index build {version}: {ITEMS_FILE} does not match its metadata")
         # A checksum pass costs one read of the file per process per build; it
         # stops a damaged file from ever being queried.
-        if verify and _file_digest(ann_path) != self.meta.file_blake2b:
+        if verify and _stream_digest(ann_file) != self.meta.file_blake2b:
             raise IndexCorrupt(f"index build {version} fails its checksum")
         self._ann = AnnoyIndex(self.meta.dim, self.meta.metric)
         try:
             self._ann.load(str(ann_path), prefault=False)
+            # Annoy maps the file by its path: the one checked above unless the path was replaced meanwhile.
+            replaced = ann_path.stat().st_ino != os.fstat(ann_file.fileno()).st_ino
         except OSError as exc:
             raise IndexCorrupt(f"index build {version} cannot be loaded: {exc}") from exc
+        if replaced:
+            raise IndexCorrupt(f"index build {version}: {INDEX_FILE} was replaced while it was loaded")
         if self._ann.get_n_items() != self.meta.count:
             raise IndexCorrupt(
                 f"index build {version} holds {self._ann.get_n_items()} items, expected {self.meta.count}"
@@ -273,28 +412,58 @@ class LoadedIndex:
         # Items ordered by product id: product ids -> items by binary search.
         self._items_by_product = np.argsort(self.product_ids, kind="stable")
         self._product_ids_sorted = self.product_ids[self._items_by_product]
-        self._vectors: np.ndarray | None = None
+        # Without vectors.npy (a build from before it) exact passes ask Annoy instead; without
+        # colours.npy trails rank by the image vector alone.
+        self._vectors = self._map(build, VECTORS_FILE, dtype=np.float32, shape=(self.meta.count, self.meta.dim))
+        self._colours = self._map(build, COLOURS_FILE, dtype=np.float16, shape=(self.meta.count, None))
+
+    def _map(self, build: Path, name: str, *, dtype: type, shape: tuple[int, int | None]) -> np.ndarray | None:
+        """A read-only memory map of array file ``name``, kept open for ``damage``; None where a build has none."""
+        version = self.meta.version
         try:
-            vectors = np.load(build / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            vectors = None  # a build from before vectors.npy: exact passes ask Annoy instead
-        except (OSError, ValueError) as exc:
-            raise IndexCorrupt(f"index build {version} has an unreadable {VECTORS_FILE}: {exc}") from exc
-        if vectors is not None:
-            if vectors.shape != (self.meta.count, self.meta.dim) or vectors.dtype != np.float32:
-                raise IndexCorrupt(f"index build {version}: {VECTORS_FILE} does not match its metadata")
-            self._vectors = vectors
-        self._colours: np.ndarray | None = None
+            fh = (build / name).open("rb")
+        except FileNotFoundError as exc:
+            if name in self.meta.files:
+                raise IndexCorrupt(f"index build {version} is missing {name}") from exc
+            return None
+        except OSError as exc:
+            raise IndexCorrupt(f"index build {version} has an unreadable {name}: {exc}") from exc
+        self._mapped.append((name, fh, 0))
         try:
-            colours = np.load(build / COLOURS_FILE, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            colours = None  # built without colour descriptors: trails rank by the image vector alone
+            found, fortran, found_dtype, offset = _npy_header(fh)
+            whole = offset + int(np.prod(found, dtype=np.int64)) * found_dtype.itemsize
+            recorded = self.meta.files.get(name, {}).get("bytes", whole)
+            if (
+                found_dtype != dtype
+                or fortran
+                or len(found) != 2
+                or found[0] != shape[0]
+                or shape[1] not in (None, found[1])
+                or whole != recorded
+            ):
+                raise IndexCorrupt(f"index build {version}: {name} does not match its metadata")
+            self._mapped[-1] = (name, fh, whole)
+            if os.fstat(fh.fileno()).st_size != whole:
+                raise IndexCorrupt(f"index build {version}: {name} is not the size it was published at ({whole} bytes)")
+            # Mapped through the file held open, so ``damage`` watches the very file mapped.
+            return np.memmap(fh, dtype=dtype, mode="r", shape=found, offset=offset)
         except (OSError, ValueError) as exc:
-            raise IndexCorrupt(f"index build {version} has an unreadable {COLOURS_FILE}: {exc}") from exc
-        if colours is not None:
-            if colours.ndim != 2 or len(colours) != self.meta.count or colours.dtype != np.float16:
-                raise IndexCorrupt(f"index build {version}: {COLOURS_FILE} does not match its metadata")
-            self._colours = colours
+            raise IndexCorrupt(f"index build {version} has an unreadable {name}: {exc}") from exc
+
+    def damage(self) -> str | None:
+        """Why this build's mapped files can no longer be read safely; None while each is its published size.
+
+        One ``fstat`` per mapped file (about 1 us each), of the file mapped even if its path
+        now names another: cheap enough for every query.
+        """
+        for name, fh, size in self._mapped:
+            try:
+                now = os.fstat(fh.fileno()).st_size
+            except (OSError, ValueError) as exc:
+                return f"{name} cannot be checked: {exc}"
+            if now != size:
+                return f"{name} is {now} bytes, {size} when published"
+        return None
 
     def items_of(self, product_ids: np.ndarray) -> np.ndarray:
         """The items holding any of ``product_ids`` (in the index's own order), skipping unknown ids."""
@@ -407,23 +576,45 @@ class IndexReader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._loaded: LoadedIndex | None = None
+        # (version, its files' signature, why) of the last build refused: not loaded (and checksummed)
+        # again on every query while its files stay as they are.
+        self._refused: tuple[str, tuple, str] | None = None
         self._lock = threading.Lock()
 
     def current(self) -> LoadedIndex | None:
         """The published build, loading it on first use or when ``CURRENT`` changed.
 
         Returns None when nothing is published; raises IndexCorrupt when the
-        published build cannot be served.
+        published build cannot be served. The build in use is checked on every
+        call (``LoadedIndex.damage``): one whose files changed since it was
+        mapped is dropped and loaded again from disk (refused, when damaged there).
         """
         version = published_version(self.directory)
         if version is None:
             return None
         loaded = self._loaded
         if loaded is not None and loaded.meta.version == version:
-            return loaded
+            damage = loaded.damage()
+            if damage is None:
+                return loaded
+            with self._lock:
+                if self._loaded is loaded:
+                    # Never read from it again: a page past a file's new end kills the process.
+                    self._loaded = None
+                    logger.error("Dropped index %s: %s", version, damage)
         with self._lock:
-            if self._loaded is None or self._loaded.meta.version != version:
+            loaded = self._loaded
+            if loaded is not None and loaded.meta.version == version and loaded.damage() is None:
+                return loaded
+            signature = _build_signature(self.directory / BUILDS_DIR / version)
+            if self._refused is not None and self._refused[:2] == (version, signature):
+                raise IndexCorrupt(self._refused[2])
+            try:
                 # The previous LoadedIndex stays valid for queries already holding it.
-                self._loaded = LoadedIndex(self.directory, version)
-                logger.info("Loaded index %s (%d vectors)", version, self._loaded.meta.count)
-            return self._loaded
+                loaded = LoadedIndex(self.directory, version)
+            except IndexCorrupt as exc:
+                self._refused = (version, signature, str(exc))
+                raise
+            self._loaded, self._refused = loaded, None
+            logger.info("Loaded index %s (%d vectors)", version, loaded.meta.count)
+            return loaded

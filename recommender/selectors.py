@@ -69,7 +69,10 @@ def _published(space: str) -> LoadedIndex | None:
         loaded = runtime.index_reader().current()
     except IndexCorrupt as exc:
         # The periodic sweep (recommender.tasks.index_repair_if_needed) rebuilds it; a read never writes.
+        # Meanwhile a damaged build counts as none: a catalog small enough is searched exactly.
         logger.error("The published index cannot be served: %s", exc)
+        if Embedding.objects.filter(space=space).count() <= EXACT_FALLBACK_MAX:
+            return None
         raise SimilarityUnavailable(
             "Similar-product search is being repaired; please try again in a minute. Text search still works."
         ) from exc
