@@ -348,22 +348,23 @@ def diversify(
     if strength <= 0.0 or k == 1:
         return np.argsort(-scores, kind="stable")[:k]
     vectors = np.asarray(vectors, dtype=np.float32)
-    if colours is not None and colour_weight > 0:
-        # One matrix whose dot products are the blended similarity: one product per pick, not two and a blend.
-        weight = min(colour_weight, 1.0)
-        vectors = np.hstack([np.sqrt(1.0 - weight) * vectors, np.sqrt(weight) * np.asarray(colours, np.float32)])
+    colours = np.asarray(colours, dtype=np.float32) if colours is not None and colour_weight > 0 else None
     chosen = np.zeros(k, dtype=np.int64)
-    taken = np.zeros(n, dtype=bool)
-    closest = np.zeros(n)  # the first pick is the best score alone
-    kept = 1.0 - strength
+    kept = (1.0 - strength) * scores
+    gain = kept.copy()  # the first pick is the best score alone
+    closest = np.zeros(n)
     for pick in range(k):
-        gain = kept * scores - strength * closest
-        gain[taken] = -np.inf
         best = int(np.argmax(gain))
         chosen[pick] = best
-        taken[best] = True
         similarity = vectors @ vectors[best]
-        closest = similarity if pick == 0 else np.maximum(closest, similarity)
+        if colours is not None:
+            similarity = (1.0 - colour_weight) * similarity + colour_weight * (colours @ colours[best])
+        if pick == 0:
+            closest = similarity.astype(np.float64)
+        else:
+            np.maximum(closest, similarity, out=closest)
+        gain = kept - strength * closest
+        gain[chosen[: pick + 1]] = -np.inf
     return chosen
 
 
