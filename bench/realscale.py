@@ -1095,18 +1095,22 @@ def vectors_env(n: int, dim: int, *, log: Callable[[str], None]) -> dict[str, st
     return env
 
 
-def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
-    out = tmp / f"vectors-{n}.json"
-    command = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), "clicks", "--n", str(n), "--dim", str(dim)]
-    command += ["--clicks", str(clicks), "--fresh", str(fresh), "--out", str(out)]
-    log(f"  {n:,} x {dim}-d synthetic vectors: {' '.join(command[1:])}")
-    env = vectors_env(n, dim, log=log)
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+def _vectors_child(command: str, args: list[str], *, n: int, dim: int, out: Path, log) -> dict:  # noqa: ANN001
+    """Run ``realscale_vectors.py COMMAND`` on the cached ``n`` x ``dim`` database; the JSON it wrote to ``out``."""
+    argv = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), command, "--n", str(n), "--dim", str(dim), *args]
+    argv += ["--out", str(out)]
+    log(f"  {command} at {n:,} x {dim}-d synthetic vectors: {' '.join(argv[1:])}")
+    done = subprocess.run(argv, cwd=ROOT, env=vectors_env(n, dim, log=log), capture_output=True, text=True, check=False)
     for line in done.stderr.strip().splitlines()[-5:]:
         log(f"    {line}")
     if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py clicks failed: {done.stderr[-3000:]}")
-    data = json.loads(out.read_text())
+        raise RuntimeError(f"realscale_vectors.py {command} failed: {done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
+    out = tmp / f"vectors-{n}.json"
+    data = _vectors_child("clicks", ["--clicks", str(clicks), "--fresh", str(fresh)], n=n, dim=dim, out=out, log=log)
     index = data["index"]
     table = Table(
         f"A click at {n:,} synthetic {dim}-d vectors (GET /api/similar/ through Django's test client, SQLite; "
@@ -1161,17 +1165,7 @@ STRATEGY_COST_GOAL = 1.2  # the served strategy's click CPU within this multiple
 def measure_strategies(*, n: int, walks: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
     """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic products."""
     out = tmp / f"strategies-{n}.json"
-    command = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), "strategies", "--n", str(n)]
-    command += ["--dim", str(STRATEGY_DIM), "--walks", str(walks), "--out", str(out)]
-    log(f"  strategies at {n:,} x {STRATEGY_DIM}-d synthetic vectors: {' '.join(command[1:])}")
-    done = subprocess.run(
-        command, cwd=ROOT, env=vectors_env(n, STRATEGY_DIM, log=log), capture_output=True, text=True, check=False
-    )
-    for line in done.stderr.strip().splitlines()[-5:]:
-        log(f"    {line}")
-    if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py strategies failed: {done.stderr[-3000:]}")
-    data = json.loads(out.read_text())
+    data = _vectors_child("strategies", ["--walks", str(walks)], n=n, dim=STRATEGY_DIM, out=out, log=log)
     results = data["strategies"]
     table = Table(
         f"A click's cost per refinement strategy at {n:,} synthetic {STRATEGY_DIM}-d vectors with colour descriptors "
@@ -1333,7 +1327,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\n{result.markdown()}\n"
     )
     log(result.text())
-    log(f"({result.seconds:.0f} s; {path}, {results / 'realscale.md'})")
+    log(f"({result.seconds:.0f} s; {path}, {results / (result.name + '.md')})")
     return 0
 
 

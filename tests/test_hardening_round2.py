@@ -453,8 +453,8 @@ print(json.dumps({
 """
 
 
-def production(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
-    """Load the production settings in a fresh process and report a few of their effects as JSON."""
+def production(tmp_path: Path, *, probe: str = _PROBE, **env_overrides: str) -> subprocess.CompletedProcess:
+    """Load the production settings in a fresh process and run ``probe`` there (default: a few effects as JSON)."""
     env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG"}}
     env.update(
         {
@@ -470,7 +470,7 @@ def production(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProc
     )
     env.update(env_overrides)
     return subprocess.run(
-        [sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -33,6 +33,7 @@ from gallery.services import catalog_import
 from recommender.preprocess import ImageRejected as PreprocessRejected
 from recommender.preprocess import image_check, image_load, image_prepare
 from tests.conftest import ROOT, admin_product_form, jpeg_bytes, subprocess_env, wait_for
+from tests.test_hardening_round2 import production
 
 # =============================================================================================
 # 5. Stored images are pixels only
@@ -349,23 +350,7 @@ _SETTINGS_PROBE = "import django; django.setup(); from django.conf import settin
 
 def load_settings(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
     """Import the settings in a fresh process, as a server would, with production defaults around overrides."""
-    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG"}}
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "GALLERY_ENV": "production",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "ALLOWED_HOSTS": "example.com",
-            "REDIS_URL": settings.REDIS_URL,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.sqlite3'}",
-            "GALLERY_VAR_DIR": str(tmp_path / "var"),
-            "STATIC_ROOT": str(tmp_path / "static"),
-        }
-    )
-    env.update(env_overrides)
-    return subprocess.run(
-        [sys.executable, "-c", _SETTINGS_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return production(tmp_path, probe=_SETTINGS_PROBE, **env_overrides)
 
 
 @pytest.mark.parametrize("value", ["1", "true", "on", "yes"])
