@@ -112,7 +112,7 @@ def strategy_named(spec: str) -> Strategy:
     values: dict[str, object] = {}
     for change in changes:
         key, _, text = change.partition("=")
-        if key not in kinds or key in {"name", "notes", "aspect_weights"}:
+        if key not in kinds or key in {"name", "notes"}:
             raise ValueError(f"{key!r} is not a strategy field one can set here")
         kind = kinds[key]
         if text == "None":

@@ -105,8 +105,8 @@ class Strategy:
       click: the products there that look most like it are what the shopper asked for by clicking.
     - ``context``: rank first by how many (liked, disliked) pairs a candidate sides with the liked member of
       (Qdrant's discovery search), then by the score.
-    - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only);
-      ``aspect_weights``: colour shares overriding recommender.colour's per aspect code.
+    - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only); a step
+      with an aspect takes recommender.colour's share for it.
     - ``diversity``: the MMR strength of :func:`diversify` (0: the top k by score).
     """
 
@@ -122,7 +122,6 @@ class Strategy:
     first_grid: bool = False
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
-    aspect_weights: dict[str, float] | None = field(default=None, compare=False)
     diversity: float = 0.0
     notes: str = field(default="", compare=False)
 
@@ -181,8 +180,7 @@ def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> f
         return 0.0
     aspect = trail.aspect(step)
     if aspect is not Aspect.DEFAULT:
-        overrides = strategy.aspect_weights or {}
-        return overrides.get(aspect.value, ASPECT_COLOUR_WEIGHTS[aspect])
+        return ASPECT_COLOUR_WEIGHTS[aspect]
     return strategy.colour_weight or 0.0
 
 
