@@ -279,11 +279,11 @@ def _catalog_ready(
     dim: int,
     log,  # noqa: ANN001
     *,
-    colours: bool = False,
+    with_colours: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The N synthetic vectors, stored and indexed (reusing what a previous run left); returns them and timings.
 
-    ``colours`` also stores a colour descriptor per product, so that the index build holds them.
+    ``with_colours`` also stores a colour descriptor per product, so that the index build holds them.
     """
     from django.utils import timezone
 
@@ -296,7 +296,6 @@ def _catalog_ready(
     started = time.perf_counter()
     vectors = synthetic_vectors(n, dim, queries=0, seed=SEED).vectors
     timings["generate_s"] = time.perf_counter() - started
-    want_colours = colours
     colours = np.random.default_rng(SEED).choice(len(COLOURS), n, p=COLOUR_SHARES)
     space = runtime.active_space()
     Embedding.objects.filter(product_id__gt=n).delete()  # fresh vectors a killed run left behind
@@ -309,7 +308,7 @@ def _catalog_ready(
         _store(vectors, first_id=1, colours=colours)
         timings["store_s"] = time.perf_counter() - started
     colours_missing = False
-    if want_colours:
+    if with_colours:
         from recommender.colour import COLOUR_SPACE
 
         if Embedding.objects.filter(space=COLOUR_SPACE).count() != n:
@@ -317,7 +316,7 @@ def _catalog_ready(
             _colours_store(colours)
             colours_missing = True
     loaded = runtime.index_reader().current()
-    if want_colours and loaded is not None and loaded.colours_of(np.zeros(1, dtype=np.int64)) is None:
+    if with_colours and loaded is not None and loaded.colours_of(np.zeros(1, dtype=np.int64)) is None:
         colours_missing = True
     if colours_missing or loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
         # As on a settled site: every vector older than the build's margin, so the index holds them all.
@@ -437,7 +436,7 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    _, timings = _catalog_ready(n, dim, log, colours=True)
+    _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
 
     def forget() -> None:

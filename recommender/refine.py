@@ -17,6 +17,7 @@ scores them against every step (colour blended per step's aspect) and returns th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -299,6 +300,7 @@ def trail_grid(
     return grid
 
 
+@functools.cache  # a handful of strategies per process; asdict and a digest on every click were waste
 def _strategy_key(strategy: Strategy) -> str:
     """A stable digest of everything in ``strategy`` that decides a grid (its notes aside)."""
     fields = sorted((name, value) for name, value in asdict(strategy).items() if name != "notes")

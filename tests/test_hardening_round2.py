@@ -469,9 +469,7 @@ def production(tmp_path: Path, *, probe: str = _PROBE, **env_overrides: str) -> 
         }
     )
     env.update(env_overrides)
-    return subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _example_value(name: str) -> str:

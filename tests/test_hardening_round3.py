@@ -34,6 +34,7 @@ from recommender.preprocess import ImageRejected as PreprocessRejected
 from recommender.preprocess import image_check, image_load, image_prepare
 from tests.conftest import ROOT, admin_product_form, jpeg_bytes, subprocess_env, wait_for
 from tests.test_hardening_round2 import production
+from tests.test_worker import free_port
 
 # =============================================================================================
 # 5. Stored images are pixels only
@@ -473,14 +474,6 @@ def _procfile_web_command() -> str:
     raise AssertionError("the Procfile has no web process")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _answers(port: int) -> bool:
     try:
         return _request(port, "GET", "/healthz")[0] == 200
@@ -504,7 +497,7 @@ def _request(port: int, method: str, target: str) -> tuple[int, dict[str, str], 
 @pytest.fixture(scope="module")
 def procfile_web(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[int]:
     """gunicorn started from the Procfile's web command (one worker: the test's machine is small); its port."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("web") / "gunicorn.log"
     bin_dir = str(Path(sys.executable).parent)
     env = subprocess_env(PORT=str(port), PATH=f"{bin_dir}:{os.environ.get('PATH', '')}", DEBUG="0")

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from gallery.services import catalog_import
 from lab.demo import demo_catalog_write
 from recommender import services
 from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.test_worker import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -180,12 +180,6 @@ def gunicorn(catalog_slice, tmp_path: Path) -> Iterator[Server]:
 def small_gunicorn(small_catalog_slice, tmp_path: Path) -> Iterator[Server]:
     with _served(tmp_path, workers=1) as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
