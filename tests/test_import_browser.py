@@ -82,6 +82,9 @@ def test_an_admin_uploads_a_catalog_zip_and_follows_its_import_to_the_end(
             status = page.locator("#import-progress .import-status")
             expect(status).to_have_text("Queued")
             expect(page.locator("#import-progress")).to_contain_text(f"0 of {len(ids)} rows read")
+            # htmx is a deferred script: the progress block can be on screen before it has run, so wait for the
+            # page's load (which runs deferred scripts) before asking whether it loaded.
+            page.wait_for_load_state("load")
             assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
             page.screenshot(path=str(ARTIFACTS / "import-01-queued.png"), full_page=True)
             job_id = int(page.url.rstrip("/").split("/")[-2])
