@@ -19,4 +19,7 @@ from config.settings import *  # noqa: E402, F403
 # processes started by the tests share it.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}  # noqa: F405
+elif os.environ.get("TEST_DATABASE_NAME"):
+    # Two suites on one PostgreSQL server side by side each name their own.
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
