@@ -3,7 +3,8 @@
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    GALLERY_ENV=production GALLERY_VAR_DIR=/data DJANGO_SETTINGS_MODULE=config.settings
+    GALLERY_ENV=production GALLERY_VAR_DIR=/data DJANGO_SETTINGS_MODULE=config.settings \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/gallery-metrics
 
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*

@@ -63,6 +63,7 @@ import random
 import shlex
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -940,6 +941,176 @@ def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes
     return {"one": one, "many": many, "memory": memory, "kinds": kinds, "port": port}
 
 
+def measure_events_cost(prepared: Prepared, database: str, shop: Shop, *, seconds: float, rounds: int, logs: Path,
+                        log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001  # fmt: skip
+    """The click API's rate at 8 clients with shopper events on vs off: what recording costs a request.
+
+    The Procfile's web server is started once per setting, alternately (off, on, off, on, ...), ``rounds``
+    times each, so a drift of the shared machine's load falls on both alike; the paired ratios (each "on"
+    run over the "off" run just before it) and their median are reported. With events on, each click notes
+    a grid event that is pushed to Redis after the response; after each timed run a Celery worker with beat
+    stores them (its flush is not timed: on a site it runs on a worker's cores), and the count stored is
+    reported, so the run shows the events were recorded.
+    """
+    kind = next(k for k in shop.kinds() if k.name == "click API")
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    p99: dict[str, list[float]] = {"off": [], "on": []}
+    errors = 0
+    stored = 0
+    loads: list[float] = []
+    for round_number in range(rounds):
+        for setting in ("off", "on"):
+            _redis_flush()
+            port = free_port()
+            env = prepared.env(
+                database, EVENTS_ENABLED="1" if setting == "on" else "0", EVENTS_FLUSH_INTERVAL_S="1",
+            )  # fmt: skip
+            server = Service(f"gunicorn (events {setting})", procfile_web(port),
+                             log=logs / f"gunicorn-events-{setting}-{round_number}.log", env=env)  # fmt: skip
+            try:
+                up = lambda port=port, server=server: _status(port, "/healthz") == 200 or not server.alive()  # noqa: E731
+                wait_until(up, timeout=120, what="gunicorn")
+                many_clients(port, kind, clients=12, seconds=1.5, seed=1)  # every worker warmed
+                log(f"  [{database}] click API at 8 clients, events {setting} (round {round_number + 1}/{rounds})")
+                loads.append(os.getloadavg()[0])
+                run = many_clients(port, kind, clients=8, seconds=seconds, seed=round_number + 2)
+                rates[setting].append(run["rate"])
+                p99[setting].append(run["summary"].p99)
+                errors += run["errors"]
+            finally:
+                server.stop()
+            if setting == "on":
+                stored += _events_flushed(prepared, database, logs=logs, round_number=round_number)
+    cpu = measure_events_cpu(prepared, database, shop, blocks=10, per_block=30 if seconds < 10 else 100)
+    cpu_ratio = cpu["mean_ms"]["off"] / cpu["mean_ms"]["on"] if cpu["mean_ms"]["on"] else 0.0
+    paired = [on / off for on, off in zip(rates["on"], rates["off"], strict=True) if off]
+    ratio = statistics.median(paired) if paired else 0.0
+    table = Table(
+        f"Shopper events' cost: click API at 8 clients ({database})",
+        ["events", "req/s per run", "median req/s", "median p99 ms"],
+    )
+    for setting in ("off", "on"):
+        table.add(setting, ", ".join(f"{r:.0f}" for r in rates[setting]), f"{statistics.median(rates[setting]):.1f}",
+                  f"{statistics.median(p99[setting]):.1f}")  # fmt: skip
+    table.note = (
+        f"{rounds} runs of {seconds:.0f}s per setting, alternated; paired on/off ratios "
+        f"{', '.join(f'{r:.2f}' for r in paired)}; 1-minute load average at each run's start "
+        f"{min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores. Events on: each click notes a grid "
+        f"event, pushed to Redis after the response; {stored} events stored by the worker's scheduled flush."
+    )
+    table.add("off, CPU per request", f"{cpu['requests']['off']} requests", f"mean {cpu['mean_ms']['off']:.2f} ms",
+              f"median {cpu['median_ms']['off']:.2f} ms")  # fmt: skip
+    table.add("on, CPU per request", f"{cpu['requests']['on']} requests", f"mean {cpu['mean_ms']['on']:.2f} ms",
+              f"median {cpu['median_ms']['on']:.2f} ms")  # fmt: skip
+    table.note += (
+        " CPU per request: the click API through Django's test client in one process, thread CPU time, events off "
+        f"and on alternated in blocks ({cpu['buffered']} events buffered in Redis by the 'on' blocks)."
+    )
+    targets = [
+        Target(
+            f"{database}, click API rate at 8 clients, events on / off (median of paired runs)",
+            ">= 0.95",
+            f"{ratio:.3f}",
+            ratio >= 0.95,
+        ),  # fmt: skip
+        Target(
+            f"{database}, click API requests per CPU second, events on / off",
+            ">= 0.95",
+            f"{cpu_ratio:.3f}",
+            cpu_ratio >= 0.95,
+        ),  # fmt: skip
+        Target(f"{database}, errors with events on and off", "0", str(errors), errors == 0),
+    ]
+    return table, targets, {"rates": rates, "p99": p99, "paired": paired, "ratio": ratio, "stored": stored,
+                            "errors": errors, "load_average": loads, "cpu": cpu, "cpu_ratio": cpu_ratio}  # fmt: skip
+
+
+# The request path's CPU with events on and off, in one process through Django's test client: thread CPU
+# (time.thread_time), which the machine's other load does not inflate the way it does wall-clock rates.
+_EVENTS_CPU = """
+import json, os, random, time
+from django.conf import settings
+from django.test import Client
+from gallery import events
+ids = json.loads(os.environ["BENCH_IDS"])
+blocks, per_block = int(os.environ["BENCH_BLOCKS"]), int(os.environ["BENCH_PER_BLOCK"])
+settings.ALLOWED_HOSTS = ["*"]
+client = Client()
+client.cookies[settings.EVENTS_COOKIE_NAME] = "B" * 22
+rng = random.Random(5)
+for pid in ids[:40]:
+    client.get(f"/api/similar/{pid}")  # warm: index mapped, caches filled
+cpu = {"off": [], "on": []}
+for block in range(blocks):
+    for setting in ("off", "on"):
+        settings.EVENTS_ENABLED = setting == "on"
+        for _ in range(per_block):
+            pid = rng.choice(ids)
+            started = time.thread_time()
+            response = client.get(f"/api/similar/{pid}")
+            cpu[setting].append((time.thread_time() - started) * 1000)
+            assert response.status_code == 200, response.status_code
+print(json.dumps({"cpu_ms": cpu, "buffered": events.events_buffered()}))
+"""
+
+
+def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks: int, per_block: int) -> dict:
+    """Thread CPU per click API request with events off and on, alternated in blocks (ms, medians and means)."""
+    _redis_flush()
+    done = subprocess.run(
+        [PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU],
+        cwd=prepared.code, capture_output=True, text=True, timeout=1800, check=False,
+        env=prepared.env(database, LOG_LEVEL="WARNING", BENCH_IDS=json.dumps(shop.ids[:2000]),
+                         BENCH_BLOCKS=str(blocks), BENCH_PER_BLOCK=str(per_block)),
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"events CPU run failed: {done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu = out["cpu_ms"]
+    return {
+        "median_ms": {k: statistics.median(v) for k, v in cpu.items()},
+        "mean_ms": {k: statistics.fmean(v) for k, v in cpu.items()},
+        "requests": {k: len(v) for k, v in cpu.items()},
+        "buffered": out["buffered"],
+    }
+
+
+def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_number: int) -> int:
+    """Start a worker with beat until the buffered events are stored; how many it stored (then deleted)."""
+    env = prepared.env(database, EVENTS_FLUSH_INTERVAL_S="1")
+    worker = Service(
+        "worker (events flush)",
+        [str(BIN / "celery"), "-A", "config", "worker", "--beat", "--concurrency", "1",
+         "--schedule", str(logs / f"beat-{round_number}.schedule"), "--without-gossip", "--without-mingle",
+         "--loglevel", "WARNING"],
+        log=logs / f"worker-events-{round_number}.log",
+        env=env,
+    )  # fmt: skip
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        wait_until(lambda: not client.keys("*events:buffer"), timeout=120, what="the events flush")
+    finally:
+        worker.stop()
+    return _events_stored(prepared, database)
+
+
+def _events_stored(prepared: Prepared, database: str) -> int:
+    out = subprocess.run(
+        [str(BIN / "python"), "manage.py", "shell", "-c",
+         "from gallery.models import ShopperEvent; print(ShopperEvent.objects.count())"],
+        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    count = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+    subprocess.run(
+        [str(BIN / "python"), "manage.py", "shell", "-c",
+         "from gallery.models import ShopperEvent; ShopperEvent.objects.all().delete()"],
+        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return count
+
+
 def _pool(runs: list[dict]) -> dict:
     """Runs of one kind as one sample (/healthz runs first and last): times pooled, rates averaged."""
     times = [t for r in runs for t in r["times"]]
@@ -1202,9 +1373,28 @@ def realscale_run(
     log,  # noqa: ANN001
     strategies_at: int | None = None,
     strategies_only: bool = False,
+    events_cost: bool = False,
+    availability_cost: bool = False,
 ) -> SectionResult:
     """Prepare (or reuse) the catalog, measure every database, the click at ``vectors`` synthetic vectors, and
     the strategies' cost at ``strategies_at`` (alone with ``strategies_only``)."""
+    if availability_cost:
+        result = SectionResult("realscale-availability")
+        n = strategies_at or STRATEGY_PRODUCTS
+        out = tmp / "hidden.json"
+        data = _vectors_child("hidden", ["--clicks", "50" if quick else "200"], n=n, dim=STRATEGY_DIM, out=out, log=log)
+        table = Table(
+            f"A first click at {n:,} synthetic {STRATEGY_DIM}-d vectors with products off sale "
+            "(GET /api/similar/ through Django's test client, SQLite; thread CPU, ms)",
+            ["off sale", "clicks", "CPU p50", "CPU p99", "p50 / none"],
+        )
+        base = statistics.median(data["cpu_ms"]["none"])
+        for name, cpu in data["cpu_ms"].items():
+            p50, p99 = statistics.median(cpu), statistics.quantiles(cpu, n=100)[98]
+            table.add(name, len(cpu), f"{p50:.2f}", f"{p99:.2f}", f"{p50 / base:.2f}")
+        result.tables.append(table)
+        result.data = data
+        return result
     if strategies_only:
         result = SectionResult("realscale-strategies")
         table, targets, data = measure_strategies(n=strategies_at or STRATEGY_PRODUCTS, walks=5 if quick else 30,
@@ -1230,6 +1420,17 @@ def realscale_run(
         if quick
         else Sizes(warm=30, count=300, photo_count=300, seconds=10)
     )
+    if events_cost:
+        result = SectionResult("realscale-events")
+        result.data = {"products": shop.products}
+        for database in databases:
+            table, targets, data = measure_events_cost(
+                prepared, database, shop, seconds=6 if quick else 15, rounds=5, logs=tmp, log=log
+            )
+            result.tables.append(table)
+            result.targets += targets
+            result.data[database] = data
+        return result
     result = SectionResult("realscale")
     result.data = {"products": shop.products, "embedded": len(shop.ids), "prepare_seconds": prepare_s, "databases": {}}
     for database in databases:
@@ -1291,6 +1492,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--strategies-only", action="store_true", help="measure the strategies' cost alone")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
+    parser.add_argument(
+        "--events-cost", action="store_true", help="only the click API at 8 clients, shopper events on vs off"
+    )
+    parser.add_argument(
+        "--availability-cost", action="store_true", help="only a click's CPU with 0, 1 and 1%% of products off sale"
+    )
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     unknown = sorted(set(databases) - {"sqlite", "postgres"})
@@ -1315,7 +1522,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         strategies_at = args.strategies_at if args.strategies_at is not None else STRATEGY_PRODUCTS
         result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log,
-                               strategies_at=strategies_at, strategies_only=args.strategies_only)  # fmt: skip
+                               strategies_at=strategies_at, strategies_only=args.strategies_only,
+                               events_cost=args.events_cost,
+                               availability_cost=args.availability_cost)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.seconds = time.perf_counter() - started

@@ -484,6 +484,52 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
     out.write_text(json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results}))
 
 
+def hidden(n: int, dim: int, clicks: int, out: Path) -> None:
+    """Thread CPU per first click with every product on sale, 1 off sale and 1 % off sale (the same anchors).
+
+    With any product off sale the shop passes the ids on sale to the engine (``allowed_ids``), which then
+    searches as for a broad filter. Everything is put back on sale at the end.
+    """
+    from django.test import Client
+
+    from config.malloc import keep_freed_memory
+    from gallery.services import product_availability_set
+    from recommender import refine
+
+    keep_freed_memory()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    _, timings = _catalog_ready(n, dim, log, with_colours=True)
+    client = Client(HTTP_HOST="127.0.0.1")
+    rng = np.random.default_rng(17)
+    anchors = [int(a) for a in rng.integers(1, n + 1, size=clicks)]
+    off_sale = {"none": [], "1 product": [int(rng.integers(1, n + 1))]}
+    off_sale["1 %"] = sorted({int(i) for i in rng.integers(1, n + 1, size=n // 100)})
+    results: dict[str, list[float]] = {}
+    try:
+        for name, ids in off_sale.items():
+            product_availability_set(product_ids=range(1, n + 1), active=True)
+            product_availability_set(product_ids=ids, active=False)
+            for anchor in anchors[:20]:  # warm: the ids on sale remembered, the index mapped
+                client.get(f"/api/similar/{anchor}")
+            cpu: list[float] = []
+            for anchor in anchors:
+                refine.forget()
+                started = time.thread_time()
+                response = client.get(f"/api/similar/{anchor}")
+                cpu.append((time.thread_time() - started) * 1e3)
+                found = [int(item["id"]) for item in response.json()["results"]]
+                if response.status_code != 200 or len(found) != K or set(found) & set(ids):
+                    raise RuntimeError(f"GET /api/similar/{anchor}: {response.status_code}, {len(found)} results")
+            results[name] = cpu
+            log(f"  {name} off sale: CPU p50 {np.percentile(cpu, 50):.2f} ms, p99 {np.percentile(cpu, 99):.2f} ms")
+    finally:
+        product_availability_set(product_ids=range(1, n + 1), active=True)
+    out.write_text(json.dumps({"n": n, "dim": dim, "clicks": clicks, "timings": timings, "cpu_ms": results}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -502,6 +548,11 @@ def main() -> None:
     compared.add_argument("--dim", type=int, default=1280)
     compared.add_argument("--walks", type=int, default=30)
     compared.add_argument("--out", type=Path, required=True)
+    off_sale = sub.add_parser("hidden")
+    off_sale.add_argument("--n", type=int, required=True)
+    off_sale.add_argument("--dim", type=int, default=1280)
+    off_sale.add_argument("--clicks", type=int, default=200)
+    off_sale.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     _django()
     if args.command == "copy-from-sqlite":
@@ -512,6 +563,8 @@ def main() -> None:
         print(json.dumps(vectors_load(args.path)))
     elif args.command == "strategies":
         strategies(args.n, args.dim, args.walks, args.out)
+    elif args.command == "hidden":
+        hidden(args.n, args.dim, args.clicks, args.out)
     else:
         clicks(args.n, args.dim, args.clicks, args.fresh, args.out)
 

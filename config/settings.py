@@ -6,12 +6,14 @@ hand (SQLite, an embedded Redis started by ``manage.py serve``, files under
 ``SECRET_KEY`` and turns on the deployment checks' settings.
 """
 
+import importlib.util
 import ipaddress
 import os
 import secrets
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE
 from django.core.exceptions import ImproperlyConfigured
 
 from recommender.spaces import ENCODER_NAMES as _ENCODER_NAMES
@@ -27,6 +29,14 @@ PRODUCTION = GALLERY_ENV == "production"
 
 # Everything the running site writes: database, media, index builds, sockets.
 VAR_DIR = Path(env("GALLERY_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
+
+# Prometheus counters of this machine's processes: each gunicorn worker (and worker process) writes its own
+# memory-mapped files here and /metrics sums them (prometheus-client's multiprocess mode). The client reads
+# the variable when it is first imported, which is after the settings. Local to each machine; emptied by
+# `manage.py serve` at start (elsewhere, empty it before starting the web server, as systemd's RuntimeDirectory does).
+METRICS_DIR = Path(env("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))).resolve()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+METRICS_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def _local_secret_key() -> str:
@@ -93,9 +103,15 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Outermost, so that every error under /api/ (405, a refused body, a 500) reaches clients as JSON.
+    # Outermost: every answer (errors too) echoes the request id, and every log line of the request carries it.
+    "gallery.middleware.RequestId",
+    # Times the whole answer, by view, for /metrics.
+    "gallery.middleware.RequestMetrics",
+    # So that every error under /api/ (405, a refused body, a 500) reaches clients as JSON.
     "gallery.api_errors.ApiErrorsAsJson",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "gallery.middleware.PermissionsPolicy",
     "gallery.middleware.RequestUriLimit",
     "gallery.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -106,6 +122,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # The anonymous session cookie and the request's shopper events (gallery.events).
+    "gallery.events.ShopperEvents",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -232,8 +250,8 @@ STORAGES = {
     },
 }
 # Media on S3-compatible object storage instead of MEDIA_ROOT: an optional
-# extra (pip install -r requirements-s3.txt). Index builds stay on a shared
-# filesystem (INDEX_DIR): readers mmap them.
+# extra (pip install -r requirements-s3.txt). Index builds may be published to a
+# bucket too (INDEX_STORE=s3), but each node serves its own local copy: readers mmap them.
 MEDIA_S3_BUCKET = env("MEDIA_S3_BUCKET", default="")
 if MEDIA_S3_BUCKET:
     STORAGES["default"] = {
@@ -282,6 +300,31 @@ if REFINE_DIVERSITY is not None and not 0.0 <= REFINE_DIVERSITY < 1.0:
 # How a trail becomes a grid: one of recommender.feedback.SERVED ("coherent", the measured choice, or
 # "neighbours", the clicked product's plain neighbours, the reference every measure is read beside).
 REFINE_STRATEGY = env("REFINE_STRATEGY", default="coherent")
+# A live A/B test of ranking: two or more served strategies with their shares, e.g. "coherent:50,neighbours:50".
+# A session's arm is a stable hash of its anonymous id (gallery.experiments); empty: everyone gets REFINE_STRATEGY.
+REFINE_EXPERIMENT = env("REFINE_EXPERIMENT", default="")
+# The shop's product page, where a card's "view product" link leads ({id} is the product id); empty: the admin page.
+PRODUCT_URL_TEMPLATE = env("PRODUCT_URL_TEMPLATE", default="")
+if PRODUCT_URL_TEMPLATE and (
+    not PRODUCT_URL_TEMPLATE.startswith(("https://", "http://", "/"))
+    or PRODUCT_URL_TEMPLATE.startswith("//")
+    or PRODUCT_URL_TEMPLATE.count("{id}") != 1
+    or PRODUCT_URL_TEMPLATE.replace("{id}", "").count("{") + PRODUCT_URL_TEMPLATE.replace("{id}", "").count("}")
+):
+    raise ImproperlyConfigured(
+        "PRODUCT_URL_TEMPLATE must be an http(s) URL or a path holding {id} once and no other braces, "
+        f"e.g. https://shop.example/p/{{id}}, not {PRODUCT_URL_TEMPLATE!r}"
+    )
+# Shopper events (gallery.events): on/off, how long they are kept, the anonymous session cookie.
+EVENTS_ENABLED = env.bool("EVENTS_ENABLED", default=True)
+EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=90)
+if EVENTS_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured(f"EVENTS_RETENTION_DAYS must be 1 or more, not {EVENTS_RETENTION_DAYS}")
+EVENTS_COOKIE_NAME = env("EVENTS_COOKIE_NAME", default="gallery_sid")
+EVENTS_SESSION_DAYS = env.int("EVENTS_SESSION_DAYS", default=30)
+EVENTS_FLUSH_INTERVAL_S = env.float("EVENTS_FLUSH_INTERVAL_S", default=10.0)
+# Events waiting in Redis at most (a flusher away for long): beyond it the oldest are dropped and counted.
+EVENTS_BUFFER_MAX = env.int("EVENTS_BUFFER_MAX", default=1_000_000)
 API_MAX_K = env.int("API_MAX_K", default=100)
 # Photo searches per client per minute, counted in the shared cache.
 PHOTO_SEARCH_RATE_PER_MINUTE = env.int("PHOTO_SEARCH_RATE_PER_MINUTE", default=30)
@@ -323,6 +366,26 @@ ENCODER_BATCH_SIZE = env.int("ENCODER_BATCH_SIZE", default=32)
 # only takes CPU from the model (0.82 vs 0.66 of bare forward, docs/benchmarks.md).
 ENCODER_DECODE_WORKERS = env.int("ENCODER_DECODE_WORKERS", default=1 if (os.cpu_count() or 1) > 2 else 0)
 INDEX_DIR = Path(env("INDEX_DIR", default=str(VAR_DIR / "index")))
+# Where the worker that builds publishes each build for every web node (recommender/delivery.py):
+# empty or dir:<INDEX_DIR> (one machine: the builds are served where they are made, nothing copied),
+# dir:/path (a directory every machine mounts), or s3 (a bucket, INDEX_S3_*; pip install -r
+# requirements-s3.txt). With a store, each node copies the build into its own INDEX_DIR and serves it
+# from local disk; a fetcher in each web process looks every INDEX_FETCH_INTERVAL_S seconds.
+INDEX_STORE = env("INDEX_STORE", default="").strip()
+if INDEX_STORE and INDEX_STORE != "s3" and not (INDEX_STORE.startswith("dir:") and Path(INDEX_STORE[4:]).is_absolute()):
+    raise ImproperlyConfigured(f"INDEX_STORE must be empty, dir:/absolute/path or s3, not {INDEX_STORE!r}")
+INDEX_S3_BUCKET = env("INDEX_S3_BUCKET", default="")
+if INDEX_STORE == "s3" and not INDEX_S3_BUCKET:
+    raise ImproperlyConfigured("INDEX_STORE=s3 needs INDEX_S3_BUCKET")
+if INDEX_STORE == "s3" and importlib.util.find_spec("storages") is None:
+    raise ImproperlyConfigured("INDEX_STORE=s3 needs the S3 extra: pip install -r requirements-s3.txt")
+INDEX_S3_ENDPOINT_URL = env("INDEX_S3_ENDPOINT_URL", default=None)
+INDEX_S3_REGION = env("INDEX_S3_REGION", default=None)
+# Key prefix of the builds in the bucket (the bucket may hold media too).
+INDEX_S3_PREFIX = env("INDEX_S3_PREFIX", default="index/")
+INDEX_FETCH_INTERVAL_S = env.float("INDEX_FETCH_INTERVAL_S", default=10.0)
+if INDEX_FETCH_INTERVAL_S <= 0:
+    raise ImproperlyConfigured(f"INDEX_FETCH_INTERVAL_S must be positive, not {INDEX_FETCH_INTERVAL_S}")
 # Serve vectors projected by a trained head or PCA (a version such as
 # "head256-3f2a9c1b", its file in INDEX_DIR/heads); empty: the raw encoder vectors.
 EMBEDDING_HEAD = env("EMBEDDING_HEAD", default="")
@@ -354,6 +417,25 @@ except ValueError as exc:
 if TRUSTED_PROXY_COUNT and TRUSTED_PROXIES:
     raise ImproperlyConfigured("Set TRUSTED_PROXY_COUNT or TRUSTED_PROXIES, not both")
 BEHIND_PROXY = bool(TRUSTED_PROXY_COUNT or TRUSTED_PROXIES)
+# A request's id comes from the X-Request-ID header only when a trusted proxy (above) passed it on; otherwise
+# (and when the value is not 1-128 letters, digits, "-", "_", ".", ":") the site makes one. Either way the
+# answer echoes it in X-Request-ID and every log line of the request and of the tasks it queues carries it.
+REQUEST_ID_FROM_PROXY = env.bool("REQUEST_ID_FROM_PROXY", default=True)
+
+# --- Metrics -----------------------------------------------------------------------------------
+# /metrics (Prometheus) answers only scrapers that send "Authorization: Bearer <METRICS_TOKEN>" or connect from
+# METRICS_ALLOWED_NETWORKS (addresses or CIDR networks, the client address as the trusted proxies vouch for
+# it); anyone else gets 404. Locally, the machine itself may scrape; in production nobody until one is set.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters (or unset)")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(n, strict=False)
+        for n in env.list("METRICS_ALLOWED_NETWORKS", default=[] if PRODUCTION else ["127.0.0.0/8", "::1"])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS must be IP addresses or networks (CIDR): {exc}") from exc
 
 # --- Security -----------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -361,6 +443,40 @@ CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp): scripts and styles only from the site's own files (htmx's indicator
+# style is turned off by the pages' htmx-config meta tag), no framing, forms post here only. Inline code is
+# refused unless it carries the request's nonce (<style nonce="{{ request.csp_nonce }}">).
+# Product images from object storage need their origin in img-src: CSP_IMG_SRC adds origins
+# (e.g. https://media.example.com); an S3 custom domain or endpoint is added by itself.
+_csp_img_src = ["'self'", "data:", *env.list("CSP_IMG_SRC", default=[])]
+if MEDIA_S3_BUCKET:
+    _media_origin = env("MEDIA_S3_CUSTOM_DOMAIN", default="") or env("MEDIA_S3_ENDPOINT_URL", default="")
+    if _media_origin:
+        _csp_img_src.append(_media_origin if "://" in _media_origin else f"https://{_media_origin}")
+    else:  # AWS itself: the bucket's global or regional virtual-hosted name
+        _region = env("MEDIA_S3_REGION", default="")
+        _csp_img_src.append(f"https://{MEDIA_S3_BUCKET}.s3.{_region + '.' if _region else ''}amazonaws.com")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", NONCE],
+        "img-src": _csp_img_src,
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        **({"upgrade-insecure-requests": True} if PRODUCTION else {}),
+    },
+}
+# Features no page uses, refused to the pages and anything they might embed.
+PERMISSIONS_POLICY = env(
+    "PERMISSIONS_POLICY",
+    default="camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
+)
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     if BEHIND_PROXY:
@@ -391,10 +507,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
         "json": {"()": "config.logging.JsonFormatter"},
     },
-    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # The request id and task id of the line (config/logging.py).
+    "filters": {"context": {"()": "config.logging.ContextFilter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["stdout"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -403,4 +521,6 @@ CELERY_BEAT_SCHEDULE = {
     "embed-sweep": {"task": "recommender.embed_sweep", "schedule": EMBED_SWEEP_INTERVAL_S},
     "index-refresh": {"task": "recommender.index_refresh", "schedule": INDEX_REBUILD_SCHEDULE_S},
     "import-sweep": {"task": "gallery.import_jobs_sweep", "schedule": 60},
+    "events-flush": {"task": "gallery.events_flush", "schedule": EVENTS_FLUSH_INTERVAL_S},
+    "events-purge": {"task": "gallery.events_purge", "schedule": 3600},
 }

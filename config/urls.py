@@ -4,10 +4,13 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from gallery.health import healthz, readyz
+from gallery.metrics import metrics
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # Prometheus; only for the scrapers METRICS_TOKEN or METRICS_ALLOWED_NETWORKS let in (404 for others).
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("gallery.urls")),
 ]

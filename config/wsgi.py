@@ -33,3 +33,10 @@ def _warm() -> None:
 
 
 threading.Thread(target=_warm, name="search-index-warm", daemon=True).start()
+
+# With INDEX_STORE set, this web process keeps the node's copy of the index current (recommender/delivery.py).
+# Started here, in each web process: gunicorn runs no supervisor of its own, and a thread per process
+# with a per-node file lock needs none (one process downloads, every process switches on its next query).
+from recommender.api import index_delivery_start  # noqa: E402
+
+index_delivery_start()

@@ -21,6 +21,7 @@ from gallery.services import (
     StoredImage,
     image_files_guard,
     image_prepare_for_store,
+    product_availability_set,
     product_image_set,
     product_lock,
     products_delete,
@@ -55,7 +56,8 @@ class ProductForm(forms.ModelForm):
 
     class Meta:
         model = Product
-        fields = ["id", "name", *CATALOG_FIELDS]
+        # ``active`` is changed by the list's actions (one service), never by a form that leaves a box unticked.
+        fields = ["id", "name", *CATALOG_FIELDS, "stock"]
 
     # Set (on a subclass, by ProductAdmin.get_form) when the image of this very POST could not be stored.
     store_failure = ""
@@ -86,12 +88,13 @@ class BulkUploadForm(forms.Form):
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
     form = ProductForm
-    list_display = ["id", "preview", "name", "article_type", "base_colour", "gender", "embedding"]
+    list_display = ["id", "preview", "name", "article_type", "base_colour", "gender", "active", "stock", "embedding"]
     # The embedding state is the vector engine's (recommender.models.EmbeddingState), read through the relation.
     list_select_related = ["embedding_state"]
     list_display_links = ["id", "name"]
     list_filter = [
         ("embedding_state__status", admin.ChoicesFieldListFilter),
+        "active",
         "gender",
         "master_category",
         "article_type",
@@ -101,17 +104,19 @@ class ProductAdmin(admin.ModelAdmin):
     search_fields = ["name", "=id"]
     readonly_fields = [
         "preview",
+        "active",
         "embedding",
         "embedding_error",
         "image_version",
         "embedding_requested_at",
         "updated_at",
     ]
-    actions = ["retry_embedding"]
+    actions = ["retry_embedding", "take_off_sale", "put_on_sale"]
     list_per_page = 50
     change_list_template = "admin/gallery/product/change_list.html"
     fieldsets = [
         (None, {"fields": ["id", "name", "image_upload", "preview"]}),
+        ("Availability", {"fields": ["active", "stock"]}),
         (
             "Catalog",
             {
@@ -141,7 +146,7 @@ class ProductAdmin(admin.ModelAdmin):
     def preview(self, obj: Product) -> str:
         if not obj.thumbnail:
             return "-"
-        return format_html('<img src="{}" alt="" style="height:64px;width:auto">', obj.thumbnail.url)
+        return format_html('<img src="{}" alt="" class="gallery-thumb">', obj.thumbnail.url)
 
     def changeform_view(
         self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
@@ -214,6 +219,17 @@ class ProductAdmin(admin.ModelAdmin):
         with transaction.atomic():
             count = api.embedding_retry(product_ids=ids)
         self.message_user(request, f"{count} products queued for embedding.", messages.SUCCESS)
+
+    # Availability: one action for the whole selection, through the one service (no image or vector is touched).
+    @admin.action(description="Take the selected products off sale", permissions=["change"])
+    def take_off_sale(self, request: HttpRequest, queryset) -> None:
+        count = product_availability_set(product_ids=queryset.values_list("id", flat=True), active=False)
+        self.message_user(request, f"{count} products taken off sale; no grid shows them now.", messages.SUCCESS)
+
+    @admin.action(description="Put the selected products on sale", permissions=["change"])
+    def put_on_sale(self, request: HttpRequest, queryset) -> None:
+        count = product_availability_set(product_ids=queryset.values_list("id", flat=True), active=True)
+        self.message_user(request, f"{count} products put on sale.", messages.SUCCESS)
 
     def delete_model(self, request: HttpRequest, obj: Product) -> None:
         products_delete(product_ids=[obj.id])
@@ -412,3 +428,7 @@ class ImportJobAdmin(admin.ModelAdmin):
 
 admin.site.site_header = "Visual gallery admin"
 admin.site.site_title = "Visual gallery admin"
+
+# The Catalog health pages register themselves (gallery/health_admin.py), as do the shopper events and their
+# dashboard (gallery/dashboard.py).
+from gallery import dashboard, health_admin  # noqa: E402, F401

@@ -1,6 +1,23 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class GalleryConfig(AppConfig):
     name = "gallery"
     verbose_name = "Catalog"
+
+    def ready(self) -> None:
+        checks.register(_experiment_settings_check)
+
+
+def _experiment_settings_check(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """REFINE_EXPERIMENT is well formed (manage.py check, migrate and serve say so before any grid fails)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from gallery.experiments import experiment_arms
+
+    try:
+        experiment_arms()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="gallery.E001")]
+    return []

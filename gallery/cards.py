@@ -4,10 +4,12 @@ The ids each filter passes (a scan of the catalog: tens of milliseconds at
 44,000 products) and the starting grid (an aggregate over it) change only when
 products do, so each web process keeps them per catalog version: the latest
 ``updated_at``, one look-up on its index per request. Saving or creating a
-product moves it. A deletion does not, and needs not: a deleted product has
-no vector left to be found by, and cards are always read fresh (one indexed
-query per grid), with the shopper's filter applied again, so a product edited
-out of a filter, or deleted, is never shown. Bounded: at most MEMORY_MAX
+product moves it, and so does taking it off sale or back
+(``gallery.services.product_availability_set`` writes ``updated_at``). A
+deletion does not, and needs not: a deleted product has no vector left to be
+found by, and cards are always read fresh (one indexed query per grid), with
+the shopper's filter and availability applied again (``card_shown``), so a
+product edited out of a filter, off sale, or deleted, is never shown. Bounded: at most MEMORY_MAX
 entries are kept.
 """
 
@@ -27,6 +29,7 @@ from django.template.defaultfilters import floatformat
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
+from config.metrics import cache_lookup
 from gallery.filters import ProductFilters
 from gallery.models import Product
 
@@ -47,6 +50,8 @@ _CARD_FIELDS = (
     "season",
     "year",
     "usage",
+    "active",
+    "stock",
 )
 
 
@@ -66,6 +71,8 @@ class Card:
     season: str
     year: int | None
     usage: str
+    active: bool = True  # on sale; a grid never shows an inactive product (``card_shown``)
+    stock: int | None = None
 
 
 CatalogVersion = datetime | None
@@ -89,6 +96,7 @@ class _Memory:
 
     def get_or_compute(self, key: object, compute: Callable[[], object]) -> object:
         value = self.values.get(key, _UNSET)
+        cache_lookup(cache="catalog-memory", hit=value is not _UNSET)
         if value is _UNSET:
             value = compute()
             with self.lock:
@@ -172,14 +180,39 @@ def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = No
     return cards
 
 
+def card_shown(card: Card, filters: ProductFilters | None = None) -> bool:
+    """Whether a grid may show ``card``: on sale and passing ``filters``. Every grid's last check on its cards."""
+    return card.active and (not filters or filters.matches(card))
+
+
 def filter_ids(filters: ProductFilters, *, version: CatalogVersion | object = _UNSET) -> np.ndarray:
-    """The sorted ids of the products passing ``filters`` (int64), remembered per catalog version."""
+    """The sorted ids of the products on sale passing ``filters`` (int64), remembered per catalog version."""
 
     def compute() -> np.ndarray:
-        rows = Product.objects.filter(filters.q()).order_by("id").values_list("id", flat=True)
+        rows = Product.objects.filter(filters.q(), active=True).order_by("id").values_list("id", flat=True)
         return np.fromiter(rows, dtype=np.int64)
 
     return _current(version).get_or_compute(("filter", filters.values), compute)
+
+
+def grid_allowed_ids(filters: ProductFilters | None = None) -> np.ndarray | None:
+    """The sorted ids a similarity grid may show (on sale, passing ``filters``); None when every product may.
+
+    What the shop tells the vector engine (``allowed_ids``): with no filter and every product on sale it
+    is None (the engine's unfiltered path); once any product is off sale, the ids of those on sale.
+    Remembered per catalog version, which taking a product off sale or back moves.
+    """
+    if filters:
+        return filter_ids(filters)
+    memory = _current(_UNSET)
+
+    def compute() -> np.ndarray | None:
+        if not Product.objects.filter(active=False).exists():
+            return None
+        rows = Product.objects.filter(active=True).order_by("id").values_list("id", flat=True)
+        return np.fromiter(rows, dtype=np.int64)
+
+    return memory.get_or_compute(("on-sale",), compute)
 
 
 def remembered(key: object, compute: Callable[[], object], *, version: CatalogVersion | object = _UNSET) -> object:
@@ -196,9 +229,9 @@ def forget() -> None:
 def grid_tiles_html(items: Iterable[object]) -> SafeString:
     """The grid's tiles (``templates/gallery/_grid.html``), rendered here rather than node by node.
 
-    ``items`` are grid items (``product``: a card, ``score``, ``url``). The markup is exactly what
-    the template's loop gave (tests/test_click_path.py renders both): names and URLs escaped as
-    autoescape does, scores through the same ``floatformat``. A grid of 25 costs a few
+    ``items`` are grid items (``product``: a card, ``score``, ``url``, ``view_url``: the "view product"
+    link). The markup is exactly what the template's loop gave (tests/test_click_path.py renders both):
+    names and URLs escaped as autoescape does, scores through the same ``floatformat``. A grid of 25 costs a few
     milliseconds in template nodes and a fraction of one here.
     """
     parts: list[str] = []
@@ -218,9 +251,15 @@ def grid_tiles_html(items: Iterable[object]) -> SafeString:
             if score is not None
             else ""
         )
+        view_url = getattr(item, "view_url", None)
+        view = (
+            f'\n    <p class="view"><a href="{conditional_escape(view_url)}" rel="nofollow">View product</a></p>'
+            if view_url
+            else ""
+        )
         parts.append(
             f'\n  <li class="card">\n    <a href="{url}" hx-get="{url}" hx-target="#results" hx-select="#results" '
             f'hx-swap="outerHTML" hx-push-url="true"\n       title="{title}">\n      {image}\n'
-            f'      <span class="name">{name}</span>\n      {shown}\n    </a>\n  </li>\n  '
+            f'      <span class="name">{name}</span>\n      {shown}\n    </a>{view}\n  </li>\n  '
         )
     return mark_safe("".join(parts))  # noqa: S308 - every value above is escaped or a formatted number

@@ -41,6 +41,12 @@ FIELDS = {
     "usage": ("usage", 32),
     "productDisplayName": ("name", 255),
 }
+# Optional columns, read when the header has them: availability (``active``: 1/0, true/false, yes/no)
+# and the stock count. A blank cell, like an absent column, leaves the product's value as it is.
+OPTIONAL_COLUMNS = ("active", "stock")
+_TRUE = frozenset({"1", "true", "yes", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "n", "f"})
+MAX_STOCK = 2**31 - 1
 MAX_ID = 2**53  # ids travel through JSON; larger ones would lose precision
 # A valid row is well under 2 KB; a longer line is skipped without being held in memory whole.
 # (Below the csv module's field limit of 131,072 characters, so that limit is never what refuses a line.)
@@ -152,6 +158,16 @@ def _row_parse(line: int, raw: dict[str, str]) -> CatalogRow | RowError:
             return RowError(line, f"year {fields['year']} is out of range")
     else:
         fields["year"] = None
+    active = text.get("active", "")
+    if active:
+        if active.lower() not in _TRUE | _FALSE:
+            return RowError(line, f"active {active[:20]!r} is not one of 1, 0, true, false, yes, no")
+        fields["active"] = active.lower() in _TRUE
+    stock = text.get("stock", "")
+    if stock:
+        if not (stock.isascii() and stock.isdigit()) or int(stock) > MAX_STOCK:
+            return RowError(line, f"stock {stock[:20]!r} is not a whole number from 0 to {MAX_STOCK}")
+        fields["stock"] = int(stock)
     return CatalogRow(line=line, id=product_id, fields=fields)
 
 
@@ -202,6 +218,6 @@ def styles_read(path: Path) -> Iterator[CatalogRow | RowError]:
         if header is None:
             raise CatalogError(f"the first line of styles.csv, its header, is longer than {MAX_LINE_BYTES} bytes")
         names = header_parse(header)
-        positions = {column: names.index(column) for column in COLUMNS}
+        positions = {column: names.index(column) for column in (*COLUMNS, *OPTIONAL_COLUMNS) if column in names}
         for number, raw in enumerate(lines, start=2):
             yield _line_parse(number, raw, positions, len(names))

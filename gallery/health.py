@@ -49,11 +49,19 @@ def _check_index() -> str:
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: database, Redis and the published index. 503 when one fails.
 
+    With an index store (INDEX_STORE), this node's copy of the published build is reported too
+    (``index_delivery``), without failing readiness on its own.
+
     Redis down only degrades the site (uploads wait as pending; text and
     similar search still answer), so it is reported but does not fail
     readiness; neither does a missing index on a catalog still being embedded.
     """
     checks = {"database": _check_database(), "redis": _check_redis(), "index": _check_index()}
+    # With builds fetched from a store: this node's copy. Reported, never failing readiness by itself:
+    # a node that cannot fetch keeps serving its build, and a store outage must not empty the pool.
+    delivery = api.index_delivery_health()
+    if delivery is not None:
+        checks["index_delivery"] = delivery
     ready = checks["database"] == "ok" and not checks["index"].startswith("error")
     if not ready:
         logger.warning("Not ready: %s", checks)

@@ -1,7 +1,12 @@
-"""Refuse oversize requests: addresses longer than the site answers, bodies before a byte of them is read."""
+"""Refuse oversize requests (addresses longer than the site answers, bodies before a byte of them is read);
+give each request its id, count it for /metrics, send the Permissions-Policy header."""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+import uuid
 from collections.abc import Callable
 from importlib import import_module
 from types import SimpleNamespace
@@ -9,6 +14,9 @@ from types import SimpleNamespace
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.log import log_response
+
+from config.logging import request_id_var
 
 BULK_UPLOAD_PATH = "/admin/gallery/product/bulk-upload/"
 
@@ -95,3 +103,110 @@ class RequestSizeLimit:
         if length > anyone and _may_bulk_upload(request):
             return settings.BULK_UPLOAD_MAX_BYTES
         return anyone
+
+
+# --- Request ids, metrics, headers ---------------------------------------------------------------------
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_QUIET_VIEWS = frozenset({"healthz", "readyz", "metrics"})
+request_logger = logging.getLogger("gallery.requests")
+
+
+def request_id_for(request: HttpRequest) -> str:
+    """The id of ``request``: the one a trusted proxy passed in X-Request-ID when well formed, else a new one."""
+    from gallery.ratelimit import via_trusted_proxy
+
+    offered = request.META.get("HTTP_X_REQUEST_ID", "")
+    if (
+        offered
+        and settings.REQUEST_ID_FROM_PROXY
+        and _REQUEST_ID.fullmatch(offered)
+        and via_trusted_proxy(request=request)
+    ):
+        return offered
+    return uuid.uuid4().hex
+
+
+class RequestId:
+    """Gives each request an id (``request.id``), puts it on every log line written while it is answered
+    (``config.logging``) and on the tasks it queues, and echoes it in the answer's X-Request-ID header."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.id = request_id_for(request)
+        token = request_id_var.set(request.id)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            self.log(request, response, seconds=time.perf_counter() - started)
+            if response.status_code >= 400:
+                # Django logs a 4xx or 5xx answer after the middleware returns, outside the request's id;
+                # logged here, it carries it (and Django sees that it was logged).
+                log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request.id
+        return response
+
+    @staticmethod
+    def log(request: HttpRequest, response: HttpResponse, *, seconds: float) -> None:
+        """One line per answer, with its fields; probes and scrapes only at DEBUG (they come every few seconds)."""
+        match = getattr(request, "resolver_match", None)
+        view = match.view_name if match else None
+        level = logging.DEBUG if view in _QUIET_VIEWS else logging.INFO
+        if not request_logger.isEnabledFor(level):
+            return
+        status = response.status_code
+        request_logger.log(
+            level,
+            "%s %s %d in %.0f ms",
+            request.method,
+            request.path,
+            status,
+            seconds * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "view": view,
+                "duration_ms": round(seconds * 1000, 1),
+            },
+        )
+
+
+class RequestMetrics:
+    """Counts each answer and its time by view (the URL pattern's name) for /metrics."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from config.metrics import REQUEST_LATENCY, RESPONSES
+
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        # Named patterns only: a label per raw path would let any client mint series without end.
+        view = (match.view_name or "unnamed") if match else "unresolved"
+        method = request.method if request.method in _METHODS else "other"
+        REQUEST_LATENCY.labels(view=view, method=method).observe(time.perf_counter() - started)
+        RESPONSES.labels(view=view, status=str(response.status_code)).inc()
+        return response
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class PermissionsPolicy:
+    """Sends the Permissions-Policy header (PERMISSIONS_POLICY), which Django's SecurityMiddleware does not."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if settings.PERMISSIONS_POLICY:
+            response.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
+        return response

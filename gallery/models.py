@@ -45,6 +45,12 @@ class Product(models.Model):
     # and stores a vector only for the version it was computed from.
     image_version = models.PositiveIntegerField(default=0, editable=False)
 
+    # On sale: an inactive product is never shown in a grid, but keeps its row, image and vectors, so
+    # putting it back is instant. Written only by gallery.services.product_availability_set (and the import).
+    active = models.BooleanField("on sale", default=True, db_index=True)
+    # Units in stock, when the shop tracks them (shown in the admin and the API; the grids read ``active``).
+    stock = models.PositiveIntegerField(null=True, blank=True)
+
     created_at = models.DateTimeField(auto_now_add=True)
     # Indexed: the latest value is part of the catalog's version, read on every grid (gallery.cards).
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
@@ -124,3 +130,129 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"Import {self.pk} ({self.get_status_display().lower()})"
+
+
+# --- Catalog health (gallery.catalog_health alone writes these) ------------------------------------------------
+
+
+class HealthScan(models.Model):
+    """One catalog health scan: when it ran, for how long, over which index build, and how many of each finding."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="health_scans"
+    )
+    claimed_by = models.CharField(max_length=64, blank=True)
+    index_version = models.CharField(max_length=64, blank=True)
+    products = models.PositiveIntegerField(default=0)
+    # kind -> {"found": n, "dismissed": n}, and the thresholds the scan ran with.
+    counts = models.JSONField(default=dict, blank=True)
+    settings_used = models.JSONField(default=dict, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "catalog health scan"
+
+    def __str__(self) -> str:
+        return f"Catalog health scan {self.pk} ({self.get_status_display().lower()})"
+
+
+class FindingKind(models.TextChoices):
+    DUPLICATE = "duplicate", "Near-duplicates"
+    LABEL = "label", "Suspect labels"
+    OUTLIER = "outlier", "Outliers"
+    NO_IMAGE = "no_image", "No usable image"
+
+
+class HealthFinding(models.Model):
+    """One thing a scan raised: a duplicate group, a suspect label, an outlier or a product without a usable image."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        RESOLVED = "resolved", "Resolved"
+        DISMISSED = "dismissed", "Dismissed"
+
+    scan = models.ForeignKey(HealthScan, on_delete=models.CASCADE, related_name="findings")
+    kind = models.CharField(max_length=16, choices=FindingKind.choices)
+    # What a dismissal remembers: the same key in a later scan is not raised again.
+    key = models.CharField(max_length=200)
+    product_ids = models.JSONField(default=list)
+    confidence = models.FloatField()
+    # Kind-specific: field/current/suggested/share for a label, cosines/exact for duplicates, the reason for images.
+    detail = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-confidence", "id"]
+        indexes = [models.Index(fields=["scan", "kind", "status", "-confidence"], name="health_finding_page")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.key}"
+
+
+class HealthDismissal(models.Model):
+    """A finding an admin dismissed: later scans skip the same key."""
+
+    kind = models.CharField(max_length=16, choices=FindingKind.choices)
+    key = models.CharField(max_length=200)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="one_dismissal_per_key")]
+
+    def __str__(self) -> str:
+        return f"dismissed {self.kind}: {self.key}"
+
+
+class ShopperEvent(models.Model):
+    """One thing a shopper did, under an anonymous session id (a random cookie; nothing personal).
+
+    Written only by ``gallery.events`` (in batches, from the Redis buffer); deleted after
+    EVENTS_RETENTION_DAYS. ``arm`` is the ranking experiment's arm the session was in (blank outside one).
+    """
+
+    class Kind(models.TextChoices):
+        SEARCH = "search", "Text search"
+        GRID = "grid", "Grid shown"
+        CLICK = "click", "Tile clicked"
+        PHOTO = "photo", "Photo search"
+        TRAIL = "trail", "Trail edited"
+        CONVERT = "convert", "Viewed product"
+
+    # Random, made where the event happened: a flush repeated after a crash inserts nothing twice.
+    event_id = models.CharField(max_length=16, unique=True)
+    at = models.DateTimeField(db_index=True)
+    session = models.CharField(max_length=22, blank=True, db_index=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    query = models.CharField(max_length=255, blank=True)
+    count = models.PositiveIntegerField(null=True, blank=True)  # a search's results, a grid's tiles
+    product_id = models.PositiveBigIntegerField(null=True, blank=True)  # not a foreign key: events outlive products
+    position = models.PositiveSmallIntegerField(null=True, blank=True)  # 1-based place of a clicked tile
+    arm = models.CharField(max_length=32, blank=True)
+    grid = models.CharField(max_length=16, blank=True)  # the grid kind: start, search, similar, photo
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["kind", "at"], name="event_kind_at")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} at {self.at:%Y-%m-%d %H:%M:%S}"

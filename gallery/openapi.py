@@ -121,6 +121,31 @@ STATUS = {
             "required": ["total", "pending", "processing", "done", "failed"],
             "properties": {name: _COUNT for name in ("total", "pending", "processing", "done", "failed")},
         },
+        "delivery": {
+            "description": "This node's copy of the build published to the index store (INDEX_STORE); "
+            "null when builds are served where they are made",
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["store", "published", "serving", "behind", "build_lag_seconds", "error"],
+                    "properties": {
+                        "store": {"enum": ["dir", "s3"]},
+                        "published": {"type": ["string", "null"], "description": "The store's build"},
+                        "serving": {"type": ["string", "null"], "description": "The build this node serves"},
+                        "behind": {"type": "boolean"},
+                        "build_lag_seconds": {"type": "number", "description": "How much older the served build is"},
+                        "checked_at": {"type": ["string", "null"]},
+                        "checked_seconds_ago": {"type": ["number", "null"]},
+                        "checking": {"type": "boolean", "description": "The fetcher looked at the store lately"},
+                        "fetched_at": {"type": ["string", "null"]},
+                        "fetch_seconds": {"type": ["number", "null"]},
+                        "error": {"type": ["string", "null"], "description": "Why the node cannot fetch"},
+                        "failing_since": {"type": ["string", "null"]},
+                    },
+                },
+            ],
+        },
         "awaiting_embedding": _COUNT,
         "embedding_per_second": {"type": ["number", "null"], "description": "Over the last five minutes"},
     },
@@ -220,6 +245,48 @@ def openapi_spec() -> dict[str, object]:
                     },
                 }
             },
+            "/api/products/{id}": {
+                "get": {
+                    "summary": "One product as the catalog holds it, on sale or not (grids show only those on sale)",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Product"}, "The product"),
+                        "404": _error("No such product"),
+                        "414": _too_long(),
+                        "500": _error(SERVER_ERROR),
+                    },
+                }
+            },
+            "/api/products/{id}/availability": {
+                "post": {
+                    "summary": "Take a product off sale or put it back, and/or set its stock (staff session + CSRF)",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "minProperties": 1,
+                                    "properties": {
+                                        "active": {"type": "boolean"},
+                                        "stock": {"type": ["integer", "null"], "minimum": 0},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Product"}, "The product as it is now"),
+                        "400": _error("The body is not {active, stock}"),
+                        "403": _error("Not signed in as staff allowed to change products, or no CSRF token"),
+                        "404": _error("No such product"),
+                        "405": _error("Only POST"),
+                        "500": _error(SERVER_ERROR),
+                    },
+                }
+            },
             "/api/search-by-image": {
                 "post": {
                     "summary": "Products that look most like an uploaded photo (the photo is not stored)",
@@ -293,6 +360,9 @@ def openapi_spec() -> dict[str, object]:
                         "season",
                         "year",
                         "usage",
+                        "active",
+                        "stock",
+                        "view_url",
                     ],
                     "properties": {
                         "id": {"type": "integer", "description": "The catalog's own product id"},
@@ -312,6 +382,12 @@ def openapi_spec() -> dict[str, object]:
                         "season": {"type": "string"},
                         "year": {"type": ["integer", "null"]},
                         "usage": {"type": "string"},
+                        "active": {"type": "boolean", "description": "On sale; grids show only products on sale"},
+                        "stock": {"type": ["integer", "null"], "description": "Units in stock, where counted"},
+                        "view_url": {
+                            "type": "string",
+                            "description": "The shop's product page, through the gallery (noted as a conversion)",
+                        },
                     },
                 },
             }

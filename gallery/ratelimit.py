@@ -60,6 +60,18 @@ def client_address(*, request: HttpRequest) -> IPAddress | None:
     return peer
 
 
+def via_trusted_proxy(*, request: HttpRequest) -> bool:
+    """Whether the request came through the proxies the operator declared, so that headers they set hold.
+
+    With ``TRUSTED_PROXY_COUNT`` the connecting peer is the innermost proxy and the request passed all of
+    them when it carries as many ``X-Forwarded-For`` hops; with ``TRUSTED_PROXIES``, when the peer is one.
+    """
+    if settings.TRUSTED_PROXY_COUNT:
+        forwarded = [hop for hop in (request.META.get("HTTP_X_FORWARDED_FOR") or "").split(",") if hop.strip()]
+        return len(forwarded) >= settings.TRUSTED_PROXY_COUNT
+    return bool(settings.TRUSTED_PROXIES) and _trusted(_address(request.META.get("REMOTE_ADDR") or ""))
+
+
 def client_key(request: HttpRequest) -> str:
     """The rate-limit bucket of a request: the client address, an IPv6 client's /64 network."""
     address = client_address(request=request)

@@ -28,7 +28,8 @@ shared through Redis (numpy arrays and JSON, never pickle) instead of building i
 database one indexed question, the catalog's latest ``updated_at`` (from 10k products, at most once a
 second per process); when it moved, the index is rebuilt: at once under 10k products, otherwise in a
 background thread while searches go on with the previous index. Products deleted since a build are
-dropped when fetched and bring a rebuild. Searching writes nothing to the database.
+dropped when fetched and bring a rebuild. Products off sale are not indexed, and one taken off sale since
+the build is dropped when fetched (its card says so). Searching writes nothing to the database.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from django_redis import get_redis_connection
 from rapidfuzz import process as fuzz_process
 from rapidfuzz.distance import OSA
 
-from gallery.cards import Card, cards_get
+from gallery.cards import Card, card_shown, cards_get
 from gallery.filters import FILTER_FIELDS, ProductFilters
 from gallery.models import Product
 
@@ -769,7 +770,9 @@ def _shared_store(source: str, version: str, index: SearchIndex) -> None:
 
 
 def _rows() -> Iterator[tuple]:
-    return Product.objects.order_by("id").values_list("id", "name", *INDEX_FIELDS).iterator(chunk_size=5000)
+    # Products off sale are not indexed; taking one off sale or back moves the catalog version.
+    products = Product.objects.filter(active=True).order_by("id")
+    return products.values_list("id", "name", *INDEX_FIELDS).iterator(chunk_size=5000)
 
 
 def _fresh_enough(served: _Served, *, version: str) -> bool:
@@ -1007,8 +1010,8 @@ def catalog_search(*, query: str, k: int, filters: ProductFilters | None = None)
     matched: dict[int, tuple[str, ...]] = {}
     for position, product_id in enumerate(ids):
         product = found.get(product_id)
-        if product is None:
-            continue
+        if product is None or not card_shown(product):
+            continue  # deleted, or taken off sale while a large catalog's index is rebuilt in the background
         products.append(product)
         if ranked.complete[position]:
             complete += 1

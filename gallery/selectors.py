@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Min
 
-from gallery.cards import Card, cards_get, remembered
+from gallery.cards import Card, card_shown, cards_get, remembered
 from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
 from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens
@@ -46,12 +46,12 @@ def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list
     """
     ids = starting_grid_ids(k=k, filters=filters)
     by_id = cards_get(ids, filters=filters)
-    return [by_id[i] for i in ids if i in by_id]
+    return [by_id[i] for i in ids if i in by_id and card_shown(by_id[i])]
 
 
 def starting_grid_ids(*, k: int = 25, filters: ProductFilters | None = None) -> list[int]:
     """The ids of ``starting_grid``, remembered per catalog version (products deleted since may be among them)."""
-    qs = Product.objects.all()
+    qs = Product.objects.filter(active=True)
     if filters:
         qs = qs.filter(filters.q())
 
@@ -77,7 +77,8 @@ def filter_choices() -> dict[str, list[str]]:
         return {
             name: [
                 row[field]
-                for row in Product.objects.exclude(**{field: ""})
+                for row in Product.objects.filter(active=True)
+                .exclude(**{field: ""})
                 .values(field)
                 .annotate(n=Count("id"))
                 .order_by("-n", field)[:60]

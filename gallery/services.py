@@ -1,4 +1,4 @@
-"""Writes to the catalog: storing product images, importing catalogs."""
+"""Writes to the catalog: storing product images, availability, importing catalogs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from django.core.files.storage import default_storage
 from django.db import DatabaseError, IntegrityError, OperationalError, transaction
 from django.db.models import F, Q
 from django.db.models.fields.files import FieldFile
+from django.utils import timezone
 from PIL import Image
 
 from gallery.catalog import CatalogRow, RowError, images_find, styles_read
@@ -248,6 +249,55 @@ def products_delete(*, product_ids: list[int]) -> int:
         deleted, _ = Product.objects.filter(id__in=product_ids).delete()
         _files_delete_later(names)
     return deleted
+
+
+# --- Availability ---------------------------------------------------------------------
+
+
+class _Keep:
+    """Leave the field as it is (``product_availability_set``'s default for ``stock``)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
+def product_availability_set(
+    *, product_ids: Iterable[int], active: bool | None = None, stock: int | None | _Keep = KEEP
+) -> int:
+    """Take products off sale (``active=False``) or put them back (``True``), and/or set their stock.
+
+    The one writer of availability for the admin's actions, the API and other services (a catalog
+    check taking duplicates off sale calls it too). Nothing else of a product changes: its image and
+    vectors stay, so putting it back is instant. ``stock=None`` clears the count; ``KEEP`` (the default)
+    leaves it. Writes ``updated_at`` on the products that changed, which moves the catalog version
+    (``gallery.cards.catalog_version``): every process drops its remembered grids, filters and text
+    index, so no grid shows a product off sale. Returns how many products changed. Raises ValueError
+    for a negative stock.
+    """
+    if not isinstance(stock, _Keep) and stock is not None and (isinstance(stock, bool) or int(stock) < 0):
+        raise ValueError(f"stock must be a whole number of 0 or more, not {stock!r}")
+    ids = sorted({int(i) for i in product_ids})
+    changes: dict[str, object] = {}
+    differs = Q()
+    if active is not None:
+        changes["active"] = bool(active)
+        differs |= ~Q(active=bool(active))
+    if not isinstance(stock, _Keep):
+        changes["stock"] = None if stock is None else int(stock)
+        differs |= Q(stock__isnull=False) if stock is None else (Q(stock__isnull=True) | ~Q(stock=int(stock)))
+    if not ids or not changes:
+        return 0
+    changed = 0
+    with transaction.atomic():
+        for start in range(0, len(ids), 900):  # under every database's limit on query parameters
+            part = ids[start : start + 900]
+            changed += Product.objects.filter(differs, id__in=part).update(**changes, updated_at=timezone.now())
+    if changed:
+        logger.info("Availability of %d products set: %s", changed, changes)
+    return changed
 
 
 # --- Catalog import -------------------------------------------------------------------

@@ -21,7 +21,8 @@ from django.core.cache import cache
 from django_redis.exceptions import ConnectionInterrupted
 from PIL import Image
 
-from gallery.cards import Card, cards_get, filter_ids, remembered
+from config.metrics import cache_lookup
+from gallery.cards import Card, card_shown, cards_get, grid_allowed_ids, remembered
 from gallery.filters import ProductFilters
 from gallery.selectors import product_search, query_normalise, query_words, starting_grid_ids
 from gallery.trail import Step, Trail
@@ -36,6 +37,7 @@ class GridItem:
     product: Card
     score: float | None
     url: str | None = None
+    view_url: str | None = None  # the "view product" link (gallery.views.view_product), counted as a conversion
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class SimilarGrid:
 
 
 def _allowed(filters: ProductFilters | None) -> np.ndarray | None:
-    return filter_ids(filters) if filters else None
+    """The ids the engine may return: the products on sale passing ``filters`` (None: every product)."""
+    return grid_allowed_ids(filters)
 
 
 def _grid(
@@ -55,12 +58,12 @@ def _grid(
     link: Callable[[int], str | None],
     cards: dict[int, Card] | None = None,
 ) -> list[GridItem]:
-    """The neighbours as grid items; a product deleted, or edited out of ``filters``, since it was found is left out."""
+    """The neighbours as grid items; one deleted, off sale or edited out of ``filters`` since found is left out."""
     cards = cards if cards is not None else cards_get([n.product_id for n in neighbours])
     return [
         GridItem(cards[n.product_id], n.score, link(n.product_id))
         for n in neighbours
-        if n.product_id in cards and (not filters or filters.matches(cards[n.product_id]))
+        if n.product_id in cards and card_shown(cards[n.product_id], filters)
     ]
 
 
@@ -102,6 +105,7 @@ def similar_grid(
     filters: ProductFilters | None = None,
     link: Callable[[int, Trail], str] | None = None,
     start_query: str | None = None,
+    strategy: str | None = None,
 ) -> SimilarGrid:
     """The ``k`` products to show for the trail anchored at ``anchor_id``, in display order.
 
@@ -111,7 +115,8 @@ def similar_grid(
     and what the trail's earlier grids showed and the shopper passed over yields to new products about as
     alike. ``start_query`` is the text search the trail started from ("": the starting grid; None: not
     known, a photo), for a strategy that counts that grid. Products on the trail never appear. When no
-    liked product has a vector yet the grid is empty and ``notice`` says why. Raises SimilarityUnavailable
+    liked product has a vector yet the grid is empty and ``notice`` says why. ``strategy`` names the served
+    strategy to rank by (a ranking experiment's arm; None: REFINE_STRATEGY). Raises SimilarityUnavailable
     when the index cannot answer.
     """
     try:
@@ -120,6 +125,7 @@ def similar_grid(
             k=k,
             allowed_ids=_allowed(filters),
             shown_first=lambda: _first_grid(start_query, filters),
+            strategy=strategy,
         )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))
@@ -170,6 +176,7 @@ def photo_thumbnail_get(token: str) -> bytes | None:
         stored = cache.get(_PHOTO_KEY_PREFIX + token)
     except CACHE_DOWN:
         return None
+    cache_lookup(cache="photo-thumbnails", hit=isinstance(stored, str))
     return base64.b64decode(stored) if isinstance(stored, str) else None
 
 

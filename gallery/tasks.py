@@ -15,11 +15,12 @@ import multiprocessing
 import uuid
 from collections.abc import Iterator
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
-from gallery import jobs
+from gallery import events, jobs
 from gallery.models import ImportStatus
 
 logger = logging.getLogger(__name__)
@@ -102,3 +103,54 @@ def import_jobs_sweep() -> dict[str, int]:
     if any(counts.values()):
         logger.info("Import sweep: %s", counts)
     return counts
+
+
+class HealthScanTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
+        """The scan raised or hit its time limit: end it failed, saying why (the last good scan stays shown)."""
+        from gallery.catalog_health import health_scan_fail
+
+        scan_id = args[0] if args else kwargs.get("scan_id")
+        if scan_id is not None:
+            health_scan_fail(scan_id=int(scan_id), reason=f"{type(exc).__name__}: {exc}")
+
+
+@shared_task(
+    name="gallery.catalog_health_scan",
+    bind=True,
+    base=HealthScanTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=900,
+    time_limit=960,
+)
+def catalog_health_scan(self: Task, scan_id: int) -> str:
+    """Run catalog health scan ``scan_id`` if it is still queued (a redelivery to its claimant runs it again)."""
+    from gallery import catalog_health
+
+    claimant = self.request.id or f"local-{uuid.uuid4().hex}"
+    scan = catalog_health.health_scan_claim(scan_id=scan_id, claimant=claimant)
+    if scan is None:
+        return "not queued: already running, finished or deleted"
+    scan = catalog_health.health_scan_run(scan=scan)
+    return f"done: {scan.counts}"
+
+
+@shared_task(name="gallery.events_flush", acks_late=True, soft_time_limit=60, time_limit=90)
+def events_flush() -> int:
+    """Scheduled (EVENTS_FLUSH_INTERVAL_S): store the shopper events buffered in Redis, in batches."""
+    try:
+        return events.events_flush()
+    except (redis.RedisError, OSError) as exc:
+        # The buffer lives in Redis: nothing to move while it is away; the next run picks up.
+        logger.warning("Events flush skipped: Redis unavailable (%s)", exc.__class__.__name__)
+        return 0
+
+
+@shared_task(name="gallery.events_purge", acks_late=True, soft_time_limit=240, time_limit=300)
+def events_purge() -> int:
+    """Scheduled (hourly): delete shopper events older than EVENTS_RETENTION_DAYS."""
+    deleted = events.events_purge()
+    if deleted:
+        logger.info("Events purge: %d events older than the retention deleted", deleted)
+    return deleted

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.cache import patch_vary_headers
@@ -16,13 +17,17 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
+from config.metrics import grid_served
+from gallery import events
 from gallery.cards import Card, cards_get
+from gallery.experiments import arm_of
 from gallery.filters import FILTERS
 from gallery.forms import PhotoSearchForm, SearchForm, SimilarForm, form_errors_text
 from gallery.models import Product
 from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
 from gallery.selectors import filter_choices, product_search
+from gallery.services import KEEP, product_availability_set
 from gallery.similarity import GridItem, PhotoGrid, photo_grid, photo_thumbnail_get, similar_grid
 from gallery.trail import ASPECTS, Step, Trail
 from recommender.api import EngineError, SimilarityUnavailable, engine_status
@@ -89,6 +94,28 @@ def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
     return f"{base}?{query}" if query else base
 
 
+def view_path(product_id: int, *, position: int | None = None, grid: str = "") -> str:
+    """The card's "view product" link: through the gallery (a conversion is noted), on to the shop's page."""
+    query = _query_string(at=position, g=grid)
+    return f"{get_script_prefix()}p/{int(product_id)}/go" + (f"?{query}" if query else "")
+
+
+def _with_param(url: str, name: str, value: object) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{name}={value}"
+
+
+def _tiles(items: list[GridItem], *, grid: str) -> list[GridItem]:
+    """The grid's items with each link naming the tile's place (a click notes it) and a "view product" link."""
+    return [
+        replace(
+            item,
+            url=_with_param(item.url, events.POSITION_PARAM, position) if item.url else item.url,
+            view_url=view_path(item.product.id, position=position, grid=grid),
+        )
+        for position, item in enumerate(items, start=1)
+    ]
+
+
 def _trail_url(trail: Trail, anchor_id: int, params: dict[str, str]) -> str:
     """Where an edited trail leads: the same anchor while it is still liked, else the newest liked step."""
     liked = [step.product_id for step in trail.steps if not step.disliked]
@@ -117,7 +144,12 @@ def _step_aspects(trail: Trail, index: int, anchor_id: int, params: dict[str, st
     if trail.steps[index].disliked:
         return ()  # a "not like this" step keeps nothing
     return tuple(
-        (code, label, _trail_url(trail.aspected(index, code), anchor_id, params), trail.steps[index].aspect == code)
+        (
+            code,
+            label,
+            _with_param(_trail_url(trail.aspected(index, code), anchor_id, params), events.ACTION_PARAM, "a"),
+            trail.steps[index].aspect == code,
+        )
         for code, label in ASPECTS.items()
     )
 
@@ -129,9 +161,10 @@ def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Card], params
             product=products.get(step.product_id),
             current=step.product_id == anchor_id,
             url=similar_url(step.product_id, Trail(trail.steps[: index + 1]), params),
-            remove_url=_trail_url(trail.without(index), anchor_id, params),
-            dislike_url=_trail_url(trail.marked(index, "n"), anchor_id, params),
-            pin_url=_trail_url(trail.marked(index, "p"), anchor_id, params),
+            # Each edit's link names it, so the page it leads to notes a trail edit (gallery.events).
+            remove_url=_with_param(_trail_url(trail.without(index), anchor_id, params), events.ACTION_PARAM, "r"),
+            dislike_url=_with_param(_trail_url(trail.marked(index, "n"), anchor_id, params), events.ACTION_PARAM, "n"),
+            pin_url=_with_param(_trail_url(trail.marked(index, "p"), anchor_id, params), events.ACTION_PARAM, "p"),
             aspects=_step_aspects(trail, index, anchor_id, params),
         )
         for index, step in enumerate(trail.steps)
@@ -157,10 +190,13 @@ def home(request: HttpRequest) -> HttpResponse:
         return _render(request, "gallery/home.html", {"form": form, "error": form_errors_text(form)}, status=400)
     params = _context_params(form)
     found = product_search(query=form.cleaned_data["q"], k=settings.GRID_SIZE, filters=form.filters)
+    grid_served(kind="text" if form.cleaned_data["q"] else "starting", filtered=bool(form.filters))
     items = [GridItem(product, None, similar_url(product.id, Trail().then(product.id), params)) for product in found]
+    grid_kind = "search" if form.cleaned_data["q"] and found.words else "start"
+    events.search_noted(request, query=found.query if found.words else "", found=found, grid=grid_kind)
     context = {
         "form": form,
-        "items": items,
+        "items": _tiles(items, grid=grid_kind),
         "notice": found.notice,
         "query": form.cleaned_data["q"],
         "filter_menus": _filter_menus(params),
@@ -183,7 +219,9 @@ def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> Pho
         raise TooManyPhotoSearches(
             f"Too many photo searches; try again in {retry_after} seconds.", retry_after=retry_after
         )
-    return photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters)
+    grid = photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters)
+    grid_served(kind="photo", filtered=bool(form.filters))
+    return grid
 
 
 def _retry_after(response: HttpResponse, error: EngineError) -> HttpResponse:
@@ -210,7 +248,9 @@ def search_by_image(request: HttpRequest) -> HttpResponse:
         GridItem(item.product, item.score, similar_url(item.product.id, Trail().then(item.product.id), params))
         for item in grid.items
     ]
-    context |= {"items": items, "params": params, **_photo_context(params)}
+    events.event_note(request, "photo", count=len(items))
+    events.grid_noted(request, grid="photo", ids=[item.product.id for item in items])
+    context |= {"items": _tiles(items, grid="photo"), "params": params, **_photo_context(params)}
     return _render(request, "gallery/home.html", context)
 
 
@@ -247,13 +287,51 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
             filters=form.filters,
             link=lambda pid, t: similar_url(pid, t, params),
             start_query=_trail_start(form),
+            strategy=arm_of(events.session_of(request)) or None,
         )
     except SimilarityUnavailable as exc:
         response = _render(request, "gallery/similar.html", {**context, "error": str(exc)}, status=exc.status)
         return _retry_after(response, exc)
+    events.click_noted(request, product_id=product.id)
+    events.grid_noted(request, grid="similar", ids=[item.product.id for item in grid.items], anchor=product.id)
+    grid_served(kind="similar", filtered=bool(form.filters))
     steps = _trail_steps(trail, product.id, grid.trail_products, params)
-    context |= {"items": grid.items, "notice": grid.notice, "trail_steps": steps, "trail_param": str(trail)}
+    notice = grid.notice
+    if not product.active:
+        # A trail link may name a product since taken off sale: it still opens, its grid from its vector.
+        notice = " ".join(filter(None, ["This product is no longer on sale; here are products like it.", notice]))
+    items = _tiles(grid.items, grid="similar")
+    context |= {"items": items, "notice": notice, "trail_steps": steps, "trail_param": str(trail)}
     return _render(request, "gallery/similar.html", context)
+
+
+@require_safe
+def view_product(request: HttpRequest, product_id: int) -> HttpResponse:
+    """A card's "view product" link: the shopper found what they wanted. Noted as a conversion, then on to
+    the shop's product page (PRODUCT_URL_TEMPLATE with the id put in; the admin's page when unset).
+
+    Only the template is ever a destination: nothing of the request is part of the address but the id,
+    a whole number the URL pattern matched, so no link can send a shopper elsewhere.
+    """
+    product = cards_get([product_id]).get(product_id)
+    if product is None:
+        raise Http404("No such product.")
+    events.event_note(
+        request,
+        "convert",
+        product_id=product.id,
+        position=events.position_of(request),
+        grid=request.GET.get("g", "")[:16],
+    )
+    template = settings.PRODUCT_URL_TEMPLATE
+    location = (
+        template.replace("{id}", str(int(product.id)))
+        if template
+        else reverse("admin:gallery_product_change", args=[product.id])
+    )
+    response = HttpResponseRedirect(location)
+    response["Cache-Control"] = "no-store"  # every visit is a conversion to note
+    return response
 
 
 # --- JSON API -----------------------------------------------------------------------------
@@ -302,7 +380,10 @@ def _product_json(
         "season": product.season,
         "year": product.year,
         "usage": product.usage,
+        "active": product.active,
+        "stock": product.stock,
         "url": urls.page(product.id),
+        "view_url": urls.absolute(view_path(product.id)),
     }
     if score is not None:
         data["score"] = round(score, 6)
@@ -329,6 +410,10 @@ def api_search(request: HttpRequest) -> JsonResponse:
     if not form.is_valid():
         return api_error(form_errors_text(form), status=400)
     found = product_search(query=form.cleaned_data["q"], k=form.cleaned_data["k"], filters=form.filters)
+    events.search_noted(
+        request, query=found.query if found.words else "", found=found, grid="search" if found.words else "start"
+    )
+    grid_served(kind="text" if form.cleaned_data["q"] else "starting", filtered=bool(form.filters))
     return JsonResponse(
         {
             "query": form.cleaned_data["q"],
@@ -358,11 +443,15 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
             k=form.cleaned_data["k"],
             filters=form.filters,
             start_query=_trail_start(form),
+            strategy=arm_of(events.session_of(request)) or None,
         )
     except SimilarityUnavailable as exc:
         return _retry_after(api_error(str(exc), status=exc.status), exc)
     if grid.notice and not grid.items:
         return api_error(grid.notice, status=409)
+    events.click_noted(request, product_id=product.id)
+    events.grid_noted(request, grid="similar", ids=[item.product.id for item in grid.items], anchor=product.id)
+    grid_served(kind="similar", filtered=bool(form.filters))
     return JsonResponse(
         {
             "query": product.id,
@@ -371,6 +460,43 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
             "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
         }
     )
+
+
+@csrf_exempt  # read-only: see api_search
+@require_safe
+def api_product(request: HttpRequest, product_id: int) -> JsonResponse:
+    """One product as the catalog holds it, on sale or not (the grids show only those on sale)."""
+    product = cards_get([product_id]).get(product_id)
+    if product is None:
+        return api_error(f"No product has id {product_id}.", status=404)
+    return JsonResponse(_product_json(request, product))
+
+
+# Not csrf_exempt: it changes the catalog for a signed-in staff session, so a forged cross-site POST is refused.
+@require_POST
+def api_product_availability(request: HttpRequest, product_id: int) -> JsonResponse:
+    """Take a product off sale or put it back, and/or set its stock: JSON ``{"active": bool, "stock": int|null}``.
+
+    For staff allowed to change products (the admin's session and CSRF token). Answers the product's JSON.
+    """
+    if not request.user.is_authenticated or not request.user.has_perm("gallery.change_product"):
+        return api_error("Sign in as staff allowed to change products.", status=403)
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return api_error("The body must be a JSON object.", status=400)
+    if not isinstance(body, dict) or not body or set(body) - {"active", "stock"}:
+        return api_error('The body must be a JSON object with "active" (true or false) and/or "stock".', status=400)
+    active = body.get("active")
+    if "active" in body and not isinstance(active, bool):
+        return api_error('"active" must be true or false.', status=400)
+    stock = body.get("stock", KEEP)
+    if "stock" in body and stock is not None and (isinstance(stock, bool) or not isinstance(stock, int) or stock < 0):
+        return api_error('"stock" must be a whole number of 0 or more, or null.', status=400)
+    if not Product.objects.filter(id=product_id).exists():
+        return api_error(f"No product has id {product_id}.", status=404)
+    product_availability_set(product_ids=[product_id], active=active, stock=stock)
+    return JsonResponse(_product_json(request, cards_get([product_id])[product_id]))
 
 
 @csrf_exempt  # an API for shop integrations: no cookies, no session, nothing to forge

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,17 +29,20 @@ from recommender.errors import (
     PhotoSearchBusy,
     SimilarityUnavailable,
 )
-from recommender.models import Embedding, EmbedStatus
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.preprocess import image_check, image_load
 from recommender.refine import StepRef
+from recommender.scan import ScanResult, pair_groups, vectors_scan
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CatalogScan",
     "EmbedStatus",
     "EngineError",
+    "EngineMetrics",
     "ImageRef",
     "ImageRejected",
     "Neighbour",
@@ -47,14 +51,20 @@ __all__ = [
     "PhotoVector",
     "SimilarityUnavailable",
     "StepRef",
+    "catalog_scan",
     "embedding_enqueue_on_commit",
+    "embedding_failures",
     "embedding_request",
     "embedding_retry",
     "image_load",
+    "index_delivery_health",
+    "index_delivery_start",
     "index_health",
     "encoder_notice",
+    "engine_metrics",
     "engine_status",
     "nearest",
+    "pair_groups",
     "photo_vector",
     "trail_grid",
 ]
@@ -96,6 +106,15 @@ def embedding_retry(*, product_ids: list[int]) -> int:
     return count
 
 
+def embedding_failures() -> list[tuple[int, str]]:
+    """(product id, why) of every product whose current image could not be embedded, in id order."""
+    return list(
+        EmbeddingState.objects.filter(status=EmbedStatus.FAILED)
+        .order_by("product_id")
+        .values_list("product_id", "error")
+    )
+
+
 # --- Queries --------------------------------------------------------------------------------
 
 
@@ -105,6 +124,7 @@ def trail_grid(
     k: int,
     allowed_ids: np.ndarray | None = None,
     shown_first: Callable[[], Sequence[int]] | None = None,
+    strategy: str | None = None,
 ) -> list[Neighbour]:
     """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
 
@@ -114,8 +134,14 @@ def trail_grid(
     each step's aspect sets how much its colour counts. ``shown_first`` gives the grid the first step was
     clicked from (a text search, the starting grid), called only by a strategy that counts it. Raises
     NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
+    ``strategy`` names one of ``strategies_served()`` in place of REFINE_STRATEGY (a ranking experiment's arm).
     """
-    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first)
+    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=strategy)
+
+
+def strategies_served() -> tuple[str, ...]:
+    """The names of the strategies a trail may be ranked by (REFINE_STRATEGY's and an experiment's choices)."""
+    return tuple(refine.SERVED)
 
 
 def nearest(
@@ -178,12 +204,94 @@ def photo_vector(*, data: bytes) -> PhotoVector:
     return PhotoVector(vector=vector, image=square)
 
 
+# --- Catalog scan ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogScan:
+    """A scan of the published build: its version, space and size, and what ``recommender.scan`` found."""
+
+    version: str
+    space: str
+    count: int
+    result: ScanResult
+
+
+def catalog_scan(
+    *,
+    k: int,
+    duplicate_cosine: float,
+    block_rows: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> CatalogScan:
+    """Scan the active space's published build, in blocks: each product's ``k`` nearest products with their
+    cosines, every pair above ``duplicate_cosine`` and an isolation score (``recommender.scan.vectors_scan``).
+
+    Reads the build's memory-mapped vectors; writes nothing. Products embedded since the build are not in it.
+    Raises SimilarityUnavailable when no usable build is published.
+    """
+    from recommender.index import IndexCorrupt
+
+    space = runtime.active_space()
+    try:
+        loaded = runtime.index_reader(space).current()
+    except IndexCorrupt as exc:
+        raise SimilarityUnavailable("The published index cannot be read; rebuild it before a scan.") from exc
+    if loaded is None:
+        raise SimilarityUnavailable("No index is published yet: embed the catalog and build the index first.")
+    result = vectors_scan(
+        vectors=loaded.vectors_all(),
+        product_ids=loaded.product_ids,
+        k=k,
+        duplicate_cosine=duplicate_cosine,
+        block_rows=block_rows,
+        progress=progress,
+    )
+    return CatalogScan(version=loaded.meta.version, space=space, count=loaded.meta.count, result=result)
+
+
 # --- Status ---------------------------------------------------------------------------------
 
 
 def engine_status() -> dict[str, object]:
     """Encoder, published index and embedding queue, as /api/status reports them."""
     return selectors.index_status()
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """The engine's state as /metrics reports it (read when scraped)."""
+
+    index_built_at: float | None  # the published build's time (Unix seconds); None: no usable build
+    index_vectors: int  # vectors the build holds
+    index_bytes: int  # size of its Annoy file
+    vectors_outside_index: int  # vectors stored since the build, searched exactly until the next one
+    products: dict[str, int]  # embedding state -> products in it
+    embedded_per_second: float  # products embedded per second over the last minutes
+
+
+def engine_metrics() -> EngineMetrics:
+    """Index age and size, vectors since the build, the embedding backlog and rate. A damaged build counts as none."""
+    from datetime import datetime
+
+    from recommender.index import IndexCorrupt
+    from recommender.tasks import vectors_outside_index
+
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt:
+        loaded = None
+    space = runtime.active_space()
+    meta = loaded.meta if loaded is not None and loaded.meta.space == space else None
+    outside = vectors_outside_index()  # -1: no usable build, every vector is outside one
+    return EngineMetrics(
+        index_built_at=datetime.fromisoformat(meta.built_at).timestamp() if meta else None,
+        index_vectors=meta.count if meta else 0,
+        index_bytes=meta.file_bytes if meta else 0,
+        vectors_outside_index=outside if outside >= 0 else Embedding.objects.filter(space=space).count(),
+        products=state.states_count(),
+        embedded_per_second=state.states_done_since(seconds=selectors.RATE_WINDOW_S) / selectors.RATE_WINDOW_S,
+    )
 
 
 def index_health() -> str:
@@ -199,6 +307,57 @@ def index_health() -> str:
     if loaded.meta.space != runtime.active_space():
         return f"error: built for {loaded.meta.space}"
     return "ok"
+
+
+def index_delivery_health() -> str | None:
+    """This node's copy of the published index as readiness checks report it; None without a store.
+
+    "ok", "fetching <version>", or "error: ..." (no paths). The node serves the build it has meanwhile.
+    """
+    report = selectors.index_delivery(space=runtime.active_space())
+    if report is None:
+        return None
+    if report["error"]:
+        return f"error: {report['error']}; serving {report['serving'] or 'no build'}"
+    if not report["checking"]:
+        return "error: the store has not been checked lately (is the fetcher running?)"
+    if report["behind"]:
+        return f"fetching {report['published']}"
+    return "ok"
+
+
+# The fetcher thread of this process, started once by index_delivery_start.
+_fetcher: threading.Thread | None = None
+_fetcher_lock = threading.Lock()
+
+
+def index_delivery_start() -> bool:
+    """Start this web process's index fetcher (a daemon thread) when builds come from a store; True if it runs.
+
+    Every INDEX_FETCH_INTERVAL_S it looks at the store's pointer and, on a new build, fetches it into
+    this node's INDEX_DIR (one process of the node at a time: a file lock), verifies it and flips the
+    node's pointer; every process of the node switches on its next query.
+    """
+    global _fetcher
+    from recommender import services
+
+    if runtime.index_store() is None:
+        return False
+    with _fetcher_lock:
+        if _fetcher is not None and _fetcher.is_alive():
+            return True
+
+        def loop() -> None:
+            while True:
+                try:
+                    services.index_sync()
+                except Exception:  # a fault here must never stop the fetcher, nor the process  # noqa: BLE001
+                    logger.exception("Index fetch failed")
+                time.sleep(settings.INDEX_FETCH_INTERVAL_S)
+
+        _fetcher = threading.Thread(target=loop, name="index-fetcher", daemon=True)
+        _fetcher.start()
+    return True
 
 
 def encoder_notice() -> tuple[str | None, str | None]:

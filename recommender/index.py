@@ -215,15 +215,16 @@ def index_build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _pointer_publish(directory, version)
-    _builds_prune(builds, keep=keep, current=version)
+    pointer_publish(directory, version)
+    builds_prune(builds, keep=keep, current=version)
     logger.info(
         "Published index %s: %d vectors, %d-d, %d trees, %.1fs", version, count, dim, n_trees, meta.build_seconds
     )
     return meta
 
 
-def _pointer_publish(directory: Path, version: str) -> None:
+def pointer_publish(directory: Path, version: str) -> None:
+    """Point ``directory``'s ``CURRENT`` at build ``version`` (already whole under ``builds/``), atomically."""
     tmp = directory / f".{POINTER_FILE}.{uuid.uuid4().hex}"
     try:
         _write_synced(tmp, version.encode())
@@ -234,7 +235,7 @@ def _pointer_publish(directory: Path, version: str) -> None:
     _fsync_dir(directory)
 
 
-def _builds_prune(builds: Path, *, keep: int, current: str) -> None:
+def builds_prune(builds: Path, *, keep: int, current: str) -> None:
     """Remove old builds, keeping the current one and ``keep`` before it for rollback.
 
     Processes still reading a removed build keep their mmap (the inode lives on
@@ -259,11 +260,19 @@ def published_version(directory: Path) -> str | None:
 
 
 def index_meta_read(directory: Path, version: str) -> IndexMeta:
+    return build_meta_read(directory / BUILDS_DIR / version, version)
+
+
+def build_meta_read(build: Path, version: str) -> IndexMeta:
+    """The metadata of the build in folder ``build`` (any name: a copy being fetched too), which must be ``version``."""
     try:
-        raw = json.loads((directory / BUILDS_DIR / version / META_FILE).read_text())
-        return IndexMeta(**raw)
+        raw = json.loads((build / META_FILE).read_text())
+        meta = IndexMeta(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise IndexCorrupt(f"index build {version} has no readable metadata: {exc}") from exc
+    if meta.version != version:
+        raise IndexCorrupt(f"index build {version} holds the metadata of {meta.version}")
+    return meta
 
 
 def _npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -311,8 +320,12 @@ def index_files_verify(directory: Path, version: str, *, checksum: bool = True) 
     Raises IndexCorrupt on the first mismatch. Returns the files' (name, inode, size, mtime) as
     checked, so that a caller can skip the checksum (~0.5 s for 44k x 1280-d) while they stay the same.
     """
-    meta = index_meta_read(directory, version)
-    build = directory / BUILDS_DIR / version
+    return build_files_verify(directory / BUILDS_DIR / version, version, checksum=checksum)
+
+
+def build_files_verify(build: Path, version: str, *, checksum: bool = True) -> FileSignature:
+    """``index_files_verify`` for the build in folder ``build``, whatever the folder's name."""
+    meta = build_meta_read(build, version)
     recorded = _recorded_files(meta, build)
     signature = []
     for name, (size, _) in sorted(recorded.items()):
@@ -481,6 +494,12 @@ class LoadedIndex:
         return np.array([self._ann.get_item_vector(int(item)) for item in items], dtype=np.float32).reshape(
             len(items), self.meta.dim
         )
+
+    def vectors_all(self) -> np.ndarray:
+        """Every item's vector (count, dim), float32: the build's read-only memory map (no copy) when it has one."""
+        if self._vectors is not None:
+            return self._vectors
+        return self.vectors_of(np.arange(self.meta.count))
 
     def colours_of(self, items: np.ndarray) -> np.ndarray | None:
         """The (len(items), c) float32 colour descriptors of ``items``; None when the build has none."""

@@ -32,6 +32,7 @@ from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django_redis.exceptions import ConnectionInterrupted
 
+from config.metrics import cache_lookup
 from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
 from recommender.feedback import DISLIKED, OVERFETCH, PINNED, SERVED, Strategy, TrailVectors, grid_rank, query_vectors
@@ -65,18 +66,17 @@ class StepRef:
         return f"{self.mark}{self.product_id}{self.aspect}"
 
 
-def strategy_served() -> Strategy:
+def strategy_served(name: str | None = None) -> Strategy:
     """The REFINE_STRATEGY setting's strategy (feedback.SERVED), at the REFINE_DIVERSITY setting's MMR strength.
 
-    REFINE_DIVERSITY, when set, replaces the strategy's own strength. Raises ImproperlyConfigured for an
-    unknown name.
+    ``name`` picks another of SERVED (an experiment's arm). REFINE_DIVERSITY, when set, replaces the
+    strategy's own strength. Raises ImproperlyConfigured for an unknown name.
     """
+    chosen = name or settings.REFINE_STRATEGY
     try:
-        strategy = SERVED[settings.REFINE_STRATEGY]
+        strategy = SERVED[chosen]
     except KeyError:
-        raise ImproperlyConfigured(
-            f"REFINE_STRATEGY must be one of {', '.join(SERVED)}, not {settings.REFINE_STRATEGY!r}"
-        ) from None
+        raise ImproperlyConfigured(f"REFINE_STRATEGY must be one of {', '.join(SERVED)}, not {chosen!r}") from None
     strength = settings.REFINE_DIVERSITY
     if strength is not None and float(strength) != strategy.diversity:
         strategy = replace(strategy, diversity=float(strength))
@@ -242,8 +242,11 @@ def trail_grid(
     k: int,
     allowed_ids: np.ndarray | None = None,
     shown_first: Callable[[], Sequence[int]] | None = None,
+    strategy: str | None = None,
 ) -> list[Neighbour]:
     """The ``k`` products to show for a trail (oldest step first), in display order, none of the trail's.
+
+    ``strategy`` names the SERVED strategy to rank by (None: REFINE_STRATEGY's).
 
     ``shown_first`` gives the grid the first step was clicked from (the starting grid or a text search),
     where the shop knows it; it is called only when the served strategy counts that grid (``first_grid``).
@@ -260,7 +263,7 @@ def trail_grid(
         newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
         raise selectors._why_not_embedded(newest.product_id)
 
-    strategy = strategy_served()
+    strategy = strategy_served(strategy)
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
     first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
@@ -315,6 +318,8 @@ def _prefix_lookup(keys: list[str]) -> tuple[dict[str, tuple[int, ...]], bool]:
     """The prefix grids remembered under ``keys``, and whether the shared cache answered (or was not needed)."""
     found = {key: ids for key in keys if (ids := _shown.get(key)) is not None}
     wanted = [key for key in keys if key not in found]
+    for key in keys:
+        cache_lookup(cache="trail-grids-process", hit=key in found)
     if not wanted:
         return found, True
     try:
@@ -324,6 +329,7 @@ def _prefix_lookup(keys: list[str]) -> tuple[dict[str, tuple[int, ...]], bool]:
         return found, False
     for key in wanted:
         ids = shared.get(_PREFIX_KEY + key)
+        cache_lookup(cache="trail-grids-shared", hit=isinstance(ids, list))
         if isinstance(ids, list):
             found[key] = tuple(int(i) for i in ids)
             _shown.put(key, found[key])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
 
+from recommender.delivery import DirStore, S3Store, Store
 from recommender.errors import EncoderUnavailable
 from recommender.index import IndexReader
 from recommender.projection import Projection, ProjectionCorrupt
@@ -49,12 +51,22 @@ def heads_dir() -> Path:
     return settings.INDEX_DIR / "heads"
 
 
+HEAD_VERSION = re.compile(r"^[a-z]+[0-9]+-[0-9a-f]+$")
+
+
+def head_path(version: str) -> Path:
+    """The file of projection ``version`` (``head256-3f2a9c1b`` -> ``heads/head-head-256-3f2a9c1b.npz``)."""
+    if not HEAD_VERSION.match(version):
+        raise ProjectionCorrupt(f"{version!r} is not a projection version")
+    kind_dim, _, digest = version.rpartition("-")
+    kind = kind_dim.rstrip("0123456789")
+    return heads_dir() / f"head-{kind}-{kind_dim[len(kind) :]}-{digest}.npz"
+
+
 @functools.cache
 def projection_for(version: str) -> Projection:
     """The projection file named by ``version`` (e.g. ``head256-3f2a9c1b``), loaded once per process."""
-    kind_dim, _, digest = version.rpartition("-")
-    kind = kind_dim.rstrip("0123456789")
-    path = heads_dir() / f"head-{kind}-{kind_dim[len(kind) :]}-{digest}.npz"
+    path = head_path(version)
     projection = Projection.load(path)
     if projection.version != version:
         raise ProjectionCorrupt(f"{path} holds {projection.version}, not {version}")
@@ -96,9 +108,26 @@ def space_switch_read() -> str | None:
 
 
 def space_switch_write(space: str) -> None:
-    """Switch every process to ``space`` on its next query (atomic rename of one small file)."""
+    """Switch every process to ``space`` on its next query (atomic rename of one small file).
+
+    With an index store, every node follows (``recommender.services.index_sync``): the head's file
+    and then the space's name are published there first; a store that cannot be written raises
+    StoreUnavailable and nothing is switched.
+    """
     if not space_known(space):
         raise EncoderUnavailable(f"unknown space {space!r}")
+    store = index_store()
+    if store is not None:
+        _, _, version = space.partition("+")
+        if version:
+            head = head_path(version)
+            store.file_write(f"{head.parent.name}/{head.name}", head.read_bytes())
+        store.file_write(ACTIVE_SPACE_FILE, space.encode())
+    space_switch_local(space)
+
+
+def space_switch_local(space: str) -> None:
+    """Switch this machine's processes to ``space`` (its INDEX_DIR's ``ACTIVE_SPACE``)."""
     settings.INDEX_DIR.mkdir(parents=True, exist_ok=True)
     tmp = settings.INDEX_DIR / f".{ACTIVE_SPACE_FILE}.tmp"
     tmp.write_text(space)
@@ -170,6 +199,30 @@ def index_dir(space: str) -> Path:
     return settings.INDEX_DIR / space
 
 
+@functools.cache
+def index_store() -> Store | None:
+    """The store builds are published to and fetched from; None when INDEX_DIR itself is it (nothing copied)."""
+    configured = settings.INDEX_STORE
+    if configured == "s3":
+        from botocore.config import Config
+        from storages.backends.s3 import S3Storage
+
+        # Short connection timeouts and few retries: a fetcher that cannot reach the store says so
+        # within seconds and keeps serving; the next look tries again.
+        storage = S3Storage(
+            bucket_name=settings.INDEX_S3_BUCKET,
+            endpoint_url=settings.INDEX_S3_ENDPOINT_URL,
+            region_name=settings.INDEX_S3_REGION,
+            client_config=Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}),
+        )
+        return S3Store(storage.bucket, prefix=settings.INDEX_S3_PREFIX)
+    if configured.startswith("dir:"):
+        root = Path(configured[4:])
+        if root.resolve() != settings.INDEX_DIR.resolve():
+            return DirStore(root)
+    return None
+
+
 def index_reader(space: str | None = None) -> IndexReader:
     return _index_reader(index_dir(space or active_space()))
 
@@ -185,3 +238,4 @@ def reset() -> None:
     encoder_for.cache_clear()
     projection_for.cache_clear()
     _index_reader.cache_clear()
+    index_store.cache_clear()

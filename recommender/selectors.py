@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import connections, router
 
 from recommender import runtime
+from recommender.delivery import delivery_report, delivery_state_read
 from recommender.errors import NotEmbeddedYet, SimilarityUnavailable
 from recommender.index import IndexCorrupt, LoadedIndex
 from recommender.models import Embedding, EmbedStatus
@@ -328,6 +330,15 @@ def similar_products(
     return [Neighbour(product_id=pid, score=score) for pid, score in ranked[:k]]
 
 
+def index_delivery(*, space: str) -> dict[str, object] | None:
+    """This node's copy of the store's published build (``recommender.delivery``); None without a store."""
+    store = runtime.index_store()
+    if store is None:
+        return None
+    state = delivery_state_read(runtime.index_dir(space), store=store.kind)
+    return delivery_report(state, interval_s=settings.INDEX_FETCH_INTERVAL_S)
+
+
 def index_status() -> dict[str, object]:
     """What /api/status reports about the encoder, the index and the embedding queue."""
     choice = runtime.encoder_choice()
@@ -360,6 +371,7 @@ def index_status() -> dict[str, object]:
             "note": choice.note if runtime.space_encoder_id(space) == choice.space else None,
         },
         "index": index,
+        "delivery": index_delivery(space=space),
         "products": {"total": sum(products.values()), **products},
         "awaiting_embedding": products["pending"] + products["processing"],
         "embedding_per_second": round(states_done_since(seconds=RATE_WINDOW_S) / RATE_WINDOW_S, 3),

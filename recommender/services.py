@@ -21,9 +21,18 @@ from django.utils import timezone
 
 from recommender import runtime, state
 from recommender.colour import COLOUR_SPACE
-from recommender.index import IndexMeta, index_build
+from recommender.delivery import (
+    DeliveryState,
+    Store,
+    StoreUnavailable,
+    build_publish,
+    build_publish_pending,
+    index_fetch,
+)
+from recommender.index import IndexCorrupt, IndexMeta, index_build
 from recommender.locks import index_build_lock
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from recommender.projection import ProjectionCorrupt
 from recommender.state import ImageRef
 
 logger = logging.getLogger(__name__)
@@ -293,7 +302,7 @@ def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | Non
     if not chunks:
         return None
     product_ids = np.asarray(products, dtype=np.int64)
-    return index_build(
+    meta = index_build(
         directory=runtime.index_dir(space),
         vectors=np.stack(chunks),
         product_ids=product_ids,
@@ -305,3 +314,75 @@ def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | Non
         watermark=watermark_row,
         keep=settings.INDEX_KEEP_BUILDS,
     )
+    store = runtime.index_store()
+    if store is not None:
+        # Still under the build lock: builds reach the store in the order they were made. A failure
+        # raises (the build serves here; index_sync publishes it on the worker's next sweep).
+        build_publish(
+            store=store,
+            space=space,
+            local=runtime.index_dir(space),
+            version=meta.version,
+            keep=settings.INDEX_KEEP_BUILDS,
+        )
+        index_sync(space=space)
+    return meta
+
+
+def _space_follow(store: Store) -> None:
+    """Follow a space switch published to the store (``runtime.space_switch_write`` on another machine).
+
+    The head's file and the new space's build are fetched first; this node switches only once it
+    holds a whole build of the new space, and serves the old one until then. Never raises.
+    """
+    try:
+        raw = store.file_read(runtime.ACTIVE_SPACE_FILE)
+        if raw is None:
+            return
+        space = raw.decode("utf-8", "replace").strip()
+        if space == runtime.active_space():
+            return
+        _, _, version = space.partition("+")
+        if version and not runtime.head_path(version).exists():
+            head = runtime.head_path(version)
+            data = store.file_read(f"{head.parent.name}/{head.name}")
+            if data is None:
+                logger.error("The index store switches to %s but holds no file for its projection", space)
+                return
+            head.parent.mkdir(parents=True, exist_ok=True)
+            tmp = head.with_name(f".{head.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(head)
+        if not runtime.space_known(space):
+            logger.error("The index store switches to %r, which this node cannot serve", space)
+            return
+        state = index_fetch(store=store, space=space, local=runtime.index_dir(space), keep=settings.INDEX_KEEP_BUILDS)
+        if state is not None and state.serving and state.error is None:
+            runtime.space_switch_local(space)
+            logger.info("Switched to space %s, as the index store says", space)
+    except (StoreUnavailable, ProjectionCorrupt, OSError) as exc:
+        # The index fetch that follows reports an unreachable store in the node's status.
+        logger.error("Could not follow the index store's space: %s", exc)
+
+
+def index_sync(*, space: str | None = None, publish: bool = False) -> DeliveryState | None:
+    """Bring this node's copy of the index to the store's published build (a no-op without a store).
+
+    With ``publish`` (workers) a local build newer than the store's, whose publication failed, is
+    published first. Never raises for a store fault: the node keeps its build and the reason is in
+    its ``DELIVERY.json`` (``index_delivery``). Returns that record, or None when there is no store
+    or another process of this node is fetching.
+    """
+    store = runtime.index_store()
+    if store is None:
+        return None
+    if space is None:
+        _space_follow(store)
+        space = runtime.active_space()
+    local = runtime.index_dir(space)
+    if publish:
+        try:
+            build_publish_pending(store=store, space=space, local=local, keep=settings.INDEX_KEEP_BUILDS)
+        except (StoreUnavailable, IndexCorrupt) as exc:
+            logger.error("Could not publish the local index build to the %s store: %s", store.kind, exc)
+    return index_fetch(store=store, space=space, local=local, keep=settings.INDEX_KEEP_BUILDS)

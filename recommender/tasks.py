@@ -57,7 +57,7 @@ def embed_enqueue(*, product_ids: list[int]) -> int:
     for start in range(0, len(product_ids), size):
         chunk = [int(i) for i in product_ids[start : start + size]]
         try:
-            embed_products.apply_async(args=[chunk], retry=False)
+            sent = embed_products.apply_async(args=[chunk], retry=False)
         except QUEUE_DOWN as exc:
             _queue_down_until = time.monotonic() + QUEUE_BACKOFF_S
             logger.warning(
@@ -66,6 +66,7 @@ def embed_enqueue(*, product_ids: list[int]) -> int:
             break
         state.states_queued(product_ids=chunk)
         queued += len(chunk)
+        logger.info("Queued embedding task %s for %d products", sent.id, len(chunk))
     return queued
 
 
@@ -151,6 +152,8 @@ def index_watermark_lags() -> bool:
 
 
 def index_rebuild_if_needed() -> None:
+    # With a store, this worker judges from the published build, not from a stale copy of its own.
+    services.index_sync(publish=True)
     outside = vectors_outside_index()
     if outside < 0:
         index_rebuild_request(reason="no usable index for the active space")
@@ -228,6 +231,7 @@ def index_repair_if_needed() -> None:
 @shared_task(name="recommender.index_refresh", acks_late=True)
 def index_refresh() -> str:
     """Scheduled: rebuild when any vector waits outside the index."""
+    services.index_sync(publish=True)
     outside = vectors_outside_index()
     if outside == 0 and not index_watermark_lags():
         return "index is current"
@@ -251,6 +255,8 @@ def embed_sweep() -> int:
     Also catches up products embedded only in another space (uploaded while
     reembed_catalog was building the space now active).
     """
+    # With a store: follow its space, publish a build whose publication failed, fetch the store's newer one.
+    services.index_sync(publish=True)
     space = runtime.active_space()
     index_repair_if_needed()
     services.space_reproject(space=space)  # a head space: cheap, from the raw vectors

@@ -38,7 +38,8 @@ GRID_TEMPLATE_LOOP = """{% if items %}
       {% else %}<span class="noimage">no image</span>{% endif %}
       <span class="name">{{ item.product.name }}</span>
       {% if item.score is not None %}<span class="score" data-score="{{ item.score|floatformat:4 }}">{{ item.score|floatformat:2 }}</span>{% endif %}
-    </a>
+    </a>{% if item.view_url %}
+    <p class="view"><a href="{{ item.view_url }}" rel="nofollow">View product</a></p>{% endif %}
   </li>
   {% endfor %}
 </ol>
@@ -185,7 +186,10 @@ def test_product_json_equals_the_plain_build(odd_catalog):
             "season": card.season,
             "year": card.year,
             "usage": card.usage,
+            "active": card.active,
+            "stock": card.stock,
             "url": request.build_absolute_uri(reverse("gallery:similar", args=[card.id])),
+            "view_url": request.build_absolute_uri(reverse("gallery:view-product", args=[card.id])),
             "score": 0.5,
         }
 

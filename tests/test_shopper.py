@@ -114,11 +114,12 @@ def test_trail_controls_lead_to_edited_trails(client, demo_catalog_db):
     html = client.get(f"/similar/{c}/", {"trail": f"{a},{b},{c}", "q": "shoes"}).content.decode()
     trail = html.split('<nav class="trail"')[1].split("</nav>")[0].replace("&amp;", "&")
 
-    assert f'href="/similar/{c}/?trail=n{a}%2C{b}%2C{c}&q=shoes"' in trail  # "not like this" on the first step
-    assert f'href="/similar/{c}/?trail={a}%2Cp{b}%2C{c}&q=shoes"' in trail  # pin the second
-    assert f'href="/similar/{c}/?trail={a}%2C{c}&q=shoes"' in trail  # remove the second
+    # Each edit's link names the edit (act=: p pin, n not like this, r remove) for the shopper-events record.
+    assert f'href="/similar/{c}/?trail=n{a}%2C{b}%2C{c}&q=shoes&act=n"' in trail  # "not like this" on the first
+    assert f'href="/similar/{c}/?trail={a}%2Cp{b}%2C{c}&q=shoes&act=p"' in trail  # pin the second
+    assert f'href="/similar/{c}/?trail={a}%2C{c}&q=shoes&act=r"' in trail  # remove the second
     # Disliking the current step moves the anchor back to the newest liked step.
-    assert f'href="/similar/{b}/?trail={a}%2C{b}%2Cn{c}&q=shoes"' in trail
+    assert f'href="/similar/{b}/?trail={a}%2C{b}%2Cn{c}&q=shoes&act=n"' in trail
 
 
 @pytest.mark.django_db

@@ -26,5 +26,13 @@
     });
   }
 
+  // A photo search sent by htmx keeps the filters the shopper has picked since the page loaded.
+  document.addEventListener("htmx:configRequest", (event) => {
+    if (event.target.id !== "photo-search") return;
+    document.querySelectorAll("#results .filters select").forEach((select) => {
+      event.detail.parameters[select.name] = select.value;
+    });
+  });
+
   document.addEventListener("DOMContentLoaded", enablePhotoDrop);
 })();

@@ -91,6 +91,10 @@ class Command(BaseCommand):
             # and each child's group holds its own children, so that none outlives it.
             return subprocess.Popen(command, env=env, start_new_session=True)
 
+        # The metrics files of an earlier run's processes (prometheus-client's multiprocess mode): without
+        # this they pile up, one set per process ever started, and every scrape reads them all.
+        for stale in settings.METRICS_DIR.glob("*.db"):
+            stale.unlink(missing_ok=True)
         children: list[Child] = []
         if settings.EMBEDDED_REDIS:
             socket = settings.EMBEDDED_REDIS_SOCKET

@@ -1,0 +1,64 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from gallery import catalog_health
+from gallery.models import FindingKind
+from recommender.errors import SimilarityUnavailable
+
+
+def _unit(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(value)
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Scan the catalog's published vectors for near-duplicates, suspect labels, outliers and products without a "
+        "usable image, and store the findings for the admin's Catalog health page. Runs here, in blocks; "
+        "--background queues it for a worker instead, as the admin's button does."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--background", action="store_true", help="queue the scan for a Celery worker")
+        parser.add_argument(
+            "--duplicate-cosine", type=_unit, default=catalog_health.DUPLICATE_COSINE,
+            help=f"image-vector cosine above which two photos are compared (default {catalog_health.DUPLICATE_COSINE})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--duplicate-pixels", type=_unit, default=catalog_health.DUPLICATE_PIXELS,
+            help=f"fingerprint cosine above which two photos are one (default {catalog_health.DUPLICATE_PIXELS})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--label-share", type=_unit, default=catalog_health.LABEL_MIN_SHARE,
+            help=f"share of look-alikes that must agree on another label (default {catalog_health.LABEL_MIN_SHARE})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--outlier-isolation", type=_unit, default=catalog_health.OUTLIER_ISOLATION,
+            help=f"1 - mean cosine to the nearest products above which an image is an outlier "
+            f"(default {catalog_health.OUTLIER_ISOLATION})",
+        )  # fmt: skip
+
+    def handle(self, *args, background: bool, duplicate_cosine: float, duplicate_pixels: float, label_share: float,
+               outlier_isolation: float, **options):  # fmt: skip
+        if background:
+            scan, created = catalog_health.health_scan_request()
+            self.stdout.write(f"Scan {scan.id} {'queued' if created else 'is already ' + scan.status}.")
+            return
+        scan = catalog_health.health_scan_create()
+        try:
+            scan = catalog_health.health_scan_run(
+                scan=scan,
+                duplicate_cosine=duplicate_cosine,
+                duplicate_pixels=duplicate_pixels,
+                label_min_share=label_share,
+                outlier_isolation=outlier_isolation,
+            )
+        except SimilarityUnavailable as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Scan {scan.id}: {scan.products} products of index {scan.index_version} in {scan.seconds}s")
+        for kind in FindingKind:
+            counts = scan.counts.get(kind.value, {})
+            self.stdout.write(
+                f"  {kind.label}: {counts.get('found', 0)} found, {counts.get('dismissed', 0)} dismissed earlier"
+            )

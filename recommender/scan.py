@@ -1,0 +1,169 @@
+"""A catalog scan over unit vectors: nearest neighbours, near-duplicate pairs and isolation. Arrays and ids only.
+
+Every product's cosine with every other is computed once, in square tiles of ``block_rows`` on and above
+the diagonal (the matrix is symmetric): one tile (4 MB at 1024 rows) and the running k nearest of every
+product are all that is held beside the vectors, never the n x n matrix. From the tiles the scan keeps
+
+* each row's ``k`` nearest other products and their cosines (what suspect labels are judged from),
+* every pair above ``duplicate_cosine`` (near-duplicates; at most ``max_pairs``, the most alike kept),
+* an isolation score, 1 minus the mean cosine of the ``k`` nearest (outliers: blank, placeholder, broken).
+
+No Django and no database: ``recommender.api.catalog_scan`` feeds it the published build's vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a scan found; row i of each array is product ``product_ids[i]``."""
+
+    product_ids: np.ndarray  # (n,) int64
+    neighbour_ids: np.ndarray  # (n, k) int64 product ids, nearest first; -1 where the catalog has fewer
+    neighbour_cosines: np.ndarray  # (n, k) float32, matching neighbour_ids; NaN where it is -1
+    isolation: np.ndarray  # (n,) float32: 1 - mean cosine of the k nearest (higher: farther from everything)
+    pairs: np.ndarray  # (m, 2) int64 product ids, first < second: cosine above the duplicate threshold
+    pair_cosines: np.ndarray  # (m,) float32
+    pairs_truncated: bool  # more pairs passed the threshold than max_pairs; the most alike were kept
+
+
+def vectors_scan(
+    *,
+    vectors: np.ndarray,
+    product_ids: np.ndarray,
+    k: int = 10,
+    duplicate_cosine: float = 0.95,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    max_pairs: int = 200_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """Scan unit ``vectors`` (n, d), which may be a read-only memory map, tile by tile.
+
+    Only the tiles on and above the diagonal are multiplied (the similarity matrix is symmetric): each
+    tile updates the running k nearest of its rows and of its columns, so every product is compared with
+    every other once. ``progress(done, n)`` is called after each row of tiles. Raises ValueError on
+    mismatched or empty input.
+    """
+    n = len(product_ids)
+    if vectors.ndim != 2 or len(vectors) != n:
+        raise ValueError("vectors must be (n, d) with one row per product id")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if block_rows < 1:
+        raise ValueError("block_rows must be at least 1")
+    ids = np.asarray(product_ids, dtype=np.int64)
+    best_items = np.full((n, k), -1, dtype=np.int64)
+    best_cos = np.full((n, k), -np.inf, dtype=np.float32)
+    pair_rows: list[np.ndarray] = []
+    pair_cols: list[np.ndarray] = []
+    pair_cos: list[np.ndarray] = []
+    kept = 0
+    truncated = False
+    threshold = np.float32(duplicate_cosine)
+    for row_start in range(0, n, block_rows):
+        row_stop = min(n, row_start + block_rows)
+        block = np.ascontiguousarray(vectors[row_start:row_stop], dtype=np.float32)
+        for col_start in range(row_start, n, block_rows):
+            col_stop = min(n, col_start + block_rows)
+            tile = block @ np.asarray(vectors[col_start:col_stop], dtype=np.float32).T
+            diagonal = col_start == row_start
+            if diagonal:
+                np.fill_diagonal(tile, -np.inf)  # a product is not its own neighbour
+            rows = np.arange(row_start, row_stop)
+            cols = np.arange(col_start, col_stop)
+            _merge(best_items, best_cos, rows, tile, cols, k)
+            if not diagonal:  # the tile below the diagonal, seen from its rows
+                _merge(best_items, best_cos, cols, tile.T, rows, k)
+            hit_r, hit_c = np.nonzero(tile > threshold)
+            if diagonal:
+                keep = hit_c > hit_r  # each pair once
+                hit_r, hit_c = hit_r[keep], hit_c[keep]
+            if len(hit_r):
+                pair_rows.append(hit_r + row_start)
+                pair_cols.append(hit_c + col_start)
+                pair_cos.append(tile[hit_r, hit_c])
+                kept += len(hit_r)
+                if kept > 2 * max_pairs:  # bounded memory: keep the most alike so far
+                    pair_rows, pair_cols, pair_cos, kept = _most_alike(pair_rows, pair_cols, pair_cos, max_pairs)
+                    truncated = True
+        if progress is not None:
+            progress(row_stop, n)
+    if kept > max_pairs:
+        pair_rows, pair_cols, pair_cos, kept = _most_alike(pair_rows, pair_cols, pair_cos, max_pairs)
+        truncated = True
+    order = np.argsort(-best_cos, axis=1, kind="stable")
+    best_items = np.take_along_axis(best_items, order, axis=1)
+    best_cos = np.take_along_axis(best_cos, order, axis=1)
+    missing = best_items < 0
+    best_cos[missing] = np.nan
+    isolation = (1.0 - np.nanmean(np.where(missing, np.nan, best_cos), axis=1)) if n > 1 else np.ones(n)
+    first = np.concatenate(pair_rows) if pair_rows else np.zeros(0, dtype=np.int64)
+    second = np.concatenate(pair_cols) if pair_cols else np.zeros(0, dtype=np.int64)
+    cosines = np.concatenate(pair_cos).astype(np.float32) if pair_cos else np.zeros(0, dtype=np.float32)
+    pairs = np.stack([ids[first], ids[second]], axis=1) if len(first) else np.zeros((0, 2), dtype=np.int64)
+    pairs.sort(axis=1)
+    return ScanResult(
+        product_ids=ids,
+        neighbour_ids=np.where(missing, -1, ids[best_items.clip(min=0)]),
+        neighbour_cosines=best_cos,
+        isolation=np.asarray(isolation, dtype=np.float32),
+        pairs=pairs,
+        pair_cosines=cosines,
+        pairs_truncated=truncated,
+    )
+
+
+def _merge(
+    best_items: np.ndarray, best_cos: np.ndarray, rows: np.ndarray, sims: np.ndarray, cols: np.ndarray, k: int
+) -> None:
+    """Fold the similarities ``sims`` (len(rows), len(cols)) into the running k nearest of ``rows``."""
+    if sims.shape[1] > k:
+        top = np.argpartition(sims, -k, axis=1)[:, -k:]
+        top_cos = np.take_along_axis(sims, top, axis=1)
+    else:
+        top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        top_cos = sims
+    items = np.concatenate([best_items[rows], cols[top]], axis=1)
+    cos = np.concatenate([best_cos[rows], top_cos], axis=1)
+    pick = np.argpartition(cos, -k, axis=1)[:, -k:]
+    best_items[rows] = np.take_along_axis(items, pick, axis=1)
+    best_cos[rows] = np.take_along_axis(cos, pick, axis=1)
+
+
+def _most_alike(
+    rows: list[np.ndarray], cols: list[np.ndarray], cos: list[np.ndarray], limit: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int]:
+    r, c, s = np.concatenate(rows), np.concatenate(cols), np.concatenate(cos)
+    best = np.argsort(-s, kind="stable")[:limit]
+    return [r[best]], [c[best]], [s[best]], len(best)
+
+
+def pair_groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected groups of the ids joined by ``pairs`` (union-find), each sorted, largest group first."""
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(int(a)), root(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for x in parent:
+        groups.setdefault(root(x), []).append(x)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))

@@ -1,0 +1,369 @@
+"""Catalog health: the scan (command, Celery task in a real worker), its findings and the admin's actions on them."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.auth.models import Permission, User
+from django.core.management import CommandError, call_command
+from PIL import Image
+
+from gallery import catalog_health
+from gallery.catalog import styles_read
+from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthScan, Product
+from gallery.services import catalog_import
+from recommender import services
+from recommender.scan import pair_groups, vectors_scan
+from tests.conftest import celery_broker, wait_for
+from tests.factories import ProductFactory
+from tests.test_catalog_import import write_catalog
+
+# Three article types the demo draws as clearly different shapes, ~15 products each.
+TYPES = ("Watches", "Handbags", "Jeans")
+COPY_ID, EXACT_ID, BLANK_ID, NO_IMAGE_ID = 990001, 990002, 990003, 990004
+
+
+def _line(pid: int, fields: dict) -> str:
+    return ",".join(
+        str(v)
+        for v in (
+            pid,
+            fields["gender"],
+            fields["master_category"],
+            fields["sub_category"],
+            fields["article_type"],
+            fields["base_colour"],
+            fields["season"],
+            fields.get("year") or "",
+            fields["usage"],
+            fields["name"],
+        )
+    )
+
+
+def _resized_copy(data: bytes) -> bytes:
+    """The same photo, lightly cropped, resized to 70 % and re-encoded at quality 60: other bytes, same picture."""
+    with Image.open(io.BytesIO(data)) as image:
+        w, h = image.size
+        image = image.convert("RGB").crop((w // 30, h // 30, w - w // 30, h - h // 30))
+        image = image.resize((int(image.width * 0.7), int(image.height * 0.7)))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=60)
+    return out.getvalue()
+
+
+@pytest.fixture
+def health_catalog(demo_dir: Path, tmp_path: Path) -> dict[str, int]:
+    """Demo watches, handbags and jeans with real image files, embedded and indexed, plus what the scan must find:
+    a resized re-encoded copy, a byte-identical copy, a watch labelled as a handbag, a blank photo, no photo."""
+    rows = [r for r in styles_read(demo_dir / "styles.csv") if hasattr(r, "fields")]
+    rows = [r for r in rows if r.fields["article_type"] in TYPES]
+    images = {r.id: (demo_dir / "images" / f"{r.id}.jpg").read_bytes() for r in rows}
+    # The demo draws one type in one colour nearly alike (those pairs are grouped too); the copies are made of
+    # products whose type and colour no other product shares, so their groups are exactly the injected pairs.
+    looks = Counter((r.fields["article_type"], r.fields["base_colour"]) for r in rows)
+    unique = [r for r in rows if looks[(r.fields["article_type"], r.fields["base_colour"])] == 1]
+    jeans, bag = unique[0], unique[1]
+    watches = [r for r in rows if r.fields["article_type"] == "Watches" and r.id not in (jeans.id, bag.id)]
+    flipped = watches[len(watches) // 2]
+    lines = [_line(r.id, {**r.fields, "article_type": "Handbags"} if r.id == flipped.id else r.fields) for r in rows]
+    lines.append(_line(COPY_ID, jeans.fields))
+    images[COPY_ID] = _resized_copy(images[jeans.id])
+    lines.append(_line(EXACT_ID, bag.fields))
+    images[EXACT_ID] = images[bag.id]
+    lines.append(_line(BLANK_ID, {**bag.fields, "name": "Placeholder"}))
+    blank = io.BytesIO()
+    Image.new("RGB", (300, 400), (255, 255, 255)).save(blank, "JPEG")
+    images[BLANK_ID] = blank.getvalue()
+    write_catalog(tmp_path / "cat", lines, images)
+    catalog_import(directory=tmp_path / "cat", enqueue=False, workers=1)
+    ProductFactory(id=NO_IMAGE_ID, name="Announced, no photo yet")
+    services.products_embed(product_ids=list(Product.objects.exclude(image="").values_list("id", flat=True)))
+    services.index_rebuild()
+    return {"copied": jeans.id, "exact_source": bag.id, "flipped": flipped.id, "products": len(rows) + 4}
+
+
+def _scan() -> HealthScan:
+    return catalog_health.health_scan_run(scan=catalog_health.health_scan_create())
+
+
+def _finding(scan: HealthScan, kind: str, product_id: int) -> HealthFinding | None:
+    return next((f for f in scan.findings.filter(kind=kind) if product_id in f.product_ids), None)
+
+
+@pytest.fixture
+def staff(client):
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.login(username="admin", password="pw")
+    return client
+
+
+# --- The engine's scan, on arrays --------------------------------------------------------------------------------
+
+
+def test_the_block_scan_equals_all_pairs_and_never_holds_the_full_matrix():
+    rng = np.random.default_rng(3)
+    n, d = 3000, 32
+    vectors = rng.standard_normal((n, d)).astype(np.float32)
+    vectors[17] = vectors[2900] + 0.01 * rng.standard_normal(d).astype(np.float32)
+    vectors[400] = vectors[2900]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64) * 7 + 5
+
+    tracemalloc.start()
+    result = vectors_scan(vectors=vectors, product_ids=ids, k=5, duplicate_cosine=0.95, block_rows=64)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # The n x n float32 matrix alone would be 36 MB; the scan holds a 64-row block of it at a time.
+    assert peak < n * n * 4 / 8
+
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = ids[np.argsort(-sims, axis=1, kind="stable")[:, :5]]
+    assert (result.neighbour_ids == expected).mean() > 0.999  # ties aside, the exact neighbours
+    assert {tuple(p) for p in result.pairs.tolist()} == {
+        (ids[17], ids[400]),
+        (ids[17], ids[2900]),
+        (ids[400], ids[2900]),
+    }
+    assert pair_groups(result.pairs.tolist()) == [sorted([int(ids[17]), int(ids[400]), int(ids[2900])])]
+    assert np.allclose(result.isolation, 1 - result.neighbour_cosines.mean(axis=1))
+    assert set(np.argsort(result.isolation)[:3].tolist()) == {17, 400, 2900}  # the copies are the least isolated
+
+
+def test_label_suspects_names_the_majority_and_its_share():
+    labels = ["Shirts"] + ["Tshirts"] * 8 + ["Shirts"] * 2
+    rows = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]] + [[0] * 10] * 10)
+    cos = np.full(rows.shape, 0.9, dtype=np.float32)
+    suspects = catalog_health.label_suspects(labels=labels, neighbour_rows=rows, neighbour_cosines=cos)
+    first = next(s for s in suspects if s.row == 0)
+    assert (first.suggested, first.votes, first.share, first.own_share) == ("Tshirts", 8, 0.8, 0.2)
+    # Rows whose look-alikes all disagree with them rank above one that two of them agree with.
+    assert suspects[-1].row == 0 and suspects[0].confidence > first.confidence
+
+
+# --- The scan over a catalog ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_command_finds_the_copies_the_flipped_label_the_blank_and_the_missing_photo(health_catalog):
+    out = io.StringIO()
+    call_command("catalog_health", stdout=out)
+    scan = HealthScan.objects.get()
+    assert scan.status == HealthScan.Status.DONE and scan.seconds is not None and scan.finished_at
+    assert scan.products == health_catalog["products"] - 1  # every product with a photo
+    assert f"Scan {scan.id}:" in out.getvalue() and "Near-duplicates:" in out.getvalue()
+
+    copy = _finding(scan, FindingKind.DUPLICATE, COPY_ID)
+    assert copy is not None and copy.product_ids == sorted([health_catalog["copied"], COPY_ID])
+    assert copy.detail["exact"] is False
+    exact = _finding(scan, FindingKind.DUPLICATE, EXACT_ID)
+    assert exact is not None and exact.product_ids == sorted([health_catalog["exact_source"], EXACT_ID])
+    assert exact.detail["exact"] is True and exact.confidence == 1.0
+
+    label = next(
+        f
+        for f in scan.findings.filter(kind=FindingKind.LABEL)
+        if f.product_ids == [health_catalog["flipped"]] and f.detail["field"] == "article_type"
+    )
+    assert (label.detail["current"], label.detail["suggested"]) == ("Handbags", "Watches")
+    assert label.detail["share"] >= catalog_health.LABEL_MIN_SHARE
+    # Only the flipped product's type is suspect.
+    assert [f.product_ids for f in scan.findings.filter(kind=FindingKind.LABEL, detail__field="article_type")] == [
+        [health_catalog["flipped"]]
+    ]
+
+    outliers = list(scan.findings.filter(kind=FindingKind.OUTLIER).order_by("-confidence"))
+    assert outliers and outliers[0].product_ids == [BLANK_ID]
+    missing = _finding(scan, FindingKind.NO_IMAGE, NO_IMAGE_ID)
+    assert missing is not None and missing.detail["reason"] == "no image"
+    blank = _finding(scan, FindingKind.NO_IMAGE, BLANK_ID)
+    assert blank is not None and blank.detail["reason"] == "the photo is blank (a single colour)"
+    assert scan.counts[FindingKind.NO_IMAGE]["found"] == 2  # nothing else: every other photo is a product
+
+
+@pytest.mark.django_db
+def test_the_command_without_a_published_index_says_so():
+    ProductFactory()
+    with pytest.raises(CommandError, match="No index is published"):
+        call_command("catalog_health", stdout=io.StringIO())
+    scan = HealthScan.objects.get()
+    assert scan.status == HealthScan.Status.FAILED and "No index is published" in scan.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_button_runs_the_scan_in_a_real_worker(health_catalog, staff, start_worker):
+    start_worker()
+    response = staff.post("/admin/gallery/healthscan/run/")
+    assert response.status_code == 302
+    scan = HealthScan.objects.get()
+    # A second click while it is queued or running starts nothing more.
+    staff.post("/admin/gallery/healthscan/run/")
+    assert HealthScan.objects.count() == 1
+
+    wait_for(
+        lambda: HealthScan.objects.filter(id=scan.id, status__in=["done", "failed"]).exists(),
+        timeout=120,
+        what="the worker to finish the scan",
+    )
+    scan.refresh_from_db()
+    assert scan.status == HealthScan.Status.DONE, scan.error
+    assert scan.claimed_by and _finding(scan, FindingKind.DUPLICATE, COPY_ID) is not None
+    page = staff.get("/admin/gallery/healthscan/").content.decode()
+    assert f"scan {scan.id}" in page and f"{scan.seconds} s" in page
+
+
+@pytest.mark.django_db
+def test_a_scan_started_while_the_queue_is_down_ends_failed_with_the_reason(staff, django_capture_on_commit_callbacks):
+    with celery_broker("redis://127.0.0.1:1/0"), django_capture_on_commit_callbacks(execute=True):
+        response = staff.post("/admin/gallery/healthscan/run/")
+    assert response.status_code == 302
+    scan = HealthScan.objects.get()
+    assert scan.status == HealthScan.Status.FAILED and "task queue is unreachable" in scan.error
+    assert "task queue is unreachable" in staff.get("/admin/gallery/healthscan/").content.decode()
+
+
+# --- The admin pages and actions -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_each_kind_has_a_page_with_thumbnails_side_by_side(health_catalog, staff):
+    scan = _scan()
+    overview = staff.get("/admin/gallery/healthscan/")
+    assert overview.status_code == 200
+    text = overview.content.decode()
+    assert scan.finished_at.strftime("%Y-%m-%d %H:%M") in text and f"{scan.seconds} s" in text
+    for kind in FindingKind:
+        page = staff.get(f"/admin/gallery/healthscan/kind/{kind.value}/")
+        assert page.status_code == 200, kind
+    duplicates = staff.get("/admin/gallery/healthscan/kind/duplicate/").content.decode()
+    for pid in (COPY_ID, health_catalog["copied"]):
+        assert Product.objects.get(id=pid).thumbnail.url in duplicates
+    assert "Keep this one" in duplicates and "Exact copies" in duplicates
+    labels = staff.get("/admin/gallery/healthscan/kind/label/").content.decode()
+    assert "Accept Watches" in labels
+    # Beside the product, the look-alikes it was judged by.
+    label = _finding(scan, FindingKind.LABEL, health_catalog["flipped"])
+    assert Product.objects.get(id=label.detail["neighbours"][0]).thumbnail.url in labels
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["off sale", "delete"])
+def test_keep_one_retires_the_rest_of_the_group(health_catalog, staff, monkeypatch, mode):
+    # The shop has availability, so the others go off sale; without it they are deleted after a confirmation.
+    assert catalog_health.duplicates_retire_mode() == "off sale"
+    monkeypatch.setattr(catalog_health, "duplicates_retire_mode", lambda: mode)
+    scan = _scan()
+    finding = _finding(scan, FindingKind.DUPLICATE, COPY_ID)
+    url = f"/admin/gallery/healthscan/finding/{finding.id}/keep/"
+    keep = health_catalog["copied"]
+    if catalog_health.duplicates_retire_mode() == "delete":
+        confirm = staff.post(url, {"keep": keep})
+        assert confirm.status_code == 200 and "Yes, delete them" in confirm.content.decode()
+        assert Product.objects.filter(id=COPY_ID).exists()  # nothing deleted before the confirmation
+        done = staff.post(url, {"keep": keep, "confirm": "yes"})
+        assert done.status_code == 302
+        assert not Product.objects.filter(id=COPY_ID).exists() and Product.objects.filter(id=keep).exists()
+        assert LogEntry.objects.filter(object_id=str(COPY_ID), action_flag=DELETION).exists()
+    else:
+        done = staff.post(url, {"keep": keep})
+        assert done.status_code == 302
+        assert not Product.objects.get(id=COPY_ID).active and Product.objects.get(id=keep).active
+        assert LogEntry.objects.filter(object_id=str(COPY_ID), action_flag=CHANGE).exists()
+    finding.refresh_from_db()
+    assert finding.status == HealthFinding.Status.RESOLVED
+    assert staff.post(url, {"keep": keep, "confirm": "yes"}).status_code == 409
+
+
+@pytest.mark.django_db
+def test_accepting_a_label_changes_it_and_records_the_edit(health_catalog, staff):
+    scan = _scan()
+    flipped = health_catalog["flipped"]
+    finding = _finding(scan, FindingKind.LABEL, flipped)
+    assert finding.detail["field"] == "article_type"
+    response = staff.post(f"/admin/gallery/healthscan/finding/{finding.id}/accept/")
+    assert response.status_code == 302
+    assert Product.objects.get(id=flipped).article_type == "Watches"
+    entry = LogEntry.objects.get(object_id=str(flipped), action_flag=CHANGE)
+    assert "'Handbags' -> 'Watches'" in entry.change_message and entry.user.username == "admin"
+    # The product's own admin history shows the edit.
+    assert "Watches" in staff.get(f"/admin/gallery/product/{flipped}/history/").content.decode()
+    assert staff.post(f"/admin/gallery/healthscan/finding/{finding.id}/accept/").status_code == 409
+
+
+@pytest.mark.django_db
+def test_accepting_a_label_edited_since_the_scan_changes_nothing(health_catalog, staff):
+    scan = _scan()
+    flipped = health_catalog["flipped"]
+    finding = _finding(scan, FindingKind.LABEL, flipped)
+    Product.objects.filter(id=flipped).update(article_type="Wallets")
+    response = staff.post(f"/admin/gallery/healthscan/finding/{finding.id}/accept/")
+    assert response.status_code == 409 and "changed since the scan" in response.content.decode()
+    assert Product.objects.get(id=flipped).article_type == "Wallets"
+    assert not LogEntry.objects.filter(object_id=str(flipped)).exists()
+
+
+@pytest.mark.django_db
+def test_a_dismissed_finding_is_not_raised_by_the_next_scan(health_catalog, staff):
+    first = _scan()
+    label = _finding(first, FindingKind.LABEL, health_catalog["flipped"])
+    copy = _finding(first, FindingKind.DUPLICATE, COPY_ID)
+    for finding in (label, copy):
+        assert staff.post(f"/admin/gallery/healthscan/finding/{finding.id}/dismiss/").status_code == 302
+    assert HealthDismissal.objects.count() == 2
+
+    second = _scan()
+    assert _finding(second, FindingKind.LABEL, health_catalog["flipped"]) is None
+    assert _finding(second, FindingKind.DUPLICATE, COPY_ID) is None
+    assert _finding(second, FindingKind.DUPLICATE, EXACT_ID) is not None  # the other group is still raised
+    assert second.counts[FindingKind.DUPLICATE]["dismissed"] == 1
+    assert second.counts[FindingKind.LABEL]["dismissed"] == 1
+    # The page shows one scan: the first scan's findings are gone.
+    assert not HealthFinding.objects.filter(scan=first).exists()
+
+
+@pytest.mark.django_db
+def test_bad_input_to_the_actions_is_refused_with_a_4xx(health_catalog, staff, client):
+    scan = _scan()
+    duplicate = _finding(scan, FindingKind.DUPLICATE, COPY_ID)
+    label = _finding(scan, FindingKind.LABEL, health_catalog["flipped"])
+    base = "/admin/gallery/healthscan"
+    cases = [
+        ("get", f"{base}/finding/{label.id}/accept/", {}, 405),
+        ("post", f"{base}/finding/abc/accept/", {}, 400),
+        ("post", f"{base}/finding/99999999/accept/", {}, 404),
+        ("post", f"{base}/finding/99999999/dismiss/", {}, 404),
+        ("post", f"{base}/finding/{duplicate.id}/accept/", {}, 400),  # not a label finding
+        ("post", f"{base}/finding/{label.id}/keep/", {"keep": health_catalog["flipped"], "confirm": "yes"}, 400),
+        ("post", f"{base}/finding/{duplicate.id}/keep/", {}, 400),
+        ("post", f"{base}/finding/{duplicate.id}/keep/", {"keep": "x' or 1=1"}, 400),
+        ("post", f"{base}/finding/{duplicate.id}/keep/", {"keep": "1" * 40}, 400),
+        (
+            "post",
+            f"{base}/finding/{duplicate.id}/keep/",
+            {"keep": health_catalog["exact_source"], "confirm": "yes"},
+            400,
+        ),
+        ("get", f"{base}/kind/nonsense/", {}, 404),
+    ]
+    for method, url, data, status in cases:
+        response = getattr(staff, method)(url, data)
+        assert response.status_code == status, (url, data, response.status_code)
+    assert Product.objects.filter(id__in=[COPY_ID, health_catalog["copied"]]).count() == 2
+    assert HealthFinding.objects.filter(status=HealthFinding.Status.OPEN).count() == scan.findings.count()
+
+    # Staff who may only view products read the pages but change nothing.
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_product"))
+    client.login(username="viewer", password="pw")
+    assert client.get(f"{base}/kind/label/").status_code == 200
+    assert client.post(f"{base}/finding/{label.id}/accept/").status_code == 403
+    assert client.post(f"{base}/finding/{label.id}/dismiss/").status_code == 403
+    assert client.post(f"{base}/run/").status_code == 403
+    assert Product.objects.get(id=health_catalog["flipped"]).article_type == "Handbags"
