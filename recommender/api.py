@@ -28,6 +28,7 @@ from recommender.errors import (
     PhotoSearchBusy,
     SimilarityUnavailable,
 )
+from recommender.index import IndexCorrupt
 from recommender.models import Embedding, EmbedStatus
 from recommender.preprocess import image_check, image_load
 from recommender.refine import StepRef
@@ -56,7 +57,9 @@ __all__ = [
     "engine_status",
     "nearest",
     "photo_vector",
+    "published_version",
     "trail_grid",
+    "typical_products",
 ]
 
 
@@ -105,6 +108,7 @@ def trail_grid(
     k: int,
     allowed_ids: np.ndarray | None = None,
     shown_first: Callable[[], Sequence[int]] | None = None,
+    searched: bool = True,
 ) -> list[Neighbour]:
     """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
 
@@ -112,10 +116,12 @@ def trail_grid(
     what looks like it comes first, products the trail's earlier grids showed and the shopper passed over
     yield to new ones about as alike, "not like this" sinks what is nearer it than every liked step, and
     each step's aspect sets how much its colour counts. ``shown_first`` gives the grid the first step was
-    clicked from (a text search, the starting grid), called only by a strategy that counts it. Raises
-    NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
+    clicked from (a text search, the starting grid), called only by a strategy that counts it. ``searched``
+    is False for a trail begun on the starting grid: the shopper has not named a kind of product, so its
+    grids span more of what looks alike. Raises NotEmbeddedYet when no liked step has a vector yet,
+    SimilarityUnavailable when no index can answer.
     """
-    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first)
+    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, searched=searched)
 
 
 def nearest(
@@ -130,6 +136,24 @@ def nearest(
     Raises SimilarityUnavailable when no index can answer.
     """
     return selectors.similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids)
+
+
+def typical_products(*, groups: list[list[int]]) -> list[int | None]:
+    """Per group of product ids, the product that looks most like the group as a whole (nearest its mean
+    vector in the published build); None where the build holds none of the group.
+
+    Raises SimilarityUnavailable while a damaged build is being repaired.
+    """
+    return selectors.typical_products(groups=groups)
+
+
+def published_version() -> str | None:
+    """The published build's version, for caches of anything derived from it; None when there is none."""
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt:
+        return None
+    return loaded.meta.version if loaded is not None else None
 
 
 # Photo searches run the CNN inside the web process. At most
@@ -188,8 +212,6 @@ def engine_status() -> dict[str, object]:
 
 def index_health() -> str:
     """The published index as readiness checks report it: "ok", "missing", or "error: ..." (no paths)."""
-    from recommender.index import IndexCorrupt
-
     try:
         loaded = runtime.index_reader().current()
     except IndexCorrupt:
