@@ -1261,6 +1261,8 @@ def vectors_env(n: int, dim: int, *, log: Callable[[str], None]) -> dict[str, st
             "INDEX_DIR": str(directory / "index"),
             "LOG_LEVEL": "WARNING",
             "DEBUG": "0",
+            # As config/wsgi.py sets every web process: no BLAS thread pool per small matrix product.
+            "OPENBLAS_NUM_THREADS": "1",
         }
     )
     return env

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Min
+from django.db.models import Count
 
 from gallery.cards import Card, card_shown, cards_get, remembered
 from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
 from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens
+from recommender import api
+from recommender.api import SimilarityUnavailable
 
 _clean = text_clean
 
@@ -38,11 +40,12 @@ def product_search(*, query: str, k: int = 25, filters: ProductFilters | None = 
 
 
 def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list[Card]:
-    """A varied first grid: the first product of each of the most common article types, then the rest by id.
+    """A varied first grid: a typical product of each of the most common article types, then the rest by id.
 
-    The ids are worked out once per catalog version in each process (an
-    aggregate over the whole catalog); the products are read fresh, as cards,
-    with the filters checked again on them.
+    Typical is the product that looks most like its type as a whole (the engine's ``typical_products``),
+    so a shopper who wants something of a kind the grid does not show clicks the nearest kind's typical
+    look, not its oddest. The ids are worked out once per catalog version and published build in each
+    process; the products are read fresh, as cards, with the filters checked again on them.
     """
     ids = starting_grid_ids(k=k, filters=filters)
     by_id = cards_get(ids, filters=filters)
@@ -50,24 +53,34 @@ def starting_grid(*, k: int = 25, filters: ProductFilters | None = None) -> list
 
 
 def starting_grid_ids(*, k: int = 25, filters: ProductFilters | None = None) -> list[int]:
-    """The ids of ``starting_grid``, remembered per catalog version (products deleted since may be among them)."""
+    """The ids of ``starting_grid``, remembered per catalog version and build (deleted products may be among them)."""
     qs = Product.objects.filter(active=True)
     if filters:
         qs = qs.filter(filters.q())
 
     def compute() -> list[int]:
-        firsts = (
+        types = list(
             qs.values("article_type")
-            .annotate(first=Min("id"), n=Count("id"))
+            .annotate(n=Count("id"))
             .order_by("-n", "article_type")
-            .values_list("first", flat=True)[:k]
+            .values_list("article_type", flat=True)[:k]
         )
-        ids = list(firsts)
+        members: dict[str, list[int]] = {kind: [] for kind in types}
+        for kind, pid in qs.filter(article_type__in=types).order_by("id").values_list("article_type", "id"):
+            members[kind].append(pid)
+        groups = [members[kind] for kind in types]
+        try:
+            typical = api.typical_products(groups=groups)
+        except SimilarityUnavailable:
+            typical = [None] * len(groups)
+        # Without a build (a new catalog, a build under repair), a type's first product stands for it.
+        ids = [pick if pick is not None else group[0] for pick, group in zip(typical, groups, strict=True)]
         if len(ids) < k:
             ids += list(qs.exclude(id__in=ids).order_by("id").values_list("id", flat=True)[: k - len(ids)])
         return ids
 
-    return remembered(("starting-grid", k, filters.values if filters else ()), compute)
+    key = ("starting-grid", k, filters.values if filters else (), api.published_version())
+    return remembered(key, compute)
 
 
 def filter_choices() -> dict[str, list[str]]:

@@ -114,9 +114,10 @@ def similar_grid(
     like them, each step's aspect (same colour, any colour, same shape) sets how much its colour counts,
     and what the trail's earlier grids showed and the shopper passed over yields to new products about as
     alike. ``start_query`` is the text search the trail started from ("": the starting grid; None: not
-    known, a photo), for a strategy that counts that grid. Products on the trail never appear. When no
-    liked product has a vector yet the grid is empty and ``notice`` says why. ``strategy`` names the served
-    strategy to rank by (a ranking experiment's arm; None: REFINE_STRATEGY). Raises SimilarityUnavailable
+    known, a photo), for a strategy that counts that grid; a trail begun on the starting grid is ranked as
+    exploring (its grids span more, ``api.trail_grid``'s ``searched``). Products on the trail never appear.
+    When no liked product has a vector yet the grid is empty and ``notice`` says why. ``strategy`` names the
+    served strategy to rank by (a ranking experiment's arm; None: REFINE_STRATEGY). Raises SimilarityUnavailable
     when the index cannot answer.
     """
     try:
@@ -126,6 +127,7 @@ def similar_grid(
             allowed_ids=_allowed(filters),
             shown_first=lambda: _first_grid(start_query, filters),
             strategy=strategy,
+            searched=start_query is None or bool(query_words(query_normalise(start_query))),
         )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))

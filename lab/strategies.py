@@ -85,14 +85,25 @@ COHERENT_FIRST = replace(
 COHERENT_UNPUSHED = replace(
     COHERENT, name="coherent-push", skipped_weight=0.0, notes="coherent without the push from what was passed over"
 )
+COHERENT_ONE_MMR = replace(
+    COHERENT,
+    name="coherent-one-mmr",
+    explore_diversity=None,
+    notes="coherent with its MMR (0.2) from the starting grid too: no exploring strength",
+)
 COHERENT_PLAIN = replace(
-    COHERENT, name="coherent-mmr", diversity=0.0, notes="coherent without MMR: the 25 best by score"
+    COHERENT,
+    name="coherent-mmr",
+    diversity=0.0,
+    explore_diversity=None,
+    notes="coherent without MMR: the 25 best by score",
 )
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (NEIGHBOURS, NEIGHBOURS_COLOUR, TRAIL, RECENCY, HIDE_SKIPPED, ROCCHIO, ROCCHIO_CLASSIC, BEST_SCORE,
-              DISCOVERY, REFINE_HIDE, COHERENT, COHERENT_HIDE, COHERENT_FIRST, COHERENT_UNPUSHED, COHERENT_PLAIN)
+              DISCOVERY, REFINE_HIDE, COHERENT, COHERENT_HIDE, COHERENT_FIRST, COHERENT_UNPUSHED, COHERENT_PLAIN,
+              COHERENT_ONE_MMR)
 }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from recommender.errors import (
     PhotoSearchBusy,
     SimilarityUnavailable,
 )
+from recommender.index import IndexCorrupt
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.preprocess import image_check, image_load
 from recommender.refine import StepRef
@@ -66,7 +67,9 @@ __all__ = [
     "nearest",
     "pair_groups",
     "photo_vector",
+    "published_version",
     "trail_grid",
+    "typical_products",
 ]
 
 
@@ -125,6 +128,7 @@ def trail_grid(
     allowed_ids: np.ndarray | None = None,
     shown_first: Callable[[], Sequence[int]] | None = None,
     strategy: str | None = None,
+    searched: bool = True,
 ) -> list[Neighbour]:
     """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
 
@@ -132,11 +136,15 @@ def trail_grid(
     what looks like it comes first, products the trail's earlier grids showed and the shopper passed over
     yield to new ones about as alike, "not like this" sinks what is nearer it than every liked step, and
     each step's aspect sets how much its colour counts. ``shown_first`` gives the grid the first step was
-    clicked from (a text search, the starting grid), called only by a strategy that counts it. Raises
-    NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
-    ``strategy`` names one of ``strategies_served()`` in place of REFINE_STRATEGY (a ranking experiment's arm).
+    clicked from (a text search, the starting grid), called only by a strategy that counts it. ``searched``
+    is False for a trail begun on the starting grid: the shopper has not named a kind of product, so its
+    grids span more of what looks alike. ``strategy`` names one of ``strategies_served()`` in place of
+    REFINE_STRATEGY (a ranking experiment's arm). Raises NotEmbeddedYet when no liked step has a vector yet,
+    SimilarityUnavailable when no index can answer.
     """
-    return refine.trail_grid(steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=strategy)
+    return refine.trail_grid(
+        steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=strategy, searched=searched
+    )
 
 
 def strategies_served() -> tuple[str, ...]:
@@ -156,6 +164,24 @@ def nearest(
     Raises SimilarityUnavailable when no index can answer.
     """
     return selectors.similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids)
+
+
+def typical_products(*, groups: list[list[int]]) -> list[int | None]:
+    """Per group of product ids, the product that looks most like the group as a whole (nearest its mean
+    vector in the published build); None where the build holds none of the group.
+
+    Raises SimilarityUnavailable while a damaged build is being repaired.
+    """
+    return selectors.typical_products(groups=groups)
+
+
+def published_version() -> str | None:
+    """The published build's version, for caches of anything derived from it; None when there is none."""
+    try:
+        loaded = runtime.index_reader().current()
+    except IndexCorrupt:
+        return None
+    return loaded.meta.version if loaded is not None else None
 
 
 # Photo searches run the CNN inside the web process. At most
@@ -230,8 +256,6 @@ def catalog_scan(
     Reads the build's memory-mapped vectors; writes nothing. Products embedded since the build are not in it.
     Raises SimilarityUnavailable when no usable build is published.
     """
-    from recommender.index import IndexCorrupt
-
     space = runtime.active_space()
     try:
         loaded = runtime.index_reader(space).current()
@@ -274,7 +298,6 @@ def engine_metrics() -> EngineMetrics:
     """Index age and size, vectors since the build, the embedding backlog and rate. A damaged build counts as none."""
     from datetime import datetime
 
-    from recommender.index import IndexCorrupt
     from recommender.tasks import vectors_outside_index
 
     try:
@@ -296,8 +319,6 @@ def engine_metrics() -> EngineMetrics:
 
 def index_health() -> str:
     """The published index as readiness checks report it: "ok", "missing", or "error: ..." (no paths)."""
-    from recommender.index import IndexCorrupt
-
     try:
         loaded = runtime.index_reader().current()
     except IndexCorrupt:

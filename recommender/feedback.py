@@ -108,6 +108,10 @@ class Strategy:
     - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only); a step
       with an aspect takes recommender.colour's share for it.
     - ``diversity``: the MMR strength of :func:`diversify` (0: the top k by score).
+    - ``explore_diversity``: the MMR strength instead for a trail begun on the starting grid, where the
+      shopper has not yet said (by words or a photo) what kind of product they want: its grids span more
+      of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
+      (None: ``diversity``).
     """
 
     name: str
@@ -123,6 +127,7 @@ class Strategy:
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
     diversity: float = 0.0
+    explore_diversity: float | None = None
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -134,8 +139,16 @@ class Strategy:
             raise ValueError("decays must be between 0 and 1")
         if not 0.0 <= self.diversity < 1.0:
             raise ValueError("diversity must be at least 0 and below 1")
+        if self.explore_diversity is not None and not 0.0 <= self.explore_diversity < 1.0:
+            raise ValueError("explore_diversity must be at least 0 and below 1")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
+
+    def exploring(self) -> Strategy:
+        """This strategy as it ranks a trail begun on the starting grid (``explore_diversity``'s MMR)."""
+        if self.explore_diversity is None or self.explore_diversity == self.diversity:
+            return self
+        return replace(self, diversity=self.explore_diversity)
 
     @property
     def hides_seen(self) -> bool:
@@ -421,7 +434,8 @@ NEIGHBOURS = Strategy(
 # rows (docs/quality.md, "Refinement: coherence and convergence"): the newest click pulls hardest, each older
 # one a quarter as hard; what the trail's earlier grids showed and the shopper passed over pushes the query
 # away weakly (Rocchio's gamma, 0.3, each older grid half as hard) and yields to new products at most 0.05
-# less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies.
+# less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies, a stronger one
+# (0.35) on a trail begun on the starting grid, where the shopper has not yet said what kind they want.
 COHERENT = Strategy(
     name="coherent",
     liked="recency",
@@ -432,7 +446,8 @@ COHERENT = Strategy(
     seen_grids=8,
     colour_weight=DEFAULT_COLOUR_WEIGHT,
     diversity=0.2,
-    notes="recency 0.25, what was passed over pushed (0.3) and demoted (0.05), colour 0.1, MMR 0.2",
+    explore_diversity=0.35,
+    notes="recency 0.25, what was passed over pushed (0.3) and demoted (0.05), colour 0.1, MMR 0.2 (0.35 from home)",
 )
 SERVED: dict[str, Strategy] = {s.name: s for s in (COHERENT, NEIGHBOURS)}
 SHIPPED = COHERENT

@@ -70,7 +70,8 @@ def strategy_served(name: str | None = None) -> Strategy:
     """The REFINE_STRATEGY setting's strategy (feedback.SERVED), at the REFINE_DIVERSITY setting's MMR strength.
 
     ``name`` picks another of SERVED (an experiment's arm). REFINE_DIVERSITY, when set, replaces the
-    strategy's own strength. Raises ImproperlyConfigured for an unknown name.
+    strategy's own strengths (for trails begun from a search and from the starting grid alike). Raises
+    ImproperlyConfigured for an unknown name.
     """
     chosen = name or settings.REFINE_STRATEGY
     try:
@@ -78,8 +79,8 @@ def strategy_served(name: str | None = None) -> Strategy:
     except KeyError:
         raise ImproperlyConfigured(f"REFINE_STRATEGY must be one of {', '.join(SERVED)}, not {chosen!r}") from None
     strength = settings.REFINE_DIVERSITY
-    if strength is not None and float(strength) != strategy.diversity:
-        strategy = replace(strategy, diversity=float(strength))
+    if strength is not None and (float(strength), None) != (strategy.diversity, strategy.explore_diversity):
+        strategy = replace(strategy, diversity=float(strength), explore_diversity=None)
     return strategy
 
 
@@ -243,6 +244,7 @@ def trail_grid(
     allowed_ids: np.ndarray | None = None,
     shown_first: Callable[[], Sequence[int]] | None = None,
     strategy: str | None = None,
+    searched: bool = True,
 ) -> list[Neighbour]:
     """The ``k`` products to show for a trail (oldest step first), in display order, none of the trail's.
 
@@ -250,6 +252,8 @@ def trail_grid(
 
     ``shown_first`` gives the grid the first step was clicked from (the starting grid or a text search),
     where the shop knows it; it is called only when the served strategy counts that grid (``first_grid``).
+    ``searched`` is False for a trail begun on the starting grid (the shopper named no kind of product, by
+    words or a photo): the strategy ranks it as exploring (``Strategy.exploring``).
     Raises NotEmbeddedYet when no liked step has a vector, SimilarityUnavailable when no index can answer.
     """
     if not any(step.mark != DISLIKED for step in steps):
@@ -263,7 +267,7 @@ def trail_grid(
         newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
         raise selectors._why_not_embedded(newest.product_id)
 
-    strategy = strategy_served(strategy)
+    strategy = strategy_served(strategy) if searched else strategy_served(strategy).exploring()
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
     first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()

@@ -283,6 +283,33 @@ def _still_current(*, space: str, candidates: list[tuple[int, int, float]], k: i
     return passed
 
 
+# Products read per group by typical_products: the most typical of a few hundred is typical of the whole kind.
+TYPICAL_SAMPLE = 256
+
+
+def typical_products(*, groups: list[list[int]]) -> list[int | None]:
+    """Per group of product ids, the one whose published vector is nearest the group's mean; None where the
+    published build holds none of the group (or there is no build).
+
+    Vectors are the build's (a product re-imaged since counts with its old look). At most TYPICAL_SAMPLE
+    ids of a group are read, spread evenly over it. Raises SimilarityUnavailable while a damaged build is
+    being repaired.
+    """
+    loaded = _published(runtime.active_space())
+    picks: list[int | None] = []
+    for group in groups:
+        ids = np.asarray(group, dtype=np.int64)
+        if len(ids) > TYPICAL_SAMPLE:
+            ids = ids[np.linspace(0, len(ids) - 1, TYPICAL_SAMPLE).astype(np.int64)]
+        items = loaded.items_of(ids) if loaded is not None else np.zeros(0, dtype=np.int64)
+        if not len(items):
+            picks.append(None)
+            continue
+        vectors = loaded.vectors_of(items)
+        picks.append(int(loaded.product_ids[items[int(np.argmax(vectors @ vectors.mean(axis=0)))]]))
+    return picks
+
+
 def similar_products(
     *,
     vector: np.ndarray,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -286,3 +288,12 @@ def test_a_product_the_grid_clicked_from_showed_yields_only_to_new_ones_about_as
     assert feedback.grid_rank(trail=trail, strategy=every, candidates=candidates, candidate_seen=older, k=3)[
         0
     ].tolist() == [1, 0, 2]
+
+
+def test_exploring_uses_the_explore_strength_and_nothing_else():
+    strategy = replace(feedback.COHERENT, explore_diversity=0.45)
+    assert strategy.exploring() == replace(strategy, diversity=0.45)
+    plain = replace(strategy, explore_diversity=None)
+    assert plain.exploring() is plain
+    with pytest.raises(ValueError, match="explore_diversity"):
+        replace(strategy, explore_diversity=1.0)

@@ -215,6 +215,24 @@ def test_a_grid_is_varied_by_the_diversity_setting(client, demo_catalog_db, demo
     assert np.mean(varied) < np.mean(plain) - 0.01, (np.mean(varied), np.mean(plain))
 
 
+def test_a_trail_begun_on_the_starting_grid_spans_more_than_one_begun_from_words(client, demo_catalog_db, demo_vectors):
+    def spread(ids: list[int]) -> float:
+        matrix = np.stack([demo_vectors[i] / np.linalg.norm(demo_vectors[i]) for i in ids])
+        return float((matrix @ matrix.T)[np.triu_indices(len(ids), 1)].mean())
+
+    served = refine.strategy_served()
+    assert served.explore_diversity is not None and served.explore_diversity > served.diversity
+    anchors = demo_catalog_db[::40]
+    # Without q (the home page's grid) the shopper named no kind: the served strategy's exploring strength.
+    home = [api_ids(client, a) for a in anchors]
+    searched = [api_ids(client, a, q="shirt") for a in anchors]
+    assert home != searched
+    assert np.mean([spread(g) for g in home]) < np.mean([spread(g) for g in searched])
+    for a, grid in zip(anchors, home, strict=True):
+        engine = refine.trail_grid(steps=[refine.StepRef(a)], k=25, searched=False)
+        assert grid == [n.product_id for n in engine]
+
+
 def test_without_variety_a_first_click_is_its_nearest_by_the_blended_score(client, demo_catalog_db, settings):
     settings.REFINE_DIVERSITY = 0.0
     product_id = demo_catalog_db[7]  # a first click: nothing passed over yet, so nothing pushed or demoted

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from gallery.models import Product
@@ -143,3 +144,29 @@ def test_home_page_shows_25_items_and_says_when_nothing_matches(client):
     page = client.get("/", {"q": "number 7"})
     html = page.content.decode()
     assert 'href="/similar/7/' in html
+
+
+def test_starting_grid_shows_each_common_types_most_typical_look(demo_catalog_db, demo_vectors):
+    from collections import Counter
+
+    from gallery.models import Product
+
+    types = dict(Product.objects.values_list("id", "article_type"))
+    common = [kind for kind, _ in sorted(Counter(types.values()).items(), key=lambda item: (-item[1], item[0]))][:25]
+
+    def typical(kind: str) -> int:
+        members = sorted(pid for pid, t in types.items() if t == kind)
+        vectors = np.stack([demo_vectors[pid] / np.linalg.norm(demo_vectors[pid]) for pid in members])
+        return members[int(np.argmax(vectors @ vectors.mean(axis=0)))]
+
+    expected = [typical(kind) for kind in common]
+    firsts = [min(pid for pid, t in types.items() if t == kind) for kind in common]
+    assert expected != firsts  # the rule is seen: a type's first product is often not its typical look
+    grid = [p.id for p in product_search(query="", k=25).products]
+    assert grid[: len(expected)] == expected
+
+
+def test_starting_grid_without_a_build_shows_each_common_types_first_product(shirts):
+    # No index is built here: each type's first product by id stands for it.
+    grid = [p.id for p in product_search(query="", k=25).products]
+    assert grid[:4] == [1, 4, 5, 3]  # Jackets (3 of them), then Dresses, Jeans, Tshirts (1 each) by name
