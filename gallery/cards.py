@@ -185,12 +185,19 @@ def card_shown(card: Card, filters: ProductFilters | None = None) -> bool:
     return card.active and (not filters or filters.matches(card))
 
 
+def _shared(ids: np.ndarray) -> np.ndarray:
+    """``ids`` made read-only: every request of this catalog version shares the array (and the engine may key
+    its own memory by it)."""
+    ids.flags.writeable = False
+    return ids
+
+
 def filter_ids(filters: ProductFilters, *, version: CatalogVersion | object = _UNSET) -> np.ndarray:
     """The sorted ids of the products on sale passing ``filters`` (int64), remembered per catalog version."""
 
     def compute() -> np.ndarray:
         rows = Product.objects.filter(filters.q(), active=True).order_by("id").values_list("id", flat=True)
-        return np.fromiter(rows, dtype=np.int64)
+        return _shared(np.fromiter(rows, dtype=np.int64))
 
     return _current(version).get_or_compute(("filter", filters.values), compute)
 
@@ -210,7 +217,7 @@ def grid_allowed_ids(filters: ProductFilters | None = None) -> np.ndarray | None
         if not Product.objects.filter(active=False).exists():
             return None
         rows = Product.objects.filter(active=True).order_by("id").values_list("id", flat=True)
-        return np.fromiter(rows, dtype=np.int64)
+        return _shared(np.fromiter(rows, dtype=np.int64))
 
     return memory.get_or_compute(("on-sale",), compute)
 

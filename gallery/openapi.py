@@ -283,6 +283,7 @@ def openapi_spec() -> dict[str, object]:
                         "403": _error("Not signed in as staff allowed to change products, or no CSRF token"),
                         "404": _error("No such product"),
                         "405": _error("Only POST"),
+                        "414": _too_long(),
                         "500": _error(SERVER_ERROR),
                     },
                 }

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.cache import patch_vary_headers
@@ -472,13 +473,18 @@ def api_product(request: HttpRequest, product_id: int) -> JsonResponse:
     return JsonResponse(_product_json(request, product))
 
 
-# Not csrf_exempt: it changes the catalog for a signed-in staff session, so a forged cross-site POST is refused.
+# It changes the catalog for a signed-in staff session, so a forged cross-site POST must be refused: CSRF is
+# checked in the view, after the method, so that a GET is the 405 every API view answers (not the
+# middleware's HTML 403) and a refusal is the API's JSON.
+@csrf_exempt
 @require_POST
 def api_product_availability(request: HttpRequest, product_id: int) -> JsonResponse:
     """Take a product off sale or put it back, and/or set its stock: JSON ``{"active": bool, "stock": int|null}``.
 
     For staff allowed to change products (the admin's session and CSRF token). Answers the product's JSON.
     """
+    if CsrfViewMiddleware(lambda _: HttpResponse()).process_view(request, None, (), {}) is not None:
+        return api_error("The CSRF token is missing or wrong: send the admin's csrftoken as X-CSRFToken.", status=403)
     if not request.user.is_authenticated or not request.user.has_perm("gallery.change_product"):
         return api_error("Sign in as staff allowed to change products.", status=403)
     try:

@@ -23,6 +23,7 @@ from django.db import transaction
 
 from recommender import refine, runtime, selectors, state
 from recommender.errors import (
+    EncoderUnavailable,
     EngineError,
     ImageRejected,
     NotEmbeddedYet,
@@ -170,16 +171,20 @@ def typical_products(*, groups: list[list[int]]) -> list[int | None]:
     """Per group of product ids, the product that looks most like the group as a whole (nearest its mean
     vector in the published build); None where the build holds none of the group.
 
-    Raises SimilarityUnavailable while a damaged build is being repaired.
+    Raises SimilarityUnavailable while a damaged build is being repaired or the encoder is misconfigured.
     """
-    return selectors.typical_products(groups=groups)
+    try:
+        return selectors.typical_products(groups=groups)
+    except EncoderUnavailable as exc:
+        raise SimilarityUnavailable("The image model is misconfigured; similar products are unavailable.") from exc
 
 
 def published_version() -> str | None:
-    """The published build's version, for caches of anything derived from it; None when there is none."""
+    """The published build's version, for caches of anything derived from it; None when there is none (or
+    none can be read: a damaged build, a misconfigured encoder)."""
     try:
         loaded = runtime.index_reader().current()
-    except IndexCorrupt:
+    except (IndexCorrupt, EncoderUnavailable):
         return None
     return loaded.meta.version if loaded is not None else None
 
@@ -206,7 +211,6 @@ def photo_vector(*, data: bytes) -> PhotoVector:
     are refused from the header, before the encoder loads), PhotoSearchBusy, or SimilarityUnavailable
     when the encoder cannot load here.
     """
-    from recommender.errors import EncoderUnavailable
     from recommender.preprocess import image_prepare
 
     # Refused from its header before anything costly: a bad upload must not load the encoder (seconds and
@@ -383,8 +387,6 @@ def index_delivery_start() -> bool:
 
 def encoder_notice() -> tuple[str | None, str | None]:
     """(the active space, the note to show when its encoder is a fallback) for the footer and admin."""
-    from recommender.errors import EncoderUnavailable
-
     try:
         choice = runtime.encoder_choice()
         space = runtime.active_space()

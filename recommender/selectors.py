@@ -48,6 +48,10 @@ RATE_WINDOW_S = 300
 # with 40 trees in tests/test_filtered_similarity.py).
 FILTER_OVERFETCH = 2.0
 FILTER_SEARCH_K_FACTOR = 2
+# A filter passing at least this share of the build (products taken off sale, nothing else) is searched as
+# no filter, over-fetched by the share it leaves out: the wider search a narrow filter needs cost a click
+# 2.5 ms more at 44k with one product off sale. A grid it leaves short is still searched exactly.
+WIDE_FILTER_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -209,12 +213,15 @@ def _index_candidates(
     At least ``want`` when the filter holds that many (fewer only when it does not).
     """
     count = loaded.meta.count
-    if allowed is not None:
-        share = min(1.0, len(allowed) / max(1, count))
+    share = 1.0 if allowed is None else min(1.0, len(allowed) / max(1, count))
+    if allowed is not None and share < WIDE_FILTER_SHARE:
         if len(allowed) * loaded.meta.dim <= EXACT_FILTER_MAX_FLOATS or share * count <= want:
             return _index_exact(loaded, vector, items=loaded.items_of(allowed), want=want)
         n = min(count, math.ceil(want / share * FILTER_OVERFETCH) + 50)
         search_k = max(loaded.meta.search_k, loaded.meta.n_trees * n * FILTER_SEARCH_K_FACTOR)
+    elif allowed is not None:
+        n = min(count, math.ceil((want * 2 + 10) / share))
+        search_k = None
     else:
         n = min(count, want * 2 + 10)
         search_k = None  # the build's own setting

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -260,6 +261,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
             "INDEX_DIR": str(settings.INDEX_DIR),
             "ENCODER": settings.ENCODER,
             "PYTHONUNBUFFERED": "1",
+            # Its own metrics files: `manage.py serve` clears the folder it is given at start, which must
+            # not be this test process's (its counters would vanish from its own scrapes).
+            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="metrics-", dir=settings.VAR_DIR),
         }
     )
     env.update(extra)

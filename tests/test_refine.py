@@ -190,9 +190,10 @@ def test_same_colour_keeps_the_colour_and_same_shape_changes_it(client, demo_cat
 
 def test_the_page_offers_each_aspect_and_links_keep_them(client, demo_catalog_db):
     a, b = demo_catalog_db[1], demo_catalog_db[2]
-    page = client.get(f"/similar/{b}/", {"trail": f"{a}c,{b}"}).content.decode()
-    assert f'href="/similar/{b}/?trail={a}%2C{b}"' in page  # "same colour" on step a, pressed: clears it
-    assert f'href="/similar/{b}/?trail={a}c%2C{b}s"' in page  # "same shape" on step b
+    page = client.get(f"/similar/{b}/", {"trail": f"{a}c,{b}"}).content.decode().replace("&amp;", "&")
+    # Each aspect link names its edit (act=a) for the shopper-events record.
+    assert f'href="/similar/{b}/?trail={a}%2C{b}&act=a"' in page  # "same colour" on step a, pressed: clears it
+    assert f'href="/similar/{b}/?trail={a}c%2C{b}s&act=a"' in page  # "same shape" on step b
     assert 'class="aspect aspect-c" ' in page and 'aria-pressed="true"' in page
     # The grid's links carry the aspect on: the next click keeps what the shopper asked of step a.
     assert f"trail={a}c%2C{b}%2C" in page
