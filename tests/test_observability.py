@@ -83,8 +83,11 @@ def test_metrics_exposes_every_listed_series(client, demo_catalog_db, make_jpeg)
         == 1
     )
     # Request latency by view: one observation per request, in the view's histogram.
-    home = value(after, "gallery_http_request_duration_seconds_count", view="gallery:home", method="GET")
-    assert home - value(before, "gallery_http_request_duration_seconds_count", view="gallery:home") == 3
+    home = {"view": "gallery:home", "method": "GET"}  # the same labels on both sides: other tests send HEADs
+    grew = value(after, "gallery_http_request_duration_seconds_count", **home) - value(
+        before, "gallery_http_request_duration_seconds_count", **home
+    )
+    assert grew == 3
     assert has(after, "gallery_http_request_duration_seconds_bucket", view="gallery:similar", le="0.25")
     assert value(after, "gallery_http_responses_total", view="gallery:api-search-by-image", status="200") >= 1
     # Cache lookups: the catalog memory answers again for the same filters; the second click finds the
