@@ -108,6 +108,16 @@ def demo_colours(demo_dir: Path) -> dict[int, np.ndarray]:
     }
 
 
+@pytest.fixture
+def staff(db, client):
+    """The test client signed in as a superuser (the catalog admin)."""
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.login(username="admin", password="pw")
+    return client
+
+
 def admin_product_form(product_id: int, image: bytes | None = None, **fields: object) -> dict[str, object]:
     """The admin's add/change form for a product, with an image upload when ``image`` is given."""
     from django.core.files.uploadedfile import SimpleUploadedFile

@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from gallery.models import Product
@@ -18,13 +17,6 @@ from tests.test_catalog_import import HEADER
 from tests.test_import_jobs import job_id_of, run_job_inline
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff(client):
-    User.objects.create_superuser("admin", "admin@example.com", "pw")
-    client.login(username="admin", password="pw")
-    return client
 
 
 def catalog_zip(rows: list[str], images: dict[int, bytes], *, folder: str = "") -> bytes:

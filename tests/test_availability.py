@@ -23,13 +23,6 @@ from tests.test_import_jobs import job_id_of, run_job_inline
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff(client):
-    User.objects.create_superuser("admin", "admin@example.com", "pw")
-    client.login(username="admin", password="pw")
-    return client
-
-
 def _build() -> str:
     """The version of the index build serving similarity now."""
     return runtime.index_reader().current().meta.version

@@ -97,13 +97,6 @@ def _finding(scan: HealthScan, kind: str, product_id: int) -> HealthFinding | No
     return next((f for f in scan.findings.filter(kind=kind) if product_id in f.product_ids), None)
 
 
-@pytest.fixture
-def staff(client):
-    User.objects.create_superuser("admin", "admin@example.com", "pw")
-    client.login(username="admin", password="pw")
-    return client
-
-
 # --- The engine's scan, on arrays --------------------------------------------------------------------------------
 
 
