@@ -82,13 +82,18 @@ def _engine_steps(trail: Trail, anchor_id: int) -> list[api.StepRef]:
     return [api.StepRef(step.product_id, step.mark, step.aspect) for step in steps]
 
 
+def _began_on_starting_grid(start_query: str | None) -> bool:
+    """Whether a trail began on the starting grid: a start query without words (None: a photo, not the grid)."""
+    return start_query is not None and not query_words(query_normalise(start_query))
+
+
 def _first_grid(start_query: str | None, filters: ProductFilters | None) -> list[int]:
     """The grid a trail's first click came from: the starting grid, a text search's, or unknown (None: a photo)."""
     if start_query is None:
         return []
-    query = query_normalise(start_query)
-    if not query_words(query):
+    if _began_on_starting_grid(start_query):
         return starting_grid_ids(k=settings.GRID_SIZE, filters=filters)
+    query = query_normalise(start_query)
 
     def search() -> list[int]:
         return [product.id for product in product_search(query=query, k=settings.GRID_SIZE, filters=filters)]
@@ -127,7 +132,7 @@ def similar_grid(
             allowed_ids=_allowed(filters),
             shown_first=lambda: _first_grid(start_query, filters),
             strategy=strategy,
-            searched=start_query is None or bool(query_words(query_normalise(start_query))),
+            searched=not _began_on_starting_grid(start_query),
         )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))

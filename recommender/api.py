@@ -21,7 +21,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from recommender import refine, runtime, selectors, state
+from recommender import index, refine, runtime, selectors, state
 from recommender.errors import (
     EncoderUnavailable,
     EngineError,
@@ -180,13 +180,13 @@ def typical_products(*, groups: list[list[int]]) -> list[int | None]:
 
 
 def published_version() -> str | None:
-    """The published build's version, for caches of anything derived from it; None when there is none (or
-    none can be read: a damaged build, a misconfigured encoder)."""
+    """The version this node's pointer names, for keys of caches derived from the build; None when nothing is
+    published (or the encoder is misconfigured). Reads the pointer only: the build is not loaded or checked."""
     try:
-        loaded = runtime.index_reader().current()
-    except (IndexCorrupt, EncoderUnavailable):
+        directory = runtime.index_dir(runtime.active_space())
+    except EncoderUnavailable:
         return None
-    return loaded.meta.version if loaded is not None else None
+    return index.published_version(directory)
 
 
 # Photo searches run the CNN inside the web process. At most

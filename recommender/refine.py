@@ -240,16 +240,16 @@ _array_digests: dict[int, tuple[weakref.ref, str]] = {}
 def _digest(ids: np.ndarray | Sequence[int] | None) -> str:
     if ids is None:
         return "all"
-    if isinstance(ids, np.ndarray) and not ids.flags.writeable:
-        known = _array_digests.get(id(ids))
-        if known is not None and known[0]() is ids:
-            return known[1]
-        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+    shared = isinstance(ids, np.ndarray) and not ids.flags.writeable  # read-only: it cannot change under its id
+    known = _array_digests.get(id(ids)) if shared else None
+    if known is not None and known[0]() is ids:
+        return known[1]
+    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+    if shared:
         if len(_array_digests) >= 64:
             _array_digests.clear()
         _array_digests[id(ids)] = (weakref.ref(ids), digest)
-        return digest
-    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+    return digest
 
 
 def trail_grid(

@@ -280,6 +280,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def process_group_stop(process: subprocess.Popen, *, timeout: float = 20) -> None:
+    """Stop a process started with ``start_new_session`` and its children: SIGTERM, then SIGKILL after ``timeout``."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class Worker:
     """A real `celery worker` process (prefork pool) for the duration of a test."""
 
@@ -332,13 +344,7 @@ class Worker:
         return [int(pid) for pid in out.stdout.split()]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        process_group_stop(self.process)
         self._fh.close()
 
     def kill(self) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import struct
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from gallery.models import Product
 from gallery.services import catalog_import
 from recommender.preprocess import ImageRejected as PreprocessRejected
 from recommender.preprocess import image_check, image_load, image_prepare
-from tests.conftest import ROOT, admin_product_form, jpeg_bytes, subprocess_env, wait_for
+from tests.conftest import ROOT, admin_product_form, jpeg_bytes, process_group_stop, subprocess_env, wait_for
 from tests.test_hardening_round2 import production
 from tests.test_worker import free_port
 
@@ -515,13 +514,7 @@ def procfile_web(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterat
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]
         yield port
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        process_group_stop(process, timeout=30)
 
 
 @pytest.mark.parametrize(("method", "path", "allowed"), WRONG_METHODS)

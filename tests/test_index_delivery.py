@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -28,7 +27,7 @@ import pytest
 from recommender import delivery, runtime, services
 from recommender.delivery import MANIFEST_NAME, DirStore, S3Store, StoreUnavailable, index_fetch
 from recommender.index import BUILDS_DIR, INDEX_FILE, META_FILE, VECTORS_FILE, IndexCorrupt, published_version
-from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.conftest import ROOT, process_group_stop, subprocess_env, wait_for
 from tests.test_openapi import _check
 from tests.test_worker import free_port
 
@@ -81,9 +80,8 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
+        if self.process is not None:
+            process_group_stop(self.process)
 
 
 @pytest.fixture
@@ -186,13 +184,7 @@ class Node:
         return found
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        process_group_stop(self.process)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from gallery.models import Product
 from gallery.services import catalog_import
 from lab.demo import demo_catalog_write
 from recommender import services
-from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.conftest import ROOT, process_group_stop, subprocess_env, wait_for
 from tests.test_worker import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -161,13 +160,7 @@ def _served(tmp_path: Path, *, workers: int) -> Iterator[Server]:
         wait_for(lambda: _answers(f"{server.url}/healthz"), timeout=90, what="gunicorn to answer")
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        process_group_stop(process, timeout=30)
 
 
 @pytest.fixture
