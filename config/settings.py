@@ -124,6 +124,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # The anonymous session cookie and the request's shopper events (gallery.events).
     "gallery.events.ShopperEvents",
+    # A read request reads the catalog's version once (gallery.cards).
+    "gallery.middleware.CatalogVersionHeld",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -292,6 +294,13 @@ if not 1 <= REQUEST_URI_MAX_CHARS <= 8100:
         f"not {REQUEST_URI_MAX_CHARS}"
     )
 GRID_SIZE = 25
+# How long a trail's ranked grid is kept in the shared cache (seconds; 0: never cached). Its key holds all that
+# decides it (the trail, filters, the search it began from, the published build, the vectors stored since and
+# the catalog's version), so an upload, edit, deletion or rebuild is never answered from an older grid; the
+# time only bounds the cache's memory.
+GRID_CACHE_TTL_S = env.int("GRID_CACHE_TTL_S", default=3600)
+if GRID_CACHE_TTL_S < 0:
+    raise ImproperlyConfigured(f"GRID_CACHE_TTL_S must be 0 (no cache) or more, not {GRID_CACHE_TTL_S}")
 # Variety within a trail's grid: the maximal-marginal-relevance strength (0 = the nearest by score; below 1).
 # Unset: the served strategy's own, the measured choice (docs/quality.md, "Coherence and convergence").
 REFINE_DIVERSITY = env.float("REFINE_DIVERSITY", default=None)

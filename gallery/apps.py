@@ -7,7 +7,12 @@ class GalleryConfig(AppConfig):
     verbose_name = "Catalog"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete
+
+        from gallery.cards import deletion_numbered  # models are loaded only once the registry is ready
+
         checks.register(_experiment_settings_check)
+        post_delete.connect(deletion_numbered, sender="gallery.Product", dispatch_uid="gallery-deletion-numbered")
 
 
 def _experiment_settings_check(app_configs, **kwargs) -> list[checks.CheckMessage]:

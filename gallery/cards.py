@@ -1,40 +1,53 @@
 """What a grid shows of products (cards), and per-process memory of what is costly to work out.
 
-The ids each filter passes (a scan of the catalog: tens of milliseconds at
-44,000 products) and the starting grid (an aggregate over it) change only when
-products do, so each web process keeps them per catalog version: the latest
-``updated_at``, one look-up on its index per request. Saving or creating a
-product moves it, and so does taking it off sale or back
-(``gallery.services.product_availability_set`` writes ``updated_at``). A
-deletion does not, and needs not: a deleted product has no vector left to be
-found by, and cards are always read fresh (one indexed query per grid), with
-the shopper's filter and availability applied again (``card_shown``), so a
-product edited out of a filter, off sale, or deleted, is never shown. Bounded: at most MEMORY_MAX
-entries are kept.
+Everything here is remembered per catalog version (``catalog_version``): the newest ``updated_at``, the
+products saved in the last CATALOG_SETTLE_S seconds and the newest deletion's number, read once per read
+request (``catalog_version_held``). Saving or creating a product moves it, taking
+one off sale or back does too (``gallery.services.product_availability_set`` writes ``updated_at``), and so
+does a deletion (``gallery.services.products_delete`` numbers it). So:
+
+* the ids each filter passes (a scan of the catalog: tens of milliseconds at 44,000 products) and the
+  starting grid are worked out once per version (``filter_ids``, ``remembered``; at most MEMORY_MAX);
+* each process holds the cards it has shown (``cards_get``), and when the version moves drops only the
+  products saved or deleted since: a grid's cards cost no query once its products have been shown once.
+
+A grid still applies the shopper's filter and availability to its cards (``card_shown``), so a product
+edited out of a filter, off sale, or deleted, is never shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db import connections, router
-from django.db.models import Max
 from django.template.defaultfilters import floatformat
+from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
 from config.metrics import cache_lookup
 from gallery.filters import ProductFilters
-from gallery.models import Product
+from gallery.models import Product, ProductDeletion
 
 MAX_PRODUCT_ID = 2**63 - 1
 MEMORY_MAX = 256
+# Cards each process holds at most (a card's row is a few hundred bytes: ~30 MB at 100,000).
+CARDS_HELD_MAX = 100_000
+# A save that commits up to this long after its ``updated_at`` was set (a slow transaction committing after a
+# newer one) still moves the version and is re-read: the products saved this recently, with their times,
+# are part of it. Beyond SETTLING_ROWS_MAX of them (an import) the version moves every second.
+CATALOG_SETTLE_S = 60
+SETTLING_ROWS_MAX = 200
 # Ids per statement when reading cards: under every database's limit on query parameters.
 _READ_CHUNK = 900
 _CARD_FIELDS = (
@@ -75,12 +88,80 @@ class Card:
     stock: int | None = None
 
 
-CatalogVersion = datetime | None
+@dataclass(frozen=True)
+class CatalogVersion:
+    """The catalog's state as every cache of it is keyed: it moves on each save, creation and deletion."""
+
+    latest: object  # the newest ``updated_at``, as the database returns it (None: an empty catalog)
+    settling: str  # a digest of the products saved in the last CATALOG_SETTLE_S seconds, with their times
+    deletions: int  # the newest deletion's number (0: none yet)
+    # When it was read, less CATALOG_SETTLE_S: every product saved since this version was read has an
+    # ``updated_at`` after it. Not part of the version.
+    settled_before: datetime = field(compare=False, repr=False, default=datetime.min.replace(tzinfo=UTC))
+
+    def __str__(self) -> str:
+        return f"{self.latest}|{self.settling}|{self.deletions}"
+
+
+def _catalog_version_read() -> CatalogVersion:
+    settled_before = timezone.now() - timedelta(seconds=CATALOG_SETTLE_S)
+    product, deletion = Product._meta, ProductDeletion._meta
+    connection = connections[router.db_for_read(Product)]
+    quote = connection.ops.quote_name
+    table, key = quote(product.db_table), quote(product.pk.column)
+    updated = quote(product.get_field("updated_at").column)
+    # Only the models' own table and column names are spliced in; values are parameters. Each part is one
+    # look-up on an index (updated_at, the deletions' key).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT MAX({updated}) FROM {table}), "  # noqa: S608
+            f"(SELECT MAX({quote(deletion.pk.column)}) FROM {quote(deletion.db_table)})"
+        )
+        latest, deletions = cursor.fetchone()
+        cursor.execute(
+            f"SELECT {key}, {updated} FROM {table} WHERE {updated} >= %s ORDER BY {updated} DESC LIMIT %s",  # noqa: S608
+            [connection.ops.adapt_datetimefield_value(settled_before), SETTLING_ROWS_MAX + 1],
+        )
+        recent = sorted(cursor.fetchall())
+    if len(recent) > SETTLING_ROWS_MAX:
+        # Saves are pouring in (an import): the version is of this second, caches of it live as long.
+        settling = f"busy@{int(time.time())}"
+    else:
+        settling = hashlib.blake2b(repr(recent).encode(), digest_size=8).hexdigest()
+    return CatalogVersion(latest, settling, int(deletions or 0), settled_before)
+
+
+# The version a read request holds (``catalog_version_held``): one read per request, not one per cache.
+_held_version: ContextVar[list[CatalogVersion] | None] = ContextVar("catalog_version_held", default=None)
 
 
 def catalog_version() -> CatalogVersion:
-    """The latest ``updated_at`` of any product: moves whenever a product is saved or created."""
-    return Product.objects.aggregate(latest=Max("updated_at"))["latest"]
+    """The catalog's version: moves whenever a product is saved, created or deleted.
+
+    Inside ``catalog_version_held`` it is read once and kept for the rest of the block.
+    """
+    held = _held_version.get()
+    if held is None:
+        return _catalog_version_read()
+    if not held:
+        held.append(_catalog_version_read())
+    return held[0]
+
+
+def deletion_numbered(sender: type, instance: Product, **kwargs: object) -> None:
+    """Number a product's deletion, in the deleting transaction (``post_delete``: however it is deleted, the
+    ORM sends it for each product): the catalog's version moves and every process drops the card."""
+    ProductDeletion.objects.create(product_id=instance.pk)
+
+
+@contextmanager
+def catalog_version_held() -> Iterator[None]:
+    """Read the catalog's version at most once in this block (a read request: it writes nothing)."""
+    token = _held_version.set([])
+    try:
+        yield
+    finally:
+        _held_version.reset(token)
 
 
 _UNSET = object()
@@ -141,39 +222,98 @@ def _storage_url() -> Callable[[str], str]:
     return plain
 
 
-def _cards_read(ids: list[int]) -> list[tuple]:
-    """The card fields of the products among ``ids``, by id: one plain statement per chunk of ids."""
-    meta = Product._meta
-    connection = connections[router.db_for_read(Product)]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
-    table, key = quote(meta.db_table), quote(meta.pk.column)
+def _rows_read(connection: object, sql: str, ids: list[int]) -> list[tuple]:
+    """Rows of ``sql`` (ending in ``IN``) for ``ids``, one statement per chunk of ids."""
     rows: list[tuple] = []
     with connection.cursor() as cursor:
         for start in range(0, len(ids), _READ_CHUNK):
             part = ids[start : start + _READ_CHUNK]
-            # Only the model's own table and column names are spliced in; every id is a parameter.
-            placeholders = ", ".join(["%s"] * len(part))
-            cursor.execute(f"SELECT {columns} FROM {table} WHERE {key} IN ({placeholders})", part)  # noqa: S608
+            cursor.execute(f"{sql} ({', '.join(['%s'] * len(part))})", part)
             rows.extend(cursor.fetchall())
-    rows.sort(key=lambda row: row[0])  # the ORM's order (Product.Meta.ordering), whatever the chunks
     return rows
 
 
-def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = None) -> dict[int, Card]:
-    """Cards of the given products that exist (and pass ``filters``), by id: one query, read fresh.
+def _cards_read(ids: list[int]) -> list[tuple]:
+    """The card fields of the products among ``ids``: one plain statement per chunk of ids."""
+    meta = Product._meta
+    connection = connections[router.db_for_read(Product)]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
+    # Only the model's own table and column names are spliced in; every id is a parameter.
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} IN"  # noqa: S608
+    return _rows_read(connection, sql, ids)
 
-    A grid's cards are read on every request (never remembered), so the read is
-    lean: a plain statement and tuples, no model instances; the filters are the
-    same exact matches as ``ProductFilters.q``, checked on the rows.
+
+def _changed_since(held: CatalogVersion, version: CatalogVersion) -> set[int] | None:
+    """The ids saved or deleted between two versions (None: the catalog went back, e.g. a restored backup)."""
+    if version.deletions < held.deletions or version.latest is None:
+        return None
+    changed = set(Product.objects.filter(updated_at__gte=held.settled_before).values_list("id", flat=True))
+    if version.deletions > held.deletions:
+        deleted = ProductDeletion.objects.filter(id__gt=held.deletions).values_list("product_id", flat=True)
+        changed.update(deleted)
+    return changed
+
+
+class _HeldCards:
+    """The card rows this process has read, valid for one catalog version.
+
+    When the version moves, the products saved or deleted since the held one are dropped (read again when
+    next shown); the rest stay. A row is a tuple of ``_CARD_FIELDS``: image names, not URLs (a storage
+    that signs URLs signs them per request).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple] = {}
+        self.version: CatalogVersion | None = None
+        self.lock = threading.Lock()
+
+    def get(self, ids: list[int], version: CatalogVersion) -> dict[int, tuple]:
+        with self.lock:
+            if version != self.version:
+                changed = _changed_since(self.version, version) if self.version is not None else None
+                if changed is None:
+                    self.rows.clear()
+                else:
+                    for pid in changed:
+                        self.rows.pop(pid, None)
+                self.version = version
+            found = {pid: row for pid in ids if (row := self.rows.get(pid)) is not None}
+        missing = [pid for pid in ids if pid not in found]
+        cache_lookup(cache="cards", hit=not missing)  # per grid: did it cost a query
+        if missing:
+            read = {row[0]: row for row in _cards_read(missing)}
+            found.update(read)
+            with self.lock:
+                # Held only under the version they were read for: a newer one may already have dropped them.
+                if self.version == version:
+                    if len(self.rows) + len(read) > CARDS_HELD_MAX:
+                        self.rows.clear()
+                    self.rows.update(read)
+        return found
+
+
+_held_cards = _HeldCards()
+
+
+def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = None) -> dict[int, Card]:
+    """Cards of the given products that exist (and pass ``filters``), by id in id order.
+
+    Held per process and catalog version (``_HeldCards``): the products already shown cost no query, the
+    others one. The filters are the same exact matches as ``ProductFilters.q``, checked on the cards.
     """
     # Ids beyond what the column holds name no product (and would overflow the database driver).
-    ids = [i for i in dict.fromkeys(int(i) for i in product_ids) if 0 < i <= MAX_PRODUCT_ID]
+    ids = sorted({int(i) for i in product_ids if 0 < int(i) <= MAX_PRODUCT_ID})
     if not ids:
         return {}
+    rows = _held_cards.get(ids, catalog_version())
     url = _storage_url()
     cards: dict[int, Card] = {}
-    for pid, name, image, thumbnail, *rest in _cards_read(ids):
+    for pid in ids:
+        row = rows.get(pid)
+        if row is None:
+            continue
+        _, name, image, thumbnail, *rest = row
         card = Card(pid, name, url(image) if image else None, url(thumbnail) if thumbnail else None, *rest)
         if not filters or filters.matches(card):
             cards[pid] = card
@@ -228,9 +368,10 @@ def remembered(key: object, compute: Callable[[], object], *, version: CatalogVe
 
 
 def forget() -> None:
-    """Drop everything remembered (tests that change the catalog within one version)."""
-    global _memory
+    """Drop everything remembered and held (tests that rebuild a catalog under the same ids)."""
+    global _memory, _held_cards
     _memory = _Memory(_UNSET)
+    _held_cards = _HeldCards()
 
 
 def grid_tiles_html(items: Iterable[object]) -> SafeString:

@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.log import log_response
 
 from config.logging import request_id_var
+from gallery.cards import catalog_version_held
 
 BULK_UPLOAD_PATH = "/admin/gallery/product/bulk-upload/"
 
@@ -210,3 +211,20 @@ class PermissionsPolicy:
         if settings.PERMISSIONS_POLICY:
             response.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
         return response
+
+
+class CatalogVersionHeld:
+    """A read request (GET, HEAD: it writes nothing) reads the catalog's version once.
+
+    Every per-process memory the request consults (filters, the starting grid, cards, text search) is then
+    of the same version, and the database is asked once rather than by each (``gallery.cards``).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self.get_response(request)
+        with catalog_version_held():
+            return self.get_response(request)

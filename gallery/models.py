@@ -70,6 +70,18 @@ class Product(models.Model):
         return self.thumbnail.url if self.thumbnail else None
 
 
+class ProductDeletion(models.Model):
+    """A product deleted from the catalog: numbered, so that the catalog's version moves on a deletion as it
+    does on a save (``gallery.cards.catalog_version``) and each web process drops the deleted products'
+    cards it holds. Written only by ``gallery.cards.deletion_numbered``, in the deleting transaction."""
+
+    product_id = models.PositiveBigIntegerField()
+    deleted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
 class ImportStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"

@@ -239,7 +239,11 @@ def products_embed_enqueue_on_commit(product_ids: list[int]) -> None:
 
 
 def products_delete(*, product_ids: list[int]) -> int:
-    """Delete products, their image files (after the commit) and, by cascade, their vectors; returns how many."""
+    """Delete products, their image files (after the commit) and, by cascade, their vectors; returns how many.
+
+    Each deletion is numbered in the same transaction (``gallery.cards.deletion_numbered``): the catalog's
+    version moves, so no cached grid or card outlives the products it shows.
+    """
     with transaction.atomic():
         names = [
             name

@@ -22,7 +22,7 @@ from django_redis.exceptions import ConnectionInterrupted
 from PIL import Image
 
 from config.metrics import cache_lookup
-from gallery.cards import Card, card_shown, cards_get, grid_allowed_ids, remembered
+from gallery.cards import Card, card_shown, cards_get, catalog_version, grid_allowed_ids, remembered
 from gallery.filters import ProductFilters
 from gallery.selectors import product_search, query_normalise, query_words, starting_grid_ids
 from gallery.trail import Step, Trail
@@ -125,6 +125,8 @@ def similar_grid(
     served strategy to rank by (a ranking experiment's arm; None: REFINE_STRATEGY). Raises SimilarityUnavailable
     when the index cannot answer.
     """
+    # The rest of what decides the grid, in the shop's words: the engine keys its grid cache by it.
+    context = repr((str(catalog_version()), filters.values if filters else (), start_query))
     try:
         neighbours = api.trail_grid(
             steps=_engine_steps(trail, anchor_id),
@@ -133,6 +135,7 @@ def similar_grid(
             shown_first=lambda: _first_grid(start_query, filters),
             strategy=strategy,
             searched=not _began_on_starting_grid(start_query),
+            context=context,
         )
     except api.NotEmbeddedYet as exc:
         return SimilarGrid(items=[], trail_products=cards_get(trail.product_ids), notice=str(exc))

@@ -130,6 +130,7 @@ def trail_grid(
     shown_first: Callable[[], Sequence[int]] | None = None,
     strategy: str | None = None,
     searched: bool = True,
+    context: str | None = None,
 ) -> list[Neighbour]:
     """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
 
@@ -140,11 +141,20 @@ def trail_grid(
     clicked from (a text search, the starting grid), called only by a strategy that counts it. ``searched``
     is False for a trail begun on the starting grid: the shopper has not named a kind of product, so its
     grids span more of what looks alike. ``strategy`` names one of ``strategies_served()`` in place of
-    REFINE_STRATEGY (a ranking experiment's arm). Raises NotEmbeddedYet when no liked step has a vector yet,
-    SimilarityUnavailable when no index can answer.
+    REFINE_STRATEGY (a ranking experiment's arm). ``context`` names the rest of what decides the grid in the
+    caller's words (its catalog's version, the search ``shown_first`` answers): given, the grid is cached
+    (GRID_CACHE_TTL_S) under it and all the engine knows decides the grid (the build, the vectors stored
+    since, the steps, ``k``, the strategy, ``allowed_ids``), so no change is ever answered from an older grid.
+    Raises NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
     """
     return refine.trail_grid(
-        steps=steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=strategy, searched=searched
+        steps=steps,
+        k=k,
+        allowed_ids=allowed_ids,
+        shown_first=shown_first,
+        strategy=strategy,
+        searched=searched,
+        context=context,
     )
 
 

@@ -47,6 +47,9 @@ PREFIX_MEMORY = 4096
 # ... and in the shared cache, so a shopper's next click is cheap on whichever web process it lands.
 PREFIX_CACHE_TTL_S = 3600
 _PREFIX_KEY = "recommender:shown:"
+# Whole grids (ids and scores) remembered in each process, besides the shared cache (GRID_CACHE_TTL_S).
+GRID_MEMORY = 2048
+_GRID_KEY = "recommender:grid:"
 _CACHE_DOWN = (redis.RedisError, ConnectionInterrupted, OSError)
 
 
@@ -91,21 +94,21 @@ def _uses_shown(strategy: Strategy) -> bool:
 
 
 class _Memory:
-    """A small thread-safe LRU of prefix grids."""
+    """A small thread-safe LRU of grids (prefix grids' ids; whole grids' ids and scores)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._items: OrderedDict[str, tuple] = OrderedDict()
         self._lock = Lock()
 
-    def get(self, key: str) -> tuple[int, ...] | None:
+    def get(self, key: str) -> tuple | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: str, ids: tuple[int, ...]) -> None:
+    def put(self, key: str, ids: tuple) -> None:
         with self._lock:
             self._items[key] = ids
             self._items.move_to_end(key)
@@ -118,11 +121,13 @@ class _Memory:
 
 
 _shown = _Memory(PREFIX_MEMORY)
+_grids = _Memory(GRID_MEMORY)
 
 
 def forget() -> None:
-    """Drop the prefix grids this process remembers (tests that rebuild a catalog under the same ids)."""
+    """Drop the grids this process remembers (tests that rebuild a catalog under the same ids)."""
     _shown.clear()
+    _grids.clear()
 
 
 class _Rows:
@@ -260,6 +265,7 @@ def trail_grid(
     shown_first: Callable[[], Sequence[int]] | None = None,
     strategy: str | None = None,
     searched: bool = True,
+    context: str | None = None,
 ) -> list[Neighbour]:
     """The ``k`` products to show for a trail (oldest step first), in display order, none of the trail's.
 
@@ -269,6 +275,11 @@ def trail_grid(
     where the shop knows it; it is called only when the served strategy counts that grid (``first_grid``).
     ``searched`` is False for a trail begun on the starting grid (the shopper named no kind of product, by
     words or a photo): the strategy ranks it as exploring (``Strategy.exploring``).
+
+    ``context`` is the rest of what decides the grid, in the caller's words (the catalog's version, the
+    search ``shown_first`` answers): given, the grid is kept per process and in the shared cache
+    (GRID_CACHE_TTL_S) under a key of it, the steps, ``k``, the strategy, ``allowed_ids``, the published
+    build and the vectors stored since it; the same key is answered from there. None: always ranked.
     Raises NotEmbeddedYet when no liked step has a vector, SimilarityUnavailable when no index can answer.
     """
     if not any(step.mark != DISLIKED for step in steps):
@@ -276,32 +287,94 @@ def trail_grid(
     space = runtime.active_space()
     loaded = selectors._published(space)
     store = _Vectors(space, loaded)
+    served = strategy_served(strategy) if searched else strategy_served(strategy).exploring()
+    # Everything but the steps that decides a grid, and so what each earlier grid showed.
+    base = _grid_base(store, strategy=served, allowed=allowed_ids, context=context or "")
+    key = None
+    if context is not None and settings.GRID_CACHE_TTL_S:
+        key = hashlib.blake2b(f"{base}|{k}|{','.join(map(str, steps))}".encode(), digest_size=16).hexdigest()
+        found = _grid_lookup(key)
+        if found is not None:
+            return found
+    grid = _trail_ranked(steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=served, store=store,
+                         base=base)  # fmt: skip
+    if key is not None:
+        _grid_store(key, grid)
+    return grid
+
+
+def _grid_base(store: _Vectors, *, strategy: Strategy, allowed: np.ndarray | None, context: str) -> str:
+    """What decides a trail's grids besides its steps: the space, the published build, the vectors stored
+    since it, the strategy, the allowed ids and the caller's ``context``."""
+    version = store.loaded.meta.version if store.loaded is not None else "no-index"
+    fresh = np.asarray([(pid, eid) for pid, eid, _ in store.delta], dtype=np.int64)
+    return "|".join(
+        [
+            store.space,
+            version,
+            hashlib.blake2b(fresh.tobytes(), digest_size=12).hexdigest(),
+            _strategy_key(strategy),
+            str(settings.GRID_SIZE),
+            _digest(allowed),
+            context,
+        ]
+    )
+
+
+def _grid_lookup(key: str) -> list[Neighbour] | None:
+    """The grid kept under ``key`` in this process or the shared cache; None when neither has it."""
+    found = _grids.get(key)
+    cache_lookup(cache="grids-process", hit=found is not None)
+    if found is None:
+        try:
+            shared = cache.get(_GRID_KEY + key)
+        except _CACHE_DOWN:
+            logger.warning("Cache unavailable: the grid is ranked", exc_info=True)
+            return None
+        cache_lookup(cache="grids-shared", hit=isinstance(shared, list))
+        if not isinstance(shared, list):
+            return None
+        found = tuple((int(pid), float(score)) for pid, score in shared)
+        _grids.put(key, found)
+    return [Neighbour(product_id=pid, score=score) for pid, score in found]
+
+
+def _grid_store(key: str, grid: list[Neighbour]) -> None:
+    kept = tuple((n.product_id, n.score) for n in grid)
+    _grids.put(key, kept)
+    try:
+        cache.set(_GRID_KEY + key, [list(pair) for pair in kept], settings.GRID_CACHE_TTL_S)
+    except _CACHE_DOWN:
+        logger.warning("Cache unavailable: the grid is kept in this process only", exc_info=True)
+
+
+def _trail_ranked(
+    steps: Sequence[StepRef],
+    *,
+    k: int,
+    allowed_ids: np.ndarray | None,
+    shown_first: Callable[[], Sequence[int]] | None,
+    strategy: Strategy,
+    store: _Vectors,
+    base: str,
+) -> list[Neighbour]:
+    """``trail_grid``'s ranking, without the whole-grid cache; ``base`` keys the earlier grids it remembers."""
     store.fetch([step.product_id for step in steps], fresh=True)
     usable = [step for step in steps if step.product_id in store.vectors]
     if not any(step.mark != DISLIKED for step in usable):
         newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
         raise selectors._why_not_embedded(newest.product_id)
 
-    strategy = strategy_served(strategy) if searched else strategy_served(strategy).exploring()
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
     first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
     # The page after each earlier click showed a grid of GRID_SIZE, its own step then the anchor (whatever
     # mark the step carries now): that prefix, ranked the same way, is what the shopper saw there.
     prefixes = [(*usable[:end], replace(usable[end], mark=_liked(usable[end].mark))) for end in range(len(usable))]
-    # What a prefix showed depends on the build it was ranked from: a new build ranks the trail afresh.
-    version = loaded.meta.version if loaded is not None else "no-index"
+    # What a prefix showed depends on all that decides a grid (``base``: a new build or upload ranks the trail
+    # afresh) and on the first grid.
     shown_k = settings.GRID_SIZE
-    context = "|".join(
-        [
-            space,
-            version,
-            _strategy_key(strategy),
-            str(shown_k),
-            _digest(allowed_ids),
-            _digest(first),
-        ]
-    )
+    context = f"{base}|{_digest(first)}"
     keys = [
         hashlib.blake2b(f"{context}|{','.join(map(str, prefix))}".encode(), digest_size=16).hexdigest()
         for prefix in prefixes

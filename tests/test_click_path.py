@@ -16,6 +16,7 @@ from django.template import engines
 from django.template.loader import get_template
 from django.test import RequestFactory
 from django.urls import reverse
+from django.utils import timezone
 
 from gallery.cards import Card, cards_get
 from gallery.filters import ProductFilters
@@ -473,8 +474,9 @@ def test_vectors_stored_since_the_build_are_remembered_and_never_served_stale(cl
     assert client.get("/api/similar/2").json()["results"][0]["id"] == 500
     assert sorted(pid for pid, _ in loaded.fresh_memory().values()) == [500, 500, 501]  # the old row's is unused
 
-    # Edited (a new name, the same image): the grid shows the product as it is now.
-    Product.objects.filter(id=500).update(name="Renamed arrival")
+    # Edited (a new name, the same image; every write of a product writes updated_at): the grid shows the
+    # product as it is now.
+    Product.objects.filter(id=500).update(name="Renamed arrival", updated_at=timezone.now())
     assert client.get("/api/similar/2").json()["results"][0]["name"] == "Renamed arrival"
 
     # Deleted: gone from every result, although its vector is still in this process's memory.

@@ -126,7 +126,8 @@ def test_passed_over_products_come_back_when_nothing_else_is_left(client, demo_c
     assert set(grid) <= set(matching) - {start, clicked}
 
 
-def test_a_trails_earlier_grids_are_ranked_once(client, demo_catalog_db, monkeypatch):
+def test_a_trails_earlier_grids_are_ranked_once(client, demo_catalog_db, monkeypatch, settings):
+    settings.GRID_CACHE_TTL_S = 0  # whole grids not cached: each request ranks its own (tests/test_grid_cache.py)
     calls = []
     real = selectors.similar_products
 
