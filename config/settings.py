@@ -105,6 +105,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Outermost: every answer (errors too) echoes the request id, and every log line of the request carries it.
     "gallery.middleware.RequestId",
+    # With SERVER_TIMING on, each answer's time by stage in a Server-Timing header.
+    "config.timing.ServerTiming",
     # Times the whole answer, by view, for /metrics.
     "gallery.middleware.RequestMetrics",
     # So that every error under /api/ (405, a refused body, a 500) reaches clients as JSON.
@@ -294,6 +296,9 @@ if not 1 <= REQUEST_URI_MAX_CHARS <= 8100:
         f"not {REQUEST_URI_MAX_CHARS}"
     )
 GRID_SIZE = 25
+# Send each answer's time by stage (parse, db, index, rank, cards, render...) in a Server-Timing header
+# (config/timing.py), for browsers' developer tools and the benchmarks. Off: nothing is timed.
+SERVER_TIMING = env.bool("SERVER_TIMING", default=False)
 # How long a trail's ranked grid is kept in the shared cache (seconds; 0: never cached). Its key holds all that
 # decides it (the trail, filters, the search it began from, the published build, the vectors stored since and
 # the catalog's version), so an upload, edit, deletion or rebuild is never answered from an older grid; the

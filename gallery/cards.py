@@ -36,6 +36,7 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
 from config.metrics import cache_lookup
+from config.timing import stage
 from gallery.filters import ProductFilters
 from gallery.models import Product, ProductDeletion
 
@@ -306,7 +307,13 @@ def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = No
     ids = sorted({int(i) for i in product_ids if 0 < int(i) <= MAX_PRODUCT_ID})
     if not ids:
         return {}
-    rows = _held_cards.get(ids, catalog_version())
+    version = catalog_version()
+    with stage("cards"):
+        return _cards_of(ids, version, filters)
+
+
+def _cards_of(ids: list[int], version: CatalogVersion, filters: ProductFilters | None) -> dict[int, Card]:
+    rows = _held_cards.get(ids, version)
     url = _storage_url()
     cards: dict[int, Card] = {}
     for pid in ids:

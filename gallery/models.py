@@ -81,6 +81,9 @@ class ProductDeletion(models.Model):
     class Meta:
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"deletion {self.id}: product {self.product_id}"
+
 
 class ImportStatus(models.TextChoices):
     QUEUED = "queued", "Queued"

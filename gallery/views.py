@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
 from config.metrics import grid_served
+from config.timing import stage
 from gallery import events
 from gallery.cards import Card, cards_get
 from gallery.experiments import arm_of
@@ -178,7 +179,8 @@ def _render(request: HttpRequest, template: str, context: dict, status: int = 20
     if request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request:
         template = "gallery/_results.html"
         context = {**context, "partial": True}
-    response = render(request, template, context, status=status)
+    with stage("render"):
+        response = render(request, template, context, status=status)
     # One URL answers a fragment or a page: the browser's cache (Back, Forward) must keep them apart.
     patch_vary_headers(response, ["HX-Request"])
     return response
@@ -260,8 +262,10 @@ def similar(request: HttpRequest, product_id: int) -> HttpResponse:
     product = cards_get([product_id]).get(product_id)
     if product is None:
         raise Http404("No such product.")
-    form = SimilarForm(request.GET)
-    if not form.is_valid():
+    with stage("parse"):
+        form = SimilarForm(request.GET)
+        valid = form.is_valid()
+    if not valid:
         return _render(
             request,
             "gallery/similar.html",
@@ -428,8 +432,10 @@ def api_search(request: HttpRequest) -> JsonResponse:
 @csrf_exempt  # read-only: see api_search
 @require_safe
 def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
-    form = SimilarForm(request.GET)
-    if not form.is_valid():
+    with stage("parse"):
+        form = SimilarForm(request.GET)
+        valid = form.is_valid()
+    if not valid:
         return api_error(form_errors_text(form), status=400)
     product = cards_get([product_id]).get(product_id)
     if product is None:
@@ -453,14 +459,15 @@ def api_similar(request: HttpRequest, product_id: int) -> JsonResponse:
     events.click_noted(request, product_id=product.id)
     events.grid_noted(request, grid="similar", ids=[item.product.id for item in grid.items], anchor=product.id)
     grid_served(kind="similar", filtered=bool(form.filters))
-    return JsonResponse(
-        {
-            "query": product.id,
-            "trail": str(trail),
-            "filters": form.filters.as_dict(),
-            "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
-        }
-    )
+    with stage("render"):
+        return JsonResponse(
+            {
+                "query": product.id,
+                "trail": str(trail),
+                "filters": form.filters.as_dict(),
+                "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
+            }
+        )
 
 
 @csrf_exempt  # read-only: see api_search

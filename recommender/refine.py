@@ -34,6 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_redis.exceptions import ConnectionInterrupted
 
 from config.metrics import cache_lookup
+from config.timing import stage
 from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
 from recommender.feedback import DISLIKED, OVERFETCH, PINNED, SERVED, Strategy, TrailVectors, grid_rank, query_vectors
@@ -182,7 +183,8 @@ class _Vectors:
         self.space = space
         self.loaded = loaded
         # Read once per request: the candidate search (selectors.similar_products) is given the same rows.
-        self.delta = selectors.delta_rows(space=space, loaded=loaded)
+        with stage("vectors"):
+            self.delta = selectors.delta_rows(space=space, loaded=loaded)
         self._newer = {pid: np.frombuffer(vector, dtype="<f4") for pid, _, vector in self.delta}
         self.vectors = _Rows()
         self.colours = _Rows()
@@ -195,6 +197,10 @@ class _Vectors:
         ``fresh`` reads the database for all of them (the trail's steps). A product first looked up without
         its colour (a passed-over one) still gets it when a later call asks for colours.
         """
+        with stage("vectors"):
+            self._fetch(product_ids, fresh=fresh, colours=colours)
+
+    def _fetch(self, product_ids: Sequence[int], *, fresh: bool, colours: bool) -> None:
         ids = {int(i) for i in product_ids}
         wanted = sorted(ids - self._looked_up)
         colour_wanted = sorted(ids - self._colours_looked_up) if colours else []
@@ -293,13 +299,15 @@ def trail_grid(
     key = None
     if context is not None and settings.GRID_CACHE_TTL_S:
         key = hashlib.blake2b(f"{base}|{k}|{','.join(map(str, steps))}".encode(), digest_size=16).hexdigest()
-        found = _grid_lookup(key)
+        with stage("cache"):
+            found = _grid_lookup(key)
         if found is not None:
             return found
     grid = _trail_ranked(steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=served, store=store,
                          base=base)  # fmt: skip
     if key is not None:
-        _grid_store(key, grid)
+        with stage("cache"):
+            _grid_store(key, grid)
     return grid
 
 
@@ -495,12 +503,13 @@ def _rank(
         return []
     store.fetch(candidates, colours=trail.colours is not None)
     candidates = [pid for pid in candidates if pid in store.vectors]
-    positions, scores = grid_rank(
-        trail=trail,
-        strategy=strategy,
-        candidates=store.matrix(candidates),
-        candidate_colours=store.colour_matrix(candidates) if trail.colours is not None else None,
-        candidate_seen=np.asarray([seen.get(pid, -1) for pid in candidates], dtype=np.int64),
-        k=k,
-    )
+    with stage("rank"):
+        positions, scores = grid_rank(
+            trail=trail,
+            strategy=strategy,
+            candidates=store.matrix(candidates),
+            candidate_colours=store.colour_matrix(candidates) if trail.colours is not None else None,
+            candidate_seen=np.asarray([seen.get(pid, -1) for pid in candidates], dtype=np.int64),
+            k=k,
+        )
     return [Neighbour(product_id=candidates[p], score=float(s)) for p, s in zip(positions, scores, strict=True)]

@@ -19,6 +19,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connections, router
 
+from config.timing import stage
 from recommender import runtime
 from recommender.delivery import delivery_report, delivery_state_read
 from recommender.errors import NotEmbeddedYet, SimilarityUnavailable
@@ -335,6 +336,18 @@ def similar_products(
     ``delta_rows`` read already in this request (a trail's several searches
     read it once). Raises SimilarityUnavailable when no index can answer.
     """
+    with stage("index"):
+        return _similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids, fresh=fresh)
+
+
+def _similar_products(
+    *,
+    vector: np.ndarray,
+    k: int,
+    exclude_ids: frozenset[int],
+    allowed_ids: np.ndarray | None,
+    fresh: list[tuple[int, int, bytes]] | None,
+) -> list[Neighbour]:
     space = runtime.active_space()
     vector = np.asarray(vector, dtype=np.float32)
     allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)

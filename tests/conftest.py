@@ -222,13 +222,12 @@ def demo_catalog_db(
     db, demo_dir: Path, demo_vectors: dict[int, np.ndarray], demo_colours: dict[int, np.ndarray]
 ) -> list[int]:
     """The demo catalog's rows, vectors and colours in the database (no image files: fast), with an index built."""
-    from recommender import services
-
     from datetime import timedelta
 
     from django.utils import timezone
 
     from gallery.models import Product
+    from recommender import services
 
     rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")]
     ids = demo_rows_store(rows, demo_vectors, demo_colours)

@@ -309,3 +309,22 @@ def test_a_task_run_in_place_logs_with_its_id_and_gives_the_requests_context_bac
         logging.getLogger().removeHandler(handler)
     during = [r for r in records if r.task_id == "task-in-place"]
     assert during and all(r.request_id == "req-in-place" for r in during)
+
+
+def test_server_timing_splits_a_click_by_stage(client, settings, demo_catalog_db):
+    import re
+
+    anchor = demo_catalog_db[5]
+    assert "Server-Timing" not in client.get(f"/api/similar/{anchor}")  # off by default: nothing is timed
+    settings.SERVER_TIMING = True
+    for start, path in ((10, f"/api/similar/{anchor}"), (11, f"/similar/{anchor}/")):
+        trail = ",".join(map(str, demo_catalog_db[start:40:10]))
+        response = client.get(path, {"trail": trail, "q": "shirt"})
+        assert response.status_code == 200
+        stages = dict(
+            re.fullmatch(r"(\w+);dur=([\d.]+)", part).groups() for part in response["Server-Timing"].split(", ")
+        )
+        assert {"parse", "db", "index", "rank", "cards", "render", "cache", "other"} <= set(stages), stages
+        # Answered from the grid cache the second time: no index search, no ranking.
+        again = client.get(path, {"trail": trail, "q": "shirt"})["Server-Timing"]
+        assert "index;" not in again and "rank;" not in again and "cache;" in again
