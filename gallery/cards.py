@@ -30,10 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db import connections, router
-from django.template.defaultfilters import floatformat
 from django.utils import timezone
-from django.utils.html import conditional_escape
-from django.utils.safestring import SafeString, mark_safe
 
 from config.metrics import cache_lookup
 from config.timing import stage
@@ -379,42 +376,3 @@ def forget() -> None:
     global _memory, _held_cards
     _memory = _Memory(_UNSET)
     _held_cards = _HeldCards()
-
-
-def grid_tiles_html(items: Iterable[object]) -> SafeString:
-    """The grid's tiles (``templates/gallery/_grid.html``), rendered here rather than node by node.
-
-    ``items`` are grid items (``product``: a card, ``score``, ``url``, ``view_url``: the "view product"
-    link). The markup is exactly what the template's loop gave (tests/test_click_path.py renders both):
-    names and URLs escaped as autoescape does, scores through the same ``floatformat``. A grid of 25 costs a few
-    milliseconds in template nodes and a fraction of one here.
-    """
-    parts: list[str] = []
-    for item in items:
-        product, score, url = item.product, item.score, conditional_escape(item.url)
-        name = conditional_escape(product.name)
-        title = f"{name} · similarity {floatformat(score, '3')}" if score is not None else name
-        thumbnail = product.thumbnail_url
-        image = (
-            f'\n      <img src="{conditional_escape(thumbnail)}" alt="{name}" loading="lazy" decoding="async" '
-            'width="160" height="213">\n      '
-            if thumbnail
-            else '<span class="noimage">no image</span>'
-        )
-        shown = (
-            f'<span class="score" data-score="{floatformat(score, "4")}">{floatformat(score, "2")}</span>'
-            if score is not None
-            else ""
-        )
-        view_url = getattr(item, "view_url", None)
-        view = (
-            f'\n    <p class="view"><a href="{conditional_escape(view_url)}" rel="nofollow">View product</a></p>'
-            if view_url
-            else ""
-        )
-        parts.append(
-            f'\n  <li class="card">\n    <a href="{url}" hx-get="{url}" hx-target="#results" hx-select="#results" '
-            f'hx-swap="outerHTML" hx-push-url="true"\n       title="{title}">\n      {image}\n'
-            f'      <span class="name">{name}</span>\n      {shown}\n    </a>{view}\n  </li>\n  '
-        )
-    return mark_safe("".join(parts))  # noqa: S308 - every value above is escaped or a formatted number
