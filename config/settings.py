@@ -210,6 +210,8 @@ CACHES = {
             # and unpickling runs whatever code the stored bytes name, so anyone
             # able to write to Redis could run code in every web process.
             "SERIALIZER": "gallery.cache.JSONSerializer",
+            # While Redis is down, cache calls miss at once rather than each waiting out a connection timeout.
+            "CONNECTION_POOL_CLASS": "gallery.cache.FailFastPool",
         },
     }
 }

@@ -21,11 +21,12 @@ import hashlib
 import re
 import threading
 import time
+import typing
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -48,29 +49,18 @@ CATALOG_SETTLE_S = 60
 SETTLING_ROWS_MAX = 200
 # Ids per statement when reading cards: under every database's limit on query parameters.
 _READ_CHUNK = 900
-_CARD_FIELDS = (
-    "id",
-    "name",
-    "image",
-    "thumbnail",
-    "gender",
-    "master_category",
-    "sub_category",
-    "article_type",
-    "base_colour",
-    "season",
-    "year",
-    "usage",
-    "active",
-    "stock",
-)
+
+
+def _said(description: str) -> dict[str, str]:
+    return {"description": description}
 
 
 @dataclass(frozen=True)
 class Card:
-    """What a grid tile and the API show of a product."""
+    """What a grid tile and the API show of a product: the one description of it (the API's JSON, its OpenAPI
+    schema and the card reads all follow these fields)."""
 
-    id: int
+    id: int = field(metadata=_said("The catalog's own product id"))
     name: str
     image_url: str | None
     thumbnail_url: str | None
@@ -82,8 +72,34 @@ class Card:
     season: str
     year: int | None
     usage: str
-    active: bool = True  # on sale; a grid never shows an inactive product (``card_shown``)
-    stock: int | None = None
+    # On sale; a grid never shows an inactive product (``card_shown``).
+    active: bool = field(default=True, metadata=_said("On sale; grids show only products on sale"))
+    stock: int | None = field(default=None, metadata=_said("Units in stock, where counted"))
+
+    def as_json(self, absolute: Callable[[str], str]) -> dict[str, object]:
+        """The card's fields as the API shows them, in order; ``absolute`` makes its image URLs absolute."""
+        data = {name: getattr(self, name) for name in _CARD_JSON}
+        for name in ("image_url", "thumbnail_url"):
+            if data[name]:
+                data[name] = absolute(data[name])
+        return data
+
+
+_CARD_JSON = tuple(f.name for f in fields(Card))
+# The product's column behind each of the card's fields, in order (the image names behind their URLs).
+_CARD_FIELDS = tuple(name.removesuffix("_url") for name in _CARD_JSON)
+_JSON_TYPES = {int: "integer", str: "string", bool: "boolean", float: "number"}
+
+
+def card_json_schema() -> dict[str, dict[str, object]]:
+    """The JSON schema (OpenAPI) of each of ``Card.as_json``'s properties, from the dataclass's fields."""
+    hints = typing.get_type_hints(Card)
+    schema: dict[str, dict[str, object]] = {}
+    for f in fields(Card):
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        names = [_JSON_TYPES[kind] for kind in kinds if kind is not type(None)]
+        schema[f.name] = {"type": [*names, "null"] if type(None) in kinds else names[0], **f.metadata}
+    return schema
 
 
 @dataclass(frozen=True)

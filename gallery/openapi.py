@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from gallery.cards import card_json_schema
 from gallery.filters import FILTERS, MAX_VALUE_CHARS
 
 QUERY_TEXT = "Words to search for; capped at {} characters. Empty: a varied starting grid."
@@ -181,7 +182,8 @@ SEARCH_EXPLANATION: dict[str, dict[str, object]] = {
 
 
 def openapi_spec() -> dict[str, object]:
-    """The API description; limits come from the running settings."""
+    """The API description; limits come from the running settings, a product's fields from ``Card``."""
+    card = card_json_schema()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -347,47 +349,17 @@ def openapi_spec() -> dict[str, object]:
                 "Product": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": [
-                        "id",
-                        "name",
-                        "image_url",
-                        "thumbnail_url",
-                        "url",
-                        "gender",
-                        "master_category",
-                        "sub_category",
-                        "article_type",
-                        "base_colour",
-                        "season",
-                        "year",
-                        "usage",
-                        "active",
-                        "stock",
-                        "view_url",
-                    ],
+                    "required": [*card, "url", "view_url"],
                     "properties": {
-                        "id": {"type": "integer", "description": "The catalog's own product id"},
-                        "name": {"type": "string"},
-                        "score": {
-                            "type": "number",
-                            "description": "Cosine similarity (similar and photo results only)",
-                        },
-                        "image_url": {"type": ["string", "null"]},
-                        "thumbnail_url": {"type": ["string", "null"]},
+                        **card,
                         "url": {"type": "string"},
-                        "gender": {"type": "string"},
-                        "master_category": {"type": "string"},
-                        "sub_category": {"type": "string"},
-                        "article_type": {"type": "string"},
-                        "base_colour": {"type": "string"},
-                        "season": {"type": "string"},
-                        "year": {"type": ["integer", "null"]},
-                        "usage": {"type": "string"},
-                        "active": {"type": "boolean", "description": "On sale; grids show only products on sale"},
-                        "stock": {"type": ["integer", "null"], "description": "Units in stock, where counted"},
                         "view_url": {
                             "type": "string",
                             "description": "The shop's product page, through the gallery (noted as a conversion)",
+                        },
+                        "score": {
+                            "type": "number",
+                            "description": "Cosine similarity (similar and photo results only)",
                         },
                     },
                 },

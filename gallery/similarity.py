@@ -190,12 +190,19 @@ def photo_thumbnail_get(token: str) -> bytes | None:
     return base64.b64decode(stored) if isinstance(stored, str) else None
 
 
-def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) -> PhotoGrid:
+def photo_grid(
+    *,
+    data: bytes,
+    k: int,
+    filters: ProductFilters | None = None,
+    link: Callable[[int, str], str] | None = None,
+) -> PhotoGrid:
     """The ``k`` products that look most like the photo ``data``; it is embedded in memory and dropped.
 
     Side effect: a 64-px thumbnail of it is kept in the cache for an hour under
     a random token, which the page's links carry (the photo itself is never
-    stored). Raises ImageRejected, PhotoSearchBusy or SimilarityUnavailable.
+    stored). ``link(product_id, token)`` gives each item's link. Raises ImageRejected,
+    PhotoSearchBusy or SimilarityUnavailable.
     """
     photo = api.photo_vector(data=data)
     neighbours = api.nearest(vector=photo.vector, k=k, allowed_ids=_allowed(filters))
@@ -207,4 +214,6 @@ def photo_grid(*, data: bytes, k: int, filters: ProductFilters | None = None) ->
     except CACHE_DOWN:
         # Without the cache the results still show; only the trail's thumbnail is missing.
         logger.warning("Cache unavailable: the photo's thumbnail is not kept", exc_info=True)
-    return PhotoGrid(items=_grid(neighbours, filters, lambda pid: None), photo_token=token)
+    return PhotoGrid(
+        items=_grid(neighbours, filters, lambda pid: link(pid, token) if link else None), photo_token=token
+    )

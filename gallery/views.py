@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
@@ -215,14 +216,17 @@ class TooManyPhotoSearches(EngineError):
     status = 429
 
 
-def _photo_search(request: HttpRequest, form: PhotoSearchForm, *, k: int) -> PhotoGrid:
-    """Run a photo search from a valid form; raises EngineError (rate limit, bad image, busy, no index)."""
+def _photo_search(
+    request: HttpRequest, form: PhotoSearchForm, *, k: int, link: Callable[[int, str], str] | None = None
+) -> PhotoGrid:
+    """Run a photo search from a valid form (``link(product_id, photo token)``: each item's link); raises
+    EngineError (rate limit, bad image, busy, no index)."""
     retry_after = rate_limit_hit(scope="photo", request=request, per_minute=settings.PHOTO_SEARCH_RATE_PER_MINUTE)
     if retry_after:
         raise TooManyPhotoSearches(
             f"Too many photo searches; try again in {retry_after} seconds.", retry_after=retry_after
         )
-    grid = photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters)
+    grid = photo_grid(data=form.cleaned_data["image"], k=k, filters=form.filters, link=link)
     grid_served(kind="photo", filtered=bool(form.filters))
     return grid
 
@@ -241,16 +245,18 @@ def search_by_image(request: HttpRequest) -> HttpResponse:
     context: dict[str, object] = {"filter_menus": _filter_menus(selected), "form": form, "photo_search": True}
     if not form.is_valid():
         return _render(request, "gallery/home.html", {**context, "error": form_errors_text(form)}, status=400)
+    filters = form.filters.as_dict()
+
+    def link(product_id: int, token: str) -> str:
+        return similar_url(product_id, Trail().then(product_id), {"q": "", "photo": token, **filters})
+
     try:
-        grid = _photo_search(request, form, k=settings.GRID_SIZE)
+        grid = _photo_search(request, form, k=settings.GRID_SIZE, link=link)
     except EngineError as exc:
         response = _render(request, "gallery/home.html", {**context, "error": str(exc)}, status=exc.status)
         return _retry_after(response, exc)
-    params = {"q": "", "photo": grid.photo_token, **form.filters.as_dict()}
-    items = [
-        GridItem(item.product, item.score, similar_url(item.product.id, Trail().then(item.product.id), params))
-        for item in grid.items
-    ]
+    params = {"q": "", "photo": grid.photo_token, **filters}
+    items = grid.items
     events.event_note(request, "photo", count=len(items))
     events.grid_noted(request, grid="photo", ids=[item.product.id for item in items])
     context |= {"items": _tiles(items, grid="photo"), "params": params, **_photo_context(params)}
@@ -368,34 +374,19 @@ class _JsonUrls:
 
 
 def _product_json(
-    request: HttpRequest, product: Card | Product, score: float | None = None, *, urls: _JsonUrls | None = None
+    request: HttpRequest, product: Card, score: float | None = None, *, urls: _JsonUrls | None = None
 ) -> dict[str, object]:
+    """A card as the API shows it (``Card.as_json``), with its page, its "view product" link and its score."""
     urls = urls or _JsonUrls(request)
-    image_url, thumbnail_url = product.image_url, product.thumbnail_url
-    data: dict[str, object] = {
-        "id": product.id,
-        "name": product.name,
-        "image_url": urls.absolute(image_url) if image_url else None,
-        "thumbnail_url": urls.absolute(thumbnail_url) if thumbnail_url else None,
-        "gender": product.gender,
-        "master_category": product.master_category,
-        "sub_category": product.sub_category,
-        "article_type": product.article_type,
-        "base_colour": product.base_colour,
-        "season": product.season,
-        "year": product.year,
-        "usage": product.usage,
-        "active": product.active,
-        "stock": product.stock,
-        "url": urls.page(product.id),
-        "view_url": urls.absolute(view_path(product.id)),
-    }
+    data = product.as_json(urls.absolute)
+    data["url"] = urls.page(product.id)
+    data["view_url"] = urls.absolute(view_path(product.id))
     if score is not None:
         data["score"] = round(score, 6)
     return data
 
 
-def _results_json(request: HttpRequest, products: list[tuple[Card | Product, float | None]]) -> list[dict[str, object]]:
+def _results_json(request: HttpRequest, products: list[tuple[Card, float | None]]) -> list[dict[str, object]]:
     """The API's ``results``: each (product, score) as ``_product_json``, the URLs' common parts worked out once."""
     urls = _JsonUrls(request)
     return [_product_json(request, product, score, urls=urls) for product, score in products]

@@ -43,14 +43,13 @@ from recommender.selectors import Neighbour
 
 logger = logging.getLogger(__name__)
 
-# Prefix grids remembered in each process (each a tuple of at most a grid's ids: a few MB in all).
-PREFIX_MEMORY = 4096
-# ... and in the shared cache, so a shopper's next click is cheap on whichever web process it lands.
+# Grids remembered in each process (whole grids' ids and scores, and what each earlier page of a trail showed:
+# a few MB in all) ...
+GRID_MEMORY = 4096
+# ... and in the shared cache, so a shopper's next click is cheap on whichever web process it lands. A whole
+# grid is kept GRID_CACHE_TTL_S (0: not at all), an earlier page's grid this long at least.
 PREFIX_CACHE_TTL_S = 3600
-_PREFIX_KEY = "recommender:shown:"
-# Whole grids (ids and scores) remembered in each process, besides the shared cache (GRID_CACHE_TTL_S).
-GRID_MEMORY = 2048
-_GRID_KEY = "recommender:grid:"
+_KEY_PREFIX = "recommender:grid:"
 _CACHE_DOWN = (redis.RedisError, ConnectionInterrupted, OSError)
 
 
@@ -109,26 +108,25 @@ class _Memory:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: str, ids: tuple) -> None:
+    def put(self, key: str, value: tuple) -> tuple:
         with self._lock:
-            self._items[key] = ids
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+        return value
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
 
 
-_shown = _Memory(PREFIX_MEMORY)
-_grids = _Memory(GRID_MEMORY)
+_remembered = _Memory(GRID_MEMORY)
 
 
 def forget() -> None:
     """Drop the grids this process remembers (tests that rebuild a catalog under the same ids)."""
-    _shown.clear()
-    _grids.clear()
+    _remembered.clear()
 
 
 class _Rows:
@@ -294,20 +292,30 @@ def trail_grid(
     loaded = selectors._published(space)
     store = _Vectors(space, loaded)
     served = strategy_served(strategy) if searched else strategy_served(strategy).exploring()
-    # Everything but the steps that decides a grid, and so what each earlier grid showed.
+    # Everything but the steps that decides a grid, and so what each earlier page showed. With the caller's
+    # context it also names the first grid (the search the trail began from, in that catalog's version).
     base = _grid_base(store, strategy=served, allowed=allowed_ids, context=context or "")
+    remembered = _Remembered()
     key = None
     if context is not None and settings.GRID_CACHE_TTL_S:
-        key = hashlib.blake2b(f"{base}|{k}|{','.join(map(str, steps))}".encode(), digest_size=16).hexdigest()
+        key = _key(base, f"grid {k}", steps)
+        # The earlier pages' grids are asked for in the same call: a click the cache cannot answer needs them.
+        earlier = [_key(base, "shown", prefix) for prefix in _prefixes(steps)[:-1]] if _uses_shown(served) else []
         with stage("cache"):
-            found = _grid_lookup(key)
+            remembered.lookup([key, *earlier])
+        found = remembered.found.get(key)
         if found is not None:
-            return found
-    grid = _trail_ranked(steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=served, store=store,
-                         base=base)  # fmt: skip
+            return [Neighbour(product_id=int(pid), score=float(score)) for pid, score in found]
+    grid = _trail_ranked(
+        steps, k=k, allowed_ids=allowed_ids, shown_first=shown_first, strategy=served, store=store,
+        shown_key=lambda prefix, first: _key(base if context is not None else f"{base}|{_digest(first)}", "shown",
+                                             prefix),
+        remembered=remembered,
+    )  # fmt: skip
     if key is not None:
-        with stage("cache"):
-            _grid_store(key, grid)
+        remembered.add(key, tuple((n.product_id, n.score) for n in grid))
+    with stage("cache"):
+        remembered.store()
     return grid
 
 
@@ -329,31 +337,69 @@ def _grid_base(store: _Vectors, *, strategy: Strategy, allowed: np.ndarray | Non
     )
 
 
-def _grid_lookup(key: str) -> list[Neighbour] | None:
-    """The grid kept under ``key`` in this process or the shared cache; None when neither has it."""
-    found = _grids.get(key)
-    cache_lookup(cache="grids-process", hit=found is not None)
-    if found is None:
+def _key(base: str, kind: str, steps: Sequence[StepRef]) -> str:
+    return hashlib.blake2b(f"{base}|{kind}|{','.join(map(str, steps))}".encode(), digest_size=16).hexdigest()
+
+
+def _prefixes(steps: Sequence[StepRef]) -> list[tuple[StepRef, ...]]:
+    """The trail as each page showed it: its own step last, liked (whatever mark it carries now), then the
+    whole trail."""
+    return [(*steps[:end], replace(steps[end], mark=_liked(steps[end].mark))) for end in range(len(steps))]
+
+
+class _Remembered:
+    """The grids one request looks up and remembers: in this process first, then in the shared cache, in one
+    call each way (an outage of the cache costs a request two connection attempts, not one per grid).
+
+    Values are tuples: a whole grid's (product id, score) pairs, an earlier page's product ids.
+    """
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple] = {}
+        self.asked: set[str] = set()
+        self.new: dict[str, tuple] = {}
+
+    def lookup(self, keys: list[str]) -> None:
+        wanted = []
+        for key in keys:
+            if key in self.asked:
+                continue
+            self.asked.add(key)
+            value = _remembered.get(key)
+            cache_lookup(cache="grids-process", hit=value is not None)
+            if value is None:
+                wanted.append(key)
+            else:
+                self.found[key] = value
+        if not wanted:
+            return
         try:
-            shared = cache.get(_GRID_KEY + key)
+            shared = cache.get_many([_KEY_PREFIX + key for key in wanted])
         except _CACHE_DOWN:
-            logger.warning("Cache unavailable: the grid is ranked", exc_info=True)
-            return None
-        cache_lookup(cache="grids-shared", hit=isinstance(shared, list))
-        if not isinstance(shared, list):
-            return None
-        found = tuple((int(pid), float(score)) for pid, score in shared)
-        _grids.put(key, found)
-    return [Neighbour(product_id=pid, score=score) for pid, score in found]
+            logger.warning("Cache unavailable: grids are ranked again", exc_info=True)
+            return
+        for key in wanted:
+            value = shared.get(_KEY_PREFIX + key)
+            cache_lookup(cache="grids-shared", hit=isinstance(value, list))
+            if isinstance(value, list):
+                self.found[key] = _remembered.put(key, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+
+    def add(self, key: str, value: tuple) -> None:
+        self.found[key] = self.new[key] = value
+
+    def store(self) -> None:
+        for key, value in self.new.items():
+            _remembered.put(key, value)
+        if not self.new:
+            return
+        try:
+            cache.set_many({_KEY_PREFIX + key: list(value) for key, value in self.new.items()}, _shared_ttl())
+        except _CACHE_DOWN:
+            logger.warning("Cache unavailable: grids are remembered in this process only", exc_info=True)
 
 
-def _grid_store(key: str, grid: list[Neighbour]) -> None:
-    kept = tuple((n.product_id, n.score) for n in grid)
-    _grids.put(key, kept)
-    try:
-        cache.set(_GRID_KEY + key, [list(pair) for pair in kept], settings.GRID_CACHE_TTL_S)
-    except _CACHE_DOWN:
-        logger.warning("Cache unavailable: the grid is kept in this process only", exc_info=True)
+def _shared_ttl() -> int:  # noqa: N802 - a setting read when used (tests change it)
+    return settings.GRID_CACHE_TTL_S or PREFIX_CACHE_TTL_S
 
 
 def _trail_ranked(
@@ -364,9 +410,13 @@ def _trail_ranked(
     shown_first: Callable[[], Sequence[int]] | None,
     strategy: Strategy,
     store: _Vectors,
-    base: str,
+    shown_key: Callable[[tuple[StepRef, ...], Sequence[int]], str],
+    remembered: _Remembered,
 ) -> list[Neighbour]:
-    """``trail_grid``'s ranking, without the whole-grid cache; ``base`` keys the earlier grids it remembers."""
+    """``trail_grid``'s ranking: the earlier pages' grids (remembered, else ranked and remembered), then its own.
+
+    ``shown_key(prefix, first grid)`` keys what the page of ``prefix`` showed.
+    """
     store.fetch([step.product_id for step in steps], fresh=True)
     usable = [step for step in steps if step.product_id in store.vectors]
     if not any(step.mark != DISLIKED for step in usable):
@@ -376,30 +426,22 @@ def _trail_ranked(
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
     first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
-    # The page after each earlier click showed a grid of GRID_SIZE, its own step then the anchor (whatever
-    # mark the step carries now): that prefix, ranked the same way, is what the shopper saw there.
-    prefixes = [(*usable[:end], replace(usable[end], mark=_liked(usable[end].mark))) for end in range(len(usable))]
-    # What a prefix showed depends on all that decides a grid (``base``: a new build or upload ranks the trail
-    # afresh) and on the first grid.
-    shown_k = settings.GRID_SIZE
-    context = f"{base}|{_digest(first)}"
-    keys = [
-        hashlib.blake2b(f"{context}|{','.join(map(str, prefix))}".encode(), digest_size=16).hexdigest()
-        for prefix in prefixes
-    ]
-    found, shared = _prefix_lookup(keys[:-1])
+    # The page after each earlier click showed a grid of GRID_SIZE: that prefix, ranked the same way, is what
+    # the shopper saw there.
+    prefixes = _prefixes(usable)
+    keys = [shown_key(prefix, first) for prefix in prefixes]
+    remembered.lookup(keys[:-1])
     shown: list[tuple[int, ...]] = []
-    ranked: dict[str, tuple[int, ...]] = {}
     for prefix, key in zip(prefixes[:-1], keys[:-1], strict=True):
-        if key not in found:
-            grid = _rank(prefix, shown, first, store=store, k=shown_k, allowed=allowed_ids, strategy=strategy)
-            found[key] = ranked[key] = tuple(n.product_id for n in grid)
-        shown.append(found[key])
+        if key not in remembered.found:
+            grid = _rank(prefix, shown, first, store=store, k=settings.GRID_SIZE, allowed=allowed_ids,
+                         strategy=strategy)  # fmt: skip
+            remembered.add(key, tuple(n.product_id for n in grid))
+        shown.append(remembered.found[key])
     grid = _rank(usable, shown, first, store=store, k=k, allowed=allowed_ids, strategy=strategy)
-    if k == shown_k and prefixes[-1] == tuple(usable):
+    if k == settings.GRID_SIZE and prefixes[-1] == tuple(usable):
         # This page's grid is the next click's earlier grid: remembered now, that click ranks only its own.
-        ranked[keys[-1]] = tuple(n.product_id for n in grid)
-    _prefix_store(ranked, shared=shared)
+        remembered.add(keys[-1], tuple(n.product_id for n in grid))
     return grid
 
 
@@ -412,40 +454,6 @@ def _strategy_key(strategy: Strategy) -> str:
 
 def _liked(mark: str) -> str:
     return "" if mark == DISLIKED else mark
-
-
-def _prefix_lookup(keys: list[str]) -> tuple[dict[str, tuple[int, ...]], bool]:
-    """The prefix grids remembered under ``keys``, and whether the shared cache answered (or was not needed)."""
-    found = {key: ids for key in keys if (ids := _shown.get(key)) is not None}
-    wanted = [key for key in keys if key not in found]
-    for key in keys:
-        cache_lookup(cache="trail-grids-process", hit=key in found)
-    if not wanted:
-        return found, True
-    try:
-        shared = cache.get_many([_PREFIX_KEY + key for key in wanted])
-    except _CACHE_DOWN:
-        logger.warning("Cache unavailable: a trail's earlier grids are ranked again", exc_info=True)
-        return found, False
-    for key in wanted:
-        ids = shared.get(_PREFIX_KEY + key)
-        cache_lookup(cache="trail-grids-shared", hit=isinstance(ids, list))
-        if isinstance(ids, list):
-            found[key] = tuple(int(i) for i in ids)
-            _shown.put(key, found[key])
-    return found, True
-
-
-def _prefix_store(grids: dict[str, tuple[int, ...]], *, shared: bool) -> None:
-    """Remember new prefix grids here and, in one call, in the shared cache (not tried again once it failed)."""
-    for key, grid in grids.items():
-        _shown.put(key, grid)
-    if not grids or not shared:
-        return
-    try:
-        cache.set_many({_PREFIX_KEY + key: list(grid) for key, grid in grids.items()}, PREFIX_CACHE_TTL_S)
-    except _CACHE_DOWN:
-        logger.warning("Cache unavailable: a trail's earlier grids are remembered in this process only", exc_info=True)
 
 
 def _rank(
