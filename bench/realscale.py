@@ -4,9 +4,10 @@
 ``bench/run.py --only realscale`` (the same, inside the benchmark runner; not part of a default run).
 
 * The catalog: the real ``styles.csv`` (``../shared/data/styles.csv`` beside the repository, 44,446 rows;
-  ``--quick``: its first 2,000 rows) with one image drawn per row by the demo generator's drawing
-  (``lab.demo``): the row's article type picks the drawn shape (types the generator has no drawing for
-  borrow the nearest one, see ``DRAWN_AS``), its colour the paint, a pattern word in its name the pattern.
+  ``--quick``: its first 2,000 rows) with one image drawn per row by the lab's real-row drawer
+  (``lab.shopper.real_row_image``): the row's article type picks the demo's drawn shape (types the demo has
+  no drawing for borrow the nearest one, see ``lab.shopper.drawn_as``, with their own proportions), its
+  colour the paint, a pattern word in its name the pattern.
   It is imported with ``manage.py import_catalog``, embedded with ``manage.py embed_catalog`` (the served
   encoder, EfficientNet-Lite0, with the product's defaults), and indexed with ``manage.py build_index``
   once the newest vector is older than the build watermark's margin, so the index holds every vector, as
@@ -71,7 +72,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -98,134 +98,22 @@ REDIS_URL = "redis://127.0.0.1:6379/6"
 POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/bench_realscale"
 ENCODER = "efficientnet-lite0"
 # Bump when the drawing or the preparation changes what ends up in the cache.
-RECIPE = "realscale-1"
+RECIPE = "realscale-2"
 QUICK_ROWS = 2000
 DRAW_SEED = 7
 BIN = Path(sys.executable).parent
 PHOTO_QUEUE = 8
 GRID = 25
 
-# --- Drawing an image per row of the real catalog -------------------------------------------------------------
-
-# Article types lab.demo has no drawing for, drawn as the nearest shape it has; then by sub-category, then by
-# master category.
-# fmt: off
-DRAWN_AS = {
-    "Kurtas": "Shirts", "Kurtis": "Tops", "Tunics": "Tops", "Camisoles": "Tops", "Bra": "Tops",
-    "Sweaters": "Sweatshirts", "Blazers": "Jackets", "Waistcoat": "Jackets", "Rain Jacket": "Jackets",
-    "Nehru Jackets": "Jackets", "Shrug": "Jackets", "Innerwear Vests": "Tshirts", "Lounge Tshirts": "Tshirts",
-    "Night suits": "Tshirts", "Briefs": "Shorts", "Boxers": "Shorts", "Trunk": "Shorts", "Lounge Shorts": "Shorts",
-    "Track Pants": "Trousers", "Lounge Pants": "Trousers", "Leggings": "Trousers", "Capris": "Trousers",
-    "Jeggings": "Jeans", "Sarees": "Dresses", "Nightdress": "Dresses", "Jumpsuit": "Dresses", "Flats": "Sandals",
-    "Sports Sandals": "Sandals", "Booties": "Casual Shoes", "Wallets": "Handbags", "Clutches": "Handbags",
-    "Laptop Bag": "Backpacks", "Duffel Bag": "Backpacks", "Trolley Bag": "Backpacks", "Rucksacks": "Backpacks",
-    "Messenger Bag": "Backpacks", "Ties": "Belts", "Hat": "Caps", "Headband": "Caps",
-}
-DRAWN_AS_SUB = {
-    "Topwear": "Tshirts", "Bottomwear": "Trousers", "Dress": "Dresses", "Saree": "Dresses",
-    "Apparel Set": "Tshirts", "Innerwear": "Shorts", "Loungewear and Nightwear": "Dresses", "Socks": "Flip Flops",
-    "Shoes": "Casual Shoes", "Sandal": "Sandals", "Flip Flops": "Flip Flops", "Bags": "Handbags",
-    "Wallets": "Handbags", "Watches": "Watches", "Jewellery": "Watches", "Belts": "Belts", "Headwear": "Caps",
-    "Eyewear": "Sunglasses",
-}
-DRAWN_AS_MASTER = {"Apparel": "Tshirts", "Footwear": "Casual Shoes", "Personal Care": "Backpacks"}
-DRAWN_DEFAULT = "Handbags"
-# Colours of the real catalog that lab.demo's palette lacks, painted as the nearest one it has.
-PAINTED_AS = {
-    "Silver": "Grey", "Steel": "Grey", "Grey Melange": "Grey", "Charcoal": "Black", "Metallic": "Grey",
-    "Taupe": "Grey", "Gold": "Yellow", "Mustard": "Yellow", "Cream": "Beige", "Off White": "White",
-    "Khaki": "Beige", "Skin": "Beige", "Nude": "Beige", "Tan": "Brown", "Coffee Brown": "Brown",
-    "Mushroom Brown": "Brown", "Copper": "Brown", "Bronze": "Brown", "Rust": "Orange", "Peach": "Pink",
-    "Rose": "Pink", "Magenta": "Pink", "Lavender": "Purple", "Mauve": "Purple", "Burgundy": "Maroon",
-    "Sea Green": "Green", "Lime Green": "Green", "Fluorescent Green": "Green", "Turquoise Blue": "Teal",
-    "Multi": "Red",
-}
-# fmt: on
-PATTERN_NAMES = (("strip", "Striped"), ("check", "Checked"), ("polka", "Polka Dot"), ("print", "Printed"))
-
-
-def _split_line(line: str) -> list[str]:
-    """The ten fields of a styles.csv line: the first nine commas separate them, the rest belong to the name."""
-    return line.rstrip("\r\n").split(",", 9)
-
-
-def _drawn_article(fields: list[str]):  # noqa: ANN202
-    from lab.demo import ARTICLES
-
-    by_name = {a.name: a for a in ARTICLES}
-    master, sub, kind = (fields[2], fields[3], fields[4]) if len(fields) > 4 else ("", "", "")
-    name = (
-        kind
-        if kind in by_name
-        else DRAWN_AS.get(kind) or DRAWN_AS_SUB.get(sub) or DRAWN_AS_MASTER.get(master) or DRAWN_DEFAULT
-    )
-    return by_name[name]
-
-
-def _paint(colour: str, rng: random.Random) -> str:
-    from lab.demo import PALETTE
-
-    if colour in PALETTE:
-        return colour
-    return PAINTED_AS.get(colour) or rng.choice(sorted(PALETTE))
-
-
-_noise = None
-
-
-def _draw_init() -> None:
-    global _noise  # one film-grain image per drawing process, as demo_catalog_write makes it
-    import numpy as np
-    from PIL import Image
-
-    grain = np.random.default_rng(DRAW_SEED).normal(128.0, 2.0, (800, 640, 3))
-    _noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-
-
-def _draw_rows(job: tuple[Path, list[str]]) -> int:
-    """Draw and save the image of each styles.csv line in ``job``; returns how many were drawn."""
-    # lab.demo's own renderer, the one demo_catalog_write calls for each of its rows.
-    from lab.demo import _render
-
-    images, lines = job
-    for line in lines:
-        fields = _split_line(line)
-        product_id = fields[0].strip()
-        if not product_id.isdigit():
-            continue
-        rng = random.Random(f"{DRAW_SEED}:{product_id}")
-        article = _drawn_article(fields)
-        colour = _paint(fields[5].strip() if len(fields) > 5 else "", rng)
-        name = fields[9].lower() if len(fields) > 9 else ""
-        pattern = next((kind for word, kind in PATTERN_NAMES if word in name), "Solid")
-        image, _ = _render(article, colour, pattern, rng, _noise)
-        image.save(images / f"{product_id}.jpg", format="JPEG", quality=90)
-    return len(lines)
-
 
 def catalog_draw(*, styles: Path, rows: int | None, out: Path, log: Callable[[str], None]) -> int:
     """``out/styles.csv`` (the first ``rows`` data lines of ``styles``, unchanged) and one image per row.
 
-    Returns the number of data lines. Draws in two processes; the lines are copied byte for byte, so the
-    catalog keeps the real file's faults (unquoted commas, empty names) for import_catalog to meet.
+    The lab's real-row drawer (``lab.shopper.real_catalog_draw``); returns the number of data lines.
     """
-    text = styles.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    header, body = lines[0], [line for line in lines[1:] if line.strip()]
-    body = body[:rows] if rows else body
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    chunk = 500
-    jobs = [(images, body[i : i + chunk]) for i in range(0, len(body), chunk)]
-    done = 0
-    with get_context("fork").Pool(2, initializer=_draw_init) as pool:
-        for n in pool.imap_unordered(_draw_rows, jobs):
-            done += n
-            if done % 5000 < chunk:
-                log(f"  drawn {done}/{len(body)} images ({time.perf_counter() - started:.0f}s)")
-    (out / "styles.csv").write_text(header + "".join(body), encoding="utf-8")
-    return len(body)
+    from lab.shopper import real_catalog_draw
+
+    return real_catalog_draw(styles=styles, out_dir=out, rows=rows, seed=DRAW_SEED, log=log)
 
 
 # --- Prepared state, cached outside the repository ------------------------------------------------------------

@@ -22,12 +22,13 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from gallery.catalog import styles_read
+from gallery.catalog import CatalogRow, styles_read
 from lab import demo
 from recommender import colour, feedback
 from recommender.preprocess import ImageRejected, image_prepare
@@ -160,7 +161,7 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     by_name = {a.name: a for a in demo.ARTICLES}
     if article_type in by_name:
         return by_name[article_type]
-    base = by_name[_BY_TYPE.get(article_type) or _BY_SUB.get(sub) or _BY_MASTER.get(master) or _FALLBACK]
+    base = by_name[drawn_as(article_type, sub, master)]
     # Proportions from the type's name: stable across runs, different for types sharing a drawer.
     stretch = 0.7 + 0.6 * _unit_hash("aspect", article_type)
     size = 0.75 + 0.25 * _unit_hash("size", article_type)
@@ -219,48 +220,106 @@ def product_draw(
     """One product photo as the demo catalog draws it: ``article_type`` (a demo or real type), a colour name
     of REAL_COLOURS, a pattern (Solid, Striped, Checked, Polka Dot, Printed). Deterministic for a seed."""
     article = _real_article(article_type, sub, master)
+    return _render(article, REAL_COLOURS[colour_name], pattern, random.Random(seed), _film_grain(seed))
+
+
+def _film_grain(seed: int) -> Image.Image:
     grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-    return _render(article, REAL_COLOURS[colour_name], pattern, random.Random(seed), noise)
+    return Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+
+
+def drawn_as(article_type: str, sub: str = "", master: str = "") -> str:
+    """The demo drawer (a demo article type) that draws a real ``article_type``."""
+    names = {a.name for a in demo.ARTICLES}
+    if article_type in names:
+        return article_type
+    return _BY_TYPE.get(article_type) or _BY_SUB.get(sub) or _BY_MASTER.get(master) or _FALLBACK
+
+
+def real_row_label(row: CatalogRow) -> dict[str, object]:
+    """The labels of one real row that the harnesses read (``rows.json``), the pattern as it is drawn."""
+    f = row.fields
+    name = str(f["name"] or "")
+    return {
+        "id": row.id,
+        "gender": f["gender"],
+        "masterCategory": f["master_category"],
+        "subCategory": f["sub_category"],
+        "articleType": f["article_type"],
+        "baseColour": f["base_colour"],
+        "pattern": "Printed" if f["base_colour"] == "Multi" else pattern_from_name(name),
+        "productDisplayName": name,
+    }
+
+
+def real_row_image(row: CatalogRow, *, seed: int, noise: Image.Image | None = None) -> Image.Image:
+    """One real styles.csv row drawn as the demo draws: its articleType mapped to a demo drawer (with the
+    type's own proportions), its baseColour as sRGB, the pattern its name states. Deterministic for a seed."""
+    f, label = row.fields, real_row_label(row)
+    article = _real_article(str(f["article_type"]), str(f["sub_category"]), str(f["master_category"]))
+    rgb = REAL_COLOURS.get(str(f["base_colour"]), REAL_COLOURS["NA"])
+    noise = noise if noise is not None else _film_grain(seed)
+    return _render(article, rgb, str(label["pattern"]), random.Random(f"{seed}:{row.id}"), noise)
+
+
+def _rows_save(job: tuple[Path, list[CatalogRow], int]) -> int:
+    images, rows, seed = job
+    noise = _film_grain(seed)
+    for row in rows:
+        real_row_image(row, seed=seed, noise=noise).save(images / f"{row.id}.jpg", format="JPEG", quality=90)
+    return len(rows)
+
+
+def real_rows_images(
+    rows: Sequence[CatalogRow], *, images: Path, seed: int, processes: int = 1, log: Callable[[str], None] | None = None
+) -> None:
+    """Save ``images/<id>.jpg`` for each row (see real_row_image), in ``processes`` processes, 500 rows a job."""
+    images.mkdir(parents=True, exist_ok=True)
+    jobs = [(images, list(rows[i : i + 500]), seed) for i in range(0, len(rows), 500)]
+    if processes <= 1:
+        for job in jobs:
+            _rows_save(job)
+        return
+    with get_context("fork").Pool(processes) as pool:
+        done = 0
+        for n in pool.imap_unordered(_rows_save, jobs):
+            done += n
+            if log and done % 5000 < 500:
+                log(f"  drawn {done}/{len(rows)} images")
 
 
 def real_rows_draw(*, styles: Path, out_dir: Path, count: int, seed: int) -> Path:
     """Draw ``count`` rows sampled (seeded) from a real ``styles.csv`` into ``out_dir``; returns ``out_dir``.
 
-    Writes ``out_dir/rows.json`` (the sampled rows' labels) and ``out_dir/images/<id>.jpg``: each
-    row's articleType mapped to a demo drawer, its baseColour to sRGB, the pattern its name states. Rows that
-    cannot be parsed are left out. Deterministic for a seed; overwrites files of the same names only.
+    Writes ``out_dir/rows.json`` (the sampled rows' labels, see real_row_label) and ``out_dir/images/<id>.jpg``
+    (see real_row_image). Rows that cannot be parsed are left out. Deterministic for a seed; overwrites files
+    of the same names only.
     """
-    rows = [row for row in styles_read(Path(styles)) if hasattr(row, "fields")]
-    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))
-    images = Path(out_dir) / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-    lines = []
-    for position in chosen:
-        row = rows[position]
-        f = row.fields
-        article = _real_article(str(f["article_type"]), str(f["sub_category"]), str(f["master_category"]))
-        name = str(f["name"] or "")
-        pattern = "Printed" if f["base_colour"] == "Multi" else pattern_from_name(name)
-        rgb = REAL_COLOURS.get(str(f["base_colour"]), REAL_COLOURS["NA"])
-        image = _render(article, rgb, pattern, random.Random(f"{seed}:{row.id}"), noise)
-        image.save(images / f"{row.id}.jpg", format="JPEG", quality=90)
-        lines.append(
-            {
-                "id": row.id,
-                "gender": f["gender"],
-                "masterCategory": f["master_category"],
-                "subCategory": f["sub_category"],
-                "articleType": f["article_type"],
-                "baseColour": f["base_colour"],
-                "pattern": pattern,
-                "productDisplayName": name,
-            }
-        )
-    (Path(out_dir) / "rows.json").write_text(json.dumps(lines), encoding="utf-8")
+    rows = [row for row in styles_read(Path(styles)) if isinstance(row, CatalogRow)]
+    chosen = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))]
+    real_rows_images(chosen, images=Path(out_dir) / "images", seed=seed)
+    (Path(out_dir) / "rows.json").write_text(json.dumps([real_row_label(row) for row in chosen]), encoding="utf-8")
     return Path(out_dir)
+
+
+def real_catalog_draw(
+    *, styles: Path, out_dir: Path, rows: int | None, seed: int, log: Callable[[str], None] | None = None
+) -> int:
+    """``out_dir/styles.csv``, the first ``rows`` data lines of ``styles`` (all when None) copied byte for byte,
+    and an image of each row that parses, drawn in two processes (see real_row_image); returns the lines.
+
+    The lines are copied unchanged, so the catalog keeps the real file's faults (unquoted commas, empty
+    names) for an import to meet.
+    """
+    lines = Path(styles).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, body = lines[0], [line for line in lines[1:] if line.strip()]
+    body = body[:rows] if rows else body
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "styles.csv").write_text(header + "".join(body), encoding="utf-8")
+    parsed = [row for row in styles_read(out_dir / "styles.csv") if isinstance(row, CatalogRow)]
+    real_rows_images(parsed, images=out_dir / "images", seed=seed, processes=2, log=log)
+    return len(body)
 
 
 # --- Labelled catalogs with vectors ------------------------------------------------------------------------------
