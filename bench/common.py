@@ -9,10 +9,12 @@ directory and Redis database 12, never a developer's ``var/``.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,33 +44,50 @@ SERVED_TREES = 40  # INDEX_N_TREES default
 # --- Environment --------------------------------------------------------------------------------------------
 
 
-def environment_prepare(tmp: Path) -> dict[str, str]:
-    """Point this process (and every child it starts) at throwaway state under ``tmp``; call before django.setup().
+# Variables that would change the product's defaults: a benchmark measures the defaults unless it sets one.
+PRODUCT_DEFAULTS = (
+    "SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K", "EMBEDDING_HEAD",
+)  # fmt: skip
 
-    Overrides, never inherits, the variables that select data: a developer's DATABASE_URL or MEDIA_ROOT
-    in the shell cannot leak into a benchmark.
-    """
+
+def bench_env(*, var: Path, database_url: str, redis_url: str = BENCH_REDIS_URL, prefix: str = "gallery-bench",
+              media: Path | None = None, index: Path | None = None, **extra: str) -> dict[str, str]:  # fmt: skip
+    """The environment of a process running the product on throwaway state: this process's, less
+    PRODUCT_DEFAULTS, with every variable that selects data overridden (never inherited: a developer's
+    DATABASE_URL or MEDIA_ROOT in the shell cannot leak into a benchmark), media and index under ``var``
+    unless given, and ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name not in PRODUCT_DEFAULTS}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "GALLERY_ENV": "local",
+            "ENCODER": ENCODER_NAME,
+            "REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": prefix,
+            "GALLERY_VAR_DIR": str(var),
+            "DATABASE_URL": database_url,
+            "MEDIA_ROOT": str(media or var / "media"),
+            "INDEX_DIR": str(index or var / "index"),
+            "STATIC_ROOT": str(var / "staticfiles"),
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+def environment_prepare(tmp: Path) -> dict[str, str]:
+    """Point this process (and every child it starts) at throwaway state under ``tmp`` (see bench_env): a
+    SQLite file, media and index directories and Redis database 12; call before django.setup()."""
     var = tmp / "var"
     var.mkdir(parents=True, exist_ok=True)
-    values = {
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "GALLERY_ENV": "local",
-        "ENCODER": ENCODER_NAME,
-        "REDIS_URL": BENCH_REDIS_URL,
-        "CACHE_KEY_PREFIX": "gallery-bench",
-        "GALLERY_VAR_DIR": str(var),
-        "DATABASE_URL": f"sqlite:///{var / 'bench.sqlite3'}",
-        "MEDIA_ROOT": str(var / "media"),
-        "INDEX_DIR": str(var / "index"),
-        "STATIC_ROOT": str(var / "staticfiles"),
-        "LOG_LEVEL": "WARNING",
-        "DEBUG": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(values)
-    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K"):
-        os.environ.pop(name, None)  # the product's defaults, unless a section sets them explicitly
-    return values
+    env = bench_env(var=var, database_url=f"sqlite:///{var / 'bench.sqlite3'}")
+    for name in PRODUCT_DEFAULTS:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    return env
 
 
 def django_setup() -> None:
@@ -87,11 +106,11 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def redis_flush() -> None:
-    """Empty the benchmark's Redis database (12) and nothing else."""
+def redis_flush(url: str = BENCH_REDIS_URL) -> None:
+    """Empty one Redis database (the benchmark's, 12, unless told) and nothing else."""
     import redis
 
-    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+    redis.Redis.from_url(url).flushdb()
 
 
 def catalog_reset() -> None:
@@ -500,6 +519,95 @@ class Service:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._fh.close()
+
+
+def web_command(port: int, **options: str | None) -> list[str]:
+    """The Procfile's ``web`` command (gunicorn), bound to 127.0.0.1:``port`` instead of every interface.
+
+    ``options`` replace its flags by name (``workers="2"`` for ``--workers 2``); None drops a flag (and its
+    value): ``access_logfile=None`` serves without the access log.
+    """
+    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
+    words = shlex.split(line.partition(":")[2].replace("${PORT:-8000}", str(port)))
+    words[0] = str(Path(PYTHON).parent / words[0])
+    flags = {"--" + name.replace("_", "-"): value for name, value in options.items()}
+    out, i = words[:2], 2
+    while i < len(words):
+        flag, value = words[i], words[i + 1]
+        i += 2
+        flag = "--bind" if flag == "-b" else flag
+        if flag == "--bind":
+            value = f"127.0.0.1:{port}"
+        value = flags.pop(flag, value)
+        if value is not None:
+            out += [flag, value]
+    for flag, value in flags.items():
+        if value is not None:
+            out += [flag, value]
+    return out
+
+
+def web_start(*, log: Path, env: dict[str, str], name: str = "gunicorn", timeout: float = 120,
+              **options: str | None) -> tuple[Service, int]:  # fmt: skip
+    """Start :func:`web_command` on a free port and wait until /healthz answers 200: (the server, its port)."""
+    port = free_port()
+    server = Service(name, web_command(port, **options), log=log, env=env)
+    wait_until(lambda: http_status(port, "/healthz") == 200 or not server.alive(), timeout=timeout, what=name)
+    if not server.alive():
+        raise RuntimeError(f"{name} exited: {server.log_tail()}")
+    return server, port
+
+
+def worker_start(*, log: Path, env: dict[str, str], hostname: str, loglevel: str = "INFO",
+                 beat_schedule: Path | None = None) -> Service:  # fmt: skip
+    """One Celery worker (prefork, concurrency 1, as the tests start it; with beat when ``beat_schedule``)."""
+    command = [PYTHON, "-m", "celery", "-A", "config", "worker", "--pool", "prefork", "--concurrency", "1",
+               "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]  # fmt: skip
+    if beat_schedule is not None:
+        command += ["--beat", "--schedule", str(beat_schedule)]
+    return Service(f"celery worker ({hostname})", command, log=log, env=env)
+
+
+# --- The HTTP client ------------------------------------------------------------------------------------------
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``, reopened when the server closes it."""
+
+    def __init__(self, port: int, *, timeout: float = 120) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.reconnects = 0
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def send(self, method: str, path: str, body: bytes | None = None,
+             headers: Iterable[tuple[str, str]] = ()) -> tuple[int, float, bytes]:  # fmt: skip
+        """(status, wall ms, body); status 0 when the request failed twice."""
+        for attempt in (0, 1):
+            started = time.perf_counter()
+            try:
+                self._connection.request(method, path, body=body, headers={"Host": "127.0.0.1", **dict(headers)})
+                response = self._connection.getresponse()
+                data = response.read()
+                return response.status, (time.perf_counter() - started) * 1e3, data
+            except (OSError, http.client.HTTPException):
+                self._connection.close()
+                self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                self.reconnects += attempt == 0
+        return 0, (time.perf_counter() - started) * 1e3, b""
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def http_status(port: int, path: str, *, method: str = "GET", body: bytes | None = None,
+                headers: Iterable[tuple[str, str]] = (), timeout: float = 60) -> int:  # fmt: skip
+    """The status of one request on a connection of its own; 0 when there was no answer."""
+    client = HttpClient(port, timeout=timeout)
+    try:
+        return client.send(method, path, body, headers)[0]
+    finally:
+        client.close()
 
 
 # --- Synthetic vectors ----------------------------------------------------------------------------------------

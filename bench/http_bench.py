@@ -1,7 +1,7 @@
 """Section ``http``: latency over HTTP, end to end, of what shoppers do, against a trivial view on the same server.
 
-Starts ``gunicorn config.wsgi --workers 2 --threads 4`` (as ``manage.py serve`` and the Procfile do, with
-the product's default settings except PHOTO_SEARCH_RATE_PER_MINUTE=0 and PHOTO_SEARCH_QUEUE=8, so photo
+Starts gunicorn as the Procfile's ``web`` line runs it, with 2 workers x 4 threads and no access log (the
+product's default settings except PHOTO_SEARCH_RATE_PER_MINUTE=0 and PHOTO_SEARCH_QUEUE=8, so photo
 searches are neither rate limited nor shed: their latency is measured) on the throwaway database
 holding the demo catalog, imported, embedded and indexed by product code. Locust (headless,
 ``bench/locustfile.py``) drives it with users that never wait, one request kind per run, each at 1 user
@@ -18,8 +18,6 @@ import json
 import random
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,14 +25,13 @@ from bench.common import (
     ROOT,
     BenchContext,
     SectionResult,
-    Service,
     Summary,
     Table,
     Target,
     child_env,
-    free_port,
+    http_status,
     multipart,
-    wait_until,
+    web_start,
 )
 
 BIN = Path(sys.executable).parent
@@ -44,21 +41,9 @@ PHOTO_QUEUE = 8
 SCENARIOS = ("trivial", "status", "search", "click", "trail", "photo")
 
 
-def _get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
-    request = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 (loopback)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
-def _photo_request(base: str, photo: Path) -> int:
+def _photo_request(port: int, photo: Path) -> int:
     body, content_type = multipart("image", "photo.jpg", photo.read_bytes())
-    return _get(f"{base}/api/search-by-image", data=body, headers={"Content-Type": content_type})
+    return http_status(port, "/api/search-by-image", method="POST", body=body, headers=[("Content-Type", content_type)])
 
 
 def _shop_data(ids: list[int], photos: list[Path], trivial_path: str) -> dict:
@@ -144,20 +129,17 @@ def run(ctx: BenchContext) -> SectionResult:
         Path(default_storage.path(name))
         for name in Product.objects.filter(id__in=ids[:12]).values_list("image", flat=True)
     ]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = Service(
-        "gunicorn",
-        [str(BIN / "gunicorn"), "config.wsgi", "--workers", "2", "--threads", "4", "-b", f"127.0.0.1:{port}"],
+    # The Procfile's web command with 2 workers and no access log.
+    server, port = web_start(
         log=ctx.tmp / "gunicorn.log",
         env=child_env(PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE)),
+        workers="2",
+        access_logfile=None,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{base}/api/status") == 200 or not server.alive(), timeout=90, what="gunicorn")
-        if not server.alive():
-            raise RuntimeError(f"gunicorn exited: {server.log_tail()}")
-        trivial_path = "/healthz" if _get(f"{base}/healthz") == 200 else "/api/status"
-        photo_status = _photo_request(base, photos[0])
+        trivial_path = "/healthz" if http_status(port, "/healthz") == 200 else "/api/status"
+        photo_status = _photo_request(port, photos[0])
         skip = {"photo"} if photo_status != 200 else set()
         if trivial_path == "/api/status":
             skip.add("status")
@@ -166,9 +148,9 @@ def run(ctx: BenchContext) -> SectionResult:
         data_path.write_text(json.dumps(_shop_data(ids, photos, trivial_path)))
         # Warm both workers: the index is loaded (and the encoder, for photos) on first use.
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: _get(f"{base}/api/similar/{ids[i % len(ids)]}"), range(16)))
+            list(pool.map(lambda i: http_status(port, f"/api/similar/{ids[i % len(ids)]}"), range(16)))
             if "photo" in scenarios:
-                list(pool.map(lambda i: _photo_request(base, photos[i % len(photos)]), range(8)))
+                list(pool.map(lambda i: _photo_request(port, photos[i % len(photos)]), range(8)))
         stats = {
             (users, scenario): _stats(
                 _locust(ctx, base, data_path, scenario, users=users, seconds=seconds), seconds

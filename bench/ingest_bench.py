@@ -26,11 +26,11 @@ from bench.common import (
     ROOT,
     BenchContext,
     SectionResult,
-    Service,
     Summary,
     Table,
     catalog_replicate,
     child_env,
+    worker_start,
 )
 
 POLL_S = 0.01
@@ -144,29 +144,7 @@ def _findable(ctx: BenchContext, uploads: int) -> tuple[Table, dict]:
         anchor: _variant_of(Path(default_storage.path(name)))
         for anchor, name in Product.objects.filter(id__in=anchors).values_list("id", "image")
     }
-    worker = Service(
-        "celery worker",
-        [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "--hostname",
-            "bench@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        log=ctx.tmp / "worker.log",
-        env=child_env(LOG_LEVEL="INFO"),
-    )
+    worker = worker_start(log=ctx.tmp / "worker.log", env=child_env(LOG_LEVEL="INFO"), hostname="bench@%h")
     try:
         worker.wait_log("ready.", timeout=120)
         runs = []

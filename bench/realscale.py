@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import http.client
 import importlib.metadata
 import json
 import os
@@ -71,7 +70,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -82,14 +81,18 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     PYTHON,
     RESULTS_DIR,
+    HttpClient,
     SectionResult,
-    Service,
     Summary,
     Table,
     Target,
-    free_port,
+    bench_env,
     multipart,
+    redis_flush,
     wait_until,
+    web_command,
+    web_start,
+    worker_start,
 )
 
 STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
@@ -101,7 +104,6 @@ ENCODER = "efficientnet-lite0"
 RECIPE = "realscale-2"
 QUICK_ROWS = 2000
 DRAW_SEED = 7
-BIN = Path(sys.executable).parent
 PHOTO_QUEUE = 8
 GRID = 25
 
@@ -181,36 +183,15 @@ class Prepared:
 
     def env(self, database: str, **extra: str) -> dict[str, str]:
         """The environment of every command and server of this catalog on ``database`` (sqlite or postgres)."""
-        var = self.db / "var"
-        env = os.environ.copy()
-        for name in (
-            "SECRET_KEY",
-            "ENCODER_BF16",
-            "ENCODER_THREADS",
-            "INDEX_N_TREES",
-            "INDEX_SEARCH_K",
-            "EMBEDDING_HEAD",
-        ):
-            env.pop(name, None)
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "config.settings",
-                "GALLERY_ENV": "local",
-                "ENCODER": ENCODER,
-                "REDIS_URL": REDIS_URL,
-                "CACHE_KEY_PREFIX": f"gallery-realscale-{database}",
-                "GALLERY_VAR_DIR": str(var),
-                "DATABASE_URL": f"sqlite:///{self.sqlite_file}" if database == "sqlite" else POSTGRES_URL,
-                "MEDIA_ROOT": str(self.db / "media"),
-                "INDEX_DIR": str(self.db / f"index-{database}"),
-                "STATIC_ROOT": str(var / "staticfiles"),
-                "LOG_LEVEL": "WARNING",
-                "DEBUG": "0",
-                "PYTHONUNBUFFERED": "1",
-                **extra,
-            }
+        return bench_env(
+            var=self.db / "var",
+            database_url=f"sqlite:///{self.sqlite_file}" if database == "sqlite" else POSTGRES_URL,
+            redis_url=REDIS_URL,
+            prefix=f"gallery-realscale-{database}",
+            media=self.db / "media",
+            index=self.db / f"index-{database}",
+            **extra,
         )
-        return env
 
 
 def prepared_for(*, rows: int | None, styles: Path = STYLES, code: Path = ROOT) -> Prepared:
@@ -595,38 +576,6 @@ def shop_read(prepared: Prepared, *, photos: int = 20, seed: int = 11) -> Shop:
 # --- The client -------------------------------------------------------------------------------------------------
 
 
-class Client:
-    """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reconnects = 0
-        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-    def send(self, request: Request) -> tuple[int, float, bytes]:
-        """(status, wall ms, body); status 0 when the request failed twice."""
-        for attempt in (0, 1):
-            started = time.perf_counter()
-            try:
-                self._connection.request(
-                    request.method,
-                    request.path,
-                    body=request.body,
-                    headers={"Host": "127.0.0.1", **dict(request.headers)},
-                )
-                response = self._connection.getresponse()
-                body = response.read()
-                return response.status, (time.perf_counter() - started) * 1e3, body
-            except (OSError, http.client.HTTPException):
-                self._connection.close()
-                self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-                self.reconnects += attempt == 0
-        return 0, (time.perf_counter() - started) * 1e3, b""
-
-    def close(self) -> None:
-        self._connection.close()
-
-
 def _results_count(body: bytes) -> int | None:
     with contextlib.suppress(ValueError, TypeError, KeyError):
         return len(json.loads(body)["results"])
@@ -636,13 +585,13 @@ def _results_count(body: bytes) -> int | None:
 def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
     """``warm`` requests, then ``count`` timed ones, one after another on one connection."""
     rng = random.Random(seed)
-    client = Client(port)
+    client = HttpClient(port)
     try:
         for _ in range(warm):
-            client.send(kind.draw(rng))
+            client.send(*astuple(kind.draw(rng)))
         times, statuses, results = [], Counter(), []
         for _ in range(count):
-            status, ms, body = client.send(kind.draw(rng))
+            status, ms, body = client.send(*astuple(kind.draw(rng)))
             times.append(ms)
             statuses[status] += 1
             if kind.api and status == 200:
@@ -668,11 +617,11 @@ def many_clients(port: int, kind: Kind, *, clients: int, seconds: float, seed: i
 
     def loop(number: int) -> None:
         rng = random.Random(seed * 100 + number)
-        client = Client(port)
+        client = HttpClient(port)
         try:
-            client.send(kind.draw(rng))  # opens the connection, off the clock
+            client.send(*astuple(kind.draw(rng)))  # opens the connection, off the clock
             while time.perf_counter() < stop:
-                status, ms, _ = client.send(kind.draw(rng))
+                status, ms, _ = client.send(*astuple(kind.draw(rng)))
                 records[number].append((status, ms))
         finally:
             reconnects[number] = client.reconnects
@@ -698,30 +647,6 @@ def many_clients(port: int, kind: Kind, *, clients: int, seconds: float, seed: i
 
 
 # --- The web server and its workers' memory ---------------------------------------------------------------------
-
-
-def procfile_web(port: int) -> list[str]:
-    """The Procfile's ``web`` command, bound to 127.0.0.1:``port`` instead of every interface."""
-    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
-    words = shlex.split(line.partition(":")[2].replace("${PORT:-8000}", str(port)))
-    words[0] = str(BIN / words[0])
-    for i, word in enumerate(words):
-        if word in ("--bind", "-b"):
-            words[i + 1] = f"127.0.0.1:{port}"
-    return words
-
-
-def _status(port: int, path: str) -> int:
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status
-        finally:
-            connection.close()
-    return 0
 
 
 def worker_memory(master: int) -> list[dict]:
@@ -759,12 +684,6 @@ def worker_memory(master: int) -> list[dict]:
     return out
 
 
-def _redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
 @dataclass(frozen=True)
 class Sizes:
     warm: int
@@ -776,11 +695,9 @@ class Sizes:
 
 def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes, *, logs: Path, log) -> dict:  # noqa: ANN001
     """Start the Procfile's web server on ``database`` and run every request kind at 1 and at 8 clients."""
-    port = free_port()
-    _redis_flush()
-    server = Service(
-        f"gunicorn ({database})",
-        procfile_web(port),
+    redis_flush(REDIS_URL)
+    server, port = web_start(
+        name=f"gunicorn ({database})",
         log=logs / f"gunicorn-{database}.log",
         env=prepared.env(database, PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE)),
     )
@@ -791,9 +708,6 @@ def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes
     many: dict[str, list[dict]] = {}
     memory: dict[str, list[dict]] = {}
     try:
-        wait_until(lambda: _status(port, "/healthz") == 200 or not server.alive(), timeout=120, what="gunicorn")
-        if not server.alive():
-            raise RuntimeError(f"gunicorn exited: {server.log_tail()}")
         memory["started"] = worker_memory(server.pid)
         # Every worker warmed on every kind (index mapped, templates compiled): new connections spread over them.
         for kind in [healthz, *others]:
@@ -848,16 +762,13 @@ def measure_events_cost(prepared: Prepared, database: str, shop: Shop, *, second
     loads: list[float] = []
     for round_number in range(rounds):
         for setting in ("off", "on"):
-            _redis_flush()
-            port = free_port()
+            redis_flush(REDIS_URL)
             env = prepared.env(
                 database, EVENTS_ENABLED="1" if setting == "on" else "0", EVENTS_FLUSH_INTERVAL_S="1",
             )  # fmt: skip
-            server = Service(f"gunicorn (events {setting})", procfile_web(port),
-                             log=logs / f"gunicorn-events-{setting}-{round_number}.log", env=env)  # fmt: skip
+            server, port = web_start(name=f"gunicorn (events {setting})",
+                                     log=logs / f"gunicorn-events-{setting}-{round_number}.log", env=env)  # fmt: skip
             try:
-                up = lambda port=port, server=server: _status(port, "/healthz") == 200 or not server.alive()  # noqa: E731
-                wait_until(up, timeout=120, what="gunicorn")
                 many_clients(port, kind, clients=12, seconds=1.5, seed=1)  # every worker warmed
                 log(f"  [{database}] click API at 8 clients, events {setting} (round {round_number + 1}/{rounds})")
                 loads.append(os.getloadavg()[0])
@@ -944,7 +855,7 @@ print(json.dumps({"cpu_ms": cpu, "buffered": events.events_buffered()}))
 
 def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks: int, per_block: int) -> dict:
     """Thread CPU per click API request with events off and on, alternated in blocks (ms, medians and means)."""
-    _redis_flush()
+    redis_flush(REDIS_URL)
     done = subprocess.run(
         [PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU],
         cwd=prepared.code, capture_output=True, text=True, timeout=1800, check=False,
@@ -966,14 +877,8 @@ def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks:
 def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_number: int) -> int:
     """Start a worker with beat until the buffered events are stored; how many it stored (then deleted)."""
     env = prepared.env(database, EVENTS_FLUSH_INTERVAL_S="1")
-    worker = Service(
-        "worker (events flush)",
-        [str(BIN / "celery"), "-A", "config", "worker", "--beat", "--concurrency", "1",
-         "--schedule", str(logs / f"beat-{round_number}.schedule"), "--without-gossip", "--without-mingle",
-         "--loglevel", "WARNING"],
-        log=logs / f"worker-events-{round_number}.log",
-        env=env,
-    )  # fmt: skip
+    worker = worker_start(log=logs / f"worker-events-{round_number}.log", env=env, hostname="bench-events@%h",
+                          loglevel="WARNING", beat_schedule=logs / f"beat-{round_number}.schedule")  # fmt: skip
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -986,13 +891,13 @@ def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_numb
 
 def _events_stored(prepared: Prepared, database: str) -> int:
     out = subprocess.run(
-        [str(BIN / "python"), "manage.py", "shell", "-c",
+        [PYTHON, "manage.py", "shell", "-c",
          "from gallery.models import ShopperEvent; print(ShopperEvent.objects.count())"],
         cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
     )  # fmt: skip
     count = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
     subprocess.run(
-        [str(BIN / "python"), "manage.py", "shell", "-c",
+        [PYTHON, "manage.py", "shell", "-c",
          "from gallery.models import ShopperEvent; ShopperEvent.objects.all().delete()"],
         cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -1133,27 +1038,10 @@ def vectors_env(n: int, dim: int, *, log: Callable[[str], None]) -> dict[str, st
             if (others[0].parent / "index").exists():
                 subprocess.run(["cp", "-al", str(others[0].parent / "index"), str(directory / "index")], check=True)
     directory.mkdir(parents=True, exist_ok=True)
-    env = os.environ.copy()
-    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K", "EMBEDDING_HEAD"):
-        env.pop(name, None)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "GALLERY_ENV": "local",
-            "ENCODER": ENCODER,
-            "REDIS_URL": REDIS_URL,
-            "CACHE_KEY_PREFIX": "gallery-realscale-vectors",
-            "GALLERY_VAR_DIR": str(directory / "var"),
-            "DATABASE_URL": f"sqlite:///{directory / 'gallery.sqlite3'}",
-            "MEDIA_ROOT": str(directory / "media"),
-            "INDEX_DIR": str(directory / "index"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-            # As config/wsgi.py sets every web process: no BLAS thread pool per small matrix product.
-            "OPENBLAS_NUM_THREADS": "1",
-        }
-    )
-    return env
+    # OPENBLAS_NUM_THREADS=1 as config/wsgi.py sets every web process: no BLAS thread pool per small product.
+    return bench_env(var=directory / "var", database_url=f"sqlite:///{directory / 'gallery.sqlite3'}",
+                     redis_url=REDIS_URL, prefix="gallery-realscale-vectors", media=directory / "media",
+                     index=directory / "index", OPENBLAS_NUM_THREADS="1")  # fmt: skip
 
 
 def _vectors_child(command: str, args: list[str], *, n: int, dim: int, out: Path, log) -> dict:  # noqa: ANN001
@@ -1349,7 +1237,7 @@ def realscale_run(
         f"{state.get('embed_seconds', '-')}s when first made); this run's preparation took {prepare_s:.0f}s"
     )
     result.notes.append(
-        "server: " + " ".join(procfile_web(8000)[1:]) + f" with PHOTO_SEARCH_RATE_PER_MINUTE=0, "
+        "server: " + " ".join(web_command(8000)[1:]) + f" with PHOTO_SEARCH_RATE_PER_MINUTE=0, "
         f"PHOTO_SEARCH_QUEUE={PHOTO_QUEUE}, Redis database 6; the client runs on the same machine"
     )
     return result
