@@ -1,13 +1,16 @@
-"""Helpers shared by the benchmark sections: environment, machine description, timing, tables, data.
+"""Helpers shared by the benchmarks: environment, machine description, timing, tables, data, processes.
 
 Nothing here measures anything by itself. The sections (``bench/*_bench.py``) import what they need;
 ``bench/run.py`` sets the environment up with :func:`environment_prepare` *before* Django is imported, so
 every benchmark runs against a throwaway SQLite file, media and index directories under a temporary
-directory and Redis database 12, never a developer's ``var/``.
+directory and Redis database 12, never a developer's ``var/``. Every benchmark starts the web server as the
+Procfile runs it (:func:`web_start`), a Celery worker with :func:`worker_start`, and times HTTP requests with
+:class:`HttpClient`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import importlib.metadata
@@ -365,6 +368,21 @@ class SectionResult:
         return path
 
 
+def outputs_arguments(parser: argparse.ArgumentParser) -> None:
+    """--json and --markdown: where a script writes every number and its tables, besides printing them."""
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
+
+
+def outputs_write(args: argparse.Namespace, *, tables: Sequence[Table], data: dict, started: float) -> None:
+    """The run's time in ``data``, then the tables as Markdown (--markdown) and every number as JSON (--json)."""
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
 def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
@@ -468,6 +486,23 @@ def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, st
 
 
 # --- Processes -----------------------------------------------------------------------------------------------
+
+
+def command_run(command: Sequence[str], *, env: dict[str, str], timeout: float | None = None, nice: bool = False,
+                log: Callable[[str], None] | None = None) -> str:  # fmt: skip
+    """Run a child command (``nice -n 10`` with ``nice``) in the repository to its end; its stdout.
+
+    Raises RuntimeError with the tail of its output when it fails; ``log`` gets the last lines of its stderr.
+    """
+    argv = ["nice", "-n", "10", *command] if nice else list(command)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if log:
+        for line in done.stderr.strip().splitlines()[-5:]:
+            log(f"    {line}")
+    if done.returncode != 0:
+        shown = " ".join(Path(word).name if i < 2 else word for i, word in enumerate(command[:4]))
+        raise RuntimeError(f"{shown} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def free_port() -> int:

@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from bench.common import (  # noqa: E402
     RESULTS_DIR,
     Table,
     bench_env,
+    command_run,
     machine_describe,
     redis_flush,
     web_start,
@@ -131,18 +131,7 @@ def environment(state: Path, database_url: str, bulk_limit: int, redis_url: str)
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = JOB_TIMEOUT_S) -> str:
-    done = subprocess.run(
-        ["nice", "-n", "10", PYTHON, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed: {done.stdout[-2000:]} {done.stderr[-3000:]}")
-    return done.stdout
+    return command_run([PYTHON, "manage.py", *args], env=env, timeout=timeout, nice=True)
 
 
 class Browser:

@@ -87,6 +87,7 @@ from bench.common import (  # noqa: E402
     Table,
     Target,
     bench_env,
+    command_run,
     multipart,
     redis_flush,
     wait_until,
@@ -97,6 +98,7 @@ from bench.common import (  # noqa: E402
 
 STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
 CACHE = Path.home() / ".cache" / "visual-gallery" / "bench"
+VECTORS_SCRIPT = ROOT / "bench" / "realscale_vectors.py"  # its child processes
 REDIS_URL = "redis://127.0.0.1:6379/6"
 POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/bench_realscale"
 ENCODER = "efficientnet-lite0"
@@ -206,35 +208,17 @@ def prepared_for(*, rows: int | None, styles: Path = STYLES, code: Path = ROOT) 
 
 def _manage(prepared: Prepared, database: str, *args: str, log: Callable[[str], None], timeout: float = 7200) -> str:
     """Run ``manage.py ARGS`` (niced) on the prepared catalog; returns its stdout, raises with its output on failure."""
-    command = ["nice", "-n", "10", PYTHON, "manage.py", *args]
-    log(f"  $ {' '.join(command[3:])}  [{database}]")
-    done = subprocess.run(
-        command,
-        cwd=prepared.code,
-        env=prepared.env(database),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    for line in done.stdout.strip().splitlines()[-4:]:
+    log(f"  $ manage.py {' '.join(args)}  [{database}]")
+    stdout = command_run([PYTHON, "manage.py", *args], env=prepared.env(database), timeout=timeout, nice=True)
+    for line in stdout.strip().splitlines()[-4:]:
         log(f"    {line}")
-    return done.stdout
+    return stdout
 
 
 def _child(prepared: Prepared, database: str, *args: str, log: Callable[[str], None]) -> dict:
     """Run bench/realscale_vectors.py ARGS (niced) on the prepared catalog; returns the JSON line it prints last."""
-    command = ["nice", "-n", "10", PYTHON, str(prepared.code / "bench" / "realscale_vectors.py"), *args]
-    done = subprocess.run(
-        command, cwd=prepared.code, env=prepared.env(database), capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py {args[0]} failed: {done.stdout[-3000:]} {done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout = command_run([PYTHON, str(VECTORS_SCRIPT), *args], env=prepared.env(database), nice=True)
+    result = json.loads(stdout.strip().splitlines()[-1])
     log(f"  {args[0]} [{database}]: {result}")
     return result
 
@@ -1046,14 +1030,9 @@ def vectors_env(n: int, dim: int, *, log: Callable[[str], None]) -> dict[str, st
 
 def _vectors_child(command: str, args: list[str], *, n: int, dim: int, out: Path, log) -> dict:  # noqa: ANN001
     """Run ``realscale_vectors.py COMMAND`` on the cached ``n`` x ``dim`` database; the JSON it wrote to ``out``."""
-    argv = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), command, "--n", str(n), "--dim", str(dim), *args]
-    argv += ["--out", str(out)]
+    argv = [PYTHON, str(VECTORS_SCRIPT), command, "--n", str(n), "--dim", str(dim), *args, "--out", str(out)]
     log(f"  {command} at {n:,} x {dim}-d synthetic vectors: {' '.join(argv[1:])}")
-    done = subprocess.run(argv, cwd=ROOT, env=vectors_env(n, dim, log=log), capture_output=True, text=True, check=False)
-    for line in done.stderr.strip().splitlines()[-5:]:
-        log(f"    {line}")
-    if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py {command} failed: {done.stderr[-3000:]}")
+    command_run(argv, env=vectors_env(n, dim, log=log), log=log)
     return json.loads(out.read_text())
 
 
