@@ -475,6 +475,36 @@ def catalog_load(directory: Path) -> None:
     services.index_rebuild()
 
 
+def vectors_store(vectors: np.ndarray, *, first_id: int = 1, name: str = "Product {}",
+                  colours: Sequence[str] | None = None, chunk: int = 2000) -> list[int]:  # fmt: skip
+    """Products ``first_id``.. with one vector each (row i: ``vectors[i]``, colour ``colours[i]``), in bulk, as
+    embed_catalog leaves them (embedded; a transaction per ``chunk``); returns their ids."""
+    from django.db import transaction
+
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding, EmbeddingState, EmbedStatus
+
+    space = runtime.active_space()
+    ids = list(range(first_id, first_id + len(vectors)))
+    for start in range(0, len(ids), chunk):
+        rows = range(start, min(len(ids), start + chunk))
+        with transaction.atomic():
+            Product.objects.bulk_create(
+                [Product(id=ids[r], name=name.format(ids[r]), base_colour=colours[r] if colours is not None else "",
+                         image_version=1) for r in rows]
+            )  # fmt: skip
+            EmbeddingState.objects.bulk_create(
+                [EmbeddingState(product_id=ids[r], image_name=f"bench/{ids[r]}.jpg", image_version=1,
+                                status=EmbedStatus.DONE) for r in rows]
+            )  # fmt: skip
+            Embedding.objects.bulk_create(
+                [Embedding(product_id=ids[r], space=space, dim=vectors.shape[1],
+                           vector=vectors[r].astype("<f4").tobytes(), image_version=1) for r in rows]
+            )  # fmt: skip
+    return ids
+
+
 def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, str]:
     """A multipart/form-data body holding one JPEG file field, and its Content-Type header."""
     boundary = uuid.uuid4().hex

@@ -33,6 +33,7 @@ from bench.common import (
     Summary,
     Table,
     synthetic_vectors,
+    vectors_store,
 )
 
 DIM = SERVED_DIM
@@ -136,38 +137,6 @@ def _memory(ctx: BenchContext, directory: Path, version: str, data_queries: np.n
     return table, {"alone": alone, "first_with_second": both[0], "second": both[1]}
 
 
-def _catalog_store(vectors: np.ndarray, *, first_id: int = 1) -> list[int]:
-    """Products and their vectors in the database (bulk), as embed_catalog would leave them."""
-    from gallery.models import Product
-    from recommender import runtime
-    from recommender.models import Embedding, EmbeddingState, EmbedStatus
-
-    space = runtime.active_space()
-    ids = list(range(first_id, first_id + len(vectors)))
-    for start in range(0, len(ids), 2000):
-        chunk = ids[start : start + 2000]
-        Product.objects.bulk_create([Product(id=i, name=f"Product {i}", image_version=1) for i in chunk])
-        EmbeddingState.objects.bulk_create(
-            [
-                EmbeddingState(product_id=i, image_name=f"bench/{i}.jpg", image_version=1, status=EmbedStatus.DONE)
-                for i in chunk
-            ]
-        )
-        Embedding.objects.bulk_create(
-            [
-                Embedding(
-                    product_id=i,
-                    space=space,
-                    dim=vectors.shape[1],
-                    vector=vectors[i - first_id].astype("<f4").tobytes(),
-                    image_version=1,
-                )
-                for i in chunk
-            ]
-        )
-    return ids
-
-
 def _served_rounds(vectors: np.ndarray, ids: list[int], picks: np.ndarray) -> tuple[list[float], list[float]]:
     """Per click: thread CPU seconds of similar_products (product excluded) and of exact numpy, interleaved."""
     from threadpoolctl import threadpool_limits
@@ -199,7 +168,7 @@ def _served_path(ctx: BenchContext, n: int, clicks: int) -> tuple[Table, dict]:
     data = synthetic_vectors(n + FRESH, DIM, queries=0, seed=11)
     vectors, fresh = data.vectors[:n], data.vectors[n:]
     started = time.perf_counter()
-    ids = _catalog_store(vectors)
+    ids = vectors_store(vectors)
     store_s = time.perf_counter() - started
     picks = np.random.default_rng(5).integers(0, n, clicks)
     states: dict[str, dict] = {}
@@ -222,7 +191,7 @@ def _served_path(ctx: BenchContext, n: int, clicks: int) -> tuple[Table, dict]:
     started = time.perf_counter()
     meta = services.index_rebuild()
     measure("index built over vectors older than WATERMARK_MARGIN", time.perf_counter() - started, meta)
-    _catalog_store(fresh, first_id=n + 1)
+    vectors_store(fresh, first_id=n + 1)
     measure(f"same index + {FRESH} fresh vectors outside it", None, meta)
 
     table = Table(
