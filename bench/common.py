@@ -535,6 +535,29 @@ def command_run(command: Sequence[str], *, env: dict[str, str], timeout: float |
     return done.stdout
 
 
+def process_memory(pid: int, *, mapping: str = "vectors.ann") -> dict[str, Any]:
+    """A process's memory in MB: every field of /proc/<pid>/smaps_rollup (``rollup``: Rss, Pss, Private_Clean,
+    Anonymous, ...), the same fields summed over its mappings of files named ``*mapping`` (``mapping``: the
+    index by default), and whether libtorch is mapped (``torch``). Empty when the process is gone."""
+    rollup: dict[str, float] = {}
+    mapped: dict[str, float] = {}
+    torch = inside = False
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            head = line.split()
+            if len(head) >= 2 and head[1].isdigit():
+                rollup[head[0].rstrip(":")] = int(head[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = line.rstrip().endswith(mapping)
+                torch = torch or "libtorch" in line
+            elif inside and len(head) >= 2 and head[1].isdigit():
+                mapped[head[0].rstrip(":")] = mapped.get(head[0].rstrip(":"), 0.0) + int(head[1]) / 1024
+    return {"rollup": rollup, "mapping": mapped, "torch": torch}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ from bench.common import (
     SectionResult,
     Summary,
     Table,
+    process_memory,
     synthetic_vectors,
     vectors_store,
 )
@@ -59,25 +60,13 @@ def _build(directory: Path, vectors: np.ndarray):  # noqa: ANN202
     )
 
 
-def _smaps(pid: int, suffix: str) -> dict[str, float]:
-    """kB fields summed over the mappings of files named ``*suffix``, and the whole process's rollup (MB)."""
+def _smaps(pid: int) -> dict[str, float]:
+    """The index mapping's and the whole process's memory (MB; see bench.common.process_memory)."""
+    memory = process_memory(pid)
     fields = ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty")
-    mapping = dict.fromkeys(fields, 0)
-    inside = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and not head[0].endswith(":"):
-            inside = line.rstrip().endswith(suffix)
-        elif inside and head and head[0].rstrip(":") in fields:
-            mapping[head[0].rstrip(":")] += int(head[1])
-    rollup = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        head = line.split()
-        if head and head[0].rstrip(":") in ("Rss", "Pss", "Shared_Clean"):
-            rollup[head[0].rstrip(":")] = int(head[1])
     return {
-        **{f"index_{k}_mb": v / 1024 for k, v in mapping.items()},
-        **{f"process_{k}_mb": v / 1024 for k, v in rollup.items()},
+        **{f"index_{k}_mb": memory["mapping"].get(k, 0.0) for k in fields},
+        **{f"process_{k}_mb": memory["rollup"][k] for k in ("Rss", "Pss", "Shared_Clean")},
     }
 
 
@@ -98,7 +87,7 @@ class _Probe:
             raise RuntimeError(f"index probe failed: {line!r}")
 
     def smaps(self) -> dict[str, float]:
-        return _smaps(self.process.pid, "vectors.ann")
+        return _smaps(self.process.pid)
 
     def stop(self) -> None:
         if self.process.stdin:

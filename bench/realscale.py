@@ -89,6 +89,7 @@ from bench.common import (  # noqa: E402
     bench_env,
     command_run,
     multipart,
+    process_memory,
     redis_flush,
     wait_until,
     web_command,
@@ -639,21 +640,8 @@ def worker_memory(master: int) -> list[dict]:
 
     out = []
     for child in sorted(psutil.Process(master).children(), key=lambda p: p.pid):
-        rollup = {}
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{child.pid}/smaps_rollup").read_text().splitlines():
-                head = line.split()
-                if len(head) >= 2 and head[1].isdigit():
-                    rollup[head[0].rstrip(":")] = int(head[1]) / 1024
-        index_rss, inside, torch = 0.0, False, False
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{child.pid}/smaps").read_text().splitlines():
-                head = line.split()
-                if head and "-" in head[0] and not head[0].endswith(":"):
-                    inside = line.rstrip().endswith("vectors.ann")
-                    torch = torch or "libtorch" in line
-                elif inside and head and head[0] == "Rss:":
-                    index_rss += int(head[1]) / 1024
+        memory = process_memory(child.pid)
+        rollup = memory["rollup"]
         out.append(
             {
                 "pid": child.pid,
@@ -661,8 +649,8 @@ def worker_memory(master: int) -> list[dict]:
                 "pss_mb": rollup.get("Pss", 0.0),
                 "private_mb": rollup.get("Private_Clean", 0.0) + rollup.get("Private_Dirty", 0.0),
                 "anonymous_mb": rollup.get("Anonymous", 0.0),
-                "index_rss_mb": index_rss,
-                "torch_loaded": torch,
+                "index_rss_mb": memory["mapping"].get("Rss", 0.0),
+                "torch_loaded": memory["torch"],
             }
         )
     return out
