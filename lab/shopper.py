@@ -236,8 +236,8 @@ def drawn_as(article_type: str, sub: str = "", master: str = "") -> str:
     return _BY_TYPE.get(article_type) or _BY_SUB.get(sub) or _BY_MASTER.get(master) or _FALLBACK
 
 
-def real_row_label(row: CatalogRow) -> dict[str, object]:
-    """The labels of one real row that the harnesses read (``rows.json``), the pattern as it is drawn."""
+def row_label(row: CatalogRow) -> dict[str, object]:
+    """The labels of one styles.csv row that the harnesses read (``rows.json``), the pattern as it is drawn."""
     f = row.fields
     name = str(f["name"] or "")
     return {
@@ -255,7 +255,7 @@ def real_row_label(row: CatalogRow) -> dict[str, object]:
 def real_row_image(row: CatalogRow, *, seed: int, noise: Image.Image | None = None) -> Image.Image:
     """One real styles.csv row drawn as the demo draws: its articleType mapped to a demo drawer (with the
     type's own proportions), its baseColour as sRGB, the pattern its name states. Deterministic for a seed."""
-    f, label = row.fields, real_row_label(row)
+    f, label = row.fields, row_label(row)
     article = _real_article(str(f["article_type"]), str(f["sub_category"]), str(f["master_category"]))
     rgb = REAL_COLOURS.get(str(f["base_colour"]), REAL_COLOURS["NA"])
     noise = noise if noise is not None else _film_grain(seed)
@@ -291,14 +291,14 @@ def real_rows_images(
 def real_rows_draw(*, styles: Path, out_dir: Path, count: int, seed: int) -> Path:
     """Draw ``count`` rows sampled (seeded) from a real ``styles.csv`` into ``out_dir``; returns ``out_dir``.
 
-    Writes ``out_dir/rows.json`` (the sampled rows' labels, see real_row_label) and ``out_dir/images/<id>.jpg``
+    Writes ``out_dir/rows.json`` (the sampled rows' labels, see row_label) and ``out_dir/images/<id>.jpg``
     (see real_row_image). Rows that cannot be parsed are left out. Deterministic for a seed; overwrites files
     of the same names only.
     """
     rows = [row for row in styles_read(Path(styles)) if isinstance(row, CatalogRow)]
     chosen = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))]
     real_rows_images(chosen, images=Path(out_dir) / "images", seed=seed)
-    (Path(out_dir) / "rows.json").write_text(json.dumps([real_row_label(row) for row in chosen]), encoding="utf-8")
+    (Path(out_dir) / "rows.json").write_text(json.dumps([row_label(row) for row in chosen]), encoding="utf-8")
     return Path(out_dir)
 
 
@@ -356,24 +356,7 @@ def catalog_rows(directory: Path) -> list[dict[str, object]]:
     directory = Path(directory)
     if (directory / "rows.json").is_file():
         return json.loads((directory / "rows.json").read_text(encoding="utf-8"))
-    rows = []
-    for row in styles_read(directory / "styles.csv"):
-        if not hasattr(row, "fields"):
-            continue
-        f = row.fields
-        rows.append(
-            {
-                "id": row.id,
-                "gender": f["gender"],
-                "masterCategory": f["master_category"],
-                "subCategory": f["sub_category"],
-                "articleType": f["article_type"],
-                "baseColour": f["base_colour"],
-                "pattern": pattern_from_name(str(f["name"] or "")),
-                "productDisplayName": f["name"],
-            }
-        )
-    return rows
+    return [row_label(row) for row in styles_read(directory / "styles.csv") if isinstance(row, CatalogRow)]
 
 
 def colour_descriptors_of(paths: Sequence[Path], *, size: int = 224) -> np.ndarray:
