@@ -232,24 +232,23 @@ def _vectors(catalog: Catalog, cache: Path, log) -> tuple[np.ndarray, np.ndarray
         saved = np.load(cache)
         if np.array_equal(saved["ids"], ids):
             return ids, saved["vectors"]
+    from lab.evaluation import embed_sources
     from recommender.encoders import encoder_load
-    from recommender.pipeline import ImageItem, embed_stream
 
-    encoder = encoder_load(name="efficientnet-lite0")
-    started = time.perf_counter()
-    vectors = np.zeros((len(ids), 1280), dtype=np.float32)
-    row = {int(pid): i for i, pid in enumerate(ids)}
-    done = 0
     known = catalog.known or {}
-    for pid, vector in known.items():
-        vectors[row[pid]] = vector
-    items = [ImageItem(key=int(pid), source=catalog.images[int(pid)]) for pid in ids if int(pid) not in known]
-    for batch in embed_stream(items, encoder=encoder, batch_size=32, decode_workers=1):
-        for result in batch:
-            vectors[row[result.item.key]] = result.vector
-        done += len(batch)
+    todo = [int(pid) for pid in ids if int(pid) not in known]
+    started, done = time.perf_counter(), 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
         if done % 1024 < 32:
             log(f"  embedded {done}/{len(ids)} ({time.perf_counter() - started:.0f}s)")
+
+    found, _ = embed_sources(encoder=encoder_load(name="efficientnet-lite0"), decode_workers=1, progress=progress,
+                             sources=[catalog.images[pid] for pid in todo])  # fmt: skip
+    embedded = dict(zip(todo, found, strict=True)) | known
+    vectors = np.stack([embedded[int(pid)] for pid in ids]).astype(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, ids=ids, vectors=vectors)
     return ids, vectors
