@@ -828,15 +828,10 @@ print(json.dumps({"cpu_ms": cpu, "buffered": events.events_buffered()}))
 def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks: int, per_block: int) -> dict:
     """Thread CPU per click API request with events off and on, alternated in blocks (ms, medians and means)."""
     redis_flush(REDIS_URL)
-    done = subprocess.run(
-        [PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU],
-        cwd=prepared.code, capture_output=True, text=True, timeout=1800, check=False,
-        env=prepared.env(database, LOG_LEVEL="WARNING", BENCH_IDS=json.dumps(shop.ids[:2000]),
-                         BENCH_BLOCKS=str(blocks), BENCH_PER_BLOCK=str(per_block)),
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"events CPU run failed: {done.stderr[-3000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    env = prepared.env(database, LOG_LEVEL="WARNING", BENCH_IDS=json.dumps(shop.ids[:2000]), BENCH_BLOCKS=str(blocks),
+                       BENCH_PER_BLOCK=str(per_block))  # fmt: skip
+    stdout = command_run([PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU], env=env, timeout=1800)
+    out = json.loads(stdout.strip().splitlines()[-1])
     cpu = out["cpu_ms"]
     return {
         "median_ms": {k: statistics.median(v) for k, v in cpu.items()},
@@ -862,18 +857,9 @@ def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_numb
 
 
 def _events_stored(prepared: Prepared, database: str) -> int:
-    out = subprocess.run(
-        [PYTHON, "manage.py", "shell", "-c",
-         "from gallery.models import ShopperEvent; print(ShopperEvent.objects.count())"],
-        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    count = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
-    subprocess.run(
-        [PYTHON, "manage.py", "shell", "-c",
-         "from gallery.models import ShopperEvent; ShopperEvent.objects.all().delete()"],
-        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return count
+    """How many shopper events the database holds; it holds none afterwards."""
+    code = "from gallery.models import ShopperEvent as E; print(E.objects.count()); E.objects.all().delete()"
+    return int(command_run([PYTHON, "manage.py", "shell", "-c", code], env=prepared.env(database)).split()[-1])
 
 
 def _pool(runs: list[dict]) -> dict:
