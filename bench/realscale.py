@@ -325,9 +325,9 @@ def prepare_sqlite(prepared: Prepared, *, log: Callable[[str], None]) -> None:
         prepared.mark(indexed_sqlite=True)
 
 
-def _psql(sql: str) -> str:
+def _psql(sql: str, *, database: str = "postgres") -> str:
     done = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAqc", sql],
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAqc", sql],
         capture_output=True,
         text=True,
         check=True,
@@ -349,25 +349,9 @@ def _postgres_schema_ready(prepared: Prepared, *, log: Callable[[str], None]) ->
     )
     if comment != f"schema {key}":
         log(f"  emptying bench_realscale (its schema is {comment or 'unknown'}, this code's is {key})")
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "bench_realscale",
-                "-qc",
-                "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
-            ],
-            capture_output=True,
-            check=True,
-        )
-        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
-        _psql(f"COMMENT ON DATABASE bench_realscale IS 'schema {key}'")
-    else:
-        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+        _psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;", database="bench_realscale")
+    _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+    _psql(f"COMMENT ON DATABASE bench_realscale IS 'schema {key}'")
 
 
 def prepare_postgres(prepared: Prepared, *, log: Callable[[str], None]) -> None:
