@@ -58,7 +58,7 @@ from bench.common import (  # noqa: E402
     web_start,
     worker_start,
 )
-from bench.realscale import CACHE, STYLES, catalog_draw, prepared_for  # noqa: E402
+from bench.realscale import CACHE, STYLES, prepared_for  # noqa: E402
 
 POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 POSTGRES_DB = "bench_import_jobs"
@@ -82,13 +82,7 @@ def log(message: str) -> None:
 def catalog_ready(rows: int | None) -> tuple[Path, int]:
     """The drawn catalog folder (styles.csv + images/) for the first ``rows`` rows (all: None), drawn once."""
     prepared = prepared_for(rows=rows)
-    marker = prepared.directory / "drawn.json"
-    if not marker.exists():
-        log(f"drawing one image per row of {STYLES} ({rows or 'all'} rows) into {prepared.catalog}")
-        started = time.perf_counter()
-        count = catalog_draw(styles=STYLES, rows=rows, out=prepared.catalog, log=log)
-        marker.write_text(json.dumps({"rows": count, "seconds": round(time.perf_counter() - started, 1)}))
-    return prepared.catalog, int(json.loads(marker.read_text())["rows"])
+    return prepared.catalog, prepared.drawn(log=log)
 
 
 def zip_ready(catalog: Path, key: str) -> Path:

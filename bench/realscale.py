@@ -111,16 +111,6 @@ PHOTO_QUEUE = 8
 GRID = 25
 
 
-def catalog_draw(*, styles: Path, rows: int | None, out: Path, log: Callable[[str], None]) -> int:
-    """``out/styles.csv`` (the first ``rows`` data lines of ``styles``, unchanged) and one image per row.
-
-    The lab's real-row drawer (``lab.shopper.real_catalog_draw``); returns the number of data lines.
-    """
-    from lab.shopper import real_catalog_draw
-
-    return real_catalog_draw(styles=styles, out_dir=out, rows=rows, seed=DRAW_SEED, log=log)
-
-
 # --- Prepared state, cached outside the repository ------------------------------------------------------------
 
 
@@ -174,6 +164,18 @@ class Prepared:
     @property
     def state_file(self) -> Path:
         return self.db / "state.json"
+
+    def drawn(self, *, log: Callable[[str], None]) -> int:
+        """The catalog's rows, drawn once by the lab's real-row drawer (``lab.shopper.real_catalog_draw``)."""
+        marker = self.directory / "drawn.json"
+        if not marker.exists():
+            from lab.shopper import real_catalog_draw
+
+            log(f"drawing one image per row of {self.styles} ({self.rows or 'all'} rows) into {self.catalog}")
+            started = time.perf_counter()
+            rows = real_catalog_draw(styles=self.styles, out_dir=self.catalog, rows=self.rows, seed=DRAW_SEED, log=log)
+            marker.write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 1)}))
+        return int(json.loads(marker.read_text())["rows"])
 
     def state(self) -> dict:
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
@@ -293,13 +295,7 @@ def _carried(other: Path) -> dict[str, object]:
 
 def prepare_sqlite(prepared: Prepared, *, log: Callable[[str], None]) -> None:
     """Draw, import, embed (or load the cached vectors) and index the catalog into the SQLite file, each once."""
-    if not (prepared.directory / "drawn.json").exists():
-        log(f"drawing one image per row of {prepared.styles} ({prepared.rows or 'all'} rows) into {prepared.catalog}")
-        started = time.perf_counter()
-        rows = catalog_draw(styles=prepared.styles, rows=prepared.rows, out=prepared.catalog, log=log)
-        (prepared.directory / "drawn.json").write_text(
-            json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 1)})
-        )
+    prepared.drawn(log=log)
     state = prepared.state()
     if not state.get("imported") and _sqlite_derive(prepared, log=log):
         state = prepared.state()
