@@ -5,7 +5,7 @@ Nothing here measures anything by itself. The sections (``bench/*_bench.py``) im
 every benchmark runs against a throwaway SQLite file, media and index directories under a temporary
 directory and Redis database 12, never a developer's ``var/``. Every benchmark starts the web server as the
 Procfile runs it (:func:`web_start`), a Celery worker with :func:`worker_start`, and times HTTP requests with
-:class:`HttpClient`.
+:class:`HttpClient`: one client after another (:func:`one_client`) or several at once (:func:`many_clients`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import signal
@@ -24,10 +25,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -686,6 +689,90 @@ class HttpClient:
 
     def close(self) -> None:
         self._connection.close()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as a benchmark sends it."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _results_count(body: bytes) -> int | None:
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return len(json.loads(body)["results"])
+    return None
+
+
+def one_client(port: int, kind: Any, *, warm: int, count: int, seed: int) -> dict:
+    """``warm`` requests, then ``count`` timed ones, one after another on one connection: wall ms each.
+
+    ``kind`` draws each request (``kind.draw(rng) -> Request``); with ``kind.api`` the answers' JSON
+    ``results`` are counted.
+    """
+    rng = random.Random(seed)
+    client = HttpClient(port)
+    try:
+        for _ in range(warm):
+            client.send(*astuple(kind.draw(rng)))
+        times, statuses, results = [], Counter(), []
+        for _ in range(count):
+            status, ms, body = client.send(*astuple(kind.draw(rng)))
+            times.append(ms)
+            statuses[status] += 1
+            if kind.api and status == 200:
+                results.append(_results_count(body))
+    finally:
+        client.close()
+    counted = [r for r in results if r is not None]
+    return {
+        "times": times,
+        "summary": Summary.of(times),
+        "statuses": dict(statuses),
+        "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
+        "results_median": sorted(counted)[len(counted) // 2] if counted else None,
+        "reconnects": client.reconnects,
+    }
+
+
+def many_clients(port: int, kind: Any, *, clients: int, seconds: float, seed: int) -> dict:
+    """``clients`` threads, each on its own connection, sending ``kind.draw(rng)`` without pause for ``seconds``."""
+    stop = time.perf_counter() + seconds
+    records: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
+    reconnects = [0] * clients
+
+    def loop(number: int) -> None:
+        rng = random.Random(seed * 100 + number)
+        client = HttpClient(port)
+        try:
+            client.send(*astuple(kind.draw(rng)))  # opens the connection, off the clock
+            while time.perf_counter() < stop:
+                status, ms, _ = client.send(*astuple(kind.draw(rng)))
+                records[number].append((status, ms))
+        finally:
+            reconnects[number] = client.reconnects
+            client.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done = [r for rows in records for r in rows]
+    return {
+        "times": [ms for _, ms in done],
+        "summary": Summary.of([ms for _, ms in done]),
+        "rate": len(done) / elapsed,
+        "errors": sum(1 for status, _ in done if status == 0 or status >= 400),
+        "statuses": dict(Counter(status for status, _ in done)),
+        "reconnects": sum(reconnects),
+        "seconds": elapsed,
+    }
 
 
 def http_status(port: int, path: str, *, method: str = "GET", body: bytes | None = None,

@@ -70,7 +70,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -81,14 +81,16 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     PYTHON,
     RESULTS_DIR,
-    HttpClient,
+    Request,
     SectionResult,
     Summary,
     Table,
     Target,
     bench_env,
     command_run,
+    many_clients,
     multipart,
+    one_client,
     process_memory,
     redis_flush,
     wait_until,
@@ -364,14 +366,6 @@ def prepare_postgres(prepared: Prepared, *, log: Callable[[str], None]) -> None:
 # --- What shoppers ask for ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    body: bytes | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-
 @dataclass
 class Kind:
     """One shopper request kind: how to draw the next request, and what it is (for the tables)."""
@@ -536,79 +530,6 @@ def shop_read(prepared: Prepared, *, photos: int = 20, seed: int = 11) -> Shop:
             ),
         },
     )
-
-
-# --- The client -------------------------------------------------------------------------------------------------
-
-
-def _results_count(body: bytes) -> int | None:
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        return len(json.loads(body)["results"])
-    return None
-
-
-def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
-    """``warm`` requests, then ``count`` timed ones, one after another on one connection."""
-    rng = random.Random(seed)
-    client = HttpClient(port)
-    try:
-        for _ in range(warm):
-            client.send(*astuple(kind.draw(rng)))
-        times, statuses, results = [], Counter(), []
-        for _ in range(count):
-            status, ms, body = client.send(*astuple(kind.draw(rng)))
-            times.append(ms)
-            statuses[status] += 1
-            if kind.api and status == 200:
-                results.append(_results_count(body))
-    finally:
-        client.close()
-    counted = [r for r in results if r is not None]
-    return {
-        "times": times,
-        "summary": Summary.of(times),
-        "statuses": dict(statuses),
-        "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
-        "results_median": sorted(counted)[len(counted) // 2] if counted else None,
-        "reconnects": client.reconnects,
-    }
-
-
-def many_clients(port: int, kind: Kind, *, clients: int, seconds: float, seed: int) -> dict:
-    """``clients`` threads, each on its own connection, sending without pause for ``seconds``."""
-    stop = time.perf_counter() + seconds
-    records: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
-    reconnects = [0] * clients
-
-    def loop(number: int) -> None:
-        rng = random.Random(seed * 100 + number)
-        client = HttpClient(port)
-        try:
-            client.send(*astuple(kind.draw(rng)))  # opens the connection, off the clock
-            while time.perf_counter() < stop:
-                status, ms, _ = client.send(*astuple(kind.draw(rng)))
-                records[number].append((status, ms))
-        finally:
-            reconnects[number] = client.reconnects
-            client.close()
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    done = [r for rows in records for r in rows]
-    return {
-        "times": [ms for _, ms in done],
-        "summary": Summary.of([ms for _, ms in done]),
-        "rate": len(done) / elapsed,
-        "errors": sum(1 for status, _ in done if status == 0 or status >= 400),
-        "statuses": dict(Counter(status for status, _ in done)),
-        "reconnects": sum(reconnects),
-        "seconds": elapsed,
-    }
 
 
 # --- The web server and its workers' memory ---------------------------------------------------------------------
