@@ -268,6 +268,10 @@ def _catalog_ready(
     return vectors, timings
 
 
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _trails(rng: np.random.Generator, n: int, count: int) -> list[str]:
     """10-step trails: 3 pinned, 2 "not like this", 4 plain steps, the clicked product last."""
     out = []
@@ -319,15 +323,9 @@ def _time_clicks(vectors: np.ndarray, anchors: np.ndarray, trails: list[str]) ->
 
 
 def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
-    from config.malloc import keep_freed_memory
     from gallery.models import Product
     from recommender import runtime
     from recommender.models import Embedding
-
-    keep_freed_memory()  # as config/wsgi.py sets every web process
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     vectors, timings = _catalog_ready(n, dim, log)
     rng = np.random.default_rng(7)
@@ -363,14 +361,8 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
     from django.core.cache import cache
     from django.test import Client
 
-    from config.malloc import keep_freed_memory
     from recommender import refine
     from recommender.feedback import SERVED
-
-    keep_freed_memory()  # as config/wsgi.py sets every web process
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -428,14 +420,8 @@ def hidden(n: int, dim: int, clicks: int, out: Path) -> None:
     """
     from django.test import Client
 
-    from config.malloc import keep_freed_memory
     from gallery.services import product_availability_set
     from recommender import refine
-
-    keep_freed_memory()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -483,6 +469,10 @@ def main() -> None:
             timed.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     django_setup()
+    if args.command in ("clicks", "strategies", "hidden"):
+        from config.malloc import keep_freed_memory
+
+        keep_freed_memory()  # as config/wsgi.py sets every web process
     if args.command == "copy-from-sqlite":
         print(json.dumps(copy_from_sqlite(args.sqlite_file)))
     elif args.command == "save-vectors":
