@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -170,48 +169,9 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     )
 
 
-def _secondary(r: random.Random, base: RGB) -> RGB:
-    """A contrasting accent colour, by the demo's rule (light accents on dark products and the reverse)."""
-    if demo._lum(base) < 120:
-        options = {"White": 5, "Yellow": 1, "Red": 1, "Beige": 1, "Pink": 1, "Orange": 1}
-    else:
-        options = {"Navy Blue": 3, "Black": 3, "Red": 1.5, "Blue": 1.5, "Maroon": 1, "White": 1}
-    options = {k: v for k, v in options.items() if demo._dist(demo.PALETTE[k], base) > 120} or {"Black": 1.0}
-    return demo.PALETTE[demo._weighted(r, options)]
-
-
 def _render(article: demo._Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
-    """One product photo, drawn as lab.demo draws its own (same sketch, pattern and noise), in any colour."""
-    width = r.randrange(456, 506, 2)
-    height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    background: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252)])
-    aspect = r.uniform(*article.aspect)
-    scale = r.uniform(0.8, 1.0) * article.size
-    bh = min(height * 0.86, width * 0.86 / aspect) * scale
-    bw = bh * aspect
-    angle = math.radians(r.uniform(-article.tilt, article.tilt))
-    cx = width / 2 + r.uniform(-0.5, 0.5) * max(0.0, width - bw * 1.08) / 2
-    cy = height / 2 + r.uniform(-0.5, 0.5) * max(0.0, height - bh * 1.08) / 2
-    base = demo._jitter(r, base_rgb)
-    second = demo._jitter(r, _secondary(r, base_rgb))
-    k = math.sqrt(bw * bh)
-    vertical = article.name in {"Shirts", "Trousers", "Skirts"}
-    mask = demo._pattern_mask(
-        pattern,
-        size=(width, height),
-        period=k * r.uniform(0.06, 0.1),
-        angle=angle + (0.0 if vertical else math.pi / 2),
-        phase=r.uniform(0, 100),
-        r=r,
-        k=k,
-    )
-    sketch = demo._Sketch(
-        width=width, height=height, bg=background, box=(cx, cy, bw, bh), angle=angle, base=base, second=second,
-        pattern=mask,
-    )  # fmt: skip
-    article.draw(sketch, r)
-    ox, oy = r.randrange(0, noise.width - width), r.randrange(0, noise.height - height)
-    return sketch.image(noise.crop((ox, oy, ox + width, oy + height)))
+    """One product photo, drawn as lab.demo draws its own, in any colour, on one of four backgrounds."""
+    return demo.product_render(article, base_rgb, pattern, r, noise, backgrounds=demo.BACKGROUNDS[:4])[0]
 
 
 def product_draw(
