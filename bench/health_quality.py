@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in args.catalogs.split(","):
             catalog = _drawn(args.rows, log) if name == "drawn" else _art(log)
-            cache = CACHE / "vectors" / f"{name}-{args.rows if name == 'drawn' else 'small'}-{SEED}.npz"
+            label = f"real-rows-{args.rows}" if name == "drawn" else "art-small"  # drawn-*: the earlier drawing
+            cache = CACHE / "vectors" / f"{label}-{SEED}.npz"
             ids, vectors = _vectors(catalog, cache, log)
             results.append(measure(catalog, ids, vectors, log))
     log(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
