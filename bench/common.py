@@ -1,28 +1,36 @@
-"""Helpers shared by the benchmark sections: environment, machine description, timing, tables, data.
+"""Helpers shared by the benchmarks: environment, machine description, timing, tables, data, processes.
 
 Nothing here measures anything by itself. The sections (``bench/*_bench.py``) import what they need;
 ``bench/run.py`` sets the environment up with :func:`environment_prepare` *before* Django is imported, so
 every benchmark runs against a throwaway SQLite file, media and index directories under a temporary
-directory and Redis database 12, never a developer's ``var/``.
+directory and Redis database 12, never a developer's ``var/``. Every benchmark starts the web server as the
+Procfile runs it (:func:`web_start`), a Celery worker with :func:`worker_start`, and times HTTP requests with
+:class:`HttpClient`: one client after another (:func:`one_client`) or several at once (:func:`many_clients`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import http.client
 import importlib.metadata
 import json
 import os
 import platform
+import random
+import shlex
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,33 +50,50 @@ SERVED_TREES = 40  # INDEX_N_TREES default
 # --- Environment --------------------------------------------------------------------------------------------
 
 
-def environment_prepare(tmp: Path) -> dict[str, str]:
-    """Point this process (and every child it starts) at throwaway state under ``tmp``; call before django.setup().
+# Variables that would change the product's defaults: a benchmark measures the defaults unless it sets one.
+PRODUCT_DEFAULTS = (
+    "SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K", "EMBEDDING_HEAD",
+)  # fmt: skip
 
-    Overrides, never inherits, the variables that select data: a developer's DATABASE_URL or MEDIA_ROOT
-    in the shell cannot leak into a benchmark.
-    """
+
+def bench_env(*, var: Path, database_url: str, redis_url: str = BENCH_REDIS_URL, prefix: str = "gallery-bench",
+              media: Path | None = None, index: Path | None = None, **extra: str) -> dict[str, str]:  # fmt: skip
+    """The environment of a process running the product on throwaway state: this process's, less
+    PRODUCT_DEFAULTS, with every variable that selects data overridden (never inherited: a developer's
+    DATABASE_URL or MEDIA_ROOT in the shell cannot leak into a benchmark), media and index under ``var``
+    unless given, and ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name not in PRODUCT_DEFAULTS}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "GALLERY_ENV": "local",
+            "ENCODER": ENCODER_NAME,
+            "REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": prefix,
+            "GALLERY_VAR_DIR": str(var),
+            "DATABASE_URL": database_url,
+            "MEDIA_ROOT": str(media or var / "media"),
+            "INDEX_DIR": str(index or var / "index"),
+            "STATIC_ROOT": str(var / "staticfiles"),
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+def environment_prepare(tmp: Path) -> dict[str, str]:
+    """Point this process (and every child it starts) at throwaway state under ``tmp`` (see bench_env): a
+    SQLite file, media and index directories and Redis database 12; call before django.setup()."""
     var = tmp / "var"
     var.mkdir(parents=True, exist_ok=True)
-    values = {
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "GALLERY_ENV": "local",
-        "ENCODER": ENCODER_NAME,
-        "REDIS_URL": BENCH_REDIS_URL,
-        "CACHE_KEY_PREFIX": "gallery-bench",
-        "GALLERY_VAR_DIR": str(var),
-        "DATABASE_URL": f"sqlite:///{var / 'bench.sqlite3'}",
-        "MEDIA_ROOT": str(var / "media"),
-        "INDEX_DIR": str(var / "index"),
-        "STATIC_ROOT": str(var / "staticfiles"),
-        "LOG_LEVEL": "WARNING",
-        "DEBUG": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(values)
-    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K"):
-        os.environ.pop(name, None)  # the product's defaults, unless a section sets them explicitly
-    return values
+    env = bench_env(var=var, database_url=f"sqlite:///{var / 'bench.sqlite3'}")
+    for name in PRODUCT_DEFAULTS:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    return env
 
 
 def django_setup() -> None:
@@ -87,11 +112,11 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def redis_flush() -> None:
-    """Empty the benchmark's Redis database (12) and nothing else."""
+def redis_flush(url: str = BENCH_REDIS_URL) -> None:
+    """Empty one Redis database (the benchmark's, 12, unless told) and nothing else."""
     import redis
 
-    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+    redis.Redis.from_url(url).flushdb()
 
 
 def catalog_reset() -> None:
@@ -346,6 +371,21 @@ class SectionResult:
         return path
 
 
+def outputs_arguments(parser: argparse.ArgumentParser) -> None:
+    """--json and --markdown: where a script writes every number and its tables, besides printing them."""
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
+
+
+def outputs_write(args: argparse.Namespace, *, tables: Sequence[Table], data: dict, started: float) -> None:
+    """The run's time in ``data``, then the tables as Markdown (--markdown) and every number as JSON (--json)."""
+    data["seconds"] = round(time.perf_counter() - started, 1)
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
 def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
@@ -438,6 +478,36 @@ def catalog_load(directory: Path) -> None:
     services.index_rebuild()
 
 
+def vectors_store(vectors: np.ndarray, *, first_id: int = 1, name: str = "Product {}",
+                  colours: Sequence[str] | None = None, chunk: int = 2000) -> list[int]:  # fmt: skip
+    """Products ``first_id``.. with one vector each (row i: ``vectors[i]``, colour ``colours[i]``), in bulk, as
+    embed_catalog leaves them (embedded; a transaction per ``chunk``); returns their ids."""
+    from django.db import transaction
+
+    from gallery.models import Product
+    from recommender import runtime
+    from recommender.models import Embedding, EmbeddingState, EmbedStatus
+
+    space = runtime.active_space()
+    ids = list(range(first_id, first_id + len(vectors)))
+    for start in range(0, len(ids), chunk):
+        rows = range(start, min(len(ids), start + chunk))
+        with transaction.atomic():
+            Product.objects.bulk_create(
+                [Product(id=ids[r], name=name.format(ids[r]), base_colour=colours[r] if colours is not None else "",
+                         image_version=1) for r in rows]
+            )  # fmt: skip
+            EmbeddingState.objects.bulk_create(
+                [EmbeddingState(product_id=ids[r], image_name=f"bench/{ids[r]}.jpg", image_version=1,
+                                status=EmbedStatus.DONE) for r in rows]
+            )  # fmt: skip
+            Embedding.objects.bulk_create(
+                [Embedding(product_id=ids[r], space=space, dim=vectors.shape[1],
+                           vector=vectors[r].astype("<f4").tobytes(), image_version=1) for r in rows]
+            )  # fmt: skip
+    return ids
+
+
 def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, str]:
     """A multipart/form-data body holding one JPEG file field, and its Content-Type header."""
     boundary = uuid.uuid4().hex
@@ -449,6 +519,46 @@ def multipart(field_name: str, filename: str, content: bytes) -> tuple[bytes, st
 
 
 # --- Processes -----------------------------------------------------------------------------------------------
+
+
+def command_run(command: Sequence[str], *, env: dict[str, str], timeout: float | None = None, nice: bool = False,
+                log: Callable[[str], None] | None = None) -> str:  # fmt: skip
+    """Run a child command (``nice -n 10`` with ``nice``) in the repository to its end; its stdout.
+
+    Raises RuntimeError with the tail of its output when it fails; ``log`` gets the last lines of its stderr.
+    """
+    argv = ["nice", "-n", "10", *command] if nice else list(command)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if log:
+        for line in done.stderr.strip().splitlines()[-5:]:
+            log(f"    {line}")
+    if done.returncode != 0:
+        shown = " ".join(Path(word).name if i < 2 else word for i, word in enumerate(command[:4]))
+        raise RuntimeError(f"{shown} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def process_memory(pid: int, *, mapping: str = "vectors.ann") -> dict[str, Any]:
+    """A process's memory in MB: every field of /proc/<pid>/smaps_rollup (``rollup``: Rss, Pss, Private_Clean,
+    Anonymous, ...), the same fields summed over its mappings of files named ``*mapping`` (``mapping``: the
+    index by default), and whether libtorch is mapped (``torch``). Empty when the process is gone."""
+    rollup: dict[str, float] = {}
+    mapped: dict[str, float] = {}
+    torch = inside = False
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            head = line.split()
+            if len(head) >= 2 and head[1].isdigit():
+                rollup[head[0].rstrip(":")] = int(head[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = line.rstrip().endswith(mapping)
+                torch = torch or "libtorch" in line
+            elif inside and len(head) >= 2 and head[1].isdigit():
+                mapped[head[0].rstrip(":")] = mapped.get(head[0].rstrip(":"), 0.0) + int(head[1]) / 1024
+    return {"rollup": rollup, "mapping": mapped, "torch": torch}
 
 
 def free_port() -> int:
@@ -500,6 +610,179 @@ class Service:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._fh.close()
+
+
+def web_command(port: int, **options: str | None) -> list[str]:
+    """The Procfile's ``web`` command (gunicorn), bound to 127.0.0.1:``port`` instead of every interface.
+
+    ``options`` replace its flags by name (``workers="2"`` for ``--workers 2``); None drops a flag (and its
+    value): ``access_logfile=None`` serves without the access log.
+    """
+    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
+    words = shlex.split(line.partition(":")[2].replace("${PORT:-8000}", str(port)))
+    words[0] = str(Path(PYTHON).parent / words[0])
+    flags = {"--" + name.replace("_", "-"): value for name, value in options.items()}
+    out, i = words[:2], 2
+    while i < len(words):
+        flag, value = words[i], words[i + 1]
+        i += 2
+        flag = "--bind" if flag == "-b" else flag
+        if flag == "--bind":
+            value = f"127.0.0.1:{port}"
+        value = flags.pop(flag, value)
+        if value is not None:
+            out += [flag, value]
+    for flag, value in flags.items():
+        if value is not None:
+            out += [flag, value]
+    return out
+
+
+def web_start(*, log: Path, env: dict[str, str], name: str = "gunicorn", timeout: float = 120,
+              **options: str | None) -> tuple[Service, int]:  # fmt: skip
+    """Start :func:`web_command` on a free port and wait until /healthz answers 200: (the server, its port)."""
+    port = free_port()
+    server = Service(name, web_command(port, **options), log=log, env=env)
+    wait_until(lambda: http_status(port, "/healthz") == 200 or not server.alive(), timeout=timeout, what=name)
+    if not server.alive():
+        raise RuntimeError(f"{name} exited: {server.log_tail()}")
+    return server, port
+
+
+def worker_start(*, log: Path, env: dict[str, str], hostname: str, loglevel: str = "INFO",
+                 beat_schedule: Path | None = None) -> Service:  # fmt: skip
+    """One Celery worker (prefork, concurrency 1, as the tests start it; with beat when ``beat_schedule``)."""
+    command = [PYTHON, "-m", "celery", "-A", "config", "worker", "--pool", "prefork", "--concurrency", "1",
+               "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle"]  # fmt: skip
+    if beat_schedule is not None:
+        command += ["--beat", "--schedule", str(beat_schedule)]
+    return Service(f"celery worker ({hostname})", command, log=log, env=env)
+
+
+# --- The HTTP client ------------------------------------------------------------------------------------------
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``, reopened when the server closes it."""
+
+    def __init__(self, port: int, *, timeout: float = 120) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.reconnects = 0
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def send(self, method: str, path: str, body: bytes | None = None,
+             headers: Iterable[tuple[str, str]] = ()) -> tuple[int, float, bytes]:  # fmt: skip
+        """(status, wall ms, body); status 0 when the request failed twice."""
+        for attempt in (0, 1):
+            started = time.perf_counter()
+            try:
+                self._connection.request(method, path, body=body, headers={"Host": "127.0.0.1", **dict(headers)})
+                response = self._connection.getresponse()
+                data = response.read()
+                return response.status, (time.perf_counter() - started) * 1e3, data
+            except (OSError, http.client.HTTPException):
+                self._connection.close()
+                self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                self.reconnects += attempt == 0
+        return 0, (time.perf_counter() - started) * 1e3, b""
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as a benchmark sends it."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _results_count(body: bytes) -> int | None:
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return len(json.loads(body)["results"])
+    return None
+
+
+def one_client(port: int, kind: Any, *, warm: int, count: int, seed: int) -> dict:
+    """``warm`` requests, then ``count`` timed ones, one after another on one connection: wall ms each.
+
+    ``kind`` draws each request (``kind.draw(rng) -> Request``); with ``kind.api`` the answers' JSON
+    ``results`` are counted.
+    """
+    rng = random.Random(seed)
+    client = HttpClient(port)
+    try:
+        for _ in range(warm):
+            client.send(*astuple(kind.draw(rng)))
+        times, statuses, results = [], Counter(), []
+        for _ in range(count):
+            status, ms, body = client.send(*astuple(kind.draw(rng)))
+            times.append(ms)
+            statuses[status] += 1
+            if kind.api and status == 200:
+                results.append(_results_count(body))
+    finally:
+        client.close()
+    counted = [r for r in results if r is not None]
+    return {
+        "times": times,
+        "summary": Summary.of(times),
+        "statuses": dict(statuses),
+        "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
+        "results_median": sorted(counted)[len(counted) // 2] if counted else None,
+        "reconnects": client.reconnects,
+    }
+
+
+def many_clients(port: int, kind: Any, *, clients: int, seconds: float, seed: int) -> dict:
+    """``clients`` threads, each on its own connection, sending ``kind.draw(rng)`` without pause for ``seconds``."""
+    stop = time.perf_counter() + seconds
+    records: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
+    reconnects = [0] * clients
+
+    def loop(number: int) -> None:
+        rng = random.Random(seed * 100 + number)
+        client = HttpClient(port)
+        try:
+            client.send(*astuple(kind.draw(rng)))  # opens the connection, off the clock
+            while time.perf_counter() < stop:
+                status, ms, _ = client.send(*astuple(kind.draw(rng)))
+                records[number].append((status, ms))
+        finally:
+            reconnects[number] = client.reconnects
+            client.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done = [r for rows in records for r in rows]
+    return {
+        "times": [ms for _, ms in done],
+        "summary": Summary.of([ms for _, ms in done]),
+        "rate": len(done) / elapsed,
+        "errors": sum(1 for status, _ in done if status == 0 or status >= 400),
+        "statuses": dict(Counter(status for status, _ in done)),
+        "reconnects": sum(reconnects),
+        "seconds": elapsed,
+    }
+
+
+def http_status(port: int, path: str, *, method: str = "GET", body: bytes | None = None,
+                headers: Iterable[tuple[str, str]] = (), timeout: float = 60) -> int:  # fmt: skip
+    """The status of one request on a connection of its own; 0 when there was no answer."""
+    client = HttpClient(port, timeout=timeout)
+    try:
+        return client.send(method, path, body, headers)[0]
+    finally:
+        client.close()
 
 
 # --- Synthetic vectors ----------------------------------------------------------------------------------------

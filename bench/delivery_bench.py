@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import Service, free_port, http_status, wait_until  # noqa: E402
 from recommender.delivery import DirStore, S3Store, build_publish, index_fetch  # noqa: E402
 from recommender.index import IndexReader, index_build  # noqa: E402
 
@@ -69,30 +68,16 @@ def node_main(kind: str, where: str, local: str, builds: int) -> None:
         time.sleep(INTERVAL_S)
 
 
-def s3_server_start(log: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
+def s3_server_start(log: Path) -> tuple[Service, str]:
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **AWS_ENV},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    port = free_port()
+    server = Service("moto S3 server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                     log=log, env={**os.environ, **AWS_ENV})  # fmt: skip
+    wait_until(lambda: http_status(port, "/moto-api/", timeout=2) == 200, timeout=30, what="the S3 server")
     endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()  # noqa: S310 - loopback
-            break
-        except OSError:
-            time.sleep(0.1)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    return process, endpoint
+    return server, endpoint
 
 
 def run(kind: str, *, count: int, dim: int, builds: int, work: Path) -> list[dict[str, object]]:
@@ -158,8 +143,7 @@ def run(kind: str, *, count: int, dim: int, builds: int, work: Path) -> list[dic
             node.kill()
             node.wait()
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait()
+            server.stop()
     return rows
 
 

@@ -15,7 +15,8 @@ Quality. Into each catalog it injects, with a fixed seed:
   the truth of the outlier kind.
 
 Catalogs: (a) ``--rows`` rows drawn at random from the real styles.csv (``../shared/data/styles.csv``), each
-drawn as ``bench/realscale.py`` draws it (the row's type picks the shape, its colour the paint); (b) the
+drawn by the lab's real-row drawer (``lab.shopper.real_rows_draw``: the row's type picks the shape, its
+colour the paint); (b) the
 real-art catalog of ``bench/art_catalog.py`` (emoji by three vendors; the same emoji by two vendors is *not*
 a duplicate, so a pair of them counts against precision). Every image is embedded with the offline encoder
 (EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and the shop's judgements
@@ -93,36 +94,29 @@ def share(hits: int, total: int) -> str:
 
 
 def _drawn(rows: int, log) -> Catalog:  # noqa: ANN001
-    from bench.realscale import _draw_init, _draw_rows, _drawn_article, _split_line
+    from lab.shopper import drawn_as, real_rows_draw
 
     if not STYLES.exists():
         raise SystemExit(f"{STYLES} not found: the drawn catalog needs the real styles.csv")
-    directory = CACHE / f"drawn-{rows}-{SEED}"
-    images = directory / "images"
-    lines = [line for line in STYLES.read_text(encoding="utf-8").splitlines(keepends=True)[1:] if line.strip()]
-    lines = [line for line in lines if len(_split_line(line)) >= 10 and _split_line(line)[0].strip().isdigit()]
-    chosen = random.Random(SEED).sample(lines, rows)
+    directory = CACHE / f"real-rows-{rows}-{SEED}"
     if not (directory / "done").exists():
-        images.mkdir(parents=True, exist_ok=True)
-        log(f"drawing {rows} real rows into {images}")
-        _draw_init()
-        for start in range(0, rows, 500):
-            _draw_rows((images, chosen[start : start + 500]))
+        log(f"drawing {rows} real rows into {directory / 'images'}")
+        real_rows_draw(styles=STYLES, out_dir=directory, count=rows, seed=SEED)
         (directory / "done").write_text("ok")
-    fields = [_split_line(line) for line in chosen]
+    drawn = json.loads((directory / "rows.json").read_text(encoding="utf-8"))
     catalog = Catalog(
         name=f"drawn real rows ({rows})",
-        images={int(f[0]): images / f"{int(f[0])}.jpg" for f in fields},
-        article={int(f[0]): f[4] for f in fields},
-        master={int(f[0]): f[2] for f in fields},
-        colour={int(f[0]): f[5] for f in fields},
+        images={int(r["id"]): directory / "images" / f"{r['id']}.jpg" for r in drawn},
+        article={int(r["id"]): r["articleType"] for r in drawn},
+        master={int(r["id"]): r["masterCategory"] for r in drawn},
+        colour={int(r["id"]): r["baseColour"] for r in drawn},
         copies={},
         flipped={},
         broken=set(),
         same_subject=set(),
     )
     # Flip to a type drawn as another shape: the photo contradicts the label.
-    shape = {f[4]: _drawn_article(f).name for f in fields}
+    shape = {r["articleType"]: drawn_as(r["articleType"], r["subCategory"], r["masterCategory"]) for r in drawn}
     types = sorted(shape)
     _inject(catalog, directory, flip_to=lambda t, rng: rng.choice([o for o in types if shape[o] != shape[t]]), log=log)
     return catalog
@@ -238,24 +232,23 @@ def _vectors(catalog: Catalog, cache: Path, log) -> tuple[np.ndarray, np.ndarray
         saved = np.load(cache)
         if np.array_equal(saved["ids"], ids):
             return ids, saved["vectors"]
+    from lab.evaluation import embed_sources
     from recommender.encoders import encoder_load
-    from recommender.pipeline import ImageItem, embed_stream
 
-    encoder = encoder_load(name="efficientnet-lite0")
-    started = time.perf_counter()
-    vectors = np.zeros((len(ids), 1280), dtype=np.float32)
-    row = {int(pid): i for i, pid in enumerate(ids)}
-    done = 0
     known = catalog.known or {}
-    for pid, vector in known.items():
-        vectors[row[pid]] = vector
-    items = [ImageItem(key=int(pid), source=catalog.images[int(pid)]) for pid in ids if int(pid) not in known]
-    for batch in embed_stream(items, encoder=encoder, batch_size=32, decode_workers=1):
-        for result in batch:
-            vectors[row[result.item.key]] = result.vector
-        done += len(batch)
+    todo = [int(pid) for pid in ids if int(pid) not in known]
+    started, done = time.perf_counter(), 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
         if done % 1024 < 32:
             log(f"  embedded {done}/{len(ids)} ({time.perf_counter() - started:.0f}s)")
+
+    found, _ = embed_sources(encoder=encoder_load(name="efficientnet-lite0"), decode_workers=1, progress=progress,
+                             sources=[catalog.images[pid] for pid in todo])  # fmt: skip
+    embedded = dict(zip(todo, found, strict=True)) | known
+    vectors = np.stack([embedded[int(pid)] for pid in ids]).astype(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, ids=ids, vectors=vectors)
     return ids, vectors
@@ -468,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in args.catalogs.split(","):
             catalog = _drawn(args.rows, log) if name == "drawn" else _art(log)
-            cache = CACHE / "vectors" / f"{name}-{args.rows if name == 'drawn' else 'small'}-{SEED}.npz"
+            label = f"real-rows-{args.rows}" if name == "drawn" else "art-small"  # drawn-*: the earlier drawing
+            cache = CACHE / "vectors" / f"{label}-{SEED}.npz"
             ids, vectors = _vectors(catalog, cache, log)
             results.append(measure(catalog, ids, vectors, log))
     log(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -1,15 +1,14 @@
 """Section ``http``: latency over HTTP, end to end, of what shoppers do, against a trivial view on the same server.
 
-Starts ``gunicorn config.wsgi --workers 2 --threads 4`` (as ``manage.py serve`` and the Procfile do, with
-the product's default settings except PHOTO_SEARCH_RATE_PER_MINUTE=0 and PHOTO_SEARCH_QUEUE=8, so photo
+Starts gunicorn as the Procfile's ``web`` line runs it, with 2 workers x 4 threads and no access log (the
+product's default settings except PHOTO_SEARCH_RATE_PER_MINUTE=0 and PHOTO_SEARCH_QUEUE=8, so photo
 searches are neither rate limited nor shed: their latency is measured) on the throwaway database
 holding the demo catalog, imported, embedded and indexed by product code. Locust (headless,
 ``bench/locustfile.py``) drives it with users that never wait, one request kind per run, each at 1 user
-(latency without queueing) and at 4 (the 2 cores saturated): the trivial view (/healthz, or /api/status
-where there is none), /api/status (a light view: one aggregate query), text search, a click, a trail of
-3 likes and 1 dislike, and photo search (POST /api/search-by-image; skipped when the endpoint is
-missing). The click-vs-trivial target compares runs at the same concurrency. Latencies are each
-request's own, in ms, as locust timed them.
+(latency without queueing) and at 4 (the 2 cores saturated): the trivial view (/healthz), /api/status (a
+light view: one aggregate query), text search, a click, a trail of 3 likes and 1 dislike, and photo
+search (POST /api/search-by-image; skipped when it does not answer 200). The click-vs-trivial target
+compares runs at the same concurrency. Latencies are each request's own, in ms, as locust timed them.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import json
 import random
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,14 +24,13 @@ from bench.common import (
     ROOT,
     BenchContext,
     SectionResult,
-    Service,
     Summary,
     Table,
     Target,
     child_env,
-    free_port,
+    http_status,
     multipart,
-    wait_until,
+    web_start,
 )
 
 BIN = Path(sys.executable).parent
@@ -42,23 +38,12 @@ BIN = Path(sys.executable).parent
 # being shed with 503 (the default queue of 1 sheds most of them at 4 users): latency, not shedding, is measured.
 PHOTO_QUEUE = 8
 SCENARIOS = ("trivial", "status", "search", "click", "trail", "photo")
+TRIVIAL_PATH = "/healthz"  # web_start waits for it to answer
 
 
-def _get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
-    request = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 (loopback)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
-def _photo_request(base: str, photo: Path) -> int:
+def _photo_request(port: int, photo: Path) -> int:
     body, content_type = multipart("image", "photo.jpg", photo.read_bytes())
-    return _get(f"{base}/api/search-by-image", data=body, headers={"Content-Type": content_type})
+    return http_status(port, "/api/search-by-image", method="POST", body=body, headers=[("Content-Type", content_type)])
 
 
 def _shop_data(ids: list[int], photos: list[Path], trivial_path: str) -> dict:
@@ -144,31 +129,24 @@ def run(ctx: BenchContext) -> SectionResult:
         Path(default_storage.path(name))
         for name in Product.objects.filter(id__in=ids[:12]).values_list("image", flat=True)
     ]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = Service(
-        "gunicorn",
-        [str(BIN / "gunicorn"), "config.wsgi", "--workers", "2", "--threads", "4", "-b", f"127.0.0.1:{port}"],
+    # The Procfile's web command with 2 workers and no access log.
+    server, port = web_start(
         log=ctx.tmp / "gunicorn.log",
         env=child_env(PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE)),
+        workers="2",
+        access_logfile=None,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{base}/api/status") == 200 or not server.alive(), timeout=90, what="gunicorn")
-        if not server.alive():
-            raise RuntimeError(f"gunicorn exited: {server.log_tail()}")
-        trivial_path = "/healthz" if _get(f"{base}/healthz") == 200 else "/api/status"
-        photo_status = _photo_request(base, photos[0])
-        skip = {"photo"} if photo_status != 200 else set()
-        if trivial_path == "/api/status":
-            skip.add("status")
-        scenarios = [s for s in SCENARIOS if s not in skip]
+        photo_status = _photo_request(port, photos[0])
+        scenarios = [s for s in SCENARIOS if s != "photo" or photo_status == 200]
         data_path = ctx.tmp / "shop.json"
-        data_path.write_text(json.dumps(_shop_data(ids, photos, trivial_path)))
+        data_path.write_text(json.dumps(_shop_data(ids, photos, TRIVIAL_PATH)))
         # Warm both workers: the index is loaded (and the encoder, for photos) on first use.
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: _get(f"{base}/api/similar/{ids[i % len(ids)]}"), range(16)))
+            list(pool.map(lambda i: http_status(port, f"/api/similar/{ids[i % len(ids)]}"), range(16)))
             if "photo" in scenarios:
-                list(pool.map(lambda i: _photo_request(base, photos[i % len(photos)]), range(8)))
+                list(pool.map(lambda i: _photo_request(port, photos[i % len(photos)]), range(8)))
         stats = {
             (users, scenario): _stats(
                 _locust(ctx, base, data_path, scenario, users=users, seconds=seconds), seconds
@@ -179,7 +157,7 @@ def run(ctx: BenchContext) -> SectionResult:
     finally:
         server.stop()
 
-    paths = {"trivial": trivial_path, **PATHS}
+    paths = {"trivial": TRIVIAL_PATH, **PATHS}
     for users in levels:
         table = Table(
             f"HTTP with {users} locust user{'s' if users > 1 else ''} never waiting, {seconds}s per request kind "
@@ -218,14 +196,14 @@ def run(ctx: BenchContext) -> SectionResult:
     if "photo" not in scenarios:
         result.notes.append(f"photo search not measured: POST /api/search-by-image answered {photo_status}")
     result.notes.append(
-        f"trivial view: {trivial_path}; each request kind runs alone, one after the other, at the same concurrency; "
+        f"trivial view: {TRIVIAL_PATH}; each request kind runs alone, one after the other, at the same concurrency; "
         f"gunicorn ran with PHOTO_SEARCH_RATE_PER_MINUTE=0 and PHOTO_SEARCH_QUEUE={PHOTO_QUEUE}"
     )
     result.data = {
         "products": len(ids),
         "levels": levels,
         "seconds": seconds,
-        "trivial_path": trivial_path,
+        "trivial_path": TRIVIAL_PATH,
         "photo_status": photo_status,
         "stats": {f"{users}/{scenario}": s for (users, scenario), s in stats.items()},
     }

@@ -3,7 +3,7 @@
 ``.venv/bin/python bench/import_job_bench.py [--rows N] [--databases sqlite,postgres] [--no-command]``
 
 * The catalog: the real ``styles.csv`` (``../shared/data/styles.csv`` beside the repository) with one image
-  drawn per row by the demo generator's drawing, exactly as ``bench/realscale.py`` prepares it (and from
+  drawn per row by the lab's real-row drawer, exactly as ``bench/realscale.py`` prepares it (and from
   the same cache under ``~/.cache/visual-gallery/bench/``: a second run draws nothing). ``--rows N`` takes
   the first N rows. The zip (``styles.csv`` + ``images/<id>.jpg`` in one folder, stored: JPEGs do not
   compress) is cached beside it.
@@ -28,16 +28,13 @@ Nothing here asserts on timings. Results: printed, and written to ``bench/result
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import http.cookies
 import json
-import os
 import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import PYTHON, RESULTS_DIR, Service, Table, free_port, machine_describe, wait_until  # noqa: E402
-from bench.realscale import CACHE, STYLES, catalog_draw, prepared_for  # noqa: E402
+from bench.common import (  # noqa: E402
+    PYTHON,
+    RESULTS_DIR,
+    Table,
+    bench_env,
+    command_run,
+    machine_describe,
+    redis_flush,
+    web_start,
+    worker_start,
+)
+from bench.realscale import CACHE, STYLES, prepared_for  # noqa: E402
 
 POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 POSTGRES_DB = "bench_import_jobs"
@@ -75,13 +82,7 @@ def log(message: str) -> None:
 def catalog_ready(rows: int | None) -> tuple[Path, int]:
     """The drawn catalog folder (styles.csv + images/) for the first ``rows`` rows (all: None), drawn once."""
     prepared = prepared_for(rows=rows)
-    marker = prepared.directory / "drawn.json"
-    if not marker.exists():
-        log(f"drawing one image per row of {STYLES} ({rows or 'all'} rows) into {prepared.catalog}")
-        started = time.perf_counter()
-        count = catalog_draw(styles=STYLES, rows=rows, out=prepared.catalog, log=log)
-        marker.write_text(json.dumps({"rows": count, "seconds": round(time.perf_counter() - started, 1)}))
-    return prepared.catalog, int(json.loads(marker.read_text())["rows"])
+    return prepared.catalog, prepared.drawn(log=log)
 
 
 def zip_ready(catalog: Path, key: str) -> Path:
@@ -118,49 +119,13 @@ def database_reset(database: str, state: Path) -> str:
 
 
 def environment(state: Path, database_url: str, bulk_limit: int, redis_url: str) -> dict[str, str]:
-    env = os.environ.copy()
-    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "EMBEDDING_HEAD"):
-        env.pop(name, None)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "GALLERY_ENV": "local",
-            "ENCODER": "efficientnet-lite0",
-            "REDIS_URL": redis_url,
-            "CACHE_KEY_PREFIX": "gallery-bench-import-jobs",
-            "GALLERY_VAR_DIR": str(state / "var"),
-            "DATABASE_URL": database_url,
-            "MEDIA_ROOT": str(state / "media"),
-            "INDEX_DIR": str(state / "index"),
-            "IMPORT_JOBS_DIR": str(state / "imports"),
-            "BULK_UPLOAD_MAX_BYTES": str(bulk_limit),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
+    return bench_env(var=state / "var", database_url=database_url, redis_url=redis_url,
+                     prefix="gallery-bench-import-jobs", media=state / "media", index=state / "index",
+                     IMPORT_JOBS_DIR=str(state / "imports"), BULK_UPLOAD_MAX_BYTES=str(bulk_limit))  # fmt: skip
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = JOB_TIMEOUT_S) -> str:
-    done = subprocess.run(
-        ["nice", "-n", "10", PYTHON, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed: {done.stdout[-2000:]} {done.stderr[-3000:]}")
-    return done.stdout
-
-
-def redis_flush(redis_url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
+    return command_run([PYTHON, "manage.py", *args], env=env, timeout=timeout, nice=True)
 
 
 class Browser:
@@ -271,25 +236,11 @@ def measure_database(
     log(f"[{database}] migrate, superuser")
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "createsuperuser", "--noinput", "--username", "bench", "--email", "bench@example.com")
-    port = free_port()
-    web = Service(
-        "gunicorn",
-        [str(Path(PYTHON).parent / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}"]
-        + ["--workers", "3", "--threads", "4", "--access-logfile", "-"],
-        log=state / "web.log",
-        env=env,
-    )
-    worker = Service(
-        "celery worker",
-        [PYTHON, "-m", "celery", "-A", "config", "worker", "--pool", "prefork", "--concurrency", "1"]
-        + ["--hostname", "bench-import@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-        log=state / "worker.log",
-        env=env,
-    )
+    web, port = web_start(log=state / "web.log", env=env, timeout=60)
+    worker = worker_start(log=state / "worker.log", env=env, hostname="bench-import@%h")
     result: dict = {"database": database, "zip_bytes": archive.stat().st_size, "bulk_limit": bulk_limit}
     try:
         browser = Browser(port)
-        wait_until(lambda: _status_ok(browser, "/healthz"), timeout=60, what="gunicorn")
         worker.wait_log("ready.", timeout=120)
         trivial = []
         for _ in range(20):
@@ -353,12 +304,6 @@ def measure_database(
     redis_flush(redis_url)
     shutil.rmtree(state / "media", ignore_errors=True)
     return result
-
-
-def _status_ok(browser: Browser, path: str) -> bool:
-    with contextlib.suppress(OSError):
-        return browser.request("GET", path)[0] == 200
-    return False
 
 
 def tables(results: list[dict], rows: int) -> list[Table]:

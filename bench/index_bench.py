@@ -32,7 +32,9 @@ from bench.common import (
     SectionResult,
     Summary,
     Table,
+    process_memory,
     synthetic_vectors,
+    vectors_store,
 )
 
 DIM = SERVED_DIM
@@ -58,25 +60,13 @@ def _build(directory: Path, vectors: np.ndarray):  # noqa: ANN202
     )
 
 
-def _smaps(pid: int, suffix: str) -> dict[str, float]:
-    """kB fields summed over the mappings of files named ``*suffix``, and the whole process's rollup (MB)."""
+def _smaps(pid: int) -> dict[str, float]:
+    """The index mapping's and the whole process's memory (MB; see bench.common.process_memory)."""
+    memory = process_memory(pid)
     fields = ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty")
-    mapping = dict.fromkeys(fields, 0)
-    inside = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and not head[0].endswith(":"):
-            inside = line.rstrip().endswith(suffix)
-        elif inside and head and head[0].rstrip(":") in fields:
-            mapping[head[0].rstrip(":")] += int(head[1])
-    rollup = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        head = line.split()
-        if head and head[0].rstrip(":") in ("Rss", "Pss", "Shared_Clean"):
-            rollup[head[0].rstrip(":")] = int(head[1])
     return {
-        **{f"index_{k}_mb": v / 1024 for k, v in mapping.items()},
-        **{f"process_{k}_mb": v / 1024 for k, v in rollup.items()},
+        **{f"index_{k}_mb": memory["mapping"].get(k, 0.0) for k in fields},
+        **{f"process_{k}_mb": memory["rollup"][k] for k in ("Rss", "Pss", "Shared_Clean")},
     }
 
 
@@ -97,7 +87,7 @@ class _Probe:
             raise RuntimeError(f"index probe failed: {line!r}")
 
     def smaps(self) -> dict[str, float]:
-        return _smaps(self.process.pid, "vectors.ann")
+        return _smaps(self.process.pid)
 
     def stop(self) -> None:
         if self.process.stdin:
@@ -136,38 +126,6 @@ def _memory(ctx: BenchContext, directory: Path, version: str, data_queries: np.n
     return table, {"alone": alone, "first_with_second": both[0], "second": both[1]}
 
 
-def _catalog_store(vectors: np.ndarray, *, first_id: int = 1) -> list[int]:
-    """Products and their vectors in the database (bulk), as embed_catalog would leave them."""
-    from gallery.models import Product
-    from recommender import runtime
-    from recommender.models import Embedding, EmbeddingState, EmbedStatus
-
-    space = runtime.active_space()
-    ids = list(range(first_id, first_id + len(vectors)))
-    for start in range(0, len(ids), 2000):
-        chunk = ids[start : start + 2000]
-        Product.objects.bulk_create([Product(id=i, name=f"Product {i}", image_version=1) for i in chunk])
-        EmbeddingState.objects.bulk_create(
-            [
-                EmbeddingState(product_id=i, image_name=f"bench/{i}.jpg", image_version=1, status=EmbedStatus.DONE)
-                for i in chunk
-            ]
-        )
-        Embedding.objects.bulk_create(
-            [
-                Embedding(
-                    product_id=i,
-                    space=space,
-                    dim=vectors.shape[1],
-                    vector=vectors[i - first_id].astype("<f4").tobytes(),
-                    image_version=1,
-                )
-                for i in chunk
-            ]
-        )
-    return ids
-
-
 def _served_rounds(vectors: np.ndarray, ids: list[int], picks: np.ndarray) -> tuple[list[float], list[float]]:
     """Per click: thread CPU seconds of similar_products (product excluded) and of exact numpy, interleaved."""
     from threadpoolctl import threadpool_limits
@@ -199,7 +157,7 @@ def _served_path(ctx: BenchContext, n: int, clicks: int) -> tuple[Table, dict]:
     data = synthetic_vectors(n + FRESH, DIM, queries=0, seed=11)
     vectors, fresh = data.vectors[:n], data.vectors[n:]
     started = time.perf_counter()
-    ids = _catalog_store(vectors)
+    ids = vectors_store(vectors)
     store_s = time.perf_counter() - started
     picks = np.random.default_rng(5).integers(0, n, clicks)
     states: dict[str, dict] = {}
@@ -222,7 +180,7 @@ def _served_path(ctx: BenchContext, n: int, clicks: int) -> tuple[Table, dict]:
     started = time.perf_counter()
     meta = services.index_rebuild()
     measure("index built over vectors older than WATERMARK_MARGIN", time.perf_counter() - started, meta)
-    _catalog_store(fresh, first_id=n + 1)
+    vectors_store(fresh, first_id=n + 1)
     measure(f"same index + {FRESH} fresh vectors outside it", None, meta)
 
     table = Table(

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
 import time
 from pathlib import Path
 
 from bench.common import (
     PYTHON,
-    ROOT,
     BenchContext,
     SectionResult,
-    Service,
     Summary,
     Table,
     catalog_replicate,
     child_env,
+    command_run,
+    worker_start,
 )
 
 POLL_S = 0.01
@@ -42,19 +41,12 @@ def _import(ctx: BenchContext, directory: Path, workers: int) -> dict[str, float
     """Run manage.py import_catalog on an empty catalog; its own rows/s and the command's wall time."""
     ctx.reset()
     started = time.perf_counter()
-    done = subprocess.run(
-        [PYTHON, "manage.py", "import_catalog", str(directory), "--no-enqueue", "--workers", str(workers), "-v", "0"],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
+    command = [PYTHON, "manage.py", "import_catalog", str(directory), "--no-enqueue", "--workers", str(workers)]
+    stdout = command_run([*command, "-v", "0"], env=child_env(), timeout=1800)
     wall = time.perf_counter() - started
-    match = _SUMMARY.search(done.stdout)
-    if done.returncode != 0 or not match:
-        raise RuntimeError(f"import_catalog failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    match = _SUMMARY.search(stdout)
+    if not match:
+        raise RuntimeError(f"import_catalog printed no summary: {stdout[-2000:]}")
     rows, seconds = int(match.group(1)), float(match.group(2))
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "command_wall_s": wall}
 
@@ -144,29 +136,7 @@ def _findable(ctx: BenchContext, uploads: int) -> tuple[Table, dict]:
         anchor: _variant_of(Path(default_storage.path(name)))
         for anchor, name in Product.objects.filter(id__in=anchors).values_list("id", "image")
     }
-    worker = Service(
-        "celery worker",
-        [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "--hostname",
-            "bench@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        log=ctx.tmp / "worker.log",
-        env=child_env(LOG_LEVEL="INFO"),
-    )
+    worker = worker_start(log=ctx.tmp / "worker.log", env=child_env(LOG_LEVEL="INFO"), hostname="bench@%h")
     try:
         worker.wait_log("ready.", timeout=120)
         runs = []

@@ -4,9 +4,10 @@
 ``bench/run.py --only realscale`` (the same, inside the benchmark runner; not part of a default run).
 
 * The catalog: the real ``styles.csv`` (``../shared/data/styles.csv`` beside the repository, 44,446 rows;
-  ``--quick``: its first 2,000 rows) with one image drawn per row by the demo generator's drawing
-  (``lab.demo``): the row's article type picks the drawn shape (types the generator has no drawing for
-  borrow the nearest one, see ``DRAWN_AS``), its colour the paint, a pattern word in its name the pattern.
+  ``--quick``: its first 2,000 rows) with one image drawn per row by the lab's real-row drawer
+  (``lab.shopper.real_row_image``): the row's article type picks the demo's drawn shape (types the demo has
+  no drawing for borrow the nearest one, see ``lab.shopper.drawn_as``, with their own proportions), its
+  colour the paint, a pattern word in its name the pattern.
   It is imported with ``manage.py import_catalog``, embedded with ``manage.py embed_catalog`` (the served
   encoder, EfficientNet-Lite0, with the product's defaults), and indexed with ``manage.py build_index``
   once the newest vector is older than the build watermark's margin, so the index holds every vector, as
@@ -55,7 +56,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import http.client
 import importlib.metadata
 import json
 import os
@@ -71,7 +71,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -82,150 +81,36 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     PYTHON,
     RESULTS_DIR,
+    Request,
     SectionResult,
-    Service,
     Summary,
     Table,
     Target,
-    free_port,
+    bench_env,
+    command_run,
+    many_clients,
     multipart,
+    one_client,
+    process_memory,
+    redis_flush,
     wait_until,
+    web_command,
+    web_start,
+    worker_start,
 )
 
 STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
 CACHE = Path.home() / ".cache" / "visual-gallery" / "bench"
+VECTORS_SCRIPT = ROOT / "bench" / "realscale_vectors.py"  # its child processes
 REDIS_URL = "redis://127.0.0.1:6379/6"
 POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/bench_realscale"
 ENCODER = "efficientnet-lite0"
 # Bump when the drawing or the preparation changes what ends up in the cache.
-RECIPE = "realscale-1"
+RECIPE = "realscale-2"
 QUICK_ROWS = 2000
 DRAW_SEED = 7
-BIN = Path(sys.executable).parent
 PHOTO_QUEUE = 8
 GRID = 25
-
-# --- Drawing an image per row of the real catalog -------------------------------------------------------------
-
-# Article types lab.demo has no drawing for, drawn as the nearest shape it has; then by sub-category, then by
-# master category.
-# fmt: off
-DRAWN_AS = {
-    "Kurtas": "Shirts", "Kurtis": "Tops", "Tunics": "Tops", "Camisoles": "Tops", "Bra": "Tops",
-    "Sweaters": "Sweatshirts", "Blazers": "Jackets", "Waistcoat": "Jackets", "Rain Jacket": "Jackets",
-    "Nehru Jackets": "Jackets", "Shrug": "Jackets", "Innerwear Vests": "Tshirts", "Lounge Tshirts": "Tshirts",
-    "Night suits": "Tshirts", "Briefs": "Shorts", "Boxers": "Shorts", "Trunk": "Shorts", "Lounge Shorts": "Shorts",
-    "Track Pants": "Trousers", "Lounge Pants": "Trousers", "Leggings": "Trousers", "Capris": "Trousers",
-    "Jeggings": "Jeans", "Sarees": "Dresses", "Nightdress": "Dresses", "Jumpsuit": "Dresses", "Flats": "Sandals",
-    "Sports Sandals": "Sandals", "Booties": "Casual Shoes", "Wallets": "Handbags", "Clutches": "Handbags",
-    "Laptop Bag": "Backpacks", "Duffel Bag": "Backpacks", "Trolley Bag": "Backpacks", "Rucksacks": "Backpacks",
-    "Messenger Bag": "Backpacks", "Ties": "Belts", "Hat": "Caps", "Headband": "Caps",
-}
-DRAWN_AS_SUB = {
-    "Topwear": "Tshirts", "Bottomwear": "Trousers", "Dress": "Dresses", "Saree": "Dresses",
-    "Apparel Set": "Tshirts", "Innerwear": "Shorts", "Loungewear and Nightwear": "Dresses", "Socks": "Flip Flops",
-    "Shoes": "Casual Shoes", "Sandal": "Sandals", "Flip Flops": "Flip Flops", "Bags": "Handbags",
-    "Wallets": "Handbags", "Watches": "Watches", "Jewellery": "Watches", "Belts": "Belts", "Headwear": "Caps",
-    "Eyewear": "Sunglasses",
-}
-DRAWN_AS_MASTER = {"Apparel": "Tshirts", "Footwear": "Casual Shoes", "Personal Care": "Backpacks"}
-DRAWN_DEFAULT = "Handbags"
-# Colours of the real catalog that lab.demo's palette lacks, painted as the nearest one it has.
-PAINTED_AS = {
-    "Silver": "Grey", "Steel": "Grey", "Grey Melange": "Grey", "Charcoal": "Black", "Metallic": "Grey",
-    "Taupe": "Grey", "Gold": "Yellow", "Mustard": "Yellow", "Cream": "Beige", "Off White": "White",
-    "Khaki": "Beige", "Skin": "Beige", "Nude": "Beige", "Tan": "Brown", "Coffee Brown": "Brown",
-    "Mushroom Brown": "Brown", "Copper": "Brown", "Bronze": "Brown", "Rust": "Orange", "Peach": "Pink",
-    "Rose": "Pink", "Magenta": "Pink", "Lavender": "Purple", "Mauve": "Purple", "Burgundy": "Maroon",
-    "Sea Green": "Green", "Lime Green": "Green", "Fluorescent Green": "Green", "Turquoise Blue": "Teal",
-    "Multi": "Red",
-}
-# fmt: on
-PATTERN_NAMES = (("strip", "Striped"), ("check", "Checked"), ("polka", "Polka Dot"), ("print", "Printed"))
-
-
-def _split_line(line: str) -> list[str]:
-    """The ten fields of a styles.csv line: the first nine commas separate them, the rest belong to the name."""
-    return line.rstrip("\r\n").split(",", 9)
-
-
-def _drawn_article(fields: list[str]):  # noqa: ANN202
-    from lab.demo import ARTICLES
-
-    by_name = {a.name: a for a in ARTICLES}
-    master, sub, kind = (fields[2], fields[3], fields[4]) if len(fields) > 4 else ("", "", "")
-    name = (
-        kind
-        if kind in by_name
-        else DRAWN_AS.get(kind) or DRAWN_AS_SUB.get(sub) or DRAWN_AS_MASTER.get(master) or DRAWN_DEFAULT
-    )
-    return by_name[name]
-
-
-def _paint(colour: str, rng: random.Random) -> str:
-    from lab.demo import PALETTE
-
-    if colour in PALETTE:
-        return colour
-    return PAINTED_AS.get(colour) or rng.choice(sorted(PALETTE))
-
-
-_noise = None
-
-
-def _draw_init() -> None:
-    global _noise  # one film-grain image per drawing process, as demo_catalog_write makes it
-    import numpy as np
-    from PIL import Image
-
-    grain = np.random.default_rng(DRAW_SEED).normal(128.0, 2.0, (800, 640, 3))
-    _noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-
-
-def _draw_rows(job: tuple[Path, list[str]]) -> int:
-    """Draw and save the image of each styles.csv line in ``job``; returns how many were drawn."""
-    # lab.demo's own renderer, the one demo_catalog_write calls for each of its rows.
-    from lab.demo import _render
-
-    images, lines = job
-    for line in lines:
-        fields = _split_line(line)
-        product_id = fields[0].strip()
-        if not product_id.isdigit():
-            continue
-        rng = random.Random(f"{DRAW_SEED}:{product_id}")
-        article = _drawn_article(fields)
-        colour = _paint(fields[5].strip() if len(fields) > 5 else "", rng)
-        name = fields[9].lower() if len(fields) > 9 else ""
-        pattern = next((kind for word, kind in PATTERN_NAMES if word in name), "Solid")
-        image, _ = _render(article, colour, pattern, rng, _noise)
-        image.save(images / f"{product_id}.jpg", format="JPEG", quality=90)
-    return len(lines)
-
-
-def catalog_draw(*, styles: Path, rows: int | None, out: Path, log: Callable[[str], None]) -> int:
-    """``out/styles.csv`` (the first ``rows`` data lines of ``styles``, unchanged) and one image per row.
-
-    Returns the number of data lines. Draws in two processes; the lines are copied byte for byte, so the
-    catalog keeps the real file's faults (unquoted commas, empty names) for import_catalog to meet.
-    """
-    text = styles.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    header, body = lines[0], [line for line in lines[1:] if line.strip()]
-    body = body[:rows] if rows else body
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    chunk = 500
-    jobs = [(images, body[i : i + chunk]) for i in range(0, len(body), chunk)]
-    done = 0
-    with get_context("fork").Pool(2, initializer=_draw_init) as pool:
-        for n in pool.imap_unordered(_draw_rows, jobs):
-            done += n
-            if done % 5000 < chunk:
-                log(f"  drawn {done}/{len(body)} images ({time.perf_counter() - started:.0f}s)")
-    (out / "styles.csv").write_text(header + "".join(body), encoding="utf-8")
-    return len(body)
 
 
 # --- Prepared state, cached outside the repository ------------------------------------------------------------
@@ -282,6 +167,18 @@ class Prepared:
     def state_file(self) -> Path:
         return self.db / "state.json"
 
+    def drawn(self, *, log: Callable[[str], None]) -> int:
+        """The catalog's rows, drawn once by the lab's real-row drawer (``lab.shopper.real_catalog_draw``)."""
+        marker = self.directory / "drawn.json"
+        if not marker.exists():
+            from lab.shopper import real_catalog_draw
+
+            log(f"drawing one image per row of {self.styles} ({self.rows or 'all'} rows) into {self.catalog}")
+            started = time.perf_counter()
+            rows = real_catalog_draw(styles=self.styles, out_dir=self.catalog, rows=self.rows, seed=DRAW_SEED, log=log)
+            marker.write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 1)}))
+        return int(json.loads(marker.read_text())["rows"])
+
     def state(self) -> dict:
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
             return json.loads(self.state_file.read_text())
@@ -293,36 +190,15 @@ class Prepared:
 
     def env(self, database: str, **extra: str) -> dict[str, str]:
         """The environment of every command and server of this catalog on ``database`` (sqlite or postgres)."""
-        var = self.db / "var"
-        env = os.environ.copy()
-        for name in (
-            "SECRET_KEY",
-            "ENCODER_BF16",
-            "ENCODER_THREADS",
-            "INDEX_N_TREES",
-            "INDEX_SEARCH_K",
-            "EMBEDDING_HEAD",
-        ):
-            env.pop(name, None)
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "config.settings",
-                "GALLERY_ENV": "local",
-                "ENCODER": ENCODER,
-                "REDIS_URL": REDIS_URL,
-                "CACHE_KEY_PREFIX": f"gallery-realscale-{database}",
-                "GALLERY_VAR_DIR": str(var),
-                "DATABASE_URL": f"sqlite:///{self.sqlite_file}" if database == "sqlite" else POSTGRES_URL,
-                "MEDIA_ROOT": str(self.db / "media"),
-                "INDEX_DIR": str(self.db / f"index-{database}"),
-                "STATIC_ROOT": str(var / "staticfiles"),
-                "LOG_LEVEL": "WARNING",
-                "DEBUG": "0",
-                "PYTHONUNBUFFERED": "1",
-                **extra,
-            }
+        return bench_env(
+            var=self.db / "var",
+            database_url=f"sqlite:///{self.sqlite_file}" if database == "sqlite" else POSTGRES_URL,
+            redis_url=REDIS_URL,
+            prefix=f"gallery-realscale-{database}",
+            media=self.db / "media",
+            index=self.db / f"index-{database}",
+            **extra,
         )
-        return env
 
 
 def prepared_for(*, rows: int | None, styles: Path = STYLES, code: Path = ROOT) -> Prepared:
@@ -337,35 +213,17 @@ def prepared_for(*, rows: int | None, styles: Path = STYLES, code: Path = ROOT) 
 
 def _manage(prepared: Prepared, database: str, *args: str, log: Callable[[str], None], timeout: float = 7200) -> str:
     """Run ``manage.py ARGS`` (niced) on the prepared catalog; returns its stdout, raises with its output on failure."""
-    command = ["nice", "-n", "10", PYTHON, "manage.py", *args]
-    log(f"  $ {' '.join(command[3:])}  [{database}]")
-    done = subprocess.run(
-        command,
-        cwd=prepared.code,
-        env=prepared.env(database),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    for line in done.stdout.strip().splitlines()[-4:]:
+    log(f"  $ manage.py {' '.join(args)}  [{database}]")
+    stdout = command_run([PYTHON, "manage.py", *args], env=prepared.env(database), timeout=timeout, nice=True)
+    for line in stdout.strip().splitlines()[-4:]:
         log(f"    {line}")
-    return done.stdout
+    return stdout
 
 
 def _child(prepared: Prepared, database: str, *args: str, log: Callable[[str], None]) -> dict:
     """Run bench/realscale_vectors.py ARGS (niced) on the prepared catalog; returns the JSON line it prints last."""
-    command = ["nice", "-n", "10", PYTHON, str(prepared.code / "bench" / "realscale_vectors.py"), *args]
-    done = subprocess.run(
-        command, cwd=prepared.code, env=prepared.env(database), capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py {args[0]} failed: {done.stdout[-3000:]} {done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout = command_run([PYTHON, str(VECTORS_SCRIPT), *args], env=prepared.env(database), nice=True)
+    result = json.loads(stdout.strip().splitlines()[-1])
     log(f"  {args[0]} [{database}]: {result}")
     return result
 
@@ -439,13 +297,7 @@ def _carried(other: Path) -> dict[str, object]:
 
 def prepare_sqlite(prepared: Prepared, *, log: Callable[[str], None]) -> None:
     """Draw, import, embed (or load the cached vectors) and index the catalog into the SQLite file, each once."""
-    if not (prepared.directory / "drawn.json").exists():
-        log(f"drawing one image per row of {prepared.styles} ({prepared.rows or 'all'} rows) into {prepared.catalog}")
-        started = time.perf_counter()
-        rows = catalog_draw(styles=prepared.styles, rows=prepared.rows, out=prepared.catalog, log=log)
-        (prepared.directory / "drawn.json").write_text(
-            json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 1)})
-        )
+    prepared.drawn(log=log)
     state = prepared.state()
     if not state.get("imported") and _sqlite_derive(prepared, log=log):
         state = prepared.state()
@@ -471,9 +323,9 @@ def prepare_sqlite(prepared: Prepared, *, log: Callable[[str], None]) -> None:
         prepared.mark(indexed_sqlite=True)
 
 
-def _psql(sql: str) -> str:
+def _psql(sql: str, *, database: str = "postgres") -> str:
     done = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAqc", sql],
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAqc", sql],
         capture_output=True,
         text=True,
         check=True,
@@ -495,25 +347,9 @@ def _postgres_schema_ready(prepared: Prepared, *, log: Callable[[str], None]) ->
     )
     if comment != f"schema {key}":
         log(f"  emptying bench_realscale (its schema is {comment or 'unknown'}, this code's is {key})")
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "bench_realscale",
-                "-qc",
-                "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
-            ],
-            capture_output=True,
-            check=True,
-        )
-        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
-        _psql(f"COMMENT ON DATABASE bench_realscale IS 'schema {key}'")
-    else:
-        _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+        _psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;", database="bench_realscale")
+    _manage(prepared, "postgres", "migrate", "--noinput", "-v", "0", log=log)
+    _psql(f"COMMENT ON DATABASE bench_realscale IS 'schema {key}'")
 
 
 def prepare_postgres(prepared: Prepared, *, log: Callable[[str], None]) -> None:
@@ -528,14 +364,6 @@ def prepare_postgres(prepared: Prepared, *, log: Callable[[str], None]) -> None:
 
 
 # --- What shoppers ask for ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    body: bytes | None = None
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -704,136 +532,7 @@ def shop_read(prepared: Prepared, *, photos: int = 20, seed: int = 11) -> Shop:
     )
 
 
-# --- The client -------------------------------------------------------------------------------------------------
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reconnects = 0
-        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-    def send(self, request: Request) -> tuple[int, float, bytes]:
-        """(status, wall ms, body); status 0 when the request failed twice."""
-        for attempt in (0, 1):
-            started = time.perf_counter()
-            try:
-                self._connection.request(
-                    request.method,
-                    request.path,
-                    body=request.body,
-                    headers={"Host": "127.0.0.1", **dict(request.headers)},
-                )
-                response = self._connection.getresponse()
-                body = response.read()
-                return response.status, (time.perf_counter() - started) * 1e3, body
-            except (OSError, http.client.HTTPException):
-                self._connection.close()
-                self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-                self.reconnects += attempt == 0
-        return 0, (time.perf_counter() - started) * 1e3, b""
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def _results_count(body: bytes) -> int | None:
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        return len(json.loads(body)["results"])
-    return None
-
-
-def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
-    """``warm`` requests, then ``count`` timed ones, one after another on one connection."""
-    rng = random.Random(seed)
-    client = Client(port)
-    try:
-        for _ in range(warm):
-            client.send(kind.draw(rng))
-        times, statuses, results = [], Counter(), []
-        for _ in range(count):
-            status, ms, body = client.send(kind.draw(rng))
-            times.append(ms)
-            statuses[status] += 1
-            if kind.api and status == 200:
-                results.append(_results_count(body))
-    finally:
-        client.close()
-    counted = [r for r in results if r is not None]
-    return {
-        "times": times,
-        "summary": Summary.of(times),
-        "statuses": dict(statuses),
-        "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
-        "results_median": sorted(counted)[len(counted) // 2] if counted else None,
-        "reconnects": client.reconnects,
-    }
-
-
-def many_clients(port: int, kind: Kind, *, clients: int, seconds: float, seed: int) -> dict:
-    """``clients`` threads, each on its own connection, sending without pause for ``seconds``."""
-    stop = time.perf_counter() + seconds
-    records: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
-    reconnects = [0] * clients
-
-    def loop(number: int) -> None:
-        rng = random.Random(seed * 100 + number)
-        client = Client(port)
-        try:
-            client.send(kind.draw(rng))  # opens the connection, off the clock
-            while time.perf_counter() < stop:
-                status, ms, _ = client.send(kind.draw(rng))
-                records[number].append((status, ms))
-        finally:
-            reconnects[number] = client.reconnects
-            client.close()
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    done = [r for rows in records for r in rows]
-    return {
-        "times": [ms for _, ms in done],
-        "summary": Summary.of([ms for _, ms in done]),
-        "rate": len(done) / elapsed,
-        "errors": sum(1 for status, _ in done if status == 0 or status >= 400),
-        "statuses": dict(Counter(status for status, _ in done)),
-        "reconnects": sum(reconnects),
-        "seconds": elapsed,
-    }
-
-
 # --- The web server and its workers' memory ---------------------------------------------------------------------
-
-
-def procfile_web(port: int) -> list[str]:
-    """The Procfile's ``web`` command, bound to 127.0.0.1:``port`` instead of every interface."""
-    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
-    words = shlex.split(line.partition(":")[2].replace("${PORT:-8000}", str(port)))
-    words[0] = str(BIN / words[0])
-    for i, word in enumerate(words):
-        if word in ("--bind", "-b"):
-            words[i + 1] = f"127.0.0.1:{port}"
-    return words
-
-
-def _status(port: int, path: str) -> int:
-    with contextlib.suppress(OSError, http.client.HTTPException):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status
-        finally:
-            connection.close()
-    return 0
 
 
 def worker_memory(master: int) -> list[dict]:
@@ -842,21 +541,8 @@ def worker_memory(master: int) -> list[dict]:
 
     out = []
     for child in sorted(psutil.Process(master).children(), key=lambda p: p.pid):
-        rollup = {}
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{child.pid}/smaps_rollup").read_text().splitlines():
-                head = line.split()
-                if len(head) >= 2 and head[1].isdigit():
-                    rollup[head[0].rstrip(":")] = int(head[1]) / 1024
-        index_rss, inside, torch = 0.0, False, False
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{child.pid}/smaps").read_text().splitlines():
-                head = line.split()
-                if head and "-" in head[0] and not head[0].endswith(":"):
-                    inside = line.rstrip().endswith("vectors.ann")
-                    torch = torch or "libtorch" in line
-                elif inside and head and head[0] == "Rss:":
-                    index_rss += int(head[1]) / 1024
+        memory = process_memory(child.pid)
+        rollup = memory["rollup"]
         out.append(
             {
                 "pid": child.pid,
@@ -864,17 +550,11 @@ def worker_memory(master: int) -> list[dict]:
                 "pss_mb": rollup.get("Pss", 0.0),
                 "private_mb": rollup.get("Private_Clean", 0.0) + rollup.get("Private_Dirty", 0.0),
                 "anonymous_mb": rollup.get("Anonymous", 0.0),
-                "index_rss_mb": index_rss,
-                "torch_loaded": torch,
+                "index_rss_mb": memory["mapping"].get("Rss", 0.0),
+                "torch_loaded": memory["torch"],
             }
         )
     return out
-
-
-def _redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 @dataclass(frozen=True)
@@ -888,11 +568,9 @@ class Sizes:
 
 def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes, *, logs: Path, log) -> dict:  # noqa: ANN001
     """Start the Procfile's web server on ``database`` and run every request kind at 1 and at 8 clients."""
-    port = free_port()
-    _redis_flush()
-    server = Service(
-        f"gunicorn ({database})",
-        procfile_web(port),
+    redis_flush(REDIS_URL)
+    server, port = web_start(
+        name=f"gunicorn ({database})",
         log=logs / f"gunicorn-{database}.log",
         env=prepared.env(database, PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE)),
     )
@@ -903,9 +581,6 @@ def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes
     many: dict[str, list[dict]] = {}
     memory: dict[str, list[dict]] = {}
     try:
-        wait_until(lambda: _status(port, "/healthz") == 200 or not server.alive(), timeout=120, what="gunicorn")
-        if not server.alive():
-            raise RuntimeError(f"gunicorn exited: {server.log_tail()}")
         memory["started"] = worker_memory(server.pid)
         # Every worker warmed on every kind (index mapped, templates compiled): new connections spread over them.
         for kind in [healthz, *others]:
@@ -960,16 +635,13 @@ def measure_events_cost(prepared: Prepared, database: str, shop: Shop, *, second
     loads: list[float] = []
     for round_number in range(rounds):
         for setting in ("off", "on"):
-            _redis_flush()
-            port = free_port()
+            redis_flush(REDIS_URL)
             env = prepared.env(
                 database, EVENTS_ENABLED="1" if setting == "on" else "0", EVENTS_FLUSH_INTERVAL_S="1",
             )  # fmt: skip
-            server = Service(f"gunicorn (events {setting})", procfile_web(port),
-                             log=logs / f"gunicorn-events-{setting}-{round_number}.log", env=env)  # fmt: skip
+            server, port = web_start(name=f"gunicorn (events {setting})",
+                                     log=logs / f"gunicorn-events-{setting}-{round_number}.log", env=env)  # fmt: skip
             try:
-                up = lambda port=port, server=server: _status(port, "/healthz") == 200 or not server.alive()  # noqa: E731
-                wait_until(up, timeout=120, what="gunicorn")
                 many_clients(port, kind, clients=12, seconds=1.5, seed=1)  # every worker warmed
                 log(f"  [{database}] click API at 8 clients, events {setting} (round {round_number + 1}/{rounds})")
                 loads.append(os.getloadavg()[0])
@@ -1056,16 +728,11 @@ print(json.dumps({"cpu_ms": cpu, "buffered": events.events_buffered()}))
 
 def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks: int, per_block: int) -> dict:
     """Thread CPU per click API request with events off and on, alternated in blocks (ms, medians and means)."""
-    _redis_flush()
-    done = subprocess.run(
-        [PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU],
-        cwd=prepared.code, capture_output=True, text=True, timeout=1800, check=False,
-        env=prepared.env(database, LOG_LEVEL="WARNING", BENCH_IDS=json.dumps(shop.ids[:2000]),
-                         BENCH_BLOCKS=str(blocks), BENCH_PER_BLOCK=str(per_block)),
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"events CPU run failed: {done.stderr[-3000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    redis_flush(REDIS_URL)
+    env = prepared.env(database, LOG_LEVEL="WARNING", BENCH_IDS=json.dumps(shop.ids[:2000]), BENCH_BLOCKS=str(blocks),
+                       BENCH_PER_BLOCK=str(per_block))  # fmt: skip
+    stdout = command_run([PYTHON, "manage.py", "shell", "-c", _EVENTS_CPU], env=env, timeout=1800)
+    out = json.loads(stdout.strip().splitlines()[-1])
     cpu = out["cpu_ms"]
     return {
         "median_ms": {k: statistics.median(v) for k, v in cpu.items()},
@@ -1078,14 +745,8 @@ def measure_events_cpu(prepared: Prepared, database: str, shop: Shop, *, blocks:
 def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_number: int) -> int:
     """Start a worker with beat until the buffered events are stored; how many it stored (then deleted)."""
     env = prepared.env(database, EVENTS_FLUSH_INTERVAL_S="1")
-    worker = Service(
-        "worker (events flush)",
-        [str(BIN / "celery"), "-A", "config", "worker", "--beat", "--concurrency", "1",
-         "--schedule", str(logs / f"beat-{round_number}.schedule"), "--without-gossip", "--without-mingle",
-         "--loglevel", "WARNING"],
-        log=logs / f"worker-events-{round_number}.log",
-        env=env,
-    )  # fmt: skip
+    worker = worker_start(log=logs / f"worker-events-{round_number}.log", env=env, hostname="bench-events@%h",
+                          loglevel="WARNING", beat_schedule=logs / f"beat-{round_number}.schedule")  # fmt: skip
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -1097,18 +758,9 @@ def _events_flushed(prepared: Prepared, database: str, *, logs: Path, round_numb
 
 
 def _events_stored(prepared: Prepared, database: str) -> int:
-    out = subprocess.run(
-        [str(BIN / "python"), "manage.py", "shell", "-c",
-         "from gallery.models import ShopperEvent; print(ShopperEvent.objects.count())"],
-        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    count = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
-    subprocess.run(
-        [str(BIN / "python"), "manage.py", "shell", "-c",
-         "from gallery.models import ShopperEvent; ShopperEvent.objects.all().delete()"],
-        cwd=ROOT, env=prepared.env(database), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return count
+    """How many shopper events the database holds; it holds none afterwards."""
+    code = "from gallery.models import ShopperEvent as E; print(E.objects.count()); E.objects.all().delete()"
+    return int(command_run([PYTHON, "manage.py", "shell", "-c", code], env=prepared.env(database)).split()[-1])
 
 
 def _pool(runs: list[dict]) -> dict:
@@ -1245,39 +897,17 @@ def vectors_env(n: int, dim: int, *, log: Callable[[str], None]) -> dict[str, st
             if (others[0].parent / "index").exists():
                 subprocess.run(["cp", "-al", str(others[0].parent / "index"), str(directory / "index")], check=True)
     directory.mkdir(parents=True, exist_ok=True)
-    env = os.environ.copy()
-    for name in ("SECRET_KEY", "ENCODER_BF16", "ENCODER_THREADS", "INDEX_N_TREES", "INDEX_SEARCH_K", "EMBEDDING_HEAD"):
-        env.pop(name, None)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "GALLERY_ENV": "local",
-            "ENCODER": ENCODER,
-            "REDIS_URL": REDIS_URL,
-            "CACHE_KEY_PREFIX": "gallery-realscale-vectors",
-            "GALLERY_VAR_DIR": str(directory / "var"),
-            "DATABASE_URL": f"sqlite:///{directory / 'gallery.sqlite3'}",
-            "MEDIA_ROOT": str(directory / "media"),
-            "INDEX_DIR": str(directory / "index"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-            # As config/wsgi.py sets every web process: no BLAS thread pool per small matrix product.
-            "OPENBLAS_NUM_THREADS": "1",
-        }
-    )
-    return env
+    # OPENBLAS_NUM_THREADS=1 as config/wsgi.py sets every web process: no BLAS thread pool per small product.
+    return bench_env(var=directory / "var", database_url=f"sqlite:///{directory / 'gallery.sqlite3'}",
+                     redis_url=REDIS_URL, prefix="gallery-realscale-vectors", media=directory / "media",
+                     index=directory / "index", OPENBLAS_NUM_THREADS="1")  # fmt: skip
 
 
 def _vectors_child(command: str, args: list[str], *, n: int, dim: int, out: Path, log) -> dict:  # noqa: ANN001
     """Run ``realscale_vectors.py COMMAND`` on the cached ``n`` x ``dim`` database; the JSON it wrote to ``out``."""
-    argv = [PYTHON, str(ROOT / "bench" / "realscale_vectors.py"), command, "--n", str(n), "--dim", str(dim), *args]
-    argv += ["--out", str(out)]
+    argv = [PYTHON, str(VECTORS_SCRIPT), command, "--n", str(n), "--dim", str(dim), *args, "--out", str(out)]
     log(f"  {command} at {n:,} x {dim}-d synthetic vectors: {' '.join(argv[1:])}")
-    done = subprocess.run(argv, cwd=ROOT, env=vectors_env(n, dim, log=log), capture_output=True, text=True, check=False)
-    for line in done.stderr.strip().splitlines()[-5:]:
-        log(f"    {line}")
-    if done.returncode != 0:
-        raise RuntimeError(f"realscale_vectors.py {command} failed: {done.stderr[-3000:]}")
+    command_run(argv, env=vectors_env(n, dim, log=log), log=log)
     return json.loads(out.read_text())
 
 
@@ -1461,7 +1091,7 @@ def realscale_run(
         f"{state.get('embed_seconds', '-')}s when first made); this run's preparation took {prepare_s:.0f}s"
     )
     result.notes.append(
-        "server: " + " ".join(procfile_web(8000)[1:]) + f" with PHOTO_SEARCH_RATE_PER_MINUTE=0, "
+        "server: " + " ".join(web_command(8000)[1:]) + f" with PHOTO_SEARCH_RATE_PER_MINUTE=0, "
         f"PHOTO_SEARCH_QUEUE={PHOTO_QUEUE}, Redis database 6; the client runs on the same machine"
     )
     return result

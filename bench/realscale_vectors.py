@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import django_setup, synthetic_vectors, vectors_store  # noqa: E402
+
 K = 25
 SEED = 1_000_003
 TRAIL_STEPS = 10
@@ -48,14 +50,6 @@ TRAIL_STEPS = 10
 # catalog), the rest spread over other colours.
 COLOURS = ("Black", "White", "Blue", "Brown", "Grey", "Red", "Green", "Pink", "Navy Blue", "Purple")
 COLOUR_SHARES = (0.22, *([0.78 / 9] * 9))
-
-
-def _django() -> None:
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 def _copy_rows(model, source: sqlite3.Connection) -> int:  # noqa: ANN001
@@ -180,61 +174,6 @@ def vectors_load(path: Path) -> dict[str, object]:
 # --- 1M vectors -------------------------------------------------------------------------------------------------
 
 
-def _fields(model) -> set[str]:  # noqa: ANN001
-    return {f.name for f in model._meta.concrete_fields}
-
-
-def _store(vectors: np.ndarray, *, first_id: int, colours: np.ndarray, chunk: int = 5000) -> None:
-    """Products and their vectors, in bulk, as embed_catalog leaves them (embedded, one vector each).
-
-    Written in bulk for speed, so the embedding status is set directly: on the product (older schema) or
-    as an EmbeddingState row, whichever the code has.
-    """
-    from django.apps import apps
-    from django.db import transaction
-
-    from gallery.models import Product
-    from recommender import runtime
-    from recommender.models import Embedding
-
-    space = runtime.active_space()
-    product_done = {"embed_status": "done"} if "embed_status" in _fields(Product) else {}
-    state_model = next(
-        (m for m in apps.get_app_config("recommender").get_models() if m.__name__ == "EmbeddingState"), None
-    )
-    for start in range(0, len(vectors), chunk):
-        ids = range(first_id + start, first_id + min(len(vectors), start + chunk))
-        with transaction.atomic():
-            Product.objects.bulk_create(
-                [
-                    Product(
-                        id=i,
-                        name=f"Synthetic product {i}",
-                        base_colour=COLOURS[colours[i - first_id]],
-                        image_version=1,
-                        **product_done,
-                    )
-                    for i in ids
-                ]
-            )
-            if state_model is not None:
-                state = {"image_version": 1, "status": "done"}
-                state = {k: v for k, v in state.items() if k in _fields(state_model)}
-                state_model.objects.bulk_create([state_model(product_id=i, **state) for i in ids])
-            Embedding.objects.bulk_create(
-                [
-                    Embedding(
-                        product_id=i,
-                        space=space,
-                        dim=vectors.shape[1],
-                        vector=vectors[i - first_id].astype("<f4").tobytes(),
-                        image_version=1,
-                    )
-                    for i in ids
-                ]
-            )
-
-
 def _wipe() -> None:
     """Empty the catalog's tables with plain DELETEs (Django's cascade would collect a million rows first)."""
     from django.db import connection, transaction
@@ -287,7 +226,6 @@ def _catalog_ready(
     """
     from django.utils import timezone
 
-    from bench.common import synthetic_vectors
     from gallery.models import Product
     from recommender import runtime, services
     from recommender.models import Embedding
@@ -305,7 +243,7 @@ def _catalog_ready(
         log(f"storing {n:,} products and {dim}-d vectors (once; cached in the database)")
         _wipe()
         started = time.perf_counter()
-        _store(vectors, first_id=1, colours=colours)
+        vectors_store(vectors, name="Synthetic product {}", colours=[COLOURS[c] for c in colours], chunk=5000)
         timings["store_s"] = time.perf_counter() - started
     colours_missing = False
     if with_colours:
@@ -328,6 +266,10 @@ def _catalog_ready(
         timings["index_file_mb"] = meta.file_bytes / 1e6
         runtime.reset()
     return vectors, timings
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _trails(rng: np.random.Generator, n: int, count: int) -> list[str]:
@@ -381,15 +323,9 @@ def _time_clicks(vectors: np.ndarray, anchors: np.ndarray, trails: list[str]) ->
 
 
 def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
-    from config.malloc import keep_freed_memory
     from gallery.models import Product
     from recommender import runtime
     from recommender.models import Embedding
-
-    keep_freed_memory()  # as config/wsgi.py sets every web process
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     vectors, timings = _catalog_ready(n, dim, log)
     rng = np.random.default_rng(7)
@@ -399,11 +335,9 @@ def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
     anchors = rng.integers(1, n + 1, count)
     trails = _trails(rng, n, count)
     results["states"]["index holds every vector"] = _time_clicks(vectors, anchors, trails)
-    extra = __import__("bench.common", fromlist=["synthetic_vectors"]).synthetic_vectors(
-        fresh, dim, queries=0, seed=SEED + 1
-    )
+    extra = synthetic_vectors(fresh, dim, queries=0, seed=SEED + 1)
     try:
-        _store(extra.vectors, first_id=n + 1, colours=np.zeros(fresh, dtype=np.int64))
+        vectors_store(extra.vectors, first_id=n + 1, name="Synthetic product {}", colours=[COLOURS[0]] * fresh)
         runtime.reset()
         _time_clicks(vectors, warm, _trails(rng, n, len(warm)))
         results["states"][f"+ {fresh} fresh vectors outside the index"] = _time_clicks(vectors, anchors, trails)
@@ -427,14 +361,8 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
     from django.core.cache import cache
     from django.test import Client
 
-    from config.malloc import keep_freed_memory
     from recommender import refine
     from recommender.feedback import SERVED
-
-    keep_freed_memory()  # as config/wsgi.py sets every web process
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -492,14 +420,8 @@ def hidden(n: int, dim: int, clicks: int, out: Path) -> None:
     """
     from django.test import Client
 
-    from config.malloc import keep_freed_memory
     from gallery.services import product_availability_set
     from recommender import refine
-
-    keep_freed_memory()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -537,24 +459,20 @@ def main() -> None:
     copy.add_argument("sqlite_file", type=Path)
     for name in ("save-vectors", "load-vectors"):
         sub.add_parser(name).add_argument("path", type=Path)
-    timed = sub.add_parser("clicks")
-    timed.add_argument("--n", type=int, required=True)
-    timed.add_argument("--dim", type=int, default=256)
-    timed.add_argument("--clicks", type=int, default=300)
-    timed.add_argument("--fresh", type=int, default=500)
-    timed.add_argument("--out", type=Path, required=True)
-    compared = sub.add_parser("strategies")
-    compared.add_argument("--n", type=int, required=True)
-    compared.add_argument("--dim", type=int, default=1280)
-    compared.add_argument("--walks", type=int, default=30)
-    compared.add_argument("--out", type=Path, required=True)
-    off_sale = sub.add_parser("hidden")
-    off_sale.add_argument("--n", type=int, required=True)
-    off_sale.add_argument("--dim", type=int, default=1280)
-    off_sale.add_argument("--clicks", type=int, default=200)
-    off_sale.add_argument("--out", type=Path, required=True)
+    for name, dim, extra in (("clicks", 256, {"--clicks": 300, "--fresh": 500}), ("strategies", 1280, {"--walks": 30}),
+                             ("hidden", 1280, {"--clicks": 200})):  # fmt: skip
+        timed = sub.add_parser(name)
+        timed.add_argument("--n", type=int, required=True)
+        timed.add_argument("--dim", type=int, default=dim)
+        timed.add_argument("--out", type=Path, required=True)
+        for flag, default in extra.items():
+            timed.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
-    _django()
+    django_setup()
+    if args.command in ("clicks", "strategies", "hidden"):
+        from config.malloc import keep_freed_memory
+
+        keep_freed_memory()  # as config/wsgi.py sets every web process
     if args.command == "copy-from-sqlite":
         print(json.dumps(copy_from_sqlite(args.sqlite_file)))
     elif args.command == "save-vectors":

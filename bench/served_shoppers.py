@@ -37,7 +37,6 @@ Nothing here asserts; docs/quality.md records the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -61,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import Table  # noqa: E402
+from bench.common import Table, outputs_arguments, outputs_write  # noqa: E402
 from lab import shopper  # noqa: E402
 from lab import strategies as lab_strategies  # noqa: E402
 from recommender import colour, feedback  # noqa: E402
@@ -505,8 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, of: {', '.join(lab_strategies.STRATEGIES)}")  # fmt: skip
     parser.add_argument("--paths", type=int, default=None, help=f"coherence paths per catalog ({COHERENCE_PATHS})")
     parser.add_argument("--shoppers", type=int, default=None, help=f"shoppers per catalog and start ({SHOPPERS})")
-    parser.add_argument("--json", type=Path, default=None, help="write every number here")
-    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
+    outputs_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     strategies = [lab_strategies.strategy_named(name.strip()) for name in args.strategies.split(",") if name.strip()]
@@ -543,11 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from django.core.cache import cache
 
     cache.delete_pattern("*")  # this run's keys only (its own prefix)
-    data["seconds"] = round(time.perf_counter() - started, 1)
-    if args.markdown:
-        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    outputs_write(args, tables=tables, data=data, started=started)
     return 0
 
 

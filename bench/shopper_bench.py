@@ -26,7 +26,6 @@ judge refinement strategies. Strategies are judged through the served site on re
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import Table  # noqa: E402
+from bench.common import Table, outputs_arguments, outputs_write  # noqa: E402
 from lab import shopper  # noqa: E402
 from lab.demo import demo_catalog_write  # noqa: E402
 from lab.evaluation import split_stratified  # noqa: E402
@@ -309,8 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--shoppers", type=int, default=SHOPPERS, help=f"targets per catalog (default {SHOPPERS})")
     parser.add_argument("--no-head", action="store_true", help="skip the head256 space (no training)")
-    parser.add_argument("--json", type=Path, default=None, help="write every number here")
-    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as Markdown")
+    outputs_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sections = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -352,17 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for table in tables:
         print(table.text(), end="\n\n")
     outputs_write(args, tables=tables, data=data, started=started)
-    return 0
-
-
-def outputs_write(args: argparse.Namespace, *, tables: Sequence[Table], data: dict, started: float) -> None:
-    """The run's time in ``data``, then the tables as Markdown (--markdown) and every number as JSON (--json)."""
-    data["seconds"] = round(time.perf_counter() - started, 1)
     logger.info("done in %.0f s", data["seconds"])
-    if args.markdown:
-        args.markdown.write_text("\n\n".join(table.markdown() for table in tables) + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":

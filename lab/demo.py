@@ -1415,14 +1415,13 @@ def _allocate(count: int) -> list[_Article]:
     return [a for a, n in zip(ARTICLES, counts, strict=True) for _ in range(n)]
 
 
-def _secondary(r: random.Random, base_name: str) -> RGB:
-    """A contrasting colour for stripes, checks, dots and accents."""
-    base = PALETTE[base_name]
+def _secondary(r: random.Random, base: RGB) -> RGB:
+    """A contrasting colour for stripes, checks, dots and accents (light on dark products, and the reverse)."""
     if _lum(base) < 120:
         options = {"White": 5, "Yellow": 1, "Red": 1, "Beige": 1, "Pink": 1, "Orange": 1}
     else:
         options = {"Navy Blue": 3, "Black": 3, "Red": 1.5, "Blue": 1.5, "Maroon": 1, "White": 1}
-    options = {k: v for k, v in options.items() if _dist(PALETTE[k], base) > 120}
+    options = {k: v for k, v in options.items() if _dist(PALETTE[k], base) > 120} or {"Black": 1.0}
     return PALETTE[_weighted(r, options)]
 
 
@@ -1431,13 +1430,25 @@ def _jitter(r: random.Random, rgb: RGB) -> RGB:
     return tuple(_clamp(c * f + r.uniform(-3, 3)) for c in rgb)  # type: ignore[return-value]
 
 
-def _render(
-    article: _Article, colour_name: str, pattern_kind: str, r: random.Random, noise: Image.Image
+# The near-white backgrounds a photo is drawn on (the lab's drawn real rows use the first four).
+BACKGROUNDS: tuple[RGB, ...] = ((255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252), (252, 251, 249))
+
+
+def product_render(
+    article: _Article,
+    base_rgb: RGB,
+    pattern_kind: str,
+    r: random.Random,
+    noise: Image.Image,
+    *,
+    backgrounds: Sequence[RGB] = BACKGROUNDS,
 ) -> tuple[Image.Image, str]:
-    """Draw one product photo; returns it with the drawer's style word."""
+    """Draw one product photo of ``article`` in ``base_rgb`` with a pattern (Solid, Striped, Checked, Polka Dot,
+    Printed) over a crop of the film grain ``noise``; returns it with the drawer's style word. The demo
+    catalog's photos and the lab's drawn real rows (``lab.shopper``) alike."""
     width = r.randrange(456, 506, 2)
     height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    bg: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252), (252, 251, 249)])
+    bg: RGB = r.choice(backgrounds)
     aspect = r.uniform(*article.aspect)
     scale = r.uniform(0.8, 1.0) * article.size
     bh = min(height * 0.86, width * 0.86 / aspect) * scale
@@ -1445,8 +1456,8 @@ def _render(
     angle = math.radians(r.uniform(-article.tilt, article.tilt))
     cx = width / 2 + r.uniform(-0.5, 0.5) * max(0.0, width - bw * 1.08) / 2
     cy = height / 2 + r.uniform(-0.5, 0.5) * max(0.0, height - bh * 1.08) / 2
-    base = _jitter(r, PALETTE[colour_name])
-    second = _jitter(r, _secondary(r, colour_name))
+    base = _jitter(r, base_rgb)
+    second = _jitter(r, _secondary(r, base_rgb))
     k = math.sqrt(bw * bh)
     vertical = article.name in {"Shirts", "Trousers", "Skirts"}
     pattern = _pattern_mask(
@@ -1505,7 +1516,7 @@ def demo_catalog_write(*, out_dir: Path, count: int = 400, seed: int = 7) -> Dem
         gender = _weighted(r, article.genders)
         colour = _weighted(r, article.colours)
         pattern = _weighted(r, article.patterns)
-        image, style = _render(article, colour, pattern, r, noise)
+        image, style = product_render(article, PALETTE[colour], pattern, r, noise)
         image.save(images / f"{pid}.jpg", format="JPEG", quality=90)
         name = _display_name(r, article, gender, colour, pattern, style)
         if i in comma_rows:

@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from gallery.catalog import styles_read
+from gallery.catalog import CatalogRow, styles_read
 from lab import demo
 from recommender import colour, feedback
 from recommender.preprocess import ImageRejected, image_prepare
@@ -160,7 +160,7 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     by_name = {a.name: a for a in demo.ARTICLES}
     if article_type in by_name:
         return by_name[article_type]
-    base = by_name[_BY_TYPE.get(article_type) or _BY_SUB.get(sub) or _BY_MASTER.get(master) or _FALLBACK]
+    base = by_name[drawn_as(article_type, sub, master)]
     # Proportions from the type's name: stable across runs, different for types sharing a drawer.
     stretch = 0.7 + 0.6 * _unit_hash("aspect", article_type)
     size = 0.75 + 0.25 * _unit_hash("size", article_type)
@@ -169,48 +169,9 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     )
 
 
-def _secondary(r: random.Random, base: RGB) -> RGB:
-    """A contrasting accent colour, by the demo's rule (light accents on dark products and the reverse)."""
-    if demo._lum(base) < 120:
-        options = {"White": 5, "Yellow": 1, "Red": 1, "Beige": 1, "Pink": 1, "Orange": 1}
-    else:
-        options = {"Navy Blue": 3, "Black": 3, "Red": 1.5, "Blue": 1.5, "Maroon": 1, "White": 1}
-    options = {k: v for k, v in options.items() if demo._dist(demo.PALETTE[k], base) > 120} or {"Black": 1.0}
-    return demo.PALETTE[demo._weighted(r, options)]
-
-
 def _render(article: demo._Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
-    """One product photo, drawn as lab.demo draws its own (same sketch, pattern and noise), in any colour."""
-    width = r.randrange(456, 506, 2)
-    height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    background: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252)])
-    aspect = r.uniform(*article.aspect)
-    scale = r.uniform(0.8, 1.0) * article.size
-    bh = min(height * 0.86, width * 0.86 / aspect) * scale
-    bw = bh * aspect
-    angle = math.radians(r.uniform(-article.tilt, article.tilt))
-    cx = width / 2 + r.uniform(-0.5, 0.5) * max(0.0, width - bw * 1.08) / 2
-    cy = height / 2 + r.uniform(-0.5, 0.5) * max(0.0, height - bh * 1.08) / 2
-    base = demo._jitter(r, base_rgb)
-    second = demo._jitter(r, _secondary(r, base_rgb))
-    k = math.sqrt(bw * bh)
-    vertical = article.name in {"Shirts", "Trousers", "Skirts"}
-    mask = demo._pattern_mask(
-        pattern,
-        size=(width, height),
-        period=k * r.uniform(0.06, 0.1),
-        angle=angle + (0.0 if vertical else math.pi / 2),
-        phase=r.uniform(0, 100),
-        r=r,
-        k=k,
-    )
-    sketch = demo._Sketch(
-        width=width, height=height, bg=background, box=(cx, cy, bw, bh), angle=angle, base=base, second=second,
-        pattern=mask,
-    )  # fmt: skip
-    article.draw(sketch, r)
-    ox, oy = r.randrange(0, noise.width - width), r.randrange(0, noise.height - height)
-    return sketch.image(noise.crop((ox, oy, ox + width, oy + height)))
+    """One product photo, drawn as lab.demo draws its own, in any colour, on one of four backgrounds."""
+    return demo.product_render(article, base_rgb, pattern, r, noise, backgrounds=demo.BACKGROUNDS[:4])[0]
 
 
 def product_draw(
@@ -219,48 +180,106 @@ def product_draw(
     """One product photo as the demo catalog draws it: ``article_type`` (a demo or real type), a colour name
     of REAL_COLOURS, a pattern (Solid, Striped, Checked, Polka Dot, Printed). Deterministic for a seed."""
     article = _real_article(article_type, sub, master)
+    return _render(article, REAL_COLOURS[colour_name], pattern, random.Random(seed), _film_grain(seed))
+
+
+def _film_grain(seed: int) -> Image.Image:
     grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-    return _render(article, REAL_COLOURS[colour_name], pattern, random.Random(seed), noise)
+    return Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+
+
+def drawn_as(article_type: str, sub: str = "", master: str = "") -> str:
+    """The demo drawer (a demo article type) that draws a real ``article_type``."""
+    names = {a.name for a in demo.ARTICLES}
+    if article_type in names:
+        return article_type
+    return _BY_TYPE.get(article_type) or _BY_SUB.get(sub) or _BY_MASTER.get(master) or _FALLBACK
+
+
+def row_label(row: CatalogRow) -> dict[str, object]:
+    """The labels of one styles.csv row that the harnesses read (``rows.json``), the pattern as it is drawn."""
+    f = row.fields
+    name = str(f["name"] or "")
+    return {
+        "id": row.id,
+        "gender": f["gender"],
+        "masterCategory": f["master_category"],
+        "subCategory": f["sub_category"],
+        "articleType": f["article_type"],
+        "baseColour": f["base_colour"],
+        "pattern": "Printed" if f["base_colour"] == "Multi" else pattern_from_name(name),
+        "productDisplayName": name,
+    }
+
+
+def real_row_image(row: CatalogRow, *, seed: int, noise: Image.Image | None = None) -> Image.Image:
+    """One real styles.csv row drawn as the demo draws: its articleType mapped to a demo drawer (with the
+    type's own proportions), its baseColour as sRGB, the pattern its name states. Deterministic for a seed."""
+    f, label = row.fields, row_label(row)
+    article = _real_article(str(f["article_type"]), str(f["sub_category"]), str(f["master_category"]))
+    rgb = REAL_COLOURS.get(str(f["base_colour"]), REAL_COLOURS["NA"])
+    noise = noise if noise is not None else _film_grain(seed)
+    return _render(article, rgb, str(label["pattern"]), random.Random(f"{seed}:{row.id}"), noise)
+
+
+def _rows_save(job: tuple[Path, list[CatalogRow], int]) -> int:
+    images, rows, seed = job
+    noise = _film_grain(seed)
+    for row in rows:
+        real_row_image(row, seed=seed, noise=noise).save(images / f"{row.id}.jpg", format="JPEG", quality=90)
+    return len(rows)
+
+
+def real_rows_images(
+    rows: Sequence[CatalogRow], *, images: Path, seed: int, processes: int = 1, log: Callable[[str], None] | None = None
+) -> None:
+    """Save ``images/<id>.jpg`` for each row (see real_row_image), in ``processes`` processes, 500 rows a job."""
+    images.mkdir(parents=True, exist_ok=True)
+    jobs = [(images, list(rows[i : i + 500]), seed) for i in range(0, len(rows), 500)]
+    if processes <= 1:
+        for job in jobs:
+            _rows_save(job)
+        return
+    with get_context("fork").Pool(processes) as pool:
+        done = 0
+        for n in pool.imap_unordered(_rows_save, jobs):
+            done += n
+            if log and done % 5000 < 500:
+                log(f"  drawn {done}/{len(rows)} images")
 
 
 def real_rows_draw(*, styles: Path, out_dir: Path, count: int, seed: int) -> Path:
     """Draw ``count`` rows sampled (seeded) from a real ``styles.csv`` into ``out_dir``; returns ``out_dir``.
 
-    Writes ``out_dir/rows.json`` (the sampled rows' labels) and ``out_dir/images/<id>.jpg``: each
-    row's articleType mapped to a demo drawer, its baseColour to sRGB, the pattern its name states. Rows that
-    cannot be parsed are left out. Deterministic for a seed; overwrites files of the same names only.
+    Writes ``out_dir/rows.json`` (the sampled rows' labels, see row_label) and ``out_dir/images/<id>.jpg``
+    (see real_row_image). Rows that cannot be parsed are left out. Deterministic for a seed; overwrites files
+    of the same names only.
     """
-    rows = [row for row in styles_read(Path(styles)) if hasattr(row, "fields")]
-    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))
-    images = Path(out_dir) / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
-    lines = []
-    for position in chosen:
-        row = rows[position]
-        f = row.fields
-        article = _real_article(str(f["article_type"]), str(f["sub_category"]), str(f["master_category"]))
-        name = str(f["name"] or "")
-        pattern = "Printed" if f["base_colour"] == "Multi" else pattern_from_name(name)
-        rgb = REAL_COLOURS.get(str(f["base_colour"]), REAL_COLOURS["NA"])
-        image = _render(article, rgb, pattern, random.Random(f"{seed}:{row.id}"), noise)
-        image.save(images / f"{row.id}.jpg", format="JPEG", quality=90)
-        lines.append(
-            {
-                "id": row.id,
-                "gender": f["gender"],
-                "masterCategory": f["master_category"],
-                "subCategory": f["sub_category"],
-                "articleType": f["article_type"],
-                "baseColour": f["base_colour"],
-                "pattern": pattern,
-                "productDisplayName": name,
-            }
-        )
-    (Path(out_dir) / "rows.json").write_text(json.dumps(lines), encoding="utf-8")
+    rows = [row for row in styles_read(Path(styles)) if isinstance(row, CatalogRow)]
+    chosen = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))]
+    real_rows_images(chosen, images=Path(out_dir) / "images", seed=seed)
+    (Path(out_dir) / "rows.json").write_text(json.dumps([row_label(row) for row in chosen]), encoding="utf-8")
     return Path(out_dir)
+
+
+def real_catalog_draw(
+    *, styles: Path, out_dir: Path, rows: int | None, seed: int, log: Callable[[str], None] | None = None
+) -> int:
+    """``out_dir/styles.csv``, the first ``rows`` data lines of ``styles`` (all when None) copied byte for byte,
+    and an image of each row that parses, drawn in two processes (see real_row_image); returns the lines.
+
+    The lines are copied unchanged, so the catalog keeps the real file's faults (unquoted commas, empty
+    names) for an import to meet.
+    """
+    lines = Path(styles).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, body = lines[0], [line for line in lines[1:] if line.strip()]
+    body = body[:rows] if rows else body
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "styles.csv").write_text(header + "".join(body), encoding="utf-8")
+    parsed = [row for row in styles_read(out_dir / "styles.csv") if isinstance(row, CatalogRow)]
+    real_rows_images(parsed, images=out_dir / "images", seed=seed, processes=2, log=log)
+    return len(body)
 
 
 # --- Labelled catalogs with vectors ------------------------------------------------------------------------------
@@ -297,24 +316,7 @@ def catalog_rows(directory: Path) -> list[dict[str, object]]:
     directory = Path(directory)
     if (directory / "rows.json").is_file():
         return json.loads((directory / "rows.json").read_text(encoding="utf-8"))
-    rows = []
-    for row in styles_read(directory / "styles.csv"):
-        if not hasattr(row, "fields"):
-            continue
-        f = row.fields
-        rows.append(
-            {
-                "id": row.id,
-                "gender": f["gender"],
-                "masterCategory": f["master_category"],
-                "subCategory": f["sub_category"],
-                "articleType": f["article_type"],
-                "baseColour": f["base_colour"],
-                "pattern": pattern_from_name(str(f["name"] or "")),
-                "productDisplayName": f["name"],
-            }
-        )
-    return rows
+    return [row_label(row) for row in styles_read(directory / "styles.csv") if isinstance(row, CatalogRow)]
 
 
 def colour_descriptors_of(paths: Sequence[Path], *, size: int = 224) -> np.ndarray:
