@@ -369,7 +369,7 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
 
     def forget() -> None:
         refine.forget()
-        cache.delete_pattern("*recommender:shown:*")
+        cache.delete_pattern("*recommender:grid:*")
 
     def timed(anchor: int, trail: list[str]) -> tuple[float, float, list[int]]:
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -457,6 +457,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     copy = sub.add_parser("copy-from-sqlite")
     copy.add_argument("sqlite_file", type=Path)
+    prepare = sub.add_parser("prepare")  # the catalog of ``strategies``, stored and indexed, nothing timed
+    prepare.add_argument("--n", type=int, required=True)
+    prepare.add_argument("--dim", type=int, default=1280)
     for name in ("save-vectors", "load-vectors"):
         sub.add_parser(name).add_argument("path", type=Path)
     for name, dim, extra in (("clicks", 256, {"--clicks": 300, "--fresh": 500}), ("strategies", 1280, {"--walks": 30}),
@@ -475,6 +478,9 @@ def main() -> None:
         keep_freed_memory()  # as config/wsgi.py sets every web process
     if args.command == "copy-from-sqlite":
         print(json.dumps(copy_from_sqlite(args.sqlite_file)))
+    elif args.command == "prepare":
+        _, timings = _catalog_ready(args.n, args.dim, log, with_colours=True)
+        print(json.dumps(timings))
     elif args.command == "save-vectors":
         print(json.dumps(vectors_save(args.path)))
     elif args.command == "load-vectors":

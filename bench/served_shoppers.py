@@ -203,7 +203,7 @@ def served(strategy: feedback.Strategy) -> Iterator[None]:
     from recommender import refine
 
     refine.forget()
-    cache.delete_pattern("*recommender:shown:*")
+    cache.delete_pattern("*recommender:grid:*")
     with mock.patch.object(refine, "strategy_served", return_value=strategy):
         yield
 

@@ -258,6 +258,19 @@ def _cards_read(ids: list[int]) -> list[tuple]:
     return _rows_read(connection, sql, ids)
 
 
+def _cards_read_all() -> list[tuple] | None:
+    """Every product's card fields; None when the catalog holds more than CARDS_HELD_MAX products."""
+    meta = Product._meta
+    connection = connections[router.db_for_read(Product)]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
+    with connection.cursor() as cursor:
+        # Only the model's own table and column names are spliced in; the limit is a parameter.
+        cursor.execute(f"SELECT {columns} FROM {quote(meta.db_table)} LIMIT %s", [CARDS_HELD_MAX + 1])  # noqa: S608
+        rows = cursor.fetchall()
+    return rows if len(rows) <= CARDS_HELD_MAX else None
+
+
 def _changed_since(held: CatalogVersion, version: CatalogVersion) -> set[int] | None:
     """The ids saved or deleted between two versions (None: the catalog went back, e.g. a restored backup)."""
     if version.deletions < held.deletions or version.latest is None:
@@ -284,14 +297,18 @@ class _HeldCards:
 
     def get(self, ids: list[int], version: CatalogVersion) -> dict[int, tuple]:
         with self.lock:
-            if version != self.version:
-                changed = _changed_since(self.version, version) if self.version is not None else None
+            if self.version is None:
+                # A process's first grid reads every card at once (44,000 in a fraction of a second), so that
+                # no later grid waits on a query for its cards; a catalog beyond CARDS_HELD_MAX is read as shown.
+                self.rows = {row[0]: row for row in _cards_read_all() or ()}
+            elif version != self.version:
+                changed = _changed_since(self.version, version)
                 if changed is None:
                     self.rows.clear()
                 else:
                     for pid in changed:
                         self.rows.pop(pid, None)
-                self.version = version
+            self.version = version
             found = {pid: row for pid in ids if (row := self.rows.get(pid)) is not None}
         missing = [pid for pid in ids if pid not in found]
         cache_lookup(cache="cards", hit=not missing)  # per grid: did it cost a query

@@ -153,7 +153,7 @@ def test_an_orm_deletion_moves_the_catalog_version_and_drops_the_held_card(db, d
 def test_held_cards_cost_no_query_and_only_changed_ones_are_read_again(db, django_assert_num_queries):
     Product.objects.bulk_create([Product(id=pid, name=f"P{pid}") for pid in range(1, 31)])
     with cards.catalog_version_held():
-        with django_assert_num_queries(3):  # the version (two statements), then the cards
+        with django_assert_num_queries(3):  # the version (two statements), then every card (the first use)
             cards.cards_get(range(1, 31))
         with django_assert_num_queries(0):
             assert cards.cards_get(range(1, 31))[7].name == "P7"
@@ -187,3 +187,15 @@ def test_a_restored_older_catalog_drops_every_held_card(db):
     ProductDeletion.objects.all().delete()  # the deletions' numbers went back: a backup restored
     Product.objects.filter(id=1).update(name="Restored")
     assert cards.cards_get([1])[1].name == "Restored"
+
+
+def test_a_catalog_beyond_what_a_process_holds_is_read_as_shown(db, monkeypatch, django_assert_num_queries):
+    monkeypatch.setattr(cards, "CARDS_HELD_MAX", 5)
+    Product.objects.bulk_create([Product(id=pid, name=f"P{pid}") for pid in range(1, 11)])
+    with cards.catalog_version_held():
+        with django_assert_num_queries(4):  # the version (two statements), the first rows (too many), the cards
+            assert set(cards.cards_get([2, 3])) == {2, 3}
+        with django_assert_num_queries(0):
+            assert set(cards.cards_get([2, 3])) == {2, 3}
+        with django_assert_num_queries(1):
+            assert set(cards.cards_get([4])) == {4}
