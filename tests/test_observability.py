@@ -92,7 +92,7 @@ def test_metrics_exposes_every_listed_series(client, demo_catalog_db, make_jpeg)
     assert value(after, "gallery_http_responses_total", view="gallery:api-search-by-image", status="200") >= 1
     # Cache lookups: the catalog memory answers again for the same filters; the second click finds the
     # first click's grid remembered in this process.
-    for cache, result in [("catalog-memory", "hit"), ("catalog-memory", "miss"), ("trail-grids-process", "hit")]:
+    for cache, result in [("catalog-memory", "hit"), ("catalog-memory", "miss"), ("grids-process", "hit")]:
         grew = value(after, "gallery_cache_lookups_total", cache=cache, result=result) - value(
             before, "gallery_cache_lookups_total", cache=cache, result=result
         )
