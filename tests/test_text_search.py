@@ -19,6 +19,7 @@ from django.test.utils import CaptureQueriesContext
 
 from gallery import search
 from gallery.models import Product
+from gallery.search import serving
 from gallery.selectors import ProductFilters, product_search
 from tests.factories import ProductFactory
 
@@ -303,9 +304,9 @@ def test_a_search_only_reads_and_a_warm_one_runs_two_queries(catalog):
 def test_a_slow_rebuild_runs_in_the_background_while_searches_go_on(monkeypatch):
     for pid, name, gender, _category, _sub, kind, colour in CATALOG[:5]:
         ProductFactory(id=pid, name=name, gender=gender, article_type=kind, base_colour=colour)
-    monkeypatch.setattr(search, "REBUILD_IN_BACKGROUND_FROM", 0)  # as for a large catalog
-    monkeypatch.setattr(search, "REBUILD_INTERVAL_FACTOR", 0)
-    monkeypatch.setattr(search, "VERSION_CHECK_INTERVAL_S", 0)
+    monkeypatch.setattr(serving, "REBUILD_IN_BACKGROUND_FROM", 0)  # as for a large catalog
+    monkeypatch.setattr(serving, "REBUILD_INTERVAL_FACTOR", 0)
+    monkeypatch.setattr(serving, "VERSION_CHECK_INTERVAL_S", 0)
     assert top("watch") == [30]  # the first build of a process: nothing to serve meanwhile
     ProductFactory(id=700, name="Casio Men Grey Watch", article_type="Watches")
     assert top("watch") == [30]  # served by the previous index; the refresh runs beside it
@@ -325,7 +326,7 @@ def test_a_new_process_loads_the_shared_index_instead_of_building_it(catalog, re
     def refuse(rows):
         raise AssertionError("built although another process shared the index")
 
-    monkeypatch.setattr(search, "search_index_build", refuse)
+    monkeypatch.setattr(serving, "search_index_build", refuse)
     assert top("blakc watch") == expected
 
 
@@ -344,7 +345,7 @@ class _Planted:
 def test_shared_bytes_are_never_unpickled(catalog, redis_db, tmp_path, monkeypatch, caplog):
     planted = tmp_path / "ran"
     monkeypatch.setenv("PLANTED_PATH", str(planted))
-    redis_db.set(search._shared_key(search._source()), pickle.dumps(_Planted()))
+    redis_db.set(serving.shared_key(serving.database_source()), pickle.dumps(_Planted()))
     with caplog.at_level(logging.WARNING, logger="gallery.search"):
         assert top("black watch", 2) == [30, 31]
     assert not planted.exists()
