@@ -18,7 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.test_hardening import (  # noqa: F401 (fixtures used by name)
+from tests.test_uploads import (  # noqa: F401 (fixtures used by name)
     _isolated_cache,
     catalog,
     catalog_vectors,

@@ -32,7 +32,7 @@ from gallery.services import catalog_import
 from recommender.preprocess import ImageRejected as PreprocessRejected
 from recommender.preprocess import image_check, image_load, image_prepare
 from tests.conftest import ROOT, admin_product_form, jpeg_bytes, process_group_stop, subprocess_env, wait_for
-from tests.test_hardening_round2 import production
+from tests.test_security import production
 from tests.test_worker import free_port
 
 # =============================================================================================
