@@ -26,8 +26,8 @@ from lab.heads import fit_pca
 from recommender import runtime, services
 from recommender.models import Embedding
 from recommender.spaces import EFFICIENTNET_LITE0_ID, RESNET50_FILENAME, RESNET50_ID
-from tests.conftest import jpeg_bytes
-from tests.test_catalog_import import write_catalog
+from tests.support.catalog_files import write_catalog
+from tests.support.images import jpeg_bytes
 from tests.test_encoders import no_network  # noqa: F401 (autouse: loopback only, torch's downloads fail)
 
 

@@ -37,8 +37,10 @@ from recommender.encoders import (
 )
 from recommender.models import Embedding
 from recommender.preprocess import image_prepare
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env
-from tests.test_catalog_import import write_catalog
+from tests.support import ROOT
+from tests.support.catalog_files import write_catalog
+from tests.support.images import jpeg_bytes
+from tests.support.processes import subprocess_env
 
 RESNET50_FILENAME = Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name
 

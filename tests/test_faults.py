@@ -1,83 +1,320 @@
-"""Hardening of the engine's side: costly images within the limits, version races, the sweep, leaks, broken weights."""
+"""Faults: Redis, the database, the index or the encoder's weights failing, and concurrent writers; what
+shoppers and staff get meanwhile, and how the shop recovers.
+"""
 
 from __future__ import annotations
 
-import io
-import json
-import re
-import subprocess
+import errno
+import os
+import shutil
 import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image
+from django.db import OperationalError
+from django.db.backends.utils import CursorWrapper
+from django.test import Client
+from django.urls import path
 
 from gallery.models import Product
 from gallery.services import image_prepare_for_store, product_image_set
-from recommender import runtime, services, state, tasks
+from recommender import index as index_module
+from recommender import runtime, selectors, services, state, tasks
 from recommender.models import EmbeddingState, EmbedStatus
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env
+from tests.support.answers import message_of, record
+from tests.support.clients import admin_add, photo_api
+from tests.support.engine import embed_status
+from tests.support.images import jpeg_bytes
+from tests.support.processes import (
+    celery_broker,
+    connection_attempts,
+)
 
-MB = 1024 * 1024
-
-
-def _png(img: Image.Image) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format="PNG", optimize=True)
-    return out.getvalue()
-
-
-def _big_sixteen_bit_grey() -> bytes:
-    """6300x6300 16-bit greyscale: ~90 KB on disk, 40 megapixels decoded."""
-    return _png(Image.new("I;16", (6300, 6300), 40000))
+# --- Redis down ----------------------------------------------------------------------------------------------------
 
 
-def _big_transparent() -> bytes:
-    img = Image.new("RGBA", (6200, 6200), (0, 0, 0, 0))
-    img.paste((200, 20, 20, 255), (1000, 1000, 5000, 5000))
-    return _png(img)
+DEAD_REDIS_PORT = 1
+DEAD_REDIS = f"redis://127.0.0.1:{DEAD_REDIS_PORT}/0"
 
 
-PEAK_PROBE = r"""
-import resource, sys, json
-from recommender.preprocess import image_prepare, image_load
-data = open(sys.argv[1], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-square = image_prepare(data, size=224)
-stored = image_load(data, max_side=1200)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"grown_kb": after - before, "shape": list(square.shape), "stored": list(stored.size)}))
-"""
+@pytest.fixture
+def redis_down(settings) -> Iterator[None]:
+    """Cache, broker and locks all pointed at a port where nothing listens."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": DEAD_REDIS}}
+    settings.REDIS_URL = DEAD_REDIS
+    tasks._queue_down_until = 0.0
+    with celery_broker(DEAD_REDIS):
+        yield
 
 
-@pytest.mark.parametrize("make", [_big_sixteen_bit_grey, _big_transparent], ids=["16-bit grey", "transparent RGBA"])
-def test_a_large_image_within_the_limits_costs_its_decoded_size_at_most(tmp_path: Path, make):
-    path = tmp_path / "big.png"
-    path.write_bytes(make())
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(out.stdout)
-    assert report["shape"] == [224, 224, 3]
-    assert max(report["stored"]) >= 1200
-    # Decoding 40 MP once is unavoidable (80-160 MB); no float64 copy, no full-size composite.
-    assert report["grown_kb"] * 1024 < 300 * MB, report
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_with_redis_down_search_and_similar_keep_working(hostile_client, embedded_catalog, redis_down, settings):
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 1  # the limit fails open rather than refusing everyone
+    with connection_attempts(DEAD_REDIS_PORT) as attempts:
+        checks = [
+            ("GET /", hostile_client.get("/", {"q": "red"})),
+            ("GET /api/search", hostile_client.get("/api/search", {"q": "red", "gender": "Men"})),
+            ("GET /similar/<id>/", hostile_client.get(f"/similar/{embedded_catalog[0]}/", {"trail": "p102,n103"})),
+            ("GET /api/similar/<id>", hostile_client.get(f"/api/similar/{embedded_catalog[0]}", {"colour": "Red"})),
+            *[("POST /api/search-by-image", photo_api(hostile_client, jpeg_bytes(), k="5")) for _ in range(2)],
+        ]
+    for where, response in checks:
+        record(where, "Redis down (cache and broker on a dead port)", response)
+        assert response.status_code == 200, (where, message_of(response))
+    assert hostile_client.get("/api/search", {"q": "red"}).json()["results"]
+    # Bounded, not timed: a few tries per request, each with a connect timeout, so no request can hang.
+    assert attempts, "Redis was never tried"
+    assert len(attempts) <= 3 * len(checks), f"{len(attempts)} connection attempts for {len(checks)} requests"
+    assert None not in attempts, "a connection attempt had no timeout"
+    assert sum(attempts) <= 20
 
 
-@pytest.mark.django_db
-def test_the_photo_api_answers_a_large_sixteen_bit_png(client, demo_catalog_db):
-    response = client.post("/api/search-by-image", {"image": SimpleUploadedFile("big.png", _big_sixteen_bit_grey())})
-    assert response.status_code == 200, response.content[:300]
-    assert len(response.json()["results"]) == 25
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_with_redis_down_an_admin_upload_is_saved_pending(
+    superuser_client, redis_down, django_capture_on_commit_callbacks
+):
+    with (
+        connection_attempts(DEAD_REDIS_PORT) as attempts,
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+    ):
+        response = admin_add(superuser_client, 880060, jpeg_bytes())
+    record("admin add (image_upload)", "valid JPEG while Redis is down", response)
+    assert response.status_code == 302, message_of(response)
+    assert callbacks, "the embedding was never queued"
+    # The upload tried the queue a bounded number of times, each try with a timeout: it cannot hang.
+    assert attempts, "the task queue was never tried"
+    assert None not in attempts and sum(attempts) <= 15, attempts
+    product = Product.objects.get(id=880060)
+    assert embed_status(880060) == EmbedStatus.PENDING
+    assert Path(product.image.path).exists()
+
+
+# --- A broken index ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_catalog(embedded_catalog, monkeypatch, settings) -> list[int]:
+    """The catalog, too large for the exact fallback; a rebuild already requested (no worker runs here)."""
+    from django.core.cache import cache
+
+    monkeypatch.setattr(selectors, "EXACT_FALLBACK_MAX", 5)
+    cache.set(tasks.BUILD_REQUESTED, "requested by the test", 60)
+    return embedded_catalog
+
+
+def _index_dir() -> Path:
+    """Where the active space's builds are published (one directory per space)."""
+    return runtime.index_dir(runtime.active_space())
+
+
+def _published_ann() -> Path:
+    version = index_module.published_version(_index_dir())
+    assert version, "no index is published"
+    return _index_dir() / index_module.BUILDS_DIR / version / index_module.INDEX_FILE
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = os.urandom(64)
+    path.write_bytes(bytes(data))
+
+
+def _delete_index_dir(path: Path) -> None:
+    shutil.rmtree(_index_dir())
+
+
+INDEX_FAULTS = {
+    "corrupt bytes in vectors.ann": _corrupt,
+    "vectors.ann deleted": lambda path: path.unlink(),
+    "vectors.ann truncated": lambda path: path.write_bytes(path.read_bytes()[:100]),
+    "items.npy deleted": lambda path: (path.parent / index_module.ITEMS_FILE).unlink(),
+    "meta.json garbage": lambda path: (path.parent / index_module.META_FILE).write_text("{not json"),
+    "no index published at all": _delete_index_dir,
+}
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize("fault", list(INDEX_FAULTS))
+def test_a_broken_index_gives_503_for_similarity_while_text_search_works_and_a_rebuild_restores_it(
+    hostile_client, big_catalog, fault: str
+):
+    pid = big_catalog[0]
+    assert hostile_client.get(f"/api/similar/{pid}").status_code == 200
+    INDEX_FAULTS[fault](_published_ann())
+    runtime.reset()
+
+    text = hostile_client.get("/", {"q": "red"})
+    text_api = hostile_client.get("/api/search", {"q": "red"})
+    api = hostile_client.get(f"/api/similar/{pid}")
+    page = hostile_client.get(f"/similar/{pid}/")
+    photo = photo_api(hostile_client, jpeg_bytes())
+    for where, response in (
+        ("GET /api/similar/<id>", api),
+        ("GET /similar/<id>/", page),
+        ("POST /api/search-by-image", photo),
+    ):
+        record(where, f"index fault: {fault}, catalog over EXACT_FALLBACK_MAX", response)
+    assert text.status_code == 200
+    assert text_api.status_code == 200 and text_api.json()["results"]
+    assert api.status_code == 503, message_of(api)
+    assert api["Content-Type"] == "application/json"
+    assert "try again in a minute" in api.json()["error"]
+    assert page.status_code == 503, message_of(page)
+    assert "try again in a minute" in message_of(page)
+    assert photo.status_code == 503, message_of(photo)
+
+    assert services.index_rebuild() is not None
+    restored = hostile_client.get(f"/api/similar/{pid}")
+    assert restored.status_code == 200
+    assert restored.json()["results"]
+    assert hostile_client.get(f"/similar/{pid}/").status_code == 200
+
+
+class _BuildFault(Exception):
+    pass
+
+
+def _served_ids(client: Client, pid: int) -> list[int]:
+    response = client.get(f"/api/similar/{pid}", {"k": "10"})
+    assert response.status_code == 200, message_of(response)
+    return [r["id"] for r in response.json()["results"]]
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "KeyboardInterrupt after 10 items",
+        "exception after 10 items",
+        "disk full saving the index",
+        "disk full on CURRENT",
+    ],
+)
+def test_a_rebuild_killed_midway_leaves_the_previous_index_in_service(hostile_client, big_catalog, monkeypatch, fault):
+    pid = big_catalog[0]
+    before_version = index_module.published_version(_index_dir())
+    before = _served_ids(hostile_client, pid)
+    builds = _index_dir() / index_module.BUILDS_DIR
+    real_annoy = index_module.AnnoyIndex
+
+    class FailingAnnoy(real_annoy):
+        def add_item(self, item, vector):
+            if item >= 10 and fault.endswith("after 10 items"):
+                raise KeyboardInterrupt if fault.startswith("Keyboard") else _BuildFault("worker lost")
+            return super().add_item(item, vector)
+
+        def save(self, path, *args, **kwargs):
+            if fault == "disk full saving the index":
+                Path(path).write_bytes(b"\0" * 4096)  # a partial file, as a full disk leaves it
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().save(path, *args, **kwargs)
+
+    real_write = index_module._write_synced
+
+    def write_synced(path: Path, data: bytes) -> None:
+        if fault == "disk full on CURRENT" and path.name.startswith(f".{index_module.POINTER_FILE}"):
+            path.write_bytes(b"")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(index_module, "AnnoyIndex", FailingAnnoy)
+    monkeypatch.setattr(index_module, "_write_synced", write_synced)
+    with pytest.raises((KeyboardInterrupt, _BuildFault, OSError)):
+        services.index_rebuild()
+    monkeypatch.undo()
+
+    assert index_module.published_version(_index_dir()) == before_version
+    assert not list(builds.glob(".tmp-*")), "the half-written build was left behind"
+    for reader in ("the same process", "a fresh process"):
+        if reader == "a fresh process":
+            runtime.reset()
+        assert _served_ids(hostile_client, pid) == before, reader
+    # And the next rebuild succeeds.
+    assert services.index_rebuild().version != before_version
+    assert _served_ids(hostile_client, pid)
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_a_build_left_half_written_by_a_killed_process_is_ignored(hostile_client, big_catalog):
+    """What SIGKILL leaves: a .tmp- build folder with a partial file. Readers never look at it."""
+    pid = big_catalog[0]
+    before = _served_ids(hostile_client, pid)
+    partial = _index_dir() / index_module.BUILDS_DIR / ".tmp-20990101T000000000000-dead00"
+    partial.mkdir()
+    (partial / index_module.INDEX_FILE).write_bytes(os.urandom(5000))
+    runtime.reset()
+    assert _served_ids(hostile_client, pid) == before
+
+
+# --- Every failure under /api/ is JSON -----------------------------------------------------------------------------
+
+
+@contextmanager
+def database_down() -> Iterator[None]:
+    """Every SQL statement in the block fails as it does when the database server is gone."""
+
+    def refuse(self, sql, params=None):
+        raise OperationalError("connection to server at 127.0.0.1 failed: password=hunter2 refused")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CursorWrapper, "execute", refuse)
+        yield
+
+
+@pytest.mark.parametrize("path", ["/api/search?q=red", "/api/similar/11", "/api/status"])
+def test_with_the_database_down_the_api_answers_a_json_500_that_leaks_nothing(hostile_client, shop, path: str):
+    with database_down():
+        response = hostile_client.get(path)
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "The server failed to answer; try again later."}
+    assert b"hunter2" not in response.content and b"Traceback" not in response.content
+
+
+def _broken_view(request):
+    raise KeyError("INDEX_DIR misconfigured")
+
+
+@pytest.fixture
+def broken_api_view(settings) -> None:
+    """The site's own URLs and error handlers, plus /api/broken and /broken, views that raise."""
+    import config.urls
+
+    urls = types.ModuleType("round2_broken_urls")
+    urls.__dict__.update({name: value for name, value in vars(config.urls).items() if name.startswith("handler")})
+    urls.urlpatterns = [path("api/broken", _broken_view), path("broken", _broken_view), *config.urls.urlpatterns]
+    sys.modules[urls.__name__] = urls
+    settings.ROOT_URLCONF = urls.__name__
+    yield
+    del sys.modules[urls.__name__]
+
+
+def test_an_unexpected_exception_in_an_api_view_is_a_json_500(hostile_client, db, broken_api_view):
+    response = hostile_client.get("/api/broken")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "The server failed to answer; try again later."}
+    assert b"INDEX_DIR" not in response.content
+    page = hostile_client.get("/broken")
+    assert page.status_code == 500
+    assert page["Content-Type"].startswith("text/html")
+
+
+def test_pages_outside_the_api_keep_the_html_500(hostile_client, shop):
+    with database_down():
+        response = hostile_client.get("/")
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("text/html")
+    assert b"hunter2" not in response.content
+
+
+# --- Concurrent writers, lost work, damaged weights ----------------------------------------------------------------
 
 
 @pytest.mark.django_db
@@ -130,49 +367,6 @@ def test_the_sweep_resends_lost_work_but_not_work_still_waiting_in_the_queue(red
     assert state.states_lost(queue_empty=tasks.embed_queue_empty()) == [1, 2, 4]
 
 
-@pytest.mark.django_db
-def test_status_and_footer_never_show_server_paths(client, demo_catalog_db, settings):
-    directory = runtime.index_dir(runtime.active_space())
-    version = (directory / "CURRENT").read_text()
-    (directory / "builds" / version / "vectors.ann").write_bytes(b"garbage")
-    runtime.reset()
-    status = client.get("/api/status").json()
-    assert "error" in status["index"]
-    assert str(settings.INDEX_DIR) not in json.dumps(status)
-
-    settings.EMBEDDING_HEAD = "head256-00000000"  # names no projection file
-    runtime.reset()
-    page = client.get("/").content.decode()
-    assert "misconfigured" in page
-    assert str(settings.INDEX_DIR) not in page
-
-
-@pytest.mark.django_db
-def test_photo_links_carry_a_short_token_and_only_the_sites_own_thumbnails_show(client, demo_catalog_db):
-    page = client.post("/search-by-image", {"image": SimpleUploadedFile("p.jpg", jpeg_bytes())})
-    html = page.content.decode()
-    tokens = set(re.findall(r"photo=([A-Za-z0-9_-]+)", html))
-    assert len(tokens) == 1
-    token = tokens.pop()
-    assert len(token) == 22
-    assert "base64" not in html  # no image data in the page or its links
-    assert len(html) < 200_000
-    thumbnail = client.get(f"/photo/{token}.jpg")
-    assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/jpeg"
-    assert Image.open(io.BytesIO(thumbnail.content)).size[0] <= 64
-
-    assert "Your photo" in client.get("/", {"photo": token}).content.decode()
-
-    # A made-up token (or any picture someone encodes into a link) shows no photo.
-    forged = "A" * 22
-    assert client.get(f"/photo/{forged}.jpg").status_code == 404
-    assert "Your photo" not in client.get("/", {"photo": forged}).content.decode()
-    assert (
-        "Your photo"
-        not in client.get("/", {"photo": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"}).content.decode()
-    )
-
-
 def _truncated_checkpoint(tmp_path: Path) -> Path:
     import torch
     import torchvision
@@ -218,18 +412,3 @@ def test_weights_that_cannot_load_give_503_and_fail_tasks_once(client, demo_cata
     assert report["failed"] == 1
     failed = EmbeddingState.objects.get(product_id=555)
     assert failed.status == EmbedStatus.FAILED and "does not match" in failed.error
-
-
-@pytest.mark.django_db
-def test_retrying_embeddings_needs_the_change_permission(client, django_capture_on_commit_callbacks):
-    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_product"))
-    client.force_login(viewer)
-    Product.objects.create(id=901, name="Broken", image="products/b.jpg", image_version=1)
-    EmbeddingState.objects.create(
-        product_id=901, image_name="products/b.jpg", image_version=1, status=EmbedStatus.FAILED, error="truncated"
-    )
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        client.post("/admin/gallery/product/", {"action": "retry_embedding", "_selected_action": [901]})
-    assert EmbeddingState.objects.get(product_id=901).status == EmbedStatus.FAILED
-    assert not callbacks

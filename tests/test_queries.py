@@ -1,380 +1,354 @@
-"""Hardening, round 3: stored images are pixels only, bad photos are refused before the encoder loads,
-production refuses DEBUG, and the API answers wrong methods and over-long addresses in JSON on a live server.
+"""Queries and requests: hostile parameters, trails, ids, methods and addresses answer 4xx, never 500.
 
-Uploads go through the real admin and catalog import, and stored files are read back byte by byte. The
-photo refusals run in a fresh process, so that what it imported is what one request imported. The live
-server is gunicorn started from the Procfile's own command line.
+Through the Django test client and, for what gunicorn itself answers, the Procfile's live server.
 """
 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import re
-import secrets
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
-from PIL import Image, ImageCms, PngImagePlugin
 
+from gallery import trail as trail_module
+from gallery.catalog import MAX_ID as IMPORT_MAX_ID
 from gallery.models import Product
 from gallery.services import catalog_import
-from recommender.preprocess import ImageRejected as PreprocessRejected
-from recommender.preprocess import image_check, image_load, image_prepare
-from tests.conftest import ROOT, admin_product_form, jpeg_bytes, process_group_stop, subprocess_env, wait_for
-from tests.test_security import production
-from tests.test_worker import free_port
-
-# =============================================================================================
-# 5. Stored images are pixels only
-# =============================================================================================
-
-SCRIPT = b"<script>alert(document.cookie)</script>"
-XMP_NS = b"http://ns.adobe.com/xap/1.0/"
-XMP = (
-    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    b'<rdf:Description xmlns:xmp="' + XMP_NS + b'" xmlns:dc="http://purl.org/dc/elements/1.1/">'
-    b"<dc:title>" + SCRIPT.replace(b"<", b"&lt;") + b"</dc:title><xmp:CreatorTool>HackCam</xmp:CreatorTool>"
-    b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+from gallery.trail import Trail, TrailError
+from tests.support import ROOT
+from tests.support.answers import message_of, record
+from tests.support.catalog_files import write_catalog
+from tests.support.images import jpeg_bytes
+from tests.support.processes import (
+    free_port,
+    process_group_stop,
+    subprocess_env,
+    wait_for,
 )
-# What no stored byte may hold: the upload's HTML, EXIF, XMP, ICC and its camera's name.
-FORBIDDEN = (b"<script", b"Exif", b"http://ns.adobe.com/xap", b"adobe:ns:meta", b"ICC_PROFILE", b"HackCam")
-# The segments a plain baseline JPEG of pixels needs: SOI's followers up to the scan (JFIF, tables, frame).
-PIXEL_SEGMENTS = {0xE0, 0xDB, 0xC4, 0xC0, 0xC2, 0xDD, 0xDA}
+from tests.support.shop import LARGEST_ID, LONG_ID
+
+# --- Hostile parameters, trails and ids ----------------------------------------------------------------------------
 
 
-def _srgb_bytes() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+LONG = "blue " * 1400  # 7k characters: under REQUEST_URI_MAX_CHARS (8000) once in an address
+TOO_LONG = "blue " * 2000  # 10k characters: no address this long is answered (414)
+HOSTILE_QUERIES: list[tuple[str, dict[str, str], int]] = [
+    ("empty q", {"q": ""}, 200),
+    ("whitespace q", {"q": " \t\n  "}, 200),
+    ("7k-char q", {"q": LONG}, 200),
+    ("10k-char q (the address is over REQUEST_URI_MAX_CHARS)", {"q": TOO_LONG}, 414),
+    ("emoji q", {"q": "😀👗🧢 red"}, 200),
+    ("RTL q (Hebrew + Arabic + RLO)", {"q": "\u202eשלום مرحبا red"}, 200),
+    ("combining characters q", {"q": "re\u0301d\u0336 z\u0351\u0352\u0353algo"}, 200),
+    ("NUL byte q", {"q": "red\x00cap"}, 400),
+    ("control characters q", {"q": "red\x01\x1b[31m\x7f"}, 200),
+    ("% q", {"q": "%"}, 200),
+    ("_ q", {"q": "_"}, 200),
+    ("%% __ q", {"q": "%%__%_"}, 200),
+    ("backslash q", {"q": "\\"}, 200),
+    ("SQL q", {"q": "'; DROP TABLE gallery_product; --"}, 200),
+    ("SQL OR q", {"q": "red' OR '1'='1"}, 200),
+    ("SQL UNION q", {"q": 'x" UNION SELECT password FROM auth_user --'}, 200),
+    ("regex q", {"q": ".*(a+)+$ [[:alpha:]] \\b"}, 200),
+    ("tsquery operators q", {"q": "red & !blue | <-> :* ("}, 200),
+    ("huge k", {"q": "red", "k": "1000000"}, 400),
+    ("k of 5000 digits", {"q": "red", "k": "9" * 5000}, 400),
+    ("negative k", {"q": "red", "k": "-5"}, 400),
+    ("zero k", {"q": "red", "k": "0"}, 400),
+    ("k=abc", {"q": "red", "k": "abc"}, 400),
+    ("k=1.5", {"q": "red", "k": "1.5"}, 400),
+    ("k=1e3", {"q": "red", "k": "1e3"}, 400),
+    ("k=NaN", {"q": "red", "k": "NaN"}, 400),
+    ("filter with NUL", {"gender": "Men\x00"}, 400),
+    ("filter of 7k chars", {"colour": "R" * 7_000}, 200),
+    ("filter of 10k chars", {"colour": "R" * 10_000}, 414),
+    ("filter SQL", {"type": "x' OR 1=1 --"}, 200),
+    ("filter %", {"colour": "%"}, 200),
+    ("photo token garbage (7k chars)", {"photo": "A" * 7_000}, 200),
+    ("photo token javascript:", {"photo": "javascript:alert(1)"}, 200),
+]
 
 
-def swapped_profile() -> bytes:
-    """An RGB profile whose red primary is sRGB's blue and the other way round: a wide-gamut stand-in whose
-    correct conversion is plain to see (red pixels are blue in sRGB). Built from Pillow's sRGB profile by
-    swapping the offsets of its rXYZ and bXYZ tags."""
-    data = bytearray(_srgb_bytes())
-    tags = {}
-    for i in range(struct.unpack(">I", data[128:132])[0]):
-        at = 132 + 12 * i
-        signature, offset, size = struct.unpack(">4sII", data[at : at + 12])
-        tags[signature] = (at, offset, size)
-    (r_at, r_offset, r_size), (b_at, b_offset, b_size) = tags[b"rXYZ"], tags[b"bXYZ"]
-    struct.pack_into(">4sII", data, r_at, b"rXYZ", b_offset, b_size)
-    struct.pack_into(">4sII", data, b_at, b"bXYZ", r_offset, r_size)
-    data[84:100] = bytes(16)  # the profile id (an MD5 of the rest) no longer holds
-    return bytes(data)
+# Raw query strings, sent as they are (not re-encoded by the client).
+RAW_QUERIES: list[tuple[str, str, int]] = [
+    ("%00 in q", "q=red%00", 400),
+    ("invalid UTF-8 %ff%fe", "q=%ff%fe%fd", 200),
+    ("lone UTF-8 continuation bytes", "q=%80%80red", 200),
+    ("overlong UTF-8 NUL %c0%80", "q=%c0%80", 200),
+    ("UTF-16 surrogate as UTF-8 %ed%a0%80", "q=%ed%a0%80", 200),
+    ("bare %", "q=%", 200),
+    ("broken escape %g1", "q=%g1%2", 200),
+    ("repeated q", "q=red&q=blue&q=%00", 400),
+    ("k twice", "k=5&k=abc", 400),
+    ("param without =", "q", 200),
+    ("empty key", "=red&&&", 200),
+]
+TRAIL_CASES: list[tuple[str, str, int]] = [
+    ("trail: very long (7k chars)", "1," * 1_700, 400),
+    ("trail: very long (20k chars, over REQUEST_URI_MAX_CHARS)", "1," * 10_000, 414),
+    ("trail: nested commas", ",,,101,,,,102,,", 200),
+    ("trail: only commas", ",,,,,,", 200),
+    ("trail: huge id (20 digits)", "99999999999999999999", 400),
+    ("trail: 15-digit id (unknown product)", "999999999999999", 200),
+    ("trail: negative id", "-5", 400),
+    ("trail: p", "p", 400),
+    ("trail: n", "n", 400),
+    ("trail: pn12", "pn12", 400),
+    ("trail: p0", "p0", 200),
+    ("trail: 48 pinned steps", ",".join([f"p{i}" for i in range(101, 125)] * 2), 200),
+    ("trail: 49 steps", ",".join(str(i) for i in range(49)), 400),
+    ("trail: only dislikes", "n101,n102,n103", 200),
+    ("trail: SQL", "1;DROP TABLE x", 400),
+    ("trail: NUL", "101\x00", 400),
+    ("trail: unicode digits", "١٠١,１０２", 200),
+    ("trail: whitespace", " 101 , p102 ", 200),
+]
 
 
-def _exif() -> bytes:
-    exif = Image.Exif()
-    exif[0x010F] = "HackCam"  # Make
-    exif[0x010E] = SCRIPT.decode()  # ImageDescription
-    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0)}  # GPS
-    return exif.tobytes()
+def _endpoints(product_id: int) -> list[tuple[str, str, bool]]:
+    return [
+        ("/", "GET /", False),
+        ("/api/search", "GET /api/search", True),
+        (f"/similar/{product_id}/", "GET /similar/<id>/", False),
+        (f"/api/similar/{product_id}", "GET /api/similar/<id>", True),
+    ]
 
 
-def jpeg_with_everything() -> bytes:
-    """A JPEG carrying a COM segment of HTML, EXIF (camera, GPS, HTML), XMP and an ICC profile."""
-    return jpeg_bytes(comment=SCRIPT, exif=_exif(), xmp=XMP, icc_profile=_srgb_bytes())
+def _check(response, *, expected: int, api: bool) -> None:
+    assert response.status_code != 500
+    assert response.status_code == expected, f"{response.status_code}: {message_of(response)}"
+    if api:
+        assert response["Content-Type"] == "application/json"
+        body = response.json()
+        if expected >= 400:
+            assert isinstance(body["error"], str) and body["error"]
+        else:
+            assert isinstance(body["results"], list)
+    elif expected >= 400:
+        assert message_of(response)
 
 
-def png_with_text_chunks() -> bytes:
-    """A PNG with tEXt (one named "comment", which Pillow would write back as a JPEG comment), zTXt, iTXt XMP
-    and eXIf chunks."""
-    text = PngImagePlugin.PngInfo()
-    text.add_text("comment", SCRIPT.decode())
-    text.add_text("Description", SCRIPT.decode(), zip=True)
-    text.add_itxt("XML:com.adobe.xmp", XMP.decode())
-    return jpeg_bytes(format="PNG", pnginfo=text, exif=_exif())
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(("label", "params", "expected"), HOSTILE_QUERIES, ids=[c[0] for c in HOSTILE_QUERIES])
+def test_hostile_query_parameters_never_cause_a_500(hostile_client, embedded_catalog, label, params, expected):
+    for path, where, api in _endpoints(embedded_catalog[0]):
+        response = hostile_client.get(path, params)
+        record(where, label, response)
+        _check(response, expected=expected, api=api)
 
 
-def _png_reads_back(data: bytes) -> None:
-    """The fixtures carry what they claim (a test of nothing would pass too)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        assert SCRIPT.decode() in str(img.info.get("comment", "")) + str(img.info.get("Description", ""))
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(("label", "query", "expected"), RAW_QUERIES, ids=[c[0] for c in RAW_QUERIES])
+def test_raw_query_strings_never_cause_a_500(hostile_client, embedded_catalog, label, query, expected):
+    for path, where, api in _endpoints(embedded_catalog[0]):
+        response = hostile_client.get(path, QUERY_STRING=query)
+        record(where, label, response)
+        _check(response, expected=expected, api=api)
 
 
-def jpeg_segments(data: bytes) -> list[int]:
-    """The marker of every segment from the start of a JPEG up to its first scan (SOS) included."""
-    assert data[:2] == b"\xff\xd8", "not a JPEG"
-    markers, at = [], 2
-    while True:
-        assert data[at] == 0xFF, f"no marker at {at}"
-        marker = data[at + 1]
-        markers.append(marker)
-        if marker == 0xDA:
-            return markers
-        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(("label", "trail", "expected"), TRAIL_CASES, ids=[c[0] for c in TRAIL_CASES])
+def test_hostile_trails_never_cause_a_500(hostile_client, embedded_catalog, label, trail, expected):
+    for path, where, api in _endpoints(embedded_catalog[0])[2:]:
+        response = hostile_client.get(path, {"trail": trail})
+        record(where, label, response)
+        _check(response, expected=expected, api=api)
 
 
-def assert_pixels_only(data: bytes, where: str) -> None:
-    extra = set(jpeg_segments(data)) - PIXEL_SEGMENTS
-    assert not extra, f"{where} keeps segments {sorted(hex(m) for m in extra)} (0xfe: comment, 0xe1: EXIF/XMP)"
-    for needle in FORBIDDEN:
-        assert needle not in data, f"{where} holds {needle!r}"
-    with Image.open(io.BytesIO(data)) as img:
-        assert img.format == "JPEG" and img.mode == "RGB"
-        assert not img.getexif()
-        assert not {"comment", "exif", "xmp", "icc_profile"} & set(img.info), f"{where}: {sorted(img.info)}"
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_a_long_query_is_capped_not_refused(hostile_client, embedded_catalog, settings):
+    body = hostile_client.get("/api/search", {"q": LONG}).json()
+    assert len(body["query"]) <= settings.SEARCH_QUERY_MAX_CHARS
+    assert body["query"].startswith("blue blue")
 
 
-def _stored_files(product_id: int) -> dict[str, bytes]:
-    product = Product.objects.get(id=product_id)
-    return {
-        f"{product_id} image": Path(product.image.path).read_bytes(),
-        f"{product_id} thumbnail": Path(product.thumbnail.path).read_bytes(),
-    }
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_sql_and_wildcards_are_searched_literally(hostile_client, embedded_catalog):
+    # The quote and the operators are just characters: the query is the words "red", "or", "1"; it finds what
+    # "red" finds (a partial match, said so), never the whole catalog.
+    injected = hostile_client.get("/api/search", {"q": "red' OR '1'='1", "k": 100}).json()
+    plain = hostile_client.get("/api/search", {"q": "red", "k": 100}).json()
+    assert [r["id"] for r in injected["results"]] == [r["id"] for r in plain["results"]]
+    assert 0 < len(plain["results"]) < len(embedded_catalog)
+    # "_" holds no word: it is the empty query (the starting grid), not a LIKE wildcard.
+    assert (
+        hostile_client.get("/api/search", {"q": "_"}).json()["results"]
+        == (hostile_client.get("/api/search", {"q": ""}).json()["results"])
+    )
+    assert hostile_client.get("/api/search", {"colour": "%"}).json()["results"] == []
+    assert Product.objects.count() == len(embedded_catalog)
 
 
-@pytest.fixture
-def superuser_client(db) -> Client:
-    from django.contrib.auth.models import User
-
-    client = Client(raise_request_exception=False)
-    client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123"))
-    return client
-
-
-def admin_add(client: Client, product_id: int, data: bytes, *, name: str = "photo.jpg", content_type="image/jpeg"):
-    form = admin_product_form(product_id, data, filename=name, content_type=content_type)
-    return client.post("/admin/gallery/product/add/", form)
-
-
-def test_the_metadata_fixtures_carry_what_they_claim():
-    data = jpeg_with_everything()
-    assert 0xFE in jpeg_segments(data) and 0xE1 in jpeg_segments(data) and 0xE2 in jpeg_segments(data)
-    assert all(needle in data for needle in (b"<script", b"Exif", XMP_NS, b"ICC_PROFILE", b"HackCam"))
-    png = png_with_text_chunks()
-    assert all(chunk in png for chunk in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"))
-    _png_reads_back(png)
-
-
-def test_admin_uploads_are_stored_as_pixels_only(superuser_client):
-    uploads = {
-        880100: (jpeg_with_everything(), "photo.jpg", "image/jpeg"),
-        880101: (png_with_text_chunks(), "photo.png", "image/png"),
-    }
-    for product_id, (data, name, content_type) in uploads.items():
-        response = admin_add(superuser_client, product_id, data, name=name, content_type=content_type)
-        assert response.status_code == 302, response.content[:500]
-        for where, stored in _stored_files(product_id).items():
-            assert_pixels_only(stored, where)
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(
+    ("label", "path", "expected"),
+    [
+        ("id 0", "/api/similar/0", 404),
+        ("id past 2^63", "/api/similar/99999999999999999999999", 404),
+        ("id 2^63-1", f"/api/similar/{2**63 - 1}", 404),
+        ("id 2^64", f"/api/similar/{2**64}", 404),
+        ("negative id", "/api/similar/-1", 404),
+        ("non-numeric id", "/api/similar/abc", 404),
+        ("percent-escaped garbage id", "/api/similar/%ff%00", 404),
+        ("page: id past 2^63", "/similar/99999999999999999999999/", 404),
+        ("page: id 0", "/similar/0/", 404),
+        ("page: id 2^64", f"/similar/{2**64}/", 404),
+    ],
+    ids=lambda v: v if isinstance(v, str) and not v.startswith("/") else None,
+)
+def test_out_of_range_product_ids_are_404_not_500(hostile_client, embedded_catalog, label, path, expected):
+    response = hostile_client.get(path, {"trail": "101"})
+    record(f"GET {path[:40]}", label, response)
+    assert response.status_code == expected, message_of(response)
+    if path.startswith("/api/similar/") and path.split("/")[-1].isdigit():
+        assert "No product has id" in response.json()["error"]
 
 
-def test_catalog_imports_store_pixels_only(db, tmp_path: Path):
-    directory = tmp_path / "catalog"
-    (directory / "images").mkdir(parents=True)
-    header = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
-    rows = [f"{pid},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Shirt {pid}" for pid in (880110, 880111)]
-    (directory / "styles.csv").write_text("\n".join([header, *rows]) + "\n")
-    (directory / "images" / "880110.jpg").write_bytes(jpeg_with_everything())
-    (directory / "images" / "880111.jpg").write_bytes(png_with_text_chunks())  # a PNG under a .jpg name
-
-    summary = catalog_import(directory=directory, enqueue=False, workers=1)
-
-    assert summary.created == 2, summary.lines()
-    for product_id in (880110, 880111):
-        for where, stored in _stored_files(product_id).items():
-            assert_pixels_only(stored, where)
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_too_many_query_parameters_are_a_400_not_a_500(hostile_client, embedded_catalog):
+    # Short names: the address stays under REQUEST_URI_MAX_CHARS, so the field count is what is judged.
+    query = "&".join(f"{i:x}" for i in range(1500))
+    for path, where, _ in _endpoints(embedded_catalog[0]):
+        response = hostile_client.get(path, QUERY_STRING=query)
+        record(where, "1500 query parameters", response)
+        assert response.status_code == 400
 
 
-def _centre(data: bytes) -> tuple[int, int, int]:
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB").getpixel((img.width // 2, img.height // 2))
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_wrong_methods_are_405(hostile_client, embedded_catalog):
+    for method, path in (("get", "/api/search-by-image"), ("get", "/search-by-image"), ("post", "/api/search")):
+        response = getattr(hostile_client, method)(path)
+        record(f"{method.upper()} {path}", "wrong method", response)
+        assert response.status_code == 405
 
 
-def _close(pixel: tuple[int, ...], expected: tuple[int, ...], tol: int = 14) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(pixel, expected, strict=True))
+# --- Every importable id can be on a trail -------------------------------------------------------------------------
 
 
-def test_a_wide_gamut_photo_is_converted_to_srgb_before_its_profile_is_dropped(superuser_client):
-    red = (200, 30, 30)
-    uploads = {
-        880120: jpeg_bytes(colour=red, icc_profile=swapped_profile()),
-        880121: jpeg_bytes(colour=red, format="PNG", icc_profile=swapped_profile()),
-    }
-    for product_id, data in uploads.items():
-        assert _close(_centre(data), red), "the fixture's raw pixels are red"
-        assert admin_add(superuser_client, product_id, data).status_code == 302
-        for where, stored in _stored_files(product_id).items():
-            # In sRGB the swapped profile's "red" is blue: the colour the photo's owner saw is what is stored.
-            assert _close(_centre(stored), (30, 30, 200)), f"{where} centre is {_centre(stored)}"
-            assert_pixels_only(stored, where)
+def test_the_trail_accepts_every_id_catalog_import_accepts():
+    assert getattr(trail_module, "MAX_ID", None) == IMPORT_MAX_ID
+    assert Trail.parse(f"{LONG_ID},p{LARGEST_ID},n12").product_ids == [LONG_ID, LARGEST_ID, 12]
+    with pytest.raises(TrailError, match="below 9007199254740992"):
+        Trail.parse(str(IMPORT_MAX_ID))
+    with pytest.raises(TrailError, match="not a trail step"):
+        Trail.parse("1" * 17)
 
 
-def test_photo_searches_and_embeddings_see_the_same_srgb_colours():
-    """The one decoding path converts for every caller: a photo search matches the stored catalog image."""
-    data = jpeg_bytes(colour=(200, 30, 30), icc_profile=swapped_profile())
-    square = image_prepare(data, size=224)
-    assert _close(tuple(int(c) for c in square[112, 112]), (30, 30, 200))
-    assert _close(image_load(data).getpixel((120, 160)), (30, 30, 200))  # the full-size path too
+def test_old_trail_links_still_open():
+    trail = Trail.parse("9613,p27647,n56199,3305")
+    assert str(trail) == "9613,p27647,n56199,3305"
+    assert trail.liked_ids == [27647, 3305]
+    assert trail.disliked_ids == [56199]
+
+
+def test_a_product_imported_with_a_16_digit_id_can_be_clicked_onto_a_trail(client, db, tmp_path: Path, shop):
+    write_catalog(
+        tmp_path / "c",
+        [f"{LARGEST_ID - 1},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Imported Tshirt"],
+        {LARGEST_ID - 1: jpeg_bytes()},
+    )
+    summary = catalog_import(directory=tmp_path / "c", enqueue=False, workers=1)
+    assert summary.created == 1, summary.lines()
+
+    api = client.get("/api/similar/11", {"trail": f"{LONG_ID},p{LARGEST_ID},{LARGEST_ID - 1}"})
+    assert api.status_code == 200, api.json()
+    body = api.json()
+    assert body["trail"] == f"{LONG_ID},p{LARGEST_ID},{LARGEST_ID - 1},11"
+    found = [r["id"] for r in body["results"]]
+    assert LONG_ID not in found and LARGEST_ID not in found, "a product on the trail came back as a result"
+
+    page = client.get(f"/similar/{LONG_ID}/", {"trail": f"12,p{LARGEST_ID}"})
+    assert page.status_code == 200
+    assert f"p{LARGEST_ID}" in page.content.decode()
+
+
+def test_an_id_beyond_what_import_accepts_is_a_400_saying_so(client, shop):
+    response = client.get("/api/similar/11", {"trail": str(2**53)})
+    assert response.status_code == 400
+    assert "below 9007199254740992" in response.json()["error"]
+
+
+# --- Wrong methods, bodies and paths under the API -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("label", "profile", "mode"),
+    "method, path, allowed",
     [
-        ("unreadable profile", b"not an ICC profile" * 8, "RGB"),
-        ("RGB profile on CMYK pixels", swapped_profile(), "CMYK"),
-        ("Lab profile on RGB pixels", ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes(), "RGB"),
+        ("post", "/api/search", "GET, HEAD"),
+        ("put", "/api/similar/11", "GET, HEAD"),
+        ("delete", "/api/status", "GET, HEAD"),
+        ("get", "/api/search-by-image", "POST"),
+        ("post", "/api/openapi.json", "GET, HEAD"),
     ],
 )
-def test_a_profile_that_does_not_fit_the_pixels_is_ignored_not_refused(superuser_client, label, profile, mode):
-    img = Image.new(mode, (200, 160), "white")
-    img.paste(Image.new("RGB", (100, 80), (200, 30, 30)).convert(mode), (50, 40))
-    out = io.BytesIO()
-    img.save(out, format="JPEG", icc_profile=profile, quality=95)
-    response = admin_add(superuser_client, 880130, out.getvalue())
-    assert response.status_code == 302, label
-    for where, stored in _stored_files(880130).items():
-        assert _close(_centre(stored), (200, 30, 30), tol=30), f"{label}: {where} centre is {_centre(stored)}"
-        assert_pixels_only(stored, where)
+def test_a_wrong_method_under_the_api_is_a_json_405_naming_the_allowed_ones(
+    client, shop, method: str, path: str, allowed: str
+):
+    response = getattr(client, method)(path)
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/json"
+    assert response["Allow"] == allowed
+    assert response.json()["error"] == f"{method.upper()} is not allowed here; use {allowed}."
+    # The security headers of the original answer survive the rewrite.
+    assert response["X-Content-Type-Options"] == "nosniff"
 
 
-# =============================================================================================
-# 6. Photo searches are refused before the encoder loads
-# =============================================================================================
+def test_a_malformed_content_length_under_the_api_is_a_json_400(db):
+    from django.core.handlers.wsgi import WSGIHandler
+
+    environ = RequestFactory().post("/api/search-by-image", data=b"--x\r\n", content_type="multipart/form-data").environ
+    environ["CONTENT_LENGTH"] = "12 34"
+    answer: dict[str, object] = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer.update(status=status, headers=dict(headers))
+
+    body = b"".join(WSGIHandler()(environ, start_response))
+    assert str(answer["status"]).startswith("400")
+    assert answer["headers"]["Content-Type"] == "application/json"
+    assert "Content-Length" in json.loads(body)["error"]
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+def test_an_unknown_api_path_and_a_wrong_page_method_keep_their_answers(client, db):
+    missing = client.get("/api/nothing-here")
+    assert missing.status_code == 404
+    assert missing["Content-Type"] == "application/json"
+    page = client.post("/")
+    assert page.status_code == 405  # outside /api/: Django's own answer, not JSON
+    assert not page["Content-Type"].startswith("application/json")
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\0"))
-        + _png_chunk(b"IEND", b"")
-    )
+# --- HEAD is answered wherever GET is ------------------------------------------------------------------------------
 
 
-REFUSED_PHOTOS = {
-    "40000x40000 PNG": (png_claiming(40_000, 40_000), "The image is too large"),
-    "8000x6000 PNG (over IMAGE_MAX_PIXELS, under Pillow's bomb limit)": (
-        png_claiming(8000, 6000),
-        "The image is too large: 8000x6000 pixels",
-    ),
-    "not an image": (b"%PDF-1.4\n" + b"x" * 2000, "not an image we can read"),
-    "empty file": (b"", "file is empty"),
-}
-
-_REFUSED_PROBE = r"""
-import json, sys
-import django
-django.setup()
-from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
-
-cases = json.loads(sys.argv[1])
-client = Client(raise_request_exception=False, HTTP_HOST="localhost")  # an allowed host of the local settings
-answers = {}
-for label, path in cases.items():
-    with open(path, "rb") as fh:
-        data = fh.read()
-    api = client.post("/api/search-by-image", {"image": SimpleUploadedFile("photo.png", data, "image/png")})
-    page = client.post("/search-by-image", {"image": SimpleUploadedFile("photo.png", data, "image/png")})
-    answers[label] = {
-        "api_status": api.status_code,
-        "api_type": api["Content-Type"],
-        "api_body": api.content.decode(errors="replace")[:500],
-        "page_status": page.status_code,
-        "page_body": page.content.decode(errors="replace"),
-    }
-print(json.dumps({
-    "answers": answers,
-    "torch": "torch" in sys.modules,
-    "encoders": "recommender.encoders" in sys.modules,
-}))
-"""
+@pytest.mark.parametrize(
+    "path",
+    ["/healthz", "/readyz", "/", "/?q=red", "/api/status", "/api/search?q=red", "/api/similar/11", "/api/openapi.json"],
+)
+def test_head_is_answered_like_get_without_a_body(client, shop, path: str):
+    get = client.get(path)
+    head = client.head(path)
+    assert head.status_code == get.status_code == 200, (head.status_code, get.status_code)
+    assert head.content == b""
+    assert head["Content-Type"] == get["Content-Type"]
 
 
-def test_a_refused_photo_never_loads_the_encoder_in_a_fresh_web_process(db, tmp_path: Path):
-    cases = {}
-    for i, (label, (data, _)) in enumerate(REFUSED_PHOTOS.items()):
-        path = tmp_path / f"upload-{i}"
-        path.write_bytes(data)
-        cases[label] = str(path)
-    # Rate limits apart: every refusal here must come from the photo itself.
-    env = subprocess_env(PHOTO_SEARCH_RATE_PER_MINUTE="1000", CACHE_KEY_PREFIX=f"round3-{secrets.token_hex(4)}")
-    result = subprocess.run(
-        [sys.executable, "-c", _REFUSED_PROBE, json.dumps(cases)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    for label, (_, message) in REFUSED_PHOTOS.items():
-        answer = report["answers"][label]
-        assert answer["api_status"] == 400, (label, answer)
-        assert answer["api_type"] == "application/json"
-        assert message in json.loads(answer["api_body"])["error"], (label, answer["api_body"])
-        assert answer["page_status"] == 400, (label, answer["page_status"])
-        assert message in answer["page_body"], label
-    assert not report["encoders"], "a refused photo loaded the encoder module"
-    assert not report["torch"], "a refused photo imported torch"
+def test_head_on_a_similar_page(client, shop):
+    head = client.head(f"/similar/{LONG_ID}/")
+    assert head.status_code == 200
+    assert head.content == b""
 
 
-def test_the_header_check_reads_no_pixels():
-    assert image_check(jpeg_bytes(size=(240, 320))) == ("JPEG", 240, 320)
-    with pytest.raises(PreprocessRejected, match="40000x40000|1600 megapixels"):
-        image_check(png_claiming(40_000, 40_000))
-    # A header that passes over data that cannot decode: the check passes, the decode refuses.
-    whole = jpeg_bytes(size=(240, 320))
-    truncated = whole[: len(whole) // 2]
-    assert image_check(truncated) == ("JPEG", 240, 320)
-    with pytest.raises(PreprocessRejected, match="truncated or corrupt"):
-        image_load(truncated)
-
-
-# =============================================================================================
-# 7. Production refuses DEBUG; the API's wrong methods and long addresses in JSON, live
-# =============================================================================================
-
-_SETTINGS_PROBE = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
-
-
-def load_settings(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
-    """Import the settings in a fresh process, as a server would, with production defaults around overrides."""
-    return production(tmp_path, probe=_SETTINGS_PROBE, **env_overrides)
-
-
-@pytest.mark.parametrize("value", ["1", "true", "on", "yes"])
-def test_production_refuses_to_start_with_debug_on(tmp_path: Path, value: str):
-    result = load_settings(tmp_path, DEBUG=value)
-    assert result.returncode != 0
-    assert "ImproperlyConfigured" in result.stderr
-    assert "DEBUG must be off when GALLERY_ENV=production" in result.stderr
-
-
-def test_production_starts_with_debug_off_and_local_may_debug(tmp_path: Path):
-    off = load_settings(tmp_path, DEBUG="0")
-    assert off.returncode == 0, off.stderr[-2000:]
-    assert off.stdout.strip() == "False"
-    local = load_settings(tmp_path, GALLERY_ENV="local", DEBUG="1")
-    assert local.returncode == 0, local.stderr[-2000:]
-    assert local.stdout.strip() == "True"
-
-
-@pytest.mark.parametrize("value", ["0", "8191", "100000"])
-def test_a_request_uri_limit_gunicorn_would_beat_is_refused(tmp_path: Path, value: str):
-    result = load_settings(tmp_path, REQUEST_URI_MAX_CHARS=value)
-    assert result.returncode != 0
-    assert "REQUEST_URI_MAX_CHARS must be from 1 to 8100" in result.stderr
+# --- Wrong methods and over-long addresses, with CSRF checks enforced ----------------------------------------------
 
 
 WRONG_METHODS = [

@@ -1,13 +1,10 @@
-"""Issue 15: proxies and rate limits, the cache serializer, long ids on trails, JSON errors, HEAD, production settings.
-
-Requests go through the Django test client with the real middleware and
-views, photo searches through the real encoder and index, the cache through
-the real Redis. Production settings are loaded in a fresh process, as a
-server would load them.
+"""Security: CSRF, permissions, rate limits behind proxies, what the cache stores, escaping, and the
+production settings that refuse to start.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -15,96 +12,295 @@ import re
 import secrets
 import subprocess
 import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import OperationalError
-from django.db.backends.utils import CursorWrapper
 from django.test import Client, RequestFactory
-from django.urls import path
+from PIL import Image
 
 from gallery import ratelimit
-from gallery import trail as trail_module
-from gallery.catalog import MAX_ID as IMPORT_MAX_ID
-from gallery.services import catalog_import
-from gallery.trail import Trail, TrailError
-from recommender import runtime, services
-from tests.conftest import ROOT, demo_rows_store, jpeg_bytes
-from tests.test_catalog_import import write_catalog
+from gallery.models import Product
+from recommender import runtime
+from recommender.models import EmbeddingState, EmbedStatus
+from tests.support import ROOT
+from tests.support.answers import message_of, record
+from tests.support.catalog_files import make_zip, styles_csv
+from tests.support.clients import (
+    ADMIN_ADD,
+    BULK,
+    admin_add,
+    bulk_upload,
+    photo_api,
+    photo_page,
+    staff_user,
+)
+from tests.support.images import TEXT, jpeg_bytes
 
-LONG_ID = 1_000_000_000_000_001  # 16 digits: importable, and once refused by the trail parser
-LARGEST_ID = 2**53 - 1  # the largest id catalog import accepts
+# --- Escaping and media paths --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_reflected_input_is_escaped_and_pages_carry_the_security_headers(hostile_client, embedded_catalog):
+    payload = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    for path, params in (
+        ("/", {"q": payload}),
+        (f"/similar/{embedded_catalog[0]}/", {"trail": payload}),
+        (f"/similar/{embedded_catalog[0]}/", {"q": payload, "colour": payload}),
+        ("/", {"photo": "javascript:alert(1)"}),
+    ):
+        response = hostile_client.get(path, params)
+        record(f"GET {path}", f"reflected XSS in {', '.join(params)}", response)
+        body = response.content.decode()
+        # The payload shows only escaped (&lt;script&gt;...), never as markup.
+        assert "<script>alert" not in body
+        assert "<img src=x" not in body
+        assert 'src="javascript:' not in body
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/../config/settings.py",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2fmanage.py",
+        "/media//etc/passwd",
+    ],
+)
+def test_media_urls_cannot_escape_media_root(hostile_client, db, path: str):
+    response = hostile_client.get(path)
+    record("GET /media/...", f"path traversal {path}", response)
+    assert response.status_code in (400, 404)
+    assert b"DJANGO_SETTINGS_MODULE" not in response.content and b"root:" not in response.content
+
+
+# --- Deployment checks ---------------------------------------------------------------------------------------------
+
+
+def _manage(tmp_path: Path, *args: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    """``manage.py <args>`` with production settings (GALLERY_ENV=production), as a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG"}}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "GALLERY_ENV": "production",
+            "ALLOWED_HOSTS": "example.com",
+            "REDIS_URL": settings.REDIS_URL,
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+            "GALLERY_VAR_DIR": str(tmp_path / "var"),
+            "STATIC_ROOT": str(tmp_path / "static"),
+        }
+    )
+    env.update(env_overrides)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_the_deployment_checks_pass_with_production_settings(tmp_path: Path):
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@#$%^&*(-_=+)"
+    # One key starting with "$" every time: such a key is the key, not the name of another variable.
+    for secret in ("$" + "".join(secrets.choice(alphabet) for _ in range(50)), secrets.token_urlsafe(50)):
+        result = _manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=secret)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "no issues" in result.stdout
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path):
+    result = _manage(tmp_path, "check")  # SECRET_KEY removed from the environment
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when GALLERY_ENV=production" in result.stderr
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_production_refuses_to_start_without_allowed_hosts(tmp_path: Path):
+    result = _manage(tmp_path, "check", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="")
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS must be set" in result.stderr
+
+
+# --- CSRF ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def csrf_client(db) -> Client:
+    return Client(enforce_csrf_checks=True, raise_request_exception=False)
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_photo_search_form_without_a_csrf_token_is_403(csrf_client, embedded_catalog, nothing_stored):
+    response = photo_page(csrf_client, jpeg_bytes())
+    record("POST /search-by-image (CSRF enforced)", "no CSRF token", response)
+    assert response.status_code == 403
+    # The control: with the page's token the same request gets through (and is judged on its image).
+    csrf_client.get("/")
+    token = csrf_client.cookies["csrftoken"].value
+    response = csrf_client.post(
+        "/search-by-image", {"image": SimpleUploadedFile("t.jpg", TEXT), "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 400
+    nothing_stored()
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_admin_login_without_a_csrf_token_is_403(csrf_client):
+    staff_user()
+    response = csrf_client.post("/admin/login/", {"username": "admin", "password": "pw-admin-123"})
+    record("POST /admin/login/ (CSRF enforced)", "no CSRF token", response)
+    assert response.status_code == 403
+    csrf_client.get("/admin/login/")
+    token = csrf_client.cookies["csrftoken"].value
+    response = csrf_client.post(
+        "/admin/login/", {"username": "admin", "password": "pw-admin-123", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 302
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize("path", [ADMIN_ADD, BULK, "/admin/gallery/product/"], ids=["add", "bulk", "action"])
+def test_admin_forms_without_a_csrf_token_are_403_and_store_nothing(csrf_client, nothing_stored, path: str):
+    csrf_client.force_login(staff_user())
+    data = {
+        ADMIN_ADD: {"id": 880040, "name": "x", "image_upload": SimpleUploadedFile("a.jpg", jpeg_bytes())},
+        BULK: {"archive": SimpleUploadedFile("c.zip", make_zip([("styles.csv", styles_csv(880041))]))},
+        "/admin/gallery/product/": {"action": "retry_embedding", "_selected_action": ["1"]},
+    }[path]
+    response = csrf_client.post(path, data)
+    record(f"POST {path} (CSRF enforced, staff)", "no CSRF token", response)
+    assert response.status_code == 403
+    nothing_stored()
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_the_photo_api_needs_no_csrf_token_and_ignores_the_session(
+    csrf_client, embedded_catalog, settings, redis_db, monkeypatch
+):
+    """The API is csrf-exempt because it never looks at cookies: an admin's session changes nothing."""
+    anonymous = photo_api(csrf_client, jpeg_bytes(), k="5", REMOTE_ADDR="10.7.0.1")
+    assert anonymous.status_code == 200
+    assert "Cookie" not in anonymous.get("Vary", "")
+
+    csrf_client.force_login(staff_user())
+    as_admin = photo_api(csrf_client, jpeg_bytes(), k="5", REMOTE_ADDR="10.7.0.2")
+    assert as_admin.status_code == 200
+    assert as_admin.json() == anonymous.json()
+    # The session was never read (no Vary: Cookie) nor written (no Set-Cookie).
+    assert "Cookie" not in as_admin.get("Vary", "")
+    assert not as_admin.cookies
+
+    # And no exemption from the limit: the admin is limited like anyone.
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 1
+    _fixed_rate_window(monkeypatch)
+    assert photo_api(csrf_client, jpeg_bytes(), REMOTE_ADDR="10.7.0.3").status_code == 200
+    limited = photo_api(csrf_client, jpeg_bytes(), REMOTE_ADDR="10.7.0.3")
+    record("POST /api/search-by-image (logged-in admin session)", "2nd photo search with limit 1/min", limited)
+    assert limited.status_code == 429
+
+
+# --- Admin permissions ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize(
+    "path", ["/admin/", "/admin/gallery/product/", ADMIN_ADD, BULK, "/admin/gallery/product/101/change/"]
+)
+def test_admin_pages_send_anonymous_visitors_to_the_login(hostile_client, embedded_catalog, path: str):
+    response = hostile_client.get(path)
+    record(f"GET {path} (anonymous)", "no login", response)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+@pytest.mark.parametrize("path", ["/admin/gallery/product/", ADMIN_ADD, BULK])
+def test_admin_pages_refuse_a_logged_in_non_staff_user(hostile_client, db, path: str):
+    hostile_client.force_login(staff_user(superuser=False, staff=False, username="shopper"))
+    response = hostile_client.get(path)
+    record(f"GET {path} (logged-in non-staff)", "non-staff session", response)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_a_non_staff_user_cannot_add_or_bulk_upload(hostile_client, db, nothing_stored):
+    hostile_client.force_login(staff_user(superuser=False, staff=False, username="shopper"))
+    add = admin_add(hostile_client, 880050, jpeg_bytes())
+    bulk = bulk_upload(
+        hostile_client, make_zip([("styles.csv", styles_csv(880051)), ("images/880051.jpg", jpeg_bytes())])
+    )
+    record("POST admin add (logged-in non-staff)", "valid product + image", add)
+    record("POST admin bulk upload (logged-in non-staff)", "valid zip", bulk)
+    assert add.status_code == 302 and add["Location"].startswith("/admin/login/")
+    assert bulk.status_code == 302 and bulk["Location"].startswith("/admin/login/")
+    nothing_stored()
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_staff_without_the_add_permission_cannot_add_or_bulk_upload(hostile_client, db, nothing_stored):
+    user = staff_user(superuser=False, staff=True, username="viewer")
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    hostile_client.force_login(user)
+    assert hostile_client.get("/admin/gallery/product/").status_code == 200
+    add = admin_add(hostile_client, 880052, jpeg_bytes())
+    bulk = bulk_upload(
+        hostile_client, make_zip([("styles.csv", styles_csv(880053)), ("images/880053.jpg", jpeg_bytes())])
+    )
+    record("POST admin add (staff, view permission only)", "valid product + image", add)
+    record("POST admin bulk upload (staff, view permission only)", "valid zip", bulk)
+    assert add.status_code == 403
+    assert bulk.status_code == 403
+    nothing_stored()
+
+
+# --- The photo-search rate limit -----------------------------------------------------------------------------------
+
+
+def _fixed_rate_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fixed instant, 50 s before the minute turns: every request counts in the same window on any machine."""
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 1_699_999_990.0))
+
+
+@pytest.mark.usefixtures("own_cache_and_encoder")
+def test_photo_search_is_rate_limited_per_client_through_the_shared_cache(
+    hostile_client, embedded_catalog, settings, redis_db, monkeypatch
+):
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 3
+    _fixed_rate_window(monkeypatch)
+    client_ip = "10.1.2.3"
+    statuses = [photo_api(hostile_client, jpeg_bytes(), k="3", REMOTE_ADDR=client_ip).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    fourth = photo_api(hostile_client, jpeg_bytes(), REMOTE_ADDR=client_ip)
+    record("POST /api/search-by-image", "4th photo search in a minute (limit 3)", fourth)
+    assert fourth.status_code == 429
+    assert fourth["Content-Type"] == "application/json"
+    assert "Too many photo searches" in fourth.json()["error"]
+    retry_after = int(fourth["Retry-After"])
+    assert retry_after == 51  # the seconds left in the window, plus one
+    assert str(retry_after) in fourth.json()["error"]
+
+    # The page shares the count; X-Forwarded-For from the client is not trusted.
+    page = photo_page(hostile_client, jpeg_bytes(), REMOTE_ADDR=client_ip, HTTP_X_FORWARDED_FOR="10.9.9.9")
+    record("POST /search-by-image", "5th photo search in a minute (limit 3), spoofed X-Forwarded-For", page)
+    assert page.status_code == 429
+    assert page["Retry-After"].isdigit()
+    assert "Too many photo searches" in message_of(page)
+
+    # The count lives in Redis, shared by every web process.
+    assert any(b"ratelimit:photo:10.1.2.3" in key for key in redis_db.keys("*"))
+    other = photo_api(hostile_client, jpeg_bytes(), REMOTE_ADDR="10.1.2.4")
+    assert other.status_code == 200
+
+
 ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "gallery.env.example"
-
-
-# --- Fixtures: a few embedded products, the encoder loaded once ----------------------------------------
-
-PRODUCTS = {
-    11: ("Men Red Tshirts", (200, 30, 30), "box"),
-    12: ("Men Blue Tshirts", (30, 60, 200), "box"),
-    13: ("Women Green Caps", (30, 160, 40), "disc"),
-    14: ("Women Red Caps", (210, 40, 30), "disc"),
-    LONG_ID: ("Men Black Tshirts", (20, 20, 20), "box"),
-    LARGEST_ID: ("Women Yellow Caps", (230, 200, 20), "disc"),
-}
-
-
-@pytest.fixture(scope="session")
-def round2_encoder():
-    from recommender.encoders import encoder_load
-
-    return encoder_load(name="efficientnet-lite0")
-
-
-@pytest.fixture(scope="session")
-def round2_vectors(round2_encoder) -> dict[int, np.ndarray]:
-    from recommender.pipeline import ImageItem, embed_stream
-
-    items = [
-        ImageItem(key=pid, source=jpeg_bytes(colour=rgb, shape=shape)) for pid, (_, rgb, shape) in PRODUCTS.items()
-    ]
-    return {r.item.key: r.vector for batch in embed_stream(items, encoder=round2_encoder) for r in batch}
-
-
-@pytest.fixture
-def shop(db, monkeypatch, round2_encoder, round2_vectors) -> list[int]:
-    """The products above, stored with their vectors and indexed; photo searches use the loaded encoder."""
-    monkeypatch.setattr(runtime, "encoder", lambda: round2_encoder)
-    rows = [
-        SimpleNamespace(
-            id=pid,
-            fields={
-                "name": name,
-                "gender": name.split()[0],
-                "master_category": "Apparel",
-                "sub_category": "Topwear",
-                "article_type": name.split()[-1],
-                "base_colour": name.split()[1],
-                "season": "Summer",
-                "year": 2012,
-                "usage": "Casual",
-            },
-        )
-        for pid, (name, _, _) in PRODUCTS.items()
-    ]
-    ids = demo_rows_store(rows, round2_vectors)
-    assert services.index_rebuild() is not None
-    return ids
-
-
-@pytest.fixture
-def server_errors_client(client) -> Client:
-    """The test client answering a view's crash with the 500 a shopper gets, instead of re-raising it."""
-    client.raise_request_exception = False
-    return client
 
 
 @pytest.fixture
@@ -118,9 +314,7 @@ def photo_search(client: Client, **environ: str):
     return client.post("/api/search-by-image", {"image": upload, "k": "3"}, **environ)
 
 
-# =============================================================================================
-# Rate limits behind proxies
-# =============================================================================================
+# --- Rate limits behind proxies ------------------------------------------------------------------------------------
 
 
 def test_behind_a_trusted_proxy_one_shopper_over_the_limit_leaves_the_others_served(
@@ -213,9 +407,7 @@ def test_ipv6_clients_share_one_limit_per_64_network(client, shop, settings, one
     assert photo_search(client, REMOTE_ADDR="2001:db8:5:7::1").status_code == 200
 
 
-# =============================================================================================
-# The cache holds JSON: bytes written to Redis cannot run code
-# =============================================================================================
+# --- The cache holds JSON: bytes written to Redis cannot run code --------------------------------------------------
 
 
 class _RunsCodeWhenUnpickled:
@@ -227,14 +419,14 @@ class _RunsCodeWhenUnpickled:
 
 
 def test_a_pickle_planted_in_redis_runs_no_code_and_the_pages_still_answer(
-    server_errors_client, shop, tmp_path: Path, redis_db
+    hostile_client, shop, tmp_path: Path, redis_db
 ):
     """Whoever can write to Redis must not run code in the web processes that read the filter menus from it."""
     marker = tmp_path / "code-ran"
     redis_db.set(cache.make_key("gallery:filter-choices"), pickle.dumps(_RunsCodeWhenUnpickled(marker)))
 
-    page = server_errors_client.get("/")
-    api = server_errors_client.get("/api/search", {"q": "red"})
+    page = hostile_client.get("/")
+    api = hostile_client.get("/api/search", {"q": "red"})
 
     assert not marker.exists(), "unpickling a value from Redis ran code"
     assert page.status_code == 200
@@ -252,191 +444,7 @@ def test_what_the_cache_stores_in_redis_is_plain_json(client, shop, redis_db):
     assert cache.get("gallery:filter-choices") == menus
 
 
-# =============================================================================================
-# Every importable id can be on a trail
-# =============================================================================================
-
-
-def test_the_trail_accepts_every_id_catalog_import_accepts():
-    assert getattr(trail_module, "MAX_ID", None) == IMPORT_MAX_ID
-    assert Trail.parse(f"{LONG_ID},p{LARGEST_ID},n12").product_ids == [LONG_ID, LARGEST_ID, 12]
-    with pytest.raises(TrailError, match="below 9007199254740992"):
-        Trail.parse(str(IMPORT_MAX_ID))
-    with pytest.raises(TrailError, match="not a trail step"):
-        Trail.parse("1" * 17)
-
-
-def test_old_trail_links_still_open():
-    trail = Trail.parse("9613,p27647,n56199,3305")
-    assert str(trail) == "9613,p27647,n56199,3305"
-    assert trail.liked_ids == [27647, 3305]
-    assert trail.disliked_ids == [56199]
-
-
-def test_a_product_imported_with_a_16_digit_id_can_be_clicked_onto_a_trail(client, db, tmp_path: Path, shop):
-    write_catalog(
-        tmp_path / "c",
-        [f"{LARGEST_ID - 1},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Imported Tshirt"],
-        {LARGEST_ID - 1: jpeg_bytes()},
-    )
-    summary = catalog_import(directory=tmp_path / "c", enqueue=False, workers=1)
-    assert summary.created == 1, summary.lines()
-
-    api = client.get("/api/similar/11", {"trail": f"{LONG_ID},p{LARGEST_ID},{LARGEST_ID - 1}"})
-    assert api.status_code == 200, api.json()
-    body = api.json()
-    assert body["trail"] == f"{LONG_ID},p{LARGEST_ID},{LARGEST_ID - 1},11"
-    found = [r["id"] for r in body["results"]]
-    assert LONG_ID not in found and LARGEST_ID not in found, "a product on the trail came back as a result"
-
-    page = client.get(f"/similar/{LONG_ID}/", {"trail": f"12,p{LARGEST_ID}"})
-    assert page.status_code == 200
-    assert f"p{LARGEST_ID}" in page.content.decode()
-
-
-def test_an_id_beyond_what_import_accepts_is_a_400_saying_so(client, shop):
-    response = client.get("/api/similar/11", {"trail": str(2**53)})
-    assert response.status_code == 400
-    assert "below 9007199254740992" in response.json()["error"]
-
-
-# =============================================================================================
-# Every failure under /api/ is JSON
-# =============================================================================================
-
-
-@contextmanager
-def database_down() -> Iterator[None]:
-    """Every SQL statement in the block fails as it does when the database server is gone."""
-
-    def refuse(self, sql, params=None):
-        raise OperationalError("connection to server at 127.0.0.1 failed: password=hunter2 refused")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CursorWrapper, "execute", refuse)
-        yield
-
-
-@pytest.mark.parametrize("path", ["/api/search?q=red", "/api/similar/11", "/api/status"])
-def test_with_the_database_down_the_api_answers_a_json_500_that_leaks_nothing(server_errors_client, shop, path: str):
-    with database_down():
-        response = server_errors_client.get(path)
-    assert response.status_code == 500
-    assert response["Content-Type"] == "application/json"
-    assert response.json() == {"error": "The server failed to answer; try again later."}
-    assert b"hunter2" not in response.content and b"Traceback" not in response.content
-
-
-def _broken_view(request):
-    raise KeyError("INDEX_DIR misconfigured")
-
-
-@pytest.fixture
-def broken_api_view(settings) -> None:
-    """The site's own URLs and error handlers, plus /api/broken and /broken, views that raise."""
-    import config.urls
-
-    urls = types.ModuleType("round2_broken_urls")
-    urls.__dict__.update({name: value for name, value in vars(config.urls).items() if name.startswith("handler")})
-    urls.urlpatterns = [path("api/broken", _broken_view), path("broken", _broken_view), *config.urls.urlpatterns]
-    sys.modules[urls.__name__] = urls
-    settings.ROOT_URLCONF = urls.__name__
-    yield
-    del sys.modules[urls.__name__]
-
-
-def test_an_unexpected_exception_in_an_api_view_is_a_json_500(server_errors_client, db, broken_api_view):
-    response = server_errors_client.get("/api/broken")
-    assert response.status_code == 500
-    assert response["Content-Type"] == "application/json"
-    assert response.json() == {"error": "The server failed to answer; try again later."}
-    assert b"INDEX_DIR" not in response.content
-    page = server_errors_client.get("/broken")
-    assert page.status_code == 500
-    assert page["Content-Type"].startswith("text/html")
-
-
-def test_pages_outside_the_api_keep_the_html_500(server_errors_client, shop):
-    with database_down():
-        response = server_errors_client.get("/")
-    assert response.status_code == 500
-    assert response["Content-Type"].startswith("text/html")
-    assert b"hunter2" not in response.content
-
-
-@pytest.mark.parametrize(
-    "method, path, allowed",
-    [
-        ("post", "/api/search", "GET, HEAD"),
-        ("put", "/api/similar/11", "GET, HEAD"),
-        ("delete", "/api/status", "GET, HEAD"),
-        ("get", "/api/search-by-image", "POST"),
-        ("post", "/api/openapi.json", "GET, HEAD"),
-    ],
-)
-def test_a_wrong_method_under_the_api_is_a_json_405_naming_the_allowed_ones(
-    client, shop, method: str, path: str, allowed: str
-):
-    response = getattr(client, method)(path)
-    assert response.status_code == 405
-    assert response["Content-Type"] == "application/json"
-    assert response["Allow"] == allowed
-    assert response.json()["error"] == f"{method.upper()} is not allowed here; use {allowed}."
-    # The security headers of the original answer survive the rewrite.
-    assert response["X-Content-Type-Options"] == "nosniff"
-
-
-def test_a_malformed_content_length_under_the_api_is_a_json_400(db):
-    from django.core.handlers.wsgi import WSGIHandler
-
-    environ = RequestFactory().post("/api/search-by-image", data=b"--x\r\n", content_type="multipart/form-data").environ
-    environ["CONTENT_LENGTH"] = "12 34"
-    answer: dict[str, object] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer.update(status=status, headers=dict(headers))
-
-    body = b"".join(WSGIHandler()(environ, start_response))
-    assert str(answer["status"]).startswith("400")
-    assert answer["headers"]["Content-Type"] == "application/json"
-    assert "Content-Length" in json.loads(body)["error"]
-
-
-def test_an_unknown_api_path_and_a_wrong_page_method_keep_their_answers(client, db):
-    missing = client.get("/api/nothing-here")
-    assert missing.status_code == 404
-    assert missing["Content-Type"] == "application/json"
-    page = client.post("/")
-    assert page.status_code == 405  # outside /api/: Django's own answer, not JSON
-    assert not page["Content-Type"].startswith("application/json")
-
-
-# =============================================================================================
-# HEAD is answered wherever GET is
-# =============================================================================================
-
-
-@pytest.mark.parametrize(
-    "path",
-    ["/healthz", "/readyz", "/", "/?q=red", "/api/status", "/api/search?q=red", "/api/similar/11", "/api/openapi.json"],
-)
-def test_head_is_answered_like_get_without_a_body(client, shop, path: str):
-    get = client.get(path)
-    head = client.head(path)
-    assert head.status_code == get.status_code == 200, (head.status_code, get.status_code)
-    assert head.content == b""
-    assert head["Content-Type"] == get["Content-Type"]
-
-
-def test_head_on_a_similar_page(client, shop):
-    head = client.head(f"/similar/{LONG_ID}/")
-    assert head.status_code == 200
-    assert head.content == b""
-
-
-# =============================================================================================
-# Production settings, loaded as a server loads them
-# =============================================================================================
+# --- Production settings, loaded as a server loads them ------------------------------------------------------------
 
 _PROBE = """
 import json
@@ -572,3 +580,98 @@ def test_the_compose_redis_needs_a_password_and_publishes_no_port():
     assert '--requirepass "${REDIS_PASSWORD:?' in redis_service
     assert "ports:" not in redis_service
     assert "REDIS_URL: redis://:${REDIS_PASSWORD:?" in compose
+
+
+# --- Production refuses DEBUG --------------------------------------------------------------------------------------
+
+_SETTINGS_PROBE = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+
+
+def load_settings(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
+    """Import the settings in a fresh process, as a server would, with production defaults around overrides."""
+    return production(tmp_path, probe=_SETTINGS_PROBE, **env_overrides)
+
+
+@pytest.mark.parametrize("value", ["1", "true", "on", "yes"])
+def test_production_refuses_to_start_with_debug_on(tmp_path: Path, value: str):
+    result = load_settings(tmp_path, DEBUG=value)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "DEBUG must be off when GALLERY_ENV=production" in result.stderr
+
+
+def test_production_starts_with_debug_off_and_local_may_debug(tmp_path: Path):
+    off = load_settings(tmp_path, DEBUG="0")
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert off.stdout.strip() == "False"
+    local = load_settings(tmp_path, GALLERY_ENV="local", DEBUG="1")
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert local.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("value", ["0", "8191", "100000"])
+def test_a_request_uri_limit_gunicorn_would_beat_is_refused(tmp_path: Path, value: str):
+    result = load_settings(tmp_path, REQUEST_URI_MAX_CHARS=value)
+    assert result.returncode != 0
+    assert "REQUEST_URI_MAX_CHARS must be from 1 to 8100" in result.stderr
+
+
+# --- What pages show, and who may retry embeddings -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_status_and_footer_never_show_server_paths(client, demo_catalog_db, settings):
+    directory = runtime.index_dir(runtime.active_space())
+    version = (directory / "CURRENT").read_text()
+    (directory / "builds" / version / "vectors.ann").write_bytes(b"garbage")
+    runtime.reset()
+    status = client.get("/api/status").json()
+    assert "error" in status["index"]
+    assert str(settings.INDEX_DIR) not in json.dumps(status)
+
+    settings.EMBEDDING_HEAD = "head256-00000000"  # names no projection file
+    runtime.reset()
+    page = client.get("/").content.decode()
+    assert "misconfigured" in page
+    assert str(settings.INDEX_DIR) not in page
+
+
+@pytest.mark.django_db
+def test_photo_links_carry_a_short_token_and_only_the_sites_own_thumbnails_show(client, demo_catalog_db):
+    page = client.post("/search-by-image", {"image": SimpleUploadedFile("p.jpg", jpeg_bytes())})
+    html = page.content.decode()
+    tokens = set(re.findall(r"photo=([A-Za-z0-9_-]+)", html))
+    assert len(tokens) == 1
+    token = tokens.pop()
+    assert len(token) == 22
+    assert "base64" not in html  # no image data in the page or its links
+    assert len(html) < 200_000
+    thumbnail = client.get(f"/photo/{token}.jpg")
+    assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumbnail.content)).size[0] <= 64
+
+    assert "Your photo" in client.get("/", {"photo": token}).content.decode()
+
+    # A made-up token (or any picture someone encodes into a link) shows no photo.
+    forged = "A" * 22
+    assert client.get(f"/photo/{forged}.jpg").status_code == 404
+    assert "Your photo" not in client.get("/", {"photo": forged}).content.decode()
+    assert (
+        "Your photo"
+        not in client.get("/", {"photo": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"}).content.decode()
+    )
+
+
+@pytest.mark.django_db
+def test_retrying_embeddings_needs_the_change_permission(client, django_capture_on_commit_callbacks):
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_product"))
+    client.force_login(viewer)
+    Product.objects.create(id=901, name="Broken", image="products/b.jpg", image_version=1)
+    EmbeddingState.objects.create(
+        product_id=901, image_name="products/b.jpg", image_version=1, status=EmbedStatus.FAILED, error="truncated"
+    )
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        client.post("/admin/gallery/product/", {"action": "retry_embedding", "_selected_action": [901]})
+    assert EmbeddingState.objects.get(product_id=901).status == EmbedStatus.FAILED
+    assert not callbacks
