@@ -29,6 +29,7 @@ from tests.support import ROOT
 from tests.support.clients import media_files, staff_user
 from tests.support.engine import demo_rows_store
 from tests.support.images import jpeg_bytes
+from tests.support.network import network_forbidden
 from tests.support.processes import process_group_stop, subprocess_env
 from tests.support.shop import CATALOG, CATALOG_IDS, PRODUCTS
 
@@ -360,3 +361,10 @@ def shop(db, monkeypatch, session_encoder, shop_vectors) -> list[int]:
     ids = demo_rows_store(rows, shop_vectors)
     assert services.index_rebuild() is not None
     return ids
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[None]:
+    """For a module's tests: loopback only (the test Redis); torch's download functions fail the test."""
+    with network_forbidden():
+        yield
