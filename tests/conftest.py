@@ -243,7 +243,7 @@ def catalog_vectors(session_encoder) -> dict[int, np.ndarray]:
 def own_cache_and_encoder(settings, monkeypatch, session_encoder) -> Iterator[None]:
     """A cache namespace of this test's own, no photo-search limit unless a test sets one, one loaded encoder.
 
-    Runtime singletons are reset before every test (conftest); the encoder is the
+    Runtime singletons are reset before every test (``_isolated_files``); the encoder is the
     same real model each time, so it is loaded once instead of per test. It runs
     on one thread, as in a web process (ENCODER_THREADS=1): on a busy machine
     torch's default thread pool is many times slower.
