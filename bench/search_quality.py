@@ -337,6 +337,7 @@ def child(database_url: str, repeats: int, out_path: Path) -> None:
 
     from gallery import search
     from gallery.models import Product
+    from gallery.search import serving
     from gallery.selectors import product_search
 
     rows = _catalog_rows()
@@ -345,9 +346,9 @@ def child(database_url: str, repeats: int, out_path: Path) -> None:
     env = dict(os.environ)
 
     def drop_shared() -> None:
-        client = search._shared_client()
+        client = serving.shared_client()
         if client is not None:
-            client.delete(search._shared_key(search._source()))
+            client.delete(serving.shared_key(serving.database_source()))
 
     first_cold = _probe_first_query(database_url, env, "new", before=drop_shared)  # nothing shared: it builds
     first_warm = _probe_first_query(database_url, env, "new")  # the index the previous one shared

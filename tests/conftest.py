@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
-from PIL import Image, ImageDraw
+from django.test import Client
 
 from gallery import cards, search
 from gallery.catalog import styles_read
+from gallery.models import Product
 from lab.demo import demo_catalog_write
-from recommender import runtime, tasks
+from recommender import runtime, services, tasks
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from tests.support import ROOT
+from tests.support.clients import media_files, staff_user
+from tests.support.engine import demo_rows_store
+from tests.support.images import jpeg_bytes
+from tests.support.network import network_forbidden
+from tests.support.processes import process_group_stop, subprocess_env
+from tests.support.shop import CATALOG, CATALOG_IDS, PRODUCTS
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_COUNT = 300
 DEMO_SEED = 7
 
@@ -44,24 +49,6 @@ def _isolated_files(settings, tmp_path: Path) -> Iterator[None]:
     cache.clear()  # cached filter menus and rate-limit counters belong to one test
     yield
     runtime.reset()
-
-
-def jpeg_bytes(
-    *, colour: tuple[int, int, int] = (200, 30, 30), shape: str = "box", size: tuple[int, int] = (240, 320), **save
-) -> bytes:
-    """A product-like JPEG: a coloured shape on white."""
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    w, h = size
-    if shape == "box":
-        draw.rectangle([w * 0.2, h * 0.15, w * 0.8, h * 0.85], fill=colour)
-    elif shape == "disc":
-        draw.ellipse([w * 0.15, h * 0.25, w * 0.85, h * 0.75], fill=colour)
-    else:
-        draw.polygon([(w * 0.5, h * 0.1), (w * 0.9, h * 0.9), (w * 0.1, h * 0.9)], fill=colour)
-    out = io.BytesIO()
-    img.save(out, format=save.pop("format", "JPEG"), **save)
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -118,105 +105,6 @@ def staff(db, client):
     return client
 
 
-def admin_product_form(product_id: int, image: bytes | None = None, **fields: object) -> dict[str, object]:
-    """The admin's add/change form for a product, with an image upload when ``image`` is given."""
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
-    form: dict[str, object] = {
-        "id": product_id,
-        "name": "Uploaded product",
-        "gender": "Men",
-        "master_category": "Apparel",
-        "sub_category": "Topwear",
-        "article_type": "Tshirts",
-        "base_colour": "Red",
-        "season": "Summer",
-        "year": 2013,
-        "usage": "Casual",
-    }
-    form.update(fields)
-    if image is not None:
-        name = str(form.pop("filename", "photo.jpg"))
-        content_type = str(form.pop("content_type", "image/jpeg"))
-        form["image_upload"] = SimpleUploadedFile(name, image, content_type=content_type)
-    return form
-
-
-def embed_status(product_id: int) -> str | None:
-    """A product's embedding state as the vector engine holds it (None: the engine was never told of an image)."""
-    from recommender.models import EmbeddingState
-
-    return EmbeddingState.objects.filter(product_id=product_id).values_list("status", flat=True).first()
-
-
-def engine_knows(product_id: int, *, image_version: int = 1, image_name: str = "") -> None:
-    """Tell the vector engine that ``product_id`` has image ``image_version`` (as the shop does on a new image)."""
-    from recommender.api import ImageRef, embedding_request
-
-    embedding_request(
-        images=[ImageRef(product_id, image_name or f"products/{product_id}-{image_version}.jpg", image_version)]
-    )
-
-
-def demo_rows_store(
-    rows: list,
-    demo_vectors: dict[int, np.ndarray],
-    colours: dict[int, np.ndarray] | None = None,
-    **product_fields: object,
-) -> list[int]:
-    """Store demo catalog rows as done products with their vectors in the active space; returns their ids.
-
-    With ``colours`` their colour descriptors are stored too, as the embedding pipeline stores them.
-    """
-    from gallery.models import Product
-    from recommender.colour import COLOUR_SPACE
-    from recommender.models import Embedding, EmbeddingState, EmbedStatus
-
-    space = runtime.active_space()
-    Product.objects.bulk_create(
-        [
-            Product(
-                id=row.id,
-                image_version=1,
-                **{key: value.format(id=row.id) for key, value in product_fields.items()},
-                **row.fields,
-            )
-            for row in rows
-        ]
-    )
-    EmbeddingState.objects.bulk_create(
-        [
-            EmbeddingState(product_id=row.id, image_name=f"demo/{row.id}.jpg", image_version=1, status=EmbedStatus.DONE)
-            for row in rows
-        ]
-    )
-    Embedding.objects.bulk_create(
-        [
-            Embedding(
-                product_id=row.id,
-                space=space,
-                dim=1280,
-                vector=demo_vectors[row.id].astype("<f4").tobytes(),
-                image_version=1,
-            )
-            for row in rows
-        ]
-    )
-    if colours:
-        Embedding.objects.bulk_create(
-            Embedding(
-                product_id=row.id,
-                space=COLOUR_SPACE,
-                dim=len(colours[row.id]),
-                vector=colours[row.id].astype("<f4").tobytes(),
-                image_version=1,
-            )
-            for row in rows
-            if row.id in colours
-        )
-    return [row.id for row in rows]
-
-
 @pytest.fixture
 def demo_catalog_db(
     db, demo_dir: Path, demo_vectors: dict[int, np.ndarray], demo_colours: dict[int, np.ndarray]
@@ -252,52 +140,6 @@ def redis_db() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
-
-
-def database_url_for_subprocess() -> str:
-    """The URL of the database this test session uses (the test database), for worker processes."""
-    db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a worker or web process that shares this test's database, Redis and files."""
-    env = os.environ.copy()
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings_test",
-            "DATABASE_URL": database_url_for_subprocess(),
-            "REDIS_URL": settings.REDIS_URL,
-            "GALLERY_VAR_DIR": str(settings.VAR_DIR),
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "INDEX_DIR": str(settings.INDEX_DIR),
-            "ENCODER": settings.ENCODER,
-            "PYTHONUNBUFFERED": "1",
-            # Its own metrics files: `manage.py serve` clears the folder it is given at start, which must
-            # not be this test process's (its counters would vanish from its own scrapes).
-            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="metrics-", dir=settings.VAR_DIR),
-        }
-    )
-    env.update(extra)
-    return env
-
-
-def process_group_stop(process: subprocess.Popen, *, timeout: float = 20) -> None:
-    """Stop a process started with ``start_new_session`` and its children: SIGTERM, then SIGKILL after ``timeout``."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 class Worker:
@@ -379,58 +221,158 @@ def start_worker(tmp_path: Path, redis_db) -> Iterator[Callable[..., Worker]]:
             worker.stop()
 
 
-@contextlib.contextmanager
-def celery_broker(url: str) -> Iterator[None]:
-    """Point this process's Celery publisher at ``url`` for a block, and back after.
+# --- Small embedded catalogs, the test encoder loaded once, clients that show crashes as 500s ------
 
-    Celery caches both the connection pool and the producer pool: both are
-    dropped on the way in and out, or later tests would publish to a dead broker.
-    """
-    from config.celery import app
 
-    old = app.conf.broker_url
+@pytest.fixture(scope="session")
+def session_encoder():
+    """The test encoder (EfficientNet-Lite0, the weights shipped with the package), loaded once per session."""
+    from recommender.encoders import encoder_load
 
-    def reset() -> None:
-        app._pool = None
-        app.amqp._producer_pool = None
-        tasks.redis_client.cache_clear()
+    return encoder_load(name="efficientnet-lite0")
 
-    app.conf.broker_url = url
-    reset()
+
+@pytest.fixture(scope="session")
+def catalog_vectors(session_encoder) -> dict[int, np.ndarray]:
+    import torch
+
+    from recommender.pipeline import ImageItem, embed_stream
+
+    items = [ImageItem(key=entry.id, source=entry.image) for entry in CATALOG]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        yield
+        return {r.item.key: r.vector for batch in embed_stream(items, encoder=session_encoder) for r in batch}
     finally:
-        app.conf.broker_url = old
-        reset()
+        torch.set_num_threads(threads)
 
 
-def wait_for(
-    predicate: Callable[[], object], *, timeout: float = 60, interval: float = 0.2, what: str = "condition"
-) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+@pytest.fixture
+def own_cache_and_encoder(settings, monkeypatch, session_encoder) -> Iterator[None]:
+    """A cache namespace of this test's own, no photo-search limit unless a test sets one, one loaded encoder.
 
-
-@contextlib.contextmanager
-def connection_attempts(port: int) -> Iterator[list[float | None]]:
-    """The socket timeout of every TCP connection attempt to ``port`` made in the block, in order.
-
-    Bounds the work a request does against a server that is down without timing
-    it: how many times it tries, and how long each try may wait at most.
+    Runtime singletons are reset before every test (``_isolated_files``); the encoder is the
+    same real model each time, so it is loaded once instead of per test. It runs
+    on one thread, as in a web process (ENCODER_THREADS=1): on a busy machine
+    torch's default thread pool is many times slower.
     """
-    attempts: list[float | None] = []
-    real_connect = socket.socket.connect
+    import torch
 
-    def connect(sock: socket.socket, address: object) -> None:
-        if isinstance(address, tuple) and len(address) >= 2 and address[1] == port:
-            attempts.append(sock.gettimeout())
-        return real_connect(sock, address)
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"hardening-{uuid.uuid4().hex[:12]}"}}
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 0
+    monkeypatch.setattr(runtime, "encoder", lambda: session_encoder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", connect)
-        yield attempts
+
+@pytest.fixture
+def embedded_catalog(db, catalog_vectors) -> list[int]:
+    """24 products with vectors from their real images, and a published index (no image files: fast)."""
+    space = runtime.active_space()
+    Product.objects.bulk_create(
+        [
+            Product(
+                id=e.id,
+                name=e.name,
+                gender=e.gender,
+                master_category="Apparel" if e.article_type == "Tshirts" else "Accessories",
+                sub_category="Topwear" if e.article_type == "Tshirts" else "Headwear",
+                article_type=e.article_type,
+                base_colour=e.colour,
+                season="Summer",
+                year=2012,
+                usage="Casual",
+                image_version=1,
+            )
+            for e in CATALOG
+        ]
+    )
+    EmbeddingState.objects.bulk_create(
+        [
+            EmbeddingState(product_id=e.id, image_name=f"demo/{e.id}.jpg", image_version=1, status=EmbedStatus.DONE)
+            for e in CATALOG
+        ]
+    )
+    Embedding.objects.bulk_create(
+        [
+            Embedding(product_id=pid, space=space, dim=len(v), vector=v.astype("<f4").tobytes(), image_version=1)
+            for pid, v in catalog_vectors.items()
+        ]
+    )
+    assert services.index_rebuild() is not None
+    return CATALOG_IDS
+
+
+@pytest.fixture
+def hostile_client(client) -> Client:
+    """The test client, answering a view's crash with a 500 response instead of re-raising it."""
+    client.raise_request_exception = False
+    return client
+
+
+@pytest.fixture
+def superuser_client(db) -> Client:
+    """A logged-in superuser (a client of its own); view crashes come back as 500 responses."""
+    client = Client(raise_request_exception=False)
+    client.force_login(staff_user())
+    return client
+
+
+@pytest.fixture
+def nothing_stored(db) -> Callable[[], None]:
+    """Call at the end of a test: no product row and no file under MEDIA_ROOT appeared since it started."""
+    products = set(Product.objects.values_list("id", flat=True))
+    files = media_files()
+    embeddings = Embedding.objects.count()
+
+    def check() -> None:
+        assert set(Product.objects.values_list("id", flat=True)) == products, "a product was stored"
+        assert media_files() == files, f"files were stored: {media_files() - files}"
+        assert Embedding.objects.count() == embeddings
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def shop_vectors(session_encoder) -> dict[int, np.ndarray]:
+    from recommender.pipeline import ImageItem, embed_stream
+
+    items = [
+        ImageItem(key=pid, source=jpeg_bytes(colour=rgb, shape=shape)) for pid, (_, rgb, shape) in PRODUCTS.items()
+    ]
+    return {r.item.key: r.vector for batch in embed_stream(items, encoder=session_encoder) for r in batch}
+
+
+@pytest.fixture
+def shop(db, monkeypatch, session_encoder, shop_vectors) -> list[int]:
+    """The products above, stored with their vectors and indexed; photo searches use the loaded encoder."""
+    monkeypatch.setattr(runtime, "encoder", lambda: session_encoder)
+    rows = [
+        SimpleNamespace(
+            id=pid,
+            fields={
+                "name": name,
+                "gender": name.split()[0],
+                "master_category": "Apparel",
+                "sub_category": "Topwear",
+                "article_type": name.split()[-1],
+                "base_colour": name.split()[1],
+                "season": "Summer",
+                "year": 2012,
+                "usage": "Casual",
+            },
+        )
+        for pid, (name, _, _) in PRODUCTS.items()
+    ]
+    ids = demo_rows_store(rows, shop_vectors)
+    assert services.index_rebuild() is not None
+    return ids
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[None]:
+    """For a module's tests: loopback only (the test Redis); torch's download functions fail the test."""
+    with network_forbidden():
+        yield

@@ -12,9 +12,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from gallery.models import Product
 from recommender import runtime, services
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
-from tests.conftest import admin_product_form, embed_status, jpeg_bytes
-from tests.test_catalog_import import HEADER
-from tests.test_import_jobs import job_id_of, run_job_inline
+from tests.support.catalog_files import HEADER, job_id_of, run_job_inline
+from tests.support.clients import admin_product_form
+from tests.support.engine import embed_status
+from tests.support.images import jpeg_bytes
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env
+from tests.support import ROOT
+from tests.support.images import jpeg_bytes
+from tests.support.processes import subprocess_env
 
 # What the shop may import of the engine: its public surface and its refusals.
 ENGINE_SURFACE = {"recommender.api", "recommender.errors"}

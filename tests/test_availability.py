@@ -18,8 +18,8 @@ from gallery.models import Product
 from gallery.services import catalog_import, product_availability_set
 from recommender import runtime
 from recommender.models import Embedding
-from tests.conftest import jpeg_bytes
-from tests.test_import_jobs import job_id_of, run_job_inline
+from tests.support.catalog_files import job_id_of, run_job_inline
+from tests.support.images import jpeg_bytes
 
 pytestmark = pytest.mark.django_db
 

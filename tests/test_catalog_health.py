@@ -20,9 +20,9 @@ from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthSc
 from gallery.services import catalog_import
 from recommender import services
 from recommender.scan import pair_groups, vectors_scan
-from tests.conftest import celery_broker, wait_for
 from tests.factories import ProductFactory
-from tests.test_catalog_import import write_catalog
+from tests.support.catalog_files import write_catalog
+from tests.support.processes import celery_broker, wait_for
 
 # Three article types the demo draws as clearly different shapes, ~15 products each.
 TYPES = ("Watches", "Handbags", "Jeans")

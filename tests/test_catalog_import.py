@@ -7,21 +7,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from gallery.catalog import COLUMNS, RowError, styles_read
+from gallery.catalog import RowError, styles_read
 from gallery.models import Product
 from gallery.services import catalog_import
 from recommender.models import EmbedStatus
-from tests.conftest import embed_status, jpeg_bytes
-
-HEADER = ",".join(COLUMNS)
-
-
-def write_catalog(directory: Path, lines: list[str], images: dict[int, bytes]) -> Path:
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    (directory / "styles.csv").write_text("\n".join([HEADER, *lines]) + "\n")
-    for product_id, data in images.items():
-        (directory / "images" / f"{product_id}.jpg").write_bytes(data)
-    return directory
+from tests.support.catalog_files import HEADER, write_catalog
+from tests.support.engine import embed_status
+from tests.support.images import jpeg_bytes
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from django.test import Client
 from gallery import bulk, catalog, jobs, tasks
 from gallery.catalog import COLUMNS, MAX_LINE_BYTES, CatalogRow, RowError, image_id_of, styles_read
 from gallery.models import ImportJob, ImportStatus, Product
-from tests.conftest import ROOT, jpeg_bytes
+from tests.support import ROOT
+from tests.support.images import jpeg_bytes
 
 HEADER = ",".join(COLUMNS).encode()
 REAL_STYLES = ROOT.parent / "shared" / "data" / "styles.csv"

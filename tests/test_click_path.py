@@ -448,7 +448,7 @@ def test_vectors_stored_since_the_build_are_remembered_and_never_served_stale(cl
     """The memory of vectors stored since the build: new, re-imaged, edited, deleted products are served as they are."""
     from recommender import runtime, services
     from recommender.selectors import similar_products
-    from tests.conftest import engine_knows
+    from tests.support.engine import engine_knows
 
     anchor, other = indexed_catalog[1], indexed_catalog[2]
     loaded = runtime.index_reader().current()
@@ -489,7 +489,7 @@ def test_vectors_stored_since_the_build_are_remembered_and_never_served_stale(cl
 def test_remembered_fresh_vectors_give_the_same_results_as_reading_them(indexed_catalog, monkeypatch):
     from recommender import services
     from recommender.selectors import similar_products
-    from tests.conftest import engine_knows
+    from tests.support.engine import engine_knows
 
     rng = np.random.default_rng(4)
     for pid in range(600, 640):

@@ -26,9 +26,11 @@ from lab.heads import fit_pca
 from recommender import runtime, services
 from recommender.models import Embedding
 from recommender.spaces import EFFICIENTNET_LITE0_ID, RESNET50_FILENAME, RESNET50_ID
-from tests.conftest import jpeg_bytes
-from tests.test_catalog_import import write_catalog
-from tests.test_encoders import no_network  # noqa: F401 (autouse: loopback only, torch's downloads fail)
+from tests.support.catalog_files import write_catalog
+from tests.support.images import jpeg_bytes
+
+# Loopback only (the test Redis); every download function of torch and torchvision fails the test.
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(autouse=True)

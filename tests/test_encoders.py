@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,45 +35,15 @@ from recommender.encoders import (
 )
 from recommender.models import Embedding
 from recommender.preprocess import image_prepare
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env
-from tests.test_catalog_import import write_catalog
+from tests.support import ROOT
+from tests.support.catalog_files import write_catalog
+from tests.support.images import jpeg_bytes
+from tests.support.processes import subprocess_env
 
 RESNET50_FILENAME = Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name
 
-
-def _forbidden(*args: object, **kwargs: object) -> None:
-    raise AssertionError("tried to reach the network")
-
-
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def _loopback_only(real):  # noqa: ANN001, ANN202
-    """``real`` for this machine's own services (the test Redis), the failing stand-in for anything else."""
-
-    def call(*args: object, **kwargs: object) -> object:
-        target = args[1] if real is _REAL_CONNECT else args[0]
-        host = target[0] if isinstance(target, tuple) else target
-        if isinstance(host, str) and (host in _LOOPBACK or host.startswith("/")):
-            return real(*args, **kwargs)
-        return _forbidden()
-
-    return call
-
-
-_REAL_CONNECT = socket.socket.connect
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _loopback_only(_REAL_CONNECT))
-        mp.setattr(socket, "create_connection", _loopback_only(socket.create_connection))
-        mp.setattr(socket, "getaddrinfo", _loopback_only(socket.getaddrinfo))
-        mp.setattr(torch.hub, "download_url_to_file", _forbidden)
-        mp.setattr(torch.hub, "load_state_dict_from_url", _forbidden)
-        mp.setattr(torchvision.models._api, "load_state_dict_from_url", _forbidden)
-        yield
+# Loopback only (the test Redis); every download function of torch and torchvision fails the test.
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from gallery.catalog import styles_read
 from lab import evaluation as ev
 from lab.demo import demo_catalog_write
 from recommender.projection import Projection
-from tests.conftest import demo_rows_store
+from tests.support.engine import demo_rows_store
 
 # --- Metrics ------------------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from django.utils import timezone
 from gallery import events, tasks
 from gallery.models import Product, ShopperEvent
 from gallery.services import product_availability_set
-from tests.conftest import ROOT, connection_attempts, subprocess_env, wait_for
+from tests.support import ROOT
+from tests.support.processes import connection_attempts, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,8 @@ from gallery import events, experiments, insights, tasks
 from gallery.models import ShopperEvent
 from gallery.similarity import similar_grid
 from gallery.trail import Trail
-from tests.conftest import ROOT, subprocess_env
+from tests.support import ROOT
+from tests.support.processes import subprocess_env
 
 pytestmark = pytest.mark.django_db
 

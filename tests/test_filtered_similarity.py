@@ -11,7 +11,7 @@ from gallery.models import Product
 from recommender import selectors, services
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.selectors import similar_products
-from tests.conftest import engine_knows
+from tests.support.engine import engine_knows
 
 SPACE = "efficientnet-lite0-imagenet"
 N = 6000

@@ -18,18 +18,12 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.test_hardening import (  # noqa: F401 (fixtures used by name)
-    _isolated_cache,
-    catalog,
-    catalog_vectors,
-    message_of,
-    photo_api,
-    product_picture,
-    session_encoder,
-)
+from tests.support.answers import message_of
+from tests.support.clients import photo_api
+from tests.support.images import product_picture
 
-# Every test runs against the small embedded catalog and its index.
-pytestmark = pytest.mark.usefixtures("catalog")
+# Every test runs against the small embedded catalog and its index, with its own cache and the loaded encoder.
+pytestmark = pytest.mark.usefixtures("own_cache_and_encoder", "embedded_catalog")
 
 FUZZ = hypothesis_settings(
     derandomize=True,

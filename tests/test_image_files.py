@@ -25,8 +25,9 @@ from gallery.services import (
     product_image_set,
 )
 from recommender.models import EmbeddingState
-from tests.conftest import admin_product_form, jpeg_bytes
-from tests.test_catalog_import import write_catalog
+from tests.support.catalog_files import write_catalog
+from tests.support.clients import admin_product_form
+from tests.support.images import jpeg_bytes
 
 FOLDERS = ("products", "thumbs")
 

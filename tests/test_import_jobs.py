@@ -27,7 +27,10 @@ from gallery import jobs, services, tasks
 from gallery.catalog import COLUMNS
 from gallery.models import ImportJob, ImportStatus, Product
 from gallery.services import catalog_import
-from tests.conftest import ROOT, jpeg_bytes, wait_for
+from tests.support import ROOT
+from tests.support.catalog_files import job_id_of, run_job_inline
+from tests.support.images import jpeg_bytes
+from tests.support.processes import wait_for
 
 BULK = "/admin/gallery/product/bulk-upload/"
 HEADER = ",".join(COLUMNS)
@@ -72,19 +75,6 @@ def simple_zip(ids: list[int], *, size: tuple[int, int] = (240, 320), name: str 
 
 def upload(client: Client, data: bytes, *, name: str = "catalog.zip"):
     return client.post(BULK, {"archive": SimpleUploadedFile(name, data, content_type="application/zip")})
-
-
-def job_id_of(response) -> int:
-    assert response.status_code == 302, response.content.decode()[:2000]
-    location = response["Location"]
-    assert location.startswith("/admin/gallery/importjob/") and location.endswith("/change/"), location
-    return int(location.split("/")[-3])
-
-
-def run_job_inline(job_id: int) -> ImportJob:
-    """The job's Celery task, run eagerly in this process (as a worker would run it)."""
-    tasks.import_catalog_job.apply(args=[job_id])
-    return ImportJob.objects.get(id=job_id)
 
 
 def stored_files() -> list[str]:
@@ -318,7 +308,7 @@ def test_a_job_left_queued_while_redis_was_down_is_sent_again_by_the_sweep(staff
 
 
 def test_with_redis_down_an_upload_still_answers_and_waits_queued(staff, django_capture_on_commit_callbacks, settings):
-    from tests.conftest import celery_broker
+    from tests.support.processes import celery_broker
 
     with celery_broker("redis://127.0.0.1:1/0"), django_capture_on_commit_callbacks(execute=True):
         response = upload(staff, simple_zip([62]))
@@ -570,7 +560,7 @@ def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_
     from django.core.cache import cache
 
     from recommender.models import EmbeddingState
-    from tests.conftest import engine_knows
+    from tests.support.engine import engine_knows
 
     for product_id in range(1, 11):
         Product.objects.create(id=product_id, name=f"P{product_id}")

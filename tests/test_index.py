@@ -18,13 +18,7 @@ from recommender.index import (
     index_build,
     published_version,
 )
-
-
-def clustered(n: int, dim: int, *, clusters: int = 100, noise: float = 0.8, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from tests.support.engine import clustered
 
 
 def build(directory: Path, vectors: np.ndarray, *, space: str = "test-space", n_trees: int = 10, **kw):

@@ -27,9 +27,9 @@ import pytest
 from recommender import delivery, runtime, services
 from recommender.delivery import MANIFEST_NAME, DirStore, S3Store, StoreUnavailable, index_fetch
 from recommender.index import BUILDS_DIR, INDEX_FILE, META_FILE, VECTORS_FILE, IndexCorrupt, published_version
-from tests.conftest import ROOT, process_group_stop, subprocess_env, wait_for
-from tests.test_openapi import _check
-from tests.test_worker import free_port
+from tests.support import ROOT
+from tests.support.api import openapi_check
+from tests.support.processes import free_port, process_group_stop, subprocess_env, wait_for
 
 FETCH_INTERVAL_S = "0.5"
 # Both nodes serve a new build within this of its publication (the bound the README states is one
@@ -519,7 +519,7 @@ def test_a_space_switch_published_to_the_store_is_followed_by_a_node(settings, t
     response = client.get("/api/status")
     status = response.json()
     assert status["index"]["space"] == projected and status["delivery"]["serving"] == state.serving
-    _check(client.get("/api/openapi.json").json(), "/api/status", "get", response)  # as the API describes it
+    openapi_check(client.get("/api/openapi.json").json(), "/api/status", "get", response)  # as the API describes it
     assert client.get(f"/api/similar/{demo_catalog_db[0]}?k=5").status_code == 200
 
 

@@ -34,8 +34,9 @@ from recommender.index import (
     index_files_verify,
     published_version,
 )
-from tests.conftest import ROOT, demo_rows_store, subprocess_env
-from tests.test_index import clustered
+from tests.support import ROOT
+from tests.support.engine import clustered, demo_rows_store
+from tests.support.processes import subprocess_env
 
 MAPPED = [INDEX_FILE, VECTORS_FILE, COLOURS_FILE]
 # Every LoadedIndex method that reads a memory mapping.
@@ -341,7 +342,7 @@ def test_the_sweep_finds_a_same_size_change_by_checksum_and_rebuilds(
 def test_a_real_worker_with_beat_rebuilds_a_build_cut_under_it_without_an_operator(
     client, committed_catalog, start_worker
 ):
-    from tests.conftest import wait_for
+    from tests.support.processes import wait_for
 
     directory = runtime.index_dir(runtime.active_space())
     damaged = published_version(directory)

@@ -43,8 +43,8 @@ from gallery.models import Product
 from gallery.services import catalog_import
 from lab.demo import demo_catalog_write
 from recommender import services
-from tests.conftest import ROOT, process_group_stop, subprocess_env, wait_for
-from tests.test_worker import free_port
+from tests.support import ROOT
+from tests.support.processes import free_port, process_group_stop, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

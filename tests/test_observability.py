@@ -18,8 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.logging import ContextFilter, JsonFormatter
 from gallery.models import ImportJob, ImportStatus
 from recommender.models import EmbedStatus
-from tests.conftest import ROOT, admin_product_form, embed_status, jpeg_bytes, subprocess_env, wait_for
-from tests.test_worker import free_port
+from tests.support import ROOT
+from tests.support.clients import admin_product_form
+from tests.support.engine import embed_status
+from tests.support.images import jpeg_bytes
+from tests.support.processes import free_port, subprocess_env, wait_for
 
 TOKEN = "a-scraper-token-0123456789"
 

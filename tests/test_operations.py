@@ -18,11 +18,11 @@ from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.index import BUILDS_DIR, INDEX_FILE
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
-from tests.conftest import ROOT, embed_status, engine_knows, jpeg_bytes, subprocess_env, wait_for
-from tests.test_catalog_import import write_catalog
-from tests.test_worker import free_port, task_reports
-
-SHAPES = ("box", "disc", "tri")
+from tests.support import ROOT
+from tests.support.catalog_files import write_catalog
+from tests.support.engine import embed_status, engine_knows
+from tests.support.images import SHAPES, jpeg_bytes
+from tests.support.processes import free_port, subprocess_env, task_reports, wait_for
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from lab.heads import fit_pca
 from recommender import runtime, services
 from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding
-from tests.conftest import embed_status, jpeg_bytes
-from tests.test_catalog_import import write_catalog
-from tests.test_operations import SHAPES
+from tests.support.catalog_files import write_catalog
+from tests.support.engine import embed_status
+from tests.support.images import SHAPES, jpeg_bytes
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from recommender.colour import COLOUR_DIM, COLOUR_SPACE, colour_descriptor
 from recommender.index import IndexReader
 from recommender.models import Embedding
 from recommender.preprocess import image_prepare
-from tests.conftest import engine_knows
+from tests.support.engine import engine_knows
 
 pytestmark = pytest.mark.django_db
 

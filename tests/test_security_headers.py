@@ -11,7 +11,7 @@ from django.test import Client
 from playwright.sync_api import expect, sync_playwright
 
 from gallery.models import ImportJob, ImportStatus
-from tests.conftest import jpeg_bytes
+from tests.support.images import jpeg_bytes
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, COUNT_SWAPS, TIMEOUT_MS, by_htmx, grid_ids
 from tests.test_browser import browser_catalog as _browser_catalog
 
@@ -58,7 +58,7 @@ def test_production_settings_turn_on_hsts_and_upgrade_insecure_requests(tmp_path
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     code = (
         "import django; from django.conf import settings; django.setup(); "

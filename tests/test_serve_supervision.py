@@ -25,9 +25,11 @@ from pathlib import Path
 import pytest
 
 from gallery.services import catalog_import
-from tests.conftest import ROOT, jpeg_bytes, subprocess_env, wait_for
-from tests.test_catalog_import import write_catalog
-from tests.test_worker import embedded, free_port
+from tests.support import ROOT
+from tests.support.catalog_files import write_catalog
+from tests.support.engine import embedded
+from tests.support.images import jpeg_bytes
+from tests.support.processes import free_port, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

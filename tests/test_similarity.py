@@ -17,7 +17,7 @@ from recommender.models import Embedding, EmbeddingState
 from recommender.preprocess import image_prepare
 from recommender.selectors import SimilarityUnavailable, similar_products
 from recommender.tasks import BUILD_REQUESTED
-from tests.conftest import engine_knows
+from tests.support.engine import engine_knows
 
 pytestmark = pytest.mark.django_db
 

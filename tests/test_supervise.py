@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gallery.supervise import Child, ChildFailedAtStart, Supervisor, backoff_delay
-from tests.conftest import wait_for
+from tests.support.processes import wait_for
 
 
 def sh(script: str) -> subprocess.Popen:

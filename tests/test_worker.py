@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -22,17 +19,19 @@ from gallery.services import catalog_import
 from recommender import runtime, services, tasks
 from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
-from tests.conftest import (
-    ROOT,
-    admin_product_form,
+from tests.support import ROOT
+from tests.support.catalog_files import write_catalog
+from tests.support.clients import admin_product_form
+from tests.support.engine import embed_status, embedded
+from tests.support.images import jpeg_bytes
+from tests.support.processes import (
     celery_broker,
     connection_attempts,
-    embed_status,
-    jpeg_bytes,
+    free_port,
     subprocess_env,
+    task_reports,
     wait_for,
 )
-from tests.test_catalog_import import write_catalog
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,16 +48,6 @@ def small_catalog(tmp_path: Path) -> list[int]:
     services.products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
     services.index_rebuild()
     return list(COLOURS)
-
-
-def task_reports(worker) -> list[dict[str, int]]:
-    """What each embed_products task the worker finished returned, from its log."""
-    found = re.findall(r"embed_products\[[^\]]+\] succeeded in [\d.]+s: (\{[^}]*\})", worker.log.read_text())
-    return [ast.literal_eval(report) for report in found]
-
-
-def embedded(product_id: int) -> bool:
-    return EmbeddingState.objects.filter(product_id=product_id, status=EmbedStatus.DONE).exists()
 
 
 def admin_client(client):
@@ -157,12 +146,6 @@ def test_a_worker_killed_outright_is_recovered_by_the_sweep(many_pending, start_
     assert Embedding.objects.filter(product_id__in=many_pending, space=runtime.active_space()).count() == len(
         many_pending
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SecondRedis:
