@@ -106,7 +106,7 @@ def card_json_schema() -> dict[str, dict[str, object]]:
 class CatalogVersion:
     """The catalog's state as every cache of it is keyed: it moves on each save, creation and deletion."""
 
-    latest: object  # the newest ``updated_at``, as the database returns it (None: an empty catalog)
+    latest: str | None  # the newest ``updated_at``, as the database writes it (None: an empty catalog)
     settling: str  # a digest of the products saved in the last CATALOG_SETTLE_S seconds, with their times
     deletions: int  # the newest deletion's number (0: none yet)
     # When it was read, less CATALOG_SETTLE_S: every product saved since this version was read has an
@@ -124,19 +124,21 @@ def _catalog_version_read() -> CatalogVersion:
     quote = connection.ops.quote_name
     table, key = quote(product.db_table), quote(product.pk.column)
     updated = quote(product.get_field("updated_at").column)
-    # Only the models' own table and column names are spliced in; values are parameters. Each part is one
-    # look-up on an index (updated_at, the deletions' key).
+    # One statement, each part one look-up on an index (updated_at, the deletions' key): the newest save (0),
+    # the newest deletion (1), the saves of the last CATALOG_SETTLE_S seconds (2). Only the models' own
+    # table and column names are spliced in; values are parameters.
+    sql = (
+        f"SELECT 0, CAST(MAX({updated}) AS TEXT), NULL FROM {table} "  # noqa: S608
+        f"UNION ALL SELECT 1, NULL, MAX({quote(deletion.pk.column)}) FROM {quote(deletion.db_table)} "
+        f"UNION ALL SELECT * FROM (SELECT 2, CAST({updated} AS TEXT), {key} FROM {table} "
+        f"WHERE {updated} >= %s ORDER BY {updated} DESC LIMIT %s) AS recent"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT (SELECT MAX({updated}) FROM {table}), "  # noqa: S608
-            f"(SELECT MAX({quote(deletion.pk.column)}) FROM {quote(deletion.db_table)})"
-        )
-        latest, deletions = cursor.fetchone()
-        cursor.execute(
-            f"SELECT {key}, {updated} FROM {table} WHERE {updated} >= %s ORDER BY {updated} DESC LIMIT %s",  # noqa: S608
-            [connection.ops.adapt_datetimefield_value(settled_before), SETTLING_ROWS_MAX + 1],
-        )
-        recent = sorted(cursor.fetchall())
+        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(settled_before), SETTLING_ROWS_MAX + 1])
+        rows = cursor.fetchall()
+    latest = next(value for part, value, _ in rows if part == 0)
+    deletions = next(number for part, _, number in rows if part == 1)
+    recent = sorted((number, value) for part, value, number in rows if part == 2)
     if len(recent) > SETTLING_ROWS_MAX:
         # Saves are pouring in (an import): the version is of this second, caches of it live as long.
         settling = f"busy@{int(time.time())}"

@@ -293,7 +293,10 @@ def _colours_aligned(product_ids: np.ndarray) -> np.ndarray | None:
 def _index_rebuild_locked(*, space: str, n_trees: int | None) -> IndexMeta | None:
     started = timezone.now()
     rows = Embedding.objects.filter(space=space, product__isnull=False).order_by("id")
-    watermark_row = rows.filter(created_at__lt=started - WATERMARK_MARGIN).aggregate(m=Max("id"))["m"] or 0
+    # Over every space's rows: a query reads the rows above the watermark on every click, and rows of another
+    # space stored after this one's (colour descriptors stored later, a head's vectors) are none of its business.
+    recent = Embedding.objects.filter(created_at__lt=started - WATERMARK_MARGIN)
+    watermark_row = recent.aggregate(m=Max("id"))["m"] or 0
     ids, products, chunks = [], [], []
     for emb_id, product_id, vector in rows.values_list("id", "product_id", "vector").iterator(chunk_size=2000):
         ids.append(emb_id)

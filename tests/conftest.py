@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.test import Client
+from django.utils import timezone
 
 from gallery import cards, search
 from gallery.catalog import styles_read
@@ -110,18 +112,13 @@ def demo_catalog_db(
     db, demo_dir: Path, demo_vectors: dict[int, np.ndarray], demo_colours: dict[int, np.ndarray]
 ) -> list[int]:
     """The demo catalog's rows, vectors and colours in the database (no image files: fast), with an index built."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from gallery.models import Product
-    from recommender import services
-
     rows = [row for row in styles_read(demo_dir / "styles.csv") if hasattr(row, "fields")]
     ids = demo_rows_store(rows, demo_vectors, demo_colours)
     # Saved a while ago, as on a site in use: a catalog saved within the last minute is still settling
     # (gallery.cards.CATALOG_SETTLE_S) and its version moves every second.
+    # Its vectors too: the build's watermark passes them (recommender.services.WATERMARK_MARGIN).
     Product.objects.update(updated_at=timezone.now() - timedelta(minutes=5))
+    Embedding.objects.update(created_at=timezone.now() - timedelta(minutes=5))
     services.index_rebuild()
     return ids
 

@@ -504,3 +504,15 @@ def test_remembered_fresh_vectors_give_the_same_results_as_reading_them(indexed_
     runtime.index_reader().current().fresh_memory().clear()  # ...and nothing left: every vector read
     assert [similar_products(vector=q, k=30) for q in queries] == remembered
     assert any(n.product_id >= 600 for grid in remembered for n in grid)
+
+
+def test_the_builds_watermark_passes_rows_of_other_spaces_stored_after_its_own(demo_catalog_db):
+    """Colour descriptors stored after the vectors (a backfill) are not read again on every click."""
+    from recommender import runtime
+    from recommender.colour import COLOUR_SPACE
+
+    loaded = runtime.index_reader().current()
+    newest_colour = Embedding.objects.filter(space=COLOUR_SPACE).order_by("-id").values_list("id", flat=True)[0]
+    assert newest_colour > Embedding.objects.filter(space=runtime.active_space()).order_by("-id")[0].id
+    assert loaded.meta.watermark >= newest_colour
+    assert selectors._rows_newer(space=runtime.active_space(), watermark=loaded.meta.watermark) == []

@@ -195,8 +195,7 @@ def search_index() -> SearchIndex:
         and time.monotonic() - served.checked_at < VERSION_CHECK_INTERVAL_S
     ):
         return served.index  # a large catalog's version was read a moment ago
-    latest = catalog_version()
-    version = latest.isoformat() if latest else "empty"  # as text: the shared copy is tagged with it
+    version = str(catalog_version())  # as text: the shared copy is tagged with it
     if served is None or served.source != source:
         with _build_lock:
             return _refresh(source, version)
