@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count
 
-from gallery.cards import Card, card_shown, cards_get, remembered
+from gallery.cards import Card, card_shown, cards_get, catalog_version, remembered
 from gallery.filters import FILTER_FIELDS, ProductFilters, text_clean
 from gallery.models import Product
 from gallery.search import MAX_WORDS, SearchResult, catalog_search, query_tokens
@@ -83,8 +85,17 @@ def starting_grid_ids(*, k: int = 25, filters: ProductFilters | None = None) -> 
     return remembered(key, compute)
 
 
+def filter_choices_key() -> str:
+    """The shared cache's key of the filter menus of the catalog's current version."""
+    return "gallery:filter-choices:" + hashlib.blake2b(str(catalog_version()).encode(), digest_size=12).hexdigest()
+
+
 def filter_choices() -> dict[str, list[str]]:
-    """Values the filter menus offer, most common first; cached briefly."""
+    """Values the filter menus offer, most common first.
+
+    Remembered per catalog version in each process (a page asks nothing of Redis for them), and worked out once
+    per version for all of them through the shared cache.
+    """
 
     def compute() -> dict[str, list[str]]:
         return {
@@ -99,4 +110,7 @@ def filter_choices() -> dict[str, list[str]]:
             for name, field in FILTER_FIELDS.items()
         }
 
-    return cache.get_or_set("gallery:filter-choices", compute, timeout=300)
+    def shared() -> dict[str, list[str]]:
+        return cache.get_or_set(filter_choices_key(), compute, timeout=3600)
+
+    return remembered(("filter-choices",), shared)

@@ -24,6 +24,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from gallery.models import Product
+from gallery.selectors import filter_choices_key
 from gallery.services import catalog_import
 from recommender import runtime
 from recommender.colour import COLOUR_SPACE
@@ -68,7 +69,7 @@ def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) 
         name = f"{line.split(',', 1)[0]}.jpg"
         shutil.copy(demo_dir / "images" / name, catalog / "images" / name)
 
-    cache.delete("gallery:filter-choices")  # menus from another test's catalog must not show
+    cache.delete(filter_choices_key())  # menus from another test's catalog must not show
     summary = catalog_import(directory=catalog, enqueue=False, workers=1)
     assert summary.created == SLICE, summary.lines()
     report = products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))

@@ -197,7 +197,23 @@ def test_product_json_equals_the_plain_build(odd_catalog):
 
 def test_grid_tiles_equal_the_template_loop(odd_catalog):
     cards = list(cards_get(odd_catalog[:60]).values())
-    scores = [None, 0.81234, 0.8125, 0.99995, -0.123456, 1.0, 0.0, 0.5, 1e-7, -0.001, -0.00005, 0.125, 0.0005, -0.99995, -1.0]
+    scores = [
+        None,
+        0.81234,
+        0.8125,
+        0.99995,
+        -0.123456,
+        1.0,
+        0.0,
+        0.5,
+        1e-7,
+        -0.001,
+        -0.00005,
+        0.125,
+        0.0005,
+        -0.99995,
+        -1.0,
+    ]
     urls = [None, "/similar/3/", "/similar/4/?trail=1,p2,n3&q=striped+shirt", '/similar/5/?q="<x>"']
     items = [
         GridItem(card, scores[i % len(scores)], urls[i % len(urls)])

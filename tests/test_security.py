@@ -25,6 +25,7 @@ from PIL import Image
 
 from gallery import ratelimit
 from gallery.models import Product
+from gallery.selectors import filter_choices_key
 from recommender import runtime
 from recommender.models import EmbeddingState, EmbedStatus
 from tests.support import ROOT
@@ -423,7 +424,7 @@ def test_a_pickle_planted_in_redis_runs_no_code_and_the_pages_still_answer(
 ):
     """Whoever can write to Redis must not run code in the web processes that read the filter menus from it."""
     marker = tmp_path / "code-ran"
-    redis_db.set(cache.make_key("gallery:filter-choices"), pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    redis_db.set(cache.make_key(filter_choices_key()), pickle.dumps(_RunsCodeWhenUnpickled(marker)))
 
     page = hostile_client.get("/")
     api = hostile_client.get("/api/search", {"q": "red"})
@@ -437,11 +438,11 @@ def test_a_pickle_planted_in_redis_runs_no_code_and_the_pages_still_answer(
 
 def test_what_the_cache_stores_in_redis_is_plain_json(client, shop, redis_db):
     assert client.get("/").status_code == 200
-    raw = redis_db.get(cache.make_key("gallery:filter-choices"))
+    raw = redis_db.get(cache.make_key(filter_choices_key()))
     assert raw is not None, "the filter menus were not cached"
     menus = json.loads(raw)
     assert "Women" in menus["gender"]
-    assert cache.get("gallery:filter-choices") == menus
+    assert cache.get(filter_choices_key()) == menus
 
 
 # --- Production settings, loaded as a server loads them ------------------------------------------------------------
