@@ -363,6 +363,9 @@ class _JsonUrls:
     def __init__(self, request: HttpRequest) -> None:
         self._request = request
         self._origin = request.build_absolute_uri("/")[:-1]
+        # The two per-product paths with a mark for the id, worked out once per response.
+        self._page = self.absolute(similar_path(_ID_MARK)).partition(str(_ID_MARK))
+        self._view = self.absolute(view_path(_ID_MARK)).partition(str(_ID_MARK))
 
     def absolute(self, location: str) -> str:
         if _PLAIN_PATH.fullmatch(location) and "/./" not in location and "/../" not in location:
@@ -370,7 +373,13 @@ class _JsonUrls:
         return self._request.build_absolute_uri(location)
 
     def page(self, product_id: int) -> str:
-        return self.absolute(similar_path(product_id))
+        head, _, tail = self._page
+        return f"{head}{int(product_id)}{tail}"
+
+    def view(self, product_id: int) -> str:
+        """The card's "view product" link (``view_path``), absolute."""
+        head, _, tail = self._view
+        return f"{head}{int(product_id)}{tail}"
 
 
 def _product_json(
@@ -380,7 +389,7 @@ def _product_json(
     urls = urls or _JsonUrls(request)
     data = product.as_json(urls.absolute)
     data["url"] = urls.page(product.id)
-    data["view_url"] = urls.absolute(view_path(product.id))
+    data["view_url"] = urls.view(product.id)
     if score is not None:
         data["score"] = round(score, 6)
     return data
