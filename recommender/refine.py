@@ -8,6 +8,12 @@ docs/quality.md). Those prefix grids are remembered, per process and in the shar
 that expires: losing it costs only recomputation), so a shopper's next click ranks one grid, not one per
 step. A strategy that ignores what was shown (plain neighbours) ranks no prefix at all.
 
+Whole grids are remembered the same way when the caller names the rest of what decides them (``context``:
+the shop's catalog version, filters and the search the trail began from): the key holds that, the published
+build, the vectors stored since it, the strategy, the allowed ids, ``k`` and the steps, so an upload, an
+edit, a deletion or a rebuild is never answered from an older grid. A click looks the grid and its earlier
+pages up in one call and writes what it ranked in one call.
+
 A grid is two steps (see ``recommender.feedback``): the strategy's query vector asks the index for an
 over-fetched candidate set (``selectors.similar_products``: fresh vectors included, deleted and
 re-imaged products left out, filters exact); the candidates' image vectors and colour descriptors come
@@ -398,8 +404,8 @@ class _Remembered:
             logger.warning("Cache unavailable: grids are remembered in this process only", exc_info=True)
 
 
-def _shared_ttl() -> int:  # noqa: N802 - a setting read when used (tests change it)
-    return settings.GRID_CACHE_TTL_S or PREFIX_CACHE_TTL_S
+def _shared_ttl() -> int:
+    return max(settings.GRID_CACHE_TTL_S, PREFIX_CACHE_TTL_S)
 
 
 def _trail_ranked(
