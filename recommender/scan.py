@@ -45,6 +45,7 @@ def vectors_scan(
     duplicate_cosine: float = 0.95,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     max_pairs: int = 200_000,
+    reduce_to: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
     """Scan unit ``vectors`` (n, d), which may be a read-only memory map, tile by tile.
@@ -53,6 +54,13 @@ def vectors_scan(
     tile updates the running k nearest of its rows and of its columns, so every product is compared with
     every other once. ``progress(done, n)`` is called after each row of tiles. Raises ValueError on
     mismatched or empty input.
+
+    With ``reduce_to`` below d, the tiles are multiplied in the vectors' ``reduce_to`` principal directions
+    (d / reduce_to times fewer operations, the cost that dominates at 44k x 1280) and every cosine reported is
+    then computed exactly from the full vectors: each product's REDUCED_EXTRA * k nearest in the reduced space
+    are re-ranked, and pairs down to REDUCED_MARGIN below ``duplicate_cosine`` there are checked. Exact
+    neighbours can be missed where the reduced space ranks them past that; ``bench/health_quality.py`` measures
+    how often.
     """
     n = len(product_ids)
     if vectors.ndim != 2 or len(vectors) != n:
@@ -62,6 +70,118 @@ def vectors_scan(
     if block_rows < 1:
         raise ValueError("block_rows must be at least 1")
     ids = np.asarray(product_ids, dtype=np.int64)
+    reduced = reduce_to is not None and 0 < reduce_to < vectors.shape[1] and n > REDUCED_EXTRA * k
+    if reduced:
+        basis = _principal_directions(vectors, reduce_to)
+        searched = np.concatenate(
+            [np.asarray(vectors[i : i + block_rows], dtype=np.float32) @ basis.T for i in range(0, n, block_rows)]
+        )
+        wide = min(n - 1, REDUCED_EXTRA * k)
+        items, _, rows, cols, _, truncated = _tiles(
+            searched, wide, duplicate_cosine - REDUCED_MARGIN, block_rows, 2 * max_pairs, progress
+        )
+        best_items, best_cos = _rerank(vectors, items, k, block_rows)
+        exact = _pair_cosines(vectors, rows, cols, block_rows)
+        keep = exact > np.float32(duplicate_cosine)
+        rows, cols, cosines = rows[keep], cols[keep], exact[keep]
+        if len(cosines) > max_pairs:
+            best = np.argsort(-cosines, kind="stable")[:max_pairs]
+            rows, cols, cosines = rows[best], cols[best], cosines[best]
+            truncated = True
+    else:
+        best_items, best_cos, rows, cols, cosines, truncated = _tiles(
+            vectors, k, duplicate_cosine, block_rows, max_pairs, progress
+        )
+    order = np.argsort(-best_cos, axis=1, kind="stable")
+    best_items = np.take_along_axis(best_items, order, axis=1)
+    best_cos = np.take_along_axis(best_cos, order, axis=1)
+    missing = best_items < 0
+    best_cos[missing] = np.nan
+    isolation = (1.0 - np.nanmean(np.where(missing, np.nan, best_cos), axis=1)) if n > 1 else np.ones(n)
+    pairs = np.stack([ids[rows], ids[cols]], axis=1) if len(rows) else np.zeros((0, 2), dtype=np.int64)
+    pairs.sort(axis=1)
+    return ScanResult(
+        product_ids=ids,
+        neighbour_ids=np.where(missing, -1, ids[best_items.clip(min=0)]),
+        neighbour_cosines=best_cos,
+        isolation=np.asarray(isolation, dtype=np.float32),
+        pairs=pairs,
+        pair_cosines=cosines.astype(np.float32),
+        pairs_truncated=truncated,
+    )
+
+
+# The reduced scan: candidates per product re-ranked exactly (a multiple of k), and how far below the duplicate
+# threshold a pair's reduced cosine may fall and still be checked (the reduced cosine of two unit vectors can
+# only be lower than the exact one by their residual parts' product; near-duplicates' residuals nearly agree).
+REDUCED_EXTRA = 3
+REDUCED_MARGIN = 0.05
+PRINCIPAL_SAMPLE = 8192
+
+
+def _principal_directions(vectors: np.ndarray, count: int) -> np.ndarray:
+    """(count, d) orthonormal rows spanning the leading principal directions of an evenly spaced sample of rows.
+
+    By subspace iteration on the sample's d x d Gram matrix (Halko et al.): a full eigendecomposition of it takes
+    seconds, this a fraction of one, and any good subspace serves since every reported cosine is exact.
+    """
+    n = len(vectors)
+    sample = np.asarray(vectors[:: max(1, n // PRINCIPAL_SAMPLE)], dtype=np.float32)
+    gram = sample.T @ sample
+    basis = np.random.default_rng(0).standard_normal((gram.shape[0], count + 16)).astype(np.float32)
+    for _ in range(3):
+        basis, _ = np.linalg.qr(gram @ basis)
+    _, rotation = np.linalg.eigh((basis.T @ gram @ basis).astype(np.float64))
+    return np.ascontiguousarray((basis @ rotation[:, ::-1][:, :count].astype(np.float32)).T)
+
+
+def _rerank(vectors: np.ndarray, items: np.ndarray, k: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest among its candidate ``items`` (-1: none), by the exact cosine."""
+    n, wide = items.shape
+    best_items = np.full((n, k), -1, dtype=np.int64)
+    best_cos = np.full((n, k), -np.inf, dtype=np.float32)
+    step = max(1, block_rows // 4)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        block = np.asarray(vectors[start:stop], dtype=np.float32)
+        candidates = items[start:stop]
+        present = np.unique(candidates.clip(min=0))  # sorted: the rows of a memory map read in order
+        gathered = np.asarray(vectors[present], dtype=np.float32)
+        lookup = np.searchsorted(present, candidates.clip(min=0))
+        cos = np.einsum("rd,rkd->rk", block, gathered[lookup])
+        cos[candidates < 0] = -np.inf
+        pick = (
+            np.argpartition(cos, -k, axis=1)[:, -k:]
+            if wide > k
+            else np.broadcast_to(np.arange(wide), (stop - start, wide))
+        )
+        best_items[start:stop, : pick.shape[1]] = np.take_along_axis(candidates, pick, axis=1)
+        best_cos[start:stop, : pick.shape[1]] = np.take_along_axis(cos, pick, axis=1)
+    best_items[~np.isfinite(best_cos)] = -1
+    return best_items, best_cos
+
+
+def _pair_cosines(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray, block_rows: int) -> np.ndarray:
+    out = np.empty(len(rows), dtype=np.float32)
+    step = block_rows * 16
+    for start in range(0, len(rows), step):
+        r, c = rows[start : start + step], cols[start : start + step]
+        out[start : start + step] = np.einsum(
+            "pd,pd->p", np.asarray(vectors[r], dtype=np.float32), np.asarray(vectors[c], dtype=np.float32)
+        )
+    return out
+
+
+def _tiles(
+    vectors: np.ndarray,
+    k: int,
+    duplicate_cosine: float,
+    block_rows: int,
+    max_pairs: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The tile loop: (k nearest rows, their cosines, pair rows, pair columns, pair cosines, truncated)."""
+    n = len(vectors)
     best_items = np.full((n, k), -1, dtype=np.int64)
     best_cos = np.full((n, k), -np.inf, dtype=np.float32)
     pair_rows: list[np.ndarray] = []
@@ -81,9 +201,9 @@ def vectors_scan(
                 np.fill_diagonal(tile, -np.inf)  # a product is not its own neighbour
             rows = np.arange(row_start, row_stop)
             cols = np.arange(col_start, col_stop)
-            _merge(best_items, best_cos, rows, tile, cols, k)
+            _fold(best_items, best_cos, rows, tile, cols, k)
             if not diagonal:  # the tile below the diagonal, seen from its rows
-                _merge(best_items, best_cos, cols, tile.T, rows, k)
+                _fold(best_items, best_cos, cols, tile.T, rows, k)
             hit_r, hit_c = np.nonzero(tile > threshold)
             if diagonal:
                 keep = hit_c > hit_r  # each pair once
@@ -101,26 +221,43 @@ def vectors_scan(
     if kept > max_pairs:
         pair_rows, pair_cols, pair_cos, kept = _most_alike(pair_rows, pair_cols, pair_cos, max_pairs)
         truncated = True
-    order = np.argsort(-best_cos, axis=1, kind="stable")
-    best_items = np.take_along_axis(best_items, order, axis=1)
-    best_cos = np.take_along_axis(best_cos, order, axis=1)
-    missing = best_items < 0
-    best_cos[missing] = np.nan
-    isolation = (1.0 - np.nanmean(np.where(missing, np.nan, best_cos), axis=1)) if n > 1 else np.ones(n)
     first = np.concatenate(pair_rows) if pair_rows else np.zeros(0, dtype=np.int64)
     second = np.concatenate(pair_cols) if pair_cols else np.zeros(0, dtype=np.int64)
     cosines = np.concatenate(pair_cos).astype(np.float32) if pair_cos else np.zeros(0, dtype=np.float32)
-    pairs = np.stack([ids[first], ids[second]], axis=1) if len(first) else np.zeros((0, 2), dtype=np.int64)
-    pairs.sort(axis=1)
-    return ScanResult(
-        product_ids=ids,
-        neighbour_ids=np.where(missing, -1, ids[best_items.clip(min=0)]),
-        neighbour_cosines=best_cos,
-        isolation=np.asarray(isolation, dtype=np.float32),
-        pairs=pairs,
-        pair_cosines=cosines,
-        pairs_truncated=truncated,
-    )
+    return best_items, best_cos, first, second, cosines, truncated
+
+
+def _fold(
+    best_items: np.ndarray, best_cos: np.ndarray, rows: np.ndarray, sims: np.ndarray, cols: np.ndarray, k: int
+) -> None:
+    """Fold ``sims`` (len(rows), len(cols)) into the running k nearest of ``rows``, looking only at what beats them.
+
+    Once a row holds k neighbours, a similarity can enter only if it is above the row's k-th best: one comparison
+    per similarity finds those few (after the first tiles, a handful per row and tile), and only they are merged.
+    A row still short of k neighbours (its first tile) goes through the full partition.
+    """
+    kth = best_cos[rows].min(axis=1)
+    if not np.isfinite(kth).all():
+        _merge(best_items, best_cos, rows, sims, cols, k)
+        return
+    hit_r, hit_c = np.nonzero(sims > kth[:, None])
+    if not len(hit_r):
+        return
+    # hit_r is sorted (row-major scan of the mask): each row's hits are one run, laid out side by side.
+    touched, start, count = np.unique(hit_r, return_index=True, return_counts=True)
+    slot = np.arange(len(hit_r)) - np.repeat(start, count)
+    line = np.repeat(np.arange(len(touched)), count)
+    width = int(count.max())
+    new_cos = np.full((len(touched), width), -np.inf, dtype=np.float32)
+    new_items = np.full((len(touched), width), -1, dtype=np.int64)
+    new_cos[line, slot] = sims[hit_r, hit_c]
+    new_items[line, slot] = cols[hit_c]
+    target = rows[touched]
+    items = np.concatenate([best_items[target], new_items], axis=1)
+    cos = np.concatenate([best_cos[target], new_cos], axis=1)
+    pick = np.argpartition(cos, -k, axis=1)[:, -k:]
+    best_items[target] = np.take_along_axis(items, pick, axis=1)
+    best_cos[target] = np.take_along_axis(cos, pick, axis=1)
 
 
 def _merge(
