@@ -370,6 +370,9 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         "precision": share(all_hits, all_found),
         "recall": share(all_hits, all_wanted),
         "false_pairs": [p for p in sorted(same - truth)][:20],
+        "false_pairs_same_drawing": sum(  # aligned difference at most 4: one drawing, placed or scaled otherwise
+            1 for p, d in zip(compared, difference.tolist(), strict=True) if d <= 4 and p in same - truth
+        ),
         "missed": sorted(truth - same)[:20],
         "same_emoji_other_vendor_flagged": len(same & catalog.same_subject),
         "candidates_holding_copies": share(len(set(listed) & truth), len(truth)),

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 DUPLICATE_COSINE = 0.80
 DUPLICATE_PREFILTER = 0.5
 DUPLICATE_DIFFERENCE = 24.0
-MAX_COMPARED = 20_000
+MAX_COMPARED = 5_000
 NEIGHBOURS = 10
 # A label is suspect when its look-alikes' labels are at least e**LABEL_MIN_RATIO times likelier under another
 # label's usual neighbours than under its own's (``label_suspects``); LABEL_SMOOTHING pseudo-counts toward the
@@ -213,11 +213,23 @@ def pairs_verify(*, pairs: np.ndarray, fingerprints: dict[int, np.ndarray | None
 
 
 def pairs_to_compare(*, pairs: np.ndarray, prefilter: np.ndarray, minimum: float, limit: int) -> np.ndarray:
-    """Indices of the pairs worth registering: fingerprint cosine at least ``minimum``, the ``limit`` most alike,
-    in pair order (consecutive pairs share their first photo, so a small cache of photos serves them)."""
+    """Indices of the pairs worth registering: fingerprint cosine at least ``minimum`` and, past ``limit``, those
+    nearest the top of their products' own lists first (each product's most alike partner, then its second...;
+    ties by cosine), so that a copy is not crowded out by a family of look-alikes elsewhere. In pair order
+    (consecutive pairs share their first photo, so a small cache of photos serves them)."""
     keep = np.nonzero(np.nan_to_num(prefilter, nan=-1.0) >= minimum)[0]
     if len(keep) > limit:
-        keep = keep[np.argsort(-prefilter[keep], kind="stable")[:limit]]
+        value = prefilter[keep]
+        rank = np.full(len(keep), np.iinfo(np.int64).max, dtype=np.int64)
+        for side in (0, 1):  # each pair's rank in its product's list, most alike first; the better of its two
+            product = pairs[keep, side]
+            order = np.lexsort((-value, product))
+            first = np.r_[0, np.flatnonzero(np.diff(product[order])) + 1]
+            within = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+            mine = np.empty(len(keep), dtype=np.int64)
+            mine[order] = within
+            rank = np.minimum(rank, mine)
+        keep = keep[np.lexsort((-value, rank))[:limit]]
     return np.sort(keep)
 
 

@@ -247,10 +247,12 @@ class CatalogScan:
     result: ScanResult
 
 
-# The health scan multiplies the vectors in this many principal directions, then re-ranks exactly
-# (``recommender.scan.vectors_scan``): five times fewer operations at 1280-d, 0.998-0.999 of the exact neighbours
-# kept on the measured catalogs (docs/quality.md).
+# From SCAN_REDUCED_FROM products on, the health scan multiplies the vectors in SCAN_REDUCED_DIMS principal
+# directions, then re-ranks exactly (``recommender.scan.vectors_scan``): five times fewer operations at 1280-d,
+# 0.998-0.999 of the exact neighbours kept on the measured catalogs (docs/quality.md). Below, the exact scan
+# takes seconds.
 SCAN_REDUCED_DIMS = 256
+SCAN_REDUCED_FROM = 8192
 
 
 def catalog_scan(
@@ -280,7 +282,7 @@ def catalog_scan(
         k=k,
         duplicate_cosine=duplicate_cosine,
         block_rows=block_rows,
-        reduce_to=reduce_to,
+        reduce_to=reduce_to if len(loaded.product_ids) >= SCAN_REDUCED_FROM else None,
         progress=progress,
     )
     return CatalogScan(version=loaded.meta.version, space=space, count=loaded.meta.count, result=result)

@@ -58,9 +58,9 @@ def vectors_scan(
     With ``reduce_to`` below d, the tiles are multiplied in the vectors' ``reduce_to`` principal directions
     (d / reduce_to times fewer operations, the cost that dominates at 44k x 1280) and every cosine reported is
     then computed exactly from the full vectors: each product's REDUCED_EXTRA * k nearest in the reduced space
-    are re-ranked, and pairs down to REDUCED_MARGIN below ``duplicate_cosine`` there are checked. Exact
-    neighbours can be missed where the reduced space ranks them past that; ``bench/health_quality.py`` measures
-    how often.
+    are re-ranked, and the pairs are those among them above ``duplicate_cosine`` (a product alike to more than
+    REDUCED_EXTRA * k others keeps the most alike). Exact neighbours can be missed where the reduced space ranks
+    them past that; ``bench/health_quality.py`` measures how often.
     """
     n = len(product_ids)
     if vectors.ndim != 2 or len(vectors) != n:
@@ -77,13 +77,18 @@ def vectors_scan(
             [np.asarray(vectors[i : i + block_rows], dtype=np.float32) @ basis.T for i in range(0, n, block_rows)]
         )
         wide = min(n - 1, REDUCED_EXTRA * k)
-        items, _, rows, cols, _, truncated = _tiles(
-            searched, wide, duplicate_cosine - REDUCED_MARGIN, block_rows, 2 * max_pairs, progress
-        )
-        best_items, best_cos = _rerank(vectors, items, k, block_rows)
-        exact = _pair_cosines(vectors, rows, cols, block_rows)
-        keep = exact > np.float32(duplicate_cosine)
-        rows, cols, cosines = rows[keep], cols[keep], exact[keep]
+        items, _, _, _, _, _ = _tiles(searched, wide, None, block_rows, max_pairs, progress)
+        wide_items, wide_cos = _rerank(vectors, items, wide, block_rows)
+        best_items, best_cos = wide_items[:, :k], wide_cos[:, :k]
+        # Pairs: from each product's wide candidates, exactly above the threshold, each pair once.
+        hit_r, hit_c = np.nonzero(wide_cos > np.float32(duplicate_cosine))
+        first, second = hit_r, wide_items[hit_r, hit_c]
+        rows, cols = np.minimum(first, second), np.maximum(first, second)
+        cosines = wide_cos[hit_r, hit_c]
+        if len(rows):
+            _, once = np.unique(rows * n + cols, return_index=True)
+            rows, cols, cosines = rows[once], cols[once], cosines[once]
+        truncated = False
         if len(cosines) > max_pairs:
             best = np.argsort(-cosines, kind="stable")[:max_pairs]
             rows, cols, cosines = rows[best], cols[best], cosines[best]
@@ -111,11 +116,8 @@ def vectors_scan(
     )
 
 
-# The reduced scan: candidates per product re-ranked exactly (a multiple of k), and how far below the duplicate
-# threshold a pair's reduced cosine may fall and still be checked (the reduced cosine of two unit vectors can
-# only be lower than the exact one by their residual parts' product; near-duplicates' residuals nearly agree).
+# The reduced scan re-ranks this many times k candidates per product exactly.
 REDUCED_EXTRA = 3
-REDUCED_MARGIN = 0.05
 PRINCIPAL_SAMPLE = 8192
 
 
@@ -127,12 +129,14 @@ def _principal_directions(vectors: np.ndarray, count: int) -> np.ndarray:
     """
     n = len(vectors)
     sample = np.asarray(vectors[:: max(1, n // PRINCIPAL_SAMPLE)], dtype=np.float32)
-    gram = sample.T @ sample
-    basis = np.random.default_rng(0).standard_normal((gram.shape[0], count + 16)).astype(np.float32)
-    for _ in range(3):
-        basis, _ = np.linalg.qr(gram @ basis)
-    _, rotation = np.linalg.eigh((basis.T @ gram @ basis).astype(np.float64))
-    return np.ascontiguousarray((basis @ rotation[:, ::-1][:, :count].astype(np.float32)).T)
+    gram = (sample.T @ sample).astype(np.float64)
+    basis = np.random.default_rng(0).standard_normal((gram.shape[0], count + 16))
+    for _ in range(3):  # orthonormalised by Cholesky QR: matrix products and a small factorisation
+        basis = gram @ basis
+        factor = np.linalg.cholesky(basis.T @ basis)
+        basis = np.linalg.solve(factor, basis.T).T
+    _, rotation = np.linalg.eigh(basis.T @ gram @ basis)
+    return np.ascontiguousarray((basis @ rotation[:, ::-1][:, :count]).T, dtype=np.float32)
 
 
 def _rerank(vectors: np.ndarray, items: np.ndarray, k: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +161,9 @@ def _rerank(vectors: np.ndarray, items: np.ndarray, k: int, block_rows: int) -> 
         )
         best_items[start:stop, : pick.shape[1]] = np.take_along_axis(candidates, pick, axis=1)
         best_cos[start:stop, : pick.shape[1]] = np.take_along_axis(cos, pick, axis=1)
+    order = np.argsort(-best_cos, axis=1, kind="stable")
+    best_items = np.take_along_axis(best_items, order, axis=1)
+    best_cos = np.take_along_axis(best_cos, order, axis=1)
     best_items[~np.isfinite(best_cos)] = -1
     return best_items, best_cos
 
@@ -175,12 +182,13 @@ def _pair_cosines(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray, block
 def _tiles(
     vectors: np.ndarray,
     k: int,
-    duplicate_cosine: float,
+    duplicate_cosine: float | None,
     block_rows: int,
     max_pairs: int,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-    """The tile loop: (k nearest rows, their cosines, pair rows, pair columns, pair cosines, truncated)."""
+    """The tile loop: (k nearest rows, their cosines, pair rows, pair columns, pair cosines, truncated); no pairs
+    are collected when ``duplicate_cosine`` is None."""
     n = len(vectors)
     best_items = np.full((n, k), -1, dtype=np.int64)
     best_cos = np.full((n, k), -np.inf, dtype=np.float32)
@@ -189,7 +197,7 @@ def _tiles(
     pair_cos: list[np.ndarray] = []
     kept = 0
     truncated = False
-    threshold = np.float32(duplicate_cosine)
+    threshold = None if duplicate_cosine is None else np.float32(duplicate_cosine)
     for row_start in range(0, n, block_rows):
         row_stop = min(n, row_start + block_rows)
         block = np.ascontiguousarray(vectors[row_start:row_stop], dtype=np.float32)
@@ -204,6 +212,8 @@ def _tiles(
             _fold(best_items, best_cos, rows, tile, cols, k)
             if not diagonal:  # the tile below the diagonal, seen from its rows
                 _fold(best_items, best_cos, cols, tile.T, rows, k)
+            if threshold is None:
+                continue
             hit_r, hit_c = np.nonzero(tile > threshold)
             if diagonal:
                 keep = hit_c > hit_r  # each pair once
@@ -244,7 +254,9 @@ def _fold(
     if not len(hit_r):
         return
     # hit_r is sorted (row-major scan of the mask): each row's hits are one run, laid out side by side.
-    touched, start, count = np.unique(hit_r, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.diff(hit_r, prepend=-1))
+    touched = hit_r[start]
+    count = np.diff(start, append=len(hit_r))
     slot = np.arange(len(hit_r)) - np.repeat(start, count)
     line = np.repeat(np.arange(len(touched)), count)
     width = int(count.max())

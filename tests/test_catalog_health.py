@@ -95,7 +95,11 @@ def _scan() -> HealthScan:
 
 
 def _finding(scan: HealthScan, kind: str, product_id: int) -> HealthFinding | None:
-    return next((f for f in scan.findings.filter(kind=kind) if product_id in f.product_ids), None)
+    """The scan's finding of ``kind`` holding ``product_id``; for labels, the article type's."""
+    findings = scan.findings.filter(kind=kind)
+    if kind == FindingKind.LABEL:
+        findings = findings.filter(detail__field="article_type")
+    return next((f for f in findings if product_id in f.product_ids), None)
 
 
 # --- The engine's scan, on arrays --------------------------------------------------------------------------------
