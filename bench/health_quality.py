@@ -17,8 +17,8 @@ Quality. Into each catalog it injects, with a fixed seed:
 Catalogs: (a) ``--rows`` rows drawn at random from the real styles.csv (``../shared/data/styles.csv``), each
 drawn as ``bench/realscale.py`` draws it (the row's type picks the shape, its colour the paint); (b) the
 real-art catalog of ``bench/art_catalog.py`` (every third emoji by three vendors, or every emoji: ``art-full``;
-the same emoji by two vendors is *not* a duplicate, so a pair of them counts against precision). Every image is embedded with the offline encoder
-(EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and the shop's judgements
+the same emoji by two vendors is *not* a duplicate, so a pair of them counts against precision). Every image is
+embedded with the offline encoder (EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and the shop's judgements
 (``gallery.catalog_health``) are applied at the product's thresholds. Precision and recall come with 95 %
 Wilson intervals, beside the simplest alternative (exact file hashes for duplicates; the single nearest
 neighbour's label for labels) and the rule each replaced. The duplicate difference threshold is chosen on
