@@ -18,8 +18,8 @@ Catalogs: (a) ``--rows`` rows drawn at random from the real styles.csv (``../sha
 drawn as ``bench/realscale.py`` draws it (the row's type picks the shape, its colour the paint); (b) the
 real-art catalog of ``bench/art_catalog.py`` (every third emoji by three vendors, or every emoji: ``art-full``;
 the same emoji by two vendors is *not* a duplicate, so a pair of them counts against precision). Every image is
-embedded with the offline encoder (EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and the shop's judgements
-(``gallery.catalog_health``) are applied at the product's thresholds. Precision and recall come with 95 %
+embedded with the offline encoder (EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and
+the shop's judgements (``gallery.catalog_health``) are applied at the product's thresholds. Precision and recall come with 95 %
 Wilson intervals, beside the simplest alternative (exact file hashes for duplicates; the single nearest
 neighbour's label for labels) and the rule each replaced. The duplicate difference threshold is chosen on
 one half of the candidate pairs (by the parity of the ids' sum) and reported on the other half and on all.
