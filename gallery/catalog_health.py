@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -45,6 +46,8 @@ DUPLICATE_COSINE = 0.80
 DUPLICATE_PREFILTER = 0.5
 DUPLICATE_DIFFERENCE = 24.0
 MAX_COMPARED = 5_000
+# Threads reading the candidates' thumbnails for their fingerprints.
+READERS = 2
 NEIGHBOURS = 10
 # A label is suspect when its look-alikes' labels are at least e**LABEL_MIN_RATIO times likelier under another
 # label's usual neighbours than under its own's (``label_suspects``); LABEL_SMOOTHING pseudo-counts toward the
@@ -412,7 +415,11 @@ def _findings(
     pairs, _ = candidate_pairs(result=result, duplicate_cosine=duplicate_cosine)
     live = np.array([a in rows and b in rows for a, b in pairs.tolist()], dtype=bool).reshape(-1)
     pairs = pairs[live]
-    fingerprints = {pid: _thumbnail_fingerprint(rows[pid][-1]) for pid in np.unique(pairs).tolist()}
+    candidates = np.unique(pairs).tolist()
+    with ThreadPoolExecutor(max_workers=READERS) as pool:  # decoding releases the GIL: reads overlap
+        fingerprints = dict(
+            zip(candidates, pool.map(lambda pid: _thumbnail_fingerprint(rows[pid][-1]), candidates), strict=True)
+        )
     chosen = pairs_to_compare(
         pairs=pairs,
         prefilter=pairs_verify(pairs=pairs, fingerprints=fingerprints),
