@@ -68,10 +68,12 @@ def _bbox(mask: np.ndarray) -> Box | None:
 
 def photo_read(source: object) -> Photo | None:
     """A photo (a path or an open binary file) read once: reduced to PHOTO_SIDE, its content boxes and its
-    fingerprint. None when it cannot be read. JPEGs are decoded at reduced scale (a 320-pixel thumbnail at 160)."""
+    fingerprint. None when it cannot be read. JPEGs larger than twice PHOTO_SIDE are decoded at reduced scale."""
     try:
         with Image.open(source) as image:
-            image.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))  # decoded at the smallest scale still above it
+            # Decoded at the smallest scale at least twice PHOTO_SIDE (a 320-pixel thumbnail whole): decoding at
+            # half scale, measured, loses copies resized to under half (recall 0.975 -> 0.940 on real art).
+            image.draft("RGB", (PHOTO_SIDE * 2, PHOTO_SIDE * 2))
             image = image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError):
         return None
