@@ -1,8 +1,8 @@
 """Catalog health on catalogs where the truth is known, and the scan's cost at the real catalog's size.
 
     .venv/bin/python bench/health_quality.py                 # drawn real rows (5,000) and real art: quality
-    .venv/bin/python bench/health_quality.py --catalogs art  # one catalog only (drawn, art)
-    .venv/bin/python bench/health_quality.py --timing        # the scan at 44,446 x 1280-d: seconds, peak memory
+    .venv/bin/python bench/health_quality.py --catalogs art  # one catalog only (drawn, art, art-full)
+    .venv/bin/python bench/health_quality.py --timing        # the whole scan at 44,446: seconds, peak memory
 
 Quality. Into each catalog it injects, with a fixed seed:
 
@@ -14,16 +14,13 @@ Quality. Into each catalog it injects, with a fixed seed:
 * 20 broken photos (blank white, grey or black, a "no image" placeholder, noise, a corner of a photo blown up):
   the truth of the outlier kind.
 
-Catalogs: (a) ``--rows`` rows drawn at random from the real styles.csv (``../shared/data/styles.csv``), each
-drawn by the lab's real-row drawer (``lab.shopper.real_rows_draw``: the row's type picks the shape, its
-colour the paint); (b) the
-real-art catalog of ``bench/art_catalog.py`` (emoji by three vendors; the same emoji by two vendors is *not*
-a duplicate, so a pair of them counts against precision). Every image is embedded with the offline encoder
-(EfficientNet-Lite0), the scan runs (``recommender.scan.vectors_scan``) and the shop's judgements
-(``gallery.catalog_health``) are applied at the product's thresholds. Precision and recall come with 95 %
-Wilson intervals, beside the simplest alternative (exact file hashes for duplicates; the single nearest
-neighbour's label for labels). The duplicate threshold sweep is printed too: the threshold was chosen on the
-drawn rows, and the art catalog is the check it generalises.
+            if name not in {"drawn", "art", "art-full"}:
+                raise SystemExit(f"unknown catalog {name!r}: drawn, art or art-full")
+            catalog = (
+                _drawn(args.rows, log) if name == "drawn" else _art(log, "full" if name == "art-full" else "small")
+            )
+            size = args.rows if name == "drawn" else name.removeprefix("art").strip("-") or "small"
+            cache = CACHE / "vectors" / f"{name.split('-')[0]}-{size}-{SEED}.npz"
 
 Images and vectors are cached under ~/.cache/visual-gallery/bench/health/ (never committed).
 """
@@ -31,6 +28,8 @@ Images and vectors are cached under ~/.cache/visual-gallery/bench/health/ (never
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import io
 import json
 import os
@@ -122,10 +121,10 @@ def _drawn(rows: int, log) -> Catalog:  # noqa: ANN001
     return catalog
 
 
-def _art(log) -> Catalog:  # noqa: ANN001
+def _art(log, size: str = "small") -> Catalog:  # noqa: ANN001
     from bench.art_catalog import art_catalog_dir
 
-    directory = art_catalog_dir(size="small")
+    directory = art_catalog_dir(size=size)
     rows = json.loads((directory / "rows.json").read_text(encoding="utf-8"))
     catalog = Catalog(
         name=f"real art ({len(rows)} emoji drawings)",
@@ -143,12 +142,25 @@ def _art(log) -> Catalog:  # noqa: ANN001
         vectors = np.load(cached)
         if len(vectors) == len(rows):
             catalog.known = {int(r["id"]): vectors[i] for i, r in enumerate(sorted(rows, key=lambda r: int(r["id"])))}
+    small = CACHE / "vectors" / f"art-small-{SEED}.npz"  # the small catalog's drawings are the full one's too
+    if size == "full" and catalog.known is None and small.exists():
+        saved = np.load(small)
+        catalog.known = {
+            int(pid): vector
+            for pid, vector in zip(saved["ids"], saved["vectors"], strict=True)
+            if int(pid) in catalog.images
+        }
     by_emoji: dict[str, list[int]] = {}
     for r in rows:
         by_emoji.setdefault(r["emoji"], []).append(int(r["id"]))
     catalog.same_subject = {(a, b) for ids in by_emoji.values() for a in ids for b in ids if a < b}
     types = sorted(set(catalog.article.values()))
-    _inject(catalog, CACHE / "art", flip_to=lambda t, rng: rng.choice([o for o in types if o != t]), log=log)
+    _inject(
+        catalog,
+        CACHE / ("art" if size == "small" else f"art-{size}"),
+        flip_to=lambda t, rng: rng.choice([o for o in types if o != t]),
+        log=log,
+    )
     return catalog
 
 
@@ -259,85 +271,156 @@ def _vectors(catalog: Catalog, cache: Path, log) -> tuple[np.ndarray, np.ndarray
 
 def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict:  # noqa: ANN001
     from gallery import catalog_health as health
+    from gallery.health_photos import photo_read
+    from recommender.api import SCAN_REDUCED_DIMS
     from recommender.scan import vectors_scan
 
     started = time.perf_counter()
     result = vectors_scan(
-        vectors=vectors, product_ids=ids, k=health.NEIGHBOURS, duplicate_cosine=0.80, max_pairs=1_000_000
+        vectors=vectors,
+        product_ids=ids,
+        k=health.NEIGHBOURS,
+        duplicate_cosine=health.DUPLICATE_COSINE,
+        max_pairs=1_000_000,
+        reduce_to=SCAN_REDUCED_DIMS,
     )
     seconds = time.perf_counter() - started
+    exact = vectors_scan(
+        vectors=vectors, product_ids=ids, k=health.NEIGHBOURS, duplicate_cosine=health.DUPLICATE_COSINE
+    )
+    kept = [
+        len(set(a) & set(b)) for a, b in zip(exact.neighbour_ids.tolist(), result.neighbour_ids.tolist(), strict=True)
+    ]
     truth = {tuple(sorted((c, o))) for c, o in catalog.copies.items()}
     out: dict = {"catalog": catalog.name, "products": len(ids), "scan_seconds": round(seconds, 2)}
+    out["reduced_scan_keeps"] = {
+        "neighbours": share(sum(kept), health.NEIGHBOURS * len(ids)),
+        "pairs": share(
+            len({tuple(x) for x in exact.pairs.tolist()} & {tuple(x) for x in result.pairs.tolist()}), len(exact.pairs)
+        ),
+    }
 
-    # Near-duplicates: pairs of products. The vectors' candidates, confirmed by the photos' fingerprints (computed
-    # here from the image files; the product reads its 320-pixel thumbnails, the same at 32 x 32). Pairs among the
-    # injected broken photos are left out: identical placeholders are duplicates too, but not the copies counted.
+    # Near-duplicates: pairs of products. The vectors' candidates, pre-selected by the photos' small fingerprints
+    # and judged by the registered photos' largest difference (read here from the image files; the product reads
+    # its 320-pixel thumbnails, the same at 96 pixels). Left out of the counts: pairs among the injected broken
+    # photos (identical placeholders are duplicates too, but not the copies counted) and pairs of original
+    # products with byte-identical images (the same picture under two ids: a duplicate by any measure, raised
+    # as an exact copy, and no copy injected here).
+    digests: dict[str, list[int]] = {}
+    for pid in ids.tolist():
+        digests.setdefault(hashlib.sha256(catalog.images[pid].read_bytes()).hexdigest(), []).append(pid)
+    hash_pairs = {tuple(sorted((a, b))) for g in digests.values() for a in g for b in g if a < b}
+    identical = {p for p in hash_pairs - truth if p[0] not in catalog.broken and p[1] not in catalog.broken}
+
     def evaluated(found: set) -> set:
-        return {p for p in found if p[0] not in catalog.broken and p[1] not in catalog.broken}
+        return {p for p in found if p[0] not in catalog.broken and p[1] not in catalog.broken} - identical
 
-    candidates, cnn = health.candidate_pairs(result=result, duplicate_cosine=0.80)
+    candidates, cnn = health.candidate_pairs(result=result, duplicate_cosine=health.DUPLICATE_COSINE)
+    listed = [tuple(p) for p in candidates.tolist()]
     started = time.perf_counter()
     prints = {pid: health.photo_fingerprint(catalog.images[pid]) for pid in np.unique(candidates).tolist()}
     out["fingerprint_seconds"] = round(time.perf_counter() - started, 1)
-    pixels = health.pairs_verify(pairs=candidates, fingerprints=prints)
-    listed = [tuple(p) for p in candidates.tolist()]
-    sweep = []
-    for threshold in (0.92, 0.93, 0.94, 0.945, 0.95, 0.96, 0.97):
-        found = evaluated(
-            {p for p, c, x in zip(listed, cnn, pixels, strict=True) if c >= health.DUPLICATE_COSINE and x >= threshold}
-        )
-        sweep.append((threshold, len(found & truth), len(found), len(truth), len(found & catalog.same_subject)))
-    out["duplicate_sweep_pixels"] = sweep
+    prefilter = health.pairs_verify(pairs=candidates, fingerprints=prints)
+    chosen = health.pairs_to_compare(
+        pairs=candidates, prefilter=prefilter, minimum=health.DUPLICATE_PREFILTER, limit=health.MAX_COMPARED
+    )
+    photo = functools.lru_cache(maxsize=4096)(lambda pid: photo_read(catalog.images[pid]))
+    started = time.perf_counter()
+    difference = health.pairs_compare(pairs=candidates[chosen], photo=photo)
+    seconds = time.perf_counter() - started
+    out["compare"] = {
+        "pairs": len(chosen),
+        "seconds": round(seconds, 1),
+        "ms_per_pair": round(1000 * seconds / max(1, len(chosen)), 2),
+    }
+    compared = [listed[i] for i in chosen.tolist()]
+
+    def found_at(threshold: float, half: int | None = None) -> tuple[int, int, int]:
+        found = evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= threshold})
+        wanted = truth
+        if half is not None:  # two halves of every pair, true or not, by the parity of the ids' sum
+            found = {p for p in found if sum(p) % 2 == half}
+            wanted = {p for p in truth if sum(p) % 2 == half}
+        return len(found & wanted), len(found), len(wanted)
+
+    sweep = [(t, *found_at(t, 0), *found_at(t, 1)) for t in range(4, 62, 2)]
+    out["duplicate_sweep_difference"] = sweep  # threshold, (hits, found, truth) on half 0, then on half 1
+    # The threshold is chosen on half 0 (the smallest with the best min(precision, recall)) and reported on half 1.
+    best = max(sweep, key=lambda row: (min(row[1] / max(1, row[2]), row[1] / max(1, row[3])), -row[0]))
+    hits, found, wanted = found_at(health.DUPLICATE_DIFFERENCE, 1)
+    all_hits, all_found, all_wanted = found_at(health.DUPLICATE_DIFFERENCE)
+    same = evaluated(
+        {p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE}
+    )
+    out["duplicates"] = {
+        "threshold": (health.DUPLICATE_COSINE, health.DUPLICATE_PREFILTER, health.DUPLICATE_DIFFERENCE),
+        "best_on_half_0": best[0],
+        "precision_half_1": share(hits, found),
+        "recall_half_1": share(hits, wanted),
+        "precision": share(all_hits, all_found),
+        "recall": share(all_hits, all_wanted),
+        "false_pairs": [p for p in sorted(same - truth)][:20],
+        "false_pairs_same_drawing": sum(  # aligned difference at most 4: one drawing, placed or scaled otherwise
+            1 for p, d in zip(compared, difference.tolist(), strict=True) if d <= 4 and p in same - truth
+        ),
+        "missed": sorted(truth - same)[:20],
+        "same_emoji_other_vendor_flagged": len(same & catalog.same_subject),
+        "candidates_holding_copies": share(len(set(listed) & truth), len(truth)),
+        "prefiltered_holding_copies": share(len(set(compared) & truth), len(truth)),
+        "identical_originals_left_out": len(identical),
+    }
+    # The rule before: the 32 x 32 fingerprint's cosine at least 0.945 among the vector's pairs above 0.84.
+    before = evaluated(
+        {p for p, c, x in zip(listed, cnn, prefilter, strict=True) if c >= 0.84 and x >= 0.945}  # noqa: PLR2004
+    )
+    out["duplicates_fingerprint_0945"] = {
+        "precision": share(len(before & truth), len(before)),
+        "recall": share(len(before & truth), len(truth)),
+    }
     vector_only = []
     for threshold in (0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98):
-        found = evaluated({p for p, c in zip(listed, cnn, strict=True) if c >= threshold})
-        vector_only.append((threshold, len(found & truth), len(found), len(truth), len(found & catalog.same_subject)))
+        found_v = evaluated({p for p, c in zip(listed, cnn, strict=True) if c >= threshold})
+        vector_only.append((threshold, len(found_v & truth), len(found_v), len(truth)))
     out["duplicate_sweep_vector_only"] = vector_only
-    chosen = evaluated(
-        {
-            p
-            for p, c, x in zip(listed, cnn, pixels, strict=True)
-            if c >= health.DUPLICATE_COSINE and x >= health.DUPLICATE_PIXELS
-        }
-    )
-    hits = len(chosen & truth)
-    out["duplicates"] = {
-        "threshold": (health.DUPLICATE_COSINE, health.DUPLICATE_PIXELS),
-        "precision": share(hits, len(chosen)),
-        "recall": share(hits, len(truth)),
-        "same_emoji_other_vendor_flagged": len(chosen & catalog.same_subject),
-        "candidates_holding_copies": share(len(set(listed) & truth), len(truth)),
-    }
     # The simplest alternative: identical bytes. Every copy was re-encoded, so it finds none of them.
-    digests: dict[str, list[int]] = {}
-    for pid in ids.tolist():
-        digests.setdefault(__import__("hashlib").sha256(catalog.images[pid].read_bytes()).hexdigest(), []).append(pid)
-    hash_pairs = {tuple(sorted((a, b))) for g in digests.values() for a in g for b in g if a < b}
     out["duplicates_by_hash"] = {"recall": share(len(hash_pairs & truth), len(truth)), "pairs": len(hash_pairs)}
 
-    # Suspect labels (articleType): ranked by confidence.
+    # Suspect labels (articleType): ranked by the likelihood ratio.
     order = np.argsort(ids)
     pos = np.searchsorted(ids[order], result.neighbour_ids.clip(min=0))
     neighbour_rows = np.where(result.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
     labels = [catalog.article[pid] for pid in ids.tolist()]
-    suspects = health.label_suspects(
-        labels=labels, neighbour_rows=neighbour_rows, neighbour_cosines=result.neighbour_cosines
-    )
-    flagged = [int(ids[s.row]) for s in suspects]
     flips = set(catalog.flipped)
-    top = flagged[:100]
-    out["labels"] = {
-        "min_share": health.LABEL_MIN_SHARE,
-        "flagged": len(flagged),
-        "precision_at_100": share(len(set(top) & flips), len(top)),
-        "p100": len(set(top) & flips) / len(top) if top else float("nan"),
-        "recall": share(len(set(flagged) & flips), len(flips)),
-        "precision_all": share(len(set(flagged) & flips), len(flagged)),
-        "suggested_right": share(
-            sum(1 for s in suspects if int(ids[s.row]) in flips and s.suggested == catalog.flipped[int(ids[s.row])][0]),
-            len(set(flagged) & flips),
-        ),
-    }
+
+    def ranked(suspects: list, key: str) -> dict:
+        flagged = [int(ids[s.row]) for s in suspects]
+        top = flagged[:100]
+        return {
+            "flagged": len(flagged),
+            "precision_at_100": share(len(set(top) & flips), len(top)),
+            "p100": len(set(top) & flips) / len(top) if top else float("nan"),
+            "recall": share(len(set(flagged) & flips), len(flips)),
+            "precision_all": share(len(set(flagged) & flips), len(flagged)),
+            "suggested_right": share(
+                sum(
+                    1
+                    for s in suspects
+                    if int(ids[s.row]) in flips and s.suggested == catalog.flipped[int(ids[s.row])][0]
+                ),
+                len(set(flagged) & flips),
+            ),
+            "rule": key,
+        }
+
+    suspects = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows)
+    out["labels"] = ranked(suspects, f"likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
+    everything = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, min_ratio=0.0)
+    out["labels_ratio_sweep"] = [
+        (t, *(lambda f: (len(f & flips), len(f)))({int(ids[s.row]) for s in everything if s.ratio >= t}))
+        for t in (0, 2, 5, 8, 10, 12, 15, 20, 30)
+    ]  # threshold, flips raised, raised
+    # The rule before: at least 70 % of the ten nearest carry one other label, ranked by (share - own share).
+    out["labels_majority_70"] = ranked(_majority_suspects(labels, neighbour_rows), "70 % of the 10 nearest")
     # The simplest alternative: flag a product whose single nearest neighbour carries another type.
     one = [
         (float(result.neighbour_cosines[i, 0]), int(ids[i]))
@@ -382,64 +465,153 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     return out
 
 
+@dataclass(frozen=True)
+class _Majority:
+    row: int
+    suggested: str
+
+
+def _majority_suspects(labels: list[str], neighbour_rows: np.ndarray, min_share: float = 0.7) -> list[_Majority]:
+    """The rule the scan used before: rows where at least ``min_share`` of the labelled neighbours agree on another
+    label, ranked by that share minus the share carrying the row's own label."""
+    out = []
+    for row, neighbours in enumerate(neighbour_rows.tolist()):
+        votes = [labels[j] for j in neighbours if j >= 0 and labels[j]]
+        if not labels[row] or len(votes) * 2 < len(neighbours):
+            continue
+        top, count = max(((v, votes.count(v)) for v in set(votes)), key=lambda vc: (vc[1], vc[0]))
+        if top != labels[row] and count / len(votes) >= min_share:
+            out.append((count / len(votes) - votes.count(labels[row]) / len(votes), row, top))
+    out.sort(key=lambda x: (-x[0], x[1]))
+    return [_Majority(row=row, suggested=top) for _, row, top in out]
+
+
 # --- Timing at 44k -----------------------------------------------------------------------------------------------
 
 
 def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
-    """The scan over ``n`` synthetic clustered unit vectors, memory-mapped as the build holds them, in a child."""
-    from bench.common import synthetic_vectors
+    """The whole scan at ``n`` products, as ``health_scan_run`` runs it, in a child process (its peak memory alone).
 
+    Vector part: ``n`` synthetic clustered unit vectors memory-mapped as the build holds them, scanned as
+    ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
+    judged from those neighbours. Pixel part, at its bound: every product's thumbnail read once for its
+    fingerprint (as if every product were a duplicate candidate) and MAX_COMPARED pairs registered, each
+    photo read again (the cache missing every time): per-read and per-pair costs measured on real drawn
+    thumbnails (320 pixels, a product and a resized, cropped copy of another's).
+    """
+    from bench.common import synthetic_vectors
+    from bench.realscale import _split_line
+
+    lines = [line for line in STYLES.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    fields = [f for f in (_split_line(line) for line in lines) if len(f) >= 10][:n]
+    drawn = sorted((CACHE / "drawn-5000-26" / "images").glob("*.jpg"))[:400]
+    if not drawn:
+        raise SystemExit("the timing reads drawn thumbnails: run the drawn catalog first (--catalogs drawn)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vectors.npy"
         np.save(path, synthetic_vectors(n, dim, queries=0, seed=SEED).vectors)
-        code = (
-            "import json, resource, sys, time\n"
-            "import numpy as np\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "from recommender.scan import vectors_scan\n"
-            f"v = np.load({str(path)!r}, mmap_mode='r')\n"
-            "ids = np.arange(len(v), dtype=np.int64)\n"
-            "before = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-            "t = time.perf_counter()\n"
-            "c = resource.getrusage(resource.RUSAGE_SELF)\n"
-            "r = vectors_scan(vectors=v, product_ids=ids, k=10, duplicate_cosine=0.84)\n"
-            "s = time.perf_counter() - t\n"
-            "e = resource.getrusage(resource.RUSAGE_SELF)\n"
-            "cpu = e.ru_utime - c.ru_utime + e.ru_stime - c.ru_stime\n"
-            "peak = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-            "print(json.dumps({'seconds': round(s, 1), 'cpu_seconds': round(cpu, 1), 'pairs': len(r.pairs), "
-            "'peak_rss_mib': round(peak / 1024), "
-            "'rss_before_mib': round(before / 1024)}))\n"
+        labels = Path(tmp) / "labels.json"
+        labels.write_text(json.dumps([[f[4], f[2], f[5]] for f in fields] + [["", "", ""]] * (n - len(fields))))
+        thumbs = Path(tmp) / "thumbs"
+        thumbs.mkdir()
+        rng = random.Random(SEED)
+        for i in range(len(drawn)):
+            with Image.open(drawn[i - i % 2]) as image:
+                image = image.convert("RGB")
+                if i % 2:  # every other one a copy of the one before: cropped, resized, re-encoded
+                    image = Image.open(io.BytesIO(_copy(image, rng)))
+                image.thumbnail((320, 320))
+                image.save(thumbs / f"{i}.jpg", "JPEG", quality=85)
+        log(f"scanning {n} x {dim} (memory-mapped, in a child process), labels and pixels as the scan does")
+        done = subprocess.run(
+            [sys.executable, "-c", _TIMING_CHILD, str(ROOT), str(path), str(labels), str(thumbs)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        log(f"scanning {n} x {dim} (memory-mapped, in a child process)")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     out.update({"n": n, "dim": dim, "vectors_mib": round(n * dim * 4 / 2**20)})
-    # The pixel check reads each candidate's 320-pixel thumbnail: timed on 2,000 drawn real rows' thumbnails
-    # and scaled to every product of the catalog being a candidate (the bound).
-    from gallery import catalog_health as health
-
-    drawn = sorted((CACHE / "drawn-5000-26" / "images").glob("*.jpg"))[:2000]
-    if drawn:
-        thumbs = []
-        for path in drawn:
-            with Image.open(path) as image:
-                image.thumbnail((320, 320))
-                buffer = io.BytesIO()
-                image.convert("RGB").save(buffer, "JPEG", quality=85)
-                thumbs.append(buffer.getvalue())
-        started = time.perf_counter()
-        for data in thumbs:
-            health.photo_fingerprint(io.BytesIO(data))
-        per = (time.perf_counter() - started) / len(thumbs)
-        out.update({"fingerprint_ms": round(per * 1000, 2), "fingerprints_all_seconds": round(per * n, 1)})
     out["load_average"] = os.getloadavg()
     return out
 
 
+_TIMING_CHILD = """
+import functools, json, resource, sys, time
+from pathlib import Path
+import numpy as np
+root, vectors_path, labels_path, thumbs = sys.argv[1:5]
+sys.path.insert(0, root)
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import django
+django.setup()
+from gallery import catalog_health as health
+from gallery.health_photos import photo_read
+from recommender.api import SCAN_REDUCED_DIMS, SCAN_REDUCED_FROM
+from recommender.scan import vectors_scan
+
+
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def peak_mib():
+    return round(int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024)
+
+
+v = np.load(vectors_path, mmap_mode="r")
+ids = np.arange(len(v), dtype=np.int64) * 3 + 1
+out = {"rss_before_mib": peak_mib()}
+t, c = time.perf_counter(), cpu()
+r = vectors_scan(vectors=v, product_ids=ids, k=health.NEIGHBOURS, duplicate_cosine=health.DUPLICATE_COSINE,
+                 reduce_to=SCAN_REDUCED_DIMS if len(ids) >= SCAN_REDUCED_FROM else None)
+pairs, _ = health.candidate_pairs(result=r, duplicate_cosine=health.DUPLICATE_COSINE)
+out["candidate_products"] = int(len(np.unique(pairs)))
+out["vector_seconds"], out["vector_cpu_seconds"] = round(time.perf_counter() - t, 1), round(cpu() - c, 1)
+out["candidate_pairs"] = len(pairs)
+out["peak_after_vectors_mib"] = peak_mib()
+t, c = time.perf_counter(), cpu()
+labels = json.loads(Path(labels_path).read_text())
+order = np.argsort(ids)
+pos = np.searchsorted(ids[order], r.neighbour_ids.clip(min=0))
+rows = np.where(r.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
+raised = sum(len(health.label_suspects(labels=[x[i] for x in labels], neighbour_rows=rows)) for i in range(3))
+out["label_seconds"], out["label_cpu_seconds"], out["labels_raised"] = (
+    round(time.perf_counter() - t, 1), round(cpu() - c, 1), raised)
+files = sorted(Path(thumbs).glob("*.jpg"), key=lambda p: int(p.stem))
+from concurrent.futures import ThreadPoolExecutor
+t, c = time.perf_counter(), cpu()
+photos = [photo_read(f) for f in files]
+read = (time.perf_counter() - t) / len(files)
+t = time.perf_counter()
+with ThreadPoolExecutor(max_workers=health.READERS) as pool:  # as the scan reads the candidates' fingerprints
+    list(pool.map(photo_read, files))
+read_pooled = (time.perf_counter() - t) / len(files)
+out["read_pooled_ms"] = round(read_pooled * 1000, 2)
+pairs_local = [(i, i + 1) for i in range(0, len(files) - 1, 2)] + [(i, i + 3) for i in range(0, len(files) - 3, 2)]
+t = time.perf_counter()
+diff = health.pairs_compare(pairs=np.array(pairs_local), photo=lambda i: photos[i])
+per_pair = (time.perf_counter() - t) / len(pairs_local)
+n = len(ids)
+out.update({
+    "read_ms": round(read * 1000, 2), "compare_ms": round(per_pair * 1000, 2),
+    "copies_matched": int((diff[: len(files) // 2] <= health.DUPLICATE_DIFFERENCE).sum()), "copies": len(files) // 2,
+    "pixel_bound_seconds": round(n * read_pooled + health.MAX_COMPARED * (per_pair + 2 * read), 1),
+    "pixel_seconds_these_candidates": round(
+        out["candidate_products"] * read_pooled + min(health.MAX_COMPARED, len(pairs)) * (per_pair + 2 * read), 1),
+})
+out["peak_rss_mib"] = peak_mib()
+out["bound_total_seconds"] = round(out["vector_seconds"] + out["label_seconds"] + out["pixel_bound_seconds"], 1)
+out["total_seconds_these_candidates"] = round(
+    out["vector_seconds"] + out["label_seconds"] + out["pixel_seconds_these_candidates"], 1)
+print(json.dumps(out))
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogs", default="drawn,art", help="comma-separated: drawn, art")
+    parser.add_argument("--catalogs", default="drawn,art", help="comma-separated: drawn, art, art-full")
     parser.add_argument("--rows", type=int, default=5000, help="real rows drawn (default 5000)")
     parser.add_argument("--timing", action="store_true", help="time the scan at --n x --dim instead")
     parser.add_argument("--n", type=int, default=44_446)
@@ -460,8 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         log(json.dumps(results[-1]))
     else:
         for name in args.catalogs.split(","):
-            catalog = _drawn(args.rows, log) if name == "drawn" else _art(log)
-            label = f"real-rows-{args.rows}" if name == "drawn" else "art-small"  # drawn-*: the earlier drawing
+            if name not in {"drawn", "art", "art-full"}:
+                raise SystemExit(f"unknown catalog {name!r}: drawn, art or art-full")
+            catalog = (
+                _drawn(args.rows, log) if name == "drawn" else _art(log, "full" if name == "art-full" else "small")
+            )
+            # drawn-*: the earlier drawing (before the lab's one drawer), kept apart
+            label = f"real-rows-{args.rows}" if name == "drawn" else ("art-full" if name == "art-full" else "art-small")
             cache = CACHE / "vectors" / f"{label}-{SEED}.npz"
             ids, vectors = _vectors(catalog, cache, log)
             results.append(measure(catalog, ids, vectors, log))

@@ -14,10 +14,12 @@ catalogs where the truth is known (``bench/health_quality.py``, docs/quality.md)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,24 +29,31 @@ from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from gallery.health_photos import Photo, photo_read, photos_difference
 from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthScan, Product
 from recommender import api
 
 logger = logging.getLogger(__name__)
 
-# Near-duplicates in two steps, both chosen on measured data (docs/quality.md). The image vector proposes:
-# a re-encoded, resized or lightly cropped copy stays above this cosine with its original (the vector is
-# about what a photo shows, so look-alike products pass too). The photos' own pixels decide: a small
-# fingerprint of each candidate's thumbnail (the product cut from its white background, 32 x 32 RGB) must
-# agree above DUPLICATE_PIXELS.
-DUPLICATE_COSINE = 0.84
-DUPLICATE_PIXELS = 0.945
-FINGERPRINT_SIDE = 32
-# A photo whose fingerprint pixels spread less than this (root mean square, 0-255) is blank: one colour.
-BLANK_RMS = 4.0
+# Near-duplicates in three steps, each chosen on measured data (docs/quality.md). The image vector proposes:
+# a re-encoded, resized or lightly cropped copy stays above DUPLICATE_COSINE with its original (the vector is
+# about what a photo shows, so look-alike products pass too). A small fingerprint of each candidate's thumbnail
+# (the product cut from its background, 32 x 32 RGB) drops pairs that are plainly different pictures
+# (cosine under DUPLICATE_PREFILTER; at most MAX_COMPARED pairs go on, the most alike first). The photos
+# registered onto each other decide: a copy differs from its original by noise everywhere, a look-alike
+# strongly in one place, so the largest aligned difference must be at most DUPLICATE_DIFFERENCE (0-255).
+DUPLICATE_COSINE = 0.80
+DUPLICATE_PREFILTER = 0.5
+DUPLICATE_DIFFERENCE = 24.0
+MAX_COMPARED = 5_000
+# Threads reading the candidates' thumbnails for their fingerprints.
+READERS = 2
 NEIGHBOURS = 10
-# A label is suspect when at least this share of the product's look-alikes agree on another value.
-LABEL_MIN_SHARE = 0.7
+# A label is suspect when its look-alikes' labels are at least e**LABEL_MIN_RATIO times likelier under another
+# label's usual neighbours than under its own's (``label_suspects``); LABEL_SMOOTHING pseudo-counts toward the
+# catalog-wide neighbour labels keep rare labels from looking certain.
+LABEL_MIN_RATIO = 10.0
+LABEL_SMOOTHING = 2.0
 # An image is an outlier when its mean cosine to its NEIGHBOURS nearest products is below 1 - this (above the
 # 99.9th percentile of both measured catalogs, so a clean catalog raises a handful at most).
 OUTLIER_ISOLATION = 0.6
@@ -73,66 +82,78 @@ class HealthActionRefused(Exception):
 class LabelSuspect:
     row: int
     suggested: str
+    ratio: float  # natural log of how much likelier the neighbours' labels are under ``suggested`` than the own label
     share: float  # of the neighbours carrying a label, the share that carry ``suggested``
     votes: int
-    cosine: float  # the mean cosine of the neighbours that agree
     own_share: float  # of the same neighbours, the share that carry the product's own label
 
     @property
     def confidence(self) -> float:
-        # A label none of its look-alikes carries is more suspect than one a few share (a rarer type among a
-        # common one's look-alikes, such as kurtas among shirts): measured, this ranks flipped labels higher.
-        return (self.share - self.own_share) * self.cosine
+        return self.ratio
 
 
 def label_suspects(
     *,
     labels: Sequence[str],
     neighbour_rows: np.ndarray,
-    neighbour_cosines: np.ndarray,
-    min_share: float = LABEL_MIN_SHARE,
+    min_ratio: float = LABEL_MIN_RATIO,
+    smoothing: float = LABEL_SMOOTHING,
 ) -> list[LabelSuspect]:
-    """Rows whose neighbours' majority label differs from their own, most confident first.
+    """Rows whose neighbours' labels are much likelier under another label than under their own, likeliest first.
 
-    ``neighbour_rows`` (n, k) holds row numbers into ``labels`` (-1: none); neighbours with an empty label do
-    not vote, and a row needs votes from at least half its k neighbours. Vectorised: (n, k, k) comparisons.
+    Calibrated by the catalog itself: for each label L, ``p_L`` is the distribution of the labels of the
+    neighbours of the products labelled L (smoothed toward the catalog-wide one by ``smoothing`` pseudo-counts;
+    a row's own neighbours are left out of its own label's). A row labelled L whose neighbours carry the labels
+    ``c`` is suspect when ``log p_M(c) - log p_L(c)`` (multinomial) is at least ``min_ratio`` for some other label
+    M, suggesting the likeliest M. Types that always look like another (kurtas near shirts) carry that look in
+    their own ``p_L`` and are not raised; a product whose look-alikes fit another type's pattern is.
+    ``neighbour_rows`` (n, k) holds row numbers into ``labels`` (-1: none); neighbours with an empty label do not
+    count, and a row needs labelled neighbours for at least half its k. Vectorised: (n, T) and (T, T) arrays for T
+    labels.
     """
     n, k = neighbour_rows.shape
-    values, codes = np.unique(np.asarray(list(labels) + [""], dtype=object).astype(str), return_inverse=True)
+    values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
     empty = int(codes[-1])
     codes = codes[:-1]
+    size = len(values)
     votes = np.where(neighbour_rows >= 0, codes[neighbour_rows.clip(min=0)], empty)
-    valid = votes != empty
-    agree = (votes[:, :, None] == votes[:, None, :]) & valid[:, None, :] & valid[:, :, None]
-    counts = agree.sum(axis=2)  # for each neighbour, how many neighbours share its label
-    best = counts.argmax(axis=1)
-    best_count = counts[np.arange(n), best]
-    best_code = votes[np.arange(n), best]
-    voters = valid.sum(axis=1)
-    share = np.divide(best_count, voters, out=np.zeros(n), where=voters > 0)
-    flagged = np.nonzero((voters * 2 >= k) & (share >= min_share) & (best_code != codes) & (best_code != empty))[0]
-    own = ((votes == codes[:, None]) & valid).sum(axis=1)
-    out = []
-    for row in flagged.tolist():
-        mask = votes[row] == best_code[row]
-        out.append(
-            LabelSuspect(
-                row=row,
-                suggested=str(values[best_code[row]]),
-                share=float(share[row]),
-                votes=int(best_count[row]),
-                cosine=float(np.nanmean(neighbour_cosines[row][mask])),
-                own_share=float(own[row] / voters[row]),
-            )
+    counts = np.zeros((n, size))
+    np.add.at(counts, (np.repeat(np.arange(n), k), votes.ravel()), 1.0)
+    counts[:, empty] = 0.0
+    by_label = np.zeros((size, size))
+    np.add.at(by_label, codes, counts)  # by_label[L, j]: neighbours labelled j of the products labelled L
+    overall = by_label.sum(axis=0) + 1.0
+    prior = smoothing * overall / overall.sum()
+    log_p = np.log((by_label + prior) / (by_label.sum(axis=1, keepdims=True) + smoothing))
+    likelihood = counts @ log_p.T  # (n, T): log-likelihood of each row's neighbour labels under each label
+    own = by_label[codes] - counts  # the own label's counts without the row itself
+    own_likelihood = (counts * np.log((own + prior) / (own.sum(axis=1, keepdims=True) + smoothing))).sum(axis=1)
+    likelihood[np.arange(n), codes] = -np.inf
+    likelihood[:, empty] = -np.inf
+    likelihood[:, np.bincount(codes, minlength=size) == 0] = -np.inf  # a label no product carries is not suggested
+    best = likelihood.argmax(axis=1)
+    ratio = likelihood[np.arange(n), best] - own_likelihood
+    voters = counts.sum(axis=1)
+    flagged = np.nonzero((codes != empty) & (voters * 2 >= k) & np.isfinite(ratio) & (ratio >= min_ratio))[0]
+    out = [
+        LabelSuspect(
+            row=row,
+            suggested=str(values[best[row]]),
+            ratio=float(ratio[row]),
+            share=float(counts[row, best[row]] / voters[row]),
+            votes=int(counts[row, best[row]]),
+            own_share=float(counts[row, codes[row]] / voters[row]),
         )
-    out.sort(key=lambda s: (-s.confidence, s.row))
+        for row in flagged.tolist()
+    ]
+    out.sort(key=lambda s: (-s.ratio, s.row))
     return out
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
     product_ids: list[int]
-    confidence: float  # the lowest pixel-fingerprint cosine among the group's linked pairs (1.0 for an exact copy)
+    confidence: float  # the lowest agreement (1 - aligned difference / 255) among the group's links (1.0: exact copy)
     exact: bool  # every product of the group has the same image bytes
 
 
@@ -160,29 +181,10 @@ def duplicate_groups(*, pairs: np.ndarray, pair_cosines: np.ndarray, hashes: dic
 
 
 def photo_fingerprint(source: object) -> np.ndarray | None:
-    """A photo's pixel fingerprint: the product cut from its near-white background, FINGERPRINT_SIDE square in RGB,
-    centred and of unit length; None when the file cannot be read; all zeros for a blank photo (one colour: its
-    pixels' spread under BLANK_RMS). ``source`` is a path or an open binary file.
-
-    JPEGs are decoded at reduced scale (a 320-pixel thumbnail in about a millisecond).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(source) as image:
-            image.draft("RGB", (FINGERPRINT_SIDE * 4, FINGERPRINT_SIDE * 4))
-            image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-    box = image.convert("L").point(lambda v: 255 if v < 235 else 0).getbbox()
-    if box:
-        image = image.crop(box)
-    pixels = np.asarray(image.resize((FINGERPRINT_SIDE, FINGERPRINT_SIDE), Image.Resampling.BOX), dtype=np.float32)
-    pixels = pixels.ravel() - pixels.mean()
-    norm = float(np.linalg.norm(pixels))
-    if norm < BLANK_RMS * np.sqrt(pixels.size):
-        return np.zeros_like(pixels)
-    return pixels / norm
+    """A photo's small fingerprint (``health_photos.photo_read``); None when the file cannot be read, all zeros
+    for a blank photo (one colour). ``source`` is a path or an open binary file."""
+    photo = photo_read(source)
+    return None if photo is None else photo.fingerprint
 
 
 def candidate_pairs(*, result: object, duplicate_cosine: float) -> tuple[np.ndarray, np.ndarray]:
@@ -210,6 +212,39 @@ def pairs_verify(*, pairs: np.ndarray, fingerprints: dict[int, np.ndarray | None
         fa, fb = fingerprints.get(a), fingerprints.get(b)
         if fa is not None and fb is not None:
             out[i] = float(fa @ fb)
+    return out
+
+
+def pairs_to_compare(*, pairs: np.ndarray, prefilter: np.ndarray, minimum: float, limit: int) -> np.ndarray:
+    """Indices of the pairs worth registering: fingerprint cosine at least ``minimum`` and, past ``limit``, those
+    nearest the top of their products' own lists first (each product's most alike partner, then its second...;
+    ties by cosine), so that a copy is not crowded out by a family of look-alikes elsewhere. In pair order
+    (consecutive pairs share their first photo, so a small cache of photos serves them)."""
+    keep = np.nonzero(np.nan_to_num(prefilter, nan=-1.0) >= minimum)[0]
+    if len(keep) > limit:
+        value = prefilter[keep]
+        rank = np.full(len(keep), np.iinfo(np.int64).max, dtype=np.int64)
+        for side in (0, 1):  # each pair's rank in its product's list, most alike first; the better of its two
+            product = pairs[keep, side]
+            order = np.lexsort((-value, product))
+            first = np.r_[0, np.flatnonzero(np.diff(product[order])) + 1]
+            within = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+            mine = np.empty(len(keep), dtype=np.int64)
+            mine[order] = within
+            rank = np.minimum(rank, mine)
+        keep = keep[np.lexsort((-value, rank))[:limit]]
+    return np.sort(keep)
+
+
+def pairs_compare(*, pairs: np.ndarray, photo: Callable[[int], Photo | None]) -> np.ndarray:
+    """The aligned difference (``health_photos.photos_difference``, 0-255) of each pair; inf where a photo is
+    unreadable or blank, or the two views cannot be one photo and a light crop of it."""
+    out = np.full(len(pairs), np.inf, dtype=np.float32)
+    for i, (a, b) in enumerate(pairs.tolist()):
+        pa, pb = photo(a), photo(b)
+        match = photos_difference(pa, pb) if pa is not None and pb is not None else None
+        if match is not None and match.same_view:
+            out[i] = match.difference
     return out
 
 
@@ -292,9 +327,9 @@ def health_scan_run(
     *,
     scan: HealthScan,
     duplicate_cosine: float = DUPLICATE_COSINE,
-    duplicate_pixels: float = DUPLICATE_PIXELS,
+    duplicate_difference: float = DUPLICATE_DIFFERENCE,
     k: int = NEIGHBOURS,
-    label_min_share: float = LABEL_MIN_SHARE,
+    label_min_ratio: float = LABEL_MIN_RATIO,
     outlier_isolation: float = OUTLIER_ISOLATION,
     progress: Callable[[int, int], None] | None = None,
 ) -> HealthScan:
@@ -313,8 +348,8 @@ def health_scan_run(
         findings = _findings(
             result=result,
             duplicate_cosine=duplicate_cosine,
-            duplicate_pixels=duplicate_pixels,
-            label_min_share=label_min_share,
+            duplicate_difference=duplicate_difference,
+            label_min_ratio=label_min_ratio,
             outlier_isolation=outlier_isolation,
         )
         dismissed = set(HealthDismissal.objects.values_list("kind", "key"))
@@ -339,9 +374,9 @@ def health_scan_run(
                 counts={**counts, "pairs_truncated": result.pairs_truncated},
                 settings_used={
                     "duplicate_cosine": duplicate_cosine,
-                    "duplicate_pixels": duplicate_pixels,
+                    "duplicate_difference": duplicate_difference,
                     "neighbours": k,
-                    "label_min_share": label_min_share,
+                    "label_min_ratio": label_min_ratio,
                     "outlier_isolation": outlier_isolation,
                     "space": scanned.space,
                 },
@@ -361,8 +396,8 @@ def _findings(
     *,
     result: object,
     duplicate_cosine: float,
-    duplicate_pixels: float,
-    label_min_share: float,
+    duplicate_difference: float,
+    label_min_ratio: float,
     outlier_isolation: float,
 ) -> list[HealthFinding]:
     """Every finding of one scan, unsaved, most confident first within each kind."""
@@ -380,17 +415,29 @@ def _findings(
     pairs, _ = candidate_pairs(result=result, duplicate_cosine=duplicate_cosine)
     live = np.array([a in rows and b in rows for a, b in pairs.tolist()], dtype=bool).reshape(-1)
     pairs = pairs[live]
-    fingerprints = {pid: _thumbnail_fingerprint(rows[pid][-1]) for pid in np.unique(pairs).tolist()}
-    pixels = pairs_verify(pairs=pairs, fingerprints=fingerprints)
-    same = pixels >= duplicate_pixels
-    for group in duplicate_groups(pairs=pairs[same], pair_cosines=pixels[same], hashes=hashes):
+    candidates = np.unique(pairs).tolist()
+    with ThreadPoolExecutor(max_workers=READERS) as pool:  # decoding releases the GIL: reads overlap
+        fingerprints = dict(
+            zip(candidates, pool.map(lambda pid: _thumbnail_fingerprint(rows[pid][-1]), candidates), strict=True)
+        )
+    chosen = pairs_to_compare(
+        pairs=pairs,
+        prefilter=pairs_verify(pairs=pairs, fingerprints=fingerprints),
+        minimum=DUPLICATE_PREFILTER,
+        limit=MAX_COMPARED,
+    )
+    photo = functools.lru_cache(maxsize=4096)(lambda pid: _thumbnail_photo(rows[pid][-1]))
+    difference = pairs_compare(pairs=pairs[chosen], photo=photo)
+    same = difference <= duplicate_difference
+    agreement = 1.0 - difference[same] / 255.0  # 1: the registered photos agree pixel for pixel
+    for group in duplicate_groups(pairs=pairs[chosen][same], pair_cosines=agreement, hashes=hashes):
         out.append(
             HealthFinding(
                 kind=FindingKind.DUPLICATE,
                 key=_key(*group.product_ids),
                 product_ids=group.product_ids,
                 confidence=round(group.confidence, 4),
-                detail={"exact": group.exact},
+                detail={"exact": group.exact, "difference": round((1.0 - group.confidence) * 255.0, 1)},
             )
         )
 
@@ -407,8 +454,7 @@ def _findings(
         for suspect in label_suspects(
             labels=labels,
             neighbour_rows=neighbour_rows,
-            neighbour_cosines=result.neighbour_cosines,
-            min_share=label_min_share,
+            min_ratio=label_min_ratio,
         ):
             pid = int(ids[suspect.row])
             if pid not in rows:
@@ -427,6 +473,7 @@ def _findings(
                         "suggested": suspect.suggested,
                         "share": round(suspect.share, 3),
                         "votes": suspect.votes,
+                        "ratio": round(suspect.ratio, 2),
                         "neighbours": [int(x) for x in result.neighbour_ids[suspect.row] if x >= 0],
                     },
                 )
@@ -482,14 +529,19 @@ def _findings(
     return out
 
 
-def _thumbnail_fingerprint(name: str) -> np.ndarray | None:
+def _thumbnail_photo(name: str) -> Photo | None:
     if not name:
         return None
     try:
         with default_storage.open(name, "rb") as fh:
-            return photo_fingerprint(fh)
+            return photo_read(fh)
     except OSError:
         return None
+
+
+def _thumbnail_fingerprint(name: str) -> np.ndarray | None:
+    photo = _thumbnail_photo(name)
+    return None if photo is None else photo.fingerprint
 
 
 # --- Reading -------------------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from gallery import catalog_health
 from gallery.catalog import styles_read
+from gallery.health_photos import photo_read, photos_difference
 from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthScan, Product
 from gallery.services import catalog_import
 from recommender import services
@@ -94,7 +95,11 @@ def _scan() -> HealthScan:
 
 
 def _finding(scan: HealthScan, kind: str, product_id: int) -> HealthFinding | None:
-    return next((f for f in scan.findings.filter(kind=kind) if product_id in f.product_ids), None)
+    """The scan's finding of ``kind`` holding ``product_id``; for labels, the article type's."""
+    findings = scan.findings.filter(kind=kind)
+    if kind == FindingKind.LABEL:
+        findings = findings.filter(detail__field="article_type")
+    return next((f for f in findings if product_id in f.product_ids), None)
 
 
 # --- The engine's scan, on arrays --------------------------------------------------------------------------------
@@ -130,15 +135,77 @@ def test_the_block_scan_equals_all_pairs_and_never_holds_the_full_matrix():
     assert set(np.argsort(result.isolation)[:3].tolist()) == {17, 400, 2900}  # the copies are the least isolated
 
 
-def test_label_suspects_names_the_majority_and_its_share():
-    labels = ["Shirts"] + ["Tshirts"] * 8 + ["Shirts"] * 2
-    rows = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]] + [[0] * 10] * 10)
-    cos = np.full(rows.shape, 0.9, dtype=np.float32)
-    suspects = catalog_health.label_suspects(labels=labels, neighbour_rows=rows, neighbour_cosines=cos)
-    first = next(s for s in suspects if s.row == 0)
-    assert (first.suggested, first.votes, first.share, first.own_share) == ("Tshirts", 8, 0.8, 0.2)
-    # Rows whose look-alikes all disagree with them rank above one that two of them agree with.
-    assert suspects[-1].row == 0 and suspects[0].confidence > first.confidence
+def test_the_calibrated_label_rule_raises_a_flip_but_not_a_type_that_always_looks_like_another():
+    # Shirts and T-shirts look like their own kind; every kurta looks like shirts (8 of its 10 nearest are shirts,
+    # as drawn catalogs draw them). One T-shirt is labelled Shirts: its look-alikes are all T-shirts.
+    labels = ["Shirts"] * 40 + ["Tshirts"] * 40 + ["Kurtas"] * 20
+    shirts, tshirts, kurtas = range(40), range(40, 80), range(80, 100)
+    rng = np.random.default_rng(5)
+    rows = np.zeros((len(labels) + 1, 10), dtype=np.int64)
+    for row in shirts:
+        rows[row] = rng.choice([i for i in shirts if i != row], 10, replace=False)
+    for row in tshirts:
+        rows[row] = rng.choice([i for i in tshirts if i != row], 10, replace=False)
+    for row in kurtas:
+        others = rng.choice([i for i in kurtas if i != row], 2, replace=False)
+        rows[row] = np.concatenate([rng.choice(list(shirts), 8, replace=False), others])
+    labels.append("Shirts")  # the flip
+    rows[-1] = rng.choice(list(tshirts), 10, replace=False)
+
+    suspects = catalog_health.label_suspects(labels=labels, neighbour_rows=rows)
+    assert [(s.row, s.suggested) for s in suspects] == [(100, "Tshirts")]
+    assert (suspects[0].votes, suspects[0].share, suspects[0].own_share) == (10, 1.0, 0.0)
+    assert suspects[0].ratio >= catalog_health.LABEL_MIN_RATIO
+    # The rule it replaces (most of the ten nearest carry another label) raised every kurta.
+    assert all(sum(labels[j] == "Shirts" for j in rows[row]) >= 7 for row in kurtas)
+    # A product whose look-alikes carry no label, or too few of them, is not judged.
+    rows[-1, :6] = -1
+    assert catalog_health.label_suspects(labels=labels, neighbour_rows=rows) == []
+
+
+def _drawing(path: Path, *, detail: bool = False) -> Path:
+    """A flag-like drawing on white, as a catalog photo: three bands, and (``detail``) a star-sized disc."""
+    image = Image.new("RGB", (320, 320), "white")
+    draw = ImageDraw.Draw(image)
+    for i, colour in enumerate([(20, 140, 60), (250, 215, 40), (210, 30, 40)]):
+        draw.rectangle([40 + 80 * i, 70, 120 + 80 * i, 250], fill=colour)
+    if detail:
+        draw.ellipse([145, 140, 175, 170], fill=(20, 140, 60))
+    image.save(path, "JPEG", quality=92)
+    return path
+
+
+def test_a_resized_cropped_copy_is_one_photo_and_a_drawing_one_detail_apart_is_not(demo_dir, tmp_path):
+    flag = _drawing(tmp_path / "flag.jpg")
+    starred = _drawing(tmp_path / "starred.jpg", detail=True)
+    demo = sorted((demo_dir / "images").glob("*.jpg"))[:3]
+    for original in [flag, *demo]:
+        copy = tmp_path / f"copy-{original.name}"
+        copy.write_bytes(_resized_copy(original.read_bytes()))
+        match = photos_difference(photo_read(original), photo_read(copy))
+        assert match is not None and match.same_view, original
+        assert match.difference <= catalog_health.DUPLICATE_DIFFERENCE, (original, match)
+    # The one-detail drawing: its small fingerprint is nearly the copy's, the registered difference is not.
+    one, other = photo_read(flag), photo_read(starred)
+    assert float(one.fingerprint @ other.fingerprint) > 0.9
+    match = photos_difference(one, other)
+    assert match is not None and match.difference > 2 * catalog_health.DUPLICATE_DIFFERENCE
+    # A smaller drawing of the same shape (a small square against a large one) is not a crop of it.
+    small = Image.new("RGB", (320, 320), "white")
+    ImageDraw.Draw(small).rectangle([120, 120, 200, 200], fill=(20, 20, 20))
+    large = Image.new("RGB", (320, 320), "white")
+    ImageDraw.Draw(large).rectangle([40, 40, 280, 280], fill=(20, 20, 20))
+    small.save(tmp_path / "small.jpg")
+    large.save(tmp_path / "large.jpg")
+    match = photos_difference(photo_read(tmp_path / "small.jpg"), photo_read(tmp_path / "large.jpg"))
+    assert match is None or not match.same_view
+    # Blank or unreadable photos are never matched.
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    assert photo_read(tmp_path / "broken.jpg") is None
+    Image.new("RGB", (100, 100), "white").save(tmp_path / "white.jpg")
+    assert (
+        photo_read(tmp_path / "white.jpg").blank and photos_difference(one, photo_read(tmp_path / "white.jpg")) is None
+    )
 
 
 # --- The scan over a catalog ------------------------------------------------------------------------------------
@@ -166,7 +233,7 @@ def test_the_command_finds_the_copies_the_flipped_label_the_blank_and_the_missin
         if f.product_ids == [health_catalog["flipped"]] and f.detail["field"] == "article_type"
     )
     assert (label.detail["current"], label.detail["suggested"]) == ("Handbags", "Watches")
-    assert label.detail["share"] >= catalog_health.LABEL_MIN_SHARE
+    assert label.detail["ratio"] >= catalog_health.LABEL_MIN_RATIO and label.detail["share"] > 0.5
     # Only the flipped product's type is suspect.
     assert [f.product_ids for f in scan.findings.filter(kind=FindingKind.LABEL, detail__field="article_type")] == [
         [health_catalog["flipped"]]

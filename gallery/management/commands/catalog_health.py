@@ -12,6 +12,20 @@ def _unit(value: str) -> float:
     return number
 
 
+def _level(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 255.0:
+        raise ValueError(value)
+    return number
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number >= 0.0:
+        raise ValueError(value)
+    return number
+
+
 class Command(BaseCommand):
     help = (
         "Scan the catalog's published vectors for near-duplicates, suspect labels, outliers and products without a "
@@ -26,12 +40,14 @@ class Command(BaseCommand):
             help=f"image-vector cosine above which two photos are compared (default {catalog_health.DUPLICATE_COSINE})",
         )  # fmt: skip
         parser.add_argument(
-            "--duplicate-pixels", type=_unit, default=catalog_health.DUPLICATE_PIXELS,
-            help=f"fingerprint cosine above which two photos are one (default {catalog_health.DUPLICATE_PIXELS})",
+            "--duplicate-difference", type=_level, default=catalog_health.DUPLICATE_DIFFERENCE,
+            help="largest difference (0-255) of two registered photos that are one photo "
+            f"(default {catalog_health.DUPLICATE_DIFFERENCE})",
         )  # fmt: skip
         parser.add_argument(
-            "--label-share", type=_unit, default=catalog_health.LABEL_MIN_SHARE,
-            help=f"share of look-alikes that must agree on another label (default {catalog_health.LABEL_MIN_SHARE})",
+            "--label-ratio", type=_positive, default=catalog_health.LABEL_MIN_RATIO,
+            help="natural log of how much likelier a product's look-alikes' labels must be under another label than "
+            f"under its own (default {catalog_health.LABEL_MIN_RATIO})",
         )  # fmt: skip
         parser.add_argument(
             "--outlier-isolation", type=_unit, default=catalog_health.OUTLIER_ISOLATION,
@@ -39,7 +55,7 @@ class Command(BaseCommand):
             f"(default {catalog_health.OUTLIER_ISOLATION})",
         )  # fmt: skip
 
-    def handle(self, *args, background: bool, duplicate_cosine: float, duplicate_pixels: float, label_share: float,
+    def handle(self, *args, background: bool, duplicate_cosine: float, duplicate_difference: float, label_ratio: float,
                outlier_isolation: float, **options):  # fmt: skip
         if background:
             scan, created = catalog_health.health_scan_request()
@@ -50,8 +66,8 @@ class Command(BaseCommand):
             scan = catalog_health.health_scan_run(
                 scan=scan,
                 duplicate_cosine=duplicate_cosine,
-                duplicate_pixels=duplicate_pixels,
-                label_min_share=label_share,
+                duplicate_difference=duplicate_difference,
+                label_min_ratio=label_ratio,
                 outlier_isolation=outlier_isolation,
             )
         except SimilarityUnavailable as exc:
