@@ -363,19 +363,18 @@ def diversify(
     chosen = np.zeros(k, dtype=np.int64)
     kept = (1.0 - strength) * scores
     gain = kept.copy()  # the first pick is the best score alone
-    closest = np.zeros(n)
+    closest = np.full(n, -np.inf)
     for pick in range(k):
         best = int(np.argmax(gain))
         chosen[pick] = best
+        kept[best] = -np.inf  # never picked again
         similarity = vectors @ vectors[best]
         if colours is not None:
-            similarity = (1.0 - colour_weight) * similarity + colour_weight * (colours @ colours[best])
-        if pick == 0:
-            closest = similarity.astype(np.float64)
-        else:
-            np.maximum(closest, similarity, out=closest)
-        gain = kept - strength * closest
-        gain[chosen[: pick + 1]] = -np.inf
+            similarity *= 1.0 - colour_weight
+            similarity += colour_weight * (colours @ colours[best])
+        np.maximum(closest, similarity, out=closest)
+        np.multiply(closest, -strength, out=gain)
+        gain += kept
     return chosen
 
 
