@@ -147,7 +147,7 @@ def test_float16_order_finds_a_near_tie_that_float16_turns_round():
     vectors = rng.standard_normal((200, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     apart = float16_order(vectors, vectors, k=5, own=np.arange(200))["float16 rows, float32 product"]
-    assert apart["same_order"] == 1.0 and apart["recall_mean"] == 1.0
+    assert apart["same_order"] == apart["within_2k"] == apart["recall_mean"] == 1.0
     assert 0 < apart["score_diff_max"] < 1e-3 and apart["flipped_gap_max"] == 0.0
 
     # Two rows 1e-5 apart in cosine to the query, the closer one stored last: float16 cannot keep them apart.
@@ -157,7 +157,9 @@ def test_float16_order_finds_a_near_tie_that_float16_turns_round():
     near = np.stack(
         [0.9 * query + np.sqrt(1 - 0.81) * twin, (0.9 + 1e-5) * query + np.sqrt(1 - (0.9 + 1e-5) ** 2) * twin]
     )
-    tied = float16_order(np.vstack([vectors[1:], near]).astype(np.float32), query[None, :], k=2)
-    assert tied["float16 product (scores rounded to float16)"]["same_order"] == 0.0
-    assert tied["float16 product (scores rounded to float16)"]["same_set"] == 1.0
-    assert 0 < tied["float16 product (scores rounded to float16)"]["flipped_gap_max"] < 1e-4
+    rounded = float16_order(np.vstack([vectors[1:], near]).astype(np.float32), query[None, :], k=2)[
+        "float16 product (scores rounded to float16)"
+    ]
+    assert rounded["same_order"] == 0.0
+    assert rounded["same_set"] == rounded["within_2k"] == 1.0
+    assert 0 < rounded["flipped_gap_max"] < 1e-4
