@@ -14,6 +14,7 @@ recall@25 against exact search and the time of one query for:
 * PCA to 256 dimensions (fitted on up to 20k of the vectors), plain or whitened, indexed by Annoy
   (euclidean metric, 40 trees); recall is against exact search in the ORIGINAL space, and "exact in PCA
   space" shows the ceiling the projection itself allows;
+* vectors stored as float16 (``float16_order``): whether the exact top 25 keeps float32's order;
 * a precomputed top-25 table per product (an (N, 25) array in memory): the lookup, and the lookup plus
   the exact pass over fresh vectors that ``similar_products`` makes (500 of them, INDEX_REBUILD_DELTA),
   beside the served Annoy query plus the same pass. Its build (N exact queries) is timed on 500 rows and
@@ -343,6 +344,86 @@ def _measure(methods: list[Method], total: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+FLOAT16_WAYS = {
+    "float16 rows, float32 product": lambda rows, queries: queries @ rows.T,
+    "float16 product (scores rounded to float16)": lambda rows, queries: (queries @ rows.T).astype(np.float16),
+}
+
+
+def _top_in_order(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's top ``k`` columns by score, best first, equal scores by column (so float16 ties are ordered)."""
+    margin = min(scores.shape[1], k + 256)  # equal scores straddling the k-th are kept together, then ordered
+    part = np.argpartition(-scores, margin - 1, axis=1)[:, :margin]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1).astype(np.float32)), axis=-1)
+    return np.take_along_axis(part, order, axis=1)[:, :k]
+
+
+def float16_order(
+    vectors: np.ndarray, queries: np.ndarray, *, k: int = K, own: np.ndarray | None = None, chunk: int = 256
+) -> dict[str, dict[str, float]]:
+    """Whether stored float16 vectors keep each query's exact top-``k`` (cosine of unit rows) as float32 ranks it.
+
+    The rows and the queries (a click's query is a stored row) are rounded to float16, then scored each way of
+    FLOAT16_WAYS. ``own``: each query's own row, left out. Per way: the share of queries whose top ``k`` is the
+    same list in the same order, the same set, recall@k (mean, min), the share whose float32 top ``k`` lies in
+    the float16 top ``2k`` (so a float32 re-rank of those gives the exact list), the largest score difference
+    over the float32 top ``k``, and the largest float32 score gap of a pair the float16 scores put the other
+    way round.
+    """
+    rows16 = vectors.astype(np.float16).astype(np.float32)
+    queries16 = queries.astype(np.float16).astype(np.float32)
+    found = {way: {"same_order": 0, "same_set": 0, "recall": [], "within_2k": 0, "score_diff": 0.0,
+                   "flipped_gap": 0.0} for way in FLOAT16_WAYS}  # fmt: skip
+    for start in range(0, len(queries), chunk):
+        exact = queries[start : start + chunk] @ vectors.T
+        if own is not None:
+            exact[np.arange(len(exact)), own[start : start + chunk]] = -np.inf
+        truth = _top_in_order(exact, k)
+        for way, score in FLOAT16_WAYS.items():
+            scores = score(rows16, queries16[start : start + chunk]).astype(np.float32)
+            if own is not None:
+                scores[np.arange(len(scores)), own[start : start + chunk]] = -np.inf
+            wide = _top_in_order(scores, 2 * k)
+            top = wide[:, :k]
+            out = found[way]
+            for q in range(len(top)):
+                union = np.union1d(truth[q], top[q])
+                s32, s16 = exact[q, union], scores[q, union]
+                rank16 = np.argsort(np.lexsort((union, -s16)))  # the float16 order, equal scores by row
+                flipped = (s32[:, None] > s32[None, :]) & (rank16[:, None] > rank16[None, :])
+                out["same_order"] += int((top[q] == truth[q]).all())
+                out["same_set"] += int(len(union) == k)
+                out["recall"].append(len(np.intersect1d(truth[q], top[q])) / k)
+                out["within_2k"] += int(np.isin(truth[q], wide[q]).all())
+                out["score_diff"] = max(out["score_diff"], float(np.abs(s16 - s32).max()))
+                if flipped.any():
+                    out["flipped_gap"] = max(out["flipped_gap"], float((s32[:, None] - s32[None, :])[flipped].max()))
+    n = len(queries)
+    return {
+        way: {"queries": n, "same_order": out["same_order"] / n, "same_set": out["same_set"] / n,
+              "recall_mean": float(np.mean(out["recall"])), "recall_min": float(np.min(out["recall"])),
+              "within_2k": out["within_2k"] / n,
+              "score_diff_max": out["score_diff"], "flipped_gap_max": out["flipped_gap"]}
+        for way, out in found.items()
+    }  # fmt: skip
+
+
+def float16_table(title: str, result: dict[str, dict[str, float]], *, k: int = K) -> Table:
+    """float16_order's result as a table."""
+    table = Table(
+        title,
+        ["scores", "queries", f"same top {k}, in order", "same set", f"recall@{k} mean / min",
+         f"float32 top {k} in float16's top {2 * k}", "largest score difference",
+         "largest float32 gap of a flipped pair"],
+        note="rows and queries stored as float16; the reference is float32 cosine; equal scores ordered by row",
+    )  # fmt: skip
+    for way, r in result.items():
+        table.add(way, r["queries"], f"{r['same_order']:.3f}", f"{r['same_set']:.3f}",
+                  f"{r['recall_mean']:.4f} / {r['recall_min']:.2f}", f"{r['within_2k']:.3f}",
+                  f"{r['score_diff_max']:.1e}", f"{r['flipped_gap_max']:.1e}")  # fmt: skip
+    return table
+
+
 def _dataset(
     ctx: BenchContext, n: int, dim: int, *, trees: list[int], search_ks: list[int], queries: int, pca: bool
 ) -> dict:
@@ -359,6 +440,7 @@ def _dataset(
     data = synthetic_vectors(n, dim, queries=queries, seed=n + dim)
     truth, truth_scores = exact_top(data.vectors, data.queries, K)
     same_cluster = float((data.labels[truth] == data.query_labels[:, None]).mean())
+    float16 = float16_order(data.vectors, data.queries)
     directory = ctx.tmp / f"query-{n}-{dim}"
     budget = 2.0 if ctx.quick else 3.0
     phase("data")
@@ -426,6 +508,7 @@ def _dataset(
         "structure": structure,
         "pca": pca_info,
         "table": table_info,
+        "float16": float16,
         "phase_seconds": phases,
     }
 
@@ -530,6 +613,9 @@ def run(ctx: BenchContext) -> SectionResult:
             + f"Table build (all N) estimated from {d['table']['sample_rows']:,} rows."
         )
         result.tables.append(table)
+
+    for d in datasets:
+        result.tables.append(float16_table(f"float16 storage, N={d['n']:,}, {d['dim']}-d: exact top-25", d["float16"]))
 
     calibration = _calibration(ctx)
     if calibration is not None:

@@ -4,6 +4,8 @@
     nice -n 10 .venv/bin/python bench/served_shoppers.py --catalogs art-full   # every emoji (~4,700 products)
     nice -n 10 .venv/bin/python bench/served_shoppers.py --quick               # art 2,000 only, fewer paths
     .venv/bin/python bench/served_shoppers.py --strategies coherent,neighbours,refine-hide --markdown /tmp/s.md
+    nice -n 10 .venv/bin/python bench/served_shoppers.py --quick --head pca256  # served 256-d PCA vectors
+    .venv/bin/python bench/served_shoppers.py --catalogs art,art-full --strategies "" --float16  # float16 order
 
 Every grid is a real request (``GET /api/search``, ``GET /api/similar/<id>?trail=...&q=...``) to the site
 through Django's test client, the trail built by the page's own link rules (``gallery.trail.Trail``); the
@@ -31,21 +33,28 @@ Two measures, which must hold together:
   (on the art, any vendor's drawing of that emoji), never a product with equal labels. Found within 1, 3
   and 8 clicks, with 95 % Wilson intervals.
 
+The site serves the raw vectors unless ``--head pcaN`` names a projection: PCA to N dimensions without
+whitening, fitted as ``train_embedding_head --kind pca --no-whiten`` fits it (on the index side of the
+held-out split of the catalog's own vectors) and served by ``use_projection``. The measures still read the
+raw vectors (the cosine to the click), so both spaces are judged alike.
+
 Nothing here asserts; docs/quality.md records the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -60,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import query_bench  # noqa: E402
 from bench.common import Table, outputs_arguments, outputs_write  # noqa: E402
 from lab import shopper  # noqa: E402
 from lab import strategies as lab_strategies  # noqa: E402
@@ -264,6 +274,31 @@ def catalog_store(catalog: Catalog) -> None:
     services.index_rebuild()
 
 
+def projection_serve(catalog: Catalog, *, head: str) -> str:
+    """Serve the stored catalog's vectors projected by ``head`` (``pcaN``) as the product does; returns the space.
+
+    Fitted by ``lab.heads.fit_pca`` on the held-out split's index products (``train_embedding_head --kind pca
+    --no-whiten``), then ``use_projection`` stores the projected rows, builds that space's index and switches to it.
+    """
+    from django.core.management import call_command
+
+    from lab import evaluation
+    from lab.heads import fit_pca
+    from recommender import runtime
+
+    match = re.fullmatch(r"pca(\d+)", head)
+    if match is None:
+        raise ValueError(f"unknown head {head!r}: pcaN, e.g. pca256")
+    cat = catalog.cat
+    split = evaluation.split_stratified(ids=cat.ids.tolist(), strata=cat.article_types.tolist())
+    projection = fit_pca(cat.vectors[split.index], dim=int(match[1]), whiten=False, encoder_id=runtime.active_space())
+    path = projection.save(runtime.heads_dir())
+    call_command("use_projection", str(path), stdout=io.StringIO())
+    logger.info("%s: serving %s (%.1f %% of the variance)", catalog.name, projection.space,
+                100 * projection.params["explained_variance"])  # fmt: skip
+    return projection.space
+
+
 # --- Coherence ---------------------------------------------------------------------------------------------------
 
 
@@ -403,12 +438,19 @@ def _share_ci(hits: int, n: int) -> str:
 
 
 def catalog_measure(
-    catalog: Catalog, strategies: Sequence[feedback.Strategy], *, paths: int, shoppers: int
+    catalog: Catalog, strategies: Sequence[feedback.Strategy], *, paths: int, shoppers: int, head: str = ""
 ) -> tuple[list[Table], dict]:
+    """Both measures for each strategy on ``catalog``, stored and served raw, or projected by ``head``."""
     from django.test import Client
 
+    from recommender import runtime
+
     started = time.perf_counter()
+    runtime.space_switch_write(runtime.space_encoder_id(runtime.active_space()))  # raw: a head is per catalog
     catalog_store(catalog)
+    if head:
+        projection_serve(catalog, head=head)
+        catalog = replace(catalog, name=f"{catalog.name}, {head}")
     logger.info("%s stored and indexed in %.0f s", catalog.name, time.perf_counter() - started)
     site = ServedSite(client=Client(), catalog=catalog)
     walks = coherence_paths(catalog, count=paths, seed=SEED)
@@ -504,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, of: {', '.join(lab_strategies.STRATEGIES)}")  # fmt: skip
     parser.add_argument("--paths", type=int, default=None, help=f"coherence paths per catalog ({COHERENCE_PATHS})")
     parser.add_argument("--shoppers", type=int, default=None, help=f"shoppers per catalog and start ({SHOPPERS})")
+    parser.add_argument("--head", default="", help="serve vectors projected by pcaN (PCA, not whitened; default raw)")
+    parser.add_argument("--float16", action="store_true",
+                        help="also: does each catalog's exact top 25 keep its order with float16 vectors")  # fmt: skip
     outputs_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -528,13 +573,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     bf16 = shopper_bench.bf16_default()
     started = time.perf_counter()
     tables: list[Table] = []
-    data: dict = {"bf16": bf16, "strategies": [s.name for s in strategies], "catalogs": {}}
+    data: dict = {"bf16": bf16, "strategies": [s.name for s in strategies], "head": args.head, "catalogs": {}}
     for kind in kinds:
         catalog = catalog_load(kind, bf16=bf16)
         if catalog is None:
             print(f"{shopper_bench.REAL_STYLES} is absent: the real-rows catalog is skipped", file=sys.stderr)
             continue
-        found, data["catalogs"][catalog.name] = catalog_measure(catalog, strategies, paths=paths, shoppers=shoppers)
+        found = []
+        if args.float16:
+            vectors = catalog.cat.vectors
+            order = query_bench.float16_order(vectors, vectors, own=np.arange(len(vectors)))
+            found.append(query_bench.float16_table(f"float16 vectors, {catalog.name}: each product's top 25", order))
+            data.setdefault("float16", {})[catalog.name] = order
+        if strategies:
+            measured, data["catalogs"][catalog.name] = catalog_measure(
+                catalog, strategies, paths=paths, shoppers=shoppers, head=args.head
+            )
+            found += measured
         tables += found
         for table in found:
             print(table.text(), end="\n\n", flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.query_bench import float16_order
 from bench.served_shoppers import (
     SEED,
     Catalog,
@@ -25,6 +26,7 @@ from bench.served_shoppers import (
     coherence_paths,
     coherence_walk,
     converge,
+    projection_serve,
     served,
 )
 from lab import shopper, strategies
@@ -122,3 +124,42 @@ def test_shoppers_find_their_target_at_least_as_often_as_with_single_clicks(clie
         found[strategy.name] = sum(1 for c in clicks if c is not None)
     assert found["coherent"] >= found["neighbours"], found
     assert found["coherent"] >= 0.8 * SHOPPERS, found
+
+
+def test_a_served_pca_head_answers_clicks_from_its_own_space_and_keeps_the_kind(client, catalog):
+    from recommender import runtime
+    from recommender.models import Embedding
+
+    raw = _walks(client, catalog, feedback.NEIGHBOURS)["neighbours"]
+    space = projection_serve(catalog, head="pca64")
+    assert runtime.active_space() == space != runtime.space_encoder_id(space)
+    assert set(Embedding.objects.filter(space=space).values_list("dim", flat=True)) == {64}
+    assert Embedding.objects.filter(space=space).count() == len(catalog.cat)
+    projected = _walks(client, catalog, feedback.NEIGHBOURS)["neighbours"]
+    for kind in ("text", "clicks 2-3"):
+        assert _mean(projected[kind].type_share) >= 0.8 * _mean(raw[kind].type_share), kind
+    with pytest.raises(ValueError, match="unknown head"):
+        projection_serve(catalog, head="whitened")
+
+
+def test_float16_order_finds_a_near_tie_that_float16_turns_round():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    apart = float16_order(vectors, vectors, k=5, own=np.arange(200))["float16 rows, float32 product"]
+    assert apart["same_order"] == apart["within_2k"] == apart["recall_mean"] == 1.0
+    assert 0 < apart["score_diff_max"] < 1e-3 and apart["flipped_gap_max"] == 0.0
+
+    # Two rows 1e-5 apart in cosine to the query, the closer one stored last: float16 cannot keep them apart.
+    query = vectors[0]
+    twin = vectors[1] - (vectors[1] @ query) * query
+    twin /= np.linalg.norm(twin)
+    near = np.stack(
+        [0.9 * query + np.sqrt(1 - 0.81) * twin, (0.9 + 1e-5) * query + np.sqrt(1 - (0.9 + 1e-5) ** 2) * twin]
+    )
+    rounded = float16_order(np.vstack([vectors[1:], near]).astype(np.float32), query[None, :], k=2)[
+        "float16 product (scores rounded to float16)"
+    ]
+    assert rounded["same_order"] == 0.0
+    assert rounded["same_set"] == rounded["within_2k"] == 1.0
+    assert 0 < rounded["flipped_gap_max"] < 1e-4
