@@ -309,7 +309,7 @@ def _embedding_context(*, job: ImportJob | None = None) -> dict[str, object]:
         "job_id": job.id if job else None,
         "poll": bool(progress.awaiting) or (job is not None and job.status not in jobs.FINISHED),
         "percent": round(100 * progress.done / progress.total) if progress.total else 100,
-        "per_minute": round(progress.per_second * 60) if progress.per_second is not None else None,
+        "per_minute": round(progress.per_second * 60),
         "eta": _duration(progress.eta_seconds) if progress.awaiting else "",
     }
 

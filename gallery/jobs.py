@@ -29,7 +29,6 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import F, Q
@@ -41,6 +40,7 @@ from gallery.bulk import BulkUploadRejected, zip_extract_catalog, zip_inspect_ca
 from gallery.catalog import CatalogError
 from gallery.models import ImportJob, ImportStatus
 from gallery.services import BatchReport, ImportSummary, catalog_import
+from recommender import api
 
 logger = logging.getLogger(__name__)
 
@@ -440,38 +440,24 @@ class EmbeddingProgress:
     done: int
     awaiting: int
     failed: int
-    per_second: float | None  # None until two readings some seconds apart exist
+    per_second: float  # over the engine's window (recommender.selectors.RATE_WINDOW_S); 0.0: none embedded in it
     eta_seconds: float | None
     index_count: int | None
     index_built_at: str | None
 
 
-_RATE_KEY = "gallery:embedding-progress-samples"
-_RATE_WINDOW_S = 180
-_RATE_MIN_SPAN_S = 5
-
-
 def embedding_progress() -> EmbeddingProgress:
     """Products embedded and awaiting embedding, the recent rate and when the rest will be findable.
 
-    Counts come from ``recommender.api.engine_status()`` (what
-    /api/status reports). The rate is the growth of the embedded count between
-    readings kept in the shared cache over the last few minutes, so any
-    admin page showing the panel (polled every few seconds) feeds it.
+    Everything comes from ``recommender.api.engine_status()`` (what /api/status reports), the rate
+    included (``embedding_per_second``: products marked done over the engine's last minutes). A read:
+    polling the panel writes nothing.
     """
-    from recommender.api import engine_status
-
-    status = engine_status()
+    status = api.engine_status()
     products = status["products"]
     done = int(products.get("done", 0))
     awaiting = int(status["awaiting_embedding"])
-    now = time.time()
-    samples = [s for s in (cache.get(_RATE_KEY) or []) if now - s[0] <= _RATE_WINDOW_S and s[1] <= done]
-    if not samples or now - samples[-1][0] >= 1:
-        samples.append([now, done])
-        cache.set(_RATE_KEY, samples[-200:], timeout=_RATE_WINDOW_S * 2)
-    first_time, first_done = samples[0]
-    rate = (done - first_done) / (now - first_time) if now - first_time >= _RATE_MIN_SPAN_S else None
+    rate = float(status["embedding_per_second"] or 0.0)
     eta = awaiting / rate if rate and awaiting else (0.0 if not awaiting else None)
     index = status.get("index") or {}
     return EmbeddingProgress(

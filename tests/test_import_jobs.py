@@ -566,20 +566,20 @@ def test_a_zip_the_size_of_the_real_catalog_is_accepted_at_once(staff, sent):
 # --- The embedding panel ---------------------------------------------------------------------
 
 
-def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_findable(staff, sent):
-    from django.core.cache import cache
-
+def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_findable(staff, sent, monkeypatch):
+    from recommender import selectors
     from recommender.models import EmbeddingState
     from tests.conftest import engine_knows
 
+    # The rate is the engine's (products marked done over its window), here a minute.
+    monkeypatch.setattr(selectors, "RATE_WINDOW_S", 60)
     for product_id in range(1, 11):
         Product.objects.create(id=product_id, name=f"P{product_id}")
         engine_knows(product_id)  # pending: no vector yet
     first = jobs.embedding_progress()
-    assert (first.total, first.awaiting, first.per_second) == (10, 10, None)
+    assert (first.total, first.awaiting, first.per_second) == (10, 10, 0.0)
 
-    # A reading a minute ago, when 30 fewer products were embedded: 0.5 a second.
-    cache.set(jobs._RATE_KEY, [[timezone.now().timestamp() - 60, first.done]], timeout=600)
+    # 30 products embedded within the last minute: 0.5 a second.
     for product_id in range(11, 41):
         Product.objects.create(id=product_id, name=f"P{product_id}")
         engine_knows(product_id)
@@ -594,6 +594,21 @@ def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_
     assert "Embedding 30 a minute: the rest are findable by similarity in about 20 s" in page
     fragment = staff.get("/admin/gallery/importjob/embedding-progress/").content.decode()
     assert 'hx-trigger="every 2s"' in fragment
+
+
+def test_the_embedding_panel_writes_nothing_to_the_cache_when_read(staff, sent, monkeypatch):
+    from django.core.cache import cache
+
+    from tests.conftest import engine_knows
+
+    Product.objects.create(id=1, name="P1")
+    engine_knows(1)
+    writes: list[str] = []
+    for name in ("set", "add", "set_many", "incr"):
+        monkeypatch.setattr(cache, name, lambda *args, _name=name, **kwargs: writes.append(_name))
+    for _ in range(2):
+        assert staff.get("/admin/gallery/importjob/embedding-progress/").status_code == 200
+    assert writes == []
 
 
 # --- Real workers ----------------------------------------------------------------------------
