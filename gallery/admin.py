@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import escape, format_html
 
-from gallery import jobs
+from gallery import jobs, tasks
 from gallery.bulk import BulkUploadRejected
 from gallery.catalog import FIELDS
 from gallery.middleware import megabytes
@@ -267,7 +267,7 @@ class ProductAdmin(admin.ModelAdmin):
             try:
                 if upload.size > limit:
                     raise BulkUploadRejected(f"The zip is {megabytes(upload.size)}; the limit is {megabytes(limit)}.")
-                job = jobs.import_job_create(upload=upload, user=request.user)
+                job = tasks.import_job_submit(upload=upload, user=request.user)
             except BulkUploadRejected as exc:
                 form.add_error("archive", str(exc))
                 status = 400
