@@ -26,7 +26,9 @@ from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 from django.utils import timezone
+from PIL import Image, UnidentifiedImageError
 
+from gallery import services
 from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthScan, Product
 from recommender import api
 
@@ -166,8 +168,6 @@ def photo_fingerprint(source: object) -> np.ndarray | None:
 
     JPEGs are decoded at reduced scale (a 320-pixel thumbnail in about a millisecond).
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(source) as image:
             image.draft("RGB", (FINGERPRINT_SIDE * 4, FINGERPRINT_SIDE * 4))
@@ -535,8 +535,6 @@ def _finding_close(finding: HealthFinding, *, status: str, user: object) -> None
 
 def duplicates_retire_mode() -> str:
     """How "keep one" retires the others: "off sale" when the shop has availability, else "delete"."""
-    from gallery import services
-
     return "off sale" if hasattr(services, "product_availability_set") else "delete"
 
 
@@ -544,8 +542,6 @@ def duplicates_retire(*, product_ids: list[int], user: object) -> int:
     """Retire the other products of a duplicate group: taken off sale where the shop has availability, else
     deleted with their files (``products_delete``), each recorded in the admin's history. Returns how many.
     """
-    from gallery import services
-
     products = list(Product.objects.filter(id__in=product_ids))
     if duplicates_retire_mode() == "off sale":
         if getattr(user, "pk", None) and products:

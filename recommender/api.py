@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from recommender import index, refine, runtime, selectors, state
+from recommender import index, refine, runtime, selectors, services, state
 from recommender.errors import (
     EncoderUnavailable,
     EngineError,
@@ -32,11 +33,12 @@ from recommender.errors import (
 )
 from recommender.index import IndexCorrupt
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
-from recommender.preprocess import image_check, image_load
+from recommender.preprocess import image_check, image_load, image_prepare
 from recommender.refine import StepRef
 from recommender.scan import ScanResult, pair_groups, vectors_scan
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
+from recommender.tasks import embed_enqueue, vectors_outside_index
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ def embedding_enqueue_on_commit(*, product_ids: list[int]) -> None:
 
     With the queue down they stay pending and the periodic sweep sends them.
     """
-    from recommender.tasks import embed_enqueue
-
     if product_ids:
         ids = [int(i) for i in product_ids]
         transaction.on_commit(lambda: embed_enqueue(product_ids=ids))
@@ -211,8 +211,6 @@ def photo_vector(*, data: bytes) -> PhotoVector:
     are refused from the header, before the encoder loads), PhotoSearchBusy, or SimilarityUnavailable
     when the encoder cannot load here.
     """
-    from recommender.preprocess import image_prepare
-
     # Refused from its header before anything costly: a bad upload must not load the encoder (seconds and
     # hundreds of MB in a web process that served only text and clicks) nor take a place in the queue.
     image_check(data, max_pixels=settings.IMAGE_MAX_PIXELS)
@@ -300,10 +298,6 @@ class EngineMetrics:
 
 def engine_metrics() -> EngineMetrics:
     """Index age and size, vectors since the build, the embedding backlog and rate. A damaged build counts as none."""
-    from datetime import datetime
-
-    from recommender.tasks import vectors_outside_index
-
     try:
         loaded = runtime.index_reader().current()
     except IndexCorrupt:
@@ -364,8 +358,6 @@ def index_delivery_start() -> bool:
     node's pointer; every process of the node switches on its next query.
     """
     global _fetcher
-    from recommender import services
-
     if runtime.index_store() is None:
         return False
     with _fetcher_lock:
