@@ -22,10 +22,8 @@ from gallery.services import (
     image_files_guard,
     image_prepare_for_store,
     product_availability_set,
-    product_image_set,
-    product_lock,
+    product_save,
     products_delete,
-    products_embed_enqueue_on_commit,
 )
 from recommender import api
 from recommender.errors import ImageRejected
@@ -173,15 +171,7 @@ class ProductAdmin(admin.ModelAdmin):
         return type(form.__name__, (form,), {"store_failure": failure}) if failure else form
 
     def save_model(self, request: HttpRequest, obj: Product, form: ProductForm, change: bool) -> None:
-        stored = form.cleaned_data.get("image_upload")
-        with transaction.atomic():
-            if change:
-                # The form was loaded before: save the image the row holds now, not one another admin replaced.
-                product_lock(product=obj)
-            changed = stored is not None and product_image_set(product=obj, stored=stored)
-            obj.save()
-            if changed:
-                products_embed_enqueue_on_commit([obj.id])
+        product_save(product=obj, stored=form.cleaned_data.get("image_upload"))
 
     def render_change_form(self, request: HttpRequest, context: dict, *args, **kwargs) -> HttpResponse:
         response = super().render_change_form(request, context, *args, **kwargs)
