@@ -175,17 +175,15 @@ _noise = None
 
 def _draw_init() -> None:
     global _noise  # one film-grain image per drawing process, as demo_catalog_write makes it
-    import numpy as np
-    from PIL import Image
+    from lab.demo import noise_image
 
-    grain = np.random.default_rng(DRAW_SEED).normal(128.0, 2.0, (800, 640, 3))
-    _noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+    _noise = noise_image(DRAW_SEED)
 
 
 def _draw_rows(job: tuple[Path, list[str]]) -> int:
     """Draw and save the image of each styles.csv line in ``job``; returns how many were drawn."""
     # lab.demo's own renderer, the one demo_catalog_write calls for each of its rows.
-    from lab.demo import _render
+    from lab.demo import PALETTE, photo_draw
 
     images, lines = job
     for line in lines:
@@ -198,7 +196,7 @@ def _draw_rows(job: tuple[Path, list[str]]) -> int:
         colour = _paint(fields[5].strip() if len(fields) > 5 else "", rng)
         name = fields[9].lower() if len(fields) > 9 else ""
         pattern = next((kind for word, kind in PATTERN_NAMES if word in name), "Solid")
-        image, _ = _render(article, colour, pattern, rng, _noise)
+        image, _ = photo_draw(article=article, colour=PALETTE[colour], pattern=pattern, rng=rng, noise=_noise)
         image.save(images / f"{product_id}.jpg", format="JPEG", quality=90)
     return len(lines)
 

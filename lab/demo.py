@@ -1275,7 +1275,7 @@ def _draw_belt(s: _Sketch, r: random.Random) -> str:
 
 
 @dataclass(frozen=True)
-class _Article:
+class Article:
     name: str
     master: str
     sub: str
@@ -1299,74 +1299,74 @@ _MEN = {"Men": 1.0}
 _WOMEN = {"Women": 1.0}
 
 # fmt: off
-ARTICLES: tuple[_Article, ...] = (
-    _Article("Tshirts", "Apparel", "Topwear", "T-shirt", weight=12, aspect=(0.92, 1.0), draw=_draw_tshirt,
+ARTICLES: tuple[Article, ...] = (
+    Article("Tshirts", "Apparel", "Topwear", "T-shirt", weight=12, aspect=(0.92, 1.0), draw=_draw_tshirt,
              genders={"Men": 45, "Women": 25, "Boys": 10, "Girls": 6, "Unisex": 8}, colours=_APPAREL_COLOURS,
              seasons={"Summer": 6, "Fall": 2, "Spring": 2, "Winter": 1}, usages={"Casual": 8, "Sports": 2},
              patterns={"Solid": 5, "Striped": 3, "Printed": 1.5, "Polka Dot": 0.5}),
-    _Article("Shirts", "Apparel", "Topwear", "Shirt", weight=8, aspect=(0.78, 0.86), draw=_draw_shirt,
+    Article("Shirts", "Apparel", "Topwear", "Shirt", weight=8, aspect=(0.78, 0.86), draw=_draw_shirt,
              genders={"Men": 70, "Women": 20, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 6, "Formal": 4}, patterns={"Solid": 4, "Checked": 3.5, "Striped": 2.5}),
-    _Article("Tops", "Apparel", "Topwear", "Top", weight=6, aspect=(0.82, 0.9), draw=_draw_top,
+    Article("Tops", "Apparel", "Topwear", "Top", weight=6, aspect=(0.82, 0.9), draw=_draw_top,
              genders={"Women": 85, "Girls": 15}, colours=_WOMEN_COLOURS, seasons=_WARM,
              usages={"Casual": 8, "Party": 2}, patterns={"Solid": 5, "Printed": 2, "Striped": 1.5, "Polka Dot": 1.5}),
-    _Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", weight=4, aspect=(0.84, 0.9), draw=_draw_sweatshirt,
+    Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", weight=4, aspect=(0.84, 0.9), draw=_draw_sweatshirt,
              genders={"Men": 50, "Women": 30, "Unisex": 10, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_COLD,
              usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 7.5, "Striped": 1.5, "Printed": 1}),
-    _Article("Jackets", "Apparel", "Topwear", "Jacket", weight=4, aspect=(0.82, 0.88), draw=_draw_jacket,
+    Article("Jackets", "Apparel", "Topwear", "Jacket", weight=4, aspect=(0.82, 0.88), draw=_draw_jacket,
              genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_APPAREL_COLOURS, seasons=_COLD,
              usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 9, "Checked": 1}),
-    _Article("Jeans", "Apparel", "Bottomwear", "Jeans", weight=5, aspect=(0.44, 0.5), draw=_draw_jeans,
+    Article("Jeans", "Apparel", "Bottomwear", "Jeans", weight=5, aspect=(0.44, 0.5), draw=_draw_jeans,
              genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_JEANS_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 1}),
-    _Article("Trousers", "Apparel", "Bottomwear", "Trousers", weight=4, aspect=(0.42, 0.48), draw=_draw_trousers,
+    Article("Trousers", "Apparel", "Bottomwear", "Trousers", weight=4, aspect=(0.42, 0.48), draw=_draw_trousers,
              genders={"Men": 60, "Women": 40}, colours=_BOTTOM_COLOURS, seasons=_ALL_SEASONS,
              usages={"Formal": 5, "Casual": 5}, patterns={"Solid": 9, "Checked": 1}),
-    _Article("Shorts", "Apparel", "Bottomwear", "Shorts", weight=4, aspect=(0.9, 1.0), draw=_draw_shorts, size=0.8,
+    Article("Shorts", "Apparel", "Bottomwear", "Shorts", weight=4, aspect=(0.9, 1.0), draw=_draw_shorts, size=0.8,
              genders={"Men": 50, "Women": 20, "Boys": 15, "Girls": 15}, colours=_APPAREL_COLOURS, seasons=_WARM,
              usages={"Casual": 6, "Sports": 4}, patterns={"Solid": 6, "Checked": 2, "Striped": 1, "Printed": 1}),
-    _Article("Skirts", "Apparel", "Bottomwear", "Skirt", weight=3, aspect=(0.75, 0.88), draw=_draw_skirt, size=0.85,
+    Article("Skirts", "Apparel", "Bottomwear", "Skirt", weight=3, aspect=(0.75, 0.88), draw=_draw_skirt, size=0.85,
              genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 7, "Party": 3},
              patterns={"Solid": 4.5, "Printed": 2, "Checked": 1.5, "Polka Dot": 1, "Striped": 1}),
-    _Article("Dresses", "Apparel", "Dress", "Dress", weight=5, aspect=(0.52, 0.6), draw=_draw_dress,
+    Article("Dresses", "Apparel", "Dress", "Dress", weight=5, aspect=(0.52, 0.6), draw=_draw_dress,
              genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 5, "Party": 4, "Ethnic": 1},
              patterns={"Solid": 4, "Printed": 3, "Polka Dot": 1.5, "Striped": 1, "Checked": 0.5}),
-    _Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", weight=8, aspect=(2.2, 2.45),
+    Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", weight=8, aspect=(2.2, 2.45),
              draw=_draw_casual_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Casual": 1}),
-    _Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", weight=7, aspect=(2.2, 2.4),
+    Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", weight=7, aspect=(2.2, 2.4),
              draw=_draw_sports_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Sports": 1}),
-    _Article("Heels", "Footwear", "Shoes", "Heels", weight=4, aspect=(1.3, 1.45), draw=_draw_heel, size=0.85, tilt=2,
+    Article("Heels", "Footwear", "Shoes", "Heels", weight=4, aspect=(1.3, 1.45), draw=_draw_heel, size=0.85, tilt=2,
              genders=_WOMEN, colours=_HEEL_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 5, "Party": 3, "Formal": 2}),
-    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", weight=4, aspect=(2.1, 2.35),
+    Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", weight=4, aspect=(2.1, 2.35),
              draw=_draw_formal_shoe, tilt=2, genders={"Men": 90, "Women": 10}, colours=_FORMAL_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Formal": 1}),
-    _Article("Sandals", "Footwear", "Sandal", "Sandals", weight=3, aspect=(2.2, 2.4), draw=_draw_sandal, tilt=2,
+    Article("Sandals", "Footwear", "Sandal", "Sandals", weight=3, aspect=(2.2, 2.4), draw=_draw_sandal, tilt=2,
              genders={"Men": 50, "Women": 40, "Boys": 10}, colours=_SANDAL_COLOURS, seasons=_WARM,
              usages={"Casual": 9, "Ethnic": 1}),
     # The real dataset files Flip Flops under their own subCategory, not under Sandal.
-    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", weight=3, aspect=(0.82, 0.92),
+    Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", weight=3, aspect=(0.82, 0.92),
              draw=_draw_flip_flop, size=0.85, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_FLIP_COLOURS,
              seasons=_WARM, usages={"Casual": 1}),
-    _Article("Handbags", "Accessories", "Bags", "Handbag", weight=5, aspect=(1.05, 1.2), draw=_draw_handbag, size=0.9,
+    Article("Handbags", "Accessories", "Bags", "Handbag", weight=5, aspect=(1.05, 1.2), draw=_draw_handbag, size=0.9,
              genders=_WOMEN, colours=_BAG_COLOURS, seasons=_ALL_SEASONS, usages={"Casual": 8, "Party": 2},
              patterns={"Solid": 8, "Printed": 1, "Checked": 1}),
-    _Article("Backpacks", "Accessories", "Bags", "Backpack", weight=3, aspect=(0.72, 0.8), draw=_draw_backpack,
+    Article("Backpacks", "Accessories", "Bags", "Backpack", weight=3, aspect=(0.72, 0.8), draw=_draw_backpack,
              size=0.9, genders={"Unisex": 60, "Men": 30, "Women": 10}, colours=_BACKPACK_COLOURS,
              seasons=_ALL_SEASONS, usages={"Casual": 7, "Sports": 3},
              patterns={"Solid": 8, "Checked": 1, "Printed": 1}),
-    _Article("Watches", "Accessories", "Watches", "Watch", weight=6, aspect=(0.42, 0.5), draw=_draw_watch, size=0.85,
+    Article("Watches", "Accessories", "Watches", "Watch", weight=6, aspect=(0.42, 0.5), draw=_draw_watch, size=0.85,
              genders={"Men": 60, "Women": 35, "Unisex": 5}, colours=_WATCH_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 8, "Formal": 2}),
-    _Article("Caps", "Accessories", "Headwear", "Cap", weight=2, aspect=(1.25, 1.4), draw=_draw_cap, size=0.85,
+    Article("Caps", "Accessories", "Headwear", "Cap", weight=2, aspect=(1.25, 1.4), draw=_draw_cap, size=0.85,
              genders={"Men": 50, "Unisex": 50}, colours=_CAP_COLOURS, seasons=_WARM, usages={"Casual": 6, "Sports": 4},
              patterns={"Solid": 8, "Checked": 1, "Striped": 1}),
-    _Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", weight=4, aspect=(2.4, 2.7),
+    Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", weight=4, aspect=(2.4, 2.7),
              draw=_draw_sunglasses, tilt=2, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_SHADES_COLOURS,
              seasons=_WARM, usages={"Casual": 1}),
-    _Article("Belts", "Accessories", "Belts", "Belt", weight=3, aspect=(0.95, 1.05), draw=_draw_belt, size=0.95,
+    Article("Belts", "Accessories", "Belts", "Belt", weight=3, aspect=(0.95, 1.05), draw=_draw_belt, size=0.95,
              genders={"Men": 80, "Women": 20}, colours=_BELT_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 5, "Formal": 5}),
 )
@@ -1389,7 +1389,7 @@ class DemoCatalog:
 class _Row:
     id: int
     gender: str
-    article: _Article
+    article: Article
     colour: str
     season: str
     year: int
@@ -1402,7 +1402,7 @@ class _Row:
         return ",".join(map(str, fields)) + "," + self.name
 
 
-def _allocate(count: int) -> list[_Article]:
+def _allocate(count: int) -> list[Article]:
     """Article types in proportion to their weights (largest remainder), every type present once count allows."""
     total = sum(a.weight for a in ARTICLES)
     floor_each = 1 if count >= len(ARTICLES) else 0
@@ -1415,14 +1415,13 @@ def _allocate(count: int) -> list[_Article]:
     return [a for a, n in zip(ARTICLES, counts, strict=True) for _ in range(n)]
 
 
-def _secondary(r: random.Random, base_name: str) -> RGB:
-    """A contrasting colour for stripes, checks, dots and accents."""
-    base = PALETTE[base_name]
+def contrast_colour(r: random.Random, base: RGB) -> RGB:
+    """A contrasting colour of PALETTE for stripes, checks, dots and accents: light on dark products, dark on light."""
     if _lum(base) < 120:
         options = {"White": 5, "Yellow": 1, "Red": 1, "Beige": 1, "Pink": 1, "Orange": 1}
     else:
         options = {"Navy Blue": 3, "Black": 3, "Red": 1.5, "Blue": 1.5, "Maroon": 1, "White": 1}
-    options = {k: v for k, v in options.items() if _dist(PALETTE[k], base) > 120}
+    options = {k: v for k, v in options.items() if _dist(PALETTE[k], base) > 120} or {"Black": 1.0}
     return PALETTE[_weighted(r, options)]
 
 
@@ -1431,13 +1430,35 @@ def _jitter(r: random.Random, rgb: RGB) -> RGB:
     return tuple(_clamp(c * f + r.uniform(-3, 3)) for c in rgb)  # type: ignore[return-value]
 
 
-def _render(
-    article: _Article, colour_name: str, pattern_kind: str, r: random.Random, noise: Image.Image
+# The near-white backgrounds a photo is drawn on, one chosen per photo.
+BACKGROUNDS: tuple[RGB, ...] = ((255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252), (252, 251, 249))
+
+
+def noise_image(seed: int) -> Image.Image:
+    """The sensor-like grain photos are drawn with (128-centred, 640 x 800); the same for a seed."""
+    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
+    return Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+
+
+def photo_draw(
+    *,
+    article: Article,
+    colour: RGB,
+    pattern: str,
+    rng: random.Random,
+    noise: Image.Image,
+    backgrounds: Sequence[RGB] = BACKGROUNDS,
 ) -> tuple[Image.Image, str]:
-    """Draw one product photo; returns it with the drawer's style word."""
+    """Draw one product photo of ``article`` in ``colour`` with ``pattern`` (a PATTERN_WORDS key, "Solid" for
+    none) on one of ``backgrounds``, with ``noise_image``'s grain; returns it with the drawer's style word.
+
+    Deterministic for the state of ``rng``: the demo catalog, the lab's real-row drawings and the benches
+    draw through it.
+    """
+    r = rng
     width = r.randrange(456, 506, 2)
     height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    bg: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252), (252, 251, 249)])
+    bg: RGB = r.choice(list(backgrounds))
     aspect = r.uniform(*article.aspect)
     scale = r.uniform(0.8, 1.0) * article.size
     bh = min(height * 0.86, width * 0.86 / aspect) * scale
@@ -1445,12 +1466,12 @@ def _render(
     angle = math.radians(r.uniform(-article.tilt, article.tilt))
     cx = width / 2 + r.uniform(-0.5, 0.5) * max(0.0, width - bw * 1.08) / 2
     cy = height / 2 + r.uniform(-0.5, 0.5) * max(0.0, height - bh * 1.08) / 2
-    base = _jitter(r, PALETTE[colour_name])
-    second = _jitter(r, _secondary(r, colour_name))
+    base = _jitter(r, colour)
+    second = _jitter(r, contrast_colour(r, colour))
     k = math.sqrt(bw * bh)
     vertical = article.name in {"Shirts", "Trousers", "Skirts"}
-    pattern = _pattern_mask(
-        pattern_kind,
+    mask = _pattern_mask(
+        pattern,
         size=(width, height),
         period=k * r.uniform(0.06, 0.1),
         angle=angle + (0.0 if vertical else math.pi / 2),
@@ -1459,14 +1480,14 @@ def _render(
         k=k,
     )
     sketch = _Sketch(
-        width=width, height=height, bg=bg, box=(cx, cy, bw, bh), angle=angle, base=base, second=second, pattern=pattern
+        width=width, height=height, bg=bg, box=(cx, cy, bw, bh), angle=angle, base=base, second=second, pattern=mask
     )
     style = article.draw(sketch, r)
     ox, oy = r.randrange(0, noise.width - width), r.randrange(0, noise.height - height)
     return sketch.image(noise.crop((ox, oy, ox + width, oy + height))), style
 
 
-def _display_name(r: random.Random, article: _Article, gender: str, colour: str, pattern: str, style: str) -> str:
+def _display_name(r: random.Random, article: Article, gender: str, colour: str, pattern: str, style: str) -> str:
     if gender in {"Boys", "Girls"}:
         brand = r.choice(_KIDS_BRANDS)
     else:
@@ -1492,8 +1513,7 @@ def demo_catalog_write(*, out_dir: Path, count: int = 400, seed: int = 7) -> Dem
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     master = random.Random(seed)
-    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+    noise = noise_image(seed)
     ids = master.sample(range(1500, 60000), count)
     articles = _allocate(count)
     master.shuffle(articles)
@@ -1505,7 +1525,7 @@ def demo_catalog_write(*, out_dir: Path, count: int = 400, seed: int = 7) -> Dem
         gender = _weighted(r, article.genders)
         colour = _weighted(r, article.colours)
         pattern = _weighted(r, article.patterns)
-        image, style = _render(article, colour, pattern, r, noise)
+        image, style = photo_draw(article=article, colour=PALETTE[colour], pattern=pattern, rng=r, noise=noise)
         image.save(images / f"{pid}.jpg", format="JPEG", quality=90)
         name = _display_name(r, article, gender, colour, pattern, style)
         if i in comma_rows:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -156,7 +155,7 @@ def _unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
+def _real_article(article_type: str, sub: str, master: str) -> demo.Article:
     by_name = {a.name: a for a in demo.ARTICLES}
     if article_type in by_name:
         return by_name[article_type]
@@ -169,48 +168,16 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     )
 
 
-def _secondary(r: random.Random, base: RGB) -> RGB:
-    """A contrasting accent colour, by the demo's rule (light accents on dark products and the reverse)."""
-    if demo._lum(base) < 120:
-        options = {"White": 5, "Yellow": 1, "Red": 1, "Beige": 1, "Pink": 1, "Orange": 1}
-    else:
-        options = {"Navy Blue": 3, "Black": 3, "Red": 1.5, "Blue": 1.5, "Maroon": 1, "White": 1}
-    options = {k: v for k, v in options.items() if demo._dist(demo.PALETTE[k], base) > 120} or {"Black": 1.0}
-    return demo.PALETTE[demo._weighted(r, options)]
+# The real-row drawings keep the four backgrounds they were first drawn (and measured) with.
+_BACKGROUNDS = demo.BACKGROUNDS[:4]
 
 
-def _render(article: demo._Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
+def _render(article: demo.Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
     """One product photo, drawn as lab.demo draws its own (same sketch, pattern and noise), in any colour."""
-    width = r.randrange(456, 506, 2)
-    height = round(width * 4 / 3) + r.randrange(-12, 14, 2)
-    background: RGB = r.choice([(255, 255, 255), (253, 253, 253), (251, 251, 250), (250, 251, 252)])
-    aspect = r.uniform(*article.aspect)
-    scale = r.uniform(0.8, 1.0) * article.size
-    bh = min(height * 0.86, width * 0.86 / aspect) * scale
-    bw = bh * aspect
-    angle = math.radians(r.uniform(-article.tilt, article.tilt))
-    cx = width / 2 + r.uniform(-0.5, 0.5) * max(0.0, width - bw * 1.08) / 2
-    cy = height / 2 + r.uniform(-0.5, 0.5) * max(0.0, height - bh * 1.08) / 2
-    base = demo._jitter(r, base_rgb)
-    second = demo._jitter(r, _secondary(r, base_rgb))
-    k = math.sqrt(bw * bh)
-    vertical = article.name in {"Shirts", "Trousers", "Skirts"}
-    mask = demo._pattern_mask(
-        pattern,
-        size=(width, height),
-        period=k * r.uniform(0.06, 0.1),
-        angle=angle + (0.0 if vertical else math.pi / 2),
-        phase=r.uniform(0, 100),
-        r=r,
-        k=k,
+    image, _ = demo.photo_draw(
+        article=article, colour=base_rgb, pattern=pattern, rng=r, noise=noise, backgrounds=_BACKGROUNDS
     )
-    sketch = demo._Sketch(
-        width=width, height=height, bg=background, box=(cx, cy, bw, bh), angle=angle, base=base, second=second,
-        pattern=mask,
-    )  # fmt: skip
-    article.draw(sketch, r)
-    ox, oy = r.randrange(0, noise.width - width), r.randrange(0, noise.height - height)
-    return sketch.image(noise.crop((ox, oy, ox + width, oy + height)))
+    return image
 
 
 def product_draw(
@@ -219,8 +186,7 @@ def product_draw(
     """One product photo as the demo catalog draws it: ``article_type`` (a demo or real type), a colour name
     of REAL_COLOURS, a pattern (Solid, Striped, Checked, Polka Dot, Printed). Deterministic for a seed."""
     article = _real_article(article_type, sub, master)
-    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+    noise = demo.noise_image(seed)
     return _render(article, REAL_COLOURS[colour_name], pattern, random.Random(seed), noise)
 
 
@@ -235,8 +201,7 @@ def real_rows_draw(*, styles: Path, out_dir: Path, count: int, seed: int) -> Pat
     chosen = sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))
     images = Path(out_dir) / "images"
     images.mkdir(parents=True, exist_ok=True)
-    grain = np.random.default_rng(seed).normal(128.0, 2.0, (800, 640, 3))
-    noise = Image.fromarray(np.clip(np.rint(grain), 0, 255).astype(np.uint8), "RGB")
+    noise = demo.noise_image(seed)
     lines = []
     for position in chosen:
         row = rows[position]

@@ -22,7 +22,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from recommender import index, refine, runtime, selectors, services, state
+from recommender import index, refine, runtime, selectors, services, state, tasks
 from recommender.errors import (
     EncoderUnavailable,
     EngineError,
@@ -38,7 +38,6 @@ from recommender.refine import StepRef
 from recommender.scan import ScanResult, pair_groups, vectors_scan
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
-from recommender.tasks import embed_enqueue, vectors_outside_index
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def embedding_enqueue_on_commit(*, product_ids: list[int]) -> None:
     """
     if product_ids:
         ids = [int(i) for i in product_ids]
-        transaction.on_commit(lambda: embed_enqueue(product_ids=ids))
+        transaction.on_commit(lambda: tasks.embed_enqueue(product_ids=ids))
 
 
 def embedding_request(*, images: list[ImageRef]) -> list[int]:
@@ -97,10 +96,7 @@ def embedding_request(*, images: list[ImageRef]) -> list[int]:
     effects: the products' earlier vectors are dropped (a product's old look is
     never served) and their state becomes pending.
     """
-    ids = state.states_request(images=images)
-    if ids:
-        Embedding.objects.filter(product_id__in=ids).delete()
-    return ids
+    return state.states_request(images=images)
 
 
 def embedding_retry(*, product_ids: list[int]) -> int:
@@ -260,7 +256,7 @@ def catalog_scan(
     """
     space = runtime.active_space()
     try:
-        loaded = runtime.index_reader(space).current()
+        loaded = selectors.published_index(space)
     except IndexCorrupt as exc:
         raise SimilarityUnavailable("The published index cannot be read; rebuild it before a scan.") from exc
     if loaded is None:
@@ -298,13 +294,13 @@ class EngineMetrics:
 
 def engine_metrics() -> EngineMetrics:
     """Index age and size, vectors since the build, the embedding backlog and rate. A damaged build counts as none."""
+    space = runtime.active_space()
     try:
-        loaded = runtime.index_reader().current()
+        loaded = selectors.published_index(space)
     except IndexCorrupt:
         loaded = None
-    space = runtime.active_space()
-    meta = loaded.meta if loaded is not None and loaded.meta.space == space else None
-    outside = vectors_outside_index()  # -1: no usable build, every vector is outside one
+    meta = loaded.meta if loaded is not None else None
+    outside = tasks.vectors_outside_index()  # -1: no usable build, every vector is outside one
     return EngineMetrics(
         index_built_at=datetime.fromisoformat(meta.built_at).timestamp() if meta else None,
         index_vectors=meta.count if meta else 0,
@@ -318,14 +314,11 @@ def engine_metrics() -> EngineMetrics:
 def index_health() -> str:
     """The published index as readiness checks report it: "ok", "missing", or "error: ..." (no paths)."""
     try:
-        loaded = runtime.index_reader().current()
+        loaded = selectors.published_index()
     except IndexCorrupt:
+        # Damaged, unreadable, or another space's vectors: said without the reason, which names paths.
         return "error: corrupt"
-    if loaded is None:
-        return "missing"
-    if loaded.meta.space != runtime.active_space():
-        return f"error: built for {loaded.meta.space}"
-    return "ok"
+    return "missing" if loaded is None else "ok"
 
 
 def index_delivery_health() -> str | None:
