@@ -161,7 +161,7 @@ def catalog_health_scan(self: Task, scan_id: int) -> str:
     return f"done: {scan.counts}"
 
 
-def health_scan_send(scan_id: int) -> None:
+def health_scan_send(*, scan_id: int) -> None:
     """Send scan ``scan_id``'s task; with the queue unreachable the scan ends failed at once, saying so."""
     try:
         catalog_health_scan.apply_async(args=[scan_id], retry=False)
@@ -179,7 +179,7 @@ def health_scan_submit(*, user: object | None = None) -> tuple[HealthScan, bool]
     scan, created = catalog_health.health_scan_request(user=user)
     if created:
         scan_id = scan.id
-        transaction.on_commit(lambda: health_scan_send(scan_id))
+        transaction.on_commit(lambda: health_scan_send(scan_id=scan_id))
     return scan, created
 
 
