@@ -315,8 +315,10 @@ def index_health() -> str:
     """The published index as readiness checks report it: "ok", "missing", or "error: ..." (no paths)."""
     try:
         loaded = selectors.published_index()
+    except selectors.IndexOfAnotherSpace as exc:
+        return f"error: built for {exc.meta.space}"
     except IndexCorrupt:
-        # Damaged, unreadable, or another space's vectors: said without the reason, which names paths.
+        # Damaged or unreadable: said without the reason, which names paths.
         return "error: corrupt"
     return "missing" if loaded is None else "ok"
 

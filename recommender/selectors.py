@@ -22,7 +22,7 @@ from django.db import connections, router
 from recommender import runtime
 from recommender.delivery import delivery_report, delivery_state_read
 from recommender.errors import NotEmbeddedYet, SimilarityUnavailable
-from recommender.index import IndexCorrupt, LoadedIndex
+from recommender.index import IndexCorrupt, IndexMeta, LoadedIndex
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.state import states_count, states_done_since
 
@@ -68,14 +68,23 @@ def not_embedded_reason(product_id: int) -> NotEmbeddedYet:
     return NotEmbeddedYet("This product's image is still being analysed; similar products appear in a few seconds.")
 
 
+class IndexOfAnotherSpace(IndexCorrupt):
+    """The published build holds another space's vectors (``meta`` says which): none for this space yet."""
+
+    def __init__(self, meta: IndexMeta, space: str) -> None:
+        super().__init__(f"index {meta.version} holds {meta.space} vectors; the space is {space}")
+        self.meta = meta
+
+
 def published_index(space: str | None = None) -> LoadedIndex | None:
     """The build published for ``space`` (the active space by default), as this process has it mapped.
 
     The one reader of the published build, with one error policy: None when nothing is published;
-    IndexCorrupt when the build cannot be served (its files fail their checks or cannot be read, or it
-    holds another space's vectors: vectors of two encoders are never compared). Each caller says what a
-    damaged build means to it (a query: ``searchable_index``; a status: "damaged"); none repairs it here,
-    as a read never writes: the sweep (``recommender.tasks.index_repair_if_needed``) rebuilds it.
+    IndexCorrupt when the build cannot be served: its files fail their checks or cannot be read, or
+    (``IndexOfAnotherSpace``) it holds another space's vectors, as vectors of two encoders are never
+    compared. Each caller says what that means to it (a query: ``searchable_index``; a status: damaged,
+    or built for another space); none repairs it here, as a read never writes: the sweep
+    (``recommender.tasks.index_repair_if_needed``) rebuilds it.
     """
     space = space or runtime.active_space()
     try:
@@ -83,18 +92,22 @@ def published_index(space: str | None = None) -> LoadedIndex | None:
     except OSError as exc:
         raise IndexCorrupt(f"the published index cannot be read: {exc}") from exc
     if loaded is not None and loaded.meta.space != space:
-        raise IndexCorrupt(f"index {loaded.meta.version} holds {loaded.meta.space} vectors; the space is {space}")
+        raise IndexOfAnotherSpace(loaded.meta, space)
     return loaded
 
 
 def searchable_index(space: str) -> LoadedIndex | None:
     """The published build queries search (``published_index``); None when there is none to search.
 
-    A damaged build counts as none while the catalog is small enough to search exactly
-    (EXACT_FALLBACK_MAX vectors); beyond it, raises SimilarityUnavailable until the sweep has rebuilt it.
+    Another space's build counts as none. A damaged build counts as none while the catalog is small enough
+    to search exactly (EXACT_FALLBACK_MAX vectors); beyond it, raises SimilarityUnavailable until the sweep
+    has rebuilt it.
     """
     try:
         return published_index(space)
+    except IndexOfAnotherSpace as exc:
+        logger.warning("Index %s holds %s vectors; active space is %s", exc.meta.version, exc.meta.space, space)
+        return None
     except IndexCorrupt as exc:
         logger.error("The published index cannot be served: %s", exc)
         if Embedding.objects.filter(space=space).count() <= EXACT_FALLBACK_MAX:
@@ -392,25 +405,28 @@ def index_status() -> dict[str, object]:
     """What /api/status reports about the encoder, the index and the embedding queue."""
     choice = runtime.encoder_choice()
     space = runtime.active_space()
+    index: dict[str, object] | None = None
     try:
         loaded = published_index(space)
-        index: dict[str, object] | None = None
-        if loaded is not None:
-            meta = loaded.meta
-            index = {
-                "version": meta.version,
-                "space": meta.space,
-                "count": meta.count,
-                "dim": meta.dim,
-                "n_trees": meta.n_trees,
-                "built_at": meta.built_at,
-                "build_seconds": meta.build_seconds,
-                "matches_active_space": meta.space == space,
-            }
+        meta = loaded.meta if loaded is not None else None
+    except IndexOfAnotherSpace as exc:
+        meta = exc.meta
     except IndexCorrupt:
+        meta = None
         # The reason (with file paths) goes to the log, not to clients.
         logger.exception("The published index cannot be read")
         index = {"error": "The published index is damaged; it is being rebuilt."}
+    if meta is not None:
+        index = {
+            "version": meta.version,
+            "space": meta.space,
+            "count": meta.count,
+            "dim": meta.dim,
+            "n_trees": meta.n_trees,
+            "built_at": meta.built_at,
+            "build_seconds": meta.build_seconds,
+            "matches_active_space": meta.space == space,
+        }
     products = states_count()
     return {
         "encoder": {

@@ -219,6 +219,8 @@ def index_repair_if_needed() -> None:
     try:
         index_files_check(space=space)
         loaded = selectors.published_index(space)
+    except selectors.IndexOfAnotherSpace:
+        loaded = None  # none for this space yet
     except IndexCorrupt as exc:
         logger.error("The published index cannot be served: %s", exc)
         if Embedding.objects.filter(space=space).exists():

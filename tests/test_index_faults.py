@@ -363,9 +363,9 @@ def test_a_real_worker_with_beat_rebuilds_a_build_cut_under_it_without_an_operat
 
 
 @pytest.mark.django_db
-def test_a_build_holding_another_spaces_vectors_is_read_as_damaged_everywhere():
+def test_a_build_holding_another_spaces_vectors_is_refused_by_the_one_reader():
     """Vectors of two encoders are never compared: the one reader refuses such a build, and every caller
-    says so its own way (a status says damaged, a small catalog is searched exactly meanwhile)."""
+    says so its own way (statuses name the build's space, queries and metrics count it as none)."""
     space = runtime.active_space()
     vectors = clustered(40, 16)
     index_build(
@@ -378,10 +378,10 @@ def test_a_build_holding_another_spaces_vectors_is_read_as_damaged_everywhere():
         search_k=-1,
         watermark=40,
     )
-    with pytest.raises(IndexCorrupt, match=f"holds not-{space} vectors"):
+    with pytest.raises(selectors.IndexOfAnotherSpace, match=f"holds not-{space} vectors"):
         selectors.published_index()
-    assert api.index_health() == "error: corrupt"
+    assert api.index_health() == f"error: built for not-{space}"
     assert api.engine_metrics().index_vectors == 0
-    assert selectors.index_status()["index"] == {"error": "The published index is damaged; it is being rebuilt."}
-    assert selectors.searchable_index(space) is None  # no stored vector: searched exactly, from nothing
+    assert selectors.index_status()["index"]["matches_active_space"] is False
+    assert selectors.searchable_index(space) is None
     assert tasks.vectors_outside_index() == -1
