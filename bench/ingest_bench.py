@@ -7,7 +7,7 @@
 * Upload to findable: a real Celery worker (``celery -A config worker --pool prefork --concurrency 1``,
   as tests/conftest.py starts one) on Redis database 12 and the throwaway database, which holds the demo
   catalog embedded and indexed. Each of 20 uploads (quick: 5) is a logged-in staff POST of a new product
-  to the admin (the admin's real path: image_prepare_for_store, product_image_set, embedding queued on
+  to the admin (the admin's real path: image_prepare_for_store, product_save, embedding queued on
   commit), whose image is a re-encoded copy of an anchor product's; then GET /api/similar/<anchor> is
   polled every 10 ms (Django test client, in this process) until the new product is in the results.
   One warm-up upload first (the worker loads the encoder on its first task) is not counted.

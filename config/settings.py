@@ -202,7 +202,9 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="gallery"),
         "OPTIONS": {
-            # A cache outage must not take pages down: rate limits fail open.
+            # A cache outage must not take pages down: every cache call made through Django's cache reads an
+            # outage as a miss and drops a write (logged below), so rate limits fail open and callers need no
+            # handler of their own.
             "IGNORE_EXCEPTIONS": True,
             "SOCKET_CONNECT_TIMEOUT": 1,
             "SOCKET_TIMEOUT": 1,

@@ -24,6 +24,7 @@ application = get_wsgi_application()
 def _warm() -> None:
     # A web process builds (or loads from Redis) its text-search index before
     # its first shopper does; a failure only means the first search builds it.
+    # Imported here, not at the top: gallery.search needs the apps loaded by get_wsgi_application().
     from gallery.search import search_index_warm
 
     try:

@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import escape, format_html
 
-from gallery import jobs
+from gallery import jobs, tasks
 from gallery.bulk import BulkUploadRejected
 from gallery.catalog import FIELDS
 from gallery.middleware import megabytes
@@ -22,10 +22,8 @@ from gallery.services import (
     image_files_guard,
     image_prepare_for_store,
     product_availability_set,
-    product_image_set,
-    product_lock,
+    product_save,
     products_delete,
-    products_embed_enqueue_on_commit,
 )
 from recommender import api
 from recommender.errors import ImageRejected
@@ -173,15 +171,7 @@ class ProductAdmin(admin.ModelAdmin):
         return type(form.__name__, (form,), {"store_failure": failure}) if failure else form
 
     def save_model(self, request: HttpRequest, obj: Product, form: ProductForm, change: bool) -> None:
-        stored = form.cleaned_data.get("image_upload")
-        with transaction.atomic():
-            if change:
-                # The form was loaded before: save the image the row holds now, not one another admin replaced.
-                product_lock(product=obj)
-            changed = stored is not None and product_image_set(product=obj, stored=stored)
-            obj.save()
-            if changed:
-                products_embed_enqueue_on_commit([obj.id])
+        product_save(product=obj, stored=form.cleaned_data.get("image_upload"))
 
     def render_change_form(self, request: HttpRequest, context: dict, *args, **kwargs) -> HttpResponse:
         response = super().render_change_form(request, context, *args, **kwargs)
@@ -267,7 +257,7 @@ class ProductAdmin(admin.ModelAdmin):
             try:
                 if upload.size > limit:
                     raise BulkUploadRejected(f"The zip is {megabytes(upload.size)}; the limit is {megabytes(limit)}.")
-                job = jobs.import_job_create(upload=upload, user=request.user)
+                job = tasks.import_job_submit(upload=upload, user=request.user)
             except BulkUploadRejected as exc:
                 form.add_error("archive", str(exc))
                 status = 400
@@ -309,7 +299,7 @@ def _embedding_context(*, job: ImportJob | None = None) -> dict[str, object]:
         "job_id": job.id if job else None,
         "poll": bool(progress.awaiting) or (job is not None and job.status not in jobs.FINISHED),
         "percent": round(100 * progress.done / progress.total) if progress.total else 100,
-        "per_minute": round(progress.per_second * 60) if progress.per_second is not None else None,
+        "per_minute": round(progress.per_second * 60),
         "eta": _duration(progress.eta_seconds) if progress.awaiting else "",
     }
 

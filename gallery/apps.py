@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 
 class GalleryConfig(AppConfig):
@@ -17,8 +18,7 @@ class GalleryConfig(AppConfig):
 
 def _experiment_settings_check(app_configs, **kwargs) -> list[checks.CheckMessage]:
     """REFINE_EXPERIMENT is well formed (manage.py check, migrate and serve say so before any grid fails)."""
-    from django.core.exceptions import ImproperlyConfigured
-
+    # Imported when the check runs: apps.py loads before the app registry is ready (gallery.experiments needs models).
     from gallery.experiments import experiment_arms
 
     try:

@@ -29,6 +29,7 @@ from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from gallery import services
 from gallery.health_photos import Photo, photo_read, photos_difference
 from gallery.models import FindingKind, HealthDismissal, HealthFinding, HealthScan, Product
 from recommender import api
@@ -261,8 +262,8 @@ def _key(*parts: object) -> str:
 def health_scan_request(*, user: object | None = None) -> tuple[HealthScan, bool]:
     """A queued scan and whether it is new: one already queued or running (and not stale) is returned instead.
 
-    A new one is sent to the workers after the commit (``gallery.catalog_health_scan``); with the queue
-    unreachable it ends failed at once, saying so, rather than waiting queued for ever.
+    Sends nothing: ``gallery.tasks.health_scan_submit`` calls this and sends a new one to the workers after
+    the commit; with the queue unreachable it ends failed at once, saying so, rather than waiting queued for ever.
     """
     with transaction.atomic():
         stale = timezone.now() - SCAN_STALE_AFTER
@@ -274,25 +275,7 @@ def health_scan_request(*, user: object | None = None) -> tuple[HealthScan, bool
         if pending is not None:
             return pending, False
         scan = HealthScan.objects.create(created_by=user if getattr(user, "pk", None) else None)
-        scan_id = scan.id
-        transaction.on_commit(lambda: _scan_send(scan_id))
     return scan, True
-
-
-def _scan_send(scan_id: int) -> None:
-    import redis
-    from kombu.exceptions import KombuError
-
-    from gallery.tasks import catalog_health_scan
-
-    try:
-        catalog_health_scan.apply_async(args=[scan_id], retry=False)
-    except (KombuError, redis.RedisError, OSError) as exc:
-        logger.warning("Catalog health scan %d could not be queued: %s", scan_id, exc)
-        health_scan_fail(
-            scan_id=scan_id,
-            reason="The task queue is unreachable: start the scan again later, or run manage.py catalog_health.",
-        )
 
 
 def health_scan_create(*, user: object | None = None) -> HealthScan:
@@ -605,8 +588,6 @@ def _finding_close(finding: HealthFinding, *, status: str, user: object) -> None
 
 def duplicates_retire_mode() -> str:
     """How "keep one" retires the others: "off sale" when the shop has availability, else "delete"."""
-    from gallery import services
-
     return "off sale" if hasattr(services, "product_availability_set") else "delete"
 
 
@@ -614,8 +595,6 @@ def duplicates_retire(*, product_ids: list[int], user: object) -> int:
     """Retire the other products of a duplicate group: taken off sale where the shop has availability, else
     deleted with their files (``products_delete``), each recorded in the admin's history. Returns how many.
     """
-    from gallery import services
-
     products = list(Product.objects.filter(id__in=product_ids))
     if duplicates_retire_mode() == "off sale":
         if getattr(user, "pk", None) and products:

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpR
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from gallery import catalog_health
+from gallery import catalog_health, tasks
 from gallery.catalog_health import HealthActionRefused
 from gallery.models import FindingKind, HealthFinding, HealthScan, Product
 
@@ -87,7 +87,7 @@ class HealthScanAdmin(admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         if not request.user.has_perm("gallery.change_product"):
             return _refused(request, "Starting a scan needs the permission to change products.", status=403)
-        scan, created = catalog_health.health_scan_request(user=request.user)
+        scan, created = tasks.health_scan_submit(user=request.user)
         if created:
             self.message_user(request, f"Scan {scan.id} started in the background.", messages.SUCCESS)
         else:

@@ -27,20 +27,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from kombu.exceptions import KombuError
 
 from gallery.bulk import BulkUploadRejected, zip_extract_catalog, zip_inspect_catalog
 from gallery.catalog import CatalogError
 from gallery.models import ImportJob, ImportStatus
 from gallery.services import BatchReport, ImportSummary, catalog_import
+from recommender import api
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +53,6 @@ MAX_REASONS = 100
 # Batches are sized so that the progress bar moves in about this many steps.
 PROGRESS_STEPS = 20
 MAX_ERROR_CHARS = 2000
-QUEUE_DOWN = (KombuError, redis.RedisError, OSError)
 FINISHED = (ImportStatus.DONE, ImportStatus.FAILED)
 
 
@@ -113,12 +110,12 @@ def _archive_store(upload: UploadedFile) -> tuple[str, int]:
 
 
 def import_job_create(*, upload: UploadedFile, user: object) -> ImportJob:
-    """Store an uploaded catalog zip and queue a job importing it; raises BulkUploadRejected with the reason.
+    """Store an uploaded catalog zip as a queued job importing it; raises BulkUploadRejected with the reason.
 
     The zip's layout is checked first (its directory and styles.csv header,
     not its images): a refused zip is deleted at once and no job is made.
-    Side effects: the zip under IMPORT_JOBS_DIR, a queued ImportJob, and its
-    task sent once the transaction commits (with Redis away the sweep sends it).
+    Side effects: the zip under IMPORT_JOBS_DIR and a queued ImportJob. Its
+    task is sent by ``gallery.tasks.import_job_submit``, which calls this.
     """
     name, size = _archive_store(upload)
     path = jobs_dir() / name
@@ -134,24 +131,11 @@ def import_job_create(*, upload: UploadedFile, user: object) -> ImportJob:
                 rows_total=inspected.rows,
                 heartbeat_at=timezone.now(),
             )
-            transaction.on_commit(lambda: import_job_enqueue(job_id=job.id))
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     logger.info("Import job %d queued: %s, %d bytes, %d rows", job.id, job.original_name, size, inspected.rows)
     return job
-
-
-def import_job_enqueue(*, job_id: int) -> bool:
-    """Send the job's task; never raises (with Redis away the job stays queued for the sweep)."""
-    from gallery.tasks import import_catalog_job
-
-    try:
-        import_catalog_job.apply_async(args=[job_id], retry=False)
-    except QUEUE_DOWN as exc:
-        logger.warning("Task queue unavailable (%s); import job %d waits for the sweep", exc, job_id)
-        return False
-    return True
 
 
 # --- Running ----------------------------------------------------------------------------
@@ -350,17 +334,30 @@ def import_job_command_run(
 # --- The sweep --------------------------------------------------------------------------
 
 
-def import_jobs_sweep(*, stale_after_s: float = IMPORT_STALE_AFTER_S) -> dict[str, int]:
-    """Resume or fail jobs whose worker was lost, re-send jobs left queued, remove orphaned files.
+@dataclass
+class SweepOutcome:
+    """What ``import_jobs_recover`` did, and the jobs whose task the caller sends (``gallery.tasks``)."""
+
+    counts: dict[str, int]
+    resumed_ids: list[int]
+    waiting_ids: list[int]
+
+
+def import_jobs_recover(*, stale_after_s: float = IMPORT_STALE_AFTER_S) -> SweepOutcome:
+    """Resume or fail jobs whose worker was lost, find jobs left queued, remove orphaned files.
 
     A running job with no committed batch for ``stale_after_s`` is given back
     to the queue (it continues after its last committed batch), or failed with
     the reason once its worker was lost MAX_RESUMES times; a command's job is
-    failed (its process is gone). Returns how many jobs were resumed, failed,
-    re-sent, and how many orphaned files were removed.
+    failed (its process is gone). A job left queued that long has its
+    heartbeat moved on and is returned for its task to be sent again (its
+    message was lost, or waits behind others: a second message is harmless,
+    since only one runner can claim the job). Sends nothing: the sweep task
+    (``gallery.tasks.import_jobs_sweep``) sends the returned jobs' tasks.
     """
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     counts = {"resumed": 0, "failed": 0, "resent": 0, "files_removed": 0}
+    resumed_ids: list[int] = []
     for job in ImportJob.objects.filter(status=ImportStatus.RUNNING, heartbeat_at__lt=cutoff):
         since = timezone.localtime(job.heartbeat_at).strftime("%Y-%m-%d %H:%M:%S")
         if job.source == ImportJob.Source.COMMAND:
@@ -390,19 +387,17 @@ def import_jobs_sweep(*, stale_after_s: float = IMPORT_STALE_AFTER_S) -> dict[st
         if resumed:
             logger.warning("Import job %d lost its worker; resuming after line %d", job.id, job.lines_done)
             counts["resumed"] += 1
-            import_job_enqueue(job_id=job.id)
+            resumed_ids.append(job.id)
     waiting = ImportJob.objects.filter(status=ImportStatus.QUEUED).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     )
-    for job_id in waiting.values_list("id", flat=True):
-        # Its message was lost (Redis away at upload) or waits behind others: a
-        # second message is harmless, since only one runner can claim the job.
+    waiting_ids = list(waiting.values_list("id", flat=True))
+    for job_id in waiting_ids:
         ImportJob.objects.filter(id=job_id, status=ImportStatus.QUEUED).update(heartbeat_at=timezone.now())
-        counts["resent"] += import_job_enqueue(job_id=job_id)
     for job in ImportJob.objects.filter(status__in=FINISHED).exclude(archive=""):
         import_job_cleanup(job=job)
     counts["files_removed"] = _orphans_remove(older_than_s=stale_after_s)
-    return counts
+    return SweepOutcome(counts=counts, resumed_ids=resumed_ids, waiting_ids=waiting_ids)
 
 
 def _orphans_remove(*, older_than_s: float) -> int:
@@ -440,38 +435,24 @@ class EmbeddingProgress:
     done: int
     awaiting: int
     failed: int
-    per_second: float | None  # None until two readings some seconds apart exist
+    per_second: float  # over the engine's window (recommender.selectors.RATE_WINDOW_S); 0.0: none embedded in it
     eta_seconds: float | None
     index_count: int | None
     index_built_at: str | None
 
 
-_RATE_KEY = "gallery:embedding-progress-samples"
-_RATE_WINDOW_S = 180
-_RATE_MIN_SPAN_S = 5
-
-
 def embedding_progress() -> EmbeddingProgress:
     """Products embedded and awaiting embedding, the recent rate and when the rest will be findable.
 
-    Counts come from ``recommender.api.engine_status()`` (what
-    /api/status reports). The rate is the growth of the embedded count between
-    readings kept in the shared cache over the last few minutes, so any
-    admin page showing the panel (polled every few seconds) feeds it.
+    Everything comes from ``recommender.api.engine_status()`` (what /api/status reports), the rate
+    included (``embedding_per_second``: products marked done over the engine's last minutes). A read:
+    polling the panel writes nothing.
     """
-    from recommender.api import engine_status
-
-    status = engine_status()
+    status = api.engine_status()
     products = status["products"]
     done = int(products.get("done", 0))
     awaiting = int(status["awaiting_embedding"])
-    now = time.time()
-    samples = [s for s in (cache.get(_RATE_KEY) or []) if now - s[0] <= _RATE_WINDOW_S and s[1] <= done]
-    if not samples or now - samples[-1][0] >= 1:
-        samples.append([now, done])
-        cache.set(_RATE_KEY, samples[-200:], timeout=_RATE_WINDOW_S * 2)
-    first_time, first_done = samples[0]
-    rate = (done - first_done) / (now - first_time) if now - first_time >= _RATE_MIN_SPAN_S else None
+    rate = float(status["embedding_per_second"] or 0.0)
     eta = awaiting / rate if rate and awaiting else (0.0 if not awaiting else None)
     index = status.get("index") or {}
     return EmbeddingProgress(

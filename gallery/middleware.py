@@ -17,7 +17,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.log import log_response
 
 from config.logging import request_id_var
+from config.metrics import REQUEST_LATENCY, RESPONSES
 from gallery.cards import catalog_version_held
+from gallery.jobs import bulk_upload_allowed
+from gallery.ratelimit import via_trusted_proxy
 
 BULK_UPLOAD_PATH = "/admin/gallery/product/bulk-upload/"
 
@@ -33,8 +36,6 @@ def _may_bulk_upload(request: HttpRequest) -> bool:
     must judge the body before anything reads it), so it loads the session
     from its cookie itself.
     """
-    from gallery.jobs import bulk_upload_allowed
-
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     if not key:
         return False
@@ -115,8 +116,6 @@ request_logger = logging.getLogger("gallery.requests")
 
 def request_id_for(request: HttpRequest) -> str:
     """The id of ``request``: the one a trusted proxy passed in X-Request-ID when well formed, else a new one."""
-    from gallery.ratelimit import via_trusted_proxy
-
     offered = request.META.get("HTTP_X_REQUEST_ID", "")
     if (
         offered
@@ -184,8 +183,6 @@ class RequestMetrics:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        from config.metrics import REQUEST_LATENCY, RESPONSES
-
         started = time.perf_counter()
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)

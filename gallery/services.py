@@ -100,7 +100,7 @@ _guarded_names: ContextVar[list[str] | None] = ContextVar("gallery_guarded_image
 def image_files_guard() -> Iterator[None]:
     """Remove, when the block ends, the image files written inside it that no committed product names.
 
-    Enter it outside the transaction that calls ``product_image_set`` (the admin
+    Enter it outside the transaction that calls ``product_save`` (the admin
     wraps its whole save view in it). Django has no on_rollback hook, and a
     savepoint or a try/except around our own atomic block sees only our own
     failure, not a rollback of the caller's enclosing transaction after we
@@ -185,57 +185,92 @@ def _file_write(file: FieldFile, *, filename: str, data: bytes) -> str:
         raise
 
 
-def product_image_set(*, product: Product, stored: StoredImage) -> bool:
-    """Give ``product`` a new image (unless it already has these bytes) and tell the vector engine.
+@dataclass(frozen=True)
+class ProductSaved:
+    """What ``product_save`` wrote."""
 
-    Must run inside a transaction; the caller saves ``product``. Side effects:
-    locks the product's row and takes its image fields from it, writes the
-    image and thumbnail files, bumps the image version in the database (an
-    UPDATE, so two writers of one product never share a version), and records
-    the embedding request (the product's old vectors are dropped: a stale look
-    is never served). The replaced files are deleted after the commit; the new
-    ones are deleted at once if this call fails (``ImageStoreFailed`` when a
-    file cannot be written, the product as it was), and by ``image_files_guard``
-    if the transaction rolls back later. Queue the work with
-    ``products_embed_enqueue_on_commit``. Returns whether the image changed.
+    created: bool  # the product's row was inserted
+    written: bool  # its row was written at all (False: nothing had changed)
+    image_changed: bool  # a new image was stored and its embedding requested
+
+
+def product_save(
+    *,
+    product: Product,
+    stored: StoredImage | None = None,
+    fields_changed: bool = True,
+    enqueue: bool = True,
+) -> ProductSaved:
+    """Save ``product`` with the fields the caller set and, given ``stored``, a new image: the one writer of a
+    product's row and image (the admin, the import, any other caller).
+
+    One transaction (the caller's, when one is open): an existing product's row
+    is locked and its image fields taken from it (a form loaded earlier never
+    writes back names another writer has replaced); a new image (other bytes
+    than the product holds) is written to two files under new names; the row
+    is saved (a new product inserted, never updated-then-inserted); the image
+    version is bumped in the database (an UPDATE, so two writers of one product
+    never share a version); then the vector engine records the embedding
+    request (the product's old vectors are dropped: a stale look is never
+    served), and the embedding is queued once the transaction commits
+    (``enqueue=False``: the caller queues it, as the import does once per
+    batch, or ``embed_catalog`` and the sweep do). With no new image and
+    ``fields_changed=False`` an existing product is not written at all.
+
+    Files: the replaced ones are deleted after the commit; the new ones at once
+    if this call fails (``ImageStoreFailed`` when a file cannot be written, the
+    product as it was), and by ``image_files_guard`` if the caller's
+    transaction rolls back later.
     """
-    product_lock(product=product)
-    if product.image and product.image_sha256 == stored.sha256:
-        return False
-    before = (product.image.name, product.thumbnail.name, product.image_sha256, product.image_version)
-    written: list[str] = []
-    try:
-        written.append(_file_write(product.image, filename="image.jpg", data=stored.image))
-        written.append(_file_write(product.thumbnail, filename="thumb.jpg", data=stored.thumbnail))
-        product.image, product.thumbnail = written
-        product.image_sha256 = stored.sha256
-        bumped = 0
-        if not product._state.adding:
-            # The increment happens in the database, under the row's write lock: a
-            # version read earlier (by this request or another) can be stale.
-            bumped = Product.objects.filter(id=product.id).update(image_version=F("image_version") + 1)
-        if bumped:
-            product.image_version = Product.objects.filter(id=product.id).values_list("image_version", flat=True).get()
-        else:
-            product.image_version += 1
-        api.embedding_request(
-            images=[ImageRef(product_id=product.id, image_name=product.image.name, image_version=product.image_version)]
-        )
-    except BaseException:
-        # Nothing names the new files: remove them now, whatever the caller does with its transaction.
-        _files_delete(written)
-        product.image, product.thumbnail, product.image_sha256, product.image_version = before
-        raise
-    guarded = _guarded_names.get()
-    if guarded is not None:
-        guarded.extend(written)
-    _files_delete_later(before[:2])
-    return True
-
-
-def products_embed_enqueue_on_commit(product_ids: list[int]) -> None:
-    """Queue embedding of ``product_ids`` (already requested) after the current transaction commits."""
-    api.embedding_enqueue_on_commit(product_ids=product_ids)
+    adding = product._state.adding
+    if stored is None and not fields_changed and not adding:
+        return ProductSaved(created=False, written=False, image_changed=False)
+    with transaction.atomic(savepoint=False):
+        product_lock(product=product)
+        image_changed = stored is not None and not (product.image and product.image_sha256 == stored.sha256)
+        if not (adding or fields_changed or image_changed):
+            return ProductSaved(created=False, written=False, image_changed=False)
+        before = (product.image.name, product.thumbnail.name, product.image_sha256, product.image_version)
+        written: list[str] = []
+        try:
+            if image_changed:
+                written.append(_file_write(product.image, filename="image.jpg", data=stored.image))
+                written.append(_file_write(product.thumbnail, filename="thumb.jpg", data=stored.thumbnail))
+                product.image, product.thumbnail = written
+                product.image_sha256 = stored.sha256
+                if adding:
+                    product.image_version += 1
+            # The product's row first: the engine's state row refers to it.
+            product.save(force_insert=adding)
+            if image_changed:
+                if not adding:
+                    # The increment happens in the database, under the row's write lock: a
+                    # version read earlier (by this request or another) can be stale.
+                    Product.objects.filter(id=product.id).update(image_version=F("image_version") + 1)
+                    product.image_version = (
+                        Product.objects.filter(id=product.id).values_list("image_version", flat=True).get()
+                    )
+                api.embedding_request(
+                    images=[
+                        ImageRef(
+                            product_id=product.id, image_name=product.image.name, image_version=product.image_version
+                        )
+                    ]
+                )
+                if enqueue:
+                    api.embedding_enqueue_on_commit(product_ids=[product.id])
+        except BaseException:
+            # Nothing committed names the new files: remove them now, whatever the caller does with its transaction.
+            _files_delete(written)
+            product.image, product.thumbnail, product.image_sha256, product.image_version = before
+            product._state.adding = adding
+            raise
+    if image_changed:
+        guarded = _guarded_names.get()
+        if guarded is not None:
+            guarded.extend(written)
+        _files_delete_later(before[:2])
+    return ProductSaved(created=adding, written=True, image_changed=image_changed)
 
 
 def products_delete(*, product_ids: list[int]) -> int:
@@ -551,23 +586,24 @@ def _rows_apply(
         if isinstance(result, RowError):
             report.skip(result)
             continue
-        is_new = product is None
         if product is None:
             product = Product(id=row.id)
         fields_changed = any(getattr(product, name) != value for name, value in row.fields.items())
         for name, value in row.fields.items():
             setattr(product, name, value)
-        image_changed = isinstance(result, StoredImage) and product_image_set(product=product, stored=result)
-        if image_changed:
+        # Queued once for the whole batch after its commit (_batch_save), not one task per product.
+        saved = product_save(
+            product=product,
+            stored=result if isinstance(result, StoredImage) else None,
+            fields_changed=fields_changed,
+            enqueue=False,
+        )
+        if saved.image_changed:
             written += [product.image.name, product.thumbnail.name]
             changed.append(product.id)
-        if is_new:
-            # An insert, never Django's update-then-insert: that path writes a NULL
-            # created_at over a row another import created a moment ago.
-            product.save(force_insert=True)
+        if saved.created:
             report.created += 1
-        elif fields_changed or image_changed:
-            product.save()
+        elif saved.written:
             report.updated += 1
         else:
             report.unchanged += 1
@@ -608,7 +644,7 @@ def _batch_save(
                     rows=rows, jobs=jobs, results=results, current=current, report=outcome, written=written
                 )
                 if enqueue:
-                    products_embed_enqueue_on_commit(changed)
+                    api.embedding_enqueue_on_commit(product_ids=changed)
                     outcome.images_queued = len(changed)
                 outcome.reasons.sort(key=lambda error: error.line)
                 outcome.seconds = time.perf_counter() - started

@@ -1,4 +1,5 @@
-"""Celery tasks of the catalog: thin callers of gallery.jobs. Arguments are ids only.
+"""Celery tasks of the catalog: thin callers of gallery.jobs and gallery.catalog_health, each task's
+enqueuer beside it (as in recommender.tasks). Arguments are ids only.
 
 The import task is idempotent: it claims its job with one conditional UPDATE
 and goes on only if that took; every batch it writes is fenced by that claim.
@@ -18,10 +19,12 @@ from collections.abc import Iterator
 import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import InterfaceError, OperationalError
+from django.core.files.uploadedfile import UploadedFile
+from django.db import InterfaceError, OperationalError, transaction
+from kombu.exceptions import KombuError
 
-from gallery import events, jobs
-from gallery.models import ImportStatus
+from gallery import catalog_health, events, jobs
+from gallery.models import HealthScan, ImportJob, ImportStatus
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 IMPORT_SOFT_LIMIT_S = 1800
 IMPORT_HARD_LIMIT_S = IMPORT_SOFT_LIMIT_S + 300
 TRANSIENT = (OperationalError, InterfaceError)
+QUEUE_DOWN = (KombuError, redis.RedisError, OSError)
 DECODE_WORKERS = 2  # as import_catalog: images decode in two processes beside the task
 
 
@@ -86,7 +90,7 @@ def import_catalog_job(self: Task, job_id: int) -> str:
     except SoftTimeLimitExceeded:
         # The batch in flight rolled back; the next task starts after the last committed one.
         jobs.import_job_release(job_id=job_id, claimant=claimant, note="Continued in a new task after 30 minutes.")
-        jobs.import_job_enqueue(job_id=job_id)
+        import_job_enqueue(job_id=job_id)
         return "continued in a new task"
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
@@ -96,10 +100,35 @@ def import_catalog_job(self: Task, job_id: int) -> str:
     return ImportStatus(status).label
 
 
+def import_job_enqueue(*, job_id: int) -> bool:
+    """Send the job's task; never raises (with Redis away the job stays queued for the sweep)."""
+    try:
+        import_catalog_job.apply_async(args=[job_id], retry=False)
+    except QUEUE_DOWN as exc:
+        logger.warning("Task queue unavailable (%s); import job %d waits for the sweep", exc, job_id)
+        return False
+    return True
+
+
+def import_job_submit(*, upload: UploadedFile, user: object) -> ImportJob:
+    """Store an uploaded catalog zip as a queued job (``jobs.import_job_create``) and send its task once the
+    transaction commits (with Redis away the sweep sends it); raises BulkUploadRejected with the reason."""
+    job = jobs.import_job_create(upload=upload, user=user)
+    transaction.on_commit(lambda: import_job_enqueue(job_id=job.id))
+    return job
+
+
 @shared_task(name="gallery.import_jobs_sweep", acks_late=True, soft_time_limit=240, time_limit=300)
-def import_jobs_sweep() -> dict[str, int]:
-    """Scheduled: resume jobs whose worker was lost, re-send lost messages, remove orphaned files."""
-    counts = jobs.import_jobs_sweep()
+def import_jobs_sweep(stale_after_s: float = jobs.IMPORT_STALE_AFTER_S) -> dict[str, int]:
+    """Scheduled: resume jobs whose worker was lost, re-send lost messages, remove orphaned files.
+
+    Returns how many jobs were resumed, failed, re-sent, and how many orphaned files were removed.
+    """
+    outcome = jobs.import_jobs_recover(stale_after_s=stale_after_s)
+    for job_id in outcome.resumed_ids:
+        import_job_enqueue(job_id=job_id)
+    counts = outcome.counts
+    counts["resent"] = sum(import_job_enqueue(job_id=job_id) for job_id in outcome.waiting_ids)
     if any(counts.values()):
         logger.info("Import sweep: %s", counts)
     return counts
@@ -108,11 +137,9 @@ def import_jobs_sweep() -> dict[str, int]:
 class HealthScanTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
         """The scan raised or hit its time limit: end it failed, saying why (the last good scan stays shown)."""
-        from gallery.catalog_health import health_scan_fail
-
         scan_id = args[0] if args else kwargs.get("scan_id")
         if scan_id is not None:
-            health_scan_fail(scan_id=int(scan_id), reason=f"{type(exc).__name__}: {exc}")
+            catalog_health.health_scan_fail(scan_id=int(scan_id), reason=f"{type(exc).__name__}: {exc}")
 
 
 @shared_task(
@@ -126,14 +153,34 @@ class HealthScanTask(Task):
 )
 def catalog_health_scan(self: Task, scan_id: int) -> str:
     """Run catalog health scan ``scan_id`` if it is still queued (a redelivery to its claimant runs it again)."""
-    from gallery import catalog_health
-
     claimant = self.request.id or f"local-{uuid.uuid4().hex}"
     scan = catalog_health.health_scan_claim(scan_id=scan_id, claimant=claimant)
     if scan is None:
         return "not queued: already running, finished or deleted"
     scan = catalog_health.health_scan_run(scan=scan)
     return f"done: {scan.counts}"
+
+
+def health_scan_send(*, scan_id: int) -> None:
+    """Send scan ``scan_id``'s task; with the queue unreachable the scan ends failed at once, saying so."""
+    try:
+        catalog_health_scan.apply_async(args=[scan_id], retry=False)
+    except QUEUE_DOWN as exc:
+        logger.warning("Catalog health scan %d could not be queued: %s", scan_id, exc)
+        catalog_health.health_scan_fail(
+            scan_id=scan_id,
+            reason="The task queue is unreachable: start the scan again later, or run manage.py catalog_health.",
+        )
+
+
+def health_scan_submit(*, user: object | None = None) -> tuple[HealthScan, bool]:
+    """A queued scan and whether it is new (``catalog_health.health_scan_request``); a new one's task is sent
+    to the workers after the commit (``gallery.catalog_health_scan``)."""
+    scan, created = catalog_health.health_scan_request(user=user)
+    if created:
+        scan_id = scan.id
+        transaction.on_commit(lambda: health_scan_send(scan_id=scan_id))
+    return scan, created
 
 
 @shared_task(name="gallery.events_flush", acks_late=True, soft_time_limit=60, time_limit=90)

@@ -114,25 +114,6 @@ class Trail:
                 return step
         return None
 
-    def liked_ids_for(self, anchor_id: int) -> list[int]:
-        """The steps that pull a grid anchored at ``anchor_id`` hardest: the pinned steps, then the anchor.
-
-        The page's product is the anchor whatever its place on the trail; the
-        engine weighs these fully and every other liked step less the older it
-        is (recommender.feedback's recency weights).
-        """
-        return [step.product_id for step in self.steps if step.pinned and step.product_id != anchor_id] + [anchor_id]
-
-    @property
-    def liked_ids(self) -> list[int]:
-        """The liked products of a grid anchored at the trail's own anchor (none without one)."""
-        anchor = self.anchor
-        return self.liked_ids_for(anchor.product_id) if anchor is not None else []
-
-    @property
-    def disliked_ids(self) -> list[int]:
-        return [step.product_id for step in self.steps if step.disliked]
-
     @property
     def product_ids(self) -> list[int]:
         return [step.product_id for step in self.steps]

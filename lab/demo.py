@@ -1275,7 +1275,7 @@ def _draw_belt(s: _Sketch, r: random.Random) -> str:
 
 
 @dataclass(frozen=True)
-class _Article:
+class Article:
     name: str
     master: str
     sub: str
@@ -1299,74 +1299,74 @@ _MEN = {"Men": 1.0}
 _WOMEN = {"Women": 1.0}
 
 # fmt: off
-ARTICLES: tuple[_Article, ...] = (
-    _Article("Tshirts", "Apparel", "Topwear", "T-shirt", weight=12, aspect=(0.92, 1.0), draw=_draw_tshirt,
+ARTICLES: tuple[Article, ...] = (
+    Article("Tshirts", "Apparel", "Topwear", "T-shirt", weight=12, aspect=(0.92, 1.0), draw=_draw_tshirt,
              genders={"Men": 45, "Women": 25, "Boys": 10, "Girls": 6, "Unisex": 8}, colours=_APPAREL_COLOURS,
              seasons={"Summer": 6, "Fall": 2, "Spring": 2, "Winter": 1}, usages={"Casual": 8, "Sports": 2},
              patterns={"Solid": 5, "Striped": 3, "Printed": 1.5, "Polka Dot": 0.5}),
-    _Article("Shirts", "Apparel", "Topwear", "Shirt", weight=8, aspect=(0.78, 0.86), draw=_draw_shirt,
+    Article("Shirts", "Apparel", "Topwear", "Shirt", weight=8, aspect=(0.78, 0.86), draw=_draw_shirt,
              genders={"Men": 70, "Women": 20, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 6, "Formal": 4}, patterns={"Solid": 4, "Checked": 3.5, "Striped": 2.5}),
-    _Article("Tops", "Apparel", "Topwear", "Top", weight=6, aspect=(0.82, 0.9), draw=_draw_top,
+    Article("Tops", "Apparel", "Topwear", "Top", weight=6, aspect=(0.82, 0.9), draw=_draw_top,
              genders={"Women": 85, "Girls": 15}, colours=_WOMEN_COLOURS, seasons=_WARM,
              usages={"Casual": 8, "Party": 2}, patterns={"Solid": 5, "Printed": 2, "Striped": 1.5, "Polka Dot": 1.5}),
-    _Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", weight=4, aspect=(0.84, 0.9), draw=_draw_sweatshirt,
+    Article("Sweatshirts", "Apparel", "Topwear", "Sweatshirt", weight=4, aspect=(0.84, 0.9), draw=_draw_sweatshirt,
              genders={"Men": 50, "Women": 30, "Unisex": 10, "Boys": 10}, colours=_APPAREL_COLOURS, seasons=_COLD,
              usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 7.5, "Striped": 1.5, "Printed": 1}),
-    _Article("Jackets", "Apparel", "Topwear", "Jacket", weight=4, aspect=(0.82, 0.88), draw=_draw_jacket,
+    Article("Jackets", "Apparel", "Topwear", "Jacket", weight=4, aspect=(0.82, 0.88), draw=_draw_jacket,
              genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_APPAREL_COLOURS, seasons=_COLD,
              usages={"Casual": 8, "Sports": 2}, patterns={"Solid": 9, "Checked": 1}),
-    _Article("Jeans", "Apparel", "Bottomwear", "Jeans", weight=5, aspect=(0.44, 0.5), draw=_draw_jeans,
+    Article("Jeans", "Apparel", "Bottomwear", "Jeans", weight=5, aspect=(0.44, 0.5), draw=_draw_jeans,
              genders={"Men": 60, "Women": 35, "Boys": 5}, colours=_JEANS_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 1}),
-    _Article("Trousers", "Apparel", "Bottomwear", "Trousers", weight=4, aspect=(0.42, 0.48), draw=_draw_trousers,
+    Article("Trousers", "Apparel", "Bottomwear", "Trousers", weight=4, aspect=(0.42, 0.48), draw=_draw_trousers,
              genders={"Men": 60, "Women": 40}, colours=_BOTTOM_COLOURS, seasons=_ALL_SEASONS,
              usages={"Formal": 5, "Casual": 5}, patterns={"Solid": 9, "Checked": 1}),
-    _Article("Shorts", "Apparel", "Bottomwear", "Shorts", weight=4, aspect=(0.9, 1.0), draw=_draw_shorts, size=0.8,
+    Article("Shorts", "Apparel", "Bottomwear", "Shorts", weight=4, aspect=(0.9, 1.0), draw=_draw_shorts, size=0.8,
              genders={"Men": 50, "Women": 20, "Boys": 15, "Girls": 15}, colours=_APPAREL_COLOURS, seasons=_WARM,
              usages={"Casual": 6, "Sports": 4}, patterns={"Solid": 6, "Checked": 2, "Striped": 1, "Printed": 1}),
-    _Article("Skirts", "Apparel", "Bottomwear", "Skirt", weight=3, aspect=(0.75, 0.88), draw=_draw_skirt, size=0.85,
+    Article("Skirts", "Apparel", "Bottomwear", "Skirt", weight=3, aspect=(0.75, 0.88), draw=_draw_skirt, size=0.85,
              genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 7, "Party": 3},
              patterns={"Solid": 4.5, "Printed": 2, "Checked": 1.5, "Polka Dot": 1, "Striped": 1}),
-    _Article("Dresses", "Apparel", "Dress", "Dress", weight=5, aspect=(0.52, 0.6), draw=_draw_dress,
+    Article("Dresses", "Apparel", "Dress", "Dress", weight=5, aspect=(0.52, 0.6), draw=_draw_dress,
              genders=_WOMEN, colours=_WOMEN_COLOURS, seasons=_WARM, usages={"Casual": 5, "Party": 4, "Ethnic": 1},
              patterns={"Solid": 4, "Printed": 3, "Polka Dot": 1.5, "Striped": 1, "Checked": 0.5}),
-    _Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", weight=8, aspect=(2.2, 2.45),
+    Article("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", weight=8, aspect=(2.2, 2.45),
              draw=_draw_casual_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Casual": 1}),
-    _Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", weight=7, aspect=(2.2, 2.4),
+    Article("Sports Shoes", "Footwear", "Shoes", "Sports Shoes", weight=7, aspect=(2.2, 2.4),
              draw=_draw_sports_shoe, tilt=2, genders={"Men": 60, "Women": 30, "Unisex": 10}, colours=_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Sports": 1}),
-    _Article("Heels", "Footwear", "Shoes", "Heels", weight=4, aspect=(1.3, 1.45), draw=_draw_heel, size=0.85, tilt=2,
+    Article("Heels", "Footwear", "Shoes", "Heels", weight=4, aspect=(1.3, 1.45), draw=_draw_heel, size=0.85, tilt=2,
              genders=_WOMEN, colours=_HEEL_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 5, "Party": 3, "Formal": 2}),
-    _Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", weight=4, aspect=(2.1, 2.35),
+    Article("Formal Shoes", "Footwear", "Shoes", "Formal Shoes", weight=4, aspect=(2.1, 2.35),
              draw=_draw_formal_shoe, tilt=2, genders={"Men": 90, "Women": 10}, colours=_FORMAL_SHOE_COLOURS,
              seasons=_ALL_SEASONS, usages={"Formal": 1}),
-    _Article("Sandals", "Footwear", "Sandal", "Sandals", weight=3, aspect=(2.2, 2.4), draw=_draw_sandal, tilt=2,
+    Article("Sandals", "Footwear", "Sandal", "Sandals", weight=3, aspect=(2.2, 2.4), draw=_draw_sandal, tilt=2,
              genders={"Men": 50, "Women": 40, "Boys": 10}, colours=_SANDAL_COLOURS, seasons=_WARM,
              usages={"Casual": 9, "Ethnic": 1}),
     # The real dataset files Flip Flops under their own subCategory, not under Sandal.
-    _Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", weight=3, aspect=(0.82, 0.92),
+    Article("Flip Flops", "Footwear", "Flip Flops", "Flip Flops", weight=3, aspect=(0.82, 0.92),
              draw=_draw_flip_flop, size=0.85, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_FLIP_COLOURS,
              seasons=_WARM, usages={"Casual": 1}),
-    _Article("Handbags", "Accessories", "Bags", "Handbag", weight=5, aspect=(1.05, 1.2), draw=_draw_handbag, size=0.9,
+    Article("Handbags", "Accessories", "Bags", "Handbag", weight=5, aspect=(1.05, 1.2), draw=_draw_handbag, size=0.9,
              genders=_WOMEN, colours=_BAG_COLOURS, seasons=_ALL_SEASONS, usages={"Casual": 8, "Party": 2},
              patterns={"Solid": 8, "Printed": 1, "Checked": 1}),
-    _Article("Backpacks", "Accessories", "Bags", "Backpack", weight=3, aspect=(0.72, 0.8), draw=_draw_backpack,
+    Article("Backpacks", "Accessories", "Bags", "Backpack", weight=3, aspect=(0.72, 0.8), draw=_draw_backpack,
              size=0.9, genders={"Unisex": 60, "Men": 30, "Women": 10}, colours=_BACKPACK_COLOURS,
              seasons=_ALL_SEASONS, usages={"Casual": 7, "Sports": 3},
              patterns={"Solid": 8, "Checked": 1, "Printed": 1}),
-    _Article("Watches", "Accessories", "Watches", "Watch", weight=6, aspect=(0.42, 0.5), draw=_draw_watch, size=0.85,
+    Article("Watches", "Accessories", "Watches", "Watch", weight=6, aspect=(0.42, 0.5), draw=_draw_watch, size=0.85,
              genders={"Men": 60, "Women": 35, "Unisex": 5}, colours=_WATCH_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 8, "Formal": 2}),
-    _Article("Caps", "Accessories", "Headwear", "Cap", weight=2, aspect=(1.25, 1.4), draw=_draw_cap, size=0.85,
+    Article("Caps", "Accessories", "Headwear", "Cap", weight=2, aspect=(1.25, 1.4), draw=_draw_cap, size=0.85,
              genders={"Men": 50, "Unisex": 50}, colours=_CAP_COLOURS, seasons=_WARM, usages={"Casual": 6, "Sports": 4},
              patterns={"Solid": 8, "Checked": 1, "Striped": 1}),
-    _Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", weight=4, aspect=(2.4, 2.7),
+    Article("Sunglasses", "Accessories", "Eyewear", "Sunglasses", weight=4, aspect=(2.4, 2.7),
              draw=_draw_sunglasses, tilt=2, genders={"Men": 50, "Women": 40, "Unisex": 10}, colours=_SHADES_COLOURS,
              seasons=_WARM, usages={"Casual": 1}),
-    _Article("Belts", "Accessories", "Belts", "Belt", weight=3, aspect=(0.95, 1.05), draw=_draw_belt, size=0.95,
+    Article("Belts", "Accessories", "Belts", "Belt", weight=3, aspect=(0.95, 1.05), draw=_draw_belt, size=0.95,
              genders={"Men": 80, "Women": 20}, colours=_BELT_COLOURS, seasons=_ALL_SEASONS,
              usages={"Casual": 5, "Formal": 5}),
 )
@@ -1389,7 +1389,7 @@ class DemoCatalog:
 class _Row:
     id: int
     gender: str
-    article: _Article
+    article: Article
     colour: str
     season: str
     year: int
@@ -1402,7 +1402,7 @@ class _Row:
         return ",".join(map(str, fields)) + "," + self.name
 
 
-def _allocate(count: int) -> list[_Article]:
+def _allocate(count: int) -> list[Article]:
     """Article types in proportion to their weights (largest remainder), every type present once count allows."""
     total = sum(a.weight for a in ARTICLES)
     floor_each = 1 if count >= len(ARTICLES) else 0
@@ -1435,7 +1435,7 @@ BACKGROUNDS: tuple[RGB, ...] = ((255, 255, 255), (253, 253, 253), (251, 251, 250
 
 
 def product_render(
-    article: _Article,
+    article: Article,
     base_rgb: RGB,
     pattern_kind: str,
     r: random.Random,
@@ -1477,7 +1477,7 @@ def product_render(
     return sketch.image(noise.crop((ox, oy, ox + width, oy + height))), style
 
 
-def _display_name(r: random.Random, article: _Article, gender: str, colour: str, pattern: str, style: str) -> str:
+def _display_name(r: random.Random, article: Article, gender: str, colour: str, pattern: str, style: str) -> str:
     if gender in {"Boys", "Girls"}:
         brand = r.choice(_KIDS_BRANDS)
     else:

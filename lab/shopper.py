@@ -156,7 +156,7 @@ def _unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
+def _real_article(article_type: str, sub: str, master: str) -> demo.Article:
     by_name = {a.name: a for a in demo.ARTICLES}
     if article_type in by_name:
         return by_name[article_type]
@@ -169,7 +169,7 @@ def _real_article(article_type: str, sub: str, master: str) -> demo._Article:
     )
 
 
-def _render(article: demo._Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
+def _render(article: demo.Article, base_rgb: RGB, pattern: str, r: random.Random, noise: Image.Image) -> Image.Image:
     """One product photo, drawn as lab.demo draws its own, in any colour, on one of four backgrounds."""
     return demo.product_render(article, base_rgb, pattern, r, noise, backgrounds=demo.BACKGROUNDS[:4])[0]
 

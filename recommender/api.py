@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from recommender import index, refine, runtime, selectors, state
+from recommender import index, refine, runtime, selectors, services, state, tasks
 from recommender.errors import (
     EncoderUnavailable,
     EngineError,
@@ -32,7 +33,7 @@ from recommender.errors import (
 )
 from recommender.index import IndexCorrupt
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
-from recommender.preprocess import image_check, image_load
+from recommender.preprocess import image_check, image_load, image_prepare
 from recommender.refine import StepRef
 from recommender.scan import ScanResult, pair_groups, vectors_scan
 from recommender.selectors import Neighbour
@@ -82,11 +83,9 @@ def embedding_enqueue_on_commit(*, product_ids: list[int]) -> None:
 
     With the queue down they stay pending and the periodic sweep sends them.
     """
-    from recommender.tasks import embed_enqueue
-
     if product_ids:
         ids = [int(i) for i in product_ids]
-        transaction.on_commit(lambda: embed_enqueue(product_ids=ids))
+        transaction.on_commit(lambda: tasks.embed_enqueue(product_ids=ids))
 
 
 def embedding_request(*, images: list[ImageRef]) -> list[int]:
@@ -97,10 +96,7 @@ def embedding_request(*, images: list[ImageRef]) -> list[int]:
     effects: the products' earlier vectors are dropped (a product's old look is
     never served) and their state becomes pending.
     """
-    ids = state.states_request(images=images)
-    if ids:
-        Embedding.objects.filter(product_id__in=ids).delete()
-    return ids
+    return state.states_request(images=images)
 
 
 def embedding_retry(*, product_ids: list[int]) -> int:
@@ -221,8 +217,6 @@ def photo_vector(*, data: bytes) -> PhotoVector:
     are refused from the header, before the encoder loads), PhotoSearchBusy, or SimilarityUnavailable
     when the encoder cannot load here.
     """
-    from recommender.preprocess import image_prepare
-
     # Refused from its header before anything costly: a bad upload must not load the encoder (seconds and
     # hundreds of MB in a web process that served only text and clicks) nor take a place in the queue.
     image_check(data, max_pixels=settings.IMAGE_MAX_PIXELS)
@@ -281,7 +275,7 @@ def catalog_scan(
     """
     space = runtime.active_space()
     try:
-        loaded = runtime.index_reader(space).current()
+        loaded = selectors.published_index(space)
     except IndexCorrupt as exc:
         raise SimilarityUnavailable("The published index cannot be read; rebuild it before a scan.") from exc
     if loaded is None:
@@ -320,17 +314,13 @@ class EngineMetrics:
 
 def engine_metrics() -> EngineMetrics:
     """Index age and size, vectors since the build, the embedding backlog and rate. A damaged build counts as none."""
-    from datetime import datetime
-
-    from recommender.tasks import vectors_outside_index
-
+    space = runtime.active_space()
     try:
-        loaded = runtime.index_reader().current()
+        loaded = selectors.published_index(space)
     except IndexCorrupt:
         loaded = None
-    space = runtime.active_space()
-    meta = loaded.meta if loaded is not None and loaded.meta.space == space else None
-    outside = vectors_outside_index()  # -1: no usable build, every vector is outside one
+    meta = loaded.meta if loaded is not None else None
+    outside = tasks.vectors_outside_index()  # -1: no usable build, every vector is outside one
     return EngineMetrics(
         index_built_at=datetime.fromisoformat(meta.built_at).timestamp() if meta else None,
         index_vectors=meta.count if meta else 0,
@@ -344,14 +334,13 @@ def engine_metrics() -> EngineMetrics:
 def index_health() -> str:
     """The published index as readiness checks report it: "ok", "missing", or "error: ..." (no paths)."""
     try:
-        loaded = runtime.index_reader().current()
+        loaded = selectors.published_index()
+    except selectors.IndexOfAnotherSpace as exc:
+        return f"error: built for {exc.meta.space}"
     except IndexCorrupt:
+        # Damaged or unreadable: said without the reason, which names paths.
         return "error: corrupt"
-    if loaded is None:
-        return "missing"
-    if loaded.meta.space != runtime.active_space():
-        return f"error: built for {loaded.meta.space}"
-    return "ok"
+    return "missing" if loaded is None else "ok"
 
 
 def index_delivery_health() -> str | None:
@@ -384,8 +373,6 @@ def index_delivery_start() -> bool:
     node's pointer; every process of the node switches on its next query.
     """
     global _fetcher
-    from recommender import services
-
     if runtime.index_store() is None:
         return False
     with _fetcher_lock:

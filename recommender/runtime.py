@@ -169,6 +169,7 @@ def query_vectors(images: list[np.ndarray]) -> np.ndarray:
 @functools.cache
 def encoder_for(name: str) -> Encoder:
     """The encoder named ``name`` (as ENCODER takes it), loaded once per process; torch is imported here."""
+    # torch is imported lazily: a web process that serves text search and clicks never loads it.
     import torch
 
     from recommender import encoders
@@ -204,6 +205,7 @@ def index_store() -> Store | None:
     """The store builds are published to and fetched from; None when INDEX_DIR itself is it (nothing copied)."""
     configured = settings.INDEX_STORE
     if configured == "s3":
+        # Imported lazily: django-storages and botocore are optional (requirements-s3.txt), for an S3 store only.
         from botocore.config import Config
         from storages.backends.s3 import S3Storage
 

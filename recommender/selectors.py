@@ -23,8 +23,8 @@ from config.timing import stage
 from recommender import runtime
 from recommender.delivery import delivery_report, delivery_state_read
 from recommender.errors import NotEmbeddedYet, SimilarityUnavailable
-from recommender.index import IndexCorrupt, LoadedIndex
-from recommender.models import Embedding, EmbedStatus
+from recommender.index import IndexCorrupt, IndexMeta, LoadedIndex
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.state import states_count, states_done_since
 
 logger = logging.getLogger(__name__)
@@ -61,33 +61,61 @@ class Neighbour:
     score: float
 
 
-def _why_not_embedded(product_id: int) -> NotEmbeddedYet:
-    from recommender.models import EmbeddingState
-
+def not_embedded_reason(product_id: int) -> NotEmbeddedYet:
+    """The refusal for a product that has no vector yet: its image failed, or is still being analysed."""
     status = EmbeddingState.objects.filter(product_id=product_id).values_list("status", flat=True).first()
     if status == EmbedStatus.FAILED:
         return NotEmbeddedYet("This product's image could not be analysed, so there are no similar products for it.")
     return NotEmbeddedYet("This product's image is still being analysed; similar products appear in a few seconds.")
 
 
-def _published(space: str) -> LoadedIndex | None:
-    """The published build for ``space``; None when there is none (or it holds another space)."""
+class IndexOfAnotherSpace(IndexCorrupt):
+    """The published build holds another space's vectors (``meta`` says which): none for this space yet."""
+
+    def __init__(self, meta: IndexMeta, space: str) -> None:
+        super().__init__(f"index {meta.version} holds {meta.space} vectors; the space is {space}")
+        self.meta = meta
+
+
+def published_index(space: str | None = None) -> LoadedIndex | None:
+    """The build published for ``space`` (the active space by default), as this process has it mapped.
+
+    The one reader of the published build, with one error policy: None when nothing is published;
+    IndexCorrupt when the build cannot be served: its files fail their checks or cannot be read, or
+    (``IndexOfAnotherSpace``) it holds another space's vectors, as vectors of two encoders are never
+    compared. Each caller says what that means to it (a query: ``searchable_index``; a status: damaged,
+    or built for another space); none repairs it here, as a read never writes: the sweep
+    (``recommender.tasks.index_repair_if_needed``) rebuilds it.
+    """
+    space = space or runtime.active_space()
     try:
-        loaded = runtime.index_reader().current()
+        loaded = runtime.index_reader(space).current()
+    except OSError as exc:
+        raise IndexCorrupt(f"the published index cannot be read: {exc}") from exc
+    if loaded is not None and loaded.meta.space != space:
+        raise IndexOfAnotherSpace(loaded.meta, space)
+    return loaded
+
+
+def searchable_index(space: str) -> LoadedIndex | None:
+    """The published build queries search (``published_index``); None when there is none to search.
+
+    Another space's build counts as none. A damaged build counts as none while the catalog is small enough
+    to search exactly (EXACT_FALLBACK_MAX vectors); beyond it, raises SimilarityUnavailable until the sweep
+    has rebuilt it.
+    """
+    try:
+        return published_index(space)
+    except IndexOfAnotherSpace as exc:
+        logger.warning("Index %s holds %s vectors; active space is %s", exc.meta.version, exc.meta.space, space)
+        return None
     except IndexCorrupt as exc:
-        # The periodic sweep (recommender.tasks.index_repair_if_needed) rebuilds it; a read never writes.
-        # Meanwhile a damaged build counts as none: a catalog small enough is searched exactly.
         logger.error("The published index cannot be served: %s", exc)
         if Embedding.objects.filter(space=space).count() <= EXACT_FALLBACK_MAX:
             return None
         raise SimilarityUnavailable(
             "Similar-product search is being repaired; please try again in a minute. Text search still works."
         ) from exc
-    if loaded is not None and loaded.meta.space != space:
-        # Vectors of two encoders are not comparable: never query across spaces.
-        logger.warning("Index %s holds %s vectors; active space is %s", loaded.meta.version, loaded.meta.space, space)
-        return None
-    return loaded
 
 
 def _passes(product_ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
@@ -303,7 +331,7 @@ def typical_products(*, groups: list[list[int]]) -> list[int | None]:
     ids of a group are read, spread evenly over it. Raises SimilarityUnavailable while a damaged build is
     being repaired.
     """
-    loaded = _published(runtime.active_space())
+    loaded = searchable_index(runtime.active_space())
     picks: list[int | None] = []
     for group in groups:
         ids = np.asarray(group, dtype=np.int64)
@@ -351,7 +379,7 @@ def _similar_products(
     space = runtime.active_space()
     vector = np.asarray(vector, dtype=np.float32)
     allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
-    loaded = _published(space)
+    loaded = searchable_index(space)
     if loaded is None and Embedding.objects.filter(space=space).count() > EXACT_FALLBACK_MAX:
         raise SimilarityUnavailable("The similarity index is being built; please try again in a minute.")
 
@@ -390,25 +418,28 @@ def index_status() -> dict[str, object]:
     """What /api/status reports about the encoder, the index and the embedding queue."""
     choice = runtime.encoder_choice()
     space = runtime.active_space()
+    index: dict[str, object] | None = None
     try:
-        loaded = runtime.index_reader().current()
-        index: dict[str, object] | None = None
-        if loaded is not None:
-            meta = loaded.meta
-            index = {
-                "version": meta.version,
-                "space": meta.space,
-                "count": meta.count,
-                "dim": meta.dim,
-                "n_trees": meta.n_trees,
-                "built_at": meta.built_at,
-                "build_seconds": meta.build_seconds,
-                "matches_active_space": meta.space == space,
-            }
+        loaded = published_index(space)
+        meta = loaded.meta if loaded is not None else None
+    except IndexOfAnotherSpace as exc:
+        meta = exc.meta
     except IndexCorrupt:
+        meta = None
         # The reason (with file paths) goes to the log, not to clients.
         logger.exception("The published index cannot be read")
         index = {"error": "The published index is damaged; it is being rebuilt."}
+    if meta is not None:
+        index = {
+            "version": meta.version,
+            "space": meta.space,
+            "count": meta.count,
+            "dim": meta.dim,
+            "n_trees": meta.n_trees,
+            "built_at": meta.built_at,
+            "build_seconds": meta.build_seconds,
+            "matches_active_space": meta.space == space,
+        }
     products = states_count()
     return {
         "encoder": {

@@ -20,7 +20,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from recommender import runtime, state
-from recommender.colour import COLOUR_SPACE
+from recommender.colour import COLOUR_SPACE, colour_descriptor
 from recommender.delivery import (
     DeliveryState,
     Store,
@@ -32,6 +32,7 @@ from recommender.delivery import (
 from recommender.index import IndexCorrupt, IndexMeta, index_build
 from recommender.locks import index_build_lock
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from recommender.preprocess import ImageRejected, image_prepare
 from recommender.projection import ProjectionCorrupt
 from recommender.state import ImageRef
 
@@ -106,7 +107,8 @@ def images_embed(
     with another ``encoder`` (a space being built beside the active one, see
     reembed_catalog) their state is left alone.
     """
-    from recommender.pipeline import ImageItem, embed_stream  # torch: only where images are embedded
+    # torch is imported lazily (recommender.pipeline): only where images are embedded, never in a web process.
+    from recommender.pipeline import ImageItem, embed_stream
 
     report = EmbedReport()
     if not images:
@@ -222,9 +224,6 @@ def colours_backfill(*, product_ids: list[int], progress: Callable[[int], None] 
     For products whose vectors were stored before colour descriptors were; an unreadable image is skipped
     (its state is the embedding's business). Returns how many were stored.
     """
-    from recommender.colour import colour_descriptor
-    from recommender.preprocess import ImageRejected, image_prepare
-
     stored = 0
     images = state.states_images(product_ids=list(product_ids))
     for start in range(0, len(images), 256):

@@ -5,7 +5,8 @@
                                |   \\----release-----/                 |
                                \\-------------retry / new space---------/
 
-``request`` comes from the shop when a product gets an image (``recommender.api``);
+``request`` comes from the shop when a product gets an image (``recommender.api``), and
+deletes the product's earlier vectors in its transaction;
 ``claim``, ``done``, ``fail`` and ``release`` from the embedding tasks; ``retry``
 from the admin; the sweep re-requests what was lost. Every transition is one
 conditional UPDATE (or an upsert), so two workers never both hold a product and
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from recommender.models import EmbeddingState, EmbedStatus
+from recommender.models import Embedding, EmbeddingState, EmbedStatus
 
 MAX_ERROR_CHARS = 500
 
@@ -40,7 +42,9 @@ def states_request(*, images: Iterable[ImageRef]) -> list[int]:
     """Mark these products' images as waiting for vectors (an upsert per product); returns their ids.
 
     A product's newer image replaces its state whatever it was (a task still
-    working on the old image stores nothing: its version no longer matches).
+    working on the old image stores nothing: its version no longer matches),
+    and its earlier vectors are deleted in the same transaction (the caller's,
+    when one is open): a product's old look is never served.
     """
     now = timezone.now()
     rows = [
@@ -58,7 +62,10 @@ def states_request(*, images: Iterable[ImageRef]) -> list[int]:
         for ref in images
         if ref.image_name
     ]
-    if rows:
+    if not rows:
+        return []
+    ids = [row.product_id for row in rows]
+    with transaction.atomic(savepoint=False):
         # One statement, safe against a concurrent import of the same products.
         EmbeddingState.objects.bulk_create(
             rows,
@@ -76,7 +83,8 @@ def states_request(*, images: Iterable[ImageRef]) -> list[int]:
                 "updated_at",
             ],
         )
-    return [row.product_id for row in rows]
+        Embedding.objects.filter(product_id__in=ids).delete()
+    return ids
 
 
 def states_queued(*, product_ids: list[int]) -> None:

@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import KombuError
 
-from recommender import runtime, services, state
+from recommender import runtime, selectors, services, state
 from recommender.errors import EncoderUnavailable
 from recommender.index import IndexCorrupt, index_files_verify, published_version
 from recommender.locks import BUILD_LOCK, BuildInProgress, redis_client  # noqa: F401 (BUILD_LOCK re-exported)
@@ -129,10 +129,10 @@ def vectors_outside_index() -> int:
     """How many vectors of the active space the published index does not hold (-1: no usable index)."""
     space = runtime.active_space()
     try:
-        loaded = runtime.index_reader().current()
-    except Exception:  # a corrupt build counts as none  # noqa: BLE001
+        loaded = selectors.published_index(space)
+    except IndexCorrupt:  # a damaged build counts as none
         loaded = None
-    if loaded is None or loaded.meta.space != space:
+    if loaded is None:
         return -1
     newest = int(loaded.embedding_ids.max()) if loaded.meta.count else 0
     return Embedding.objects.filter(space=space, id__gt=newest).count()
@@ -145,8 +145,8 @@ def index_watermark_lags() -> bool:
     embed is in that state until rebuilt.
     """
     try:
-        loaded = runtime.index_reader().current()
-    except Exception:  # a corrupt build is handled by the query path  # noqa: BLE001
+        loaded = selectors.published_index()
+    except IndexCorrupt:  # a damaged build is index_repair_if_needed's business
         return False
     return bool(loaded and loaded.meta.count and loaded.meta.watermark < int(loaded.embedding_ids.max()))
 
@@ -218,13 +218,15 @@ def index_repair_if_needed() -> None:
     space = runtime.active_space()
     try:
         index_files_check(space=space)
-        loaded = runtime.index_reader().current()
+        loaded = selectors.published_index(space)
+    except selectors.IndexOfAnotherSpace:
+        loaded = None  # none for this space yet
     except IndexCorrupt as exc:
         logger.error("The published index cannot be served: %s", exc)
         if Embedding.objects.filter(space=space).exists():
             index_rebuild_request(reason="published index unusable")
         return
-    if (loaded is None or loaded.meta.space != space) and Embedding.objects.filter(space=space).exists():
+    if loaded is None and Embedding.objects.filter(space=space).exists():
         index_rebuild_request(reason="no usable index for the active space")
 
 

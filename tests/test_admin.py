@@ -37,7 +37,7 @@ def test_bulk_zip_is_imported_by_its_job_queues_embedding_after_commit_and_repor
     queued: list[list[int]] = []
     sent: list[int] = []
     monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: queued.append(product_ids) or 0)
-    monkeypatch.setattr("gallery.jobs.import_job_enqueue", lambda *, job_id: sent.append(job_id) or True)
+    monkeypatch.setattr("gallery.tasks.import_job_enqueue", lambda *, job_id: sent.append(job_id) or True)
     data = catalog_zip(
         [
             "501,Men,Apparel,Topwear,Shirts,Blue,Fall,2012,Casual,Blue Shirt",

@@ -222,7 +222,7 @@ def test_import_sets_availability_from_optional_columns_and_absent_columns_chang
 
 def test_bulk_zip_carries_availability_columns(staff, settings, tmp_path, monkeypatch, redis_db):
     settings.IMPORT_JOBS_DIR = tmp_path / "imports"
-    monkeypatch.setattr("gallery.jobs.import_job_enqueue", lambda *, job_id: True)
+    monkeypatch.setattr("gallery.tasks.import_job_enqueue", lambda *, job_id: True)
     monkeypatch.setattr("recommender.tasks.embed_enqueue", lambda *, product_ids: 0)
     out = io.BytesIO()
     base = "Women,Footwear,Shoes,Heels,Red,Fall,2013,Formal"

@@ -21,7 +21,7 @@ import pytest
 from django.core.cache import cache
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from gallery.models import Product
 from gallery.selectors import filter_choices_key
@@ -30,22 +30,13 @@ from recommender import runtime
 from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding
 from recommender.services import index_rebuild, products_embed
+from tests.support.browser import CHROMIUM, chromium, page_ready
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SLICE = 120  # products imported from the demo catalog, with their images
 QUERY = "Sweatshirt"  # an article type of the slice: its products are named "... Sweatshirt"
 TIMEOUT_MS = 15_000
@@ -173,8 +164,7 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
 
     js_errors: list[str] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             context.set_default_timeout(TIMEOUT_MS)
@@ -189,6 +179,7 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
 
             # 1. Text search: Enter in the search box; htmx swaps the results and pushes ?q=.
             page.goto(f"{base}/")
+            page_ready(page, timeout_ms=TIMEOUT_MS)
             assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
             assert_whole_page(page)
             expect(page.locator("#results ol.grid .card")).to_have_count(25)
@@ -404,8 +395,6 @@ def test_a_shoppers_visit_in_a_real_browser(live_server, browser_catalog, demo_d
                 with contextlib.suppress(Exception):
                     open_page.screenshot(path=str(ARTIFACTS / f"failure-{n}.png"), full_page=True)
             raise
-        finally:
-            browser.close()
 
     assert not failed_responses, failed_responses
     assert not js_errors, js_errors

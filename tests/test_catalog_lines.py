@@ -20,7 +20,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
-from gallery import bulk, catalog, jobs, tasks
+from gallery import bulk, catalog, tasks
 from gallery.catalog import COLUMNS, MAX_LINE_BYTES, CatalogRow, RowError, image_id_of, styles_read
 from gallery.models import ImportJob, ImportStatus, Product
 from tests.support import ROOT
@@ -111,7 +111,7 @@ def _jobs_dir(settings, tmp_path: Path) -> Path:
 @pytest.fixture
 def staff(db, monkeypatch) -> Client:
     """An admin's client; a job's task is not sent (each test runs it in-process) and decodes in-process."""
-    monkeypatch.setattr(jobs, "import_job_enqueue", lambda *, job_id: True)
+    monkeypatch.setattr(tasks, "import_job_enqueue", lambda *, job_id: True)
     monkeypatch.setattr(tasks, "DECODE_WORKERS", 1)
     client = Client(raise_request_exception=False)
     client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))

@@ -22,7 +22,7 @@ from django.test import Client
 from django.urls import path
 
 from gallery.models import Product
-from gallery.services import image_prepare_for_store, product_image_set
+from gallery.services import image_prepare_for_store, product_save
 from recommender import index as index_module
 from recommender import runtime, selectors, services, state, tasks
 from recommender.models import EmbeddingState, EmbedStatus
@@ -323,14 +323,11 @@ def test_two_writers_of_one_product_never_share_an_image_version():
     second = image_prepare_for_store(data=jpeg_bytes(colour=(0, 0, 200)), max_pixels=10**7)
     third = image_prepare_for_store(data=jpeg_bytes(colour=(0, 200, 0)), max_pixels=10**7)
     product = Product(id=31, name="Raced")
-    product_image_set(product=product, stored=first)
-    product.save()
+    product_save(product=product, stored=first, enqueue=False)
     # Two editors loaded the product at version 1; both give it a new image.
     one, two = Product.objects.get(id=31), Product.objects.get(id=31)
-    product_image_set(product=one, stored=second)
-    one.save()
-    product_image_set(product=two, stored=third)
-    two.save()
+    product_save(product=one, stored=second, enqueue=False)
+    product_save(product=two, stored=third, enqueue=False)
 
     saved = Product.objects.get(id=31)
     assert (one.image_version, two.image_version, saved.image_version) == (2, 3, 3)

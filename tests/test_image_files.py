@@ -22,7 +22,7 @@ from gallery.services import (
     catalog_import,
     image_files_guard,
     image_prepare_for_store,
-    product_image_set,
+    product_save,
 )
 from recommender.models import EmbeddingState
 from tests.support.catalog_files import write_catalog
@@ -59,8 +59,7 @@ def product_with_image(product_id: int) -> Product:
     """A committed product with an image (its replaced files are not involved: it is the first)."""
     product = Product(id=product_id, name="Stored product", article_type="Tshirts")
     with transaction.atomic():
-        product_image_set(product=product, stored=stored((200, 30, 30)))
-        product.save()
+        product_save(product=product, stored=stored((200, 30, 30)), enqueue=False)
     return product
 
 
@@ -186,11 +185,9 @@ def test_two_saves_of_one_products_image_from_stale_reads_leave_only_the_last_on
     product_with_image(73)
     first, second = Product.objects.get(id=73), Product.objects.get(id=73)
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        product_image_set(product=first, stored=stored((0, 0, 200)))
-        first.save()
+        product_save(product=first, stored=stored((0, 0, 200)), enqueue=False)
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        product_image_set(product=second, stored=stored((0, 200, 0)))
-        second.save()
+        product_save(product=second, stored=stored((0, 200, 0)), enqueue=False)
 
     _, image, thumbnail, sha, version = row_of(73)
     assert (image, thumbnail, sha, version) == (second.image.name, second.thumbnail.name, second.image_sha256, 3)
@@ -256,8 +253,7 @@ def test_a_text_edit_from_a_stale_form_keeps_the_image_another_admin_stored_mean
     stale = Product.objects.get(id=75)  # the text-only editor's form was loaded here
     fresh = Product.objects.get(id=75)
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        product_image_set(product=fresh, stored=stored((0, 200, 0)))
-        fresh.save()
+        product_save(product=fresh, stored=stored((0, 200, 0)), enqueue=False)
 
     stale.name = "Renamed product"
     form = type("Form", (), {"cleaned_data": {"image_upload": None}})()
@@ -289,8 +285,7 @@ def test_a_save_inside_a_transaction_that_rolls_back_later_leaves_no_new_files()
     files, row = files_on_disk(), row_of(76)
     product = Product.objects.get(id=76)
     with pytest.raises(Boom), image_files_guard(), transaction.atomic():
-        assert product_image_set(product=product, stored=stored((0, 0, 200)))
-        product.save()
+        assert product_save(product=product, stored=stored((0, 0, 200)), enqueue=False).image_changed
         assert len(files_on_disk()) == 4  # written, and named by the uncommitted row
         raise Boom
     assert files_on_disk() == files
@@ -303,8 +298,7 @@ def test_a_committed_save_inside_the_guard_keeps_its_files_and_drops_the_old_one
     old = set(files_on_disk())
     product = Product.objects.get(id=77)
     with image_files_guard(), transaction.atomic():
-        product_image_set(product=product, stored=stored((0, 0, 200)))
-        product.save()
+        product_save(product=product, stored=stored((0, 0, 200)), enqueue=False)
     _, image, thumbnail, _, _ = row_of(77)
     assert set(files_on_disk()) == {image, thumbnail}
     assert not old & {image, thumbnail}

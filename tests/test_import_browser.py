@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from gallery.catalog import styles_read
 from gallery.models import ImportJob, Product
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, COUNT_SWAPS
+from tests.support.browser import CHROMIUM, chromium, page_ready
+from tests.test_browser import ARTIFACTS, COUNT_SWAPS
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -58,54 +59,50 @@ def test_an_admin_uploads_a_catalog_zip_and_follows_its_import_to_the_end(
     failed: list[str] = []
     js_errors: list[str] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000})
-            context.set_default_timeout(TIMEOUT_MS)
-            context.add_init_script(COUNT_SWAPS + RECORD_ROWS)
-            page = context.new_page()
-            page.on("response", lambda r: r.status >= 400 and "favicon" not in r.url and failed.append(r.url))
-            page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        context.set_default_timeout(TIMEOUT_MS)
+        context.add_init_script(COUNT_SWAPS + RECORD_ROWS)
+        page = context.new_page()
+        page.on("response", lambda r: r.status >= 400 and "favicon" not in r.url and failed.append(r.url))
+        page.on("pageerror", lambda exc: js_errors.append(str(exc)))
 
-            page.goto(f"{live_server.url}/admin/login/?next=/admin/gallery/product/bulk-upload/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "pw-admin-123")
-            page.click("input[type=submit]")
-            expect(page).to_have_url(re.compile(r"/admin/gallery/product/bulk-upload/$"))
-            expect(page.locator("form[enctype]")).to_contain_text("images/<id>.jpg")
+        page.goto(f"{live_server.url}/admin/login/?next=/admin/gallery/product/bulk-upload/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "pw-admin-123")
+        page.click("input[type=submit]")
+        expect(page).to_have_url(re.compile(r"/admin/gallery/product/bulk-upload/$"))
+        expect(page.locator("form[enctype]")).to_contain_text("images/<id>.jpg")
 
-            # The upload: no worker runs yet, so the job page can only be the upload's own answer.
-            page.set_input_files("#id_archive", str(archive))
-            page.click("input[type=submit][value=Upload]")
-            expect(page).to_have_url(re.compile(r"/admin/gallery/importjob/\d+/change/$"))
-            status = page.locator("#import-progress .import-status")
-            expect(status).to_have_text("Queued")
-            expect(page.locator("#import-progress")).to_contain_text(f"0 of {len(ids)} rows read")
-            # htmx is a deferred script: the progress block can be on screen before it has run, so wait for the
-            # page's load (which runs deferred scripts) before asking whether it loaded.
-            page.wait_for_load_state("load")
-            assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
-            page.screenshot(path=str(ARTIFACTS / "import-01-queued.png"), full_page=True)
-            job_id = int(page.url.rstrip("/").split("/")[-2])
+        # The upload: no worker runs yet, so the job page can only be the upload's own answer.
+        page.set_input_files("#id_archive", str(archive))
+        page.click("input[type=submit][value=Upload]")
+        expect(page).to_have_url(re.compile(r"/admin/gallery/importjob/\d+/change/$"))
+        status = page.locator("#import-progress .import-status")
+        expect(status).to_have_text("Queued")
+        expect(page.locator("#import-progress")).to_contain_text(f"0 of {len(ids)} rows read")
+        # htmx is a deferred script: the progress block can be on screen before it has run, so wait for it
+        # (the URL assertion above waits only for the navigation to commit).
+        page_ready(page, timeout_ms=TIMEOUT_MS)
+        assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
+        page.screenshot(path=str(ARTIFACTS / "import-01-queued.png"), full_page=True)
+        job_id = int(page.url.rstrip("/").split("/")[-2])
 
-            start_worker(IMPORT_JOBS_DIR=str(settings.IMPORT_JOBS_DIR))
-            expect(status).to_have_text("Done", timeout=IMPORT_TIMEOUT_MS)
-            expect(page.locator("#import-progress")).to_contain_text(f"{len(ids)} of {len(ids)} rows read (100%)")
-            expect(page.locator("#import-progress .count-created")).to_have_text(str(len(ids)))
-            page.screenshot(path=str(ARTIFACTS / "import-02-done.png"), full_page=True)
-            # The embedding panel follows the worker embedding the new images, to a browsable catalog.
-            panel = page.locator("#embedding-progress")
-            expect(panel).to_contain_text(f"{len(ids)} of {len(ids)} products embedded", timeout=IMPORT_TIMEOUT_MS)
-            expect(panel).to_contain_text("Every product is findable by similarity")
-            page.screenshot(path=str(ARTIFACTS / "import-03-embedded.png"), full_page=True)
+        start_worker(IMPORT_JOBS_DIR=str(settings.IMPORT_JOBS_DIR))
+        expect(status).to_have_text("Done", timeout=IMPORT_TIMEOUT_MS)
+        expect(page.locator("#import-progress")).to_contain_text(f"{len(ids)} of {len(ids)} rows read (100%)")
+        expect(page.locator("#import-progress .count-created")).to_have_text(str(len(ids)))
+        page.screenshot(path=str(ARTIFACTS / "import-02-done.png"), full_page=True)
+        # The embedding panel follows the worker embedding the new images, to a browsable catalog.
+        panel = page.locator("#embedding-progress")
+        expect(panel).to_contain_text(f"{len(ids)} of {len(ids)} products embedded", timeout=IMPORT_TIMEOUT_MS)
+        expect(panel).to_contain_text("Every product is findable by similarity")
+        page.screenshot(path=str(ARTIFACTS / "import-03-embedded.png"), full_page=True)
 
-            rows_seen = page.evaluate("window.__rows")
-            # Followed live, by htmx swaps on the same page: never a reload.
-            assert page.evaluate("window.__swaps") > 0
-            assert rows_seen == sorted(rows_seen) and rows_seen[-1] == len(ids), rows_seen
-        finally:
-            browser.close()
+        rows_seen = page.evaluate("window.__rows")
+        # Followed live, by htmx swaps on the same page: never a reload.
+        assert page.evaluate("window.__swaps") > 0
+        assert rows_seen == sorted(rows_seen) and rows_seen[-1] == len(ids), rows_seen
 
     assert not failed, failed
     assert not js_errors, js_errors

@@ -119,7 +119,7 @@ def _jobs_dir(settings, tmp_path: Path) -> Path:
 def sent(monkeypatch) -> list[int]:
     """Job ids whose task was sent (in-process tests: nothing reaches Redis)."""
     ids: list[int] = []
-    monkeypatch.setattr(jobs, "import_job_enqueue", lambda *, job_id: ids.append(job_id) or True)
+    monkeypatch.setattr(tasks, "import_job_enqueue", lambda *, job_id: ids.append(job_id) or True)
     monkeypatch.setattr(tasks, "DECODE_WORKERS", 1)
     return ids
 
@@ -255,7 +255,7 @@ def test_a_job_interrupted_mid_batch_resumes_after_its_last_committed_batch(staf
     decoded: list[int] = []
     prepare = services.image_prepare_for_store
     monkeypatch.setattr(services, "image_prepare_for_store", lambda **kw: decoded.append(1) or prepare(**kw))
-    assert jobs.import_jobs_sweep(stale_after_s=0)["resumed"] == 1
+    assert tasks.import_jobs_sweep(stale_after_s=0)["resumed"] == 1
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("queued", 1)
     assert "Resumed after line 21" in job.error
@@ -281,7 +281,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed_with_the_reason(staff, sent):
     )
     (jobs.jobs_dir() / f"job-{job_id}").mkdir()  # a dead worker's scratch folder
 
-    assert jobs.import_jobs_sweep()["failed"] == 1
+    assert tasks.import_jobs_sweep()["failed"] == 1
 
     job = ImportJob.objects.get(id=job_id)
     assert job.status == ImportStatus.FAILED
@@ -303,7 +303,7 @@ def test_a_runner_that_lost_its_job_to_the_sweep_applies_nothing_more(staff, sen
 def test_a_job_left_queued_while_redis_was_down_is_sent_again_by_the_sweep(staff, sent):
     job_id = job_id_of(upload(staff, simple_zip([61])))
     ImportJob.objects.filter(id=job_id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
-    assert jobs.import_jobs_sweep()["resent"] == 1
+    assert tasks.import_jobs_sweep()["resent"] == 1
     assert sent[-1] == job_id
 
 
@@ -324,7 +324,7 @@ def test_orphaned_zips_and_scratch_folders_are_removed_by_the_sweep(db):
     old = (timezone.now() - timedelta(hours=2)).timestamp()
     for entry in directory.iterdir():
         os.utime(entry, (old, old))
-    assert jobs.import_jobs_sweep()["files_removed"] == 2
+    assert tasks.import_jobs_sweep()["files_removed"] == 2
     assert stored_files() == []
 
 
@@ -350,7 +350,7 @@ def test_import_catalog_on_the_command_line_is_recorded_as_a_job(db, tmp_path: P
 def test_a_killed_import_catalog_process_leaves_a_job_the_sweep_fails_with_the_reason(db, tmp_path: Path):
     job = jobs.import_job_command_start(directory=tmp_path, rows_total=100)
     ImportJob.objects.filter(id=job.id).update(lines_done=41, heartbeat_at=timezone.now() - timedelta(hours=1))
-    assert jobs.import_jobs_sweep()["failed"] == 1
+    assert tasks.import_jobs_sweep()["failed"] == 1
     job.refresh_from_db()
     assert job.status == ImportStatus.FAILED
     assert "import_catalog process stopped" in job.error and "after line 41" in job.error
@@ -556,20 +556,20 @@ def test_a_zip_the_size_of_the_real_catalog_is_accepted_at_once(staff, sent):
 # --- The embedding panel ---------------------------------------------------------------------
 
 
-def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_findable(staff, sent):
-    from django.core.cache import cache
-
+def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_findable(staff, sent, monkeypatch):
+    from recommender import selectors
     from recommender.models import EmbeddingState
     from tests.support.engine import engine_knows
 
+    # The rate is the engine's (products marked done over its window), here a minute.
+    monkeypatch.setattr(selectors, "RATE_WINDOW_S", 60)
     for product_id in range(1, 11):
         Product.objects.create(id=product_id, name=f"P{product_id}")
         engine_knows(product_id)  # pending: no vector yet
     first = jobs.embedding_progress()
-    assert (first.total, first.awaiting, first.per_second) == (10, 10, None)
+    assert (first.total, first.awaiting, first.per_second) == (10, 10, 0.0)
 
-    # A reading a minute ago, when 30 fewer products were embedded: 0.5 a second.
-    cache.set(jobs._RATE_KEY, [[timezone.now().timestamp() - 60, first.done]], timeout=600)
+    # 30 products embedded within the last minute: 0.5 a second.
     for product_id in range(11, 41):
         Product.objects.create(id=product_id, name=f"P{product_id}")
         engine_knows(product_id)
@@ -584,6 +584,21 @@ def test_the_admin_shows_products_awaiting_embedding_the_rate_and_when_they_are_
     assert "Embedding 30 a minute: the rest are findable by similarity in about 20 s" in page
     fragment = staff.get("/admin/gallery/importjob/embedding-progress/").content.decode()
     assert 'hx-trigger="every 2s"' in fragment
+
+
+def test_the_embedding_panel_writes_nothing_to_the_cache_when_read(staff, sent, monkeypatch):
+    from django.core.cache import cache
+
+    from tests.support.engine import engine_knows
+
+    Product.objects.create(id=1, name="P1")
+    engine_knows(1)
+    writes: list[str] = []
+    for name in ("set", "add", "set_many", "incr"):
+        monkeypatch.setattr(cache, name, lambda *args, _name=name, **kwargs: writes.append(_name))
+    for _ in range(2):
+        assert staff.get("/admin/gallery/importjob/embedding-progress/").status_code == 200
+    assert writes == []
 
 
 # --- Real workers ----------------------------------------------------------------------------
@@ -671,7 +686,7 @@ def test_a_job_whose_worker_is_killed_resumes_in_another_after_its_last_committe
         assert product.image and Path(product.image.path).is_file()
 
     start_worker(name="rescuer", IMPORT_JOBS_DIR=str(_jobs_dir))
-    assert jobs.import_jobs_sweep(stale_after_s=0)["resumed"] == 1
+    assert tasks.import_jobs_sweep(stale_after_s=0)["resumed"] == 1
     job = wait_job(job_id, timeout=180)
 
     assert job.status == ImportStatus.DONE, job.error

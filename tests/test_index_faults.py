@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from django.core.cache import cache
 
+from recommender import api, runtime, selectors, services, tasks
 from recommender import index as index_module
-from recommender import runtime, selectors, services, tasks
 from recommender.index import (
     BUILDS_DIR,
     COLOURS_FILE,
@@ -361,3 +361,28 @@ def test_a_real_worker_with_beat_rebuilds_a_build_cut_under_it_without_an_operat
     assert restored.status_code == 200
     assert restored.json()["results"]
     assert "published index unusable" in worker.log.read_text()
+
+
+@pytest.mark.django_db
+def test_a_build_holding_another_spaces_vectors_is_refused_by_the_one_reader():
+    """Vectors of two encoders are never compared: the one reader refuses such a build, and every caller
+    says so its own way (statuses name the build's space, queries and metrics count it as none)."""
+    space = runtime.active_space()
+    vectors = clustered(40, 16)
+    index_build(
+        directory=runtime.index_dir(space),
+        vectors=vectors,
+        product_ids=np.arange(1, 41),
+        embedding_ids=np.arange(1, 41),
+        space=f"not-{space}",
+        n_trees=2,
+        search_k=-1,
+        watermark=40,
+    )
+    with pytest.raises(selectors.IndexOfAnotherSpace, match=f"holds not-{space} vectors"):
+        selectors.published_index()
+    assert api.index_health() == f"error: built for not-{space}"
+    assert api.engine_metrics().index_vectors == 0
+    assert selectors.index_status()["index"]["matches_active_space"] is False
+    assert selectors.searchable_index(space) is None
+    assert tasks.vectors_outside_index() == -1

@@ -246,8 +246,9 @@ def test_the_trail_accepts_every_id_catalog_import_accepts():
 def test_old_trail_links_still_open():
     trail = Trail.parse("9613,p27647,n56199,3305")
     assert str(trail) == "9613,p27647,n56199,3305"
-    assert trail.liked_ids == [27647, 3305]
-    assert trail.disliked_ids == [56199]
+    marks = [(step.product_id, step.mark) for step in trail.steps]
+    assert marks == [(9613, ""), (27647, "p"), (56199, "n"), (3305, "")]
+    assert trail.anchor.product_id == 3305
 
 
 def test_a_product_imported_with_a_16_digit_id_can_be_clicked_onto_a_trail(client, db, tmp_path: Path, shop):

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from gallery.models import ImportJob, ImportStatus
+from tests.support.browser import chromium, page_ready
 from tests.support.images import jpeg_bytes
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, COUNT_SWAPS, TIMEOUT_MS, by_htmx, grid_ids
+from tests.test_browser import COUNT_SWAPS, TIMEOUT_MS, by_htmx, grid_ids
 from tests.test_browser import browser_catalog as _browser_catalog
 
 # The shopper test's catalog: a slice of the demo catalog, imported with its images, embedded and indexed.
@@ -98,66 +99,62 @@ def test_every_page_kind_works_under_the_policy_with_no_violation(live_server, b
     page_errors: list[str] = []
     visited: list[str] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.set_default_timeout(TIMEOUT_MS)
-            context.add_init_script(COUNT_SWAPS + RECORD_VIOLATIONS)
-            page = context.new_page()
-            page.on("console", lambda m: m.type in {"error", "warning"} and messages.append(f"{page.url}: {m.text}"))
-            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(TIMEOUT_MS)
+        context.add_init_script(COUNT_SWAPS + RECORD_VIOLATIONS)
+        page = context.new_page()
+        page.on("console", lambda m: m.type in {"error", "warning"} and messages.append(f"{page.url}: {m.text}"))
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
 
-            def visit(path: str) -> None:
-                page.goto(base + path)
-                page.wait_for_load_state("load")
-                assert page.evaluate("typeof window.htmx") == "object", f"htmx did not load on {path}"
-                visited.append(path)
+        def visit(path: str) -> None:
+            page.goto(base + path)
+            page_ready(page, timeout_ms=TIMEOUT_MS)
+            assert page.evaluate("typeof window.htmx") == "object", f"htmx did not load on {path}"
+            visited.append(path)
 
-            # The shop: home (starting grid), a text search, a click, trail edits, a photo search.
-            visit("/")
-            before = grid_ids(page)
-            by_htmx(page, lambda: page.locator("#results ol.grid .card > a").nth(3).click())
-            assert re.search(r"/similar/\d+/", page.url) and grid_ids(page) != before, "a click refreshes the grid"
-            visit("/?q=Sweatshirt")
-            assert grid_ids(page)
-            visit(f"/similar/{product_id}/")
-            by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
-            by_htmx(page, lambda: page.locator("#results nav.trail a.pin").first.click())
-            by_htmx(page, lambda: page.locator("#results nav.trail a.dislike").first.click())
-            by_htmx(page, lambda: page.locator("#results nav.trail a.remove").last.click())
-            visit("/")
-            by_htmx(page, lambda: page.set_input_files("#photo-input", str(photo)))
-            expect(page.locator("#results ol.grid .card").first).to_be_visible()
+        # The shop: home (starting grid), a text search, a click, trail edits, a photo search.
+        visit("/")
+        before = grid_ids(page)
+        by_htmx(page, lambda: page.locator("#results ol.grid .card > a").nth(3).click())
+        assert re.search(r"/similar/\d+/", page.url) and grid_ids(page) != before, "a click refreshes the grid"
+        visit("/?q=Sweatshirt")
+        assert grid_ids(page)
+        visit(f"/similar/{product_id}/")
+        by_htmx(page, lambda: page.locator("#results ol.grid .card > a").first.click())
+        by_htmx(page, lambda: page.locator("#results nav.trail a.pin").first.click())
+        by_htmx(page, lambda: page.locator("#results nav.trail a.dislike").first.click())
+        by_htmx(page, lambda: page.locator("#results nav.trail a.remove").last.click())
+        visit("/")
+        by_htmx(page, lambda: page.set_input_files("#photo-input", str(photo)))
+        expect(page.locator("#results ol.grid .card").first).to_be_visible()
 
-            # The admin: login, lists, forms, the bulk upload, an import's page following the job live.
-            page.goto(f"{base}/admin/login/")
-            page.fill("#id_username", "admin")
-            page.fill("#id_password", "pw-admin-123")
-            page.click("input[type=submit]")
-            expect(page).to_have_url(re.compile(r"/admin/$"))
-            for path in [
-                "/admin/",
-                "/admin/gallery/product/",
-                f"/admin/gallery/product/{product_id}/change/",
-                "/admin/gallery/product/add/",
-                "/admin/gallery/product/bulk-upload/",
-                "/admin/gallery/importjob/",
-                "/admin/auth/user/",
-            ]:
-                page.goto(base + path)
-                page.wait_for_load_state("load")
-                visited.append(path)
-            expect(page.locator("#result_list")).to_be_visible()
-            # The import's page polls its progress through htmx: a swap happens under the policy.
-            visit(f"/admin/gallery/importjob/{job.id}/change/")
-            page.wait_for_function("() => window.__swaps > 0", timeout=TIMEOUT_MS)
-            # The product list's thumbnails keep their size without an inline style.
-            page.goto(f"{base}/admin/gallery/product/")
-            height = page.evaluate("() => document.querySelector('img.gallery-thumb')?.getBoundingClientRect().height")
-            assert height in (None, 64), height
-        finally:
-            browser.close()
+        # The admin: login, lists, forms, the bulk upload, an import's page following the job live.
+        page.goto(f"{base}/admin/login/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "pw-admin-123")
+        page.click("input[type=submit]")
+        expect(page).to_have_url(re.compile(r"/admin/$"))
+        for path in [
+            "/admin/",
+            "/admin/gallery/product/",
+            f"/admin/gallery/product/{product_id}/change/",
+            "/admin/gallery/product/add/",
+            "/admin/gallery/product/bulk-upload/",
+            "/admin/gallery/importjob/",
+            "/admin/auth/user/",
+        ]:
+            page.goto(base + path)
+            page.wait_for_load_state("load")
+            visited.append(path)
+        expect(page.locator("#result_list")).to_be_visible()
+        # The import's page polls its progress through htmx: a swap happens under the policy.
+        visit(f"/admin/gallery/importjob/{job.id}/change/")
+        page.wait_for_function("() => window.__swaps > 0", timeout=TIMEOUT_MS)
+        # The product list's thumbnails keep their size without an inline style.
+        page.goto(f"{base}/admin/gallery/product/")
+        height = page.evaluate("() => document.querySelector('img.gallery-thumb')?.getBoundingClientRect().height")
+        assert height in (None, 64), height
 
     violations = [m for m in messages if "Content Security Policy" in m or "CSP violation" in m]
     assert not violations, violations

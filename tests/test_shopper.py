@@ -21,8 +21,8 @@ from gallery.trail import MAX_STEPS, Trail, TrailError
 def test_trail_parses_marks_and_round_trips():
     trail = Trail.parse("12, p34,n56 ,78")
     assert str(trail) == "12,p34,n56,78"
-    assert trail.liked_ids == [34, 78]  # pinned steps plus the newest liked one
-    assert trail.disliked_ids == [56]
+    assert [(step.product_id, step.mark) for step in trail.steps] == [(12, ""), (34, "p"), (56, "n"), (78, "")]
+    assert [step.product_id for step in trail.steps if step.disliked] == [56]
     assert trail.anchor.product_id == 78
 
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery import catalog_health
+from gallery import catalog_health, tasks
 from gallery.models import FindingKind
 from recommender.errors import SimilarityUnavailable
 
@@ -58,7 +58,7 @@ class Command(BaseCommand):
     def handle(self, *args, background: bool, duplicate_cosine: float, duplicate_difference: float, label_ratio: float,
                outlier_isolation: float, **options):  # fmt: skip
         if background:
-            scan, created = catalog_health.health_scan_request()
+            scan, created = tasks.health_scan_submit()
             self.stdout.write(f"Scan {scan.id} {'queued' if created else 'is already ' + scan.status}.")
             return
         scan = catalog_health.health_scan_create()

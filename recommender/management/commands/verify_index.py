@@ -1,7 +1,7 @@
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError
 
-from recommender import runtime
+from recommender import runtime, selectors
 from recommender.index import IndexCorrupt
 from recommender.models import Embedding
 
@@ -15,15 +15,13 @@ class Command(BaseCommand):
     def handle(self, *args, sample: int, **options):
         space = runtime.active_space()
         try:
-            loaded = runtime.index_reader().current()
+            loaded = selectors.published_index(space)
         except IndexCorrupt as exc:
             raise CommandError(f"The published index is unusable: {exc}. Run build_index.") from exc
         if loaded is None:
             raise CommandError(f"No index is published for {space}. Run build_index.")
         meta = loaded.meta
         problems = []
-        if meta.space != space:
-            problems.append(f"index holds {meta.space} vectors, the active space is {space}")
         stored = dict(Embedding.objects.filter(space=space).values_list("id", "product_id"))
         indexed = dict(zip(loaded.embedding_ids.tolist(), loaded.product_ids.tolist(), strict=True))
         stale = [eid for eid in indexed if eid not in stored]
