@@ -277,6 +277,8 @@ def test_the_scheduled_refresh_rebuilds_a_build_whose_watermark_lags(demo_catalo
     from recommender import tasks
 
     # Built moments after the vectors were stored: every query must check their ids.
+    Embedding.objects.update(created_at=timezone.now())
+    services.index_rebuild()
     assert tasks.index_watermark_lags()
     Embedding.objects.update(created_at=timezone.now() - timedelta(hours=1))
 
