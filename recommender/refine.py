@@ -33,11 +33,9 @@ from dataclasses import asdict, dataclass, replace
 from threading import Lock
 
 import numpy as np
-import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
-from django_redis.exceptions import ConnectionInterrupted
 
 from config.metrics import cache_lookup
 from config.timing import stage
@@ -56,7 +54,6 @@ GRID_MEMORY = 4096
 # grid is kept GRID_CACHE_TTL_S (0: not at all), an earlier page's grid this long at least.
 PREFIX_CACHE_TTL_S = 3600
 _KEY_PREFIX = "recommender:grid:"
-_CACHE_DOWN = (redis.RedisError, ConnectionInterrupted, OSError)
 
 
 @dataclass(frozen=True)
@@ -379,11 +376,8 @@ class _Remembered:
                 self.found[key] = value
         if not wanted:
             return
-        try:
-            shared = cache.get_many([_KEY_PREFIX + key for key in wanted])
-        except _CACHE_DOWN:
-            logger.warning("Cache unavailable: grids are ranked again", exc_info=True)
-            return
+        # With Redis down this is a miss (IGNORE_EXCEPTIONS; gallery.cache.FailFastPool): the grids are ranked.
+        shared = cache.get_many([_KEY_PREFIX + key for key in wanted])
         for key in wanted:
             value = shared.get(_KEY_PREFIX + key)
             cache_lookup(cache="grids-shared", hit=isinstance(value, list))
@@ -398,10 +392,8 @@ class _Remembered:
             _remembered.put(key, value)
         if not self.new:
             return
-        try:
-            cache.set_many({_KEY_PREFIX + key: list(value) for key, value in self.new.items()}, _shared_ttl())
-        except _CACHE_DOWN:
-            logger.warning("Cache unavailable: grids are remembered in this process only", exc_info=True)
+        # With Redis down the write is dropped (IGNORE_EXCEPTIONS): the grids stay in this process only.
+        cache.set_many({_KEY_PREFIX + key: list(value) for key, value in self.new.items()}, _shared_ttl())
 
 
 def _shared_ttl() -> int:
