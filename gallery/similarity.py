@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from gallery.filters import ProductFilters
 from gallery.selectors import product_search, query_normalise, query_words, starting_grid_ids
 from gallery.trail import Step, Trail
 from recommender import api
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -44,8 +43,6 @@ from recommender.colour import COLOUR_SPACE, Aspect
 from recommender.feedback import DISLIKED, OVERFETCH, PINNED, SERVED, Strategy, TrailVectors, grid_rank, query_vectors
 from recommender.index import LoadedIndex
 from recommender.selectors import Neighbour
-
-logger = logging.getLogger(__name__)
 
 # Grids remembered in each process (whole grids' ids and scores, and what each earlier page of a trail showed:
 # a few MB in all) ...
