@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,21 +108,26 @@ def _summary(times: list[float], stages: list[dict[str, float]], errors: int) ->
     return {"times": times, "summary": Summary.of(times), "stages": mean, "errors": errors}
 
 
-def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
-    rng = random.Random(seed)
+def timed(port: int, requests: Iterable[Request], *, warm: Iterable[Request] = ()) -> dict:
+    """The ``warm`` requests, then ``requests`` one after another on one connection: wall ms and stages each."""
     client = Client(port)
+    times, stages, errors = [], [], 0
     try:
-        for _ in range(warm):
-            client.get(kind.draw(rng))
-        times, stages, errors = [], [], 0
-        for _ in range(count):
-            status, ms, split, _ = client.get(kind.draw(rng))
+        for request in warm:
+            client.get(request)
+        for request in requests:
+            status, ms, split, _ = client.get(request)
             times.append(ms)
             stages.append(split)
             errors += status != 200
     finally:
         client.close()
     return _summary(times, stages, errors)
+
+
+def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    return timed(port, (kind.draw(rng) for _ in range(count)), warm=[kind.draw(rng) for _ in range(warm)])
 
 
 def walks(port: int, *, count: int, n: int, seed: int) -> tuple[dict, list[str]]:
@@ -148,20 +154,6 @@ def walks(port: int, *, count: int, n: int, seed: int) -> tuple[dict, list[str]]
     finally:
         client.close()
     return _summary(times, stages, errors), links
-
-
-def cold_links(port: int, links: list[str]) -> dict:
-    client = Client(port)
-    times, stages, errors = [], [], 0
-    try:
-        for path in links:
-            status, ms, split, _ = client.get(Request("GET", path))
-            times.append(ms)
-            stages.append(split)
-            errors += status != 200
-    finally:
-        client.close()
-    return _summary(times, stages, errors)
 
 
 def _env(n: int, database: str, log) -> dict[str, str]:  # noqa: ANN001
@@ -208,8 +200,10 @@ def measure(n: int, database: str, *, cached: bool, quick: bool, logs: Path, log
     redis_flush(REDIS_URL)
     server, port = web_start(log=logs / f"gunicorn-{database}-cold.log", env=env)
     try:
-        cold_links(port, links[:2])  # the processes warmed (index mapped), two links spent on it
-        results["10-step link, cold"] = cold_links(port, links[2:])
+        # The processes warmed (index mapped) on two of the links; the others timed.
+        results["10-step link, cold"] = timed(
+            port, [Request("GET", path) for path in links[2:]], warm=[Request("GET", path) for path in links[:2]]
+        )
     finally:
         server.stop()
     return results
