@@ -18,7 +18,6 @@ edited out of a filter, off sale, or deleted, is never shown.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import time
 import typing
@@ -36,6 +35,7 @@ from django.utils import timezone
 from config.metrics import cache_lookup
 from config.timing import stage
 from gallery.filters import ProductFilters
+from gallery.links import storage_url
 from gallery.models import Product, ProductDeletion
 
 MAX_PRODUCT_ID = 2**63 - 1
@@ -215,29 +215,6 @@ def _current(version: CatalogVersion | object) -> _Memory:
     return memory
 
 
-# A stored name made only of these (the names the shop stores: ``products/ab/<hex>.jpg``) has the
-# same URL under FileSystemStorage as MEDIA_URL + name: quoting leaves it alone, and without "." or
-# ".." segments (a segment never starts with a dot), a scheme or a query, joining only appends it.
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
-
-
-def _storage_url() -> Callable[[str], str]:
-    """``default_storage.url``, without its per-name quoting and joining for the plain names of local media."""
-    from django.core.files.storage import FileSystemStorage, storages
-
-    storage = storages["default"]  # what default_storage wraps
-    if type(storage) is not FileSystemStorage:
-        return storage.url  # S3 and other storages sign or rewrite URLs: always ask them
-    base = storage.base_url
-    if not base or not base.endswith("/") or "?" in base or "#" in base:
-        return storage.url
-
-    def plain(name: str) -> str:
-        return base + name if _PLAIN_NAME.fullmatch(name) else storage.url(name)
-
-    return plain
-
-
 def _rows_read(connection: object, sql: str, ids: list[int]) -> list[tuple]:
     """Rows of ``sql`` (ending in ``IN``) for ``ids``, one statement per chunk of ids."""
     rows: list[tuple] = []
@@ -346,7 +323,7 @@ def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = No
 
 def _cards_of(ids: list[int], version: CatalogVersion, filters: ProductFilters | None) -> dict[int, Card]:
     rows = _held_cards.get(ids, version)
-    url = _storage_url()
+    url = storage_url()
     cards: dict[int, Card] = {}
     for pid in ids:
         row = rows.get(pid)

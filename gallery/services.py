@@ -350,10 +350,9 @@ _IMPORT_LOCK_KEY = 0x67616C6C657279
 
 
 @dataclass
-class BatchReport:
-    """What one committed batch of styles.csv rows did (it counts nothing a rollback undid)."""
+class _RowCounts:
+    """What rows of styles.csv did: created, updated, unchanged, skipped (with reasons), images queued."""
 
-    last_line: int = 0
     created: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -366,20 +365,22 @@ class BatchReport:
     def rows(self) -> int:
         return self.created + self.updated + self.unchanged + self.skipped
 
+
+@dataclass
+class BatchReport(_RowCounts):
+    """What one committed batch of styles.csv rows did (it counts nothing a rollback undid)."""
+
+    last_line: int = 0
+
     def skip(self, error: RowError) -> None:
         self.skipped += 1
         self.reasons.append(error)
 
 
 @dataclass
-class ImportSummary:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    images_queued: int = 0
-    reasons: list[RowError] = field(default_factory=list)
-    seconds: float = 0.0
+class ImportSummary(_RowCounts):
+    """What a whole import did: its batches added up, the first ``max_reasons`` reasons kept."""
+
     max_reasons: int = 10
 
     def skip(self, error: RowError) -> None:
@@ -395,10 +396,6 @@ class ImportSummary:
         self.skipped += report.skipped
         self.images_queued += report.images_queued
         self.reasons += report.reasons[: max(0, self.max_reasons - len(self.reasons))]
-
-    @property
-    def rows(self) -> int:
-        return self.created + self.updated + self.unchanged + self.skipped
 
     def lines(self) -> list[str]:
         rate = self.rows / self.seconds if self.seconds else 0.0

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from urllib.parse import urlencode
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
-from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -26,6 +23,7 @@ from gallery.cards import Card, cards_get
 from gallery.experiments import arm_of
 from gallery.filters import FILTERS
 from gallery.forms import PhotoSearchForm, SearchForm, SimilarForm, form_errors_text
+from gallery.links import JsonUrls, similar_url, trail_url, view_path, with_param
 from gallery.models import Product
 from gallery.openapi import openapi_spec
 from gallery.ratelimit import rate_limit_hit
@@ -34,10 +32,6 @@ from gallery.services import KEEP, product_availability_set
 from gallery.similarity import GridItem, PhotoGrid, photo_grid, photo_thumbnail_get, similar_grid
 from gallery.trail import ASPECTS, Step, Trail
 from recommender.api import EngineError, SimilarityUnavailable, engine_status
-
-
-def _query_string(**params: object) -> str:
-    return urlencode({key: value for key, value in params.items() if value not in ("", None)})
 
 
 def _context_params(form: SearchForm, *, photo: str = "") -> dict[str, str]:
@@ -71,63 +65,16 @@ def _photo_context(params: dict[str, str]) -> dict[str, str]:
     return {"photo_src": reverse("gallery:photo-thumbnail", args=[token]) if token else ""}
 
 
-_ID_MARK = 918273645  # stands for the product id in the page path worked out once per URL configuration
-
-
-@functools.lru_cache(maxsize=16)
-def _similar_path_parts(script_prefix: str, urlconf: object) -> tuple[str, str] | None:
-    head, mark, tail = reverse("gallery:similar", args=[_ID_MARK], urlconf=urlconf).rpartition(str(_ID_MARK))
-    return (head, tail) if mark else None
-
-
-def similar_path(product_id: int) -> str:
-    """``reverse("gallery:similar", args=[product_id])``, without resolving the pattern per link.
-
-    A page holds a grid of links and each trail step's controls: tens of them per response. The path is
-    worked out once per script prefix and URL configuration, the id put in its place.
-    """
-    parts = _similar_path_parts(get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF)
-    return f"{parts[0]}{int(product_id)}{parts[1]}" if parts else reverse("gallery:similar", args=[product_id])
-
-
-def similar_url(product_id: int, trail: Trail, params: dict[str, str]) -> str:
-    """The page for ``trail`` anchored at ``product_id``; a one-step trail is just the path."""
-    query = _query_string(trail=str(trail) if str(trail) != str(product_id) else "", **params)
-    base = similar_path(product_id)
-    return f"{base}?{query}" if query else base
-
-
-def view_path(product_id: int, *, position: int | None = None, grid: str = "") -> str:
-    """The card's "view product" link: through the gallery (a conversion is noted), on to the shop's page."""
-    query = _query_string(at=position, g=grid)
-    return f"{get_script_prefix()}p/{int(product_id)}/go" + (f"?{query}" if query else "")
-
-
-def _with_param(url: str, name: str, value: object) -> str:
-    return f"{url}{'&' if '?' in url else '?'}{name}={value}"
-
-
 def _tiles(items: list[GridItem], *, grid: str) -> list[GridItem]:
     """The grid's items with each link naming the tile's place (a click notes it) and a "view product" link."""
     return [
         replace(
             item,
-            url=_with_param(item.url, events.POSITION_PARAM, position) if item.url else item.url,
+            url=with_param(item.url, events.POSITION_PARAM, position) if item.url else item.url,
             view_url=view_path(item.product.id, position=position, grid=grid),
         )
         for position, item in enumerate(items, start=1)
     ]
-
-
-def _trail_url(trail: Trail, anchor_id: int, params: dict[str, str]) -> str:
-    """Where an edited trail leads: the same anchor while it is still liked, else the newest liked step."""
-    liked = [step.product_id for step in trail.steps if not step.disliked]
-    if anchor_id in liked:
-        return similar_url(anchor_id, trail, params)
-    if trail.anchor is not None:
-        return similar_url(trail.anchor.product_id, trail, params)
-    query = _query_string(**params)
-    return reverse("gallery:home") + (f"?{query}" if query else "")
 
 
 @dataclass(frozen=True)
@@ -150,7 +97,7 @@ def _step_aspects(trail: Trail, index: int, anchor_id: int, params: dict[str, st
         (
             code,
             label,
-            _with_param(_trail_url(trail.aspected(index, code), anchor_id, params), events.ACTION_PARAM, "a"),
+            with_param(trail_url(trail.aspected(index, code), anchor_id, params), events.ACTION_PARAM, "a"),
             trail.steps[index].aspect == code,
         )
         for code, label in ASPECTS.items()
@@ -165,9 +112,9 @@ def _trail_steps(trail: Trail, anchor_id: int, products: dict[int, Card], params
             current=step.product_id == anchor_id,
             url=similar_url(step.product_id, Trail(trail.steps[: index + 1]), params),
             # Each edit's link names it, so the page it leads to notes a trail edit (gallery.events).
-            remove_url=_with_param(_trail_url(trail.without(index), anchor_id, params), events.ACTION_PARAM, "r"),
-            dislike_url=_with_param(_trail_url(trail.marked(index, "n"), anchor_id, params), events.ACTION_PARAM, "n"),
-            pin_url=_with_param(_trail_url(trail.marked(index, "p"), anchor_id, params), events.ACTION_PARAM, "p"),
+            remove_url=with_param(trail_url(trail.without(index), anchor_id, params), events.ACTION_PARAM, "r"),
+            dislike_url=with_param(trail_url(trail.marked(index, "n"), anchor_id, params), events.ACTION_PARAM, "n"),
+            pin_url=with_param(trail_url(trail.marked(index, "p"), anchor_id, params), events.ACTION_PARAM, "p"),
             aspects=_step_aspects(trail, index, anchor_id, params),
         )
         for index, step in enumerate(trail.steps)
@@ -348,45 +295,11 @@ def view_product(request: HttpRequest, product_id: int) -> HttpResponse:
 # --- JSON API -----------------------------------------------------------------------------
 
 
-# A path made only of these, starting with one "/" and without "." or ".." segments, is what
-# request.build_absolute_uri appends to the request's scheme and host unchanged (no join, no quoting).
-_PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9_.~/-]*")
-
-
-class _JsonUrls:
-    """Absolute URLs for one API response: the request's origin and the product page's URL worked out once.
-
-    Gives exactly what ``request.build_absolute_uri`` (and ``reverse`` for the page) give, without
-    their cost per URL: an API grid holds up to API_MAX_K products, each with three URLs.
-    """
-
-    def __init__(self, request: HttpRequest) -> None:
-        self._request = request
-        self._origin = request.build_absolute_uri("/")[:-1]
-        # The two per-product paths with a mark for the id, worked out once per response.
-        self._page = self.absolute(similar_path(_ID_MARK)).partition(str(_ID_MARK))
-        self._view = self.absolute(view_path(_ID_MARK)).partition(str(_ID_MARK))
-
-    def absolute(self, location: str) -> str:
-        if _PLAIN_PATH.fullmatch(location) and "/./" not in location and "/../" not in location:
-            return self._origin + location
-        return self._request.build_absolute_uri(location)
-
-    def page(self, product_id: int) -> str:
-        head, _, tail = self._page
-        return f"{head}{int(product_id)}{tail}"
-
-    def view(self, product_id: int) -> str:
-        """The card's "view product" link (``view_path``), absolute."""
-        head, _, tail = self._view
-        return f"{head}{int(product_id)}{tail}"
-
-
 def _product_json(
-    request: HttpRequest, product: Card, score: float | None = None, *, urls: _JsonUrls | None = None
+    request: HttpRequest, product: Card, score: float | None = None, *, urls: JsonUrls | None = None
 ) -> dict[str, object]:
     """A card as the API shows it (``Card.as_json``), with its page, its "view product" link and its score."""
-    urls = urls or _JsonUrls(request)
+    urls = urls or JsonUrls(request)
     data = product.as_json(urls.absolute)
     data["url"] = urls.page(product.id)
     data["view_url"] = urls.view(product.id)
@@ -397,7 +310,7 @@ def _product_json(
 
 def _results_json(request: HttpRequest, products: list[tuple[Card, float | None]]) -> list[dict[str, object]]:
     """The API's ``results``: each (product, score) as ``_product_json``, the URLs' common parts worked out once."""
-    urls = _JsonUrls(request)
+    urls = JsonUrls(request)
     return [_product_json(request, product, score, urls=urls) for product, score in products]
 
 

@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from gallery.cards import Card, cards_get
 from gallery.filters import ProductFilters
+from gallery.links import JsonUrls
 from gallery.models import Product
 from gallery.similarity import GridItem
-from gallery.views import _JsonUrls, _product_json
+from gallery.views import _product_json
 from recommender import selectors
 from recommender.index import LoadedIndex, index_build, published_version
 from recommender.models import Embedding
@@ -151,7 +152,7 @@ def test_a_card_is_read_fresh_after_an_edit_a_new_image_and_a_deletion(odd_catal
 def test_api_urls_equal_build_absolute_uri(host, secure, settings):
     settings.ALLOWED_HOSTS = ["*"]
     request = RequestFactory().get("/api/similar/1", HTTP_HOST=host, secure=secure)
-    urls = _JsonUrls(request)
+    urls = JsonUrls(request)
     for location in [
         "/media/products/ab/0123abcd.jpg",
         "/media/products/a%20b/%C3%A9.jpg",
@@ -382,7 +383,7 @@ def test_filter_options_equal_the_template_loop():
 def test_similar_path_equals_reverse(prefix):
     from django.urls import set_script_prefix
 
-    from gallery.views import similar_path
+    from gallery.links import similar_path
 
     set_script_prefix(prefix)
     try:
