@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +25,15 @@ from django.utils import timezone
 from gallery import cards, search
 from gallery.catalog import styles_read
 from gallery.models import Product
+from gallery.selectors import filter_choices_key
+from gallery.services import catalog_import
 from lab.demo import demo_catalog_write
 from recommender import runtime, services, tasks
+from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from recommender.services import index_rebuild, products_embed
 from tests.support import ROOT
+from tests.support.browser import CHROMIUM, SLICE
 from tests.support.clients import media_files, staff_user
 from tests.support.engine import demo_rows_store
 from tests.support.images import jpeg_bytes
@@ -373,3 +379,38 @@ def no_network() -> Iterator[None]:
     """For a module's tests: loopback only (the test Redis); torch's download functions fail the test."""
     with network_forbidden():
         yield
+
+
+# --- The browser tests' catalog ------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) -> dict[int, dict[str, object]]:
+    """The first SLICE demo products imported with their images, embedded and indexed: id -> fields."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/browser-deps.sh to install Debian's chromium")
+    # Other test runs on this machine share the Redis counter of photo searches from 127.0.0.1.
+    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 0
+    catalog = tmp_path / "catalog"
+    (catalog / "images").mkdir(parents=True)
+    lines = (demo_dir / "styles.csv").read_text().splitlines(keepends=True)[: SLICE + 1]
+    (catalog / "styles.csv").write_text("".join(lines))
+    for line in lines[1:]:
+        name = f"{line.split(',', 1)[0]}.jpg"
+        shutil.copy(demo_dir / "images" / name, catalog / "images" / name)
+
+    cache.delete(filter_choices_key())  # menus from another test's catalog must not show
+    summary = catalog_import(directory=catalog, enqueue=False, workers=1)
+    assert summary.created == SLICE, summary.lines()
+    report = products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
+    assert report.embedded == SLICE
+    assert index_rebuild() is not None
+    # Everything the assertions need, read now: no database queries while the browser runs.
+    products = {p["id"]: p for p in Product.objects.values("id", "name", "article_type", "base_colour")}
+    for product_id, vector in Embedding.objects.filter(space=runtime.active_space()).values_list(
+        "product_id", "vector"
+    ):
+        products[product_id]["vector"] = np.frombuffer(vector, dtype="<f4")
+    for product_id, vector in Embedding.objects.filter(space=COLOUR_SPACE).values_list("product_id", "vector"):
+        products[product_id]["colour"] = np.frombuffer(vector, dtype="<f4")
+    return products

@@ -11,79 +11,31 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from gallery.models import Product
-from gallery.selectors import filter_choices_key
-from gallery.services import catalog_import
-from recommender import runtime
-from recommender.colour import COLOUR_SPACE
-from recommender.models import Embedding
-from recommender.services import index_rebuild, products_embed
-from tests.support.browser import CHROMIUM, chromium, page_ready
+from tests.support.browser import (
+    ARTIFACTS,
+    COUNT_SWAPS,
+    QUERY,
+    TIMEOUT_MS,
+    by_htmx,
+    chromium,
+    grid_ids,
+    ids_in,
+    page_ready,
+)
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
-SLICE = 120  # products imported from the demo catalog, with their images
-QUERY = "Sweatshirt"  # an article type of the slice: its products are named "... Sweatshirt"
-TIMEOUT_MS = 15_000
-
-# Counts htmx swaps: an action done by htmx raises the count, a full page load resets it.
-COUNT_SWAPS = "window.__swaps = 0; document.addEventListener('htmx:afterSettle', () => window.__swaps++);"
-
-
-@pytest.fixture
-def browser_catalog(transactional_db, settings, demo_dir: Path, tmp_path: Path) -> dict[int, dict[str, object]]:
-    """The first SLICE demo products imported with their images, embedded and indexed: id -> fields."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/browser-deps.sh to install Debian's chromium")
-    # Other test runs on this machine share the Redis counter of photo searches from 127.0.0.1.
-    settings.PHOTO_SEARCH_RATE_PER_MINUTE = 0
-    catalog = tmp_path / "catalog"
-    (catalog / "images").mkdir(parents=True)
-    lines = (demo_dir / "styles.csv").read_text().splitlines(keepends=True)[: SLICE + 1]
-    (catalog / "styles.csv").write_text("".join(lines))
-    for line in lines[1:]:
-        name = f"{line.split(',', 1)[0]}.jpg"
-        shutil.copy(demo_dir / "images" / name, catalog / "images" / name)
-
-    cache.delete(filter_choices_key())  # menus from another test's catalog must not show
-    summary = catalog_import(directory=catalog, enqueue=False, workers=1)
-    assert summary.created == SLICE, summary.lines()
-    report = products_embed(product_ids=list(Product.objects.values_list("id", flat=True)))
-    assert report.embedded == SLICE
-    assert index_rebuild() is not None
-    # Everything the assertions need, read now: no database queries while the browser runs.
-    products = {p["id"]: p for p in Product.objects.values("id", "name", "article_type", "base_colour")}
-    for product_id, vector in Embedding.objects.filter(space=runtime.active_space()).values_list(
-        "product_id", "vector"
-    ):
-        products[product_id]["vector"] = np.frombuffer(vector, dtype="<f4")
-    for product_id, vector in Embedding.objects.filter(space=COLOUR_SPACE).values_list("product_id", "vector"):
-        products[product_id]["colour"] = np.frombuffer(vector, dtype="<f4")
-    return products
-
-
-def ids_in(page, selector: str, attribute: str = "href") -> list[int]:
-    values = page.locator(selector).evaluate_all(f"els => els.map(e => e.getAttribute('{attribute}'))")
-    return [int(re.search(r"(\d+)", value).group(1)) for value in values]
-
-
-def grid_ids(page) -> list[int]:
-    return ids_in(page, "#results ol.grid .card > a")
 
 
 def trail_ids(page) -> list[int]:
@@ -92,14 +44,6 @@ def trail_ids(page) -> list[int]:
 
 def trail_param(page) -> str:
     return parse_qs(urlparse(page.url).query).get("trail", [""])[0]
-
-
-def by_htmx(page, action: Callable[[], object]) -> None:
-    """Do ``action`` and wait until htmx has swapped the results in (in the same page: no reload)."""
-    before = page.evaluate("window.__swaps")
-    assert before is not None, "htmx counter missing: the page was not loaded with the init script"
-    action()
-    page.wait_for_function("n => window.__swaps > n", arg=before, timeout=TIMEOUT_MS)
 
 
 def shot(page, name: str) -> None:

@@ -11,23 +11,14 @@ from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from gallery import events, tasks
-from tests.support.browser import chromium
-from tests.test_browser import (  # noqa: F401, F811 - browser_catalog is a fixture
-    ARTIFACTS,
-    COUNT_SWAPS,
-    QUERY,
-    TIMEOUT_MS,
-    browser_catalog,
-    by_htmx,
-    grid_ids,
-)
+from tests.support.browser import ARTIFACTS, COUNT_SWAPS, QUERY, TIMEOUT_MS, by_htmx, chromium, grid_ids
 
 pytestmark = pytest.mark.browser
 
 
 def test_search_click_view_product_then_the_dashboard_shows_the_session(
     live_server,
-    browser_catalog,  # noqa: F811 - the fixture imported above
+    browser_catalog,
     settings,
     redis_db,
 ):

@@ -18,8 +18,7 @@ from playwright.sync_api import expect
 
 from gallery.catalog import styles_read
 from gallery.models import ImportJob, Product
-from tests.support.browser import CHROMIUM, chromium, page_ready
-from tests.test_browser import ARTIFACTS, COUNT_SWAPS
+from tests.support.browser import ARTIFACTS, CHROMIUM, COUNT_SWAPS, chromium, page_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

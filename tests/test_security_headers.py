@@ -11,13 +11,8 @@ from django.test import Client
 from playwright.sync_api import expect
 
 from gallery.models import ImportJob, ImportStatus
-from tests.support.browser import chromium, page_ready
+from tests.support.browser import COUNT_SWAPS, TIMEOUT_MS, by_htmx, chromium, grid_ids, page_ready
 from tests.support.images import jpeg_bytes
-from tests.test_browser import COUNT_SWAPS, TIMEOUT_MS, by_htmx, grid_ids
-from tests.test_browser import browser_catalog as _browser_catalog
-
-# The shopper test's catalog: a slice of the demo catalog, imported with its images, embedded and indexed.
-browser_catalog = _browser_catalog
 
 # Every violation, reported by the page itself (the event) and by the browser (its console message).
 RECORD_VIOLATIONS = """

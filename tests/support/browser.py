@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import ROOT
+
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of each step
+SLICE = 120  # products imported from the demo catalog, with their images
+QUERY = "Sweatshirt"  # an article type of the slice: its products are named "... Sweatshirt"
+TIMEOUT_MS = 15_000
+
+# Counts htmx swaps: an action done by htmx raises the count, a full page load resets it.
+COUNT_SWAPS = "window.__swaps = 0; document.addEventListener('htmx:afterSettle', () => window.__swaps++);"
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's (scripts/browser-deps.sh installs it)
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -44,3 +54,20 @@ def page_ready(page: object, *, timeout_ms: float = 15_000) -> None:
     navigation committed, not that the new document has run its scripts."""
     page.wait_for_load_state("load", timeout=timeout_ms)
     page.wait_for_function("() => typeof window.htmx === 'object'", timeout=timeout_ms)
+
+
+def ids_in(page, selector: str, attribute: str = "href") -> list[int]:
+    values = page.locator(selector).evaluate_all(f"els => els.map(e => e.getAttribute('{attribute}'))")
+    return [int(re.search(r"(\d+)", value).group(1)) for value in values]
+
+
+def grid_ids(page) -> list[int]:
+    return ids_in(page, "#results ol.grid .card > a")
+
+
+def by_htmx(page, action: Callable[[], object]) -> None:
+    """Do ``action`` and wait until htmx has swapped the results in (in the same page: no reload)."""
+    before = page.evaluate("window.__swaps")
+    assert before is not None, "htmx counter missing: the page was not loaded with the init script"
+    action()
+    page.wait_for_function("n => window.__swaps > n", arg=before, timeout=TIMEOUT_MS)
