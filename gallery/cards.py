@@ -309,8 +309,9 @@ _held_cards = _HeldCards()
 def cards_get(product_ids: Iterable[int], *, filters: ProductFilters | None = None) -> dict[int, Card]:
     """Cards of the given products that exist (and pass ``filters``), by id in id order.
 
-    Held per process and catalog version (``_HeldCards``): the products already shown cost no query, the
-    others one. The filters are the same exact matches as ``ProductFilters.q``, checked on the cards.
+    Held per process and catalog version (``_HeldCards``: every card read at the process's first grid, those
+    saved or deleted since dropped and read again when shown): a grid's cards normally cost no query. The
+    filters are the same exact matches as ``ProductFilters.q``, checked on the cards.
     """
     # Ids beyond what the column holds name no product (and would overflow the database driver).
     ids = sorted({int(i) for i in product_ids if 0 < int(i) <= MAX_PRODUCT_ID})
