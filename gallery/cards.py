@@ -215,37 +215,34 @@ def _current(version: CatalogVersion | object) -> _Memory:
     return memory
 
 
-def _rows_read(connection: object, sql: str, ids: list[int]) -> list[tuple]:
-    """Rows of ``sql`` (ending in ``IN``) for ``ids``, one statement per chunk of ids."""
-    rows: list[tuple] = []
-    with connection.cursor() as cursor:
-        for start in range(0, len(ids), _READ_CHUNK):
-            part = ids[start : start + _READ_CHUNK]
-            cursor.execute(f"{sql} ({', '.join(['%s'] * len(part))})", part)
-            rows.extend(cursor.fetchall())
-    return rows
+def _cards_select() -> tuple[object, str]:
+    """The database connection and ``SELECT <the card fields> FROM <products>``: only the model's own table and
+    column names are spliced in; every value goes as a parameter."""
+    meta = Product._meta
+    connection = connections[router.db_for_read(Product)]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
+    return connection, f"SELECT {columns} FROM {quote(meta.db_table)}"  # noqa: S608
 
 
 def _cards_read(ids: list[int]) -> list[tuple]:
     """The card fields of the products among ``ids``: one plain statement per chunk of ids."""
-    meta = Product._meta
-    connection = connections[router.db_for_read(Product)]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
-    # Only the model's own table and column names are spliced in; every id is a parameter.
-    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} IN"  # noqa: S608
-    return _rows_read(connection, sql, ids)
+    connection, select = _cards_select()
+    where = f"{select} WHERE {connection.ops.quote_name(Product._meta.pk.column)} IN"
+    rows: list[tuple] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), _READ_CHUNK):
+            part = ids[start : start + _READ_CHUNK]
+            cursor.execute(f"{where} ({', '.join(['%s'] * len(part))})", part)
+            rows.extend(cursor.fetchall())
+    return rows
 
 
 def _cards_read_all() -> list[tuple] | None:
     """Every product's card fields; None when the catalog holds more than CARDS_HELD_MAX products."""
-    meta = Product._meta
-    connection = connections[router.db_for_read(Product)]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _CARD_FIELDS)
+    connection, select = _cards_select()
     with connection.cursor() as cursor:
-        # Only the model's own table and column names are spliced in; the limit is a parameter.
-        cursor.execute(f"SELECT {columns} FROM {quote(meta.db_table)} LIMIT %s", [CARDS_HELD_MAX + 1])  # noqa: S608
+        cursor.execute(f"{select} LIMIT %s", [CARDS_HELD_MAX + 1])
         rows = cursor.fetchall()
     return rows if len(rows) <= CARDS_HELD_MAX else None
 
