@@ -341,6 +341,7 @@ class DeliveryState:
     failures: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # version -> why its copy was not switched to
     retry_at: str | None = None  # when the refused build may be downloaded again
+    fetching: bool = False  # a look that found a newer build is downloading it now
 
 
 def delivery_state_read(local: Path, *, store: str) -> DeliveryState:
@@ -458,7 +459,7 @@ def index_fetch(*, store: Store, space: str, local: Path, keep: int) -> Delivery
                 state.published = manifest.version
                 raise IndexCorrupt(state.refused[manifest.version])
             else:
-                state.published = manifest.version
+                state.published, state.fetching = manifest.version, True
                 _state_write(local, state)  # "fetching": the other processes of the node see why it is behind
                 _switch(store=store, space=space, local=local, manifest=manifest, state=state)
                 serving = manifest.version
@@ -484,7 +485,7 @@ def index_fetch(*, store: Store, space: str, local: Path, keep: int) -> Delivery
         else:
             state.error, state.failing_since, state.failures, state.refused, state.retry_at = None, None, 0, {}, None
             state.ok_at = state.checked_at
-        state.serving = serving
+        state.serving, state.fetching = serving, False
         _state_write(local, state)
         return state
 
@@ -549,6 +550,9 @@ def delivery_report(state: DeliveryState, *, interval_s: float) -> dict[str, obj
         "checked_seconds_ago": round((now - checked).total_seconds(), 1) if checked else None,
         # The fetcher looks every interval: much longer without a look means it is stuck or not running.
         "checking": bool(checked and (now - checked).total_seconds() <= 3 * interval_s + 30),
+        # A download in progress: the look's outcome (error or switch) is not known yet. A fetch
+        # killed midway leaves the flag behind; the next look (the lock says none runs) clears it.
+        "fetching": state.fetching,
         "fetched_at": state.fetched_at,
         "fetch_seconds": state.fetch_seconds,
         "error": state.error,

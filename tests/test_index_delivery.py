@@ -278,9 +278,18 @@ def test_a_build_published_to_s3_is_served_by_both_nodes_from_local_copies(
 
 
 def wait_checked_after(node: Node, mark: str) -> dict:
-    """The node's status once its fetcher has looked at the store after ``mark`` (an ISO time)."""
+    """The node's status once its fetcher has finished a look at the store begun after ``mark`` (an ISO time).
+
+    A look that finds a newer build writes its status twice: "fetching" before the download, then
+    the outcome; only the second says whether the build was switched to or refused.
+    """
     return wait_for(
-        lambda: (s := node.status())["delivery"]["checked_at"] and s["delivery"]["checked_at"] > mark and s,
+        lambda: (
+            (s := node.status())["delivery"]["checked_at"]
+            and s["delivery"]["checked_at"] > mark
+            and not s["delivery"]["fetching"]
+            and s
+        ),
         timeout=DELIVERY_DEADLINE_S,
         what=f"node {node.name} to look at the store again",
     )
