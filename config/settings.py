@@ -365,9 +365,9 @@ if ENCODER.strip().lower() not in _ENCODER_NAMES:
 RESNET50_WEIGHTS_FILE = env("RESNET50_WEIGHTS_FILE", default="")
 # torchvision may fetch ResNet50 weights over the network only when allowed.
 ENCODER_ALLOW_DOWNLOAD = env.bool("ENCODER_ALLOW_DOWNLOAD", default=False)
-# scripts/run.sh fetches ResNet50 weights once into the torch cache (manage.py
-# fetch_encoder_weights: short timeouts, hash checked) when ENCODER=auto; 0 skips it.
-RESNET50_FETCH = env.bool("RESNET50_FETCH", default=True)
+# Nothing is downloaded unless asked: with RESNET50_FETCH=1, scripts/run.sh fetches ResNet50 weights once
+# into the torch cache (manage.py fetch_encoder_weights: short timeouts, hash checked) when ENCODER=auto.
+RESNET50_FETCH = env.bool("RESNET50_FETCH", default=False)
 # Where that fetch reads from; the file name must carry the hash prefix (torchvision's convention).
 RESNET50_WEIGHTS_URL = env("RESNET50_WEIGHTS_URL", default=_RESNET50_URL)
 ENCODER_DEVICE = env("ENCODER_DEVICE", default="auto")

