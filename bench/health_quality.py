@@ -316,6 +316,8 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         return {p for p in found if p[0] not in catalog.broken and p[1] not in catalog.broken} - identical
 
     candidates, cnn = health.candidate_pairs(result=result, duplicate_cosine=health.DUPLICATE_COSINE)
+    kept = health.pairs_to_fingerprint(pairs=candidates, cosines=cnn, limit=health.MAX_FINGERPRINTS)
+    candidates, cnn = candidates[kept], cnn[kept]  # all of them below MAX_FINGERPRINTS products, as here
     listed = [tuple(p) for p in candidates.tolist()]
     started = time.perf_counter()
     prints = {pid: health.photo_fingerprint(catalog.images[pid]) for pid in np.unique(candidates).tolist()}
@@ -494,24 +496,29 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
 
     Vector part: ``n`` synthetic clustered unit vectors memory-mapped as the build holds them, scanned as
     ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
-    judged from those neighbours. Pixel part, at its bound: every product's thumbnail read once for its
-    fingerprint (as if every product were a duplicate candidate) and MAX_COMPARED pairs registered, each
-    photo read again (the cache missing every time): per-read and per-pair costs measured on real drawn
-    thumbnails (320 pixels, a product and a resized, cropped copy of another's).
+    judged from those neighbours. Pixel part, at its bound: MAX_FINGERPRINTS thumbnails read for their
+    fingerprints (as many as the scan reads when every product is a duplicate candidate) and MAX_COMPARED
+    pairs registered by READERS threads, each photo read again (the cache missing every time): per-read and
+    per-pair costs measured with READERS threads on real drawn thumbnails (320 pixels, a product and a
+    resized, cropped copy of another's).
     """
     from bench.common import synthetic_vectors
-    from bench.realscale import _split_line
+    from gallery.catalog import styles_read
 
-    lines = [line for line in STYLES.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
-    fields = [f for f in (_split_line(line) for line in lines) if len(f) >= 10][:n]
-    drawn = sorted((CACHE / "drawn-5000-26" / "images").glob("*.jpg"))[:400]
-    if not drawn:
-        raise SystemExit("the timing reads drawn thumbnails: run the drawn catalog first (--catalogs drawn)")
+    fields = [[row.fields[f] for f in ("article_type", "master_category", "base_colour")]
+              for row in styles_read(STYLES) if hasattr(row, "fields")][:n]  # fmt: skip
+    from lab.shopper import real_rows_draw
+
+    sample = CACHE / f"real-rows-400-{SEED}"  # the per-read and per-pair costs' photos
+    if not (sample / "done").exists():
+        real_rows_draw(styles=STYLES, out_dir=sample, count=400, seed=SEED)
+        (sample / "done").write_text("ok")
+    drawn = sorted((sample / "images").glob("*.jpg"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vectors.npy"
         np.save(path, synthetic_vectors(n, dim, queries=0, seed=SEED).vectors)
         labels = Path(tmp) / "labels.json"
-        labels.write_text(json.dumps([[f[4], f[2], f[5]] for f in fields] + [["", "", ""]] * (n - len(fields))))
+        labels.write_text(json.dumps(fields + [["", "", ""]] * (n - len(fields))))
         thumbs = Path(tmp) / "thumbs"
         thumbs.mkdir()
         rng = random.Random(SEED)
@@ -593,13 +600,21 @@ pairs_local = [(i, i + 1) for i in range(0, len(files) - 1, 2)] + [(i, i + 3) fo
 t = time.perf_counter()
 diff = health.pairs_compare(pairs=np.array(pairs_local), photo=lambda i: photos[i])
 per_pair = (time.perf_counter() - t) / len(pairs_local)
+t = time.perf_counter()
+pooled = health.pairs_compare(pairs=np.array(pairs_local), photo=lambda i: photos[i], workers=health.READERS)
+per_pair_pooled = (time.perf_counter() - t) / len(pairs_local)
+assert np.array_equal(pooled, diff), "the threads' answer differs"
 n = len(ids)
 out.update({
     "read_ms": round(read * 1000, 2), "compare_ms": round(per_pair * 1000, 2),
+    "compare_pooled_ms": round(per_pair_pooled * 1000, 2),
     "copies_matched": int((diff[: len(files) // 2] <= health.DUPLICATE_DIFFERENCE).sum()), "copies": len(files) // 2,
-    "pixel_bound_seconds": round(n * read_pooled + health.MAX_COMPARED * (per_pair + 2 * read), 1),
+    "fingerprints_bound": min(n, health.MAX_FINGERPRINTS),
+    "pixel_bound_seconds": round(
+        min(n, health.MAX_FINGERPRINTS) * read_pooled + health.MAX_COMPARED * (per_pair_pooled + 2 * read_pooled), 1),
     "pixel_seconds_these_candidates": round(
-        out["candidate_products"] * read_pooled + min(health.MAX_COMPARED, len(pairs)) * (per_pair + 2 * read), 1),
+        min(out["candidate_products"], health.MAX_FINGERPRINTS) * read_pooled
+        + min(health.MAX_COMPARED, len(pairs)) * (per_pair_pooled + 2 * read_pooled), 1),
 })
 out["peak_rss_mib"] = peak_mib()
 out["bound_total_seconds"] = round(out["vector_seconds"] + out["label_seconds"] + out["pixel_bound_seconds"], 1)

@@ -43,11 +43,15 @@ logger = logging.getLogger(__name__)
 # (cosine under DUPLICATE_PREFILTER; at most MAX_COMPARED pairs go on, the most alike first). The photos
 # registered onto each other decide: a copy differs from its original by noise everywhere, a look-alike
 # strongly in one place, so the largest aligned difference must be at most DUPLICATE_DIFFERENCE (0-255).
+# A clustered catalog can make every product a candidate: fingerprints are read for at most MAX_FINGERPRINTS
+# products, those of the pairs nearest the top of their products' own lists first (``pairs_prioritised``),
+# which bounds a scan's photo reads whatever the catalog looks like.
 DUPLICATE_COSINE = 0.80
 DUPLICATE_PREFILTER = 0.5
 DUPLICATE_DIFFERENCE = 24.0
 MAX_COMPARED = 5_000
-# Threads reading the candidates' thumbnails for their fingerprints.
+MAX_FINGERPRINTS = 10_000
+# Threads reading the candidates' thumbnails for their fingerprints, and comparing the pairs' photos.
 READERS = 2
 NEIGHBOURS = 10
 # A label is suspect when its look-alikes' labels are at least e**LABEL_MIN_RATIO times likelier under another
@@ -216,37 +220,60 @@ def pairs_verify(*, pairs: np.ndarray, fingerprints: dict[int, np.ndarray | None
     return out
 
 
+def pairs_prioritised(*, pairs: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Indices of ``pairs``, the most worth a look first: each pair ranked by its place in its products' own
+    lists (each product's most alike partner, then its second...; the better of its two), ties by ``value``
+    (a cosine), so that a copy is not crowded out by a family of look-alikes elsewhere."""
+    # Each pair stands twice, once in each of its products' lists (as the smaller id and as the larger).
+    product = pairs.T.ravel()
+    pair = np.tile(np.arange(len(pairs)), 2)
+    order = np.lexsort((-np.tile(value, 2), product))
+    first = np.r_[0, np.flatnonzero(np.diff(product[order])) + 1]
+    within = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    rank = np.full(len(pairs), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(rank, pair[order], within)
+    return np.lexsort((-value, rank))
+
+
 def pairs_to_compare(*, pairs: np.ndarray, prefilter: np.ndarray, minimum: float, limit: int) -> np.ndarray:
-    """Indices of the pairs worth registering: fingerprint cosine at least ``minimum`` and, past ``limit``, those
-    nearest the top of their products' own lists first (each product's most alike partner, then its second...;
-    ties by cosine), so that a copy is not crowded out by a family of look-alikes elsewhere. In pair order
-    (consecutive pairs share their first photo, so a small cache of photos serves them)."""
+    """Indices of the pairs worth registering: fingerprint cosine at least ``minimum`` and, past ``limit``, the
+    first by ``pairs_prioritised``. In pair order (consecutive pairs share their first photo, so a small cache
+    of photos serves them)."""
     keep = np.nonzero(np.nan_to_num(prefilter, nan=-1.0) >= minimum)[0]
     if len(keep) > limit:
-        value = prefilter[keep]
-        rank = np.full(len(keep), np.iinfo(np.int64).max, dtype=np.int64)
-        for side in (0, 1):  # each pair's rank in its product's list, most alike first; the better of its two
-            product = pairs[keep, side]
-            order = np.lexsort((-value, product))
-            first = np.r_[0, np.flatnonzero(np.diff(product[order])) + 1]
-            within = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-            mine = np.empty(len(keep), dtype=np.int64)
-            mine[order] = within
-            rank = np.minimum(rank, mine)
-        keep = keep[np.lexsort((-value, rank))[:limit]]
+        keep = keep[pairs_prioritised(pairs=pairs[keep], value=prefilter[keep])[:limit]]
     return np.sort(keep)
 
 
-def pairs_compare(*, pairs: np.ndarray, photo: Callable[[int], Photo | None]) -> np.ndarray:
+def pairs_to_fingerprint(*, pairs: np.ndarray, cosines: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the candidate pairs whose products' fingerprints are read: the first by ``pairs_prioritised``
+    (on the vectors' ``cosines``) while their products number at most ``limit``. In pair order."""
+    if not len(pairs) or len(np.unique(pairs)) <= limit:
+        return np.arange(len(pairs))
+    order = pairs_prioritised(pairs=pairs, value=cosines)
+    products = pairs[order].ravel()
+    _, first_seen = np.unique(products, return_index=True)
+    new = np.zeros(len(products), dtype=np.int64)
+    new[first_seen] = 1
+    read_by = np.cumsum(new)[1::2]  # the products read once pairs ..j are
+    return np.sort(order[: int(np.searchsorted(read_by, limit, side="right"))])
+
+
+def pairs_compare(*, pairs: np.ndarray, photo: Callable[[int], Photo | None], workers: int = 1) -> np.ndarray:
     """The aligned difference (``health_photos.photos_difference``, 0-255) of each pair; inf where a photo is
-    unreadable or blank, or the two views cannot be one photo and a light crop of it."""
-    out = np.full(len(pairs), np.inf, dtype=np.float32)
-    for i, (a, b) in enumerate(pairs.tolist()):
-        pa, pb = photo(a), photo(b)
+    unreadable or blank, or the two views cannot be one photo and a light crop of it. ``workers`` threads
+    compare pairs side by side (decoding and numpy release the GIL); the answer is the same."""
+
+    def difference(pair: tuple[int, int]) -> float:
+        pa, pb = photo(pair[0]), photo(pair[1])
         match = photos_difference(pa, pb) if pa is not None and pb is not None else None
-        if match is not None and match.same_view:
-            out[i] = match.difference
-    return out
+        return match.difference if match is not None and match.same_view else np.inf
+
+    listed = [tuple(p) for p in pairs.tolist()]
+    if workers <= 1:
+        return np.array([difference(p) for p in listed], dtype=np.float32).reshape(-1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return np.array(list(pool.map(difference, listed)), dtype=np.float32).reshape(-1)
 
 
 def _key(*parts: object) -> str:
@@ -395,9 +422,10 @@ def _findings(
 
     # Near-duplicates: the vectors' candidates confirmed by the thumbnails' pixels, plus identical image bytes.
     hashes = {pid: row[1] for pid, row in rows.items() if row[0]}
-    pairs, _ = candidate_pairs(result=result, duplicate_cosine=duplicate_cosine)
+    pairs, cosines = candidate_pairs(result=result, duplicate_cosine=duplicate_cosine)
     live = np.array([a in rows and b in rows for a, b in pairs.tolist()], dtype=bool).reshape(-1)
-    pairs = pairs[live]
+    pairs, cosines = pairs[live], cosines[live]
+    pairs = pairs[pairs_to_fingerprint(pairs=pairs, cosines=cosines, limit=MAX_FINGERPRINTS)]
     candidates = np.unique(pairs).tolist()
     with ThreadPoolExecutor(max_workers=READERS) as pool:  # decoding releases the GIL: reads overlap
         fingerprints = dict(
@@ -410,7 +438,7 @@ def _findings(
         limit=MAX_COMPARED,
     )
     photo = functools.lru_cache(maxsize=4096)(lambda pid: _thumbnail_photo(rows[pid][-1]))
-    difference = pairs_compare(pairs=pairs[chosen], photo=photo)
+    difference = pairs_compare(pairs=pairs[chosen], photo=photo, workers=READERS)
     same = difference <= duplicate_difference
     agreement = 1.0 - difference[same] / 255.0  # 1: the registered photos agree pixel for pixel
     for group in duplicate_groups(pairs=pairs[chosen][same], pair_cosines=agreement, hashes=hashes):

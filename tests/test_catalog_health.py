@@ -248,6 +248,53 @@ def test_the_command_finds_the_copies_the_flipped_label_the_blank_and_the_missin
     assert scan.counts[FindingKind.NO_IMAGE]["found"] == 2  # nothing else: every other photo is a product
 
 
+def test_fingerprints_are_read_for_a_bounded_number_of_products_the_first_pairs_by_priority():
+    rng = np.random.default_rng(5)
+    pairs = np.unique(np.sort(rng.integers(0, 300, (2000, 2)), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    cosines = rng.uniform(0.8, 1.0, len(pairs)).astype(np.float32)
+    order = catalog_health.pairs_prioritised(pairs=pairs, value=cosines)
+    # Each pair's rank in its products' own lists comes first: the first pair of a product is ahead of the
+    # second pair of every product, whatever their cosines.
+    best: dict[int, int] = {}  # product -> its most alike pair
+    for i, (a, b) in enumerate(pairs.tolist()):
+        for product in (a, b):
+            if product not in best or cosines[i] > cosines[best[product]]:
+                best[product] = i
+    firsts = set(best.values())
+    assert set(order[: len(firsts)].tolist()) == firsts
+
+    for limit in (2, 7, 50, 299):
+        chosen = catalog_health.pairs_to_fingerprint(pairs=pairs, cosines=cosines, limit=limit)
+        assert len(np.unique(pairs[chosen])) <= limit
+        # The first pairs by priority, as many as fit: one more would read a product beyond the bound.
+        assert sorted(chosen.tolist()) == sorted(order[: len(chosen)].tolist())
+        assert len(np.unique(pairs[order[: len(chosen) + 1]])) > limit
+    # Within the bound, every pair is read.
+    everything = catalog_health.pairs_to_fingerprint(pairs=pairs, cosines=cosines, limit=300)
+    assert everything.tolist() == list(range(len(pairs)))
+
+
+@pytest.mark.django_db
+def test_a_scan_at_its_fingerprint_bound_reads_no_more_and_still_finds_the_copy(health_catalog, monkeypatch):
+    read: list[str] = []
+    fingerprint = catalog_health._thumbnail_fingerprint
+    monkeypatch.setattr(catalog_health, "_thumbnail_fingerprint", lambda name: read.append(name) or fingerprint(name))
+    _scan()
+    unbounded = len(read)
+
+    # The copy pair is the 19th by priority here (the demo draws many look-alikes), its products read by the 30th.
+    read.clear()
+    monkeypatch.setattr(catalog_health, "MAX_FINGERPRINTS", 30)
+    scan = _scan()
+    outliers = scan.findings.filter(kind=FindingKind.OUTLIER).count()
+    assert len(read) <= 30 + outliers < unbounded  # the outliers' own photos are read to tell a blank one
+    copy = _finding(scan, FindingKind.DUPLICATE, COPY_ID)
+    assert copy is not None and copy.product_ids == sorted([health_catalog["copied"], COPY_ID])
+    exact = _finding(scan, FindingKind.DUPLICATE, EXACT_ID)
+    assert exact is not None and exact.detail["exact"] is True
+
+
 @pytest.mark.django_db
 def test_the_command_without_a_published_index_says_so():
     ProductFactory()
