@@ -133,6 +133,14 @@ def _styles_count_rows(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
     return max(0, lines - 1)
 
 
+def _zip_open(upload: BinaryIO | Path) -> zipfile.ZipFile:
+    """``upload`` opened as a zip archive; raises BulkUploadRejected when it is not one."""
+    try:
+        return zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BulkUploadRejected("The file is not a readable zip archive.") from exc
+
+
 def zip_inspect_catalog(upload: BinaryIO | Path) -> CatalogZip:
     """Check ``upload`` without extracting it; raises BulkUploadRejected with the reason.
 
@@ -141,10 +149,7 @@ def zip_inspect_catalog(upload: BinaryIO | Path) -> CatalogZip:
     would extract; exactly one styles.csv, whose header has every column. Reads
     the zip's directory and styles.csv only.
     """
-    try:
-        archive = zipfile.ZipFile(upload)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BulkUploadRejected("The file is not a readable zip archive.") from exc
+    archive = _zip_open(upload)
     with archive:
         members = _members_check(archive)
         styles = next(info for info, relative in members if relative.parts == ("styles.csv",))
@@ -160,10 +165,7 @@ def zip_extract_catalog(upload: BinaryIO | Path, *, destination: Path) -> Path:
     ``zip_inspect_catalog`` does). Sizes are checked again while extracting,
     since a zip can lie about them. Other members are ignored.
     """
-    try:
-        archive = zipfile.ZipFile(upload)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BulkUploadRejected("The file is not a readable zip archive.") from exc
+    archive = _zip_open(upload)
     with archive:
         wanted = _members_check(archive)
         catalog = destination / "catalog"

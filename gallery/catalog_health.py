@@ -625,22 +625,18 @@ def duplicates_retire(*, product_ids: list[int], user: object) -> int:
     """
     products = list(Product.objects.filter(id__in=product_ids))
     if duplicates_retire_mode() == "off sale":
-        if getattr(user, "pk", None) and products:
-            LogEntry.objects.log_actions(
-                user_id=user.pk,
-                queryset=products,
-                action_flag=CHANGE,
-                change_message="Taken off sale by catalog health: a duplicate of a product kept.",
-            )
+        _history_log(user, products, CHANGE, "Taken off sale by catalog health: a duplicate of a product kept.")
         return services.product_availability_set(product_ids=[p.id for p in products], active=False)
+    _history_log(user, products, DELETION, "Deleted by catalog health: a duplicate of a product kept.")
+    return services.products_delete(product_ids=[p.id for p in products])
+
+
+def _history_log(user: object, products: list[Product], action_flag: int, message: str) -> None:
+    """Record what catalog health did to ``products`` in the admin's history, in the name of a signed-in user."""
     if getattr(user, "pk", None) and products:
         LogEntry.objects.log_actions(
-            user_id=user.pk,
-            queryset=products,
-            action_flag=DELETION,
-            change_message="Deleted by catalog health: a duplicate of a product kept.",
+            user_id=user.pk, queryset=products, action_flag=action_flag, change_message=message
         )
-    return services.products_delete(product_ids=[p.id for p in products])
 
 
 def duplicate_keep_one(*, finding_id: int, keep_id: int, user: object) -> list[int]:
@@ -684,17 +680,13 @@ def label_accept(*, finding_id: int, user: object) -> Product:
                 status=409 if exists else 404,
             )
         product = Product.objects.get(id=pid)
-        if getattr(user, "pk", None):
-            LogEntry.objects.log_actions(
-                user_id=user.pk,
-                queryset=[product],
-                action_flag=CHANGE,
-                change_message=(
-                    f"Catalog health scan {finding.scan_id}: {detail['title']} {current!r} -> {suggested!r} "
-                    f"({detail['votes']} of its look-alikes agree)."
-                ),
-                single_object=True,
-            )
+        _history_log(
+            user,
+            [product],
+            CHANGE,
+            f"Catalog health scan {finding.scan_id}: {detail['title']} {current!r} -> {suggested!r} "
+            f"({detail['votes']} of its look-alikes agree).",
+        )
         _finding_close(finding, status=HealthFinding.Status.RESOLVED, user=user)
     return product
 

@@ -6,6 +6,9 @@ redirects. A refused action answers with its status (400, 403, 404, 409) and a m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
@@ -16,6 +19,7 @@ from gallery.catalog_health import HealthActionRefused
 from gallery.models import FindingKind, HealthFinding, HealthScan, Product
 
 PAGE_SIZE = 100
+T = TypeVar("T")
 
 
 def _refused(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
@@ -122,9 +126,34 @@ class HealthScanAdmin(admin.ModelAdmin):
             return _refused(request, "A finding is named by its number.", status=400)
         return int(finding_id)
 
-    def _back(self, request: HttpRequest, kind: str, message: str) -> HttpResponse:
+    def _perform(
+        self, request: HttpRequest, action: Callable[[], T], outcome: Callable[[T], tuple[str, str]]
+    ) -> HttpResponse:
+        """Run one action on a finding: a refusal answers with its status; success goes back to the kind's page
+        with the message ``outcome`` makes of the result, as (kind, message).
+        """
+        try:
+            result = action()
+        except HealthActionRefused as exc:
+            return _refused(request, str(exc), status=exc.status)
+        kind, message = outcome(result)
         self.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:gallery_healthscan_kind", args=[kind]))
+
+    def _finding_action(
+        self,
+        request: HttpRequest,
+        finding_id: str,
+        action: Callable[..., T],
+        outcome: Callable[[T], tuple[str, str]],
+    ) -> HttpResponse:
+        """An action that needs only the permission to change products: the input checked, then
+        ``action(finding_id=, user=)`` ``_perform``ed.
+        """
+        checked = self._action_input(request, finding_id, perm="gallery.change_product")
+        if isinstance(checked, HttpResponse):
+            return checked
+        return self._perform(request, lambda: action(finding_id=checked, user=request.user), outcome)
 
     def keep_view(self, request: HttpRequest, finding_id: str) -> HttpResponse:
         mode = catalog_health.duplicates_retire_mode()
@@ -148,29 +177,21 @@ class HealthScanAdmin(admin.ModelAdmin):
                 request, title="Delete the duplicates?", finding=finding, keep=keep_product, others=list(others)
             )
             return render(request, "admin/gallery/healthscan/confirm_keep.html", context)
-        try:
-            others = catalog_health.duplicate_keep_one(finding_id=checked, keep_id=keep_id, user=request.user)
-        except HealthActionRefused as exc:
-            return _refused(request, str(exc), status=exc.status)
         done = "taken off sale" if mode == "off sale" else "deleted"
-        return self._back(request, FindingKind.DUPLICATE, f"Kept {keep_id}; {len(others)} duplicates {done}.")
+        return self._perform(
+            request,
+            lambda: catalog_health.duplicate_keep_one(finding_id=checked, keep_id=keep_id, user=request.user),
+            lambda others: (FindingKind.DUPLICATE, f"Kept {keep_id}; {len(others)} duplicates {done}."),
+        )
 
     def accept_view(self, request: HttpRequest, finding_id: str) -> HttpResponse:
-        checked = self._action_input(request, finding_id, perm="gallery.change_product")
-        if isinstance(checked, HttpResponse):
-            return checked
-        try:
-            product = catalog_health.label_accept(finding_id=checked, user=request.user)
-        except HealthActionRefused as exc:
-            return _refused(request, str(exc), status=exc.status)
-        return self._back(request, FindingKind.LABEL, f"Relabelled {product}.")
+        def done(product: Product) -> tuple[str, str]:
+            return FindingKind.LABEL, f"Relabelled {product}."
+
+        return self._finding_action(request, finding_id, catalog_health.label_accept, done)
 
     def dismiss_view(self, request: HttpRequest, finding_id: str) -> HttpResponse:
-        checked = self._action_input(request, finding_id, perm="gallery.change_product")
-        if isinstance(checked, HttpResponse):
-            return checked
-        try:
-            finding = catalog_health.finding_dismiss(finding_id=checked, user=request.user)
-        except HealthActionRefused as exc:
-            return _refused(request, str(exc), status=exc.status)
-        return self._back(request, finding.kind, "Dismissed; later scans will not raise it again.")
+        def done(finding: HealthFinding) -> tuple[str, str]:
+            return finding.kind, "Dismissed; later scans will not raise it again."
+
+        return self._finding_action(request, finding_id, catalog_health.finding_dismiss, done)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 from celery import Task, shared_task
@@ -57,6 +57,24 @@ def _decoding_processes_allowed() -> Iterator[None]:
         config["daemon"] = daemon
 
 
+def _claiming_task(
+    *, name: str, base: type[Task], soft_time_limit: int, time_limit: int, **options: object
+) -> Callable[[Callable[..., object]], Task]:
+    """The decorator of a task that claims its row with its own id (bound): acknowledged after it ends and
+    given back when its worker dies, so a redelivery to the claimant runs it again; ``base`` records a failure.
+    """
+    return shared_task(
+        name=name,
+        bind=True,
+        base=base,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        soft_time_limit=soft_time_limit,
+        time_limit=time_limit,
+        **options,
+    )
+
+
 class ImportJobTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
         """The import raised (retries exhausted or an unexpected error): fail the job, saying why."""
@@ -65,12 +83,9 @@ class ImportJobTask(Task):
             jobs.import_job_fail(job_id=int(job_id), claimant=task_id, reason=f"{type(exc).__name__}: {exc}")
 
 
-@shared_task(
+@_claiming_task(
     name="gallery.import_catalog_job",
-    bind=True,
     base=ImportJobTask,
-    acks_late=True,
-    reject_on_worker_lost=True,
     max_retries=5,
     soft_time_limit=IMPORT_SOFT_LIMIT_S,
     time_limit=IMPORT_HARD_LIMIT_S,
@@ -142,15 +157,7 @@ class HealthScanTask(Task):
             catalog_health.health_scan_fail(scan_id=int(scan_id), reason=f"{type(exc).__name__}: {exc}")
 
 
-@shared_task(
-    name="gallery.catalog_health_scan",
-    bind=True,
-    base=HealthScanTask,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    soft_time_limit=900,
-    time_limit=960,
-)
+@_claiming_task(name="gallery.catalog_health_scan", base=HealthScanTask, soft_time_limit=900, time_limit=960)
 def catalog_health_scan(self: Task, scan_id: int) -> str:
     """Run catalog health scan ``scan_id`` if it is still queued (a redelivery to its claimant runs it again)."""
     claimant = self.request.id or f"local-{uuid.uuid4().hex}"

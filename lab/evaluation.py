@@ -421,26 +421,24 @@ def eval_set_from_vectors(
     distorted, distorted_of = empty
     augmented, augmented_of = empty
     if encoder is not None:
-        queries = _sample(split.query, recall_sample, seed=split_seed)
-        distorted, positions = embed_distorted(
-            encoder=encoder,
-            sources=[catalog.images[int(r)] for r in queries],
-            keys=catalog.ids[queries].tolist(),
-            seed=EVAL_DISTORT_SEED,
-            progress=progress,
-        )
-        distorted_of = queries[positions]
-        if train_copies:
-            train = _sample(split.index, train_sample, seed=split_seed + 1)
-            augmented, positions = embed_distorted(
+
+        def copies_of(rows: np.ndarray, *, seed: int, copies: int) -> tuple[np.ndarray, np.ndarray]:
+            """Distorted copies of the catalog's ``rows`` and the row each copy belongs to."""
+            vectors, positions = embed_distorted(
                 encoder=encoder,
-                sources=[catalog.images[int(r)] for r in train],
-                keys=catalog.ids[train].tolist(),
-                seed=TRAIN_DISTORT_SEED,
-                copies=train_copies,
+                sources=[catalog.images[int(r)] for r in rows],
+                keys=catalog.ids[rows].tolist(),
+                seed=seed,
+                copies=copies,
                 progress=progress,
             )
-            augmented_of = train[positions]
+            return vectors, rows[positions]
+
+        queries = _sample(split.query, recall_sample, seed=split_seed)
+        distorted, distorted_of = copies_of(queries, seed=EVAL_DISTORT_SEED, copies=1)
+        if train_copies:
+            train = _sample(split.index, train_sample, seed=split_seed + 1)
+            augmented, augmented_of = copies_of(train, seed=TRAIN_DISTORT_SEED, copies=train_copies)
     return EvalSet(
         catalog=catalog,
         vectors=vectors,

