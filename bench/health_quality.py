@@ -498,9 +498,8 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
     ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
     judged from those neighbours. Pixel part, at its bound: MAX_FINGERPRINTS thumbnails read for their
     fingerprints (as many as the scan reads when every product is a duplicate candidate) and MAX_COMPARED
-    pairs registered by READERS threads, each photo read again (the cache missing every time): per-read and
-    per-pair costs measured with READERS threads on real drawn thumbnails (320 pixels, a product and a
-    resized, cropped copy of another's).
+    pairs registered, each photo read again (the cache missing every time): per-read and per-pair costs
+    measured on real drawn thumbnails (320 pixels, a product and a resized, cropped copy of another's).
     """
     from bench.common import synthetic_vectors
     from gallery.catalog import styles_read
@@ -600,21 +599,16 @@ pairs_local = [(i, i + 1) for i in range(0, len(files) - 1, 2)] + [(i, i + 3) fo
 t = time.perf_counter()
 diff = health.pairs_compare(pairs=np.array(pairs_local), photo=lambda i: photos[i])
 per_pair = (time.perf_counter() - t) / len(pairs_local)
-t = time.perf_counter()
-pooled = health.pairs_compare(pairs=np.array(pairs_local), photo=lambda i: photos[i], workers=health.READERS)
-per_pair_pooled = (time.perf_counter() - t) / len(pairs_local)
-assert np.array_equal(pooled, diff), "the threads' answer differs"
 n = len(ids)
 out.update({
     "read_ms": round(read * 1000, 2), "compare_ms": round(per_pair * 1000, 2),
-    "compare_pooled_ms": round(per_pair_pooled * 1000, 2),
     "copies_matched": int((diff[: len(files) // 2] <= health.DUPLICATE_DIFFERENCE).sum()), "copies": len(files) // 2,
     "fingerprints_bound": min(n, health.MAX_FINGERPRINTS),
     "pixel_bound_seconds": round(
-        min(n, health.MAX_FINGERPRINTS) * read_pooled + health.MAX_COMPARED * (per_pair_pooled + 2 * read_pooled), 1),
+        min(n, health.MAX_FINGERPRINTS) * read_pooled + health.MAX_COMPARED * (per_pair + 2 * read), 1),
     "pixel_seconds_these_candidates": round(
         min(out["candidate_products"], health.MAX_FINGERPRINTS) * read_pooled
-        + min(health.MAX_COMPARED, len(pairs)) * (per_pair_pooled + 2 * read_pooled), 1),
+        + min(health.MAX_COMPARED, len(pairs)) * (per_pair + 2 * read), 1),
 })
 out["peak_rss_mib"] = peak_mib()
 out["bound_total_seconds"] = round(out["vector_seconds"] + out["label_seconds"] + out["pixel_bound_seconds"], 1)
