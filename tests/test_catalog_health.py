@@ -280,17 +280,31 @@ def test_a_scan_at_its_fingerprint_bound_reads_no_more_and_still_finds_the_copy(
     read: list[str] = []
     fingerprint = catalog_health._thumbnail_fingerprint
     monkeypatch.setattr(catalog_health, "_thumbnail_fingerprint", lambda name: read.append(name) or fingerprint(name))
+    seen: dict[str, np.ndarray] = {}
+    choose = catalog_health.pairs_to_fingerprint
+
+    def spied(*, pairs: np.ndarray, cosines: np.ndarray, limit: int) -> np.ndarray:
+        seen.update(pairs=pairs, cosines=cosines)
+        return choose(pairs=pairs, cosines=cosines, limit=limit)
+
+    monkeypatch.setattr(catalog_health, "pairs_to_fingerprint", spied)
     _scan()
     unbounded = len(read)
+    # The bound that just reaches the copy pair: the products read by the pairs ranked up to it.
+    order = catalog_health.pairs_prioritised(pairs=seen["pairs"], value=seen["cosines"])
+    copy_pair = sorted([health_catalog["copied"], COPY_ID])
+    at = next(i for i, p in enumerate(order.tolist()) if seen["pairs"][p].tolist() == copy_pair)
+    bound = len(np.unique(seen["pairs"][order[: at + 1]]))
 
-    # The copy pair is the 19th by priority here (the demo draws many look-alikes), its products read by the 30th.
     read.clear()
-    monkeypatch.setattr(catalog_health, "MAX_FINGERPRINTS", 30)
+    monkeypatch.setattr(catalog_health, "MAX_FINGERPRINTS", bound)
     scan = _scan()
     outliers = scan.findings.filter(kind=FindingKind.OUTLIER).count()
-    assert len(read) <= 30 + outliers < unbounded  # the outliers' own photos are read to tell a blank one
+    # The demo draws many look-alikes: the bound binds, and reads no more (the outliers' own photos are read
+    # to tell a blank one).
+    assert len(read) <= bound + outliers < unbounded
     copy = _finding(scan, FindingKind.DUPLICATE, COPY_ID)
-    assert copy is not None and copy.product_ids == sorted([health_catalog["copied"], COPY_ID])
+    assert copy is not None and copy.product_ids == copy_pair
     exact = _finding(scan, FindingKind.DUPLICATE, EXACT_ID)
     assert exact is not None and exact.detail["exact"] is True
 
