@@ -183,7 +183,7 @@ class _Vectors:
         # Read once per request: the candidate search (selectors.similar_products) is given the same rows.
         with stage("vectors"):
             self.delta = selectors.delta_rows(space=space, loaded=loaded)
-        self._newer = {pid: np.frombuffer(vector, dtype="<f4") for pid, _, vector in self.delta}
+        self._newer = {pid: vector for pid, _, vector in self.delta}  # bytes: decoded only for the products asked
         self.vectors = _Rows()
         self.colours = _Rows()
         self._looked_up: set[int] = set()
@@ -210,7 +210,9 @@ class _Vectors:
         if from_build and wanted:
             newer = [pid for pid in wanted if pid in self._newer]
             if newer:
-                self.vectors.add(newer, np.stack([self._newer[pid] for pid in newer]))
+                self.vectors.add(
+                    newer, np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)
+                )
             items = self.loaded.items_of(np.asarray([p for p in wanted if p not in self._newer], dtype=np.int64))
             self.vectors.add(self.loaded.product_ids[items].tolist(), self.loaded.vectors_of(items))
         if from_build and colour_wanted:
