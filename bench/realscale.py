@@ -39,8 +39,9 @@
   1,000,000 synthetic clustered unit 256-d vectors (``bench.common.synthetic_vectors``) stored as products
   and embeddings, indexed by ``index_rebuild`` (both once, cached); a click, a 10-step trail and a click
   filtered by colour, each ``GET /api/similar/<id>`` through Django's test client (the site's code end to
-  end without a socket), with no fresh vectors and with 500 outside the index (INDEX_REBUILD_DELTA), beside
-  exact numpy in memory.
+  end without a socket), with no fresh vectors and with 500 outside the index (INDEX_REBUILD_DELTA: once the
+  catalog has settled, and in the minute after they were saved), beside exact numpy in memory
+  (``--vectors-only`` runs this part alone).
 * The refinement strategies' cost (``--strategies-at N``, default the real catalog's 44,446 products;
   ``--strategies-only`` runs this part alone): N synthetic clustered 1280-d vectors (the served
   EfficientNet-Lite0 space) with a colour descriptor each, on their own cached SQLite database; each
@@ -911,6 +912,9 @@ def _vectors_child(command: str, args: list[str], *, n: int, dim: int, out: Path
     return json.loads(out.read_text())
 
 
+VECTORS_CLICK_P99_MS = 20  # a click at 1M x 256-d, with 500 vectors stored since the build too
+
+
 def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
     out = tmp / f"vectors-{n}.json"
     data = _vectors_child("clicks", ["--clicks", str(clicks), "--fresh", str(fresh)], n=n, dim=dim, out=out, log=log)
@@ -947,8 +951,9 @@ def measure_vectors(*, n: int, dim: int, clicks: int, fresh: int, tmp: Path, log
             )
             if name == "click":
                 targets.append(
-                    Target(f"{n:,} vectors, click p99 ({state})", "<= 50 ms", f"{wall.p99:.1f} ms", wall.p99 <= 50)
-                )
+                    Target(f"{n:,} vectors, click p99 ({state})", f"<= {VECTORS_CLICK_P99_MS} ms", f"{wall.p99:.1f} ms",
+                           wall.p99 <= VECTORS_CLICK_P99_MS)
+                )  # fmt: skip
     table.note = (
         f"index: {index['count']:,} vectors, {index['n_trees']} trees, search_k {index['search_k']}, "
         f"{index['file_mb']:.0f} MB; trail: 3 pinned, 2 not-like, 4 plain steps; colour=Black holds 22% of the "
@@ -1005,6 +1010,7 @@ def realscale_run(
     log,  # noqa: ANN001
     strategies_at: int | None = None,
     strategies_only: bool = False,
+    vectors_only: bool = False,
     events_cost: bool = False,
     availability_cost: bool = False,
 ) -> SectionResult:
@@ -1026,6 +1032,15 @@ def realscale_run(
             table.add(name, len(cpu), f"{p50:.2f}", f"{p99:.2f}", f"{p50 / base:.2f}")
         result.tables.append(table)
         result.data = data
+        return result
+    if vectors_only:
+        result = SectionResult("realscale-vectors")
+        table, targets, data = measure_vectors(
+            n=vectors or 1_000_000, dim=256, clicks=20 if quick else 300, fresh=500, tmp=tmp, log=log
+        )
+        result.tables.append(table)
+        result.targets += targets
+        result.data = {"vectors": data}
         return result
     if strategies_only:
         result = SectionResult("realscale-strategies")
@@ -1123,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies-at", type=int, default=None, help="products for the strategies' cost (0: skip; default 44,446)"
     )
     parser.add_argument("--strategies-only", action="store_true", help="measure the strategies' cost alone")
+    parser.add_argument("--vectors-only", action="store_true", help="measure the click at --vectors alone")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
     parser.add_argument(
         "--events-cost", action="store_true", help="only the click API at 8 clients, shopper events on vs off"
@@ -1155,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies_at = args.strategies_at if args.strategies_at is not None else STRATEGY_PRODUCTS
         result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log,
                                strategies_at=strategies_at, strategies_only=args.strategies_only,
+                               vectors_only=args.vectors_only,
                                events_cost=args.events_cost,
                                availability_cost=args.availability_cost)  # fmt: skip
     finally:
