@@ -251,7 +251,10 @@ def _changed_since(held: CatalogVersion, version: CatalogVersion) -> set[int] | 
     """The ids saved or deleted between two versions (None: the catalog went back, e.g. a restored backup)."""
     if version.deletions < held.deletions or version.latest is None:
         return None
-    changed = set(Product.objects.filter(updated_at__gte=held.settled_before).values_list("id", flat=True))
+    # Unordered: the model's ordering by id would have SQLite walk every product in id order rather than
+    # the few saved since through the updated_at index (211 ms at 1M products, on every move of the version).
+    saved = Product.objects.filter(updated_at__gte=held.settled_before).order_by().values_list("id", flat=True)
+    changed = set(saved)
     if version.deletions > held.deletions:
         deleted = ProductDeletion.objects.filter(id__gt=held.deletions).values_list("product_id", flat=True)
         changed.update(deleted)
