@@ -30,7 +30,7 @@ from gallery.services import catalog_import
 from lab.demo import demo_catalog_write
 from recommender import runtime, services, tasks
 from recommender.colour import COLOUR_SPACE
-from recommender.models import Embedding, EmbeddingState, EmbedStatus
+from recommender.models import Embedding
 from recommender.services import index_rebuild, products_embed
 from tests.support import ROOT
 from tests.support.browser import CHROMIUM, SLICE
@@ -273,37 +273,24 @@ def own_cache_and_encoder(settings, monkeypatch, session_encoder) -> Iterator[No
 @pytest.fixture
 def embedded_catalog(db, catalog_vectors) -> list[int]:
     """24 products with vectors from their real images, and a published index (no image files: fast)."""
-    space = runtime.active_space()
-    Product.objects.bulk_create(
-        [
-            Product(
-                id=e.id,
-                name=e.name,
-                gender=e.gender,
-                master_category="Apparel" if e.article_type == "Tshirts" else "Accessories",
-                sub_category="Topwear" if e.article_type == "Tshirts" else "Headwear",
-                article_type=e.article_type,
-                base_colour=e.colour,
-                season="Summer",
-                year=2012,
-                usage="Casual",
-                image_version=1,
-            )
-            for e in CATALOG
-        ]
-    )
-    EmbeddingState.objects.bulk_create(
-        [
-            EmbeddingState(product_id=e.id, image_name=f"demo/{e.id}.jpg", image_version=1, status=EmbedStatus.DONE)
-            for e in CATALOG
-        ]
-    )
-    Embedding.objects.bulk_create(
-        [
-            Embedding(product_id=pid, space=space, dim=len(v), vector=v.astype("<f4").tobytes(), image_version=1)
-            for pid, v in catalog_vectors.items()
-        ]
-    )
+    rows = [
+        SimpleNamespace(
+            id=e.id,
+            fields={
+                "name": e.name,
+                "gender": e.gender,
+                "master_category": "Apparel" if e.article_type == "Tshirts" else "Accessories",
+                "sub_category": "Topwear" if e.article_type == "Tshirts" else "Headwear",
+                "article_type": e.article_type,
+                "base_colour": e.colour,
+                "season": "Summer",
+                "year": 2012,
+                "usage": "Casual",
+            },
+        )
+        for e in CATALOG
+    ]
+    demo_rows_store(rows, catalog_vectors)
     assert services.index_rebuild() is not None
     return CATALOG_IDS
 

@@ -10,8 +10,6 @@ from recommender.models import EmbeddingState, EmbedStatus
 
 def embed_status(product_id: int) -> str | None:
     """A product's embedding state as the vector engine holds it (None: the engine was never told of an image)."""
-    from recommender.models import EmbeddingState
-
     return EmbeddingState.objects.filter(product_id=product_id).values_list("status", flat=True).first()
 
 
@@ -36,7 +34,7 @@ def demo_rows_store(
     """
     from gallery.models import Product
     from recommender.colour import COLOUR_SPACE
-    from recommender.models import Embedding, EmbeddingState, EmbedStatus
+    from recommender.models import Embedding
 
     space = runtime.active_space()
     Product.objects.bulk_create(
@@ -61,7 +59,7 @@ def demo_rows_store(
             Embedding(
                 product_id=row.id,
                 space=space,
-                dim=1280,
+                dim=len(demo_vectors[row.id]),
                 vector=demo_vectors[row.id].astype("<f4").tobytes(),
                 image_version=1,
             )
