@@ -29,10 +29,10 @@ from gallery.models import ImportJob, ImportStatus, Product
 from gallery.services import catalog_import
 from tests.support import ROOT
 from tests.support.catalog_files import job_id_of, run_job_inline
+from tests.support.clients import BULK, wsgi_post
 from tests.support.images import jpeg_bytes
 from tests.support.processes import wait_for
 
-BULK = "/admin/gallery/product/bulk-upload/"
 HEADER = ",".join(COLUMNS)
 REAL_STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
 
@@ -408,53 +408,12 @@ def test_the_bulk_upload_help_text_shows_the_image_name_pattern(staff):
     assert "images/.jpg" not in text
 
 
-def _wsgi_post(path: str, *, content_length: int, cookie: str) -> tuple[str, int]:
-    from django.core.handlers.wsgi import WSGIHandler
-
-    class CountingInput(io.BytesIO):
-        read_bytes = 0
-
-        def read(self, size: int = -1) -> bytes:
-            data = super().read(size)
-            self.read_bytes += len(data)
-            return data
-
-        def readline(self, size: int = -1) -> bytes:
-            data = super().readline(size)
-            self.read_bytes += len(data)
-            return data
-
-    body = b'--x\r\nContent-Disposition: form-data; name="csrfmiddlewaretoken"\r\n\r\nforged\r\n--x--\r\n'
-    stream = CountingInput(body)
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_COOKIE": cookie,
-        "CONTENT_TYPE": "multipart/form-data; boundary=x",
-        "CONTENT_LENGTH": str(content_length),
-        "wsgi.input": stream,
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    answer: dict[str, str] = {}
-    b"".join(WSGIHandler()(environ, lambda status, headers, exc_info=None: answer.update(status=status)))
-    return answer["status"], stream.read_bytes
-
-
 def test_an_anonymous_bulk_body_over_the_ordinary_limit_is_refused_unread(db):
     """Before the fix the 1 GB limit applied to anyone: the CSRF check spooled the body before the login redirect."""
-    status, read = _wsgi_post(BULK, content_length=500_000_000, cookie="csrftoken=" + "a" * 32)
+    body = b'--x\r\nContent-Disposition: form-data; name="csrfmiddlewaretoken"\r\n\r\nforged\r\n--x--\r\n'
+    status, _, _, stream = wsgi_post(BULK, content_length="500000000", body=body, cookie="csrftoken=" + "a" * 32)
     assert status.startswith("413"), status
-    assert read == 0
+    assert stream.read_bytes == 0
 
 
 def test_the_large_bulk_limit_applies_to_staff_who_may_upload_and_no_one_else(db, sent, settings):

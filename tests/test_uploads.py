@@ -44,6 +44,7 @@ from tests.support.clients import (
     media_files,
     photo_api,
     photo_page,
+    wsgi_post,
 )
 from tests.support.engine import embed_status
 from tests.support.images import (
@@ -303,56 +304,6 @@ def test_an_image_over_image_max_pixels_is_refused_from_its_header(
 
 
 # --- Oversize bodies: 413 from the Content-Length, before the body is read -------------------
-
-
-class CountingInput(io.BytesIO):
-    """A wsgi.input that counts what the application read from it."""
-
-    read_bytes = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = super().read(size)
-        self.read_bytes += len(data)
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        data = super().readline(size)
-        self.read_bytes += len(data)
-        return data
-
-
-def wsgi_post(path: str, *, content_length: str, body: bytes = b"--x\r\n") -> tuple[str, dict, bytes, CountingInput]:
-    from django.core.handlers.wsgi import WSGIHandler
-
-    stream = CountingInput(body)
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "multipart/form-data; boundary=x",
-        "CONTENT_LENGTH": content_length,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": stream,
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    answer: dict[str, object] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"] = status
-        answer["headers"] = dict(headers)
-
-    body_out = b"".join(WSGIHandler()(environ, start_response))
-    return str(answer["status"]), answer["headers"], body_out, stream
 
 
 @pytest.mark.usefixtures("own_cache_and_encoder")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
 
 
@@ -70,3 +72,57 @@ def admin_add(client: Client, product_id: int, data: bytes, *, name: str = "phot
 
 def bulk_upload(client: Client, data: bytes, *, name: str = "catalog.zip"):
     return client.post(BULK, {"archive": SimpleUploadedFile(name, data, content_type="application/zip")})
+
+
+class CountingInput(io.BytesIO):
+    """A wsgi.input that counts what the application read from it."""
+
+    read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.read_bytes += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = super().readline(size)
+        self.read_bytes += len(data)
+        return data
+
+
+def wsgi_post(
+    path: str, *, content_length: str, body: bytes = b"--x\r\n", cookie: str = ""
+) -> tuple[str, dict, bytes, CountingInput]:
+    """A multipart POST claiming ``content_length`` straight into the WSGI handler (the test client would set
+    the real length): (status, headers, answer body, the input, which counts what was read)."""
+    stream = CountingInput(body)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "multipart/form-data; boundary=x",
+        "CONTENT_LENGTH": content_length,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": stream,
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    answer: dict[str, object] = {}
+
+    def start_response(status, headers, exc_info=None):  # noqa: ANN001, ANN202
+        answer["status"] = status
+        answer["headers"] = dict(headers)
+
+    body_out = b"".join(WSGIHandler()(environ, start_response))
+    return str(answer["status"]), answer["headers"], body_out, stream
