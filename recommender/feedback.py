@@ -179,13 +179,20 @@ def liked_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _skipped_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
+def _pushed(trail: TrailVectors, strategy: Strategy) -> np.ndarray | None:
+    """The (d,) weighted mean of the skipped products the strategy pushes from; None when it pushes from none.
+
+    The push is linear in the skipped vectors, so this one vector stands for them all (never an (s, N) matrix).
+    """
     if trail.skipped is None or not len(trail.skipped) or strategy.skipped_weight <= 0:
-        return np.zeros(0)
+        return None
     age = np.zeros(len(trail.skipped)) if trail.skipped_age is None else np.asarray(trail.skipped_age, float)
     weights = np.where(age == 0, 1.0, strategy.skipped_decay**age)  # decay 0: the grid clicked from alone
     total = weights.sum()
-    return weights / total if total > 0 else np.zeros(0)
+    if total <= 0:
+        return None
+    # float32 throughout: float64 weights would promote the whole (s, d) matrix to a float64 copy.
+    return (weights / total).astype(np.float32) @ np.asarray(trail.skipped, dtype=np.float32)
 
 
 def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> float:
@@ -225,31 +232,27 @@ def query_vectors(*, trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     share = _image_share(trail, strategy)
     if len(trail.disliked) and strategy.dislike_weight:
         query = query - share * strategy.dislike_weight * vectors[trail.disliked].mean(axis=0)
-    skipped = _skipped_weights(trail, strategy)
-    if len(skipped):
-        query = query - share * strategy.skipped_weight * (skipped @ np.asarray(trail.skipped, dtype=np.float32))
+    pushed = _pushed(trail, strategy)
+    if pushed is not None:
+        query = query - share * strategy.skipped_weight * pushed
     return _unit(query, newest)[None, :]
 
 
 def _step_scores(
-    trail: TrailVectors,
-    strategy: Strategy,
-    steps: np.ndarray,
-    candidates: np.ndarray,
-    candidate_colours: np.ndarray | None,
+    trail: TrailVectors, strategy: Strategy, image: np.ndarray, candidate_colours: np.ndarray | None
 ) -> np.ndarray:
-    """(len(steps), N) blended scores of each candidate against each of the given steps."""
-    image = np.asarray(trail.vectors, dtype=np.float32)[steps] @ candidates.T
+    """(steps, N) blended scores of each candidate against every step, from their (steps, N) image scores."""
     if trail.colours is None or candidate_colours is None:
         return image
-    colour_scores = np.asarray(trail.colours, dtype=np.float32)[steps] @ candidate_colours.T
-    unknown = ~np.asarray(candidate_colours).any(axis=1)
+    candidate_colours = np.asarray(candidate_colours, dtype=np.float32)
+    colour_scores = (candidate_colours @ np.asarray(trail.colours, dtype=np.float32).T).T
+    unknown = ~candidate_colours.any(axis=1)
     if unknown.any():
         # A candidate without a stored descriptor (embedded before colours were kept) is scored by its image
         # alone, as if its colour agreed as well as its look: neither favoured nor sunk.
         colour_scores[:, unknown] = image[:, unknown]
-    weights = np.array([_step_colour_weight(trail, int(i), strategy) for i in steps], dtype=np.float32)[:, None]
-    return (1.0 - np.maximum(weights, 0.0)) * image + weights * colour_scores
+    weights = np.array([_step_colour_weight(trail, step, strategy) for step in range(len(image))], dtype=np.float32)
+    return (1.0 - np.maximum(weights, 0.0))[:, None] * image + weights[:, None] * colour_scores
 
 
 @dataclass(frozen=True)
@@ -269,29 +272,32 @@ def _score(
     candidate_seen: np.ndarray | None,
 ) -> _Scored:
     candidates = np.asarray(candidates, dtype=np.float32)
-    width = np.asarray(trail.vectors).shape[1]
-    if candidates.ndim != 2 or candidates.shape[1] != width:
-        raise ValueError(f"candidates must be (N, {width}), got {candidates.shape}")
+    vectors = np.asarray(trail.vectors, dtype=np.float32)
+    if candidates.ndim != 2 or candidates.shape[1] != vectors.shape[1]:
+        raise ValueError(f"candidates must be (N, {vectors.shape[1]}), got {candidates.shape}")
     n = len(candidates)
     liked, disliked = trail.liked, trail.disliked
-    liked_scores = _step_scores(trail, strategy, liked, candidates, candidate_colours)
+    pushed = _pushed(trail, strategy)
+    queries = vectors if pushed is None else np.vstack([vectors, pushed[None, :]])
+    # Every step and the push in one pass over the candidates (the pass is what scoring costs, not the sums).
+    image = (candidates @ queries.T).T
+    blended = _step_scores(trail, strategy, image[: len(vectors)], candidate_colours)
+    liked_scores = blended[liked]
     weights = liked_weights(trail, strategy)
     likeness = weights @ liked_scores
     rank = liked_scores.max(axis=0) if strategy.combine == "best" else likeness.copy()
+    share = _image_share(trail, strategy)
     sunk = np.zeros(n, dtype=bool)
     if len(disliked):
-        disliked_scores = _step_scores(trail, strategy, disliked, candidates, candidate_colours)
+        disliked_scores = blended[disliked]
         if strategy.dislike_weight and strategy.combine == "mean":
-            rank = rank - _image_share(trail, strategy) * strategy.dislike_weight * disliked_scores.mean(axis=0)
+            rank = rank - share * strategy.dislike_weight * disliked_scores.mean(axis=0)
         if strategy.context:
             rank = rank + _context_rank(trail, liked_scores, disliked_scores)
         # The one rule for "not like this": nearer a disliked step than to every liked step sinks below the rest.
         sunk = disliked_scores.max(axis=0) >= liked_scores.max(axis=0)
-    skipped = _skipped_weights(trail, strategy)
-    if len(skipped):
-        # Linear in the skipped vectors: push from their weighted mean, one (d,) vector, not an (s, N) matrix.
-        pushed = skipped @ np.asarray(trail.skipped, dtype=np.float32)
-        rank = rank - _image_share(trail, strategy) * strategy.skipped_weight * (candidates @ pushed)
+    if pushed is not None:
+        rank = rank - share * strategy.skipped_weight * image[-1]
     if candidate_seen is not None and strategy.seen_penalty and strategy.seen_grids:
         seen = np.asarray(candidate_seen)
         rank = rank - strategy.seen_penalty * ((seen >= 0) & (seen < strategy.seen_grids))
@@ -358,8 +364,14 @@ def diversify(
         return np.zeros(0, dtype=np.int64)
     if strength <= 0.0 or k == 1:
         return np.argsort(-scores, kind="stable")[:k]
-    vectors = np.asarray(vectors, dtype=np.float32)
-    colours = np.asarray(colours, dtype=np.float32) if colours is not None and colour_weight > 0 else None
+    rows = np.asarray(vectors, dtype=np.float32)
+    weights = None
+    if colours is not None and colour_weight > 0:
+        # The blend is one inner product over [image | colour] rows, the picked row weighted per part: one pass
+        # over the candidates per pick, not two (the pass, not the arithmetic, is what a pick costs).
+        rows = np.hstack([rows, np.asarray(colours, dtype=np.float32)])
+        weights = np.full(rows.shape[1], colour_weight, dtype=np.float32)
+        weights[: np.asarray(vectors).shape[1]] = 1.0 - colour_weight
     chosen = np.zeros(k, dtype=np.int64)
     kept = (1.0 - strength) * scores
     gain = kept.copy()  # the first pick is the best score alone
@@ -368,11 +380,7 @@ def diversify(
         best = int(np.argmax(gain))
         chosen[pick] = best
         kept[best] = -np.inf  # never picked again
-        similarity = vectors @ vectors[best]
-        if colours is not None:
-            similarity *= 1.0 - colour_weight
-            similarity += colour_weight * (colours @ colours[best])
-        np.maximum(closest, similarity, out=closest)
+        np.maximum(closest, rows @ (rows[best] if weights is None else rows[best] * weights), out=closest)
         np.multiply(closest, -strength, out=gain)
         gain += kept
     return chosen
@@ -398,21 +406,24 @@ def grid_rank(
     if not len(candidates) or k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     scored = _score(trail, strategy, candidates, candidate_colours, candidate_seen)
-    eligible = np.arange(len(candidates))
+    vectors = np.asarray(candidates)
+    colours = candidate_colours if trail.colours is not None else None
+    eligible = None  # every candidate
     if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:
         plain = _score(replace(trail, aspects=()), strategy, candidates, candidate_colours, candidate_seen)
         eligible = np.sort(np.argsort(-plain.rank, kind="stable")[: ASPECT_SHORTLIST * k])
-    use_colours = candidate_colours[eligible] if trail.colours is not None and candidate_colours is not None else None
+        vectors = vectors[eligible]
+        colours = colours[eligible] if colours is not None else None
     picked = diversify(
-        scores=scored.rank[eligible],
-        vectors=np.asarray(candidates)[eligible],
+        scores=scored.rank if eligible is None else scored.rank[eligible],
+        vectors=vectors,
         k=k,
         strength=strategy.diversity,
-        colours=use_colours,
+        colours=colours,
         # Tiles count as alike the way the newest click asks: its aspect's colour share ("any colour": none).
         colour_weight=max(_step_colour_weight(trail, int(trail.liked[-1]), strategy), 0.0),
     )
-    positions = eligible[picked]
+    positions = picked if eligible is None else eligible[picked]
     positions = positions[np.argsort(-scored.rank[positions], kind="stable")]
     return positions, scored.likeness[positions]
 

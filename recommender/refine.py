@@ -146,7 +146,7 @@ class _Rows:
             return
         ids = np.asarray(product_ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
-        self._block_of.update(dict.fromkeys((int(pid) for pid in product_ids), len(self._blocks)))
+        self._block_of.update(dict.fromkeys(ids.tolist(), len(self._blocks)))
         self._blocks.append((block, ids[order], order))
 
     def __contains__(self, product_id: int) -> bool:
@@ -159,15 +159,19 @@ class _Rows:
         """float32 rows of ``product_ids``, in order; with ``width``, zeros for ids missing or of another width."""
         width = width if width is not None else self.width(product_ids[0])
         ids = np.asarray(product_ids, dtype=np.int64)
-        out = np.zeros((len(ids), width), dtype=np.float32)
+        out = None
         for block, sorted_ids, rows in self._blocks:  # in the order added: a later block wins
             if block.shape[1] != width:
                 continue
             at = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
             hit = sorted_ids[at] == ids
-            if hit.any():
+            if out is None and hit.all():
+                out = block[rows[at]].astype(np.float32, copy=False)  # one gather, no zeros to fill
+            elif hit.any():
+                if out is None:
+                    out = np.zeros((len(ids), width), dtype=np.float32)
                 out[hit] = block[rows[at[hit]]]
-        return out
+        return out if out is not None else np.zeros((len(ids), width), dtype=np.float32)
 
 
 class _Vectors:
@@ -228,9 +232,13 @@ class _Vectors:
         need_colour = [pid for pid in colour_wanted if pid not in self.colours]
         if not from_db and not need_colour:
             return
-        rows = selectors.stored_vectors({self.space: from_db, COLOUR_SPACE: need_colour})
-        for pid, space, vector in rows:
-            (self.colours if space == COLOUR_SPACE else self.vectors).add([pid], np.frombuffer(vector, "<f4")[None, :])
+        # One block per space and width: every block costs each later matrix() a look-up.
+        blocks: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+        for pid, space, vector in selectors.stored_vectors({self.space: from_db, COLOUR_SPACE: need_colour}):
+            blocks.setdefault((space, len(vector)), []).append((pid, vector))
+        for (space, _), rows in blocks.items():
+            vectors = np.frombuffer(b"".join(vector for _, vector in rows), "<f4").reshape(len(rows), -1)
+            (self.colours if space == COLOUR_SPACE else self.vectors).add([pid for pid, _ in rows], vectors)
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
         return self.vectors.matrix(product_ids)
