@@ -203,3 +203,60 @@ def test_a_catalog_beyond_what_a_process_holds_is_read_as_shown(db, monkeypatch,
             assert set(cards.cards_get([2, 3])) == {2, 3}
         with django_assert_num_queries(1):
             assert set(cards.cards_get([4])) == {4}
+
+
+def _filter_read_whole(filters) -> list[int]:
+    return list(Product.objects.filter(filters.q(), active=True).order_by("id").values_list("id", flat=True))
+
+
+def test_a_filters_ids_follow_every_change_from_the_products_changed_alone(db, django_assert_max_num_queries):
+    """When the version moves, a filter's ids are the earlier version's brought up to date from the products
+    saved or deleted since: equal to reading the filter whole, without reading it whole."""
+    from gallery.filters import ProductFilters
+
+    blue = ProductFilters.from_mapping({"colour": "Blue"})
+    colours = ["Blue", "Red", "Blue", "Green", "Blue", "Red"]
+    Product.objects.bulk_create([Product(id=pid, name=f"P{pid}", base_colour=c) for pid, c in enumerate(colours, 1)])
+    assert cards.filter_ids(blue).tolist() == [1, 3, 5]
+
+    def edit_colour(pid: int, colour: str) -> None:
+        product = Product.objects.get(id=pid)
+        product.base_colour = colour
+        product.save()
+
+    changes = [
+        lambda: edit_colour(2, "Blue"),  # into the filter
+        lambda: edit_colour(3, "Black"),  # out of it
+        lambda: Product.objects.create(id=9, name="New", base_colour="Blue"),  # a new product
+        lambda: Product.objects.create(id=7, name="Newer", base_colour="Red"),  # one the filter does not pass
+        lambda: products_delete(product_ids=[5]),
+        lambda: Product.objects.filter(id=9).delete(),  # not through the service
+        lambda: product_availability_set(product_ids=[1], active=False),
+        lambda: product_availability_set(product_ids=[1], active=True),
+    ]
+    for change in changes:
+        change()
+        # The version, what was saved (and deleted) since, the changed products.
+        with cards.catalog_version_held(), django_assert_max_num_queries(4) as queries:
+            updated = cards.filter_ids(blue).tolist()
+        assert updated == _filter_read_whole(blue)
+        read = next(q["sql"] for q in queries.captured_queries if "base_colour" in q["sql"])
+        assert " IN (" in read, read  # the products changed since, not the whole filter
+    assert cards.filter_ids(blue).tolist() == [1, 2]
+
+
+def test_a_filter_is_read_whole_when_too_much_changed_or_the_catalog_went_back(db, monkeypatch):
+    from gallery.filters import ProductFilters
+
+    red = ProductFilters.from_mapping({"colour": "Red"})
+    Product.objects.bulk_create([Product(id=pid, name=f"P{pid}", base_colour="Red") for pid in range(1, 6)])
+    assert cards.filter_ids(red).tolist() == [1, 2, 3, 4, 5]
+    monkeypatch.setattr(cards, "FILTER_DELTA_MAX", 2)
+    for pid in (1, 2, 3):  # an import's worth of saves: more than FILTER_DELTA_MAX
+        Product.objects.filter(id=pid).update(base_colour="Blue", updated_at=timezone.now())
+    assert cards.filter_ids(red).tolist() == [4, 5] == _filter_read_whole(red)
+    products_delete(product_ids=[4])
+    assert cards.filter_ids(red).tolist() == [5]
+    ProductDeletion.objects.all().delete()  # the deletions' numbers went back: a backup restored
+    Product.objects.create(id=4, name="Restored", base_colour="Red")
+    assert cards.filter_ids(red).tolist() == [4, 5] == _filter_read_whole(red)
