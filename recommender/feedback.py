@@ -47,6 +47,8 @@ class TrailVectors:
     (s, d) are products shown in the grids the shopper clicked from and did not click, ``skipped_age`` (s,)
     how many clicks ago each was shown (0: in the grid the newest step was clicked from). ``colours`` are the
     steps' colour descriptors, or None where the space has none (skipped products push by image alone).
+    The push is linear in the skipped vectors: their mean weighted by :func:`skipped_weights`, given as one
+    row of age 0, pushes exactly as they do (how ``recommender.refine`` passes them).
     """
 
     vectors: np.ndarray
@@ -108,6 +110,8 @@ class Strategy:
     - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only); a step
       with an aspect takes recommender.colour's share for it.
     - ``diversity``: the MMR strength of :func:`diversify` (0: the top k by score).
+    - ``diversity_pool``: MMR picks among the ``diversity_pool`` x k candidates the score ranks first (0:
+      among them all): variety reorders what looks alike, and each pick costs a pass over the pool.
     - ``explore_diversity``: the MMR strength instead for a trail begun on the starting grid, where the
       shopper has not yet said (by words or a photo) what kind of product they want: its grids span more
       of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
@@ -127,6 +131,7 @@ class Strategy:
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
     diversity: float = 0.0
+    diversity_pool: int = 0
     explore_diversity: float | None = None
     notes: str = field(default="", compare=False)
 
@@ -141,6 +146,8 @@ class Strategy:
             raise ValueError("diversity must be at least 0 and below 1")
         if self.explore_diversity is not None and not 0.0 <= self.explore_diversity < 1.0:
             raise ValueError("explore_diversity must be at least 0 and below 1")
+        if self.diversity_pool < 0:
+            raise ValueError("diversity_pool must not be negative")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
 
@@ -179,6 +186,15 @@ def liked_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     return weights / weights.sum()
 
 
+def skipped_weights(ages: np.ndarray, strategy: Strategy) -> np.ndarray:
+    """Each skipped product's share of the push (float32, summing to 1; empty when none pushes), by how many
+    clicks ago it was shown: 1 for the grid clicked from, ``skipped_decay`` per click before."""
+    age = np.asarray(ages, dtype=np.float64)
+    weights = np.where(age == 0, 1.0, strategy.skipped_decay**age)  # decay 0: the grid clicked from alone
+    total = weights.sum()
+    return (weights / total).astype(np.float32) if total > 0 else np.zeros(0, dtype=np.float32)
+
+
 def _pushed(trail: TrailVectors, strategy: Strategy) -> np.ndarray | None:
     """The (d,) weighted mean of the skipped products the strategy pushes from; None when it pushes from none.
 
@@ -186,13 +202,10 @@ def _pushed(trail: TrailVectors, strategy: Strategy) -> np.ndarray | None:
     """
     if trail.skipped is None or not len(trail.skipped) or strategy.skipped_weight <= 0:
         return None
-    age = np.zeros(len(trail.skipped)) if trail.skipped_age is None else np.asarray(trail.skipped_age, float)
-    weights = np.where(age == 0, 1.0, strategy.skipped_decay**age)  # decay 0: the grid clicked from alone
-    total = weights.sum()
-    if total <= 0:
-        return None
+    ages = np.zeros(len(trail.skipped)) if trail.skipped_age is None else trail.skipped_age
+    weights = skipped_weights(ages, strategy)
     # float32 throughout: float64 weights would promote the whole (s, d) matrix to a float64 copy.
-    return (weights / total).astype(np.float32) @ np.asarray(trail.skipped, dtype=np.float32)
+    return weights @ np.asarray(trail.skipped, dtype=np.float32) if len(weights) else None
 
 
 def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> float:
@@ -412,6 +425,9 @@ def grid_rank(
     if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:
         plain = _score(replace(trail, aspects=()), strategy, candidates, candidate_colours, candidate_seen)
         eligible = np.sort(np.argsort(-plain.rank, kind="stable")[: ASPECT_SHORTLIST * k])
+    elif strategy.diversity > 0 and strategy.diversity_pool and len(candidates) > strategy.diversity_pool * k:
+        eligible = np.sort(np.argsort(-scored.rank, kind="stable")[: strategy.diversity_pool * k])
+    if eligible is not None:
         vectors = vectors[eligible]
         colours = colours[eligible] if colours is not None else None
     picked = diversify(

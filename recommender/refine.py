@@ -40,7 +40,17 @@ from config.metrics import cache_lookup
 from config.timing import stage
 from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
-from recommender.feedback import DISLIKED, OVERFETCH, PINNED, SERVED, Strategy, TrailVectors, grid_rank, query_vectors
+from recommender.feedback import (
+    DISLIKED,
+    OVERFETCH,
+    PINNED,
+    SERVED,
+    Strategy,
+    TrailVectors,
+    grid_rank,
+    query_vectors,
+    skipped_weights,
+)
 from recommender.index import LoadedIndex
 from recommender.selectors import Neighbour
 
@@ -239,6 +249,21 @@ class _Vectors:
         for (space, _), rows in blocks.items():
             vectors = np.frombuffer(b"".join(vector for _, vector in rows), "<f4").reshape(len(rows), -1)
             (self.colours if space == COLOUR_SPACE else self.vectors).add([pid for pid, _ in rows], vectors)
+
+    def rows_once(self, product_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """(the ids found, their vectors) of ``product_ids``, read for one use and not kept: the passed-over
+        products the push averages (hundreds of rows, one copy instead of a kept block and a gather from it)."""
+        if self.loaded is None:
+            self.fetch(product_ids, colours=False)
+            found = [pid for pid in product_ids if pid in self.vectors]
+            return found, self.vectors.matrix(found) if found else np.zeros((0, 0), dtype=np.float32)
+        newer = [pid for pid in product_ids if pid in self._newer]
+        items = self.loaded.items_of(np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64))
+        rows = self.loaded.vectors_of(items)
+        if newer:
+            fresh = np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)
+            rows = np.vstack([rows, fresh])
+        return [*self.loaded.product_ids[items].tolist(), *newer], rows
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
         return self.vectors.matrix(product_ids)
@@ -485,20 +510,24 @@ def _rank(
         for pid in grid:
             if pid not in on_trail:
                 age.setdefault(int(pid), ago)
-    # Only the passed-over products the strategy pushes from are read (decay 0: the grid clicked from).
+    # Only the passed-over products the strategy pushes from are read (decay 0: the grid clicked from), and
+    # handed over as their weighted mean: the push is linear in them (feedback.TrailVectors).
     pushing = sorted(
         pid for pid, ago in age.items() if strategy.skipped_weight and (ago == 0 or strategy.skipped_decay)
     )
-    store.fetch(pushing, colours=False)
-    pushing = [pid for pid in pushing if pid in store.vectors]
+    pushed = None
+    if pushing:
+        found, rows = store.rows_once(pushing)
+        weights = skipped_weights(np.asarray([age[pid] for pid in found], dtype=np.int64), strategy)
+        pushed = (weights @ rows)[None, :] if len(weights) else None
     ids = [step.product_id for step in steps]
     trail = TrailVectors(
         vectors=store.matrix(ids),
         marks=tuple(step.mark for step in steps),
         aspects=tuple(step.aspect for step in steps),
         colours=store.colour_matrix(ids),
-        skipped=store.matrix(pushing) if pushing else None,
-        skipped_age=np.asarray([age[pid] for pid in pushing], dtype=np.int64) if pushing else None,
+        skipped=pushed,
+        skipped_age=None if pushed is None else np.zeros(1, dtype=np.int64),
     )
     seen = {pid: ago for pid, ago in age.items() if ago < strategy.seen_grids}
     hidden = frozenset(seen) if strategy.hides_seen else frozenset()
