@@ -110,8 +110,6 @@ class Strategy:
     - ``colour_weight``: the colour share of a step without an aspect (None: the image vector only); a step
       with an aspect takes recommender.colour's share for it.
     - ``diversity``: the MMR strength of :func:`diversify` (0: the top k by score).
-    - ``diversity_pool``: MMR picks among the ``diversity_pool`` x k candidates the score ranks first (0:
-      among them all): variety reorders what looks alike, and each pick costs a pass over the pool.
     - ``explore_diversity``: the MMR strength instead for a trail begun on the starting grid, where the
       shopper has not yet said (by words or a photo) what kind of product they want: its grids span more
       of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
@@ -131,7 +129,6 @@ class Strategy:
     context: bool = False
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
     diversity: float = 0.0
-    diversity_pool: int = 0
     explore_diversity: float | None = None
     notes: str = field(default="", compare=False)
 
@@ -146,8 +143,6 @@ class Strategy:
             raise ValueError("diversity must be at least 0 and below 1")
         if self.explore_diversity is not None and not 0.0 <= self.explore_diversity < 1.0:
             raise ValueError("explore_diversity must be at least 0 and below 1")
-        if self.diversity_pool < 0:
-            raise ValueError("diversity_pool must not be negative")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
 
@@ -425,9 +420,6 @@ def grid_rank(
     if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:
         plain = _score(replace(trail, aspects=()), strategy, candidates, candidate_colours, candidate_seen)
         eligible = np.sort(np.argsort(-plain.rank, kind="stable")[: ASPECT_SHORTLIST * k])
-    elif strategy.diversity > 0 and strategy.diversity_pool and len(candidates) > strategy.diversity_pool * k:
-        eligible = np.sort(np.argsort(-scored.rank, kind="stable")[: strategy.diversity_pool * k])
-    if eligible is not None:
         vectors = vectors[eligible]
         colours = colours[eligible] if colours is not None else None
     picked = diversify(
