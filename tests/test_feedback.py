@@ -59,6 +59,35 @@ def test_skipped_products_push_the_grid_away_as_weak_negatives():
     assert _ranked(trail, rocchio, candidates) == [1, 0]
 
 
+def test_the_skipped_products_weighted_mean_as_one_row_pushes_exactly_as_they_do():
+    """What recommender.refine relies on to read the passed-over vectors once: the push is linear in them."""
+    rng = np.random.default_rng(3)
+    skipped = _unit(*rng.normal(size=(9, 4)).tolist())
+    ages = np.array([0, 0, 0, 1, 1, 2, 2, 3, 5])
+    trail = TrailVectors(
+        vectors=_unit([1, 0.2, 0, 0], [0.3, 1, 0, 0]), marks=("", ""), skipped=skipped, skipped_age=ages
+    )
+    candidates = _unit(*rng.normal(size=(40, 4)).tolist())
+    seen = rng.integers(-1, 3, size=40)
+    for strategy in (feedback.COHERENT, strategies.STRATEGIES["rocchio-0.15"]):
+        mean = feedback.skipped_weights(ages, strategy) @ skipped
+        folded = replace(trail, skipped=mean[None, :], skipped_age=np.zeros(1, dtype=np.int64))
+        np.testing.assert_allclose(
+            feedback.query_vectors(trail=folded, strategy=strategy),
+            feedback.query_vectors(trail=trail, strategy=strategy),
+            atol=1e-6,
+        )
+        picked = [feedback.grid_rank(trail=t, strategy=strategy, candidates=candidates, k=10, candidate_seen=seen)
+                  for t in (trail, folded)]  # fmt: skip
+        assert picked[0][0].tolist() == picked[1][0].tolist()
+        np.testing.assert_allclose(picked[0][1], picked[1][1], atol=1e-6)
+    assert feedback.skipped_weights(np.array([0, 1, 2]), replace(feedback.COHERENT, skipped_decay=0.0)).tolist() == [
+        1.0,
+        0.0,
+        0.0,
+    ]  # decay 0: the grid clicked from alone
+
+
 def test_best_score_keeps_an_old_like_of_another_kind_alive():
     # Liked a shirt (E0) then a shoe (E1): averaging finds neither well, best_score finds both.
     trail = TrailVectors(vectors=E[[0, 1]], marks=("", ""))
