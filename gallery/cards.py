@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db import connections, router
+from django.db.models import Value
 from django.utils import timezone
 
 from config.metrics import cache_lookup
@@ -379,7 +380,10 @@ def filter_ids(filters: ProductFilters, *, version: CatalogVersion | object = _U
     products saved or deleted since (``_changed_since``, as the held cards are): while a catalog settles after
     a burst of saves its version moves every second, and a broad filter at 1M products takes 400 ms to read.
     """
-    memory = _current(version)
+    return _filter_ids(_current(version), filters)
+
+
+def _filter_ids(memory: _Memory, filters: ProductFilters) -> np.ndarray:
     key = ("filter", filters.values)
 
     def compute() -> np.ndarray:
@@ -425,10 +429,11 @@ def grid_allowed_ids(filters: ProductFilters | None = None) -> np.ndarray | None
     memory = _current(_UNSET)
 
     def compute() -> np.ndarray | None:
-        if not Product.objects.filter(active=False).exists():
+        # Compared with a parameter: SQLite answers Django's "NOT active" by walking the whole index (28 ms at
+        # 1M products, on every move of the version), "active = ?" with one look-up (0.05 ms).
+        if not Product.objects.filter(active=Value(False)).exists():
             return None
-        rows = Product.objects.filter(active=True).order_by("id").values_list("id", flat=True)
-        return _shared(np.fromiter(rows, dtype=np.int64))
+        return _filter_ids(memory, ProductFilters())  # every product on sale, followed as a filter is
 
     return memory.get_or_compute(("on-sale",), compute)
 
