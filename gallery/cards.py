@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from config.metrics import cache_lookup
 from config.timing import stage
-from gallery.filters import ProductFilters
+from gallery.filters import FILTER_FIELDS, ProductFilters
 from gallery.links import storage_url
 from gallery.models import Product, ProductDeletion
 
@@ -356,8 +356,9 @@ def _cards_of(ids: list[int], version: CatalogVersion, filters: ProductFilters |
     return cards
 
 
-def card_shown(card: Card, filters: ProductFilters | None = None) -> bool:
-    """Whether a grid may show ``card``: on sale and passing ``filters``. Every grid's last check on its cards."""
+def card_shown(card: Card | Product, filters: ProductFilters | None = None) -> bool:
+    """Whether a grid may show ``card`` (or a product): on sale and passing ``filters``. Every grid's last check
+    on its cards, and the check of a filter's changed products."""
     return card.active and (not filters or filters.matches(card))
 
 
@@ -407,9 +408,13 @@ def _filter_updated(memory: _Memory, key: object, filters: ProductFilters) -> np
         return None
     changed_ids = np.asarray(sorted(changed), dtype=np.int64)
     passing: list[int] = []
+    # Read by id and checked here: asked in SQL, SQLite walks the filter's own index instead (220,000 rows for
+    # colour=Black at 1M: 84 ms against 5).
+    columns = ["id", "active", *(FILTER_FIELDS[name] for name, _ in filters.values)]
     for start in range(0, len(changed_ids), _READ_CHUNK):
         part = changed_ids[start : start + _READ_CHUNK].tolist()
-        passing += Product.objects.filter(filters.q(), active=True, id__in=part).values_list("id", flat=True)
+        products = Product.objects.filter(id__in=part).order_by().only(*columns)
+        passing += [product.id for product in products if card_shown(product, filters)]
     # Both sorted: binary searches and one copy each way, never a sort of the whole filter (220,000 ids at 1M).
     at = np.searchsorted(ids, changed_ids).clip(max=max(len(ids) - 1, 0))
     kept = np.delete(ids, at[ids[at] == changed_ids]) if len(ids) else ids
