@@ -377,9 +377,10 @@ def diversify(
     if colours is not None and colour_weight > 0:
         # The blend is one inner product over [image | colour] rows, the picked row weighted per part: one pass
         # over the candidates per pick, not two (the pass, not the arithmetic, is what a pick costs).
+        width = rows.shape[1]
         rows = np.hstack([rows, np.asarray(colours, dtype=np.float32)])
         weights = np.full(rows.shape[1], colour_weight, dtype=np.float32)
-        weights[: np.asarray(vectors).shape[1]] = 1.0 - colour_weight
+        weights[:width] = 1.0 - colour_weight
     chosen = np.zeros(k, dtype=np.int64)
     kept = (1.0 - strength) * scores
     gain = kept.copy()  # the first pick is the best score alone

@@ -222,13 +222,8 @@ class _Vectors:
         self._colours_looked_up.update(colour_wanted)
         from_build = self.loaded is not None and not fresh
         if from_build and wanted:
-            newer = [pid for pid in wanted if pid in self._newer]
-            if newer:
-                self.vectors.add(
-                    newer, np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)
-                )
-            items = self.loaded.items_of(np.asarray([p for p in wanted if p not in self._newer], dtype=np.int64))
-            self.vectors.add(self.loaded.product_ids[items].tolist(), self.loaded.vectors_of(items))
+            for found, rows in self._built(wanted):
+                self.vectors.add(found, rows)
         if from_build and colour_wanted:
             # The build's colour of a product re-imaged since is its old one: those come from the database.
             old = np.asarray([p for p in colour_wanted if p not in self._newer], dtype=np.int64)
@@ -250,6 +245,19 @@ class _Vectors:
             vectors = np.frombuffer(b"".join(vector for _, vector in rows), "<f4").reshape(len(rows), -1)
             (self.colours if space == COLOUR_SPACE else self.vectors).add([pid for pid, _ in rows], vectors)
 
+    def _built(self, product_ids: Sequence[int]) -> list[tuple[list[int], np.ndarray]]:
+        """The vectors of ``product_ids`` as (ids found, rows) blocks: those stored since the build (new or
+        re-imaged products) decoded from the rows read with it, the rest from the build's memory map."""
+        newer = [pid for pid in product_ids if pid in self._newer]
+        items = self.loaded.items_of(np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64))
+        built = (self.loaded.product_ids[items].tolist(), self.loaded.vectors_of(items))
+        if not newer:
+            return [built]
+        return [
+            (newer, np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)),
+            built,
+        ]
+
     def rows_once(self, product_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
         """(the ids found, their vectors) of ``product_ids``, read for one use and not kept: the passed-over
         products the push averages (hundreds of rows, one copy instead of a kept block and a gather from it)."""
@@ -257,13 +265,11 @@ class _Vectors:
             self.fetch(product_ids, colours=False)
             found = [pid for pid in product_ids if pid in self.vectors]
             return found, self.vectors.matrix(found) if found else np.zeros((0, 0), dtype=np.float32)
-        newer = [pid for pid in product_ids if pid in self._newer]
-        items = self.loaded.items_of(np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64))
-        rows = self.loaded.vectors_of(items)
-        if newer:
-            fresh = np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)
-            rows = np.vstack([rows, fresh])
-        return [*self.loaded.product_ids[items].tolist(), *newer], rows
+        with stage("vectors"):
+            blocks = self._built(product_ids)
+        if len(blocks) == 1:
+            return blocks[0]
+        return [pid for found, _ in blocks for pid in found], np.vstack([rows for _, rows in blocks])
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
         return self.vectors.matrix(product_ids)

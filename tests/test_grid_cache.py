@@ -16,6 +16,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from gallery import cards
+from gallery.filters import ProductFilters
 from gallery.models import Product, ProductDeletion
 from gallery.services import product_availability_set, products_delete
 from recommender import refine, runtime, selectors, services
@@ -212,8 +213,6 @@ def _filter_read_whole(filters) -> list[int]:
 def test_a_filters_ids_follow_every_change_from_the_products_changed_alone(db, django_assert_max_num_queries):
     """When the version moves, a filter's ids are the earlier version's brought up to date from the products
     saved or deleted since: equal to reading the filter whole, without reading it whole."""
-    from gallery.filters import ProductFilters
-
     blue = ProductFilters.from_mapping({"colour": "Blue"})
     colours = ["Blue", "Red", "Blue", "Green", "Blue", "Red"]
     Product.objects.bulk_create([Product(id=pid, name=f"P{pid}", base_colour=c) for pid, c in enumerate(colours, 1)])
@@ -246,8 +245,6 @@ def test_a_filters_ids_follow_every_change_from_the_products_changed_alone(db, d
 
 
 def test_a_filter_is_read_whole_when_too_much_changed_or_the_catalog_went_back(db, monkeypatch):
-    from gallery.filters import ProductFilters
-
     red = ProductFilters.from_mapping({"colour": "Red"})
     Product.objects.bulk_create([Product(id=pid, name=f"P{pid}", base_colour="Red") for pid in range(1, 6)])
     assert cards.filter_ids(red).tolist() == [1, 2, 3, 4, 5]
