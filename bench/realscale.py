@@ -47,7 +47,7 @@
   EfficientNet-Lite0 space) with a colour descriptor each, on their own cached SQLite database; each
   strategy the site can serve (``recommender.feedback.SERVED``) answers the same walks, interleaved: a first
   click, the next click of a 10-click walk, and the walk's 10-step link opened cold. Thread CPU per request,
-  each beside plain neighbours'.
+  each beside plain neighbours'. ``--strategies-dim 256`` times the same at 256-d (a PCA-256 served space).
 
 Nothing here asserts on timings: targets are reported as met or missed.
 """
@@ -970,13 +970,15 @@ STRATEGY_DIM = 1280  # the served EfficientNet-Lite0 space
 STRATEGY_COST_GOAL = 1.2  # the served strategy's click CPU within this multiple of plain neighbours'
 
 
-def measure_strategies(*, n: int, walks: int, tmp: Path, log) -> tuple[Table, list[Target], dict]:  # noqa: ANN001
-    """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic products."""
-    out = tmp / f"strategies-{n}.json"
-    data = _vectors_child("strategies", ["--walks", str(walks)], n=n, dim=STRATEGY_DIM, out=out, log=log)
+def measure_strategies(
+    *, n: int, walks: int, tmp: Path, log: Callable[[str], None], dim: int = STRATEGY_DIM
+) -> tuple[Table, list[Target], dict]:
+    """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic ``dim``-d products."""
+    out = tmp / f"strategies-{n}x{dim}.json"
+    data = _vectors_child("strategies", ["--walks", str(walks)], n=n, dim=dim, out=out, log=log)
     results = data["strategies"]
     table = Table(
-        f"A click's cost per refinement strategy at {n:,} synthetic {STRATEGY_DIM}-d vectors with colour descriptors "
+        f"A click's cost per refinement strategy at {n:,} synthetic {dim}-d vectors with colour descriptors "
         f"(GET /api/similar/ through Django's test client, SQLite; {walks} walks of 10 clicks, ms)",
         ["request", "strategy", "thread CPU p50", "CPU p99", "wall p50", "wall p99", "CPU p50 x neighbours"],
         note="each walk clicks the first new tile of every grid; every strategy answers the same walks, interleaved; "
@@ -1010,12 +1012,13 @@ def realscale_run(
     log,  # noqa: ANN001
     strategies_at: int | None = None,
     strategies_only: bool = False,
+    strategies_dim: int = STRATEGY_DIM,
     vectors_only: bool = False,
     events_cost: bool = False,
     availability_cost: bool = False,
 ) -> SectionResult:
     """Prepare (or reuse) the catalog, measure every database, the click at ``vectors`` synthetic vectors, and
-    the strategies' cost at ``strategies_at`` (alone with ``strategies_only``)."""
+    the strategies' cost at ``strategies_at`` x ``strategies_dim`` (alone with ``strategies_only``)."""
     if availability_cost:
         result = SectionResult("realscale-availability")
         n = strategies_at or STRATEGY_PRODUCTS
@@ -1043,9 +1046,11 @@ def realscale_run(
         result.data = {"vectors": data}
         return result
     if strategies_only:
-        result = SectionResult("realscale-strategies")
+        # The served space's results keep their name; another width (a 256-d projection's) gets its own file.
+        suffix = "" if strategies_dim == STRATEGY_DIM else f"-{strategies_dim}"
+        result = SectionResult(f"realscale-strategies{suffix}")
         table, targets, data = measure_strategies(n=strategies_at or STRATEGY_PRODUCTS, walks=5 if quick else 30,
-                                                  tmp=tmp, log=log)  # fmt: skip
+                                                  tmp=tmp, log=log, dim=strategies_dim)  # fmt: skip
         result.tables.append(table)
         result.targets += targets
         result.data = {"strategies": data}
@@ -1138,6 +1143,12 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies-at", type=int, default=None, help="products for the strategies' cost (0: skip; default 44,446)"
     )
     parser.add_argument("--strategies-only", action="store_true", help="measure the strategies' cost alone")
+    parser.add_argument(
+        "--strategies-dim",
+        type=int,
+        default=STRATEGY_DIM,
+        help=f"the vectors' width for the strategies' cost (default {STRATEGY_DIM}; 256: PCA-256)",
+    )
     parser.add_argument("--vectors-only", action="store_true", help="measure the click at --vectors alone")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
     parser.add_argument(
@@ -1171,6 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies_at = args.strategies_at if args.strategies_at is not None else STRATEGY_PRODUCTS
         result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log,
                                strategies_at=strategies_at, strategies_only=args.strategies_only,
+                               strategies_dim=args.strategies_dim,
                                vectors_only=args.vectors_only,
                                events_cost=args.events_cost,
                                availability_cost=args.availability_cost)  # fmt: skip

@@ -93,7 +93,8 @@ def fit_pca(
         "fitted_on": len(x),
         "explained_variance": round(kept, 6),
     }
-    return Projection(kind="pca", arrays={"mean": mean, "weight": weight}, encoder_id=encoder_id, params=params)
+    projection = Projection(kind="pca", arrays={"mean": mean, "weight": weight}, encoder_id=encoder_id, params=params)
+    return projection.with_spread(x, seed=seed)
 
 
 # --- Triplet-trained head -----------------------------------------------------------------------------------
@@ -331,7 +332,8 @@ def train_triplet_head(
         "final_loss": round(history[-1], 6),
     }
     logger.info("Trained a %d->%d head on %d vectors in %.1f s (loss %.4f)", in_dim, out_dim, n, seconds, history[-1])
-    return Projection(kind="head", arrays=net.arrays(), encoder_id=encoder_id, params=params), history
+    projection = Projection(kind="head", arrays=net.arrays(), encoder_id=encoder_id, params=params)
+    return projection.with_spread(x, seed=seed), history
 
 
 # The label recipe chosen on an inner validation split of the demo catalog (docs/quality.md): fine classes

@@ -48,7 +48,10 @@ class TrailVectors:
     how many clicks ago each was shown (0: in the grid the newest step was clicked from). ``colours`` are the
     steps' colour descriptors, or None where the space has none (skipped products push by image alone).
     The push is linear in the skipped vectors: their mean weighted by :func:`skipped_weights`, given as one
-    row of age 0, pushes exactly as they do (how ``recommender.refine`` passes them).
+    row of age 0, pushes exactly as they do (how ``recommender.refine`` passes them). ``image_spread`` is how
+    many times wider image cosines spread in the vectors' space than in the raw encoder's (a projection's
+    measured ``image_spread``, 1.0 for raw vectors): the colour weights, chosen on raw cosines, are converted
+    by it (:func:`colour_weight_in_space`).
     """
 
     vectors: np.ndarray
@@ -57,6 +60,7 @@ class TrailVectors:
     colours: np.ndarray | None = None
     skipped: np.ndarray | None = None
     skipped_age: np.ndarray | None = None
+    image_spread: float = 1.0
 
     def __post_init__(self) -> None:
         n = len(self.vectors)
@@ -71,6 +75,8 @@ class TrailVectors:
         skipped = 0 if self.skipped is None else len(self.skipped)
         if self.skipped_age is not None and len(self.skipped_age) != skipped:
             raise ValueError("skipped_age needs one age per skipped product")
+        if not self.image_spread > 0:
+            raise ValueError("image_spread must be positive")
 
     @property
     def liked(self) -> np.ndarray:
@@ -207,9 +213,19 @@ def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> f
     if trail.colours is None:
         return 0.0
     aspect = trail.aspect(step)
-    if aspect is not Aspect.DEFAULT:
-        return ASPECT_COLOUR_WEIGHTS[aspect]
-    return strategy.colour_weight or 0.0
+    weight = ASPECT_COLOUR_WEIGHTS[aspect] if aspect is not Aspect.DEFAULT else strategy.colour_weight or 0.0
+    return colour_weight_in_space(weight, trail.image_spread)
+
+
+def colour_weight_in_space(weight: float, image_spread: float) -> float:
+    """A colour weight chosen on raw image cosines, for a space whose image cosines spread ``image_spread``
+    times as wide: the blend's colour coefficient over its image one (``w / (1 - w)``, or ``w`` for a negative
+    weight) times ``image_spread``, so colour counts as much beside the wider image scores. Unchanged at 1.0.
+    """
+    if image_spread == 1.0 or weight == 0.0:
+        return weight
+    ratio = weight / (1.0 - max(weight, 0.0)) * image_spread
+    return ratio / (1.0 + ratio) if ratio > 0 else ratio
 
 
 def _image_share(trail: TrailVectors, strategy: Strategy) -> float:

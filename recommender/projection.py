@@ -24,8 +24,13 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("pca", "head")
 FORMAT = 1
-# Arrays a projection may hold; anything else in a file is refused.
-_ARRAYS = ("mean", "weight", "w1", "b1", "w2", "b2")
+# Arrays a projection may hold; anything else in a file is refused. "spread" is the measured image_spread.
+_ARRAYS = ("mean", "weight", "w1", "b1", "w2", "b2", "spread")
+# image_spread is measured on up to SPREAD_SAMPLE of the fitting vectors, each against its SPREAD_POOL nearest
+# (the candidates a grid is re-ranked from) among up to SPREAD_REFERENCE of them.
+SPREAD_SAMPLE = 500
+SPREAD_POOL = 200
+SPREAD_REFERENCE = 20_000
 _META_KEY = "meta_json"
 _NORM_FLOOR = 1e-12
 
@@ -46,6 +51,21 @@ def _as_matrix(vectors: np.ndarray, *, what: str = "vectors") -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"{what} hold NaN or infinite values")
     return x
+
+
+def _neighbour_spread(rows: np.ndarray, sample: np.ndarray, *, block: int = 100) -> float:
+    """Mean over ``sample`` of the standard deviation of each row's cosines to its SPREAD_POOL nearest others."""
+    pool = min(SPREAD_POOL, len(rows) - 1)
+    if pool < 2:
+        return 1.0
+    spreads = []
+    for start in range(0, len(sample), block):
+        at = sample[start : start + block]
+        cosines = rows[at] @ rows.T
+        cosines[np.arange(len(at)), at] = -np.inf  # not itself
+        nearest = np.partition(cosines, len(rows) - pool, axis=1)[:, -pool:]
+        spreads.append(nearest.std(axis=1))
+    return float(np.concatenate(spreads).mean())
 
 
 class Projection:
@@ -84,6 +104,8 @@ class Projection:
         branch = [name for name in ("w1", "b1", "w2", "b2") if name in self.arrays]
         if branch and len(branch) != 4:
             raise ValueError("the MLP branch needs all of w1, b1, w2, b2")
+        if "spread" in self.arrays and (self.arrays["spread"].shape != (1,) or not self.arrays["spread"][0] > 0):
+            raise ValueError("spread must be one positive number")
         if branch:
             hidden = self.arrays["w1"].shape[0]
             shapes = {
@@ -137,6 +159,35 @@ class Projection:
         if "w1" in a:
             z = z + np.maximum(centred @ a["w1"].T + a["b1"], 0.0) @ a["w2"].T + a["b2"]
         return _unit_rows(z)
+
+    @property
+    def image_spread(self) -> float:
+        """How many times wider the cosines of a product's near neighbours spread in this space than in the raw
+        one (1.0 where not measured). The colour blend's weights were chosen on raw cosines: the refinement
+        converts them with this, so that colour counts as much beside a projected image cosine (feedback)."""
+        return float(self.arrays["spread"][0]) if "spread" in self.arrays else 1.0
+
+    def with_spread(self, raw: np.ndarray, *, seed: int = 0) -> Projection:
+        """This mapping carrying its ``image_spread`` measured on ``raw`` (the vectors it was fitted on).
+
+        The spread is part of the version: it changes the grids a space serves. Per space, the mean over a
+        seeded sample of rows of the standard deviation of each row's cosines to its SPREAD_POOL nearest.
+        """
+        x = _unit_rows(_as_matrix(raw, what="raw vectors"))
+        rng = np.random.default_rng(seed)
+        if len(x) > SPREAD_REFERENCE:
+            x = x[np.sort(rng.choice(len(x), SPREAD_REFERENCE, replace=False))]
+        sample = np.sort(rng.choice(len(x), min(SPREAD_SAMPLE, len(x)), replace=False))
+        ratio = _neighbour_spread(self.apply(x), sample) / max(_neighbour_spread(x, sample), _NORM_FLOOR)
+        arrays = {**{k: v for k, v in self.arrays.items() if k != "spread"}, "spread": np.array([ratio], "<f4")}
+        return Projection(
+            kind=self.kind,
+            arrays=arrays,
+            encoder_id=self.encoder_id,
+            params=self.params,
+            metrics=self.metrics,
+            created_at=self.created_at,
+        )
 
     def with_metrics(self, metrics: dict[str, Any]) -> Projection:
         """The same mapping (same version) carrying ``metrics`` in its file."""

@@ -194,6 +194,7 @@ class _Vectors:
     def __init__(self, space: str, loaded: LoadedIndex | None) -> None:
         self.space = space
         self.loaded = loaded
+        self.image_spread = runtime.image_spread(space)  # the colour weights' conversion (feedback.TrailVectors)
         # Read once per request: the candidate search (selectors.similar_products) is given the same rows.
         with stage("vectors"):
             self.delta = selectors.delta_rows(space=space, loaded=loaded)
@@ -534,6 +535,7 @@ def _rank(
         colours=store.colour_matrix(ids),
         skipped=pushed,
         skipped_age=None if pushed is None else np.zeros(1, dtype=np.int64),
+        image_spread=store.image_spread,
     )
     seen = {pid: ago for pid, ago in age.items() if ago < strategy.seen_grids}
     hidden = frozenset(seen) if strategy.hides_seen else frozenset()

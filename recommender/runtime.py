@@ -95,6 +95,12 @@ def project(space: str, raw: np.ndarray) -> np.ndarray:
     return projected[0] if np.ndim(raw) == 1 else projected
 
 
+def image_spread(space: str) -> float:
+    """How many times wider image cosines spread in ``space`` than in its encoder's raw space (1.0 when raw)."""
+    _, _, version = space.partition("+")
+    return projection_for(version).image_spread if version else 1.0
+
+
 def space_switch_read() -> str | None:
     """The space reembed_catalog or use_projection switched the site to, if any (overrides the settings)."""
     try:

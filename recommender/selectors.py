@@ -324,25 +324,39 @@ TYPICAL_SAMPLE = 256
 
 
 def typical_products(*, groups: list[list[int]]) -> list[int | None]:
-    """Per group of product ids, the one whose published vector is nearest the group's mean; None where the
-    published build holds none of the group (or there is no build).
+    """Per group of product ids, the one whose vector is nearest the group's mean; None where the published
+    build holds none of the group (or there is no build).
 
-    Vectors are the build's (a product re-imaged since counts with its old look). At most TYPICAL_SAMPLE
-    ids of a group are read, spread evenly over it. Raises SimilarityUnavailable while a damaged build is
-    being repaired.
+    Vectors are the build's (a product re-imaged since counts with its old look). In a projected space they
+    are the raw encoder's stored vectors of the products the build holds: a projection centres the vectors,
+    so "nearest the mean" there picks the type's most unusual look, not its most typical one (docs/quality.md,
+    "Serving space"). At most TYPICAL_SAMPLE ids of a group are read, spread evenly over it. Raises
+    SimilarityUnavailable while a damaged build is being repaired.
     """
-    loaded = searchable_index(runtime.active_space())
-    picks: list[int | None] = []
+    space = runtime.active_space()
+    loaded = searchable_index(space)
+    held: list[np.ndarray] = []
     for group in groups:
         ids = np.asarray(group, dtype=np.int64)
         if len(ids) > TYPICAL_SAMPLE:
             ids = ids[np.linspace(0, len(ids) - 1, TYPICAL_SAMPLE).astype(np.int64)]
         items = loaded.items_of(ids) if loaded is not None else np.zeros(0, dtype=np.int64)
-        if not len(items):
+        held.append(loaded.product_ids[items] if len(items) else np.zeros(0, dtype=np.int64))
+    raw_space = runtime.space_encoder_id(space)
+    if raw_space != space:  # one read of the raw vectors for every group
+        rows = stored_vectors({raw_space: sorted({int(pid) for ids in held for pid in ids.tolist()})})
+        raw = {pid: vector for pid, _, vector in rows}
+        held = [np.asarray([pid for pid in ids.tolist() if pid in raw], dtype=np.int64) for ids in held]
+    picks: list[int | None] = []
+    for ids in held:
+        if not len(ids):
             picks.append(None)
             continue
-        vectors = loaded.vectors_of(items)
-        picks.append(int(loaded.product_ids[items[int(np.argmax(vectors @ vectors.mean(axis=0)))]]))
+        if raw_space == space:
+            vectors = loaded.vectors_of(loaded.items_of(ids))
+        else:
+            vectors = np.frombuffer(b"".join(raw[pid] for pid in ids.tolist()), "<f4").reshape(len(ids), -1)
+        picks.append(int(ids[int(np.argmax(vectors @ vectors.mean(axis=0)))]))
     return picks
 
 

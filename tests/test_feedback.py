@@ -145,6 +145,31 @@ def test_colour_aspect_of_a_step_decides_between_shape_and_colour():
     assert ranked(colour.Aspect.SAME_SHAPE) == [0, 1]
 
 
+def test_colour_weights_count_as_much_beside_a_space_whose_image_cosines_spread_wider():
+    # The blend's colour coefficient over its image one scales with the spread; raw vectors are unchanged.
+    for weight in (0.1, 0.35, -0.1, 0.0):
+        assert feedback.colour_weight_in_space(weight, 1.0) == weight
+    wide = feedback.colour_weight_in_space(0.1, 2.0)
+    assert wide / (1 - wide) == pytest.approx(2 * 0.1 / 0.9)
+    assert feedback.colour_weight_in_space(-0.1, 2.0) == pytest.approx(-0.2)
+    assert feedback.colour_weight_in_space(0.0, 2.0) == 0.0
+
+    # In a space of wider cosines the same image gap counts for less against the same colour gap.
+    step, step_colour = _unit([1, 0, 0, 0]), _unit([0, 0, 1])
+    candidates = _unit([0.96, 0.28, 0, 0], [0.93, 0.37, 0, 0])  # the first a little nearer in look ...
+    candidate_colours = _unit([0.6, 0, 1], [0, 0, 1])  # ... the second in colour
+    strategy = Strategy(name="blend", colour_weight=0.1)
+
+    def ranked(image_spread: float) -> list[int]:
+        trail = TrailVectors(vectors=step, marks=("",), colours=step_colour, image_spread=image_spread)
+        return _ranked(trail, strategy, candidates, candidate_colours=candidate_colours)
+
+    assert ranked(1.0) == [0, 1]
+    assert ranked(3.0) == [1, 0]
+    with pytest.raises(ValueError, match="image_spread"):
+        TrailVectors(vectors=step, marks=("",), image_spread=0.0)
+
+
 def test_diversify_at_strength_zero_is_the_plain_top_k():
     scores = np.array([0.1, 0.9, 0.5, 0.7])
     chosen = feedback.diversify(scores=scores, vectors=np.eye(4), k=3, strength=0.0)

@@ -189,3 +189,28 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path):
         Projection.load(junk)
     with pytest.raises(ValueError, match="encoder id"):
         _ = fit_pca(x, dim=8).space
+
+
+def test_a_projection_measures_how_much_wider_its_cosines_spread_and_keeps_it_in_its_version(tmp_path: Path):
+    # Clustered vectors all sharing one direction: raw cosines crowd near 1, centred PCA spreads them out.
+    x, _, _ = labelled(n=400, dim=64, noise=0.6)
+    shared = np.ones(64, np.float32) * 0.5
+    x = x + shared
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    pca = fit_pca(x, dim=16, whiten=False, encoder_id=ENCODER)
+    assert pca.image_spread > 1.5  # measured on the fitting vectors, part of the mapping
+    mapping = {name: value for name, value in pca.arrays.items() if name != "spread"}
+    unmeasured = Projection(kind="pca", arrays=mapping, encoder_id=ENCODER)
+    assert unmeasured.image_spread == 1.0 and unmeasured.version != pca.version
+    assert unmeasured.with_spread(x).version == pca.version
+    loaded = Projection.load(pca.save(tmp_path))
+    assert loaded.image_spread == pytest.approx(pca.image_spread) and loaded.version == pca.version
+
+    # A rotation keeps every cosine: its spread is 1.
+    rotation = np.linalg.qr(np.random.default_rng(3).standard_normal((64, 64)))[0].astype(np.float32)
+    turned = Projection(kind="pca", arrays={"mean": np.zeros(64, np.float32), "weight": rotation}).with_spread(x)
+    assert turned.image_spread == pytest.approx(1.0, abs=1e-3)
+
+    for spread in (np.array([-1.0]), np.array([1.0, 2.0])):
+        with pytest.raises(ValueError, match="spread"):
+            Projection(kind="pca", arrays={"mean": np.zeros(64), "weight": rotation, "spread": spread})

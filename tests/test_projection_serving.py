@@ -13,9 +13,10 @@ from django.core.management import CommandError, call_command
 from gallery.models import Product
 from gallery.services import catalog_import
 from lab.heads import fit_pca
-from recommender import runtime, services
+from recommender import refine, runtime, selectors, services
 from recommender.colour import COLOUR_SPACE
 from recommender.models import Embedding
+from recommender.projection import Projection
 from tests.support.catalog_files import write_catalog
 from tests.support.engine import embed_status
 from tests.support.images import SHAPES, jpeg_bytes
@@ -49,6 +50,47 @@ def test_using_a_projection_reprojects_builds_its_index_and_switches(client, dem
     call_command("use_projection", "raw", stdout=out)
     assert runtime.active_space() == raw_space
     assert runtime.index_reader().current().meta.dim == 1280
+    assert "as wide as raw ones" in out.getvalue()  # the measured spread the colour weights are converted by
+
+
+def test_a_click_in_a_projected_space_ranks_with_its_measured_spread(client, demo_catalog_db, pca_file, monkeypatch):
+    call_command("use_projection", str(pca_file), stdout=io.StringIO())
+    spreads = []
+    ranked = refine.grid_rank
+    monkeypatch.setattr(refine, "grid_rank", lambda **kw: spreads.append(kw["trail"].image_spread) or ranked(**kw))
+    trail = f"{demo_catalog_db[3]},{demo_catalog_db[0]}"
+    assert client.get(f"/api/similar/{demo_catalog_db[0]}", {"trail": trail}).status_code == 200
+    assert spreads and set(spreads) == {Projection.load(pca_file).image_spread} and spreads[0] > 1.0
+
+
+def test_a_projection_fitted_before_its_spread_was_measured_serves_with_a_warning(client, demo_catalog_db, pca_file):
+    measured = Projection.load(pca_file)
+    mapping = {name: value for name, value in measured.arrays.items() if name != "spread"}
+    old = Projection(kind=measured.kind, arrays=mapping, encoder_id=measured.encoder_id)
+    out = io.StringIO()
+    call_command("use_projection", str(old.save(pca_file.parent / "old")), stdout=out)
+    assert "records no cosine spread" in out.getvalue()
+    assert runtime.image_spread(runtime.active_space()) == 1.0 < measured.image_spread
+    assert len(client.get(f"/api/similar/{demo_catalog_db[0]}").json()["results"]) == 25
+
+
+def test_a_projected_space_picks_each_types_typical_product_by_its_raw_vectors(demo_catalog_db, demo_vectors, pca_file):
+    # A projection centres the vectors: nearest its type's mean there is the type's most unusual look.
+    call_command("use_projection", str(pca_file), stdout=io.StringIO())
+    by_type: dict[str, list[int]] = {}
+    for pid, kind in Product.objects.order_by("id").values_list("id", "article_type"):
+        by_type.setdefault(kind, []).append(pid)
+    groups = [ids for ids in by_type.values() if len(ids) >= 5]
+
+    def nearest_mean(ids: list[int], vectors: np.ndarray) -> int:
+        return ids[int(np.argmax(vectors @ vectors.mean(axis=0)))]
+
+    raw_picks = [nearest_mean(ids, np.stack([demo_vectors[pid] for pid in ids])) for ids in groups]
+    assert selectors.typical_products(groups=groups) == raw_picks
+    loaded = selectors.searchable_index(runtime.active_space())
+    items = [loaded.items_of(np.asarray(ids)) for ids in groups]
+    projected_picks = [nearest_mean(loaded.product_ids[at].tolist(), loaded.vectors_of(at)) for at in items]
+    assert projected_picks != raw_picks  # what the projected vectors alone would have picked
 
 
 def test_a_projection_from_another_encoder_is_refused(demo_catalog_db, demo_vectors, tmp_path):
