@@ -50,8 +50,8 @@ class TrailVectors:
     The push is linear in the skipped vectors: their mean weighted by :func:`skipped_weights`, given as one
     row of age 0, pushes exactly as they do (how ``recommender.refine`` passes them). ``image_spread`` is how
     many times wider image cosines spread in the vectors' space than in the raw encoder's (a projection's
-    measured ``image_spread``, 1.0 for raw vectors): the colour weights, chosen on raw cosines, are converted
-    by it (:func:`colour_weight_in_space`).
+    measured ``image_spread``, 1.0 for raw vectors): the colour weights and the seen penalty, chosen on raw
+    cosines, are converted by it (:func:`colour_weight_in_space`, ``_score_scale``).
     """
 
     vectors: np.ndarray
@@ -107,7 +107,7 @@ class Strategy:
     - ``seen_penalty``, ``seen_grids``: a product shown in one of the ``seen_grids`` newest earlier grids
       (1: the grid the shopper clicked from) loses ``seen_penalty`` from its score, so a new product about as
       alike comes first while one clearly more alike still shows. :data:`HIDDEN` (or more) hides them unless
-      nothing else is left.
+      nothing else is left. In raw cosines: a projected space's wider scores scale it (``_score_scale``).
     - ``first_grid``: whether the grid the trail began from (a text search or the home page's starting grid)
       counts as seen and pushes too. A text search shows what matches the words, not what looks like the
       click: the products there that look most like it are what the shopper asked for by clicking.
@@ -228,6 +228,18 @@ def colour_weight_in_space(weight: float, image_spread: float) -> float:
     return ratio / (1.0 + ratio) if ratio > 0 else ratio
 
 
+def _score_scale(trail: TrailVectors, strategy: Strategy) -> float:
+    """How many times wider blended scores spread in the trail's space than on raw vectors, for what is a
+    difference of scores (the seen penalty): the image part spreads ``image_spread`` times as wide and the
+    colour part's converted weight keeps it in proportion, so both scale by image_spread / (1 - w + w *
+    image_spread), w the strategy's colour weight. 1.0 for raw vectors."""
+    spread = trail.image_spread
+    if spread == 1.0:
+        return 1.0
+    weight = max(strategy.colour_weight or 0.0, 0.0) if trail.colours is not None else 0.0
+    return spread / (1.0 - weight + weight * spread)
+
+
 def _image_share(trail: TrailVectors, strategy: Strategy) -> float:
     """How much of the liked steps' pull is the image cosine (the rest is colour): pushes are scaled alike."""
     shares = np.array([1.0 - max(_step_colour_weight(trail, int(i), strategy), 0.0) for i in trail.liked])
@@ -324,7 +336,8 @@ def _score(
         rank = rank - share * strategy.skipped_weight * image[-1]
     if candidate_seen is not None and strategy.seen_penalty and strategy.seen_grids:
         seen = np.asarray(candidate_seen)
-        rank = rank - strategy.seen_penalty * ((seen >= 0) & (seen < strategy.seen_grids))
+        penalty = strategy.seen_penalty * _score_scale(trail, strategy)
+        rank = rank - penalty * ((seen >= 0) & (seen < strategy.seen_grids))
     rank = np.where(sunk, rank - SUNK, rank)
     return _Scored(rank=rank.astype(np.float32), likeness=likeness.astype(np.float32), sunk=sunk)
 

@@ -163,8 +163,8 @@ class Projection:
     @property
     def image_spread(self) -> float:
         """How many times wider the cosines of a product's near neighbours spread in this space than in the raw
-        one (1.0 where not measured). The colour blend's weights were chosen on raw cosines: the refinement
-        converts them with this, so that colour counts as much beside a projected image cosine (feedback)."""
+        one (1.0 where not measured). The colour blend's weights and the seen penalty were chosen on raw cosines:
+        the refinement converts them with this, so that they count as much beside projected scores (feedback)."""
         return float(self.arrays["spread"][0]) if "spread" in self.arrays else 1.0
 
     def with_spread(self, raw: np.ndarray, *, seed: int = 0) -> Projection:

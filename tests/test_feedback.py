@@ -170,6 +170,24 @@ def test_colour_weights_count_as_much_beside_a_space_whose_image_cosines_spread_
         TrailVectors(vectors=step, marks=("",), image_spread=0.0)
 
 
+def test_what_was_seen_yields_by_as_much_likeness_in_a_space_whose_cosines_spread_wider():
+    # A seen candidate 0.07 more alike than a new one: it keeps its place against a 0.05 penalty on raw
+    # vectors; where cosines spread twice as wide, the same likeness is 0.14 apart and the penalty 0.1.
+    step = _unit([1, 0, 0, 0])
+    strategy = Strategy(name="seen", colour_weight=None, seen_penalty=0.05, seen_grids=1)
+    seen = np.array([0, -1])  # the first was in the grid clicked from
+
+    def ranked(image_spread: float, gap: float) -> list[int]:
+        candidates = _unit([0.9, np.sqrt(1 - 0.81), 0, 0], [0.9 - gap, np.sqrt(1 - (0.9 - gap) ** 2), 0, 0])
+        trail = TrailVectors(vectors=step, marks=("",), image_spread=image_spread)
+        return _ranked(trail, strategy, candidates, candidate_seen=seen)
+
+    assert ranked(1.0, 0.07) == [0, 1]
+    assert ranked(2.0, 0.14) == [0, 1]  # the same two products, their gap twice as wide
+    assert ranked(2.0, 0.07) == [1, 0]  # a gap that is 0.035 of raw cosine yields
+    assert ranked(1.0, 0.035) == [1, 0]
+
+
 def test_diversify_at_strength_zero_is_the_plain_top_k():
     scores = np.array([0.1, 0.9, 0.5, 0.7])
     chosen = feedback.diversify(scores=scores, vectors=np.eye(4), k=3, strength=0.0)
