@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/click_floor.py                    # 44,446 products, SQLite and PostgreSQL
     .venv/bin/python bench/click_floor.py --n 5000 --databases sqlite --quick
+    .venv/bin/python bench/click_floor.py --dim 256 --databases sqlite  # a 256-d served space (PCA-256's width)
 
 The catalog is ``bench/realscale_vectors.py``'s synthetic one (``--n`` products with clustered 1280-d
 vectors and colour descriptors, an index over all of them; prepared once and cached), served by gunicorn
@@ -15,7 +16,7 @@ random products; the click API on Zipf-distributed products (s = 1.1 over a fixe
 traffic is skewed); a walk's next click (walks of 10 clicks, each on the first new tile; clicks 2-10
 timed); the walk's 10-step link opened cold (Redis emptied, the server restarted). One client: warm-up,
 then the timed requests on one keep-alive connection; 8 clients: 10 s each, every client on its own
-connection. Results: ``bench/results/click_floor.{json,md}``.
+connection. Results: ``bench/results/click_floor.{json,md}`` (``click_floor-256.*`` for ``--dim 256``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from bench.common import PYTHON, Request, Summary, Table, many_clients, redis_fl
 from bench.realscale import CACHE, _psql, vectors_env  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
-DIM = 1280
+DIM = 1280  # the served EfficientNet-Lite0 space; --dim times another width on its own cached catalog
 ZIPF_S = 1.1
 WALK_STEPS = 10
 STAGES = ("parse", "db", "vectors", "index", "rank", "cache", "cards", "render", "other")
@@ -156,31 +157,31 @@ def walks(port: int, *, count: int, n: int, seed: int) -> tuple[dict, list[str]]
     return _summary(times, stages, errors), links
 
 
-def _env(n: int, database: str, log) -> dict[str, str]:  # noqa: ANN001
-    env = vectors_env(n, DIM, log=log)
+def _env(n: int, dim: int, database: str, log) -> dict[str, str]:  # noqa: ANN001
+    env = vectors_env(n, dim, log=log)
     env.update({"REDIS_URL": REDIS_URL, "SERVER_TIMING": "1", "CACHE_KEY_PREFIX": "gallery-click-floor"})
     if database == "postgres":
-        name = f"bench_floor_{n}"
+        name = f"bench_floor_{n}" + ("" if dim == DIM else f"_{dim}")
         if _psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":  # noqa: S608 (a number)
             _psql(f"CREATE DATABASE {name}")
         env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{name}"
     return env
 
 
-def prepare(n: int, databases: list[str], log) -> None:  # noqa: ANN001
+def prepare(n: int, dim: int, databases: list[str], log) -> None:  # noqa: ANN001
     script = str(ROOT / "bench" / "realscale_vectors.py")
-    sqlite_env = _env(n, "sqlite", log)
-    log(f"preparing {n:,} synthetic products (cached after the first run)")
-    subprocess.run([PYTHON, script, "prepare", "--n", str(n), "--dim", str(DIM)], env=sqlite_env, cwd=ROOT, check=True)
+    sqlite_env = _env(n, dim, "sqlite", log)
+    log(f"preparing {n:,} synthetic {dim}-d products (cached after the first run)")
+    subprocess.run([PYTHON, script, "prepare", "--n", str(n), "--dim", str(dim)], env=sqlite_env, cwd=ROOT, check=True)
     if "postgres" in databases:
         sqlite_file = sqlite_env["DATABASE_URL"].removeprefix("sqlite:///")
-        done = subprocess.run([PYTHON, script, "copy-from-sqlite", sqlite_file], env=_env(n, "postgres", log),
+        done = subprocess.run([PYTHON, script, "copy-from-sqlite", sqlite_file], env=_env(n, dim, "postgres", log),
                               cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
         log(f"  PostgreSQL: {done.stdout.strip()}")
 
 
-def measure(n: int, database: str, *, cached: bool, quick: bool, logs: Path, log) -> dict:  # noqa: ANN001
-    env = {**_env(n, database, log), "GRID_CACHE_TTL_S": "3600" if cached else "0"}
+def measure(n: int, dim: int, database: str, *, cached: bool, quick: bool, logs: Path, log) -> dict:  # noqa: ANN001
+    env = {**_env(n, dim, database, log), "GRID_CACHE_TTL_S": "3600" if cached else "0"}
     count, warm, seconds, walk_count = (60, 10, 3.0, 5) if quick else (300, 30, 10.0, 30)
     redis_flush(REDIS_URL)
     server, port = web_start(log=logs / f"gunicorn-{database}-{'cached' if cached else 'uncached'}.log", env=env)
@@ -209,13 +210,13 @@ def measure(n: int, database: str, *, cached: bool, quick: bool, logs: Path, log
     return results
 
 
-def tables(n: int, database: str, measured: dict[str, dict]) -> list[Table]:
+def tables(n: int, dim: int, database: str, measured: dict[str, dict]) -> list[Table]:
     out = []
     for mode, results in measured.items():
         healthz = results["healthz"]
         base_rate = healthz["many"]["rate"]
         table = Table(
-            f"{database}: a click at {n:,} products, grid cache {mode} (gunicorn as the Procfile runs it; ms)",
+            f"{database}: a click at {n:,} {dim}-d products, grid cache {mode} (gunicorn as the Procfile runs it; ms)",
             ["request", "1 client p50", "p99", "8 clients req/s", "rate x healthz", *STAGES],
         )
         for name, r in results.items():
@@ -240,6 +241,7 @@ def tables(n: int, database: str, measured: dict[str, dict]) -> list[Table]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=44_446, help="products (default: the real catalog's 44,446)")
+    parser.add_argument("--dim", type=int, default=DIM, help=f"the vectors' width (default {DIM}; 256: PCA-256's)")
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--quick", action="store_true", help="short runs: proves the paths, times nothing")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
@@ -251,21 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    prepare(args.n, databases, log)
+    prepare(args.n, args.dim, databases, log)
     measured: dict[str, dict[str, dict]] = defaultdict(dict)
     for database in databases:
         for cached in (False, True):
             mode = "on" if cached else "off"
-            measured[database][mode] = measure(args.n, database, cached=cached, quick=args.quick, logs=logs, log=log)
-    out = [table for database in databases for table in tables(args.n, database, measured[database])]
+            measured[database][mode] = measure(args.n, args.dim, database, cached=cached, quick=args.quick, logs=logs,
+                                               log=log)  # fmt: skip
+    out = [table for database in databases for table in tables(args.n, args.dim, database, measured[database])]
     markdown = "\n\n".join(table.markdown() for table in out)
     print(markdown)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "click_floor.md").write_text(markdown + "\n")
+    name = "click_floor" + ("" if args.dim == DIM else f"-{args.dim}")
+    (args.results / f"{name}.md").write_text(markdown + "\n")
     plain = {db: {mode: {k: {"summary": vars(v["summary"]), "stages": v["stages"], "errors": v["errors"],
                              "rate": v.get("many", {}).get("rate")} for k, v in r.items()}
                   for mode, r in modes.items()} for db, modes in measured.items()}  # fmt: skip
-    (args.results / "click_floor.json").write_text(json.dumps(plain, indent=1, default=str))
+    (args.results / f"{name}.json").write_text(json.dumps(plain, indent=1, default=str))
     return 0
 
 

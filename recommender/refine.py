@@ -194,7 +194,7 @@ class _Vectors:
     def __init__(self, space: str, loaded: LoadedIndex | None) -> None:
         self.space = space
         self.loaded = loaded
-        self.image_spread = runtime.image_spread(space)  # the colour weights' conversion (feedback.TrailVectors)
+        self.image_spread = runtime.image_spread(space)  # converts raw-tuned weights (feedback.TrailVectors)
         # Read once per request: the candidate search (selectors.similar_products) is given the same rows.
         with stage("vectors"):
             self.delta = selectors.delta_rows(space=space, loaded=loaded)

@@ -328,10 +328,10 @@ def typical_products(*, groups: list[list[int]]) -> list[int | None]:
     build holds none of the group (or there is no build).
 
     Vectors are the build's (a product re-imaged since counts with its old look). In a projected space they
-    are the raw encoder's stored vectors of the products the build holds: a projection centres the vectors,
-    so "nearest the mean" there picks the type's most unusual look, not its most typical one (docs/quality.md,
-    "Serving space"). At most TYPICAL_SAMPLE ids of a group are read, spread evenly over it. Raises
-    SimilarityUnavailable while a damaged build is being repaired.
+    are the raw encoder's stored vectors (the current look) of the products the build holds: a projection
+    centres the vectors, so "nearest the mean" there picks the type's most unusual look, not its most typical
+    one (docs/quality.md, "Serving space"). At most TYPICAL_SAMPLE ids of a group are read, spread evenly over
+    it. Raises SimilarityUnavailable while a damaged build is being repaired.
     """
     space = runtime.active_space()
     loaded = searchable_index(space)

@@ -34,11 +34,12 @@ class Command(BaseCommand):
             space = loaded.space
             if "spread" in loaded.arrays:
                 self.stdout.write(f"Near neighbours' cosines spread {loaded.image_spread:.2f}x as wide as raw ones "
-                                  "there: the colour blend's weights are converted by that")  # fmt: skip
+                                  "there: the colour weights and the seen penalty are converted by that")  # fmt: skip
             else:
                 self.stdout.write(self.style.WARNING(
-                    f"{loaded.version} records no cosine spread (fitted before it was measured): colour counts for "
-                    "less beside its image scores than on raw vectors; fit it again with train_embedding_head"
+                    f"{loaded.version} records no cosine spread (fitted before it was measured): colour and the seen "
+                    "penalty count for less beside its scores than on raw vectors; fit it again "
+                    "with train_embedding_head"
                 ))  # fmt: skip
         projected = services.space_reproject(space=space)
         self.stdout.write(f"Projected {projected} stored vectors into {space}")
