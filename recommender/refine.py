@@ -243,7 +243,7 @@ class _Vectors:
         for pid, space, vector in selectors.stored_vectors({self.space: from_db, COLOUR_SPACE: need_colour}):
             blocks.setdefault((space, len(vector)), []).append((pid, vector))
         for (space, _), rows in blocks.items():
-            vectors = np.frombuffer(b"".join(vector for _, vector in rows), "<f4").reshape(len(rows), -1)
+            vectors = selectors.vectors_decoded([vector for _, vector in rows])
             (self.colours if space == COLOUR_SPACE else self.vectors).add([pid for pid, _ in rows], vectors)
 
     def _built(self, product_ids: Sequence[int]) -> list[tuple[list[int], np.ndarray]]:
@@ -255,7 +255,7 @@ class _Vectors:
         if not newer:
             return [built]
         return [
-            (newer, np.frombuffer(b"".join(self._newer[pid] for pid in newer), "<f4").reshape(len(newer), -1)),
+            (newer, selectors.vectors_decoded([self._newer[pid] for pid in newer])),
             built,
         ]
 

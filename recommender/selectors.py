@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,10 +227,15 @@ def delta_rows(*, space: str, loaded: LoadedIndex | None) -> list[tuple[int, int
     return found
 
 
+def vectors_decoded(vectors: Sequence[bytes]) -> np.ndarray:
+    """Stored vectors of one width (little-endian float32 bytes, as ``Embedding.vector``) as one (n, d) matrix."""
+    return np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(vectors), -1)
+
+
 def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple[int, int, float]]:
     if not rows:
         return []
-    matrix = np.frombuffer(b"".join(v for _, _, v in rows), dtype="<f4").reshape(len(rows), -1)
+    matrix = vectors_decoded([v for _, _, v in rows])
     scores = (matrix @ vector).tolist()
     return [(pid, eid, score) for (pid, eid, _), score in zip(rows, scores, strict=True)]
 
@@ -335,27 +341,26 @@ def typical_products(*, groups: list[list[int]]) -> list[int | None]:
     """
     space = runtime.active_space()
     loaded = searchable_index(space)
-    held: list[np.ndarray] = []
+    held: list[tuple[list[int], np.ndarray]] = []  # per group, the build's products of its sampled ids and items
     for group in groups:
         ids = np.asarray(group, dtype=np.int64)
         if len(ids) > TYPICAL_SAMPLE:
             ids = ids[np.linspace(0, len(ids) - 1, TYPICAL_SAMPLE).astype(np.int64)]
         items = loaded.items_of(ids) if loaded is not None else np.zeros(0, dtype=np.int64)
-        held.append(loaded.product_ids[items] if len(items) else np.zeros(0, dtype=np.int64))
+        held.append((loaded.product_ids[items].tolist() if len(items) else [], items))
     raw_space = runtime.space_encoder_id(space)
+    raw: dict[int, bytes] = {}
     if raw_space != space:  # one read of the raw vectors for every group
-        rows = stored_vectors({raw_space: sorted({int(pid) for ids in held for pid in ids.tolist()})})
-        raw = {pid: vector for pid, _, vector in rows}
-        held = [np.asarray([pid for pid in ids.tolist() if pid in raw], dtype=np.int64) for ids in held]
+        wanted = sorted({pid for ids, _ in held for pid in ids})
+        raw = {pid: vector for pid, _, vector in stored_vectors({raw_space: wanted})}
     picks: list[int | None] = []
-    for ids in held:
-        if not len(ids):
+    for ids, items in held:
+        if raw_space != space:
+            ids = [pid for pid in ids if pid in raw]
+        if not ids:
             picks.append(None)
             continue
-        if raw_space == space:
-            vectors = loaded.vectors_of(loaded.items_of(ids))
-        else:
-            vectors = np.frombuffer(b"".join(raw[pid] for pid in ids.tolist()), "<f4").reshape(len(ids), -1)
+        vectors = loaded.vectors_of(items) if raw_space == space else vectors_decoded([raw[pid] for pid in ids])
         picks.append(int(ids[int(np.argmax(vectors @ vectors.mean(axis=0)))]))
     return picks
 
