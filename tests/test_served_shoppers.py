@@ -163,3 +163,33 @@ def test_float16_order_finds_a_near_tie_that_float16_turns_round():
     assert rounded["same_order"] == 0.0
     assert rounded["same_set"] == rounded["within_2k"] == 1.0
     assert 0 < rounded["flipped_gap_max"] < 1e-4
+
+
+def test_two_runs_are_compared_path_by_path_and_unpaired_runs_are_refused():
+    from bench.served_paired import NotPaired, compare, paired_difference
+
+    # The second run finds one more target of 20 than the first, and agrees on every other shopper.
+    first = [1, None, 2, 5, None] * 4
+    second = [1, 3, 2, 5, None] + [1, None, 2, 5, None] * 3
+    text = {"type_share": [0.5] * 10, "few": [True] * 10, "colour_share": [0.2] * 10, "cosine": [0.7] * 10}
+    raised = {**text, "type_share": [0.5] * 9 + [0.9]}
+
+    def run(head: str, clicks: list, grid: dict) -> dict:
+        name = "art (1,020)" + (f", {head}" if head else "")
+        measured = {"coherence": {"coherent": {"text": grid}}, "convergence": {"coherent/grid": clicks}}
+        return {"head": head, "catalogs": {name: measured}}
+
+    table, rows = compare(run("", first, text), run("pca256", second, raised), resamples=2000)
+    by_measure = {row["measure"]: row for row in rows}
+    found = by_measure["found ≤ 3, from the home page's grid"]
+    assert (found["first"], found["second"], found["difference"]) == (0.4, 0.45, pytest.approx(0.05))
+    assert found["low"] <= 0.0 <= found["high"]  # one shopper of 20: not a difference the data can tell
+    share = by_measure["type share, text"]
+    assert share["difference"] == pytest.approx(0.04) and share["low"] >= 0.0
+    assert by_measure["found ≤ 8, from the home page's grid"]["difference"] == pytest.approx(0.05)
+    assert all(row["catalog"] == "art (1,020)" for row in rows) and "pca256 − raw" in table.text()
+    # An interval narrows when every path moves alike: the same +0.05 on each of 40 paths is certain.
+    assert paired_difference([0.5] * 40, [0.55] * 40)[1:] == (pytest.approx(0.05), pytest.approx(0.05))
+    # Runs over other paths (another count) are refused rather than paired wrongly.
+    with pytest.raises(NotPaired, match="not the same paths"):
+        compare(run("", first, text), run("pca256", second[:-1], text))
