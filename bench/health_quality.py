@@ -65,6 +65,7 @@ class Catalog:
     article: dict[int, str]  # as the catalog says (flips applied)
     master: dict[int, str]
     colour: dict[int, str]
+    names: dict[int, str]  # the product's display name (a copy carries its original's)
     copies: dict[int, int]  # copy id -> original id
     flipped: dict[int, tuple[str, str]]  # product id -> (true type, label given)
     broken: set[int]
@@ -109,6 +110,7 @@ def _drawn(rows: int, log) -> Catalog:  # noqa: ANN001
         article={int(r["id"]): r["articleType"] for r in drawn},
         master={int(r["id"]): r["masterCategory"] for r in drawn},
         colour={int(r["id"]): r["baseColour"] for r in drawn},
+        names={int(r["id"]): r["productDisplayName"] for r in drawn},
         copies={},
         flipped={},
         broken=set(),
@@ -132,6 +134,7 @@ def _art(log, size: str = "small") -> Catalog:  # noqa: ANN001
         article={int(r["id"]): r["articleType"] for r in rows},
         master={int(r["id"]): r["masterCategory"] for r in rows},
         colour={int(r["id"]): r["baseColour"] for r in rows},
+        names={int(r["id"]): r["productDisplayName"] for r in rows},
         copies={},
         flipped={},
         broken=set(),
@@ -219,7 +222,7 @@ def _inject(catalog: Catalog, directory: Path, *, flip_to, log) -> None:  # noqa
                 path.write_bytes(_copy(image, data_rng))
         catalog.images[copy_id] = path
         catalog.copies[copy_id] = original
-        for labels in (catalog.article, catalog.master, catalog.colour):
+        for labels in (catalog.article, catalog.master, catalog.colour, catalog.names):
             labels[copy_id] = labels[original]
     for i in range(BROKEN):
         broken_id = BROKEN_BASE + i
@@ -230,6 +233,7 @@ def _inject(catalog: Catalog, directory: Path, *, flip_to, log) -> None:  # noqa
         catalog.images[broken_id] = path
         catalog.broken.add(broken_id)
         catalog.article[broken_id], catalog.master[broken_id], catalog.colour[broken_id] = "", "", ""
+        catalog.names[broken_id] = f"Product {broken_id}"
     for product in rng.sample(originals, round(FLIP_SHARE * len(originals))):
         true = catalog.article[product]
         catalog.flipped[product] = (true, flip_to(true, rng))
@@ -414,9 +418,13 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
             "rule": key,
         }
 
-    suspects = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows)
-    out["labels"] = ranked(suspects, f"likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
-    everything = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, min_ratio=0.0)
+    names = [catalog.names[pid] for pid in ids.tolist()]
+    suspects = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names)
+    out["labels"] = ranked(suspects, f"look-alikes and name: likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
+    looks = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows)
+    out["labels_looks_only"] = ranked(looks, f"look-alikes alone: likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
+    out["labels_names_only"] = ranked(_names_only(labels, names), "name alone: likelihood ratio >= e^10")
+    everything = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names, min_ratio=0.0)
     out["labels_ratio_sweep"] = [
         (t, *(lambda f: (len(f & flips), len(f)))({int(ids[s.row]) for s in everything if s.ratio >= t}))
         for t in (0, 2, 5, 8, 10, 12, 15, 20, 30)
@@ -473,6 +481,24 @@ class _Majority:
     suggested: str
 
 
+def _names_only(labels: list[str], names: list[str], min_ratio: float = 10.0) -> list:
+    """The simplest text alternative: rows whose name's words are much likelier under another label than under
+    their own (the scan's name model, ``catalog_health._name_likelihoods``, without the look-alikes)."""
+    from gallery import catalog_health as health
+
+    values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
+    empty, codes = int(codes[-1]), codes[:-1]
+    likelihood, own = health._name_likelihoods(names=names, codes=codes, size=len(values), empty=empty)
+    likelihood[np.arange(len(codes)), codes] = -np.inf
+    likelihood[:, empty] = -np.inf
+    likelihood[:, np.bincount(codes, minlength=len(values)) == 0] = -np.inf
+    best = likelihood.argmax(axis=1)
+    ratio = likelihood[np.arange(len(codes)), best] - own
+    rows = [r for r in np.argsort(-ratio, kind="stable").tolist() if codes[r] != empty and ratio[r] >= min_ratio]
+    return [health.LabelSuspect(row=r, suggested=str(values[best[r]]), ratio=float(ratio[r]), share=0.0, votes=0,
+                                own_share=0.0, name_ratio=float(ratio[r])) for r in rows]  # fmt: skip
+
+
 def _majority_suspects(labels: list[str], neighbour_rows: np.ndarray, min_share: float = 0.7) -> list[_Majority]:
     """The rule the scan used before: rows where at least ``min_share`` of the labelled neighbours agree on another
     label, ranked by that share minus the share carrying the row's own label."""
@@ -496,15 +522,15 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
 
     Vector part: ``n`` synthetic clustered unit vectors memory-mapped as the build holds them, scanned as
     ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
-    judged from those neighbours. Pixel part, at its bound: MAX_FINGERPRINTS thumbnails read for their
-    fingerprints (as many as the scan reads when every product is a duplicate candidate) and MAX_COMPARED
+    judged from those neighbours and the rows' names. Pixel part, at its bound: MAX_FINGERPRINTS thumbnails read
+    for their fingerprints (as many as the scan reads when every product is a duplicate candidate) and MAX_COMPARED
     pairs registered, each photo read again (the cache missing every time): per-read and per-pair costs
     measured on real drawn thumbnails (320 pixels, a product and a resized, cropped copy of another's).
     """
     from bench.common import synthetic_vectors
     from gallery.catalog import styles_read
 
-    fields = [[row.fields[f] for f in ("article_type", "master_category", "base_colour")]
+    fields = [[row.fields[f] for f in ("article_type", "master_category", "base_colour", "name")]
               for row in styles_read(STYLES) if hasattr(row, "fields")][:n]  # fmt: skip
     from lab.shopper import real_rows_draw
 
@@ -517,7 +543,7 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
         path = Path(tmp) / "vectors.npy"
         np.save(path, synthetic_vectors(n, dim, queries=0, seed=SEED).vectors)
         labels = Path(tmp) / "labels.json"
-        labels.write_text(json.dumps(fields + [["", "", ""]] * (n - len(fields))))
+        labels.write_text(json.dumps(fields + [["", "", "", ""]] * (n - len(fields))))
         thumbs = Path(tmp) / "thumbs"
         thumbs.mkdir()
         rng = random.Random(SEED)
@@ -582,7 +608,10 @@ labels = json.loads(Path(labels_path).read_text())
 order = np.argsort(ids)
 pos = np.searchsorted(ids[order], r.neighbour_ids.clip(min=0))
 rows = np.where(r.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
-raised = sum(len(health.label_suspects(labels=[x[i] for x in labels], neighbour_rows=rows)) for i in range(3))
+names = [x[3] for x in labels]
+raised = sum(len(health.label_suspects(labels=[x[i] for x in labels], neighbour_rows=rows,
+                                       names=names if field in health.NAME_WITNESSED else None))
+             for i, field in enumerate(("article_type", "master_category", "base_colour")))
 out["label_seconds"], out["label_cpu_seconds"], out["labels_raised"] = (
     round(time.perf_counter() - t, 1), round(cpu() - c, 1), raised)
 files = sorted(Path(thumbs).glob("*.jpg"), key=lambda p: int(p.stem))

@@ -59,6 +59,14 @@ NEIGHBOURS = 10
 # catalog-wide neighbour labels keep rare labels from looking certain.
 LABEL_MIN_RATIO = 10.0
 LABEL_SMOOTHING = 2.0
+# The product's name is a second witness beside its look-alikes: a name says what the product is ("Men Blue
+# Polo Tshirt"), so a label whose products' names rarely carry its words is likelier wrong. Each label's word
+# distribution (the distinct word stems of its products' names) is mixed with the catalog-wide one, NAME_MIX of
+# the latter (``_name_likelihoods``); only rows judged by their look-alikes are judged by their names too. Names
+# witness the fields that say what a product is (NAME_WITNESSED), not its colour: a name's words go with a
+# kind's usual colour whatever this product's is (on the art, faces are named faces and mostly yellow).
+NAME_MIX = 0.02
+NAME_WITNESSED = frozenset({"article_type", "master_category"})
 # An image is an outlier when its mean cosine to its NEIGHBOURS nearest products is below 1 - this (above the
 # 99.9th percentile of both measured catalogs, so a clean catalog raises a handful at most).
 OUTLIER_ISOLATION = 0.6
@@ -91,20 +99,29 @@ class LabelSuspect:
     share: float  # of the neighbours carrying a label, the share that carry ``suggested``
     votes: int
     own_share: float  # of the same neighbours, the share that carry the product's own label
+    name_ratio: float = 0.0  # of ``ratio``, what the product's name adds (negative: the name fits its own label)
 
     @property
     def confidence(self) -> float:
         return self.ratio
+
+    @property
+    def look_ratio(self) -> float:
+        """Of ``ratio``, what the look-alikes' labels give."""
+        return self.ratio - self.name_ratio
 
 
 def label_suspects(
     *,
     labels: Sequence[str],
     neighbour_rows: np.ndarray,
+    names: Sequence[str] | None = None,
     min_ratio: float = LABEL_MIN_RATIO,
     smoothing: float = LABEL_SMOOTHING,
+    name_mix: float = NAME_MIX,
 ) -> list[LabelSuspect]:
-    """Rows whose neighbours' labels are much likelier under another label than under their own, likeliest first.
+    """Rows whose neighbours' labels (and names) are much likelier under another label than under their own,
+    likeliest first.
 
     Calibrated by the catalog itself: for each label L, ``p_L`` is the distribution of the labels of the
     neighbours of the products labelled L (smoothed toward the catalog-wide one by ``smoothing`` pseudo-counts;
@@ -115,6 +132,10 @@ def label_suspects(
     ``neighbour_rows`` (n, k) holds row numbers into ``labels`` (-1: none); neighbours with an empty label do not
     count, and a row needs labelled neighbours for at least half its k. Vectorised: (n, T) and (T, T) arrays for T
     labels.
+
+    With ``names`` (one per row), the name's words add their own log-likelihood ratio (:func:`_name_likelihoods`):
+    a T-shirt labelled *Shirts* is named "... Tshirt", a word *Shirts* products' names hardly carry, while a
+    compass drawn like a clock but named "compass" is not pulled toward *clocks* by its name.
     """
     n, k = neighbour_rows.shape
     values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
@@ -133,11 +154,19 @@ def label_suspects(
     likelihood = counts @ log_p.T  # (n, T): log-likelihood of each row's neighbour labels under each label
     own = by_label[codes] - counts  # the own label's counts without the row itself
     own_likelihood = (counts * np.log((own + prior) / (own.sum(axis=1, keepdims=True) + smoothing))).sum(axis=1)
+    name_likelihood, name_own = (
+        _name_likelihoods(names=names, codes=codes, size=size, empty=empty, mix=name_mix)
+        if names is not None
+        else (np.zeros((n, size)), np.zeros(n))
+    )
+    likelihood += name_likelihood
+    own_likelihood = own_likelihood + name_own
     likelihood[np.arange(n), codes] = -np.inf
     likelihood[:, empty] = -np.inf
     likelihood[:, np.bincount(codes, minlength=size) == 0] = -np.inf  # a label no product carries is not suggested
     best = likelihood.argmax(axis=1)
     ratio = likelihood[np.arange(n), best] - own_likelihood
+    name_ratio = name_likelihood[np.arange(n), best] - name_own
     voters = counts.sum(axis=1)
     flagged = np.nonzero((codes != empty) & (voters * 2 >= k) & np.isfinite(ratio) & (ratio >= min_ratio))[0]
     out = [
@@ -148,11 +177,76 @@ def label_suspects(
             share=float(counts[row, best[row]] / voters[row]),
             votes=int(counts[row, best[row]]),
             own_share=float(counts[row, codes[row]] / voters[row]),
+            name_ratio=float(name_ratio[row]),
         )
         for row in flagged.tolist()
     ]
     out.sort(key=lambda s: (-s.ratio, s.row))
     return out
+
+
+def _name_words(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, word number) for each distinct word stem of each name, stop words and digits left out, by row.
+
+    Words are the text search's own (``gallery.search.words``): "T-Shirts" and "tshirt" are one word.
+    """
+    from gallery.search.words import STOP_WORDS, text_tokens, word_stem
+
+    numbers: dict[str, int] = {}
+    stems: dict[str, str] = {}  # each distinct word stemmed once (the stemmer is pure Python)
+    rows: list[int] = []
+    words: list[int] = []
+    for row, name in enumerate(names):
+        seen: set[int] = set()
+        for token in text_tokens(name or ""):
+            if token in STOP_WORDS or token.isdigit():
+                continue
+            stem = stems.get(token)
+            if stem is None:
+                stem = stems[token] = word_stem(token)
+            number = numbers.setdefault(stem, len(numbers))
+            if number not in seen:
+                seen.add(number)
+                rows.append(row)
+                words.append(number)
+    return np.asarray(rows, dtype=np.int64), np.asarray(words, dtype=np.int64)
+
+
+def _name_likelihoods(
+    *, names: Sequence[str], codes: np.ndarray, size: int, empty: int, mix: float = NAME_MIX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the log-likelihood of its name's words under each of the ``size`` labels (n, size), and under
+    its own label without the row itself (n,). A label's word probability is its products' share of the word
+    mixed with the catalog-wide share, ``mix`` of the latter (linear interpolation): a word no product of either
+    label carries says nothing between them, whatever their sizes, and no one word weighs more than its lift.
+    Rows with the ``empty`` label do not count.
+
+    Memory is bounded by the words, not by rows x vocabulary: one (size, V) table and per-block gathers.
+    """
+    n = len(codes)
+    rows, words = _name_words(names)
+    labelled = codes[rows] != empty
+    vocabulary = int(words.max()) + 1 if len(words) else 0
+    counts = np.zeros((size, vocabulary))
+    np.add.at(counts, (codes[rows[labelled]], words[labelled]), 1.0)
+    totals = counts.sum(axis=1)
+    overall = counts.sum(axis=0)
+    # A word only unlabelled products carry is the same (and so neutral) under every label.
+    catalog_wide = np.where(overall > 0, overall / max(overall.sum(), 1.0), 1.0)
+    log_p = np.log((1.0 - mix) * counts / np.maximum(totals, 1.0)[:, None] + mix * catalog_wide)  # (size, V)
+    likelihood = np.zeros((n, size))
+    block = max(1, 4_000_000 // max(size, 1))  # word occurrences gathered at once: (block, size) floats
+    for start in range(0, len(rows), block):
+        part_rows, part_words = rows[start : start + block], words[start : start + block]
+        first = np.concatenate([[0], np.nonzero(np.diff(part_rows))[0] + 1])  # rows are ascending
+        likelihood[part_rows[first]] += np.add.reduceat(log_p.T[part_words], first, axis=0)
+    # The own label without the row: its words counted once less, its total less the row's word count.
+    per_row = np.bincount(rows, minlength=n).astype(np.float64)
+    own_codes = codes[rows]
+    own_total = totals[own_codes] - per_row[rows] * labelled
+    own_share = np.where(own_total > 0, (counts[own_codes, words] - labelled) / np.maximum(own_total, 1.0), 0.0)
+    own = np.bincount(rows, weights=np.log((1.0 - mix) * own_share + mix * catalog_wide[words]), minlength=n)
+    return likelihood, own
 
 
 @dataclass(frozen=True)
@@ -411,7 +505,7 @@ def _findings(
     rows = {
         pid: rest
         for pid, *rest in Product.objects.values_list(
-            "id", "image", "image_sha256", "article_type", "master_category", "base_colour", "thumbnail"
+            "id", "image", "image_sha256", "article_type", "master_category", "base_colour", "name", "thumbnail"
         ).iterator(chunk_size=5000)
     }
     out: list[HealthFinding] = []
@@ -456,11 +550,13 @@ def _findings(
     neighbour_rows = np.where((flat >= 0) & (sorted_ids[pos] == flat), order[pos], -1).reshape(
         result.neighbour_ids.shape
     ) if len(ids) else result.neighbour_ids  # fmt: skip
+    names = [rows[pid][5] if pid in rows else "" for pid in ids.tolist()]
     for index, (field, title) in enumerate(LABEL_FIELDS):
         labels = [rows[pid][2 + index] if pid in rows else "" for pid in ids.tolist()]
         for suspect in label_suspects(
             labels=labels,
             neighbour_rows=neighbour_rows,
+            names=names if field in NAME_WITNESSED else None,
             min_ratio=label_min_ratio,
         ):
             pid = int(ids[suspect.row])
@@ -481,6 +577,12 @@ def _findings(
                         "share": round(suspect.share, 3),
                         "votes": suspect.votes,
                         "ratio": round(suspect.ratio, 2),
+                        "look_ratio": round(suspect.look_ratio, 2),
+                        **(
+                            {"name": names[suspect.row], "name_ratio": round(suspect.name_ratio, 2)}
+                            if field in NAME_WITNESSED
+                            else {}
+                        ),
                         "neighbours": [int(x) for x in result.neighbour_ids[suspect.row] if x >= 0],
                     },
                 )

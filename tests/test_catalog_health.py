@@ -12,6 +12,7 @@ import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
+from django.utils.html import escape
 from PIL import Image, ImageDraw
 
 from gallery import catalog_health
@@ -163,6 +164,39 @@ def test_the_calibrated_label_rule_raises_a_flip_but_not_a_type_that_always_look
     assert catalog_health.label_suspects(labels=labels, neighbour_rows=rows) == []
 
 
+def test_the_name_is_a_second_witness_beside_the_look_alikes():
+    # Shirts and T-shirts, each named as what it is. Row 80 is a T-shirt labelled Shirts whose look-alikes are
+    # split (6 T-shirts, 4 shirts): its look alone does not raise it, its name says T-shirt. Row 81 is a shirt,
+    # named one, that looks like T-shirts: the look raises it and its name speaks against the suggestion.
+    labels = ["Shirts"] * 40 + ["Tshirts"] * 40
+    shirts, tshirts = range(40), range(40, 80)
+    rng = np.random.default_rng(5)
+    rows = np.zeros((82, 10), dtype=np.int64)
+    for row in shirts:
+        rows[row] = rng.choice([i for i in shirts if i != row], 10, replace=False)
+    for row in tshirts:
+        rows[row] = rng.choice([i for i in tshirts if i != row], 10, replace=False)
+    names = ["Arrow Men Checked Formal Shirt"] * 40 + ["Nike Men Round-Neck T-Shirts"] * 40
+    labels.append("Shirts")
+    names.append("Puma Men Solid Round Neck Tshirt")
+    rows[80] = np.concatenate([rng.choice(list(tshirts), 6, replace=False), rng.choice(list(shirts), 4, replace=False)])
+    labels.append("Shirts")
+    names.append("Arrow Men Formal Shirt")
+    rows[81] = rng.choice(list(tshirts), 10, replace=False)
+
+    looks = {s.row: s for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows)}
+    both = {s.row: s for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows, names=names)}
+    assert set(looks) == {81} and set(both) == {80, 81}
+    assert both[80].suggested == "Tshirts" and both[80].name_ratio >= catalog_health.LABEL_MIN_RATIO
+    assert both[80].look_ratio < catalog_health.LABEL_MIN_RATIO <= both[80].ratio
+    # "T-Shirts" and "Tshirt" are one word (the text search's words and stems): the name fits Tshirts.
+    assert both[81].name_ratio < 0 and both[81].look_ratio == pytest.approx(looks[81].ratio)
+    assert both[81].ratio == pytest.approx(looks[81].ratio + both[81].name_ratio)
+    # Without its name's word for the kind, the T-shirt is judged by its look alone again.
+    names[80] = "Puma Men Solid Round Neck"
+    assert 80 not in {s.row for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows, names=names)}
+
+
 def _drawing(path: Path, *, detail: bool = False) -> Path:
     """A flag-like drawing on white, as a catalog photo: three bands, and (``detail``) a star-sized disc."""
     image = Image.new("RGB", (320, 320), "white")
@@ -234,6 +268,10 @@ def test_the_command_finds_the_copies_the_flipped_label_the_blank_and_the_missin
     )
     assert (label.detail["current"], label.detail["suggested"]) == ("Handbags", "Watches")
     assert label.detail["ratio"] >= catalog_health.LABEL_MIN_RATIO and label.detail["share"] > 0.5
+    # Its name (a watch's) speaks for the suggestion too; the two parts add up to the ratio ranked by.
+    flipped = Product.objects.get(id=health_catalog["flipped"])
+    assert label.detail["name"] == flipped.name and label.detail["name_ratio"] > 0
+    assert label.detail["look_ratio"] + label.detail["name_ratio"] == pytest.approx(label.detail["ratio"], abs=0.02)
     # Only the flipped product's type is suspect.
     assert [f.product_ids for f in scan.findings.filter(kind=FindingKind.LABEL, detail__field="article_type")] == [
         [health_catalog["flipped"]]
@@ -369,6 +407,8 @@ def test_each_kind_has_a_page_with_thumbnails_side_by_side(health_catalog, staff
     assert "Keep this one" in duplicates and "Exact copies" in duplicates
     labels = staff.get("/admin/gallery/healthscan/kind/label/").content.decode()
     assert "Accept Watches" in labels
+    flipped = Product.objects.get(id=health_catalog["flipped"])
+    assert f"its name, “{escape(flipped.name)}”" in labels
     # Beside the product, the look-alikes it was judged by.
     label = _finding(scan, FindingKind.LABEL, health_catalog["flipped"])
     assert Product.objects.get(id=label.detail["neighbours"][0]).thumbnail.url in labels
