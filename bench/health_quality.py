@@ -324,7 +324,8 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     candidates, cnn = candidates[kept], cnn[kept]  # all of them below MAX_FINGERPRINTS products, as here
     listed = [tuple(p) for p in candidates.tolist()]
     started = time.perf_counter()
-    prints = {pid: health.photo_fingerprint(catalog.images[pid]) for pid in np.unique(candidates).tolist()}
+    judged = {pid: health.photo_judged(catalog.images[pid]) for pid in np.unique(candidates).tolist()}
+    prints = {pid: fingerprint for pid, (fingerprint, _) in judged.items()}
     out["fingerprint_seconds"] = round(time.perf_counter() - started, 1)
     prefilter = health.pairs_verify(pairs=candidates, fingerprints=prints)
     chosen = health.pairs_to_compare(
@@ -459,17 +460,20 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
             "catalog max": round(float(max(iso[~np.isin(ids, list(catalog.broken))])), 3),
         },
     }
-    # Blank photos (the "no usable image" kind): judged from the fingerprints the scan reads anyway, those of
+    # Blank photos and static (the "no usable image" kind): judged from the photos the scan reads anyway, those of
     # the duplicate candidates and of the outliers.
     for pid in outliers:
-        if pid not in prints:
-            prints[pid] = health.photo_fingerprint(catalog.images[pid])
-    blank = {pid for pid, fp in prints.items() if fp is not None and not fp.any()}
-    raised = blank | outliers
+        if pid not in judged:
+            judged[pid] = health.photo_judged(catalog.images[pid])
+    blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
+    static = {pid for pid, (_, noise) in judged.items() if noise}
+    raised = blank | static | outliers
     out["blank_or_outlier"] = {
         "blank_precision": share(len(blank & catalog.broken), len(blank)),
+        "static_precision": share(len(static & catalog.broken), len(static)),
         "recall": share(len(raised & catalog.broken), len(catalog.broken)),
-        "broken_fingerprinted": len(catalog.broken & set(prints)),
+        "recall_without_static": share(len((blank | outliers) & catalog.broken), len(catalog.broken)),
+        "broken_fingerprinted": len(catalog.broken & set(judged)),
     }
     log(json.dumps(out, indent=1, default=str))
     return out

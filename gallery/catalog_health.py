@@ -279,11 +279,15 @@ def duplicate_groups(*, pairs: np.ndarray, pair_cosines: np.ndarray, hashes: dic
     return out
 
 
-def photo_fingerprint(source: object) -> np.ndarray | None:
-    """A photo's small fingerprint (``health_photos.photo_read``); None when the file cannot be read, all zeros
-    for a blank photo (one colour). ``source`` is a path or an open binary file."""
-    photo = photo_read(source)
-    return None if photo is None else photo.fingerprint
+def photo_judged(source: object) -> tuple[np.ndarray | None, bool]:
+    """(a photo's small fingerprint, whether it is static; ``health_photos.photo_read``): (None, False) when the
+    file cannot be read, an all-zero fingerprint for a blank photo (one colour). ``source`` is a path or an open
+    binary file."""
+    return _judged(photo_read(source))
+
+
+def _judged(photo: Photo | None) -> tuple[np.ndarray | None, bool]:
+    return (None, False) if photo is None else (photo.fingerprint, photo.noise)
 
 
 def candidate_pairs(*, result: object, duplicate_cosine: float) -> tuple[np.ndarray, np.ndarray]:
@@ -518,9 +522,9 @@ def _findings(
     pairs = pairs[pairs_to_fingerprint(pairs=pairs, cosines=cosines, limit=MAX_FINGERPRINTS)]
     candidates = np.unique(pairs).tolist()
     with ThreadPoolExecutor(max_workers=READERS) as pool:  # decoding releases the GIL: reads overlap
-        fingerprints = dict(
-            zip(candidates, pool.map(lambda pid: _thumbnail_fingerprint(rows[pid][-1]), candidates), strict=True)
-        )
+        read = dict(zip(candidates, pool.map(lambda pid: _thumbnail_read(rows[pid][-1]), candidates), strict=True))
+    fingerprints = {pid: fingerprint for pid, (fingerprint, _) in read.items()}
+    noise = {pid for pid, (_, static) in read.items() if static}
     chosen = pairs_to_compare(
         pairs=pairs,
         prefilter=pairs_verify(pairs=pairs, fingerprints=fingerprints),
@@ -607,12 +611,14 @@ def _findings(
                 )
             )
 
-    # No usable image: none at all, one that could not be embedded, a file gone from storage, or a blank photo
-    # (judged from the fingerprints read above: duplicate candidates, where repeated placeholders land, and
+    # No usable image: none at all, one that could not be embedded, a file gone from storage, a blank photo or
+    # static (judged from the fingerprints read above: duplicate candidates, where repeated placeholders land, and
     # outliers, where a lone one does).
     for pid in isolated:
         if pid not in fingerprints:
-            fingerprints[pid] = _thumbnail_fingerprint(rows[pid][-1])
+            fingerprints[pid], static = _thumbnail_read(rows[pid][-1])
+            if static:
+                noise.add(pid)
     failed = dict(api.embedding_failures())
     local = isinstance(default_storage, FileSystemStorage)
     for pid, (image, digest, *_) in rows.items():
@@ -624,6 +630,8 @@ def _findings(
             reason = "the image file is missing"
         elif fingerprints.get(pid) is not None and not fingerprints[pid].any():
             reason = "the photo is blank (a single colour)"
+        elif pid in noise:
+            reason = "the photo is noise (no picture in it)"
         else:
             continue
         out.append(
@@ -635,7 +643,9 @@ def _findings(
                 detail={"reason": reason},
             )
         )
-    return out
+    # A photo that is no picture says nothing about its product's label: its look-alikes are chance.
+    unusable = {f.product_ids[0] for f in out if f.kind == FindingKind.NO_IMAGE}
+    return [f for f in out if not (f.kind == FindingKind.LABEL and f.product_ids[0] in unusable)]
 
 
 def _thumbnail_photo(name: str) -> Photo | None:
@@ -648,9 +658,9 @@ def _thumbnail_photo(name: str) -> Photo | None:
         return None
 
 
-def _thumbnail_fingerprint(name: str) -> np.ndarray | None:
-    photo = _thumbnail_photo(name)
-    return None if photo is None else photo.fingerprint
+def _thumbnail_read(name: str) -> tuple[np.ndarray | None, bool]:
+    """``photo_judged`` of a product's thumbnail in storage."""
+    return _judged(_thumbnail_photo(name))
 
 
 # --- Reading -------------------------------------------------------------------------------------------------

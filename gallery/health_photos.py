@@ -24,6 +24,9 @@ FINGERPRINT_SIDE = 32  # the small fingerprint, the product cut from its backgro
 BACKGROUND = 235  # a pixel whose every channel is above this is background (the catalog's photos are on white)
 EDGE = 160  # the bounding box registration uses: pixels darker than this, half-way, so blur barely moves it
 BLANK_RMS = 4.0  # a photo whose fingerprint spreads less than this (root mean square, 0-255) is blank
+# A photo whose neighbouring pixels (at PHOTO_SIDE) agree less than this (their correlation, 1: alike) is noise:
+# a picture, drawn or photographed, has regions; a broken file decoded to static has none.
+NOISE_CORRELATION = 0.3
 BLUR_SIGMA = 0.7  # both photos blurred alike before differencing: resampling and JPEG noise, not shapes
 # A copy's field of view is its original's, lightly cropped (up to about 8 % a side): registered, it lies inside
 # the original (COVER) and spans at least MIN_FILL of its area (0.84 x 0.84 = 0.71 at that crop); a picture that
@@ -40,10 +43,29 @@ class Photo:
     box: Box | None  # the content's bounding box (left, top, right, bottom); None for a blank photo
     edge: Box | None  # the bounding box of its darker half, for registration
     fingerprint: np.ndarray  # (FINGERPRINT_SIDE**2 * 3,) float32, centred, unit length; zeros when blank
+    correlation: float = 1.0  # of neighbouring pixels' luminance (:func:`neighbour_correlation`)
 
     @property
     def blank(self) -> bool:
         return not self.fingerprint.any()
+
+    @property
+    def noise(self) -> bool:
+        """Static, not a picture: neighbouring pixels no more alike than any two (and not one colour)."""
+        return not self.blank and self.correlation < NOISE_CORRELATION
+
+
+def neighbour_correlation(gray: np.ndarray) -> float:
+    """The correlation of each pixel's luminance with its right and lower neighbours' (1.0 for one colour):
+    near 1 for a picture (flat regions, smooth edges), near 0 for static."""
+    g = np.asarray(gray, dtype=np.float32)
+    g = g - g.mean()
+    variance = float((g * g).mean())
+    if variance < 1e-6 or min(g.shape) < 2:
+        return 1.0
+    across = float((g[:, 1:] * g[:, :-1]).mean())
+    down = float((g[1:] * g[:-1]).mean())
+    return (across + down) / 2 / variance
 
 
 @dataclass(frozen=True)
@@ -89,7 +111,8 @@ def photo_read(source: object) -> Photo | None:
     gray = np.asarray(image.convert("L"), dtype=np.uint8)
     if norm < BLANK_RMS * np.sqrt(pixels.size):
         return Photo(rgb=rgb, gray=gray, box=None, edge=None, fingerprint=np.zeros_like(pixels))
-    return Photo(rgb=rgb, gray=gray, box=box, edge=_bbox(darkest < EDGE) or box, fingerprint=pixels / norm)
+    return Photo(rgb=rgb, gray=gray, box=box, edge=_bbox(darkest < EDGE) or box, fingerprint=pixels / norm,
+                 correlation=neighbour_correlation(gray))  # fmt: skip
 
 
 def _margins(photo: Photo, box: Box) -> np.ndarray:
