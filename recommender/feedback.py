@@ -20,6 +20,7 @@ serve; the lab compares more (``lab/strategies.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -212,9 +213,18 @@ def _pushed(trail: TrailVectors, strategy: Strategy) -> np.ndarray | None:
 def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> float:
     if trail.colours is None:
         return 0.0
-    aspect = trail.aspect(step)
-    weight = ASPECT_COLOUR_WEIGHTS[aspect] if aspect is not Aspect.DEFAULT else strategy.colour_weight or 0.0
-    return colour_weight_in_space(weight, trail.image_spread)
+    return colour_weight_in_space(_aspect_colour_weight(trail.aspect(step), strategy), trail.image_spread)
+
+
+def _aspect_colour_weight(aspect: Aspect, strategy: Strategy) -> float:
+    """The colour share of a step with ``aspect`` under ``strategy``, in raw cosines."""
+    return ASPECT_COLOUR_WEIGHTS[aspect] if aspect is not Aspect.DEFAULT else strategy.colour_weight or 0.0
+
+
+def colour_counts(strategy: Strategy, aspects: Sequence[str]) -> bool:
+    """Whether colour enters the scores of a trail whose steps carry ``aspects`` (their codes): when it does not
+    (plain neighbours' default steps, *any colour*), nobody's colour descriptor need be read."""
+    return any(_aspect_colour_weight(Aspect(aspect), strategy) != 0.0 for aspect in aspects)
 
 
 def colour_weight_in_space(weight: float, image_spread: float) -> float:

@@ -47,6 +47,7 @@ from recommender.feedback import (
     SERVED,
     Strategy,
     TrailVectors,
+    colour_counts,
     grid_rank,
     query_vectors,
     skipped_weights,
@@ -459,7 +460,8 @@ def _trail_ranked(
 
     ``shown_key(prefix, first grid)`` keys what the page of ``prefix`` showed.
     """
-    store.fetch([step.product_id for step in steps], fresh=True)
+    store.fetch([step.product_id for step in steps], fresh=True,
+                colours=colour_counts(strategy, [step.aspect for step in steps]))  # fmt: skip
     usable = [step for step in steps if step.product_id in store.vectors]
     if not any(step.mark != DISLIKED for step in usable):
         newest = next(step for step in reversed(steps) if step.mark != DISLIKED)
@@ -532,7 +534,8 @@ def _rank(
         vectors=store.matrix(ids),
         marks=tuple(step.mark for step in steps),
         aspects=tuple(step.aspect for step in steps),
-        colours=store.colour_matrix(ids),
+        # Read only where colour enters the scores: plain neighbours' default steps never read a descriptor.
+        colours=store.colour_matrix(ids) if colour_counts(strategy, [step.aspect for step in steps]) else None,
         skipped=pushed,
         skipped_age=None if pushed is None else np.zeros(1, dtype=np.int64),
         image_spread=store.image_spread,

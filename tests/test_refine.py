@@ -17,7 +17,7 @@ from gallery.models import Product
 from gallery.trail import Trail, TrailError
 from recommender import refine, runtime, selectors, services
 from recommender.colour import COLOUR_DIM, COLOUR_SPACE, colour_descriptor
-from recommender.index import IndexReader
+from recommender.index import IndexReader, LoadedIndex
 from recommender.models import Embedding
 from recommender.preprocess import image_prepare
 from tests.support.engine import engine_knows
@@ -162,6 +162,28 @@ def test_plain_neighbours_rank_no_earlier_grid(client, demo_catalog_db, monkeypa
     steps = demo_catalog_db[10:70:10]
     api_ids(client, steps[-1], trail=",".join(map(str, steps)))
     assert len(calls) == 1
+
+
+def test_colour_is_read_only_where_it_enters_the_scores(client, demo_catalog_db, monkeypatch, settings):
+    # Plain neighbours rank by the image alone: their clicks read no colour descriptor (the build's or stored),
+    # and their grid is the one the image vectors give. A step asking for the same colour, or the served
+    # strategy's blend, reads them.
+    read: list[str] = []
+    built, stored = LoadedIndex.colours_of, selectors.stored_vectors
+    monkeypatch.setattr(LoadedIndex, "colours_of", lambda self, items: read.append("build") or built(self, items))
+    monkeypatch.setattr(
+        selectors, "stored_vectors", lambda wanted: read.extend(s for s in wanted if wanted[s]) or stored(wanted)
+    )
+    a, b = demo_catalog_db[30], demo_catalog_db[31]
+    settings.REFINE_STRATEGY = "neighbours"
+    plain = api_ids(client, b, trail=f"{a},{b}")
+    assert COLOUR_SPACE not in read and "build" not in read and len(plain) == 25
+    api_ids(client, b, trail=f"{a},{b}c")
+    assert "build" in read or COLOUR_SPACE in read
+    read.clear()
+    settings.REFINE_STRATEGY = "coherent"
+    api_ids(client, b, trail=f"{a},{b}")
+    assert "build" in read or COLOUR_SPACE in read
 
 
 # --- "Not like this" and aspects ---------------------------------------------------------------------
