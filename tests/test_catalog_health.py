@@ -437,7 +437,7 @@ def test_each_kind_has_a_page_with_thumbnails_side_by_side(health_catalog, staff
     labels = staff.get("/admin/gallery/healthscan/kind/label/").content.decode()
     assert "Accept Watches" in labels
     flipped = Product.objects.get(id=health_catalog["flipped"])
-    assert f"its name, “{escape(flipped.name)}”" in labels
+    assert f"from its name, “{escape(flipped.name)}”" in labels
     # Beside the product, the look-alikes it was judged by.
     label = _finding(scan, FindingKind.LABEL, health_catalog["flipped"])
     assert Product.objects.get(id=label.detail["neighbours"][0]).thumbnail.url in labels
