@@ -202,6 +202,9 @@ class _Vectors:
         self._newer = {pid: vector for pid, _, vector in self.delta}  # bytes: decoded only for the products asked
         self.vectors = _Rows()
         self.colours = _Rows()
+        # Which vector is each candidate's current one, as looked up in this request: a trail's searches (a cold
+        # link ranks every earlier page again) ask the database once per product (selectors.similar_products).
+        self.current: dict[int, int | None] = {}
         self._looked_up: set[int] = set()
         self._colours_looked_up: set[int] = set()
 
@@ -546,14 +549,19 @@ def _rank(
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
             vector=query, k=OVERFETCH * k, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed,
-            fresh=store.delta,
+            fresh=store.delta, current=store.current,
         ):  # fmt: skip
             pool.setdefault(n.product_id)
     if len(pool) < k and hidden:
         # Everything left was shown before (a narrow filter, a long trail): show it again rather than fewer.
         for query in query_vectors(trail=trail, strategy=strategy):
             for n in selectors.similar_products(
-                vector=query, k=k, exclude_ids=frozenset(on_trail), allowed_ids=allowed, fresh=store.delta
+                vector=query,
+                k=k,
+                exclude_ids=frozenset(on_trail),
+                allowed_ids=allowed,
+                fresh=store.delta,
+                current=store.current,
             ):
                 pool.setdefault(n.product_id)
     candidates = list(pool)

@@ -305,22 +305,30 @@ def _index_exact(
 _CURRENT_MARGIN = 16
 
 
-def _still_current(*, space: str, candidates: list[tuple[int, int, float]], k: int) -> list[tuple[int, int, float]]:
+def _still_current(
+    *, space: str, candidates: list[tuple[int, int, float]], k: int, current: dict[int, int | None] | None = None
+) -> list[tuple[int, int, float]]:
     """The ``candidates`` (best first) whose index vector is still their product's vector, in order.
 
     The index's vector is served only while it is still the product's: indexed look-ups drop deleted
     and re-imaged products. Only as many are looked up as the best ``k`` need: the first ``k`` that
     pass, and any scored the same as the ``k``-th (a tie the caller breaks by product id), so a grid
-    of 200 candidates out of an over-fetch of 900 reads 200-odd rows, not 900.
+    of 200 candidates out of an over-fetch of 900 reads 200-odd rows, not 900. ``current`` (product id ->
+    its current embedding id, None: none) holds what this request has looked up already; it is read first
+    and added to.
     """
     if k <= 0:
         return []
+    known: dict[int, int | None] = {} if current is None else current
     passed: list[tuple[int, int, float]] = []
     start = 0
     while start < len(candidates) and (len(passed) < k or candidates[start][2] >= passed[k - 1][2]):
         part = candidates[start : start + max(k - len(passed), 1) + _CURRENT_MARGIN]
-        current = _current_pairs(space=space, product_ids=[pid for pid, _, _ in part])
-        passed += [row for row in part if (row[0], row[1]) in current]
+        unknown = [pid for pid, _, _ in part if pid not in known]
+        if unknown:
+            found = dict(_current_pairs(space=space, product_ids=unknown))  # one vector per product and space
+            known.update((pid, found.get(pid)) for pid in unknown)
+        passed += [row for row in part if known[row[0]] == row[1]]
         start += len(part)
     return passed
 
@@ -372,6 +380,7 @@ def similar_products(
     exclude_ids: frozenset[int] = frozenset(),
     allowed_ids: np.ndarray | None = None,
     fresh: list[tuple[int, int, bytes]] | None = None,
+    current: dict[int, int | None] | None = None,
 ) -> list[Neighbour]:
     """The ``k`` products nearest to ``vector`` (cosine), best first, none of ``exclude_ids``.
 
@@ -381,10 +390,13 @@ def similar_products(
     sorted int64 array) restricts the result to those products; its results
     match an exact search over the allowed products' vectors. ``fresh`` is
     ``delta_rows`` read already in this request (a trail's several searches
-    read it once). Raises SimilarityUnavailable when no index can answer.
+    read it once), ``current`` this request's record of which vector is each
+    product's (a trail's searches look each candidate up once; added to).
+    Raises SimilarityUnavailable when no index can answer.
     """
     with stage("index"):
-        return _similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids, fresh=fresh)
+        return _similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids, fresh=fresh,
+                                 current=current)  # fmt: skip
 
 
 def _similar_products(
@@ -394,6 +406,7 @@ def _similar_products(
     exclude_ids: frozenset[int],
     allowed_ids: np.ndarray | None,
     fresh: list[tuple[int, int, bytes]] | None,
+    current: dict[int, int | None] | None = None,
 ) -> list[Neighbour]:
     space = runtime.active_space()
     vector = np.asarray(vector, dtype=np.float32)
@@ -415,7 +428,7 @@ def _similar_products(
         while True:
             found = _index_candidates(loaded, vector, want=want, allowed=allowed)
             candidates = [row for row in found if row[0] not in exclude_ids and row[0] not in fresh_products]
-            for pid, _, score in _still_current(space=space, candidates=candidates, k=k):
+            for pid, _, score in _still_current(space=space, candidates=candidates, k=k, current=current):
                 best.setdefault(pid, score)
             if len(best) >= k or len(found) < want or want >= loaded.meta.count:
                 break

@@ -342,6 +342,16 @@ def test_only_the_candidates_the_grid_needs_are_checked_and_the_result_is_the_sa
         if k <= 200:
             assert len(asked) <= 2 * k + 3 * 16  # not the 1,200
     assert selectors._still_current(space=space, candidates=candidates, k=0) == []
+    # With one request's record of what is current, a second search over the same candidates asks nothing again
+    # and answers alike; a deleted product is recorded as having no vector.
+    current: dict[int, int | None] = {}
+    asked.clear()
+    first = selectors._still_current(space=space, candidates=candidates, k=200, current=current)
+    once = list(asked)
+    assert selectors._still_current(space=space, candidates=candidates, k=200, current=current) == first
+    assert asked == once and len(set(once)) == len(once)
+    assert first == selectors._still_current(space=space, candidates=candidates, k=200)
+    assert all(current[pid] is None for pid in deleted if pid in current) and any(p in current for p in deleted)
 
 
 def test_stored_vectors_equal_the_orm_rows(odd_catalog):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 
 from gallery.models import Product
@@ -152,6 +153,28 @@ def test_a_trails_earlier_grids_are_ranked_once(client, demo_catalog_db, monkeyp
     calls.clear()
     api_ids(client, grid[0], trail=f"{trail},{grid[0]}")
     assert len(calls) == 1
+
+
+def test_a_cold_link_asks_once_per_product_if_its_vector_is_current(client, demo_catalog_db, monkeypatch, settings):
+    # Opened cold, a link ranks each earlier page again; their candidates overlap, and each product's current
+    # vector is looked up once per request. The grid is the one the look-ups one search at a time give.
+    settings.GRID_CACHE_TTL_S = 0
+    asked: list[int] = []
+    checked = selectors._current_pairs
+    monkeypatch.setattr(selectors, "_current_pairs", lambda **kw: asked.extend(kw["product_ids"]) or checked(**kw))
+    steps = demo_catalog_db[10:70:10]
+    trail = ",".join(map(str, steps))
+    refine.forget()
+    cache.clear()
+    grid = api_ids(client, steps[-1], trail=trail)
+    assert asked and len(asked) == len(set(asked))
+    real = selectors.similar_products
+    monkeypatch.setattr(selectors, "similar_products", lambda **kw: real(**{**kw, "current": None}))
+    refine.forget()
+    cache.clear()  # the earlier pages' grids too: ranked again
+    asked.clear()
+    assert api_ids(client, steps[-1], trail=trail) == grid
+    assert len(asked) > len(set(asked))  # without the record, the pages' overlapping candidates are asked again
 
 
 def test_plain_neighbours_rank_no_earlier_grid(client, demo_catalog_db, monkeypatch, settings):
