@@ -526,10 +526,11 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
 
     Vector part: ``n`` synthetic clustered unit vectors memory-mapped as the build holds them, scanned as
     ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
-    judged from those neighbours and the rows' names. Pixel part, at its bound: MAX_FINGERPRINTS thumbnails read
-    for their fingerprints (as many as the scan reads when every product is a duplicate candidate) and MAX_COMPARED
-    pairs registered, each photo read again (the cache missing every time): per-read and per-pair costs
-    measured on real drawn thumbnails (320 pixels, a product and a resized, cropped copy of another's).
+    judged from those neighbours (type and category from the rows' names too). Pixel part, at its bound:
+    MAX_FINGERPRINTS thumbnails read for their fingerprints (as many as the scan reads when every product is a
+    duplicate candidate) and MAX_COMPARED pairs registered, each photo read again (the cache missing every
+    time): per-read and per-pair costs measured on real drawn thumbnails (320 pixels, a product and a resized,
+    cropped copy of another's).
     """
     from bench.common import synthetic_vectors
     from gallery.catalog import styles_read
