@@ -490,13 +490,9 @@ def _names_only(labels: list[str], names: list[str], min_ratio: float = 10.0) ->
     their own (the scan's name model, ``catalog_health._name_likelihoods``, without the look-alikes)."""
     from gallery import catalog_health as health
 
-    values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
-    empty, codes = int(codes[-1]), codes[:-1]
+    values, codes, empty = health.label_codes(labels)
     likelihood, own = health._name_likelihoods(names=names, codes=codes, size=len(values), empty=empty)
-    likelihood[np.arange(len(codes)), codes] = -np.inf
-    likelihood[:, empty] = -np.inf
-    likelihood[:, np.bincount(codes, minlength=len(values)) == 0] = -np.inf
-    best = likelihood.argmax(axis=1)
+    best = health.likeliest_other(likelihood, codes=codes, empty=empty)
     ratio = likelihood[np.arange(len(codes)), best] - own
     rows = [r for r in np.argsort(-ratio, kind="stable").tolist() if codes[r] != empty and ratio[r] >= min_ratio]
     return [health.LabelSuspect(row=r, suggested=str(values[best[r]]), ratio=float(ratio[r]), share=0.0, votes=0,

@@ -138,9 +138,7 @@ def label_suspects(
     compass drawn like a clock but named "compass" is not pulled toward *clocks* by its name.
     """
     n, k = neighbour_rows.shape
-    values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
-    empty = int(codes[-1])
-    codes = codes[:-1]
+    values, codes, empty = label_codes(labels)
     size = len(values)
     votes = np.where(neighbour_rows >= 0, codes[neighbour_rows.clip(min=0)], empty)
     counts = np.zeros((n, size))
@@ -161,10 +159,7 @@ def label_suspects(
     )
     likelihood += name_likelihood
     own_likelihood = own_likelihood + name_own
-    likelihood[np.arange(n), codes] = -np.inf
-    likelihood[:, empty] = -np.inf
-    likelihood[:, np.bincount(codes, minlength=size) == 0] = -np.inf  # a label no product carries is not suggested
-    best = likelihood.argmax(axis=1)
+    best = likeliest_other(likelihood, codes=codes, empty=empty)
     ratio = likelihood[np.arange(n), best] - own_likelihood
     name_ratio = name_likelihood[np.arange(n), best] - name_own
     voters = counts.sum(axis=1)
@@ -183,6 +178,21 @@ def label_suspects(
     ]
     out.sort(key=lambda s: (-s.ratio, s.row))
     return out
+
+
+def label_codes(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the distinct labels, each row's code into them, the code of the empty label)."""
+    values, codes = np.unique(np.asarray([*labels, ""], dtype=object).astype(str), return_inverse=True)
+    return values, codes[:-1], int(codes[-1])
+
+
+def likeliest_other(likelihood: np.ndarray, *, codes: np.ndarray, empty: int) -> np.ndarray:
+    """Per row of ``likelihood`` (n, T), the label likeliest other than its own, the empty one and labels no
+    product carries (those are set to -inf in ``likelihood``)."""
+    likelihood[np.arange(len(codes)), codes] = -np.inf
+    likelihood[:, empty] = -np.inf
+    likelihood[:, np.bincount(codes, minlength=likelihood.shape[1]) == 0] = -np.inf  # not suggested
+    return likelihood.argmax(axis=1)
 
 
 def _name_words(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
