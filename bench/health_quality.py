@@ -12,15 +12,9 @@ Quality. Into each catalog it injects, with a fixed seed:
 * 2 % of the original products' articleType flipped to another type of the catalog (for drawn rows, one drawn
   as another shape, so the photo really contradicts the label): the truth of the suspect-label kind;
 * 20 broken photos (blank white, grey or black, a "no image" placeholder, noise, a corner of a photo blown up):
-  the truth of the outlier kind.
-
-            if name not in {"drawn", "art", "art-full"}:
-                raise SystemExit(f"unknown catalog {name!r}: drawn, art or art-full")
-            catalog = (
-                _drawn(args.rows, log) if name == "drawn" else _art(log, "full" if name == "art-full" else "small")
-            )
-            size = args.rows if name == "drawn" else name.removeprefix("art").strip("-") or "small"
-            cache = CACHE / "vectors" / f"{name.split('-')[0]}-{size}-{SEED}.npz"
+  the truth of the outlier kind. Each is a product of the catalog whose photo went wrong: it carries the labels
+  and name of the original product its photo was made from (as a shop's product with a broken upload does),
+  so three "no image" placeholders stand for products of three kinds.
 
 Images and vectors are cached under ~/.cache/visual-gallery/bench/health/ (never committed).
 """
@@ -227,13 +221,15 @@ def _inject(catalog: Catalog, directory: Path, *, flip_to, log) -> None:  # noqa
     for i in range(BROKEN):
         broken_id = BROKEN_BASE + i
         path = extra / f"{broken_id}.jpg"
+        source_id = originals[(i * 37) % len(originals)]
         if not path.exists():
-            with Image.open(catalog.images[originals[(i * 37) % len(originals)]]) as source:
+            with Image.open(catalog.images[source_id]) as source:
                 _broken(i, random.Random(f"{SEED}:b{i}"), source).save(path, "JPEG", quality=85)
         catalog.images[broken_id] = path
         catalog.broken.add(broken_id)
-        catalog.article[broken_id], catalog.master[broken_id], catalog.colour[broken_id] = "", "", ""
-        catalog.names[broken_id] = f"Product {broken_id}"
+        # A real product whose photo went wrong: the labels and name of the product the photo was made from.
+        for labels in (catalog.article, catalog.master, catalog.colour, catalog.names):
+            labels[broken_id] = labels[source_id]
     for product in rng.sample(originals, round(FLIP_SHARE * len(originals))):
         true = catalog.article[product]
         catalog.flipped[product] = (true, flip_to(true, rng))
@@ -392,6 +388,56 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     # The simplest alternative: identical bytes. Every copy was re-encoded, so it finds none of them.
     out["duplicates_by_hash"] = {"recall": share(len(hash_pairs & truth), len(truth)), "pairs": len(hash_pairs)}
 
+    # Outliers.
+    iso = result.isolation
+    outliers = {int(ids[i]) for i in np.nonzero(iso >= health.OUTLIER_ISOLATION)[0]}
+    most_isolated = [int(ids[i]) for i in np.argsort(-iso)[:BROKEN]]
+    out["outliers"] = {
+        "isolation": health.OUTLIER_ISOLATION,
+        "precision": share(len(outliers & catalog.broken), len(outliers)),
+        "recall": share(len(outliers & catalog.broken), len(catalog.broken)),
+        "recall_in_top_20": share(len(set(most_isolated) & catalog.broken), len(catalog.broken)),
+        "isolation_quantiles": {
+            "broken min": round(float(min(iso[np.isin(ids, list(catalog.broken))])), 3),
+            "catalog p99": round(float(np.quantile(iso[~np.isin(ids, list(catalog.broken))], 0.99)), 3),
+            "catalog max": round(float(max(iso[~np.isin(ids, list(catalog.broken))])), 3),
+        },
+    }
+    # Blank photos and static (the "no usable image" kind): judged from the photos the scan reads anyway, those of
+    # the duplicate candidates and of the outliers.
+    for pid in outliers:
+        if pid not in judged:
+            judged[pid] = health.photo_judged(catalog.images[pid])
+    blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
+    static = {pid for pid, (_, noise) in judged.items() if noise}
+    # One picture shown for products of several kinds (a placeholder): the duplicate groups the scan forms, broken
+    # photos included, and exact copies by their bytes.
+    joined = np.array(
+        [p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE], np.int64
+    ).reshape(-1, 2)
+    groups = health.duplicate_groups(
+        pairs=joined, pair_cosines=np.ones(len(joined)), hashes={pid: d for d, g in digests.items() for pid in g}
+    )
+    placeholder = set(health.placeholders(groups=groups, kind_of=catalog.article))
+    false_groups = [g.product_ids for g in groups if set(g.product_ids) <= placeholder - catalog.broken]
+    raised = blank | static | outliers | placeholder
+    out["blank_or_outlier"] = {
+        "blank_precision": share(len(blank & catalog.broken), len(blank)),
+        "static_precision": share(len(static & catalog.broken), len(static)),
+        "placeholder_precision": share(len(placeholder & catalog.broken), len(placeholder)),
+        "placeholder_false_groups": [  # (products, their types, their master categories)
+            (len(g), sorted({catalog.article[p] for p in g}), sorted({catalog.master[p] for p in g}))
+            for g in false_groups
+        ][:40],
+        "recall": share(len(raised & catalog.broken), len(catalog.broken)),
+        "recall_without_placeholder": share(len((blank | static | outliers) & catalog.broken), len(catalog.broken)),
+        "recall_without_static": share(len((blank | outliers) & catalog.broken), len(catalog.broken)),
+        "broken_fingerprinted": len(catalog.broken & set(judged)),
+    }
+    # The scan judges no label of a product without a usable image (blank, static, a placeholder): its look-alikes
+    # are chance.
+    unusable = blank | static | placeholder
+
     # Suspect labels (articleType): ranked by the likelihood ratio.
     order = np.argsort(ids)
     pos = np.searchsorted(ids[order], result.neighbour_ids.clip(min=0))
@@ -400,6 +446,7 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     flips = set(catalog.flipped)
 
     def ranked(suspects: list, key: str) -> dict:
+        suspects = [s for s in suspects if int(ids[s.row]) not in unusable]
         flagged = [int(ids[s.row]) for s in suspects]
         top = flagged[:100]
         return {
@@ -427,7 +474,7 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     out["labels_names_only"] = ranked(_names_only(labels, names), "name alone: likelihood ratio >= e^10")
     everything = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names, min_ratio=0.0)
     out["labels_ratio_sweep"] = [
-        (t, *(lambda f: (len(f & flips), len(f)))({int(ids[s.row]) for s in everything if s.ratio >= t}))
+        (t, *(lambda f: (len(f & flips), len(f)))({int(ids[s.row]) for s in everything if s.ratio >= t} - unusable))
         for t in (0, 2, 5, 8, 10, 12, 15, 20, 30)
     ]  # threshold, flips raised, raised
     # The rule before: at least 70 % of the ten nearest carry one other label, ranked by (share - own share).
@@ -436,7 +483,10 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     one = [
         (float(result.neighbour_cosines[i, 0]), int(ids[i]))
         for i in range(len(ids))
-        if neighbour_rows[i, 0] >= 0 and labels[neighbour_rows[i, 0]] and labels[neighbour_rows[i, 0]] != labels[i]
+        if int(ids[i]) not in unusable
+        and neighbour_rows[i, 0] >= 0
+        and labels[neighbour_rows[i, 0]]
+        and labels[neighbour_rows[i, 0]] != labels[i]
     ]
     one.sort(reverse=True)
     top1 = [pid for _, pid in one[:100]]
@@ -445,36 +495,6 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         "recall": share(len({pid for _, pid in one} & flips), len(flips)),
     }
 
-    # Outliers.
-    iso = result.isolation
-    outliers = {int(ids[i]) for i in np.nonzero(iso >= health.OUTLIER_ISOLATION)[0]}
-    ranked = [int(ids[i]) for i in np.argsort(-iso)[:BROKEN]]
-    out["outliers"] = {
-        "isolation": health.OUTLIER_ISOLATION,
-        "precision": share(len(outliers & catalog.broken), len(outliers)),
-        "recall": share(len(outliers & catalog.broken), len(catalog.broken)),
-        "recall_in_top_20": share(len(set(ranked) & catalog.broken), len(catalog.broken)),
-        "isolation_quantiles": {
-            "broken min": round(float(min(iso[np.isin(ids, list(catalog.broken))])), 3),
-            "catalog p99": round(float(np.quantile(iso[~np.isin(ids, list(catalog.broken))], 0.99)), 3),
-            "catalog max": round(float(max(iso[~np.isin(ids, list(catalog.broken))])), 3),
-        },
-    }
-    # Blank photos and static (the "no usable image" kind): judged from the photos the scan reads anyway, those of
-    # the duplicate candidates and of the outliers.
-    for pid in outliers:
-        if pid not in judged:
-            judged[pid] = health.photo_judged(catalog.images[pid])
-    blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
-    static = {pid for pid, (_, noise) in judged.items() if noise}
-    raised = blank | static | outliers
-    out["blank_or_outlier"] = {
-        "blank_precision": share(len(blank & catalog.broken), len(blank)),
-        "static_precision": share(len(static & catalog.broken), len(static)),
-        "recall": share(len(raised & catalog.broken), len(catalog.broken)),
-        "recall_without_static": share(len((blank | outliers) & catalog.broken), len(catalog.broken)),
-        "broken_fingerprinted": len(catalog.broken & set(judged)),
-    }
     log(json.dumps(out, indent=1, default=str))
     return out
 

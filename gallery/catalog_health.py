@@ -70,6 +70,10 @@ NAME_WITNESSED = frozenset({"article_type", "master_category"})
 # An image is an outlier when its mean cosine to its NEIGHBOURS nearest products is below 1 - this (above the
 # 99.9th percentile of both measured catalogs, so a clean catalog raises a handful at most).
 OUTLIER_ISOLATION = 0.6
+# One picture (the same photo, as the duplicate rule judges it) shown for products of at least this many article
+# types is a placeholder ("no image", "coming soon"): it shows none of them. A near-duplicate pair whose one
+# product is mislabelled carries two types; three cannot come from one slip.
+PLACEHOLDER_KINDS = 3
 # Findings kept per kind and scan, the most confident first: the page is a work list, not an export.
 MAX_FINDINGS = 5000
 # A scan claimed this long ago whose worker never finished it no longer blocks a new one.
@@ -286,6 +290,17 @@ def duplicate_groups(*, pairs: np.ndarray, pair_cosines: np.ndarray, hashes: dic
         exact = len(digests) == 1 and "" not in digests
         out.append(DuplicateGroup(product_ids=group, confidence=1.0 if exact else weakest.get(i, 1.0), exact=exact))
     out.sort(key=lambda g: (-g.confidence, g.product_ids[0]))
+    return out
+
+
+def placeholders(*, groups: Sequence[DuplicateGroup], kind_of: dict[int, str]) -> dict[int, int]:
+    """Product id -> how many article types its picture is shown for, for every product of a duplicate group (one
+    picture) whose products carry at least PLACEHOLDER_KINDS different types: a placeholder, no photo of its own."""
+    out: dict[int, int] = {}
+    for group in groups:
+        kinds = {kind_of.get(pid, "") for pid in group.product_ids} - {""}
+        if len(kinds) >= PLACEHOLDER_KINDS:
+            out.update(dict.fromkeys(group.product_ids, len(kinds)))
     return out
 
 
@@ -545,7 +560,9 @@ def _findings(
     difference = pairs_compare(pairs=pairs[chosen], photo=photo)
     same = difference <= duplicate_difference
     agreement = 1.0 - difference[same] / 255.0  # 1: the registered photos agree pixel for pixel
-    for group in duplicate_groups(pairs=pairs[chosen][same], pair_cosines=agreement, hashes=hashes):
+    groups = duplicate_groups(pairs=pairs[chosen][same], pair_cosines=agreement, hashes=hashes)
+    shared = placeholders(groups=groups, kind_of={pid: row[2] for pid, row in rows.items()})
+    for group in groups:
         out.append(
             HealthFinding(
                 kind=FindingKind.DUPLICATE,
@@ -621,9 +638,9 @@ def _findings(
                 )
             )
 
-    # No usable image: none at all, one that could not be embedded, a file gone from storage, a blank photo or
+    # No usable image: none at all, one that could not be embedded, a file gone from storage, a blank photo,
     # static (judged from the fingerprints read above: duplicate candidates, where repeated placeholders land, and
-    # outliers, where a lone one does).
+    # outliers, where a lone one does) or one picture standing for products of several kinds (a placeholder).
     for pid in isolated:
         if pid not in fingerprints:
             fingerprints[pid], static = _thumbnail_read(rows[pid][-1])
@@ -642,6 +659,8 @@ def _findings(
             reason = "the photo is blank (a single colour)"
         elif pid in noise:
             reason = "the photo is noise (no picture in it)"
+        elif pid in shared:
+            reason = f"the same picture is shown for products of {shared[pid]} kinds (a placeholder)"
         else:
             continue
         out.append(

@@ -376,6 +376,56 @@ def test_a_scan_at_its_fingerprint_bound_reads_no_more_and_still_finds_the_copy(
     assert exact is not None and exact.detail["exact"] is True
 
 
+def _placeholder_picture() -> bytes:
+    """A shop's "no image" picture: a grey frame crossed by a diagonal, a caption under it."""
+    image = Image.new("RGB", (300, 400), (235, 235, 235))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([40, 60, 260, 320], outline=(150, 150, 150), width=5)
+    draw.line([40, 60, 260, 320], fill=(150, 150, 150), width=4)
+    draw.text((100, 340), "NO IMAGE", fill=(90, 90, 90))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_one_picture_shown_for_products_of_three_kinds_is_a_placeholder_and_a_mislabelled_copy_is_not(
+    health_catalog, demo_dir, tmp_path
+):
+    rows = {r.id: r for r in styles_read(demo_dir / "styles.csv") if hasattr(r, "fields")}
+    watch = next(
+        r for r in rows.values() if r.fields["article_type"] == "Watches" and r.id != health_catalog["flipped"]
+    )
+    kinds = {"Watches": 990011, "Handbags": 990012, "Jeans": 990013}
+    picture = _placeholder_picture()
+    lines = [_line(pid, {**watch.fields, "article_type": kind, "name": f"New {kind}"}) for kind, pid in kinds.items()]
+    images = dict.fromkeys(kinds.values(), picture)
+    # The same photo of a watch under a second id, that one labelled jeans: two kinds, one of them a slip.
+    lines.append(_line(990014, {**watch.fields, "article_type": "Jeans"}))
+    images[990014] = (demo_dir / "images" / f"{watch.id}.jpg").read_bytes()
+    write_catalog(tmp_path / "more", lines, images)
+    catalog_import(directory=tmp_path / "more", enqueue=False, workers=1)
+    services.products_embed(product_ids=[*kinds.values(), 990014])
+    services.index_rebuild()
+
+    scan = _scan()
+    group = _finding(scan, FindingKind.DUPLICATE, 990011)
+    assert group is not None and group.product_ids == sorted(kinds.values()) and group.detail["exact"] is True
+    for pid in kinds.values():
+        finding = _finding(scan, FindingKind.NO_IMAGE, pid)
+        assert finding is not None, pid
+        assert finding.detail["reason"] == "the same picture is shown for products of 3 kinds (a placeholder)"
+        # Its look-alikes are chance: its label is not judged.
+        assert _finding(scan, FindingKind.LABEL, pid) is None
+    copy = _finding(scan, FindingKind.DUPLICATE, 990014)
+    assert copy is not None and copy.product_ids == sorted([watch.id, 990014])
+    assert (
+        _finding(scan, FindingKind.NO_IMAGE, 990014) is None and _finding(scan, FindingKind.NO_IMAGE, watch.id) is None
+    )
+    # The copy's label is the slip: the duplicate and its suspect label are both the admin's to see.
+    assert _finding(scan, FindingKind.LABEL, 990014) is not None
+
+
 @pytest.mark.django_db
 def test_the_command_without_a_published_index_says_so():
     ProductFactory()
