@@ -4,6 +4,8 @@
     .venv/bin/python bench/served_shoppers.py --catalogs art --strategies neighbours,coherent --head pca256 \\
         --json /tmp/pca.json
     .venv/bin/python bench/served_paired.py /tmp/raw.json /tmp/pca.json --markdown /tmp/paired.md
+    .venv/bin/python bench/served_shoppers.py --strategies coherent,coherent:overfetch=6 --json /tmp/of.json
+    .venv/bin/python bench/served_paired.py /tmp/of.json /tmp/of.json --strategies coherent,coherent:overfetch=6
 
 Both runs answer the same paths and shoppers (the bench seeds them from the catalog), so a difference between
 the two servings is read path by path and shopper by shopper: the mean of the per-path differences (second run
@@ -16,7 +18,8 @@ the target. The grids at clicks 2-3 are not paired: which product a path clicks 
 before, so the two runs' readings are of different clicks (compare those by each run's own summary).
 
 Catalogs are matched by name (the ``, pcaN`` a ``--head`` run adds is left out); strategies present in both
-runs are compared. Nothing here asserts; docs/quality.md records the numbers.
+runs are compared, or with ``--strategies FIRST,SECOND`` the first run's FIRST against the second run's SECOND
+(two strategies of one run: give its file twice). Nothing here asserts; docs/quality.md records the numbers.
 """
 
 from __future__ import annotations
@@ -74,9 +77,14 @@ def _catalogs(run: dict) -> dict[str, dict]:
     return {name.removesuffix(suffix): measured for name, measured in run["catalogs"].items()}
 
 
-def compare(first: dict, second: dict, *, resamples: int = RESAMPLES) -> tuple[Table, list[dict]]:
-    """The paired table of two served_shoppers runs, and its rows as dicts."""
+def compare(
+    first: dict, second: dict, *, resamples: int = RESAMPLES, strategies: tuple[str, str] | None = None
+) -> tuple[Table, list[dict]]:
+    """The paired table of two served_shoppers runs, and its rows as dicts: every strategy both ran, or the first
+    run's ``strategies[0]`` against the second's ``strategies[1]``."""
     labels = (first.get("head") or "raw", second.get("head") or "raw")
+    if strategies is not None:
+        labels = (f"{labels[0]} {strategies[0]}", f"{labels[1]} {strategies[1]}")
     table = Table(
         f"Paired: {labels[1]} against {labels[0]}, the same seeded paths and shoppers",
         ["catalog", "strategy", "measure", labels[0], labels[1], f"{labels[1]} − {labels[0]}, paired [95 %]"],
@@ -87,19 +95,27 @@ def compare(first: dict, second: dict, *, resamples: int = RESAMPLES) -> tuple[T
     ours, theirs = _catalogs(first), _catalogs(second)
     for catalog in [name for name in ours if name in theirs]:
         a, b = ours[catalog], theirs[catalog]
-        for strategy in [name for name in a["coherence"] if name in b["coherence"]]:
+        pairs = (
+            [(name, name) for name in a["coherence"] if name in b["coherence"]] if strategies is None else [strategies]
+        )
+        for mine, other in pairs:
+            if mine not in a["coherence"] or other not in b["coherence"]:
+                continue
+            strategy = mine if mine == other else f"{mine} → {other}"
             for kind in PAIRED_GRIDS:
-                if kind not in a["coherence"][strategy] or kind not in b["coherence"][strategy]:
+                if kind not in a["coherence"][mine] or kind not in b["coherence"][other]:
                     continue
                 for key, title in READINGS:
-                    x, y = a["coherence"][strategy][kind][key], b["coherence"][strategy][kind][key]
+                    x, y = a["coherence"][mine][kind][key], b["coherence"][other][kind][key]
                     rows.append(_row(catalog, strategy, f"{title}, {kind}", x, y, resamples=resamples))
             for start in ("grid", "text"):
-                key = f"{strategy}/{start}"
-                if key not in a["convergence"] or key not in b["convergence"]:
+                keys = (f"{mine}/{start}", f"{other}/{start}")
+                if keys[0] not in a["convergence"] or keys[1] not in b["convergence"]:
                     continue
                 for within in FOUND_WITHIN:
-                    x, y = (found_within(run["convergence"][key], within) for run in (a, b))
+                    x, y = (
+                        found_within(run["convergence"][key], within) for run, key in zip((a, b), keys, strict=True)
+                    )
                     where = "the home page's grid" if start == "grid" else "a text search"
                     rows.append(_row(catalog, strategy, f"found ≤ {within}, from {where}", x, y, resamples=resamples))
     for row in rows:
@@ -122,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("first", type=Path, help="served_shoppers --json of the reference run (e.g. raw)")
     parser.add_argument("second", type=Path, help="served_shoppers --json of the run compared (e.g. --head pca256)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument("--strategies", default=None, metavar="FIRST,SECOND",
+                        help="pair the first run's strategy FIRST with the second run's SECOND")  # fmt: skip
     outputs_arguments(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -131,8 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             parser.error(f"{path}: not a served_shoppers --json file ({exc})")
+    strategies = None
+    if args.strategies is not None:
+        names = [name.strip() for name in args.strategies.split(",")]
+        if len(names) != 2 or not all(names):  # noqa: PLR2004
+            parser.error("--strategies takes two names: FIRST,SECOND")
+        strategies = (names[0], names[1])
     try:
-        table, rows = compare(*runs, resamples=args.resamples)
+        table, rows = compare(*runs, resamples=args.resamples, strategies=strategies)
     except NotPaired as exc:
         parser.error(f"the runs are not paired: {exc}")
     if not rows:

@@ -528,7 +528,7 @@ class Engine:
     catalog: ShopperCatalog
     use_colour: bool = True
     k: int = GRID
-    overfetch: int = feedback.OVERFETCH
+    overfetch: int | None = None  # candidates per tile; None: the strategy's own
     _text_cache: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def start(self, behaviour: Behaviour, target: int) -> np.ndarray:
@@ -565,7 +565,7 @@ class Engine:
         seen_age[skipped_rows[recent]] = skipped_age[recent]
         if strategy.hides_seen:
             excluded[seen_age >= 0] = True
-        want = self.k * self.overfetch
+        want = self.k * (self.overfetch or strategy.overfetch)
         pool: list[np.ndarray] = []
         for query in feedback.query_vectors(trail=trail, strategy=strategy):
             scores = cat.vectors @ query

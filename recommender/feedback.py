@@ -6,7 +6,7 @@ click is two thin steps:
 
 1. :func:`query_vectors` gives the unit vector(s) to search the index with (one per liked step for the
    ``best`` combination, one otherwise); the index is asked for an over-fetched candidate set
-   (:data:`OVERFETCH` times the grid) without the trail's products;
+   (the strategy's ``overfetch`` times the grid) without the trail's products;
 2. :func:`grid_rank` scores those candidates (:func:`candidate_scores`: image and colour descriptors blended
    per step, see :mod:`recommender.colour`; products the shopper passed over demoted), picks the grid (with
    maximal marginal relevance where the strategy asks, :func:`diversify`) and returns it in display order
@@ -27,8 +27,9 @@ import numpy as np
 
 from recommender.colour import ASPECT_COLOUR_WEIGHTS, DEFAULT_COLOUR_WEIGHT, Aspect
 
-# Candidates fetched per grid tile before re-ranking: enough for the colour blend, the demotion of what was
-# seen and the diversity pass to find what the image vector alone ranks a little lower.
+# Candidates fetched per grid tile before re-ranking (a strategy's default ``overfetch``): enough for the colour
+# blend, the demotion of what was seen and the diversity pass to find what the image vector alone ranks a little
+# lower. Fewer cost the served strategy convergence from the starting grid (docs/quality.md, "The cost of a click").
 OVERFETCH = 8
 # A step asking for the same colour or the same shape reorders the grid within this many grid's worth of the
 # candidates the default blend ranks first: colour decides among what looks alike, never over it.
@@ -121,6 +122,7 @@ class Strategy:
       shopper has not yet said (by words or a photo) what kind of product they want: its grids span more
       of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
       (None: ``diversity``).
+    - ``overfetch``: candidates asked of the index per grid tile, for the re-rank to choose from.
     """
 
     name: str
@@ -137,6 +139,7 @@ class Strategy:
     colour_weight: float | None = DEFAULT_COLOUR_WEIGHT
     diversity: float = 0.0
     explore_diversity: float | None = None
+    overfetch: int = OVERFETCH
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +155,8 @@ class Strategy:
             raise ValueError("explore_diversity must be at least 0 and below 1")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
+        if self.overfetch < 1:
+            raise ValueError("overfetch must be at least 1")
 
     def exploring(self) -> Strategy:
         """This strategy as it ranks a trail begun on the starting grid (``explore_diversity``'s MMR)."""

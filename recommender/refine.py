@@ -42,7 +42,6 @@ from recommender import runtime, selectors
 from recommender.colour import COLOUR_SPACE, Aspect
 from recommender.feedback import (
     DISLIKED,
-    OVERFETCH,
     PINNED,
     SERVED,
     Strategy,
@@ -548,7 +547,7 @@ def _rank(
     pool: dict[int, None] = {}
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
-            vector=query, k=OVERFETCH * k, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed,
+            vector=query, k=strategy.overfetch * k, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed,
             fresh=store.delta, current=store.current,
         ):  # fmt: skip
             pool.setdefault(n.product_id)

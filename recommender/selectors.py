@@ -133,27 +133,30 @@ def _passes(product_ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
 _LOOKUP_CHUNK = 900
 
 
-def _rows_of(*, fields: tuple[str, ...], space: str, product_ids: list[int]) -> list[tuple]:
-    """``fields`` of the stored vectors of ``space`` for ``product_ids``, with one plain statement per chunk.
+def _rows_of(*, fields: tuple[str, ...], space: str | Sequence[str], product_ids: list[int]) -> list[tuple]:
+    """``fields`` of the stored vectors of ``space`` (one, or several) for ``product_ids``, with one plain statement
+    per chunk.
 
-    The same rows as ``Embedding.objects.filter(space=..., product_id__in=...).values_list(*fields)``:
+    The same rows as ``Embedding.objects.filter(space__in=..., product_id__in=...).values_list(*fields)``:
     a grid's hundreds of candidates would spend more time in the ORM building the IN list than the
     database spends answering.
     """
     if not product_ids:
         return []
+    spaces = [space] if isinstance(space, str) else list(space)
     meta = Embedding._meta
     connection = connections[router.db_for_read(Embedding)]
     quote = connection.ops.quote_name
     columns = ", ".join(quote(meta.get_field(name).column) for name in fields)
     product, space_column = quote(meta.get_field("product").column), quote(meta.get_field("space").column)
+    which = f"{space_column} = %s" if len(spaces) == 1 else f"{space_column} IN ({', '.join(['%s'] * len(spaces))})"
     # Only the model's own table and column names are spliced in; every value is a parameter.
-    head = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {space_column} = %s AND {product} IN "  # noqa: S608
+    head = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {which} AND {product} IN "  # noqa: S608
     rows: list[tuple] = []
     with connection.cursor() as cursor:
         for start in range(0, len(product_ids), _LOOKUP_CHUNK):
             part = [int(pid) for pid in product_ids[start : start + _LOOKUP_CHUNK]]
-            cursor.execute(head + "(" + ", ".join(["%s"] * len(part)) + ")", [space, *part])
+            cursor.execute(head + "(" + ", ".join(["%s"] * len(part)) + ")", [*spaces, *part])
             rows.extend(map(tuple, cursor.fetchall()))
     return rows
 
@@ -167,12 +170,19 @@ def stored_vectors(wanted: dict[str, list[int]]) -> list[tuple[int, str, bytes]]
     """(product id, space, vector) of the stored vectors of each space for its product ids.
 
     The rows of ``Embedding.objects.filter(space=s, product_id__in=ids)`` for every (s, ids), read with
-    plain statements: a trail's steps and the colours its candidates lack, on every click.
+    plain statements: a trail's steps and the colours its candidates lack, on every click. Spaces asked for the
+    same products (a trail's vectors and colours) are read in one statement.
     """
+    by_products: dict[tuple[int, ...], list[str]] = {}
+    for space, product_ids in wanted.items():
+        if product_ids:
+            by_products.setdefault(tuple(sorted(set(product_ids))), []).append(space)
     return [
         (pid, space, bytes(vector))
-        for space, product_ids in wanted.items()
-        for pid, vector in _rows_of(fields=("product", "vector"), space=space, product_ids=product_ids)
+        for product_ids, spaces in by_products.items()
+        for pid, space, vector in _rows_of(
+            fields=("product", "space", "vector"), space=spaces, product_ids=list(product_ids)
+        )  # fmt: skip
     ]
 
 

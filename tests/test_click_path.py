@@ -354,7 +354,7 @@ def test_only_the_candidates_the_grid_needs_are_checked_and_the_result_is_the_sa
     assert all(current[pid] is None for pid in deleted if pid in current) and any(p in current for p in deleted)
 
 
-def test_stored_vectors_equal_the_orm_rows(odd_catalog):
+def test_stored_vectors_equal_the_orm_rows(odd_catalog, django_assert_num_queries):
     vectors = {pid: np.full(4, pid, dtype="<f4").tobytes() for pid in odd_catalog}
     for space in ("efficientnet-lite0-imagenet", "colour-lab294"):
         Embedding.objects.bulk_create(
@@ -371,6 +371,17 @@ def test_stored_vectors_equal_the_orm_rows(odd_catalog):
     ]
     assert sorted(got) == sorted(expected) and len(got) == 952
     assert all(isinstance(vector, bytes) and vector == vectors[pid] for pid, _, vector in got)
+    # A trail's vectors and colours (the same products in both spaces): one statement, the same rows.
+    steps = [9, 7, 8, 5_000_000]
+    with django_assert_num_queries(1):
+        both = selectors.stored_vectors({"efficientnet-lite0-imagenet": steps, "colour-lab294": steps[::-1]})
+    assert sorted(both) == sorted(
+        (pid, space, bytes(vector))
+        for pid, space, vector in Embedding.objects.filter(product_id__in=steps).values_list(
+            "product_id", "space", "vector"
+        )
+    )
+    assert len(both) == 5  # product 7 has no colour
 
 
 # templates/gallery/_filters.html's options as they were, a node per value.

@@ -7,6 +7,7 @@ the real Django test client; the colour descriptor's storage runs the embedding 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from django.core.management import call_command
 
 from gallery.models import Product
 from gallery.trail import Trail, TrailError
-from recommender import refine, runtime, selectors, services
+from recommender import feedback, refine, runtime, selectors, services
 from recommender.colour import COLOUR_DIM, COLOUR_SPACE, colour_descriptor
 from recommender.index import IndexReader, LoadedIndex
 from recommender.models import Embedding
@@ -185,6 +186,21 @@ def test_plain_neighbours_rank_no_earlier_grid(client, demo_catalog_db, monkeypa
     steps = demo_catalog_db[10:70:10]
     api_ids(client, steps[-1], trail=",".join(map(str, steps)))
     assert len(calls) == 1
+
+
+def test_the_index_is_asked_for_the_strategys_candidates_per_tile(client, demo_catalog_db, monkeypatch):
+    asked: list[int] = []
+    real = selectors.similar_products
+    monkeypatch.setattr(selectors, "similar_products", lambda **kwargs: asked.append(kwargs["k"]) or real(**kwargs))
+    product = demo_catalog_db[12]
+    for overfetch in (feedback.COHERENT.overfetch, 3):
+        strategy = replace(feedback.COHERENT, overfetch=overfetch)
+        monkeypatch.setattr(refine, "strategy_served", lambda name=None, chosen=strategy: chosen)
+        refine.forget()
+        cache.clear()
+        asked.clear()
+        assert len(api_ids(client, product, trail=str(product))) == 25
+        assert asked == [overfetch * 25]
 
 
 def test_colour_is_read_only_where_it_enters_the_scores(client, demo_catalog_db, monkeypatch, settings):

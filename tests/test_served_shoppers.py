@@ -193,3 +193,13 @@ def test_two_runs_are_compared_path_by_path_and_unpaired_runs_are_refused():
     # Runs over other paths (another count) are refused rather than paired wrongly.
     with pytest.raises(NotPaired, match="not the same paths"):
         compare(run("", first, text), run("pca256", second[:-1], text))
+    # Two strategies of one run, named: the second against the first, on the same paths.
+    both = run("", first, text)
+    measured = both["catalogs"]["art (1,020)"]
+    measured["coherence"]["coherent:overfetch=6"] = {"text": raised}
+    measured["convergence"]["coherent:overfetch=6/grid"] = second
+    _, named = compare(both, both, resamples=2000, strategies=("coherent", "coherent:overfetch=6"))
+    by_measure = {row["measure"]: row for row in named}
+    assert by_measure["found ≤ 3, from the home page's grid"]["difference"] == pytest.approx(0.05)
+    assert by_measure["type share, text"]["difference"] == pytest.approx(0.04)
+    assert {row["strategy"] for row in named} == {"coherent → coherent:overfetch=6"}
