@@ -337,9 +337,23 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         "ms_per_pair": round(1000 * seconds / max(1, len(chosen)), 2),
     }
     compared = [listed[i] for i in chosen.tolist()]
+    # One picture shown for products of several kinds (a placeholder): the duplicate groups the scan forms, broken
+    # photos included, and exact copies by their bytes.
+    joined = np.array(
+        [p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE], np.int64
+    ).reshape(-1, 2)
+    groups = health.duplicate_groups(
+        pairs=joined, pair_cosines=np.ones(len(joined)), hashes={pid: d for d, g in digests.items() for pid in g}
+    )
+    placeholder = set(health.placeholders(groups=groups, kind_of=catalog.article))
+
+    def raised(found: set) -> set:
+        """The pairs the scan raises as near-duplicates: a placeholder's products (one picture for three or more
+        kinds) are raised as having no usable image instead."""
+        return {p for p in found if not (p[0] in placeholder and p[1] in placeholder)}
 
     def found_at(threshold: float, half: int | None = None) -> tuple[int, int, int]:
-        found = evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= threshold})
+        found = raised(evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= threshold}))
         wanted = truth
         if half is not None:  # two halves of every pair, true or not, by the parity of the ids' sum
             found = {p for p in found if sum(p) % 2 == half}
@@ -352,8 +366,8 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     best = max(sweep, key=lambda row: (min(row[1] / max(1, row[2]), row[1] / max(1, row[3])), -row[0]))
     hits, found, wanted = found_at(health.DUPLICATE_DIFFERENCE, 1)
     all_hits, all_found, all_wanted = found_at(health.DUPLICATE_DIFFERENCE)
-    same = evaluated(
-        {p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE}
+    same = raised(
+        evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE})
     )
     out["duplicates"] = {
         "threshold": (health.DUPLICATE_COSINE, health.DUPLICATE_PREFILTER, health.DUPLICATE_DIFFERENCE),
@@ -410,15 +424,6 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
             judged[pid] = health.photo_judged(catalog.images[pid])
     blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
     static = {pid for pid, (_, noise) in judged.items() if noise}
-    # One picture shown for products of several kinds (a placeholder): the duplicate groups the scan forms, broken
-    # photos included, and exact copies by their bytes.
-    joined = np.array(
-        [p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE], np.int64
-    ).reshape(-1, 2)
-    groups = health.duplicate_groups(
-        pairs=joined, pair_cosines=np.ones(len(joined)), hashes={pid: d for d, g in digests.items() for pid in g}
-    )
-    placeholder = set(health.placeholders(groups=groups, kind_of=catalog.article))
     false_groups = [g.product_ids for g in groups if set(g.product_ids) <= placeholder - catalog.broken]
     raised = blank | static | outliers | placeholder
     out["blank_or_outlier"] = {

@@ -71,8 +71,9 @@ NAME_WITNESSED = frozenset({"article_type", "master_category"})
 # 99.9th percentile of both measured catalogs, so a clean catalog raises a handful at most).
 OUTLIER_ISOLATION = 0.6
 # One picture (the same photo, as the duplicate rule judges it) shown for products of at least this many article
-# types is a placeholder ("no image", "coming soon"): it shows none of them. A near-duplicate pair whose one
-# product is mislabelled carries two types; three cannot come from one slip.
+# types is a placeholder ("no image", "coming soon"): it shows none of them, and they are not copies of one product
+# (keeping one would take real products off sale). A near-duplicate pair whose one product is mislabelled carries
+# two types; three cannot come from one slip.
 PLACEHOLDER_KINDS = 3
 # Findings kept per kind and scan, the most confident first: the page is a work list, not an export.
 MAX_FINDINGS = 5000
@@ -563,6 +564,8 @@ def _findings(
     groups = duplicate_groups(pairs=pairs[chosen][same], pair_cosines=agreement, hashes=hashes)
     shared = placeholders(groups=groups, kind_of={pid: row[2] for pid, row in rows.items()})
     for group in groups:
+        if group.product_ids[0] in shared:
+            continue  # products of several kinds under one placeholder: not copies of one product (no usable image)
         out.append(
             HealthFinding(
                 kind=FindingKind.DUPLICATE,

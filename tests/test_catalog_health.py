@@ -409,8 +409,8 @@ def test_one_picture_shown_for_products_of_three_kinds_is_a_placeholder_and_a_mi
     services.index_rebuild()
 
     scan = _scan()
-    group = _finding(scan, FindingKind.DUPLICATE, 990011)
-    assert group is not None and group.product_ids == sorted(kinds.values()) and group.detail["exact"] is True
+    # Three products sharing a placeholder are not copies of one product: no group to keep one of.
+    assert not any(_finding(scan, FindingKind.DUPLICATE, pid) for pid in kinds.values())
     for pid in kinds.values():
         finding = _finding(scan, FindingKind.NO_IMAGE, pid)
         assert finding is not None, pid
