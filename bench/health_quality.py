@@ -418,8 +418,30 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         },
     }
     # Blank photos and static (the "no usable image" kind): judged from the photos the scan reads anyway, those of
-    # the duplicate candidates and of the outliers.
-    for pid in outliers:
+    # the duplicate candidates and of the outliers ...
+    # ... and, as the scan reads them, those of the products whose label is suspect (every field, the most confident
+    # first, at most MAX_LABEL_READS): a broken photo's look-alikes are chance.
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids[order], result.neighbour_ids.clip(min=0))
+    neighbour_rows = np.where(result.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
+    names = [catalog.names[pid] for pid in ids.tolist()]
+    raised_labels = sorted(
+        (
+            (-s.confidence, int(ids[s.row]))
+            for field, values in (
+                ("article_type", catalog.article),
+                ("master_category", catalog.master),
+                ("base_colour", catalog.colour),
+            )  # fmt: skip
+            for s in health.label_suspects(
+                labels=[values[pid] for pid in ids.tolist()],
+                neighbour_rows=neighbour_rows,
+                names=names if field in health.NAME_WITNESSED else None,
+            )
+        ),
+    )
+    suspect_photos = list(dict.fromkeys(pid for _, pid in raised_labels if pid not in judged))
+    for pid in [*outliers, *suspect_photos[: health.MAX_LABEL_READS]]:
         if pid not in judged:
             judged[pid] = health.photo_judged(catalog.images[pid])
     blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
@@ -438,15 +460,15 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
         "recall_without_placeholder": share(len((blank | static | outliers) & catalog.broken), len(catalog.broken)),
         "recall_without_static": share(len((blank | outliers) & catalog.broken), len(catalog.broken)),
         "broken_fingerprinted": len(catalog.broken & set(judged)),
+        "broken_missed": [  # (id, read or not)
+            (pid, pid in judged) for pid in sorted(catalog.broken - raised)
+        ],
     }
     # The scan judges no label of a product without a usable image (blank, static, a placeholder): its look-alikes
     # are chance.
     unusable = blank | static | placeholder
 
     # Suspect labels (articleType): ranked by the likelihood ratio.
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids[order], result.neighbour_ids.clip(min=0))
-    neighbour_rows = np.where(result.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
     labels = [catalog.article[pid] for pid in ids.tolist()]
     flips = set(catalog.flipped)
 
@@ -471,7 +493,6 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
             "rule": key,
         }
 
-    names = [catalog.names[pid] for pid in ids.tolist()]
     suspects = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names)
     out["labels"] = ranked(suspects, f"look-alikes and name: likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
     looks = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows)
@@ -549,7 +570,8 @@ def timing(n: int, dim: int, log) -> dict:  # noqa: ANN001
     ``recommender.api.catalog_scan`` does. Label part: the three label fields of ``n`` rows of the real styles.csv
     judged from those neighbours (type and category from the rows' names too). Pixel part, at its bound:
     MAX_FINGERPRINTS thumbnails read for their fingerprints (as many as the scan reads when every product is a
-    duplicate candidate) and MAX_COMPARED pairs registered, each photo read again (the cache missing every
+    duplicate candidate), MAX_LABEL_READS more for the suspect labels (as many as were raised here below the
+    bound) and MAX_COMPARED pairs registered, each photo read again (the cache missing every
     time): per-read and per-pair costs measured on real drawn thumbnails (320 pixels, a product and a resized,
     cropped copy of another's).
     """
@@ -635,11 +657,13 @@ order = np.argsort(ids)
 pos = np.searchsorted(ids[order], r.neighbour_ids.clip(min=0))
 rows = np.where(r.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
 names = [x[3] for x in labels]
-raised = sum(len(health.label_suspects(labels=[x[i] for x in labels], neighbour_rows=rows,
-                                       names=names if field in health.NAME_WITNESSED else None))
-             for i, field in enumerate(("article_type", "master_category", "base_colour")))
+raised = [s.row for i, field in enumerate(("article_type", "master_category", "base_colour"))
+          for s in health.label_suspects(labels=[x[i] for x in labels], neighbour_rows=rows,
+                                         names=names if field in health.NAME_WITNESSED else None)]
 out["label_seconds"], out["label_cpu_seconds"], out["labels_raised"] = (
-    round(time.perf_counter() - t, 1), round(cpu() - c, 1), raised)
+    round(time.perf_counter() - t, 1), round(cpu() - c, 1), len(raised))
+# Their photos are read too (at most MAX_LABEL_READS), to tell a broken photo raised for its chance look-alikes.
+out["label_photos_read"] = min(len(set(raised)), health.MAX_LABEL_READS)
 files = sorted(Path(thumbs).glob("*.jpg"), key=lambda p: int(p.stem))
 from concurrent.futures import ThreadPoolExecutor
 t, c = time.perf_counter(), cpu()
@@ -660,9 +684,10 @@ out.update({
     "copies_matched": int((diff[: len(files) // 2] <= health.DUPLICATE_DIFFERENCE).sum()), "copies": len(files) // 2,
     "fingerprints_bound": min(n, health.MAX_FINGERPRINTS),
     "pixel_bound_seconds": round(
-        min(n, health.MAX_FINGERPRINTS) * read_pooled + health.MAX_COMPARED * (per_pair + 2 * read), 1),
+        (min(n, health.MAX_FINGERPRINTS) + health.MAX_LABEL_READS) * read_pooled
+        + health.MAX_COMPARED * (per_pair + 2 * read), 1),
     "pixel_seconds_these_candidates": round(
-        min(out["candidate_products"], health.MAX_FINGERPRINTS) * read_pooled
+        (min(out["candidate_products"], health.MAX_FINGERPRINTS) + out["label_photos_read"]) * read_pooled
         + min(health.MAX_COMPARED, len(pairs)) * (per_pair + 2 * read), 1),
 })
 out["peak_rss_mib"] = peak_mib()

@@ -77,6 +77,9 @@ OUTLIER_ISOLATION = 0.6
 PLACEHOLDER_KINDS = 3
 # Findings kept per kind and scan, the most confident first: the page is a work list, not an export.
 MAX_FINDINGS = 5000
+# Photos of suspect labels read per scan to tell a broken photo (whose look-alikes are chance), the most confident
+# first.
+MAX_LABEL_READS = 2000
 # A scan claimed this long ago whose worker never finished it no longer blocks a new one.
 SCAN_STALE_AFTER = timedelta(minutes=30)
 KEY_CHARS = 200
@@ -642,11 +645,17 @@ def _findings(
             )
 
     # No usable image: none at all, one that could not be embedded, a file gone from storage, a blank photo,
-    # static (judged from the fingerprints read above: duplicate candidates, where repeated placeholders land, and
-    # outliers, where a lone one does) or one picture standing for products of several kinds (a placeholder).
-    for pid in isolated:
-        if pid not in fingerprints:
-            fingerprints[pid], static = _thumbnail_read(rows[pid][-1])
+    # static (judged from the fingerprints read: duplicate candidates, where repeated placeholders land, outliers,
+    # where a lone one does, and suspect labels) or one picture standing for products of several kinds.
+    # The photos of the outliers and of the products whose label is suspect are read too (the most confident
+    # suspects first, at most MAX_LABEL_READS): a broken photo's look-alikes are chance, so it is often raised as one.
+    suspects = sorted((f for f in out if f.kind == FindingKind.LABEL), key=lambda f: -f.confidence)
+    unread = [pid for pid in dict.fromkeys(f.product_ids[0] for f in suspects) if pid not in fingerprints]
+    unread = list(dict.fromkeys([*(pid for pid in isolated if pid not in fingerprints), *unread[:MAX_LABEL_READS]]))
+    with ThreadPoolExecutor(max_workers=READERS) as pool:
+        for pid, (fingerprint, static) in zip(unread, pool.map(lambda pid: _thumbnail_read(rows[pid][-1]), unread),
+                                              strict=True):  # fmt: skip
+            fingerprints[pid] = fingerprint
             if static:
                 noise.add(pid)
     failed = dict(api.embedding_failures())

@@ -376,6 +376,26 @@ def test_a_scan_at_its_fingerprint_bound_reads_no_more_and_still_finds_the_copy(
     assert exact is not None and exact.detail["exact"] is True
 
 
+@pytest.mark.django_db
+def test_a_broken_photo_raised_only_as_a_suspect_label_is_read_and_found_unusable(health_catalog, monkeypatch):
+    # With no outliers, the static photo is neither an outlier nor a duplicate candidate: its look-alikes (chance)
+    # make its labels suspect, so its photo is read before a label is raised from them.
+    read: list[str] = []
+    reader = catalog_health._thumbnail_read
+    monkeypatch.setattr(catalog_health, "_thumbnail_read", lambda name: read.append(name) or reader(name))
+    scan = catalog_health.health_scan_run(scan=catalog_health.health_scan_create(), outlier_isolation=2.0)
+    assert not scan.findings.filter(kind=FindingKind.OUTLIER).exists()
+    static = _finding(scan, FindingKind.NO_IMAGE, STATIC_ID)
+    assert static is not None and static.detail["reason"] == "the photo is noise (no picture in it)"
+    assert not any(STATIC_ID in f.product_ids for f in scan.findings.filter(kind=FindingKind.LABEL))
+    assert Product.objects.get(id=STATIC_ID).thumbnail.name in read
+    # Bounded: with no reads allowed for suspects, it is raised as a suspect label again.
+    monkeypatch.setattr(catalog_health, "MAX_LABEL_READS", 0)
+    scan = catalog_health.health_scan_run(scan=catalog_health.health_scan_create(), outlier_isolation=2.0)
+    assert _finding(scan, FindingKind.NO_IMAGE, STATIC_ID) is None
+    assert any(STATIC_ID in f.product_ids for f in scan.findings.filter(kind=FindingKind.LABEL))
+
+
 def _placeholder_picture() -> bytes:
     """A shop's "no image" picture: a grey frame crossed by a diagonal, a caption under it."""
     image = Image.new("RGB", (300, 400), (235, 235, 235))
