@@ -347,13 +347,15 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     )
     placeholder = set(health.placeholders(groups=groups, kind_of=catalog.article))
 
-    def raised(found: set) -> set:
+    def as_duplicates(found: set) -> set:
         """The pairs the scan raises as near-duplicates: a placeholder's products (one picture for three or more
         kinds) are raised as having no usable image instead."""
         return {p for p in found if not (p[0] in placeholder and p[1] in placeholder)}
 
     def found_at(threshold: float, half: int | None = None) -> tuple[int, int, int]:
-        found = raised(evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= threshold}))
+        found = as_duplicates(
+            evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= threshold})
+        )
         wanted = truth
         if half is not None:  # two halves of every pair, true or not, by the parity of the ids' sum
             found = {p for p in found if sum(p) % 2 == half}
@@ -366,7 +368,7 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     best = max(sweep, key=lambda row: (min(row[1] / max(1, row[2]), row[1] / max(1, row[3])), -row[0]))
     hits, found, wanted = found_at(health.DUPLICATE_DIFFERENCE, 1)
     all_hits, all_found, all_wanted = found_at(health.DUPLICATE_DIFFERENCE)
-    same = raised(
+    same = as_duplicates(
         evaluated({p for p, d in zip(compared, difference.tolist(), strict=True) if d <= health.DUPLICATE_DIFFERENCE})
     )
     out["duplicates"] = {
@@ -425,25 +427,21 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
     pos = np.searchsorted(ids[order], result.neighbour_ids.clip(min=0))
     neighbour_rows = np.where(result.neighbour_ids >= 0, order[pos.clip(max=len(ids) - 1)], -1)
     names = [catalog.names[pid] for pid in ids.tolist()]
-    raised_labels = sorted(
-        (
-            (-s.confidence, int(ids[s.row]))
-            for field, values in (
-                ("article_type", catalog.article),
-                ("master_category", catalog.master),
-                ("base_colour", catalog.colour),
-            )  # fmt: skip
-            for s in health.label_suspects(
-                labels=[values[pid] for pid in ids.tolist()],
-                neighbour_rows=neighbour_rows,
-                names=names if field in health.NAME_WITNESSED else None,
-            )
-        ),
+    suspected = (
+        (s.confidence, int(ids[s.row]))
+        for field, values in (
+            ("article_type", catalog.article),
+            ("master_category", catalog.master),
+            ("base_colour", catalog.colour),
+        )
+        for s in health.label_suspects(
+            labels=[values[pid] for pid in ids.tolist()],
+            neighbour_rows=neighbour_rows,
+            names=names if field in health.NAME_WITNESSED else None,
+        )
     )
-    suspect_photos = list(dict.fromkeys(pid for _, pid in raised_labels if pid not in judged))
-    for pid in [*outliers, *suspect_photos[: health.MAX_LABEL_READS]]:
-        if pid not in judged:
-            judged[pid] = health.photo_judged(catalog.images[pid])
+    for pid in health.photos_to_read(outliers=outliers, suspects=suspected, read=judged):
+        judged[pid] = health.photo_judged(catalog.images[pid])
     blank = {pid for pid, (fp, _) in judged.items() if fp is not None and not fp.any()}
     static = {pid for pid, (_, noise) in judged.items() if noise}
     false_groups = [g.product_ids for g in groups if set(g.product_ids) <= placeholder - catalog.broken]

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -306,6 +306,16 @@ def placeholders(*, groups: Sequence[DuplicateGroup], kind_of: dict[int, str]) -
         if len(kinds) >= PLACEHOLDER_KINDS:
             out.update(dict.fromkeys(group.product_ids, len(kinds)))
     return out
+
+
+def photos_to_read(
+    *, outliers: Iterable[int], suspects: Iterable[tuple[float, int]], read: Container[int]
+) -> list[int]:
+    """The products whose photos a scan reads besides its duplicate candidates', each once and none of ``read``:
+    every outlier, then the products of the suspect labels ((confidence, product id)), the most confident first,
+    at most MAX_LABEL_READS of them. A broken photo's look-alikes are chance, so it is often raised as one."""
+    suspected = dict.fromkeys(pid for _, pid in sorted(suspects, key=lambda s: -s[0]) if pid not in read)
+    return list(dict.fromkeys([*(pid for pid in outliers if pid not in read), *list(suspected)[:MAX_LABEL_READS]]))
 
 
 def photo_judged(source: object) -> tuple[np.ndarray | None, bool]:
@@ -647,11 +657,11 @@ def _findings(
     # No usable image: none at all, one that could not be embedded, a file gone from storage, a blank photo,
     # static (judged from the fingerprints read: duplicate candidates, where repeated placeholders land, outliers,
     # where a lone one does, and suspect labels) or one picture standing for products of several kinds.
-    # The photos of the outliers and of the products whose label is suspect are read too (the most confident
-    # suspects first, at most MAX_LABEL_READS): a broken photo's look-alikes are chance, so it is often raised as one.
-    suspects = sorted((f for f in out if f.kind == FindingKind.LABEL), key=lambda f: -f.confidence)
-    unread = [pid for pid in dict.fromkeys(f.product_ids[0] for f in suspects) if pid not in fingerprints]
-    unread = list(dict.fromkeys([*(pid for pid in isolated if pid not in fingerprints), *unread[:MAX_LABEL_READS]]))
+    unread = photos_to_read(
+        outliers=isolated,
+        suspects=((f.confidence, f.product_ids[0]) for f in out if f.kind == FindingKind.LABEL),
+        read=fingerprints,
+    )
     with ThreadPoolExecutor(max_workers=READERS) as pool:
         for pid, (fingerprint, static) in zip(unread, pool.map(lambda pid: _thumbnail_read(rows[pid][-1]), unread),
                                               strict=True):  # fmt: skip
