@@ -47,7 +47,8 @@
   EfficientNet-Lite0 space) with a colour descriptor each, on their own cached SQLite database; each
   strategy the site can serve (``recommender.feedback.SERVED``) answers the same walks, interleaved: a first
   click, the next click of a 10-click walk, and the walk's 10-step link opened cold. Thread CPU per request,
-  each beside plain neighbours'. ``--strategies-dim 256`` times the same at 256-d (a PCA-256 served space).
+  each beside plain neighbours'. ``--strategies-dim 256`` times the same at 256-d (a PCA-256 served space);
+  ``--strategies-also coherent:overfetch=6`` times lab strategies (``lab.strategies.strategy_named``) beside.
 
 Nothing here asserts on timings: targets are reported as met or missed.
 """
@@ -971,11 +972,12 @@ STRATEGY_COST_GOAL = 1.2  # the served strategy's click CPU within this multiple
 
 
 def measure_strategies(
-    *, n: int, walks: int, tmp: Path, log: Callable[[str], None], dim: int = STRATEGY_DIM
+    *, n: int, walks: int, tmp: Path, log: Callable[[str], None], dim: int = STRATEGY_DIM, also: str = ""
 ) -> tuple[Table, list[Target], dict]:
-    """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic ``dim``-d products."""
+    """Each served strategy's thread CPU per click on the same walks at ``n`` synthetic ``dim``-d products, and
+    each lab strategy of ``also`` (comma-separated ``lab.strategies.strategy_named`` specs)."""
     out = tmp / f"strategies-{n}x{dim}.json"
-    data = _vectors_child("strategies", ["--walks", str(walks)], n=n, dim=dim, out=out, log=log)
+    data = _vectors_child("strategies", ["--walks", str(walks), "--also", also], n=n, dim=dim, out=out, log=log)
     results = data["strategies"]
     table = Table(
         f"A click's cost per refinement strategy at {n:,} synthetic {dim}-d vectors with colour descriptors "
@@ -1013,12 +1015,14 @@ def realscale_run(
     strategies_at: int | None = None,
     strategies_only: bool = False,
     strategies_dim: int = STRATEGY_DIM,
+    strategies_also: str = "",
     vectors_only: bool = False,
     events_cost: bool = False,
     availability_cost: bool = False,
 ) -> SectionResult:
     """Prepare (or reuse) the catalog, measure every database, the click at ``vectors`` synthetic vectors, and
-    the strategies' cost at ``strategies_at`` x ``strategies_dim`` (alone with ``strategies_only``)."""
+    the strategies' cost at ``strategies_at`` x ``strategies_dim`` (alone with ``strategies_only``; with the lab
+    strategies of ``strategies_also`` beside the served ones)."""
     if availability_cost:
         result = SectionResult("realscale-availability")
         n = strategies_at or STRATEGY_PRODUCTS
@@ -1050,7 +1054,8 @@ def realscale_run(
         suffix = "" if strategies_dim == STRATEGY_DIM else f"-{strategies_dim}"
         result = SectionResult(f"realscale-strategies{suffix}")
         table, targets, data = measure_strategies(n=strategies_at or STRATEGY_PRODUCTS, walks=5 if quick else 30,
-                                                  tmp=tmp, log=log, dim=strategies_dim)  # fmt: skip
+                                                  tmp=tmp, log=log, dim=strategies_dim,
+                                                  also=strategies_also)  # fmt: skip
         result.tables.append(table)
         result.targets += targets
         result.data = {"strategies": data}
@@ -1149,6 +1154,11 @@ def main(argv: list[str] | None = None) -> int:
         default=STRATEGY_DIM,
         help=f"the vectors' width for the strategies' cost (default {STRATEGY_DIM}; 256: PCA-256)",
     )
+    parser.add_argument(
+        "--strategies-also",
+        default="",
+        help="lab strategies timed beside the served ones, comma-separated specs (e.g. coherent:overfetch=6)",
+    )
     parser.add_argument("--vectors-only", action="store_true", help="measure the click at --vectors alone")
     parser.add_argument("--results", type=Path, default=None, help="default bench/results (quick: bench/results/quick)")
     parser.add_argument(
@@ -1182,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies_at = args.strategies_at if args.strategies_at is not None else STRATEGY_PRODUCTS
         result = realscale_run(quick=args.quick, databases=databases, tmp=tmp, vectors=vectors, log=log,
                                strategies_at=strategies_at, strategies_only=args.strategies_only,
-                               strategies_dim=args.strategies_dim,
+                               strategies_dim=args.strategies_dim, strategies_also=args.strategies_also,
                                vectors_only=args.vectors_only,
                                events_cost=args.events_cost,
                                availability_cost=args.availability_cost)  # fmt: skip

@@ -365,14 +365,19 @@ def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
     out.write_text(json.dumps(results))
 
 
-def strategies(n: int, dim: int, walks: int, out: Path) -> None:
-    """Thread CPU and wall ms per request for each served strategy on the same walks (see the module's doc)."""
-    from django.conf import settings
+def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None = None) -> None:
+    """Thread CPU and wall ms per request for each served strategy, and each of ``also`` (lab strategies by
+    ``lab.strategies.strategy_named`` spec, e.g. ``coherent:overfetch=6``), on the same walks (the module's doc)."""
+    from unittest import mock
+
     from django.core.cache import cache
     from django.test import Client
 
+    from lab.strategies import strategy_named
     from recommender import refine
     from recommender.feedback import SERVED
+
+    arms = {**SERVED, **{spec: strategy_named(spec) for spec in also or []}}
 
     _, timings = _catalog_ready(n, dim, log, with_colours=True)
     client = Client(HTTP_HOST="127.0.0.1")
@@ -403,20 +408,24 @@ def strategies(n: int, dim: int, walks: int, out: Path) -> None:
         return trail
 
     kinds = ("first click", "walk: next click", "10-step link, cold")
-    results = {name: {kind: {"cpu_ms": [], "wall_ms": []} for kind in kinds} for name in SERVED}
+    results = {name: {kind: {"cpu_ms": [], "wall_ms": []} for kind in kinds} for name in arms}
+
+    def serving(name: str):  # noqa: ANN202
+        return mock.patch.object(refine, "strategy_served", return_value=arms[name])
+
     rng = np.random.default_rng(11)
-    for name in SERVED:  # warm: the index mapped, the database's pages read, each strategy's code run
-        settings.REFINE_STRATEGY = name
-        walk(int(rng.integers(1, n + 1)), None)
+    for name in arms:  # warm: the index mapped, the database's pages read, each strategy's code run
+        with serving(name):
+            walk(int(rng.integers(1, n + 1)), None)
     for number in range(walks):
         first = int(rng.integers(1, n + 1))
-        names = list(SERVED)[number % len(SERVED) :] + list(SERVED)[: number % len(SERVED)]  # rotate the order
+        names = list(arms)[number % len(arms) :] + list(arms)[: number % len(arms)]  # rotate the order
         for name in names:
-            settings.REFINE_STRATEGY = name
             forget()
-            trail = walk(first, results[name])
-            forget()
-            cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail)
+            with serving(name):
+                trail = walk(first, results[name])
+                forget()
+                cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail)
             results[name]["10-step link, cold"]["cpu_ms"].append(cpu_ms)
             results[name]["10-step link, cold"]["wall_ms"].append(wall_ms)
     out.write_text(json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results}))
@@ -480,6 +489,8 @@ def main() -> None:
         timed.add_argument("--out", type=Path, required=True)
         for flag, default in extra.items():
             timed.add_argument(flag, type=int, default=default)
+        if name == "strategies":
+            timed.add_argument("--also", default="", help="lab strategies (specs, comma-separated) timed beside")
     args = parser.parse_args()
     django_setup()
     if args.command in ("clicks", "strategies", "hidden"):
@@ -496,7 +507,7 @@ def main() -> None:
     elif args.command == "load-vectors":
         print(json.dumps(vectors_load(args.path)))
     elif args.command == "strategies":
-        strategies(args.n, args.dim, args.walks, args.out)
+        strategies(args.n, args.dim, args.walks, args.out, also=[a for a in args.also.split(",") if a])
     elif args.command == "hidden":
         hidden(args.n, args.dim, args.clicks, args.out)
     else:
