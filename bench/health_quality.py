@@ -493,6 +493,15 @@ def measure(catalog: Catalog, ids: np.ndarray, vectors: np.ndarray, log) -> dict
 
     suspects = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names)
     out["labels"] = ranked(suspects, f"look-alikes and name: likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
+    # How much the look-alikes weigh beside the name (LOOK_WEIGHT, chosen on real art by the flips among its first
+    # len(flips) suspects): weight, flips among the first len(flips), among the first 100, raised, flips raised.
+    sweep = []
+    for weight in (1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2):
+        weighed = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows, names=names, look_weight=weight)
+        raised = [int(ids[s.row]) for s in weighed if int(ids[s.row]) not in unusable]
+        sweep.append((weight, len(set(raised[: len(flips)]) & flips), len(set(raised[:100]) & flips), len(raised),
+                      len(set(raised) & flips)))  # fmt: skip
+    out["labels_look_weight_sweep"] = sweep
     looks = health.label_suspects(labels=labels, neighbour_rows=neighbour_rows)
     out["labels_looks_only"] = ranked(looks, f"look-alikes alone: likelihood ratio >= e^{health.LABEL_MIN_RATIO}")
     out["labels_names_only"] = ranked(_names_only(labels, names), "name alone: likelihood ratio >= e^10")

@@ -67,6 +67,12 @@ LABEL_SMOOTHING = 2.0
 # kind's usual colour whatever this product's is (on the art, faces are named faces and mostly yellow).
 NAME_MIX = 0.02
 NAME_WITNESSED = frozenset({"article_type", "master_category"})
+# Beside the name, the look-alikes' log-likelihood counts this much: the ten nearest are not ten independent
+# witnesses (a compass drawn like a clock has ten clocks for look-alikes, alike each other too), so the
+# multinomial overstates what they say, about as if three of them had voted. Chosen on real art (the weight with
+# the most flips among its first 36 suspects: docs/quality.md, "Suspect labels"). Judged by look-alikes alone
+# (colour), a product is ranked and raised as before: one witness has nothing to be weighed against.
+LOOK_WEIGHT = 0.3
 # An image is an outlier when its mean cosine to its NEIGHBOURS nearest products is below 1 - this (above the
 # 99.9th percentile of both measured catalogs, so a clean catalog raises a handful at most).
 OUTLIER_ISOLATION = 0.6
@@ -127,6 +133,7 @@ def label_suspects(
     min_ratio: float = LABEL_MIN_RATIO,
     smoothing: float = LABEL_SMOOTHING,
     name_mix: float = NAME_MIX,
+    look_weight: float = LOOK_WEIGHT,
 ) -> list[LabelSuspect]:
     """Rows whose neighbours' labels (and names) are much likelier under another label than under their own,
     likeliest first.
@@ -143,7 +150,8 @@ def label_suspects(
 
     With ``names`` (one per row), the name's words add their own log-likelihood ratio (:func:`_name_likelihoods`):
     a T-shirt labelled *Shirts* is named "... Tshirt", a word *Shirts* products' names hardly carry, while a
-    compass drawn like a clock but named "compass" is not pulled toward *clocks* by its name.
+    compass drawn like a clock but named "compass" is not pulled toward *clocks* by its name. The look-alikes'
+    part then counts ``look_weight`` times (LOOK_WEIGHT: ten look-alikes are not ten independent witnesses).
     """
     n, k = neighbour_rows.shape
     values, codes, empty = label_codes(labels)
@@ -160,6 +168,9 @@ def label_suspects(
     likelihood = counts @ log_p.T  # (n, T): log-likelihood of each row's neighbour labels under each label
     own = by_label[codes] - counts  # the own label's counts without the row itself
     own_likelihood = (counts * np.log((own + prior) / (own.sum(axis=1, keepdims=True) + smoothing))).sum(axis=1)
+    if names is not None:  # two witnesses: the look-alikes' evidence weighed as about three votes, not ten
+        likelihood *= look_weight
+        own_likelihood *= look_weight
     name_likelihood, name_own = (
         _name_likelihoods(names=names, codes=codes, size=size, empty=empty, mix=name_mix)
         if names is not None

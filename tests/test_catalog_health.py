@@ -177,7 +177,8 @@ def test_the_calibrated_label_rule_raises_a_flip_but_not_a_type_that_always_look
 def test_the_name_is_a_second_witness_beside_the_look_alikes():
     # Shirts and T-shirts, each named as what it is. Row 80 is a T-shirt labelled Shirts whose look-alikes are
     # split (6 T-shirts, 4 shirts): its look alone does not raise it, its name says T-shirt. Row 81 is a shirt,
-    # named one, that looks like T-shirts: the look raises it and its name speaks against the suggestion.
+    # named one, that looks like T-shirts: the look alone raises it; its name speaks for its own label, and
+    # weighed beside it (LOOK_WEIGHT: ten look-alikes are not ten independent witnesses) the look does not.
     labels = ["Shirts"] * 40 + ["Tshirts"] * 40
     shirts, tshirts = range(40), range(40, 80)
     rng = np.random.default_rng(5)
@@ -196,12 +197,22 @@ def test_the_name_is_a_second_witness_beside_the_look_alikes():
 
     looks = {s.row: s for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows)}
     both = {s.row: s for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows, names=names)}
-    assert set(looks) == {81} and set(both) == {80, 81}
+    assert set(looks) == {81} and set(both) == {80}
     assert both[80].suggested == "Tshirts" and both[80].name_ratio >= catalog_health.LABEL_MIN_RATIO
     assert both[80].look_ratio < catalog_health.LABEL_MIN_RATIO <= both[80].ratio
-    # "T-Shirts" and "Tshirt" are one word (the text search's words and stems): the name fits Tshirts.
-    assert both[81].name_ratio < 0 and both[81].look_ratio == pytest.approx(looks[81].ratio)
-    assert both[81].ratio == pytest.approx(looks[81].ratio + both[81].name_ratio)
+    # "T-Shirts" and "Tshirt" are one word (the text search's words and stems): the name fits Tshirts. Row 81's
+    # name fits Shirts: the ratio is the weighed look plus the name's (negative) part, below the minimum.
+    every = {
+        s.row: s for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows, names=names, min_ratio=-1e9)
+    }
+    assert every[81].suggested == "Tshirts" and every[81].name_ratio < 0
+    assert every[81].look_ratio == pytest.approx(catalog_health.LOOK_WEIGHT * looks[81].ratio)
+    assert every[81].ratio == pytest.approx(every[81].look_ratio + every[81].name_ratio)
+    assert every[81].ratio < catalog_health.LABEL_MIN_RATIO
+    # Judged by look-alikes alone (no names: colour), nothing is weighed against them: their full ratio counts.
+    assert looks[81].name_ratio == 0.0 and looks[81].ratio == pytest.approx(
+        every[81].look_ratio / catalog_health.LOOK_WEIGHT
+    )
     # Without its name's word for the kind, the T-shirt is judged by its look alone again.
     names[80] = "Puma Men Solid Round Neck"
     assert 80 not in {s.row for s in catalog_health.label_suspects(labels=labels, neighbour_rows=rows, names=names)}
