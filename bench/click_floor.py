@@ -22,16 +22,13 @@ connection. Results: ``bench/results/click_floor.{json,md}`` (``click_floor-256.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
-import re
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +37,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import PYTHON, Request, Summary, Table, many_clients, redis_flush, web_start  # noqa: E402
+from bench.common import (  # noqa: E402
+    PYTHON,
+    HttpClient,
+    Request,
+    Summary,
+    Table,
+    many_clients,
+    redis_flush,
+    web_start,
+    zipf_picker,
+)
 from bench.realscale import CACHE, _psql, vectors_env  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 DIM = 1280  # the served EfficientNet-Lite0 space; --dim times another width on its own cached catalog
-ZIPF_S = 1.1
 WALK_STEPS = 10
 STAGES = ("parse", "db", "vectors", "index", "rank", "cache", "cards", "render", "other")
 
@@ -57,17 +63,8 @@ class Kind:
     api: bool = False
 
 
-def _zipf(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random order of the products and the cumulative Zipf(s) weight of each rank."""
-    weights = 1.0 / np.arange(1, n + 1) ** ZIPF_S
-    return rng.permutation(np.arange(1, n + 1)), np.cumsum(weights / weights.sum())
-
-
 def kinds(n: int) -> list[Kind]:
-    order, cumulative = _zipf(n, np.random.default_rng(3))
-
-    def zipf(rng: random.Random) -> int:
-        return int(order[min(int(np.searchsorted(cumulative, rng.random())), n - 1)])
+    zipf = zipf_picker(range(1, n + 1))
 
     def uniform(rng: random.Random) -> int:
         return rng.randint(1, n)
@@ -82,28 +79,6 @@ def kinds(n: int) -> list[Kind]:
     ]
 
 
-class Client:
-    """One keep-alive connection that keeps each answer's Server-Timing."""
-
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-    def get(self, request: Request) -> tuple[int, float, dict[str, float], bytes]:
-        started = time.perf_counter()
-        self.connection.request(request.method, request.path, headers={"Host": "127.0.0.1", **dict(request.headers)})
-        response = self.connection.getresponse()
-        body = response.read()
-        ms = (time.perf_counter() - started) * 1e3
-        stages = {
-            match[1]: float(match[2])
-            for match in re.finditer(r"(\w+);dur=([\d.]+)", response.getheader("Server-Timing") or "")
-        }
-        return response.status, ms, stages, body
-
-    def close(self) -> None:
-        self.connection.close()
-
-
 def _summary(times: list[float], stages: list[dict[str, float]], errors: int) -> dict:
     mean = {name: float(np.mean([s.get(name, 0.0) for s in stages])) if stages else 0.0 for name in STAGES}
     return {"times": times, "summary": Summary.of(times), "stages": mean, "errors": errors}
@@ -111,15 +86,15 @@ def _summary(times: list[float], stages: list[dict[str, float]], errors: int) ->
 
 def timed(port: int, requests: Iterable[Request], *, warm: Iterable[Request] = ()) -> dict:
     """The ``warm`` requests, then ``requests`` one after another on one connection: wall ms and stages each."""
-    client = Client(port)
+    client = HttpClient(port)
     times, stages, errors = [], [], 0
     try:
         for request in warm:
-            client.get(request)
+            client.send(*astuple(request))
         for request in requests:
-            status, ms, split, _ = client.get(request)
+            status, ms, _ = client.send(*astuple(request))
             times.append(ms)
-            stages.append(split)
+            stages.append(client.stages)
             errors += status != 200
     finally:
         client.close()
@@ -134,7 +109,7 @@ def one_client(port: int, kind: Kind, *, warm: int, count: int, seed: int) -> di
 def walks(port: int, *, count: int, n: int, seed: int) -> tuple[dict, list[str]]:
     """``count`` walks of WALK_STEPS clicks through the API; clicks 2-10 timed; the walks' last links."""
     rng = random.Random(seed)
-    client = Client(port)
+    client = HttpClient(port)
     times, stages, errors, links = [], [], 0, []
     try:
         for _ in range(count):
@@ -142,13 +117,13 @@ def walks(port: int, *, count: int, n: int, seed: int) -> tuple[dict, list[str]]
             for step in range(WALK_STEPS):
                 trail.append(str(anchor))
                 path = f"/api/similar/{anchor}?trail={','.join(trail)}"
-                status, ms, split, body = client.get(Request("GET", path))
+                status, ms, body = client.send("GET", path)
                 if status != 200:
                     errors += 1
                     break
                 if step:
                     times.append(ms)
-                    stages.append(split)
+                    stages.append(client.stages)
                 grid = [int(item["id"]) for item in json.loads(body)["results"]]
                 anchor = next(pid for pid in grid if str(pid) not in trail)
             links.append(path)

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -662,25 +663,43 @@ def worker_start(*, log: Path, env: dict[str, str], hostname: str, loglevel: str
 # --- The HTTP client ------------------------------------------------------------------------------------------
 
 
+def server_timing(header: str | None) -> dict[str, float]:
+    """The stages of a ``Server-Timing`` header (``db;dur=1.204, index;dur=3.1``) as {name: ms}."""
+    return {match[1]: float(match[2]) for match in re.finditer(r"(\w+);dur=([\d.]+)", header or "")}
+
+
+def stages_mean(splits: list[dict[str, float]]) -> dict[str, float]:
+    """Mean ms per stage over requests' splits (a stage a request did not name counts 0 in it)."""
+    names = sorted({name for split in splits for name in split})
+    return {name: sum(split.get(name, 0.0) for split in splits) / len(splits) for name in names}
+
+
 class HttpClient:
-    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``, reopened when the server closes it."""
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``, reopened when the server closes it.
+
+    ``stages`` is the last answer's ``Server-Timing`` split (empty unless the server sends one: SERVER_TIMING).
+    """
 
     def __init__(self, port: int, *, timeout: float = 120) -> None:
         self.port = port
         self.timeout = timeout
         self.reconnects = 0
+        self.stages: dict[str, float] = {}
         self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
     def send(self, method: str, path: str, body: bytes | None = None,
              headers: Iterable[tuple[str, str]] = ()) -> tuple[int, float, bytes]:  # fmt: skip
         """(status, wall ms, body); status 0 when the request failed twice."""
+        self.stages = {}
         for attempt in (0, 1):
             started = time.perf_counter()
             try:
                 self._connection.request(method, path, body=body, headers={"Host": "127.0.0.1", **dict(headers)})
                 response = self._connection.getresponse()
                 data = response.read()
-                return response.status, (time.perf_counter() - started) * 1e3, data
+                ms = (time.perf_counter() - started) * 1e3
+                self.stages = server_timing(response.getheader("Server-Timing"))
+                return response.status, ms, data
             except (OSError, http.client.HTTPException):
                 self._connection.close()
                 self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -711,18 +730,21 @@ def one_client(port: int, kind: Any, *, warm: int, count: int, seed: int) -> dic
     """``warm`` requests, then ``count`` timed ones, one after another on one connection: wall ms each.
 
     ``kind`` draws each request (``kind.draw(rng) -> Request``); with ``kind.api`` the answers' JSON
-    ``results`` are counted.
+    ``results`` are counted. ``stages``: the mean ms per stage of the answers' ``Server-Timing`` (empty
+    when the server sends none).
     """
     rng = random.Random(seed)
     client = HttpClient(port)
     try:
         for _ in range(warm):
             client.send(*astuple(kind.draw(rng)))
-        times, statuses, results = [], Counter(), []
+        times, statuses, results, splits = [], Counter(), [], []
         for _ in range(count):
             status, ms, body = client.send(*astuple(kind.draw(rng)))
             times.append(ms)
             statuses[status] += 1
+            if client.stages:
+                splits.append(client.stages)
             if kind.api and status == 200:
                 results.append(_results_count(body))
     finally:
@@ -735,6 +757,7 @@ def one_client(port: int, kind: Any, *, warm: int, count: int, seed: int) -> dic
         "errors": sum(n for status, n in statuses.items() if status == 0 or status >= 400),
         "results_median": sorted(counted)[len(counted) // 2] if counted else None,
         "reconnects": client.reconnects,
+        "stages": stages_mean(splits) if splits else {},
     }
 
 
@@ -783,6 +806,25 @@ def http_status(port: int, path: str, *, method: str = "GET", body: bytes | None
         return client.send(method, path, body, headers)[0]
     finally:
         client.close()
+
+
+# --- Skewed traffic -----------------------------------------------------------------------------------------
+
+# Real traffic is skewed: a few products draw most clicks. Anchors are drawn Zipf(s) over a fixed random order.
+ZIPF_S = 1.1
+
+
+def zipf_picker(items: Sequence[Any], *, s: float = ZIPF_S, seed: int = 3) -> Callable[[random.Random], Any]:
+    """A draw from ``items`` with Zipf(``s``) popularity over a fixed (seeded) random order of them."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    weights = 1.0 / np.arange(1, len(items) + 1) ** s
+    cumulative = np.cumsum(weights / weights.sum())
+
+    def draw(rng: random.Random) -> Any:  # noqa: ANN401 - one of the items
+        rank = min(int(np.searchsorted(cumulative, rng.random())), len(items) - 1)
+        return items[int(order[rank])]
+
+    return draw
 
 
 # --- Synthetic vectors ----------------------------------------------------------------------------------------

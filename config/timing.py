@@ -5,7 +5,8 @@ enters one (``stage("index")``), and every statement sent to the database is the
 runs. Stages nest and each counts only its own time (a query inside ``index`` is ``db``'s), so the stages
 of one request add up to its whole time. Off, ``stage`` costs one context-variable read.
 
-The header is what browsers' developer tools and ``bench/realscale.py`` read (``db;dur=1.204, index;...``).
+The header is what browsers' developer tools, ``bench/realscale.py`` and ``bench/click_floor.py`` read
+(``db;dur=1.204, index;...``; ``bench.common.server_timing``).
 """
 
 from __future__ import annotations

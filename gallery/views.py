@@ -136,8 +136,10 @@ def _render(request: HttpRequest, template: str, context: dict, status: int = 20
 
 @require_safe
 def home(request: HttpRequest) -> HttpResponse:
-    form = SearchForm(request.GET)
-    if not form.is_valid():
+    with stage("parse"):
+        form = SearchForm(request.GET)
+        valid = form.is_valid()
+    if not valid:
         return _render(request, "gallery/home.html", {"form": form, "error": form_errors_text(form)}, status=400)
     params = _context_params(form)
     found = product_search(query=form.cleaned_data["q"], k=settings.GRID_SIZE, filters=form.filters)
@@ -324,22 +326,25 @@ def api_error(message: str, *, status: int) -> JsonResponse:
 @csrf_exempt
 @require_safe
 def api_search(request: HttpRequest) -> JsonResponse:
-    form = SearchForm(request.GET)
-    if not form.is_valid():
+    with stage("parse"):
+        form = SearchForm(request.GET)
+        valid = form.is_valid()
+    if not valid:
         return api_error(form_errors_text(form), status=400)
     found = product_search(query=form.cleaned_data["q"], k=form.cleaned_data["k"], filters=form.filters)
     events.search_noted(
         request, query=found.query if found.words else "", found=found, grid="search" if found.words else "start"
     )
     grid_served(kind="text" if form.cleaned_data["q"] else "starting", filtered=bool(form.filters))
-    return JsonResponse(
-        {
-            "query": form.cleaned_data["q"],
-            "filters": form.filters.as_dict(),
-            "results": _results_json(request, [(p, None) for p in found]),
-            **found.explanation(),
-        }
-    )
+    with stage("render"):
+        return JsonResponse(
+            {
+                "query": form.cleaned_data["q"],
+                "filters": form.filters.as_dict(),
+                "results": _results_json(request, [(p, None) for p in found]),
+                **found.explanation(),
+            }
+        )
 
 
 @csrf_exempt  # read-only: see api_search
@@ -429,22 +434,25 @@ def api_product_availability(request: HttpRequest, product_id: int) -> JsonRespo
 @require_POST
 def api_search_by_image(request: HttpRequest) -> JsonResponse:
     # k and the filters may come in the query string or as form fields.
-    data = request.GET.copy()
-    data.update(request.POST)
-    form = PhotoSearchForm(data, request.FILES)
-    if not form.is_valid():
+    with stage("parse"):
+        data = request.GET.copy()
+        data.update(request.POST)
+        form = PhotoSearchForm(data, request.FILES)
+        valid = form.is_valid()
+    if not valid:
         return api_error(form_errors_text(form), status=400)
     try:
         grid = _photo_search(request, form, k=form.cleaned_data["k"])
     except EngineError as exc:
         return _retry_after(api_error(str(exc), status=exc.status), exc)
-    return JsonResponse(
-        {
-            "query": "image",
-            "filters": form.filters.as_dict(),
-            "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
-        }
-    )
+    with stage("render"):
+        return JsonResponse(
+            {
+                "query": "image",
+                "filters": form.filters.as_dict(),
+                "results": _results_json(request, [(item.product, item.score) for item in grid.items]),
+            }
+        )
 
 
 @csrf_exempt  # read-only: see api_search

@@ -22,6 +22,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from config.timing import stage
 from recommender import index, refine, runtime, selectors, services, state, tasks
 from recommender.errors import (
     EncoderUnavailable,
@@ -186,7 +187,8 @@ def photo_vector(*, data: bytes) -> PhotoVector:
     """
     # Refused from its header before anything costly: a bad upload must not load the encoder (seconds and
     # hundreds of MB in a web process that served only text and clicks) nor take a place in the queue.
-    image_check(data, max_pixels=settings.IMAGE_MAX_PIXELS)
+    with stage("decode"):
+        image_check(data, max_pixels=settings.IMAGE_MAX_PIXELS)
     if not _photo_admitted.acquire(blocking=False):
         raise PhotoSearchBusy(f"Photo search is busy; please try again in {PhotoSearchBusy.retry_after} seconds.")
     try:
@@ -197,8 +199,9 @@ def photo_vector(*, data: bytes) -> PhotoVector:
                 "Search by photo is unavailable right now (the image model cannot load); text search still works."
             ) from exc
         # The same decoding as catalog images: header checked first, reduced before any conversion.
-        square = image_prepare(data, size=encoder.input_size, max_pixels=settings.IMAGE_MAX_PIXELS)
-        with _photo_slots:
+        with stage("decode"):
+            square = image_prepare(data, size=encoder.input_size, max_pixels=settings.IMAGE_MAX_PIXELS)
+        with stage("encode"), _photo_slots:  # a wait for a free slot counts as encoding
             vector = runtime.project(runtime.active_space(), encoder.embed_images([square]))[0]
     finally:
         _photo_admitted.release()

@@ -331,3 +331,22 @@ def test_server_timing_splits_a_click_by_stage(client, settings, demo_catalog_db
         # Answered from the grid cache the second time: no index search, no ranking.
         again = client.get(path, {"trail": trail, "q": "shirt"})["Server-Timing"]
         assert "index;" not in again and "rank;" not in again and "cache;" in again
+
+
+def _stages(response) -> dict[str, float]:  # noqa: ANN001
+    from bench.common import server_timing
+
+    return server_timing(response["Server-Timing"])
+
+
+def test_server_timing_names_the_search_and_the_photo_stages(client, settings, demo_catalog_db, make_jpeg):
+    settings.SERVER_TIMING = True
+    text = client.get("/api/search", {"q": "blue shirt"})
+    assert text.status_code == 200 and text.json()["results"]
+    assert {"parse", "search", "cards", "render", "other"} <= set(_stages(text)), text["Server-Timing"]
+    page = client.get("/", {"q": "blue shirt"})
+    assert {"parse", "search", "cards", "render"} <= set(_stages(page)), page["Server-Timing"]
+    photo = client.post("/api/search-by-image", {"image": io.BytesIO(make_jpeg())})
+    assert photo.status_code == 200, photo.content[:300]
+    stages = _stages(photo)
+    assert {"parse", "decode", "encode", "index", "render"} <= set(stages), photo["Server-Timing"]

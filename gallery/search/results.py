@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from config.timing import stage
 from gallery.cards import Card, card_shown, cards_get
 from gallery.filters import FILTER_FIELDS, ProductFilters
 from gallery.models import Product
@@ -112,10 +113,11 @@ def catalog_search(*, query: str, k: int, filters: ProductFilters | None = None)
 
     A query without words finds nothing (callers show their starting grid instead). Reads only.
     """
-    index = search_index()
-    words = query_plan(index, query, k=k)
-    by_field = {FILTER_FIELDS[name]: value for name, value in filters.values} if filters else {}
-    ranked = search_rank(index, words, k=k, filters=by_field)
+    with stage("search"):  # the words' index (read or refreshed when the catalog moved), then the ranking
+        index = search_index()
+        words = query_plan(index, query, k=k)
+        by_field = {FILTER_FIELDS[name]: value for name, value in filters.values} if filters else {}
+        ranked = search_rank(index, words, k=k, filters=by_field)
     ids = [int(index.ids[number]) for number in ranked.numbers]
     # Cards, read fresh (one lean query): what the grid and the API show of each product.
     found = cards_get(ids)
