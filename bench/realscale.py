@@ -406,24 +406,31 @@ class Shop:
         return steps[-1], ",".join(f"{m}{i}" for m, i in zip(TRAIL_MARKS, steps, strict=True))
 
     def walks(self, *, seed: int = 11) -> Callable[[random.Random], tuple[int, str]]:
-        """Shoppers walking their trails: each draw is the next click of a walk, its trail one step longer.
+        """Shoppers walking their trails: each draw is the next request of a walk, as the trail's page makes them.
 
-        Walks of 10 steps (marked as ``trail``'s) follow each other, and a walk's trails are drawn in order,
-        as a shopper clicks: the trail just before a draw was asked for already (by whichever client), as
-        on the site, where the page a shopper clicks from was served just before. ``trail`` draws every
-        request as a new 10-step link: all its earlier grids are ranked anew (a shared link opened cold).
+        A walk clicks 10 products, one after another; a step whose mark in ``TRAIL_MARKS`` is a pin or "not like
+        this" is clicked first (the page of the click) and marked next (the page again, the step marked: "not
+        like this" shows the grid of the newest step still liked). Draws follow each other in that order, so the
+        page a request comes from was asked for just before (by whichever client), as on the site. ``trail``
+        draws every request as a new 10-step link: all its earlier grids are ranked anew (a shared link opened cold).
         """
         walk_rng = random.Random(seed)
         lock = threading.Lock()
-        state = {"walk": [], "length": 0}
+        # The walk's steps, then its requests so far: (steps clicked, whether the newest carries its mark yet).
+        state = {"walk": [], "clicked": 0, "marked": True}
 
         def draw(rng: random.Random) -> tuple[int, str]:
             with lock:
-                if state["length"] >= len(TRAIL_MARKS) or not state["walk"]:
-                    state["walk"], state["length"] = walk_rng.sample(self.ids, len(TRAIL_MARKS)), 0
-                state["length"] += 1
-                steps = state["walk"][: state["length"]]
-            marks = TRAIL_MARKS[: len(steps)]
+                if state["marked"] and state["clicked"] >= len(TRAIL_MARKS) or not state["walk"]:
+                    state.update(walk=walk_rng.sample(self.ids, len(TRAIL_MARKS)), clicked=0, marked=True)
+                if state["marked"]:  # the next click
+                    state["clicked"] += 1
+                    state["marked"] = not TRAIL_MARKS[state["clicked"] - 1]  # a plain click needs no mark
+                else:  # the newest click marked
+                    state["marked"] = True
+                clicked, marked = state["clicked"], state["marked"]
+                steps = state["walk"][:clicked]
+            marks = [*TRAIL_MARKS[: clicked - 1], TRAIL_MARKS[clicked - 1] if marked else ""]
             liked = [i for m, i in zip(marks, steps, strict=True) if m != "n"] or steps
             return liked[-1], ",".join(f"{m}{i}" for m, i in zip(marks, steps, strict=True))
 
@@ -475,7 +482,11 @@ class Shop:
             ),
             Kind("trail fragment", "/similar/<id>/?trail=3 pins,2 not-like,4 steps (HX-Request)", trail_page),
             Kind("trail API", "/api/similar/<id>?trail=3 pins,2 not-like,4 steps", trail_api, api=True),
-            Kind("trail walk fragment", "the next click of a 10-step walk (HX-Request)", walk_page),
+            Kind(
+                "trail walk fragment",
+                "the next request of a 10-step walk: a click, or the newest click marked (HX-Request)",
+                walk_page,
+            ),
         ]
         for name, (params, share) in self.filters.items():
             encoded = urlencode(params)
