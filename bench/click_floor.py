@@ -31,8 +31,6 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -45,6 +43,7 @@ from bench.common import (  # noqa: E402
     Table,
     many_clients,
     redis_flush,
+    stages_mean,
     web_start,
     zipf_picker,
 )
@@ -80,7 +79,8 @@ def kinds(n: int) -> list[Kind]:
 
 
 def _summary(times: list[float], stages: list[dict[str, float]], errors: int) -> dict:
-    mean = {name: float(np.mean([s.get(name, 0.0) for s in stages])) if stages else 0.0 for name in STAGES}
+    mean = stages_mean(stages) if stages else {}
+    mean = {name: mean.get(name, 0.0) for name in STAGES}
     return {"times": times, "summary": Summary.of(times), "stages": mean, "errors": errors}
 
 

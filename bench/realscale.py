@@ -421,7 +421,7 @@ class Shop:
 
         def draw(rng: random.Random) -> tuple[int, str]:
             with lock:
-                if state["marked"] and state["clicked"] >= len(TRAIL_MARKS) or not state["walk"]:
+                if not state["walk"] or (state["marked"] and state["clicked"] >= len(TRAIL_MARKS)):
                     state.update(walk=walk_rng.sample(self.ids, len(TRAIL_MARKS)), clicked=0, marked=True)
                 if state["marked"]:  # the next click
                     state["clicked"] += 1
@@ -601,7 +601,7 @@ def measure_database(prepared: Prepared, database: str, shop: Shop, sizes: Sizes
         # SERVER_TIMING: each answer says where its time went (config/timing.py), for the table by stage.
         env=prepared.env(
             database, PHOTO_SEARCH_RATE_PER_MINUTE="0", PHOTO_SEARCH_QUEUE=str(PHOTO_QUEUE), SERVER_TIMING="1"
-        ),  # fmt: skip
+        ),
     )
     kinds = shop.kinds()
     healthz, photo = kinds[0], [k for k in kinds if k.photo]
