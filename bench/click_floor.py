@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     many_clients,
     redis_flush,
     stages_mean,
+    stages_ordered,
     web_start,
     zipf_picker,
 )
@@ -52,7 +53,6 @@ from bench.realscale import CACHE, _psql, vectors_env  # noqa: E402
 REDIS_URL = "redis://127.0.0.1:6379/11"
 DIM = 1280  # the served EfficientNet-Lite0 space; --dim times another width on its own cached catalog
 WALK_STEPS = 10
-STAGES = ("parse", "db", "vectors", "index", "rank", "cache", "cards", "render", "other")
 
 
 @dataclass
@@ -79,9 +79,8 @@ def kinds(n: int) -> list[Kind]:
 
 
 def _summary(times: list[float], stages: list[dict[str, float]], errors: int) -> dict:
-    mean = stages_mean(stages) if stages else {}
-    mean = {name: mean.get(name, 0.0) for name in STAGES}
-    return {"times": times, "summary": Summary.of(times), "stages": mean, "errors": errors}
+    return {"times": times, "summary": Summary.of(times), "stages": stages_mean(stages) if stages else {},
+            "errors": errors}  # fmt: skip
 
 
 def timed(port: int, requests: Iterable[Request], *, warm: Iterable[Request] = ()) -> dict:
@@ -190,9 +189,10 @@ def tables(n: int, dim: int, database: str, measured: dict[str, dict]) -> list[T
     for mode, results in measured.items():
         healthz = results["healthz"]
         base_rate = healthz["many"]["rate"]
+        names = stages_ordered(name for r in results.values() for name in r["stages"])
         table = Table(
             f"{database}: a click at {n:,} {dim}-d products, grid cache {mode} (gunicorn as the Procfile runs it; ms)",
-            ["request", "1 client p50", "p99", "8 clients req/s", "rate x healthz", *STAGES],
+            ["request", "1 client p50", "p99", "8 clients req/s", "rate x healthz", *names],
         )
         for name, r in results.items():
             many = r.get("many")
@@ -202,7 +202,7 @@ def tables(n: int, dim: int, database: str, measured: dict[str, dict]) -> list[T
                 r["summary"].p99,
                 many["rate"] if many else "-",
                 many["rate"] / base_rate if many else "-",
-                *(round(r["stages"][stage], 2) for stage in STAGES),
+                *(round(r["stages"].get(stage, 0.0), 2) for stage in names),
             )
         errors = ", ".join(f"{k} {r['errors']}" for k, r in results.items() if r["errors"]) or "none"
         table.note = (

@@ -668,6 +668,16 @@ def server_timing(header: str | None) -> dict[str, float]:
     return {match[1]: float(match[2]) for match in re.finditer(r"(\w+);dur=([\d.]+)", header or "")}
 
 
+# The stages a request's time is split into (config/timing.py), in the order a request passes them.
+STAGES = ("parse", "search", "decode", "encode", "db", "vectors", "index", "rank", "cache", "cards", "render", "other")
+
+
+def stages_ordered(seen: Iterable[str]) -> list[str]:
+    """The stage names ``seen``, in the order of STAGES; any other a server names after them."""
+    seen = set(seen)
+    return [*[name for name in STAGES if name in seen], *sorted(seen - set(STAGES))]
+
+
 def stages_mean(splits: list[dict[str, float]]) -> dict[str, float]:
     """Mean ms per stage over requests' splits (a stage a request did not name counts 0 in it)."""
     names = sorted({name for split in splits for name in split})

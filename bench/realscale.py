@@ -100,6 +100,7 @@ from bench.common import (  # noqa: E402
     one_client,
     process_memory,
     redis_flush,
+    stages_ordered,
     wait_until,
     web_command,
     web_start,
@@ -820,15 +821,9 @@ def _share(value: float | None) -> str:
     return "0 (none)" if value == 0 else f"{value * 100:.2g}%"
 
 
-# The stages a request's time is split into (config/timing.py), in the order a click passes them; any other
-# stage an answer names is added after them.
-STAGES = ("parse", "search", "decode", "encode", "db", "vectors", "index", "rank", "cache", "cards", "render", "other")
-
-
 def stage_table(title: str, kinds: list[Kind], one: dict[str, dict]) -> Table:
     """Mean ms per stage of each kind's 1-client requests (their Server-Timing), beside the p50 a client waited."""
-    seen = {name for kind in kinds for name in one[kind.name].get("stages", {})}
-    names = [*[s for s in STAGES if s in seen], *sorted(seen - set(STAGES))]
+    names = stages_ordered(name for kind in kinds for name in one[kind.name].get("stages", {}))
     table = Table(title, ["request", "1 client p50 ms", "stages' sum", *names])
     for kind in kinds:
         split = one[kind.name].get("stages", {})
