@@ -149,9 +149,9 @@ def _rows_of(*, fields: tuple[str, ...], space: str | Sequence[str], product_ids
     quote = connection.ops.quote_name
     columns = ", ".join(quote(meta.get_field(name).column) for name in fields)
     product, space_column = quote(meta.get_field("product").column), quote(meta.get_field("space").column)
-    which = f"{space_column} = %s" if len(spaces) == 1 else f"{space_column} IN ({', '.join(['%s'] * len(spaces))})"
+    which = ", ".join(["%s"] * len(spaces))
     # Only the model's own table and column names are spliced in; every value is a parameter.
-    head = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {which} AND {product} IN "  # noqa: S608
+    head = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {space_column} IN ({which}) AND {product} IN "  # noqa: S608
     rows: list[tuple] = []
     with connection.cursor() as cursor:
         for start in range(0, len(product_ids), _LOOKUP_CHUNK):
