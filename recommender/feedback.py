@@ -417,25 +417,27 @@ def diversify(
     if strength <= 0.0 or k == 1:
         return np.argsort(-scores, kind="stable")[:k]
     rows = np.asarray(vectors, dtype=np.float32)
-    weights = None
+    # The picked row is weighted by ``strength`` (and per part, below): its product is the pick's penalty itself.
+    weights: np.ndarray | float = np.float32(strength)
     if colours is not None and colour_weight > 0:
         # The blend is one inner product over [image | colour] rows, the picked row weighted per part: one pass
-        # over the candidates per pick, not two (the pass, not the arithmetic, is what a pick costs).
+        # over the candidates per pick, not two.
         width = rows.shape[1]
         rows = np.hstack([rows, np.asarray(colours, dtype=np.float32)])
-        weights = np.full(rows.shape[1], colour_weight, dtype=np.float32)
-        weights[:width] = 1.0 - colour_weight
+        weights = np.full(rows.shape[1], colour_weight * strength, dtype=np.float32)
+        weights[:width] = (1.0 - colour_weight) * strength
     chosen = np.zeros(k, dtype=np.int64)
     kept = (1.0 - strength) * scores
     gain = kept.copy()  # the first pick is the best score alone
-    closest = np.full(n, -np.inf)
+    penalty = np.full(n, -np.inf)  # strength x each candidate's highest similarity to a pick so far
     for pick in range(k):
-        best = int(np.argmax(gain))
+        best = int(gain.argmax())
         chosen[pick] = best
+        if pick == k - 1:
+            break  # the last pick's similarities would rank nothing
         kept[best] = -np.inf  # never picked again
-        np.maximum(closest, rows @ (rows[best] if weights is None else rows[best] * weights), out=closest)
-        np.multiply(closest, -strength, out=gain)
-        gain += kept
+        np.maximum(penalty, rows @ (rows[best] * weights), out=penalty)
+        np.subtract(kept, penalty, out=gain)
     return chosen
 
 

@@ -480,12 +480,17 @@ class LoadedIndex:
 
     def items_of(self, product_ids: np.ndarray) -> np.ndarray:
         """The items holding any of ``product_ids`` (in the index's own order), skipping unknown ids."""
+        items = self.item_at(product_ids)
+        return np.sort(items[items >= 0])
+
+    def item_at(self, product_ids: np.ndarray) -> np.ndarray:
+        """The item holding each of ``product_ids``, in their order; -1 for an id the build does not hold."""
         ids = np.asarray(product_ids, dtype=np.int64)
         known = self._product_ids_sorted
         if not len(known) or not len(ids):
-            return np.zeros(0, dtype=np.int64)
+            return np.full(len(ids), -1, dtype=np.int64)
         positions = np.searchsorted(known, ids).clip(max=len(known) - 1)
-        return np.sort(self._items_by_product[positions[known[positions] == ids]])
+        return np.where(known[positions] == ids, self._items_by_product[positions], -1)
 
     def vectors_of(self, items: np.ndarray) -> np.ndarray:
         """The (len(items), dim) float32 vectors of ``items``."""

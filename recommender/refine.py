@@ -143,13 +143,15 @@ class _Rows:
     """Rows (vectors or colour descriptors) by product id, kept as the blocks they were read in.
 
     ``matrix`` gathers each block's rows with one sorted look-up and one fancy index: stacking or looking up
-    hundreds of single rows in Python costs more than the scoring they feed. A product added again later
-    (its fresh vector) is read from the later block.
+    hundreds of single rows in Python costs more than the scoring they feed; the rows just read for the same
+    ids in the same order (a rank's candidates) are the newest block itself. A product added again later (its
+    fresh vector) is read from the later block.
     """
 
     def __init__(self) -> None:
         self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (block, sorted ids, their rows)
         self._block_of: dict[int, int] = {}
+        self._newest: np.ndarray | None = None  # the newest block's ids, in its rows' order
 
     def add(self, product_ids: Sequence[int], block: np.ndarray) -> None:
         if not len(product_ids):
@@ -157,7 +159,9 @@ class _Rows:
         ids = np.asarray(product_ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         self._block_of.update(dict.fromkeys(ids.tolist(), len(self._blocks)))
+        block.flags.writeable = False  # matrix() may hand the block itself out
         self._blocks.append((block, ids[order], order))
+        self._newest = ids
 
     def __contains__(self, product_id: int) -> bool:
         return product_id in self._block_of
@@ -169,6 +173,9 @@ class _Rows:
         """float32 rows of ``product_ids``, in order; with ``width``, zeros for ids missing or of another width."""
         width = width if width is not None else self.width(product_ids[0])
         ids = np.asarray(product_ids, dtype=np.int64)
+        newest = self._blocks[-1][0] if self._blocks else None
+        if newest is not None and newest.shape[1] == width and np.array_equal(self._newest, ids):
+            return newest  # just read for these ids, in this order (the candidates): no gather, no copy
         out = None
         for block, sorted_ids, rows in self._blocks:  # in the order added: a later block wins
             if block.shape[1] != width:
@@ -217,9 +224,9 @@ class _Vectors:
             self._fetch(product_ids, fresh=fresh, colours=colours)
 
     def _fetch(self, product_ids: Sequence[int], *, fresh: bool, colours: bool) -> None:
-        ids = {int(i) for i in product_ids}
-        wanted = sorted(ids - self._looked_up)
-        colour_wanted = sorted(ids - self._colours_looked_up) if colours else []
+        ids = dict.fromkeys(int(i) for i in product_ids)  # in the order asked: matrix() then takes the block whole
+        wanted = [pid for pid in ids if pid not in self._looked_up]
+        colour_wanted = [pid for pid in ids if pid not in self._colours_looked_up] if colours else []
         if not wanted and not colour_wanted:
             return
         self._looked_up.update(wanted)
@@ -231,12 +238,12 @@ class _Vectors:
         if from_build and colour_wanted:
             # The build's colour of a product re-imaged since is its old one: those come from the database.
             old = np.asarray([p for p in colour_wanted if p not in self._newer], dtype=np.int64)
-            items = self.loaded.items_of(old)
-            built = self.loaded.colours_of(items)
+            items = self.loaded.item_at(old)
+            held = items >= 0
+            built = self.loaded.colours_of(items[held])
             if built is not None:
-                held = self.loaded.product_ids[items].tolist()
-                known = built.any(axis=1)
-                self.colours.add([pid for pid, ok in zip(held, known.tolist(), strict=True) if ok], built[known])
+                known = built.any(axis=1)  # a build's row of zeros: no descriptor when it was built
+                self.colours.add(old[held][known], built if known.all() else built[known])
         from_db = [] if from_build else wanted
         need_colour = [pid for pid in colour_wanted if pid not in self.colours]
         if not from_db and not need_colour:
@@ -253,8 +260,10 @@ class _Vectors:
         """The vectors of ``product_ids`` as (ids found, rows) blocks: those stored since the build (new or
         re-imaged products) decoded from the rows read with it, the rest from the build's memory map."""
         newer = [pid for pid in product_ids if pid in self._newer]
-        items = self.loaded.items_of(np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64))
-        built = (self.loaded.product_ids[items].tolist(), self.loaded.vectors_of(items))
+        old = np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64)
+        items = self.loaded.item_at(old)  # in the order asked
+        held = items >= 0
+        built = (old[held].tolist(), self.loaded.vectors_of(items[held]))
         if not newer:
             return [built]
         return [

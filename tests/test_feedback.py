@@ -210,6 +210,32 @@ def test_diversify_is_bounded_by_the_candidates():
     assert feedback.diversify(scores=np.zeros(0), vectors=np.zeros((0, 2)), k=25, strength=0.3).tolist() == []
 
 
+def _mmr_by_definition(scores, vectors, colours, k, strength, colour_weight):
+    """MMR written as its definition reads: every pick maximises (1 - s) score - s max(similarity to the picks)."""
+    similarity = (1 - colour_weight) * (vectors @ vectors.T) + colour_weight * (colours @ colours.T)
+    chosen: list[int] = []
+    for _ in range(min(k, len(scores))):
+        gains = [
+            -np.inf if j in chosen else (1 - strength) * scores[j] - strength * max((similarity[j, c] for c in chosen),
+                                                                                    default=0.0)
+            for j in range(len(scores))
+        ]  # fmt: skip
+        chosen.append(int(np.argmax(gains)))
+    return chosen
+
+
+@pytest.mark.parametrize("strength,colour_weight", [(0.2, 0.1), (0.35, 0.1), (0.5, 0.0), (0.9, 0.65)])
+def test_diversify_picks_what_the_definition_of_mmr_picks(strength, colour_weight):
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        vectors = _unit(*rng.normal(size=(60, 12)).tolist())
+        colours = _unit(*rng.random(size=(60, 6)).tolist())
+        scores = rng.random(60)
+        got = feedback.diversify(scores=scores, vectors=vectors, k=25, strength=strength, colours=colours,
+                                 colour_weight=colour_weight)  # fmt: skip
+        assert got.tolist() == _mmr_by_definition(scores, vectors, colours, 25, strength, colour_weight)
+
+
 def test_grid_rank_returns_k_distinct_candidates_in_grid_order():
     rng = np.random.default_rng(4)
     candidates = rng.normal(size=(200, 16)).astype(np.float32)

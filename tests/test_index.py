@@ -54,6 +54,18 @@ def test_build_publishes_a_versioned_build_with_metadata(tmp_path: Path):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_item_at_keeps_the_order_asked_and_marks_unknown_ids(tmp_path: Path):
+    vectors = clustered(50, 8)
+    loaded = LoadedIndex(tmp_path, build(tmp_path, vectors).version)
+    asked = np.array([1042, 7, 1003, 1049, 1000, 99_999])
+    items = loaded.item_at(asked)
+    assert items.tolist() == [42, -1, 3, 49, 0, -1]
+    assert loaded.product_ids[items[items >= 0]].tolist() == [1042, 1003, 1049, 1000]
+    np.testing.assert_array_equal(loaded.vectors_of(items[items >= 0]), vectors[[42, 3, 49, 0]])
+    assert loaded.items_of(asked).tolist() == [0, 3, 42, 49]  # the index's own order
+    assert loaded.item_at(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
 def test_annoy_recall_at_25_on_20k_clustered_2048d_vectors(tmp_path: Path):
     vectors = clustered(20_000, 2048, clusters=200, noise=0.8, seed=1)
     meta = build(tmp_path, vectors, n_trees=10)

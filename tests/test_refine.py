@@ -381,3 +381,16 @@ def test_the_strategy_setting_serves_plain_neighbours(client, demo_catalog_db, d
     others = [i for i in demo_vectors if i not in {a, b}]
     exact = sorted(others, key=lambda i: -float(demo_vectors[i] @ demo_vectors[b]))[:25]
     assert len(set(ids) & set(exact)) >= 24
+
+
+def test_rows_read_for_the_same_ids_in_the_same_order_are_the_block_itself_and_later_reads_win():
+    rows = refine._Rows()
+    first = np.arange(12, dtype=np.float32).reshape(3, 4)
+    rows.add([5, 3, 9], first.copy())
+    assert rows.matrix([5, 3, 9]) is rows._blocks[-1][0]  # no gather, no copy
+    assert not rows.matrix([5, 3, 9]).flags.writeable  # handed out, never written through
+    np.testing.assert_array_equal(rows.matrix([9, 5]), first[[2, 0]])
+    fresh = np.full((1, 4), -1.0, dtype=np.float32)
+    rows.add([3], fresh.copy())  # product 3's newer vector
+    np.testing.assert_array_equal(rows.matrix([5, 3, 9]), np.stack([first[0], fresh[0], first[2]]))
+    np.testing.assert_array_equal(rows.matrix([3, 7], width=4), np.stack([fresh[0], np.zeros(4)]))
