@@ -229,6 +229,7 @@ def _catalog_ready(
 
     from gallery.models import Product
     from recommender import runtime, services
+    from recommender.index import SKETCH_DIM
     from recommender.models import Embedding
 
     timings: dict[str, float] = {}
@@ -257,7 +258,10 @@ def _catalog_ready(
     loaded = runtime.index_reader().current()
     if with_colours and loaded is not None and loaded.colours_of(np.zeros(1, dtype=np.int64)) is None:
         colours_missing = True
-    if colours_missing or loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
+    # A build from before sketches (recommender.index.SKETCH_DIM) is built again, as a site's next build would be.
+    sketch = None if loaded is None or dim <= SKETCH_DIM else loaded.sketches_of(np.zeros(1, np.int64))
+    sketch_missing = dim > SKETCH_DIM and (sketch is None or sketch.shape[1] != SKETCH_DIM)
+    if colours_missing or sketch_missing or loaded is None or loaded.meta.count != n or loaded.meta.watermark < n:
         # As on a settled site: every vector older than the build's margin, so the index holds them all.
         Embedding.objects.update(created_at=timezone.now() - timedelta(hours=1))
         log(f"building the index over {n:,} vectors (once; cached in INDEX_DIR)")

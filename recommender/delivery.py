@@ -38,12 +38,11 @@ from pathlib import Path
 from typing import Protocol
 
 from recommender.index import (
+    BUILD_FILES,
     BUILDS_DIR,
-    COLOURS_FILE,
     INDEX_FILE,
     ITEMS_FILE,
     META_FILE,
-    VECTORS_FILE,
     IndexCorrupt,
     _file_digest,
     _fsync_dir,
@@ -63,8 +62,7 @@ LOCK_FILE = ".delivery.lock"
 # The pointer object of a bucket: the version and every file's size and checksum.
 MANIFEST_NAME = "CURRENT.json"
 FETCHING_PREFIX = ".fetch-"
-# What a build may hold: a pointer naming anything else is refused (no path ever comes from the store).
-BUILD_FILES = frozenset({INDEX_FILE, ITEMS_FILE, VECTORS_FILE, COLOURS_FILE, META_FILE})
+# A pointer naming anything but what a build may hold (index.BUILD_FILES) is refused: no path comes from the store.
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
 
 
@@ -84,7 +82,7 @@ def manifest_check(manifest: Manifest) -> Manifest:
     """The manifest, or IndexCorrupt when it names a version or file no build can have."""
     if not _VERSION.match(manifest.version):
         raise IndexCorrupt("the store's pointer names no valid build")
-    unknown = set(manifest.files) - BUILD_FILES
+    unknown = set(manifest.files) - set(BUILD_FILES)
     if unknown or META_FILE not in manifest.files or INDEX_FILE not in manifest.files:
         raise IndexCorrupt(f"the store's pointer for build {manifest.version} lists unexpected files")
     return manifest

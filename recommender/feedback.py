@@ -449,6 +449,7 @@ def grid_rank(
     k: int,
     candidate_colours: np.ndarray | None = None,
     candidate_seen: np.ndarray | None = None,
+    candidate_sketches: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(positions, scores) of the ``k`` candidates to show, in display order, each with the score it shows.
 
@@ -456,12 +457,14 @@ def grid_rank(
     set is shown in ranking order, sunk candidates last. A step asking for the same colour or the same shape
     picks among the :data:`ASPECT_SHORTLIST` x ``k`` candidates the default blend ranks first. The score shown
     is the candidate's likeness: its weighted blended similarity to the liked steps, without the ranking's
-    pushes and demotions (those chose the order, they are not a similarity).
+    pushes and demotions (those chose the order, they are not a similarity). ``candidate_sketches`` (N, s), when
+    given, stand for the candidates' vectors in MMR's likeness of tiles to each other (the index build's
+    sketches: a third of the arithmetic; the scores always read the vectors).
     """
     if not len(candidates) or k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     scored = _score(trail, strategy, candidates, candidate_colours, candidate_seen)
-    vectors = np.asarray(candidates)
+    vectors = np.asarray(candidates if candidate_sketches is None else candidate_sketches)
     colours = candidate_colours if trail.colours is not None else None
     eligible = None  # every candidate
     if _asks_colour(trail) and len(candidates) > ASPECT_SHORTLIST * k:

@@ -6,6 +6,8 @@ Layout under the index directory::
     builds/<version>/items.npy     sidecar: row i = (product id, embedding id) of item i
     builds/<version>/vectors.npy   row i = item i's unit vector, float32, memory-mapped for exact passes
     builds/<version>/colours.npy   optional: row i = item i's colour descriptor, float16 (zeros: none stored)
+    builds/<version>/sketch.npy    vectors wider than SKETCH_DIM: row i = item i's sketch, float32
+    builds/<version>/sketch_basis.npy    the (dim, SKETCH_DIM) basis the sketches project on, float32
     builds/<version>/meta.json     what the build was made from and how
     CURRENT                        the published version's name
 
@@ -50,10 +52,23 @@ INDEX_FILE = "vectors.ann"
 ITEMS_FILE = "items.npy"
 VECTORS_FILE = "vectors.npy"
 COLOURS_FILE = "colours.npy"
+SKETCH_FILE = "sketch.npy"
+SKETCH_BASIS_FILE = "sketch_basis.npy"
 META_FILE = "meta.json"
+# Every file a build may hold (the first three always): nothing else is read, checked or delivered.
+BUILD_FILES = (META_FILE, INDEX_FILE, ITEMS_FILE, VECTORS_FILE, COLOURS_FILE, SKETCH_FILE, SKETCH_BASIS_FILE)
 POINTER_FILE = "CURRENT"
 BUILDS_DIR = "builds"
 METRIC = "angular"
+# A build of vectors wider than this keeps each one's sketch: its projection on the SKETCH_DIM directions that
+# hold most of the vectors' inner products, fitted on up to SKETCH_SAMPLE of them. A grid's variety (MMR)
+# compares 200 candidates with each other 24 times; on sketches and colours that costs a third of the full
+# width's arithmetic (docs/benchmarks.md).
+SKETCH_DIM = 256
+SKETCH_SAMPLE = 20_000
+# Every float16 bit pattern's float32 value (256 KB): looking 200 candidates' colours up in it costs half of
+# numpy's own cast, on a click's path.
+_SINGLE_OF_HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 class IndexCorrupt(RuntimeError):
@@ -121,6 +136,35 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def sketch_basis(
+    vectors: np.ndarray, *, dim: int = SKETCH_DIM, sample: int = SKETCH_SAMPLE, seed: int = 0
+) -> np.ndarray:
+    """(d, dim) orthonormal: the directions along which ``vectors`` (n, d) have most of their second moment
+    (zero columns beyond their rank).
+
+    Uncentred, since what a sketch keeps is the vectors' inner products, not their spread about the mean.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    if len(x) > sample:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))]
+    n, d = x.shape
+    basis = np.zeros((d, dim))
+    if n >= d:
+        _, directions = np.linalg.eigh(x.T @ x)  # ascending
+        basis[:, : min(dim, d)] = directions[:, ::-1][:, :dim]
+    else:  # fewer vectors than dimensions: the same directions from the smaller (n, n) matrix
+        values, mixes = np.linalg.eigh(x @ x.T)
+        values, mixes = values[::-1][:dim], mixes[:, ::-1][:, :dim]
+        kept = values > 1e-9 * max(float(values[0]), 1e-30)
+        basis[:, : int(kept.sum())] = (x.T @ mixes[:, kept]) / np.sqrt(values[kept])
+    return basis.astype(np.float32)
+
+
+def sketched(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``vectors`` projected on ``basis``: their inner products are the vectors' own less what lies outside it."""
+    return np.asarray(vectors, dtype=np.float32) @ basis
+
+
 def index_build(
     *,
     directory: Path,
@@ -180,6 +224,10 @@ def index_build(
         if colours is not None:
             # Half precision: the descriptors' cosines need three digits, and 44k products fit in 26 MB.
             arrays.append((COLOURS_FILE, np.ascontiguousarray(colours, dtype=np.float16)))
+        if dim > SKETCH_DIM:
+            basis = sketch_basis(vectors, seed=seed)
+            arrays.append((SKETCH_BASIS_FILE, basis))
+            arrays.append((SKETCH_FILE, sketched(vectors, basis)))  # 45 MB at 44k; float32: read without a cast
         for name, array in arrays:
             with (tmp / name).open("wb") as fh:
                 np.save(fh, array)
@@ -346,7 +394,7 @@ def build_files_verify(build: Path, version: str, *, checksum: bool = True) -> F
 def _build_signature(build: Path) -> tuple[tuple[int, int, int] | None, ...]:
     """(inode, size, mtime) of each file a build may hold, None where missing: changes when any file does."""
     signature = []
-    for name in (META_FILE, INDEX_FILE, ITEMS_FILE, VECTORS_FILE, COLOURS_FILE):
+    for name in BUILD_FILES:
         try:
             stat = (build / name).stat()
         except OSError:
@@ -429,6 +477,12 @@ class LoadedIndex:
         # colours.npy trails rank by the image vector alone.
         self._vectors = self._map(build, VECTORS_FILE, dtype=np.float32, shape=(self.meta.count, self.meta.dim))
         self._colours = self._map(build, COLOURS_FILE, dtype=np.float16, shape=(self.meta.count, None))
+        # Without a sketch (narrow vectors, a build from before it) a grid's variety compares the vectors.
+        self._sketch = self._map(build, SKETCH_FILE, dtype=np.float32, shape=(self.meta.count, None))
+        basis = self._map(build, SKETCH_BASIS_FILE, dtype=np.float32, shape=(self.meta.dim, None))
+        self._sketch_basis = None if basis is None else np.array(basis)  # small: read whole
+        if (self._sketch is None) != (basis is None) or (basis is not None and basis.shape[1] != self._sketch.shape[1]):
+            raise IndexCorrupt(f"index build {version}: {SKETCH_FILE} and {SKETCH_BASIS_FILE} do not match")
 
     def _map(self, build: Path, name: str, *, dtype: type, shape: tuple[int, int | None]) -> np.ndarray | None:
         """A read-only memory map of array file ``name``, kept open for ``damage``; None where a build has none."""
@@ -510,7 +564,18 @@ class LoadedIndex:
         """The (len(items), c) float32 colour descriptors of ``items``; None when the build has none."""
         if self._colours is None:
             return None
-        return np.asarray(self._colours[np.asarray(items, dtype=np.int64)], dtype=np.float32)
+        half = np.asarray(self._colours[np.asarray(items, dtype=np.int64)])
+        return np.take(_SINGLE_OF_HALF, half.view(np.uint16))  # exact, and twice as fast as numpy's cast
+
+    def sketches_of(self, items: np.ndarray) -> np.ndarray | None:
+        """The (len(items), s) float32 sketches of ``items`` (``sketched``); None when the build has none."""
+        if self._sketch is None:
+            return None
+        return np.asarray(self._sketch[np.asarray(items, dtype=np.int64)])
+
+    def sketch(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Sketches of vectors the build does not hold (stored since), as the build's own; None without one."""
+        return None if self._sketch_basis is None else sketched(vectors, self._sketch_basis)
 
     def holds(self, embedding_ids: np.ndarray) -> np.ndarray:
         """A boolean mask: which of ``embedding_ids`` this build holds (binary search, no Python loop)."""

@@ -18,7 +18,8 @@ A grid is two steps (see ``recommender.feedback``): the strategy's query vector 
 over-fetched candidate set (``selectors.similar_products``: fresh vectors included, deleted and
 re-imaged products left out, filters exact); the candidates' image vectors and colour descriptors come
 from the published build's memory maps (the database only for those it does not hold), and ``grid_rank``
-scores them against every step (colour blended per step's aspect) and returns the grid in display order.
+scores them against every step (colour blended per step's aspect) and returns the grid in display order,
+MMR comparing the candidates by the build's sketches (``LoadedIndex.sketches_of``) where it keeps them.
 """
 
 from __future__ import annotations
@@ -286,6 +287,24 @@ class _Vectors:
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
         return self.vectors.matrix(product_ids)
+
+    def sketch_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
+        """The build's sketches of ``product_ids`` (looked up already), in order, those stored since the build
+        sketched from their vectors; None without a build or where it keeps no sketch (``LoadedIndex.sketch``)."""
+        if self.loaded is None or not len(product_ids):
+            return None
+        ids = np.asarray(product_ids, dtype=np.int64)
+        items = self.loaded.item_at(ids)
+        built = items >= 0
+        if self._newer:  # a build's sketch of a product re-imaged since is its old look's
+            built &= np.fromiter((pid not in self._newer for pid in product_ids), bool, len(ids))
+        held = self.loaded.sketches_of(items[built])
+        if held is None or built.all():
+            return held
+        out = np.zeros((len(ids), held.shape[1]), dtype=np.float32)
+        out[built] = held
+        out[~built] = self.loaded.sketch(self.vectors.matrix(ids[~built].tolist()))
+        return out
 
     def colour_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
         """Colour descriptors of ``product_ids`` (zeros where one is missing); None when none of them has one."""
@@ -584,6 +603,7 @@ def _rank(
             candidates=store.matrix(candidates),
             candidate_colours=store.colour_matrix(candidates) if trail.colours is not None else None,
             candidate_seen=np.asarray([seen.get(pid, -1) for pid in candidates], dtype=np.int64),
+            candidate_sketches=store.sketch_matrix(candidates) if strategy.diversity else None,
             k=k,
         )
     return [Neighbour(product_id=candidates[p], score=float(s)) for p, s in zip(positions, scores, strict=True)]

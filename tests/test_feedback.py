@@ -249,6 +249,23 @@ def test_grid_rank_returns_k_distinct_candidates_in_grid_order():
         assert (np.diff(ranking[positions]) <= 0).all(), f"{strategy.name}: not shown in ranking order"
 
 
+def test_grid_rank_varies_the_grid_by_the_sketches_it_is_given():
+    rng = np.random.default_rng(5)
+    candidates = _unit(*rng.normal(size=(120, 16)).tolist())
+    sketches = _unit(*rng.normal(size=(120, 4)).tolist())  # another likeness of tiles to each other
+    trail = TrailVectors(vectors=candidates[:1], marks=("",))
+    strategy = replace(feedback.COHERENT, colour_weight=None, diversity=0.5)
+    rank = feedback.candidate_scores(trail=trail, strategy=strategy, candidates=candidates[1:])
+    for given in (None, sketches[1:]):
+        positions, _ = feedback.grid_rank(
+            trail=trail, strategy=strategy, candidates=candidates[1:], k=25, candidate_sketches=given
+        )
+        picked = feedback.diversify(scores=rank, vectors=candidates[1:] if given is None else given, k=25, strength=0.5)
+        assert sorted(positions.tolist()) == sorted(picked.tolist())
+    by_vectors = feedback.grid_rank(trail=trail, strategy=strategy, candidates=candidates[1:], k=25)[0]
+    assert set(by_vectors.tolist()) != set(positions.tolist())
+
+
 def test_trail_vectors_refuse_inconsistent_input():
     with pytest.raises(ValueError, match="marks"):
         TrailVectors(vectors=E[:2], marks=("",))

@@ -12,6 +12,9 @@ from annoy import AnnoyIndex
 from recommender.index import (
     BUILDS_DIR,
     INDEX_FILE,
+    SKETCH_BASIS_FILE,
+    SKETCH_DIM,
+    SKETCH_FILE,
     IndexCorrupt,
     IndexReader,
     LoadedIndex,
@@ -130,6 +133,53 @@ def test_a_corrupt_or_missing_index_file_is_detected_not_served(tmp_path: Path):
     ann.unlink()
     with pytest.raises(IndexCorrupt):
         IndexReader(tmp_path).current()
+
+
+def test_a_build_of_wide_vectors_keeps_sketches_whose_cosines_follow_the_vectors(tmp_path: Path):
+    vectors = clustered(3000, 2 * SKETCH_DIM, clusters=40, noise=0.6, seed=3)
+    loaded = LoadedIndex(tmp_path, build(tmp_path, vectors).version)
+    items = np.arange(0, 3000, 7)
+    sketches = loaded.sketches_of(items)
+    assert sketches.shape == (len(items), SKETCH_DIM) and sketches.dtype == np.float32
+    norms = np.linalg.norm(sketches, axis=1)
+    assert (norms <= 1.002).all() and norms.mean() > 0.8  # most of each unit vector, in half precision
+    # A vector stored since the build is sketched as the build's own are.
+    np.testing.assert_allclose(loaded.sketch(vectors[items]), sketches, atol=2e-3)
+    # Cosines between sketches follow the vectors' own: close values, and each row's nearest by sketch nearly as
+    # near as its nearest by vector.
+    exact, approx = vectors[items] @ vectors[items].T, sketches @ sketches.T
+    np.fill_diagonal(exact, -1.0)
+    np.fill_diagonal(approx, -1.0)
+    assert np.abs(exact - approx).mean() < 0.1
+    rows = np.arange(len(items))
+    assert exact[rows, approx.argmax(axis=1)].mean() > exact.max(axis=1).mean() - 0.05
+
+
+def test_colour_descriptors_come_back_as_stored_in_half_precision(tmp_path: Path):
+    rng = np.random.default_rng(4)
+    colours = rng.random((300, 294)).astype(np.float32) ** 4  # many near zero: half precision's subnormals
+    colours[::7] = 0.0  # no descriptor stored
+    colours[1, :3] = [np.inf, 65504.0, -1e-7]
+    loaded = LoadedIndex(tmp_path, build(tmp_path, clustered(300, 16), colours=colours).version)
+    items = np.array([0, 1, 2, 7, 299, 150])
+    np.testing.assert_array_equal(loaded.colours_of(items), colours[items].astype(np.float16).astype(np.float32))
+
+
+def test_a_build_of_narrow_vectors_keeps_none_and_a_damaged_sketch_is_refused(tmp_path: Path):
+    narrow = LoadedIndex(tmp_path / "narrow", build(tmp_path / "narrow", clustered(200, SKETCH_DIM)).version)
+    assert narrow.sketches_of(np.arange(3)) is None and narrow.sketch(np.zeros((1, SKETCH_DIM))) is None
+    meta = build(tmp_path / "wide", clustered(200, 2 * SKETCH_DIM))
+    folder = tmp_path / "wide" / BUILDS_DIR / meta.version
+    for name in (SKETCH_FILE, SKETCH_BASIS_FILE):
+        kept = (folder / name).read_bytes()
+        (folder / name).write_bytes(kept[:-64])
+        with pytest.raises(IndexCorrupt):
+            IndexReader(tmp_path / "wide").current()
+        (folder / name).unlink()
+        with pytest.raises(IndexCorrupt, match="missing"):
+            IndexReader(tmp_path / "wide").current()
+        (folder / name).write_bytes(kept)
+    assert IndexReader(tmp_path / "wide").current().sketches_of(np.arange(2)).shape == (2, SKETCH_DIM)
 
 
 def test_build_refuses_mismatched_inputs(tmp_path: Path):

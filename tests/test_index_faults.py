@@ -26,6 +26,8 @@ from recommender.index import (
     COLOURS_FILE,
     INDEX_FILE,
     META_FILE,
+    SKETCH_BASIS_FILE,
+    SKETCH_FILE,
     VECTORS_FILE,
     IndexCorrupt,
     IndexReader,
@@ -322,7 +324,9 @@ def test_the_sweep_finds_a_same_size_change_by_checksum_and_rebuilds(
     real_digest = index_module._file_digest
     monkeypatch.setattr(index_module, "_file_digest", lambda path: digests.append(path.name) or real_digest(path))
     tasks.embed_sweep()
-    assert sorted(digests) == sorted(["items.npy", INDEX_FILE, VECTORS_FILE, COLOURS_FILE])
+    assert sorted(digests) == sorted(
+        ["items.npy", INDEX_FILE, VECTORS_FILE, COLOURS_FILE, SKETCH_FILE, SKETCH_BASIS_FILE]
+    )
     digests.clear()
     tasks.embed_sweep()
     assert digests == []  # files unchanged since their checksums passed: sizes only

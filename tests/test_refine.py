@@ -394,3 +394,21 @@ def test_rows_read_for_the_same_ids_in_the_same_order_are_the_block_itself_and_l
     rows.add([3], fresh.copy())  # product 3's newer vector
     np.testing.assert_array_equal(rows.matrix([5, 3, 9]), np.stack([first[0], fresh[0], first[2]]))
     np.testing.assert_array_equal(rows.matrix([3, 7], width=4), np.stack([fresh[0], np.zeros(4)]))
+
+
+def test_a_grids_variety_compares_the_builds_sketches_and_sketches_a_vector_stored_since(demo_catalog_db):
+    space = runtime.active_space()
+    loaded = runtime.index_reader().current()
+    reimaged, other = demo_catalog_db[:2]
+    # Product ``reimaged`` gets a new look after the build: the look of the catalog's last product.
+    new_look = Embedding.objects.get(product_id=demo_catalog_db[-1], space=space)
+    Embedding.objects.filter(product_id=reimaged, space=space).delete()
+    Embedding.objects.create(product_id=reimaged, space=space, dim=new_look.dim, vector=new_look.vector,
+                             image_version=2)  # fmt: skip
+    store = refine._Vectors(space, loaded)
+    store.fetch([reimaged, other], colours=False)
+    sketches = store.sketch_matrix([reimaged, other])
+    built = loaded.sketches_of(loaded.item_at(np.array([demo_catalog_db[-1], other])))
+    assert built is not None and sketches.shape == built.shape  # the demo's vectors are wider than a sketch
+    np.testing.assert_allclose(sketches, built, atol=2e-3)  # the new look's sketch, not the build's old one
+    assert not np.allclose(sketches[0], loaded.sketches_of(loaded.item_at(np.array([reimaged])))[0], atol=1e-2)
