@@ -150,9 +150,9 @@ class _Rows:
     """
 
     def __init__(self) -> None:
-        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (block, sorted ids, their rows)
+        # (block, its ids in its rows' order, those ids sorted, their rows)
+        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._block_of: dict[int, int] = {}
-        self._newest: np.ndarray | None = None  # the newest block's ids, in its rows' order
 
     def add(self, product_ids: Sequence[int], block: np.ndarray) -> None:
         if not len(product_ids):
@@ -161,8 +161,7 @@ class _Rows:
         order = np.argsort(ids, kind="stable")
         self._block_of.update(dict.fromkeys(ids.tolist(), len(self._blocks)))
         block.flags.writeable = False  # matrix() may hand the block itself out
-        self._blocks.append((block, ids[order], order))
-        self._newest = ids
+        self._blocks.append((block, ids, ids[order], order))
 
     def __contains__(self, product_id: int) -> bool:
         return product_id in self._block_of
@@ -174,11 +173,12 @@ class _Rows:
         """float32 rows of ``product_ids``, in order; with ``width``, zeros for ids missing or of another width."""
         width = width if width is not None else self.width(product_ids[0])
         ids = np.asarray(product_ids, dtype=np.int64)
-        newest = self._blocks[-1][0] if self._blocks else None
-        if newest is not None and newest.shape[1] == width and np.array_equal(self._newest, ids):
-            return newest  # just read for these ids, in this order (the candidates): no gather, no copy
+        if self._blocks:
+            newest, newest_ids = self._blocks[-1][:2]
+            if newest.shape[1] == width and np.array_equal(newest_ids, ids):
+                return newest  # just read for these ids, in this order (the candidates): no gather, no copy
         out = None
-        for block, sorted_ids, rows in self._blocks:  # in the order added: a later block wins
+        for block, _, sorted_ids, rows in self._blocks:  # in the order added: a later block wins
             if block.shape[1] != width:
                 continue
             at = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)
