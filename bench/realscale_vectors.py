@@ -20,9 +20,10 @@ Usage (the environment names the database, as ``bench/realscale.py`` sets it):
   Writes the timings as JSON to FILE.
 * ``python bench/realscale_vectors.py strategies --n N --dim D --walks W --out FILE``: the same synthetic
   catalog with a colour descriptor per product (in the index build too), then the thread CPU of each
-  strategy of ``recommender.feedback.SERVED`` on the same requests, interleaved: a first click, the next
-  click of a 10-click walk (the walk's earlier grids remembered, as on a site a shopper is using) and the
-  walk's 10-step link opened cold (nothing remembered). Writes the timings as JSON to FILE.
+  strategy of ``recommender.feedback.SERVED`` on the same requests, interleaved: a first click and the next
+  click of a 10-click walk (the walk's earlier grids remembered, as on a site a shopper is using), begun on
+  the home page's grid and from a text search, and the search walk's 10-step link opened cold (nothing
+  remembered). Writes the timings as JSON to FILE.
 """
 
 from __future__ import annotations
@@ -369,6 +370,12 @@ def clicks(n: int, dim: int, count: int, fresh: int, out: Path) -> None:
     out.write_text(json.dumps(results))
 
 
+# Where a timed walk begins, as the query its links carry: the home page's starting grid (no words: the trail
+# explores, ``Strategy.exploring``) or a text search (every synthetic product's name holds the word).
+WALK_STARTS = {"home grid": "", "search": "synthetic product"}
+COLD = "10-step link from a search, cold"
+
+
 def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None = None) -> None:
     """Thread CPU and wall ms per request for each served strategy, and each of ``also`` (lab strategies by
     ``lab.strategies.strategy_named`` spec, e.g. ``coherent:overfetch=6``), on the same walks (the module's doc)."""
@@ -390,28 +397,29 @@ def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None =
         refine.forget()
         cache.delete_pattern("*recommender:grid:*")
 
-    def timed(anchor: int, trail: list[str]) -> tuple[float, float, list[int]]:
+    def timed(anchor: int, trail: list[str], query: str) -> tuple[float, float, list[int]]:
         wall, cpu = time.perf_counter(), time.thread_time()
-        response = client.get(f"/api/similar/{anchor}", {"trail": ",".join(trail)})
+        response = client.get(f"/api/similar/{anchor}", {"trail": ",".join(trail), "q": query})
         cpu_ms, wall_ms = (time.thread_time() - cpu) * 1e3, (time.perf_counter() - wall) * 1e3
         if response.status_code != 200 or len(response.json()["results"]) != K:
             raise RuntimeError(f"GET /api/similar/{anchor} answered {response.status_code}: {response.content[:300]!r}")
         return cpu_ms, wall_ms, [int(item["id"]) for item in response.json()["results"]]
 
-    def walk(first: int, record: dict | None) -> list[str]:
-        """A shopper's walk of TRAIL_STEPS clicks, each on the first tile of the grid before; its trail."""
+    def walk(first: int, record: dict | None, start: str) -> list[str]:
+        """A shopper's walk of TRAIL_STEPS clicks begun at ``start`` (a WALK_STARTS key), each on the first tile
+        of the grid before; its trail."""
         trail, anchor = [], first
         for step in range(TRAIL_STEPS):
             trail.append(str(anchor))
-            cpu_ms, wall_ms, grid = timed(anchor, trail)
+            cpu_ms, wall_ms, grid = timed(anchor, trail, WALK_STARTS[start])
             if record is not None:
-                kind = record["first click" if step == 0 else "walk: next click"]
+                kind = record[f"{start}: {'first click' if step == 0 else 'next click'}"]
                 kind["cpu_ms"].append(cpu_ms)
                 kind["wall_ms"].append(wall_ms)
             anchor = next(pid for pid in grid if str(pid) not in trail)
         return trail
 
-    kinds = ("first click", "walk: next click", "10-step link, cold")
+    kinds = (*(f"{start}: {click}" for start in WALK_STARTS for click in ("first click", "next click")), COLD)
     results = {name: {kind: {"cpu_ms": [], "wall_ms": []} for kind in kinds} for name in arms}
 
     def serving(name: str):  # noqa: ANN202
@@ -420,18 +428,20 @@ def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None =
     rng = np.random.default_rng(11)
     for name in arms:  # warm: the index mapped, the database's pages read, each strategy's code run
         with serving(name):
-            walk(int(rng.integers(1, n + 1)), None)
+            for start in WALK_STARTS:
+                walk(int(rng.integers(1, n + 1)), None, start)
     for number in range(walks):
         first = int(rng.integers(1, n + 1))
         names = list(arms)[number % len(arms) :] + list(arms)[: number % len(arms)]  # rotate the order
         for name in names:
-            forget()
             with serving(name):
-                trail = walk(first, results[name])
+                for start in WALK_STARTS:
+                    forget()
+                    trail = walk(first, results[name], start)
                 forget()
-                cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail)
-            results[name]["10-step link, cold"]["cpu_ms"].append(cpu_ms)
-            results[name]["10-step link, cold"]["wall_ms"].append(wall_ms)
+                cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail, WALK_STARTS["search"])
+            results[name][COLD]["cpu_ms"].append(cpu_ms)
+            results[name][COLD]["wall_ms"].append(wall_ms)
     out.write_text(json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results}))
 
 

@@ -88,14 +88,17 @@ COHERENT_UNPUSHED = replace(
 COHERENT_ONE_MMR = replace(
     COHERENT,
     name="coherent-one-mmr",
+    overfetch=8,
     explore_diversity=None,
-    notes="coherent with its MMR (0.2) from the starting grid too: no exploring strength",
+    explore_overfetch=None,
+    notes="coherent with its MMR (0.2) of 8 grids' candidates from the starting grid too: no exploring strength",
 )
 COHERENT_PLAIN = replace(
     COHERENT,
     name="coherent-mmr",
     diversity=0.0,
     explore_diversity=None,
+    explore_overfetch=None,
     notes="coherent without MMR: the 25 best by score",
 )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -29,7 +30,8 @@ from recommender.colour import ASPECT_COLOUR_WEIGHTS, DEFAULT_COLOUR_WEIGHT, Asp
 
 # Candidates fetched per grid tile before re-ranking (a strategy's default ``overfetch``): enough for the colour
 # blend, the demotion of what was seen and the diversity pass to find what the image vector alone ranks a little
-# lower. Fewer cost the served strategy convergence from the starting grid (docs/quality.md, "The cost of a click").
+# lower. The served strategy takes 6 after words or a photo and 8 from the starting grid, where fewer cost it
+# convergence (docs/quality.md, "The cost of a click").
 OVERFETCH = 8
 # A step asking for the same colour or the same shape reorders the grid within this many grid's worth of the
 # candidates the default blend ranks first: colour decides among what looks alike, never over it.
@@ -80,12 +82,12 @@ class TrailVectors:
         if not self.image_spread > 0:
             raise ValueError("image_spread must be positive")
 
-    @property
+    @cached_property  # read a dozen times per grid; the trail never changes
     def liked(self) -> np.ndarray:
         """Positions of the steps not marked "not like this", oldest first."""
         return np.flatnonzero([mark != DISLIKED for mark in self.marks])
 
-    @property
+    @cached_property
     def disliked(self) -> np.ndarray:
         return np.flatnonzero([mark == DISLIKED for mark in self.marks])
 
@@ -123,6 +125,8 @@ class Strategy:
       of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
       (None: ``diversity``).
     - ``overfetch``: candidates asked of the index per grid tile, for the re-rank to choose from.
+    - ``explore_overfetch``: ``overfetch`` instead for a trail begun on the starting grid, whose wider MMR
+      picks from deeper in the candidates (None: ``overfetch``).
     """
 
     name: str
@@ -140,6 +144,7 @@ class Strategy:
     diversity: float = 0.0
     explore_diversity: float | None = None
     overfetch: int = OVERFETCH
+    explore_overfetch: int | None = None
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -155,14 +160,18 @@ class Strategy:
             raise ValueError("explore_diversity must be at least 0 and below 1")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
-        if self.overfetch < 1:
-            raise ValueError("overfetch must be at least 1")
+        if self.overfetch < 1 or (self.explore_overfetch is not None and self.explore_overfetch < 1):
+            raise ValueError("overfetch and explore_overfetch must be at least 1")
 
     def exploring(self) -> Strategy:
-        """This strategy as it ranks a trail begun on the starting grid (``explore_diversity``'s MMR)."""
-        if self.explore_diversity is None or self.explore_diversity == self.diversity:
-            return self
-        return replace(self, diversity=self.explore_diversity)
+        """This strategy as it ranks a trail begun on the starting grid (``explore_diversity``'s MMR, from
+        ``explore_overfetch``'s candidates)."""
+        exploring = replace(
+            self,
+            diversity=self.diversity if self.explore_diversity is None else self.explore_diversity,
+            overfetch=self.overfetch if self.explore_overfetch is None else self.explore_overfetch,
+        )
+        return self if exploring == self else exploring
 
     @property
     def hides_seen(self) -> bool:
@@ -215,10 +224,15 @@ def _pushed(trail: TrailVectors, strategy: Strategy) -> np.ndarray | None:
     return weights @ np.asarray(trail.skipped, dtype=np.float32) if len(weights) else None
 
 
-def _step_colour_weight(trail: TrailVectors, step: int, strategy: Strategy) -> float:
+def _colour_weights(trail: TrailVectors, strategy: Strategy) -> np.ndarray:
+    """Each step's colour share in the trail's space (its aspect's, or the strategy's), 0 without colours."""
     if trail.colours is None:
-        return 0.0
-    return colour_weight_in_space(_aspect_colour_weight(trail.aspect(step), strategy), trail.image_spread)
+        return np.zeros(len(trail.vectors))
+    by_code = {
+        code: colour_weight_in_space(_aspect_colour_weight(Aspect(code), strategy), trail.image_spread)
+        for code in set(trail.aspects or ("",))
+    }
+    return np.array([by_code[code] for code in trail.aspects] if trail.aspects else [by_code[""]] * len(trail.vectors))
 
 
 def _aspect_colour_weight(aspect: Aspect, strategy: Strategy) -> float:
@@ -255,10 +269,14 @@ def _score_scale(trail: TrailVectors, strategy: Strategy) -> float:
     return spread / (1.0 - weight + weight * spread)
 
 
-def _image_share(trail: TrailVectors, strategy: Strategy) -> float:
+def _image_share(trail: TrailVectors, strategy: Strategy, colour_weights: np.ndarray) -> float:
     """How much of the liked steps' pull is the image cosine (the rest is colour): pushes are scaled alike."""
-    shares = np.array([1.0 - max(_step_colour_weight(trail, int(i), strategy), 0.0) for i in trail.liked])
-    return float(liked_weights(trail, strategy) @ shares)
+    return float(liked_weights(trail, strategy) @ _image_shares(trail, colour_weights))
+
+
+def _image_shares(trail: TrailVectors, colour_weights: np.ndarray) -> np.ndarray:
+    """Each liked step's image share (1 less its colour weight, a negative one counting 0)."""
+    return 1.0 - np.maximum(colour_weights[trail.liked], 0.0)
 
 
 def _unit(vector: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -278,9 +296,9 @@ def query_vectors(*, trail: TrailVectors, strategy: Strategy) -> np.ndarray:
     if strategy.combine == "best":
         return np.stack([_unit(vectors[i], newest) for i in liked])
     weights = liked_weights(trail, strategy)
-    shares = np.array([1.0 - max(_step_colour_weight(trail, i, strategy), 0.0) for i in liked])
-    query = (weights * shares) @ vectors[liked]
-    share = _image_share(trail, strategy)
+    colour_weights = _colour_weights(trail, strategy)
+    query = (weights * _image_shares(trail, colour_weights)) @ vectors[liked]
+    share = _image_share(trail, strategy, colour_weights)
     if len(trail.disliked) and strategy.dislike_weight:
         query = query - share * strategy.dislike_weight * vectors[trail.disliked].mean(axis=0)
     pushed = _pushed(trail, strategy)
@@ -290,9 +308,10 @@ def query_vectors(*, trail: TrailVectors, strategy: Strategy) -> np.ndarray:
 
 
 def _step_scores(
-    trail: TrailVectors, strategy: Strategy, image: np.ndarray, candidate_colours: np.ndarray | None
+    trail: TrailVectors, colour_weights: np.ndarray, image: np.ndarray, candidate_colours: np.ndarray | None
 ) -> np.ndarray:
-    """(steps, N) blended scores of each candidate against every step, from their (steps, N) image scores."""
+    """(steps, N) blended scores of each candidate against every step, from their (steps, N) image scores and
+    the steps' ``colour_weights``."""
     if trail.colours is None or candidate_colours is None:
         return image
     candidate_colours = np.asarray(candidate_colours, dtype=np.float32)
@@ -302,7 +321,7 @@ def _step_scores(
         # A candidate without a stored descriptor (embedded before colours were kept) is scored by its image
         # alone, as if its colour agreed as well as its look: neither favoured nor sunk.
         colour_scores[:, unknown] = image[:, unknown]
-    weights = np.array([_step_colour_weight(trail, step, strategy) for step in range(len(image))], dtype=np.float32)
+    weights = colour_weights.astype(np.float32)
     return (1.0 - np.maximum(weights, 0.0))[:, None] * image + weights[:, None] * colour_scores
 
 
@@ -332,12 +351,13 @@ def _score(
     queries = vectors if pushed is None else np.vstack([vectors, pushed[None, :]])
     # Every step and the push in one pass over the candidates (the pass is what scoring costs, not the sums).
     image = (candidates @ queries.T).T
-    blended = _step_scores(trail, strategy, image[: len(vectors)], candidate_colours)
+    colour_weights = _colour_weights(trail, strategy)
+    blended = _step_scores(trail, colour_weights, image[: len(vectors)], candidate_colours)
     liked_scores = blended[liked]
     weights = liked_weights(trail, strategy)
     likeness = weights @ liked_scores
     rank = liked_scores.max(axis=0) if strategy.combine == "best" else likeness.copy()
-    share = _image_share(trail, strategy)
+    share = _image_share(trail, strategy, colour_weights)
     sunk = np.zeros(n, dtype=bool)
     if len(disliked):
         disliked_scores = blended[disliked]
@@ -479,7 +499,7 @@ def grid_rank(
         strength=strategy.diversity,
         colours=colours,
         # Tiles count as alike the way the newest click asks: its aspect's colour share ("any colour": none).
-        colour_weight=max(_step_colour_weight(trail, int(trail.liked[-1]), strategy), 0.0),
+        colour_weight=max(float(_colour_weights(trail, strategy)[trail.liked[-1]]), 0.0),
     )
     positions = picked if eligible is None else eligible[picked]
     positions = positions[np.argsort(-scored.rank[positions], kind="stable")]
@@ -502,8 +522,9 @@ NEIGHBOURS = Strategy(
 # rows (docs/quality.md, "Refinement: coherence and convergence"): the newest click pulls hardest, each older
 # one a quarter as hard; what the trail's earlier grids showed and the shopper passed over pushes the query
 # away weakly (Rocchio's gamma, 0.3, each older grid half as hard) and yields to new products at most 0.05
-# less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies, a stronger one
-# (0.35) on a trail begun on the starting grid, where the shopper has not yet said what kind they want.
+# less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies, picking from 6
+# grids' worth of candidates. A trail begun on the starting grid, where the shopper has not yet said what kind
+# they want, takes a stronger MMR (0.35) from 8 grids' worth: its deep picks lead to the shopper's kind.
 COHERENT = Strategy(
     name="coherent",
     liked="recency",
@@ -514,8 +535,11 @@ COHERENT = Strategy(
     seen_grids=8,
     colour_weight=DEFAULT_COLOUR_WEIGHT,
     diversity=0.2,
+    overfetch=6,
     explore_diversity=0.35,
-    notes="recency 0.25, what was passed over pushed (0.3) and demoted (0.05), colour 0.1, MMR 0.2 (0.35 from home)",
+    explore_overfetch=8,
+    notes="recency 0.25, what was passed over pushed (0.3) and demoted (0.05), colour 0.1, MMR 0.2 of 6 grids' "
+    "candidates (0.35 of 8 from home)",
 )
 SERVED: dict[str, Strategy] = {s.name: s for s in (COHERENT, NEIGHBOURS)}
 SHIPPED = COHERENT

@@ -573,6 +573,11 @@ class LoadedIndex:
             return None
         return np.asarray(self._sketch[np.asarray(items, dtype=np.int64)])
 
+    @property
+    def sketch_dim(self) -> int:
+        """The width of the build's sketches; 0 where it keeps none (narrow vectors, a build from before them)."""
+        return 0 if self._sketch_basis is None else int(self._sketch_basis.shape[1])
+
     def sketch(self, vectors: np.ndarray) -> np.ndarray | None:
         """Sketches of vectors the build does not hold (stored since), as the build's own; None without one."""
         return None if self._sketch_basis is None else sketched(vectors, self._sketch_basis)

@@ -192,8 +192,19 @@ class _Rows:
         return out if out is not None else np.zeros((len(ids), width), dtype=np.float32)
 
 
+def _part(
+    part: list[int], asked: list[int], ids: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, items) of those of ``part`` among ``ids`` (the build's of ``asked``, with their ``items``), in the
+    order asked; None when none is there."""
+    if part == asked:
+        return (ids, items) if len(ids) else None
+    mask = np.isin(ids, np.asarray(part, dtype=np.int64))
+    return (ids[mask], items[mask]) if mask.any() else None
+
+
 class _Vectors:
-    """Image vectors and colour descriptors by product id, for one request.
+    """Image vectors, colour descriptors and sketches by product id, for one request.
 
     A vector stored since the build (a new or re-imaged product) comes from the database, every other one
     from the build's memory map: the build's copy of a re-imaged product is its old look.
@@ -209,42 +220,41 @@ class _Vectors:
         self._newer = {pid: vector for pid, _, vector in self.delta}  # bytes: decoded only for the products asked
         self.vectors = _Rows()
         self.colours = _Rows()
+        self.sketches = _Rows()
         # Which vector is each candidate's current one, as looked up in this request: a trail's searches (a cold
         # link ranks every earlier page again) ask the database once per product (selectors.similar_products).
         self.current: dict[int, int | None] = {}
         self._looked_up: set[int] = set()
         self._colours_looked_up: set[int] = set()
 
-    def fetch(self, product_ids: Sequence[int], *, fresh: bool = False, colours: bool = True) -> None:
-        """Look up what is not looked up yet: vectors, and colours unless ``colours`` is False.
+    def fetch(
+        self, product_ids: Sequence[int], *, fresh: bool = False, colours: bool = True, sketches: bool = False
+    ) -> None:
+        """Look up what is not looked up yet: vectors, colours unless ``colours`` is False, and with ``sketches``
+        the build's sketches (``sketch_matrix``; read with the rest, one look-up of the build's items).
 
         ``fresh`` reads the database for all of them (the trail's steps). A product first looked up without
         its colour (a passed-over one) still gets it when a later call asks for colours.
         """
         with stage("vectors"):
-            self._fetch(product_ids, fresh=fresh, colours=colours)
+            self._fetch(product_ids, fresh=fresh, colours=colours, sketches=sketches)
 
-    def _fetch(self, product_ids: Sequence[int], *, fresh: bool, colours: bool) -> None:
+    def _fetch(self, product_ids: Sequence[int], *, fresh: bool, colours: bool, sketches: bool) -> None:
         ids = dict.fromkeys(int(i) for i in product_ids)  # in the order asked: matrix() then takes the block whole
         wanted = [pid for pid in ids if pid not in self._looked_up]
         colour_wanted = [pid for pid in ids if pid not in self._colours_looked_up] if colours else []
-        if not wanted and not colour_wanted:
+        from_build = self.loaded is not None and not fresh
+        sketch_wanted = (
+            [pid for pid in ids if pid not in self.sketches]
+            if sketches and from_build and self.loaded.sketch_dim
+            else []
+        )
+        if not wanted and not colour_wanted and not sketch_wanted:
             return
         self._looked_up.update(wanted)
         self._colours_looked_up.update(colour_wanted)
-        from_build = self.loaded is not None and not fresh
-        if from_build and wanted:
-            for found, rows in self._built(wanted):
-                self.vectors.add(found, rows)
-        if from_build and colour_wanted:
-            # The build's colour of a product re-imaged since is its old one: those come from the database.
-            old = np.asarray([p for p in colour_wanted if p not in self._newer], dtype=np.int64)
-            items = self.loaded.item_at(old)
-            held = items >= 0
-            built = self.loaded.colours_of(items[held])
-            if built is not None:
-                known = built.any(axis=1)  # a build's row of zeros: no descriptor when it was built
-                self.colours.add(old[held][known], built if known.all() else built[known])
+        if from_build:
+            self._from_build(wanted, colour_wanted, sketch_wanted)
         from_db = [] if from_build else wanted
         need_colour = [pid for pid in colour_wanted if pid not in self.colours]
         if not from_db and not need_colour:
@@ -257,20 +267,44 @@ class _Vectors:
             vectors = selectors.vectors_decoded([vector for _, vector in rows])
             (self.colours if space == COLOUR_SPACE else self.vectors).add([pid for pid, _ in rows], vectors)
 
-    def _built(self, product_ids: Sequence[int]) -> list[tuple[list[int], np.ndarray]]:
-        """The vectors of ``product_ids`` as (ids found, rows) blocks: those stored since the build (new or
-        re-imaged products) decoded from the rows read with it, the rest from the build's memory map."""
-        newer = [pid for pid in product_ids if pid in self._newer]
-        old = np.asarray([pid for pid in product_ids if pid not in self._newer], np.int64)
-        items = self.loaded.item_at(old)  # in the order asked
+    def _from_build(self, wanted: list[int], colour_wanted: list[int], sketch_wanted: list[int]) -> None:
+        """Vectors, colours and sketches of products from the build, its items looked up once for all three (a
+        rank's candidates ask for the same ids of each). The build's copy of a product re-imaged since is its
+        old look: its vector is decoded from the rows stored since, its sketch made from that, its colour read
+        from the database (``_fetch``)."""
+        asked = wanted
+        for part in (colour_wanted, sketch_wanted):
+            if part and part != asked:
+                asked = list(dict.fromkeys(asked + part))
+        newer, old, items = self._items(asked)
+        if wanted:
+            if newer and (fresh := [pid for pid in wanted if pid in self._newer]):
+                self.vectors.add(fresh, self._decoded(fresh))
+            if (built := _part(wanted, asked, old, items)) is not None:
+                self.vectors.add(built[0], self.loaded.vectors_of(built[1]))
+        if colour_wanted and (built := _part(colour_wanted, asked, old, items)) is not None:
+            rows = self.loaded.colours_of(built[1])
+            if rows is not None:
+                known = rows.any(axis=1)  # a build's row of zeros: no descriptor when it was built
+                self.colours.add(built[0][known], rows if known.all() else rows[known])
+        if sketch_wanted:
+            if newer and (fresh := [pid for pid in sketch_wanted if pid in self._newer]):
+                self.sketches.add(fresh, self.loaded.sketch(self._decoded(fresh)))
+            if (built := _part(sketch_wanted, asked, old, items)) is not None:
+                self.sketches.add(built[0], self.loaded.sketches_of(built[1]))
+
+    def _items(self, product_ids: Sequence[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(those of ``product_ids`` stored since the build, the build's ids among the rest, their items), in the
+        order asked."""
+        newer = [pid for pid in product_ids if pid in self._newer] if self._newer else []
+        old = np.asarray([pid for pid in product_ids if pid not in self._newer] if newer else product_ids, np.int64)
+        items = self.loaded.item_at(old)
         held = items >= 0
-        built = (old[held].tolist(), self.loaded.vectors_of(items[held]))
-        if not newer:
-            return [built]
-        return [
-            (newer, selectors.vectors_decoded([self._newer[pid] for pid in newer])),
-            built,
-        ]
+        return (newer, old, items) if held.all() else (newer, old[held], items[held])
+
+    def _decoded(self, product_ids: list[int]) -> np.ndarray:
+        """The vectors stored since the build of ``product_ids`` (their current looks)."""
+        return selectors.vectors_decoded([self._newer[pid] for pid in product_ids])
 
     def rows_once(self, product_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
         """(the ids found, their vectors) of ``product_ids``, read for one use and not kept: the passed-over
@@ -280,31 +314,21 @@ class _Vectors:
             found = [pid for pid in product_ids if pid in self.vectors]
             return found, self.vectors.matrix(found) if found else np.zeros((0, 0), dtype=np.float32)
         with stage("vectors"):
-            blocks = self._built(product_ids)
-        if len(blocks) == 1:
-            return blocks[0]
-        return [pid for found, _ in blocks for pid in found], np.vstack([rows for _, rows in blocks])
+            newer, old, items = self._items(product_ids)
+            rows = self.loaded.vectors_of(items)
+            if not newer:
+                return old.tolist(), rows
+            return [*newer, *old.tolist()], np.vstack([self._decoded(newer), rows])
 
     def matrix(self, product_ids: Sequence[int]) -> np.ndarray:
         return self.vectors.matrix(product_ids)
 
     def sketch_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
-        """The build's sketches of ``product_ids`` (looked up already), in order, those stored since the build
-        sketched from their vectors; None without a build or where it keeps no sketch (``LoadedIndex.sketch``)."""
-        if self.loaded is None or not len(product_ids):
+        """The sketches of ``product_ids`` (fetched with ``sketches``), in order: the build's, and those stored
+        since it sketched from their vectors; None without a build or where it keeps none (``LoadedIndex.sketch``)."""
+        if self.loaded is None or not self.loaded.sketch_dim or not len(product_ids):
             return None
-        ids = np.asarray(product_ids, dtype=np.int64)
-        items = self.loaded.item_at(ids)
-        built = items >= 0
-        if self._newer:  # a build's sketch of a product re-imaged since is its old look's
-            built &= np.fromiter((pid not in self._newer for pid in product_ids), bool, len(ids))
-        held = self.loaded.sketches_of(items[built])
-        if held is None or built.all():
-            return held
-        out = np.zeros((len(ids), held.shape[1]), dtype=np.float32)
-        out[built] = held
-        out[~built] = self.loaded.sketch(self.vectors.matrix(ids[~built].tolist()))
-        return out
+        return self.sketches.matrix(product_ids, width=self.loaded.sketch_dim)
 
     def colour_matrix(self, product_ids: Sequence[int]) -> np.ndarray | None:
         """Colour descriptors of ``product_ids`` (zeros where one is missing); None when none of them has one."""
@@ -422,7 +446,7 @@ def _key(base: str, kind: str, steps: Sequence[StepRef]) -> str:
 def _prefixes(steps: Sequence[StepRef]) -> list[tuple[StepRef, ...]]:
     """The trail as each page showed it: its own step last, liked (whatever mark it carries now), then the
     whole trail."""
-    return [(*steps[:end], replace(steps[end], mark=_liked(steps[end].mark))) for end in range(len(steps))]
+    return [(*steps[:end], step if step.mark != DISLIKED else replace(step, mark="")) for end, step in enumerate(steps)]
 
 
 class _Remembered:
@@ -526,10 +550,6 @@ def _strategy_key(strategy: Strategy) -> str:
     return hashlib.blake2b(repr(fields).encode(), digest_size=8).hexdigest()
 
 
-def _liked(mark: str) -> str:
-    return "" if mark == DISLIKED else mark
-
-
 def _rank(
     steps: Sequence[StepRef],
     shown: Sequence[tuple[int, ...]],
@@ -594,7 +614,7 @@ def _rank(
     candidates = list(pool)
     if not candidates:
         return []
-    store.fetch(candidates, colours=trail.colours is not None)
+    store.fetch(candidates, colours=trail.colours is not None, sketches=bool(strategy.diversity))
     candidates = [pid for pid in candidates if pid in store.vectors]
     with stage("rank"):
         positions, scores = grid_rank(

@@ -405,10 +405,14 @@ def test_a_product_the_grid_clicked_from_showed_yields_only_to_new_ones_about_as
     ].tolist() == [1, 0, 2]
 
 
-def test_exploring_uses_the_explore_strength_and_nothing_else():
-    strategy = replace(feedback.COHERENT, explore_diversity=0.45)
-    assert strategy.exploring() == replace(strategy, diversity=0.45)
-    plain = replace(strategy, explore_diversity=None)
+def test_exploring_uses_the_explore_strength_and_candidates_and_nothing_else():
+    strategy = replace(feedback.COHERENT, explore_diversity=0.45, explore_overfetch=9)
+    assert strategy.exploring() == replace(strategy, diversity=0.45, overfetch=9)
+    plain = replace(strategy, explore_diversity=None, explore_overfetch=None)
     assert plain.exploring() is plain
+    same = replace(plain, explore_overfetch=plain.overfetch)
+    assert same.exploring() == same
     with pytest.raises(ValueError, match="explore_diversity"):
         replace(strategy, explore_diversity=1.0)
+    with pytest.raises(ValueError, match="explore_overfetch"):
+        replace(strategy, explore_overfetch=0)

@@ -141,6 +141,7 @@ def test_a_build_of_wide_vectors_keeps_sketches_whose_cosines_follow_the_vectors
     items = np.arange(0, 3000, 7)
     sketches = loaded.sketches_of(items)
     assert sketches.shape == (len(items), SKETCH_DIM) and sketches.dtype == np.float32
+    assert loaded.sketch_dim == SKETCH_DIM
     norms = np.linalg.norm(sketches, axis=1)
     assert (norms <= 1.002).all() and norms.mean() > 0.8  # most of each unit vector, in half precision
     # A vector stored since the build is sketched as the build's own are.
@@ -168,6 +169,7 @@ def test_colour_descriptors_come_back_as_stored_in_half_precision(tmp_path: Path
 def test_a_build_of_narrow_vectors_keeps_none_and_a_damaged_sketch_is_refused(tmp_path: Path):
     narrow = LoadedIndex(tmp_path / "narrow", build(tmp_path / "narrow", clustered(200, SKETCH_DIM)).version)
     assert narrow.sketches_of(np.arange(3)) is None and narrow.sketch(np.zeros((1, SKETCH_DIM))) is None
+    assert narrow.sketch_dim == 0
     meta = build(tmp_path / "wide", clustered(200, 2 * SKETCH_DIM))
     folder = tmp_path / "wide" / BUILDS_DIR / meta.version
     for name in (SKETCH_FILE, SKETCH_BASIS_FILE):

@@ -193,14 +193,17 @@ def test_the_index_is_asked_for_the_strategys_candidates_per_tile(client, demo_c
     real = selectors.similar_products
     monkeypatch.setattr(selectors, "similar_products", lambda **kwargs: asked.append(kwargs["k"]) or real(**kwargs))
     product = demo_catalog_db[12]
-    for overfetch in (feedback.COHERENT.overfetch, 3):
-        strategy = replace(feedback.COHERENT, overfetch=overfetch)
+    served = feedback.COHERENT
+    assert served.explore_overfetch is not None and served.explore_overfetch > served.overfetch
+    for overfetch, explore in ((served.overfetch, served.explore_overfetch), (3, 5)):
+        strategy = replace(served, overfetch=overfetch, explore_overfetch=explore)
         monkeypatch.setattr(refine, "strategy_served", lambda name=None, chosen=strategy: chosen)
-        refine.forget()
-        cache.clear()
-        asked.clear()
-        assert len(api_ids(client, product, trail=str(product))) == 25
-        assert asked == [overfetch * 25]
+        for query, per_tile in (("shirt", overfetch), ("", explore)):  # from words; from the home page's grid
+            refine.forget()
+            cache.clear()
+            asked.clear()
+            assert len(api_ids(client, product, trail=str(product), q=query)) == 25
+            assert asked == [per_tile * 25]
 
 
 def test_colour_is_read_only_where_it_enters_the_scores(client, demo_catalog_db, monkeypatch, settings):
@@ -396,6 +399,30 @@ def test_rows_read_for_the_same_ids_in_the_same_order_are_the_block_itself_and_l
     np.testing.assert_array_equal(rows.matrix([3, 7], width=4), np.stack([fresh[0], np.zeros(4)]))
 
 
+def test_a_candidate_sets_vectors_colours_and_sketches_come_from_one_look_up_of_the_build(demo_catalog_db, monkeypatch):
+    space = runtime.active_space()
+    loaded = runtime.index_reader().current()
+    looked_up: list[int] = []
+    real = LoadedIndex.item_at
+    monkeypatch.setattr(LoadedIndex, "item_at", lambda self, ids: looked_up.append(len(ids)) or real(self, ids))
+    candidates = list(reversed(demo_catalog_db[20:60]))  # in the order a ranking asks for them
+    store = refine._Vectors(space, loaded)
+    store.fetch(candidates, sketches=True)
+    assert looked_up == [len(candidates)]
+    items = real(loaded, np.asarray(candidates))
+    np.testing.assert_array_equal(store.matrix(candidates), loaded.vectors_of(items))
+    np.testing.assert_array_equal(store.colour_matrix(candidates), loaded.colours_of(items))
+    np.testing.assert_array_equal(store.sketch_matrix(candidates), loaded.sketches_of(items))
+    # Asked again with some new ones, only the new ones are looked up.
+    looked_up.clear()
+    store.fetch([*candidates[:5], *demo_catalog_db[60:63]], sketches=True)
+    assert looked_up == [3]
+    np.testing.assert_array_equal(
+        store.sketch_matrix(demo_catalog_db[58:63]),
+        loaded.sketches_of(real(loaded, np.asarray(demo_catalog_db[58:63]))),
+    )
+
+
 def test_a_grids_variety_compares_the_builds_sketches_and_sketches_a_vector_stored_since(demo_catalog_db):
     space = runtime.active_space()
     loaded = runtime.index_reader().current()
@@ -406,7 +433,7 @@ def test_a_grids_variety_compares_the_builds_sketches_and_sketches_a_vector_stor
     Embedding.objects.create(product_id=reimaged, space=space, dim=new_look.dim, vector=new_look.vector,
                              image_version=2)  # fmt: skip
     store = refine._Vectors(space, loaded)
-    store.fetch([reimaged, other], colours=False)
+    store.fetch([reimaged, other], colours=False, sketches=True)
     sketches = store.sketch_matrix([reimaged, other])
     built = loaded.sketches_of(loaded.item_at(np.array([demo_catalog_db[-1], other])))
     assert built is not None and sketches.shape == built.shape  # the demo's vectors are wider than a sketch
