@@ -22,7 +22,8 @@ Two measures, which must hold together:
 
 * **Coherence** (seeded paths): a text search of a product's colour and type words, a click on the first
   result of that type, then two more clicks on the first tile of the clicked type; and a fresh click (no
-  trail, no query). Per grid: the share holding the clicked product's type over min(25, other products of
+  trail, no query: a trail begun on the home page's grid) with two more clicks after it the same way
+  (``home: clicks 2-3``). Per grid: the share holding the clicked product's type over min(25, other products of
   that type), the mean raw-vector cosine to the click, and whether it holds fewer than 10 of the type (over
   types with at least 10 others). The same first click with each aspect (same colour, any colour, same
   shape) gives the type share and the share in the click's colour.
@@ -340,7 +341,8 @@ def coherence_walk(site: ServedSite, paths: Sequence[tuple[str, str]]) -> dict[s
 
     catalog = site.catalog
     types = catalog.types
-    out = {kind: Grids() for kind in ("text", "clicks 2-3", "fresh", *(f"aspect: {a}" for a, _ in ASPECTS))}
+    kinds = ("text", "clicks 2-3", "fresh", "home: clicks 2-3", *(f"aspect: {a}" for a, _ in ASPECTS))
+    out = {kind: Grids() for kind in kinds}
     for q, kind in paths:
         first = site.search(q)
         matching = [int(r) for r in first if types[r] == kind]
@@ -354,18 +356,26 @@ def coherence_walk(site: ServedSite, paths: Sequence[tuple[str, str]]) -> dict[s
         for label, code in ASPECTS[1:]:
             aspected = site.similar(trail=trail.aspected(0, code), anchor=click, q=q)
             out[f"aspect: {label}"].add(catalog, aspected, click, [click])
-        clicked = [click]
-        for _ in range(2):
-            following = [int(r) for r in grid if types[r] == types[clicked[-1]]]
-            if not following:
-                break
-            clicked.append(following[0])
-            trail = trail.then(int(catalog.cat.ids[clicked[-1]]))
-            grid = site.similar(trail=trail, anchor=clicked[-1], q=q)
-            out["clicks 2-3"].add(catalog, grid, clicked[-1], clicked)
+        _follow(site, out["clicks 2-3"], grid, trail, [click], q=q)
         fresh = site.similar(trail=Trail(), anchor=click, q=None)
         out["fresh"].add(catalog, fresh, click, [click])
+        # The same click with no words before it: a trail begun on the home page's grid (it explores).
+        _follow(site, out["home: clicks 2-3"], fresh, Trail().then(int(catalog.cat.ids[click])), [click], q=None)
     return out
+
+
+def _follow(site: ServedSite, into: Grids, grid: np.ndarray, trail: Any, clicked: list[int], *, q: str | None) -> None:
+    """Two more clicks, each on the first tile of the clicked type, each grid read into ``into``."""
+    catalog = site.catalog
+    types = catalog.types
+    for _ in range(2):
+        following = [int(r) for r in grid if types[r] == types[clicked[-1]]]
+        if not following:
+            break
+        clicked.append(following[0])
+        trail = trail.then(int(catalog.cat.ids[clicked[-1]]))
+        grid = site.similar(trail=trail, anchor=clicked[-1], q=q)
+        into.add(catalog, grid, clicked[-1], clicked)
 
 
 # --- Convergence ---------------------------------------------------------------------------------------------
@@ -462,7 +472,8 @@ def catalog_measure(
         f"Coherence, {catalog.name}: the grid after a click, through GET /api/similar",
         ["strategy", "grid", "grids", "type share", "cosine to click", "< 10 of type", "colour share"],
         note=f"{len(walks)} seeded paths: a text search of a product's colour and type, a click on the first of "
-        "that type, two more clicks on the first tile of the clicked type; fresh: no trail, no query. "
+        "that type, two more clicks on the first tile of the clicked type; fresh: no trail, no query (a trail "
+        "begun on the home page's grid), and home: clicks 2-3 the two clicks after it. "
         "Means ± 95 % interval; '< 10 of type' over types with 10 or more others",
     )
     found = Table(
@@ -503,6 +514,13 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     def mean(values: list) -> float:
         return float(np.mean(values)) if values else math.nan
 
+    def home(kinds: dict) -> str:
+        if "home: clicks 2-3" not in kinds or "home: clicks 2-3" not in plain:  # a file from before the kind
+            return "-"
+        ours, base = kinds["home: clicks 2-3"], plain["home: clicks 2-3"]
+        ratio = mean(ours["type_share"]) / mean(base["type_share"])
+        return f"{ratio:.2f} / {100 * (mean(ours['few']) - mean(base['few'])):+.0f}"
+
     def found(key: str, within: int) -> float:
         clicks = convergence[key]
         return sum(1 for c in clicks if c is not None and c <= within) / len(clicks)
@@ -510,7 +528,7 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     summary = Table(
         f"Summary, {name}: each strategy beside plain neighbours on the same paths",
         ["strategy", "type share, text / clicks 2-3", "x neighbours", "< 10 of type, points over neighbours",
-         "found ≤ 3 / ≤ 8, from the grid", "from a text search"],
+         "home: clicks 2-3, x neighbours / points", "found ≤ 3 / ≤ 8, from the grid", "from a text search"],
         note="x neighbours: the type share over plain neighbours' (goal >= 0.8); points: the share of grids with "
         "fewer than 10 of the clicked type, minus neighbours' (goal <= 10)",
     )  # fmt: skip
@@ -524,6 +542,7 @@ def summary_tables(name: str, data: dict) -> list[Table]:
             f"{shares[0]:.2f} / {shares[1]:.2f}",
             f"{ratios[0]:.2f} / {ratios[1]:.2f}",
             f"{points[0]:+.0f} / {points[1]:+.0f}",
+            home(kinds),
             f"{found(f'{strategy}/grid', 3):.2f} / {found(f'{strategy}/grid', 8):.2f}",
             f"{found(f'{strategy}/text', 3):.2f} / {found(f'{strategy}/text', 8):.2f}",
         )
