@@ -23,9 +23,11 @@ Two measures, which must hold together:
 * **Coherence** (seeded paths): a text search of a product's colour and type words, a click on the first
   result of that type, then two more clicks on the first tile of the clicked type; and a fresh click (no
   trail, no query: a trail begun on the home page's grid) with two more clicks after it the same way
-  (``home: clicks 2-3``). Per grid: the share holding the clicked product's type over min(25, other products of
-  that type), the mean raw-vector cosine to the click, and whether it holds fewer than 10 of the type (over
-  types with at least 10 others). The same first click with each aspect (same colour, any colour, same
+  (``home: clicks 2-3``). Both walks of clicks 2-3 are also taken on a seeded random tile of the clicked
+  type instead of the first (``, any tile``): a rule that reads which tile was clicked must not be chosen for
+  the tile this bench happens to click. Per grid: the share holding the clicked product's type over min(25,
+  other products of that type), the mean raw-vector cosine to the click, and whether it holds fewer than 10
+  of the type (over types with at least 10 others). The same first click with each aspect (same colour, any colour, same
   shape) gives the type share and the share in the click's colour.
 * **Convergence**: a shopper wants one product and starts from the home page's grid, or from a text search
   of the target's kind (its type words, never its name). Each round they click the tile a judge ranks
@@ -53,7 +55,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -341,9 +343,10 @@ def coherence_walk(site: ServedSite, paths: Sequence[tuple[str, str]]) -> dict[s
 
     catalog = site.catalog
     types = catalog.types
-    kinds = ("text", "clicks 2-3", "fresh", "home: clicks 2-3", *(f"aspect: {a}" for a, _ in ASPECTS))
+    kinds = ("text", "clicks 2-3", "fresh", "home: clicks 2-3", *(f"{k}{ANY_TILE}" for k in FOLLOWED),
+             *(f"aspect: {a}" for a, _ in ASPECTS))  # fmt: skip
     out = {kind: Grids() for kind in kinds}
-    for q, kind in paths:
+    for number, (q, kind) in enumerate(paths):
         first = site.search(q)
         matching = [int(r) for r in first if types[r] == kind]
         if not matching:
@@ -356,23 +359,43 @@ def coherence_walk(site: ServedSite, paths: Sequence[tuple[str, str]]) -> dict[s
         for label, code in ASPECTS[1:]:
             aspected = site.similar(trail=trail.aspected(0, code), anchor=click, q=q)
             out[f"aspect: {label}"].add(catalog, aspected, click, [click])
-        _follow(site, out["clicks 2-3"], grid, trail, [click], q=q)
         fresh = site.similar(trail=Trail(), anchor=click, q=None)
         out["fresh"].add(catalog, fresh, click, [click])
-        # The same click with no words before it: a trail begun on the home page's grid (it explores).
-        _follow(site, out["home: clicks 2-3"], fresh, Trail().then(int(catalog.cat.ids[click])), [click], q=None)
+        # Clicks 2-3 after the words, and after the same click with no words before it (a trail begun on the
+        # home page's grid: it explores): on the first tile of the clicked type, and on any tile of it (seeded
+        # per path), so that no rule is chosen for which tile the bench happens to click.
+        home = Trail().then(int(catalog.cat.ids[click]))
+        for followed, (start, words, begun) in zip(FOLLOWED, ((grid, q, trail), (fresh, None, home)), strict=True):
+            _follow(site, out[followed], start, begun, [click], q=words)
+            tile = np.random.default_rng([SEED, number]).random
+            _follow(site, out[f"{followed}{ANY_TILE}"], start, begun, [click], q=words, pick=tile)
     return out
 
 
-def _follow(site: ServedSite, into: Grids, grid: np.ndarray, trail: Any, clicked: list[int], *, q: str | None) -> None:
-    """Two more clicks, each on the first tile of the clicked type, each grid read into ``into``."""
+# The two walks of clicks 2-3 (after a text search; after a fresh click), and the suffix of their any-tile kinds.
+FOLLOWED = ("clicks 2-3", "home: clicks 2-3")
+ANY_TILE = ", any tile"
+
+
+def _follow(
+    site: ServedSite,
+    into: Grids,
+    grid: np.ndarray,
+    trail: Any,
+    clicked: list[int],
+    *,
+    q: str | None,
+    pick: Callable[[], float] | None = None,
+) -> None:
+    """Two more clicks, each on a tile of the clicked type (the first; with ``pick``, the one at its uniform draw
+    in [0, 1) of those tiles), each grid read into ``into``."""
     catalog = site.catalog
     types = catalog.types
     for _ in range(2):
         following = [int(r) for r in grid if types[r] == types[clicked[-1]]]
         if not following:
             break
-        clicked.append(following[0])
+        clicked.append(following[int(pick() * len(following)) if pick is not None else 0])
         trail = trail.then(int(catalog.cat.ids[clicked[-1]]))
         grid = site.similar(trail=trail, anchor=clicked[-1], q=q)
         into.add(catalog, grid, clicked[-1], clicked)
@@ -473,7 +496,8 @@ def catalog_measure(
         ["strategy", "grid", "grids", "type share", "cosine to click", "< 10 of type", "colour share"],
         note=f"{len(walks)} seeded paths: a text search of a product's colour and type, a click on the first of "
         "that type, two more clicks on the first tile of the clicked type; fresh: no trail, no query (a trail "
-        "begun on the home page's grid), and home: clicks 2-3 the two clicks after it. "
+        "begun on the home page's grid), and home: clicks 2-3 the two clicks after it; 'any tile': the same "
+        "two clicks on a seeded random tile of the type. "
         "Means ± 95 % interval; '< 10 of type' over types with 10 or more others",
     )
     found = Table(
@@ -514,10 +538,11 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     def mean(values: list) -> float:
         return float(np.mean(values)) if values else math.nan
 
-    def home(kinds: dict) -> str:
-        if "home: clicks 2-3" not in kinds or "home: clicks 2-3" not in plain:  # a file from before the kind
+    def beside(kinds: dict, kind: str) -> str:
+        """The kind's type share over neighbours' / its points; "-" for a file from before the kind."""
+        if kind not in kinds or kind not in plain:
             return "-"
-        ours, base = kinds["home: clicks 2-3"], plain["home: clicks 2-3"]
+        ours, base = kinds[kind], plain[kind]
         ratio = mean(ours["type_share"]) / mean(base["type_share"])
         return f"{ratio:.2f} / {100 * (mean(ours['few']) - mean(base['few'])):+.0f}"
 
@@ -528,9 +553,11 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     summary = Table(
         f"Summary, {name}: each strategy beside plain neighbours on the same paths",
         ["strategy", "type share, text / clicks 2-3", "x neighbours", "< 10 of type, points over neighbours",
-         "home: clicks 2-3, x neighbours / points", "found ≤ 3 / ≤ 8, from the grid", "from a text search"],
+         "home: clicks 2-3, x neighbours / points", "any tile: clicks 2-3 | home", "found ≤ 3 / ≤ 8, from the grid",
+         "from a text search"],
         note="x neighbours: the type share over plain neighbours' (goal >= 0.8); points: the share of grids with "
-        "fewer than 10 of the clicked type, minus neighbours' (goal <= 10)",
+        "fewer than 10 of the clicked type, minus neighbours' (goal <= 10); any tile: clicks 2-3 on a seeded "
+        "random tile of the clicked type instead of the first, after words | from the home page's grid",
     )  # fmt: skip
     for strategy, kinds in coherence.items():
         grids = ("text", "clicks 2-3")
@@ -542,7 +569,8 @@ def summary_tables(name: str, data: dict) -> list[Table]:
             f"{shares[0]:.2f} / {shares[1]:.2f}",
             f"{ratios[0]:.2f} / {ratios[1]:.2f}",
             f"{points[0]:+.0f} / {points[1]:+.0f}",
-            home(kinds),
+            beside(kinds, "home: clicks 2-3"),
+            " | ".join(beside(kinds, f"{kind}{ANY_TILE}") for kind in FOLLOWED),
             f"{found(f'{strategy}/grid', 3):.2f} / {found(f'{strategy}/grid', 8):.2f}",
             f"{found(f'{strategy}/text', 3):.2f} / {found(f'{strategy}/text', 8):.2f}",
         )
