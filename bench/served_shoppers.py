@@ -27,8 +27,8 @@ Two measures, which must hold together:
   type instead of the first (``, any tile``): a rule that reads which tile was clicked must not be chosen for
   the tile this bench happens to click. Per grid: the share holding the clicked product's type over min(25,
   other products of that type), the mean raw-vector cosine to the click, and whether it holds fewer than 10
-  of the type (over types with at least 10 others). The same first click with each aspect (same colour, any colour, same
-  shape) gives the type share and the share in the click's colour.
+  of the type (over types with at least 10 others). The same first click with each aspect (same colour, any
+  colour, same shape) gives the type share and the share in the click's colour.
 * **Convergence**: a shopper wants one product and starts from the home page's grid, or from a text search
   of the target's kind (its type words, never its name). Each round they click the tile a judge ranks
   closest to the target: the catalog's labels (type, group, colour) plus how alike the two pictures look
