@@ -538,13 +538,18 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     def mean(values: list) -> float:
         return float(np.mean(values)) if values else math.nan
 
+    def versus(kinds: dict, kind: str) -> tuple[float, float]:
+        """The kind's type share over neighbours', and its points: grids with fewer than 10 of the type, minus
+        neighbours' share, in percentage points."""
+        ours, base = kinds[kind], plain[kind]
+        return mean(ours["type_share"]) / mean(base["type_share"]), 100 * (mean(ours["few"]) - mean(base["few"]))
+
     def beside(kinds: dict, kind: str) -> str:
-        """The kind's type share over neighbours' / its points; "-" for a file from before the kind."""
+        """``versus`` as "ratio / points"; "-" for a file from before the kind."""
         if kind not in kinds or kind not in plain:
             return "-"
-        ours, base = kinds[kind], plain[kind]
-        ratio = mean(ours["type_share"]) / mean(base["type_share"])
-        return f"{ratio:.2f} / {100 * (mean(ours['few']) - mean(base['few'])):+.0f}"
+        ratio, points = versus(kinds, kind)
+        return f"{ratio:.2f} / {points:+.0f}"
 
     def found(key: str, within: int) -> float:
         clicks = convergence[key]
@@ -562,8 +567,7 @@ def summary_tables(name: str, data: dict) -> list[Table]:
     for strategy, kinds in coherence.items():
         grids = ("text", "clicks 2-3")
         shares = [mean(kinds[kind]["type_share"]) for kind in grids]
-        ratios = [mean(kinds[kind]["type_share"]) / mean(plain[kind]["type_share"]) for kind in grids]
-        points = [100 * (mean(kinds[kind]["few"]) - mean(plain[kind]["few"])) for kind in grids]
+        ratios, points = zip(*(versus(kinds, kind) for kind in grids), strict=True)
         summary.add(
             strategy,
             f"{shares[0]:.2f} / {shares[1]:.2f}",
