@@ -108,6 +108,7 @@ from bench.common import (  # noqa: E402
     worker_start,
     zipf_picker,
 )
+from recommender.feedback import SHIPPED  # noqa: E402  (pure numpy: the served strategy's name)
 
 STYLES = ROOT.parent / "shared" / "data" / "styles.csv"
 CACHE = Path.home() / ".cache" / "visual-gallery" / "bench"
@@ -1025,6 +1026,21 @@ STRATEGY_DIM = 1280  # the served EfficientNet-Lite0 space
 STRATEGY_COST_GOAL = 1.2  # the served strategy's click CPU within this multiple of plain neighbours'
 
 
+def _grids_alike(served: dict[str, list[list[list[int]]]], other: dict[str, list[list[list[int]]]]) -> dict:
+    """{(start, first click or not): (grids equal, grids compared)}: per walk, its grids in order, compared while
+    the two strategies' walks are the same clicks (every grid before equal)."""
+    alike: dict[tuple[str, bool], list[int]] = {}
+    for start, walks in served.items():
+        for ours, theirs in zip(walks, other[start], strict=True):
+            for step, (grid, their_grid) in enumerate(zip(ours, theirs, strict=True)):
+                counts = alike.setdefault((start, step == 0), [0, 0])
+                counts[1] += 1
+                if grid != their_grid:
+                    break
+                counts[0] += 1
+    return {key: tuple(counts) for key, counts in alike.items()}
+
+
 def measure_strategies(
     *, n: int, walks: int, tmp: Path, log: Callable[[str], None], dim: int = STRATEGY_DIM, also: str = ""
 ) -> tuple[Table, list[Target], dict]:
@@ -1036,18 +1052,33 @@ def measure_strategies(
     table = Table(
         f"A click's cost per refinement strategy at {n:,} synthetic {dim}-d vectors with colour descriptors "
         f"(GET /api/similar/ through Django's test client, SQLite; {walks} walks of 10 clicks, ms)",
-        ["request", "strategy", "thread CPU p50", "CPU p99", "wall p50", "wall p99", "CPU p50 x neighbours"],
+        [
+            "request",
+            "strategy",
+            "thread CPU p50",
+            "CPU p99",
+            "wall p50",
+            "wall p99",
+            "CPU p50 x neighbours",
+            f"grids as {SHIPPED.name}'s",
+        ],  # fmt: skip
         note="each walk clicks the first new tile of every grid, once begun on the home page's grid (its trail "
         "explores: Strategy.exploring) and once from a text search; every strategy answers the same walks, "
         "interleaved; next click = clicks 2-10 with the walk's earlier grids remembered (as on a site in use); "
-        "10-step link, cold = the search walk's last link with nothing remembered (every earlier grid ranked again)",
+        "10-step link, cold = the search walk's last link with nothing remembered (every earlier grid ranked "
+        f"again); grids as {SHIPPED.name}'s = of the grids shown after the same clicks, how many are the served "
+        "strategy's, product for product (a walk goes on only while they are)",
     )
+    same = {name: _grids_alike(data["grids"][SHIPPED.name], grids) for name, grids in data["grids"].items()}
     targets = []
     for kind in next(iter(results.values())):
         base = Summary.of(results["neighbours"][kind]["cpu_ms"]).median
+        start, _, click = kind.partition(": ")
         for name, kinds in results.items():
             cpu, wall = Summary.of(kinds[kind]["cpu_ms"]), Summary.of(kinds[kind]["wall_ms"])
-            table.add(kind, name, cpu.median, cpu.p99, wall.median, wall.p99, cpu.median / base)
+            alike = same[name].get((start, click == "first click"))
+            table.add(kind, name, cpu.median, cpu.p99, wall.median, wall.p99, cpu.median / base,
+                      "" if alike is None else f"{alike[0]} of {alike[1]}")  # fmt: skip
             if name != "neighbours" and "cold" not in kind:
                 ratio = cpu.median / base
                 targets.append(

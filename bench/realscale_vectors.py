@@ -405,9 +405,9 @@ def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None =
             raise RuntimeError(f"GET /api/similar/{anchor} answered {response.status_code}: {response.content[:300]!r}")
         return cpu_ms, wall_ms, [int(item["id"]) for item in response.json()["results"]]
 
-    def walk(first: int, record: dict | None, start: str) -> list[str]:
+    def walk(first: int, record: dict | None, start: str, grids: list | None = None) -> list[str]:
         """A shopper's walk of TRAIL_STEPS clicks begun at ``start`` (a WALK_STARTS key), each on the first tile
-        of the grid before; its trail."""
+        of the grid before; its trail. ``grids`` is given each grid shown, in order."""
         trail, anchor = [], first
         for step in range(TRAIL_STEPS):
             trail.append(str(anchor))
@@ -416,11 +416,15 @@ def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None =
                 kind = record[f"{start}: {'first click' if step == 0 else 'next click'}"]
                 kind["cpu_ms"].append(cpu_ms)
                 kind["wall_ms"].append(wall_ms)
+            if grids is not None:
+                grids.append(grid)
             anchor = next(pid for pid in grid if str(pid) not in trail)
         return trail
 
     kinds = (*(f"{start}: {click}" for start in WALK_STARTS for click in ("first click", "next click")), COLD)
     results = {name: {kind: {"cpu_ms": [], "wall_ms": []} for kind in kinds} for name in arms}
+    # Per strategy and start, each walk's grids in order: which strategies show the same grids on the same walks.
+    shown: dict[str, dict[str, list[list[list[int]]]]] = {name: {start: [] for start in WALK_STARTS} for name in arms}
 
     def serving(name: str):  # noqa: ANN202
         return mock.patch.object(refine, "strategy_served", return_value=arms[name])
@@ -437,12 +441,15 @@ def strategies(n: int, dim: int, walks: int, out: Path, also: list[str] | None =
             with serving(name):
                 for start in WALK_STARTS:
                     forget()
-                    trail = walk(first, results[name], start)
+                    shown[name][start].append([])
+                    trail = walk(first, results[name], start, shown[name][start][-1])
                 forget()
                 cpu_ms, wall_ms, _ = timed(int(trail[-1]), trail, WALK_STARTS["search"])
             results[name][COLD]["cpu_ms"].append(cpu_ms)
             results[name][COLD]["wall_ms"].append(wall_ms)
-    out.write_text(json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results}))
+    out.write_text(
+        json.dumps({"n": n, "dim": dim, "walks": walks, "timings": timings, "strategies": results, "grids": shown})
+    )
 
 
 def hidden(n: int, dim: int, clicks: int, out: Path) -> None:

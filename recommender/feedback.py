@@ -124,9 +124,12 @@ class Strategy:
       shopper has not yet said (by words or a photo) what kind of product they want: its grids span more
       of what looks alike, so a shopper who clicked the nearest kind on show finds the way to theirs
       (None: ``diversity``).
-    - ``overfetch``: candidates asked of the index per grid tile, for the re-rank to choose from.
+    - ``overfetch``: candidates per grid tile the re-rank chooses from.
+    - ``search_overfetch``: per grid tile, how many candidates the index search is sized for (None:
+      ``overfetch``). The search returns about twice what it is sized for, best first: a deeper pool takes
+      the rest from there, not from a deeper search (``selectors.similar_products``' ``depth``).
     - ``explore_overfetch``: ``overfetch`` instead for a trail begun on the starting grid, whose wider MMR
-      picks from deeper in the candidates (None: ``overfetch``).
+      picks from deeper in the candidates (None: ``overfetch``); the search stays as deep as every trail's.
     """
 
     name: str
@@ -144,6 +147,7 @@ class Strategy:
     diversity: float = 0.0
     explore_diversity: float | None = None
     overfetch: int = OVERFETCH
+    search_overfetch: int | None = None
     explore_overfetch: int | None = None
     notes: str = field(default="", compare=False)
 
@@ -160,18 +164,25 @@ class Strategy:
             raise ValueError("explore_diversity must be at least 0 and below 1")
         if self.seen_penalty < 0 or self.seen_grids < 0:
             raise ValueError("seen_penalty and seen_grids must not be negative")
-        if self.overfetch < 1 or (self.explore_overfetch is not None and self.explore_overfetch < 1):
-            raise ValueError("overfetch and explore_overfetch must be at least 1")
+        if any(n is not None and n < 1 for n in (self.overfetch, self.search_overfetch, self.explore_overfetch)):
+            raise ValueError("overfetch, search_overfetch and explore_overfetch must be at least 1")
 
     def exploring(self) -> Strategy:
         """This strategy as it ranks a trail begun on the starting grid (``explore_diversity``'s MMR, from
-        ``explore_overfetch``'s candidates)."""
+        ``explore_overfetch``'s candidates of a search as deep as every trail's)."""
+        overfetch = self.overfetch if self.explore_overfetch is None else self.explore_overfetch
         exploring = replace(
             self,
             diversity=self.diversity if self.explore_diversity is None else self.explore_diversity,
-            overfetch=self.overfetch if self.explore_overfetch is None else self.explore_overfetch,
+            overfetch=overfetch,
+            search_overfetch=self.search_overfetch if overfetch == self.overfetch else self.searched_per_tile,
         )
         return self if exploring == self else exploring
+
+    @property
+    def searched_per_tile(self) -> int:
+        """Per grid tile, how many candidates the index search is sized for."""
+        return self.overfetch if self.search_overfetch is None else self.search_overfetch
 
     @property
     def hides_seen(self) -> bool:
@@ -524,7 +535,8 @@ NEIGHBOURS = Strategy(
 # away weakly (Rocchio's gamma, 0.3, each older grid half as hard) and yields to new products at most 0.05
 # less alike; the colour counts 0.1; a light MMR (0.2) keeps 25 tiles from being near-copies, picking from 6
 # grids' worth of candidates. A trail begun on the starting grid, where the shopper has not yet said what kind
-# they want, takes a stronger MMR (0.35) from 8 grids' worth: its deep picks lead to the shopper's kind.
+# they want, takes a stronger MMR (0.35) from 8 grids' worth of the same search: its deep picks lead to the
+# shopper's kind.
 COHERENT = Strategy(
     name="coherent",
     liked="recency",

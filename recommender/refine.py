@@ -28,7 +28,7 @@ import functools
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from threading import Lock
 
@@ -166,6 +166,12 @@ class _Rows:
     def __contains__(self, product_id: int) -> bool:
         return product_id in self._block_of
 
+    def held(self, product_ids: Iterable[int], *, held: bool = True) -> list[int]:
+        """Those of ``product_ids`` held here (with ``held`` False: those not), in order: one look-up each, not
+        a method call each (a rank asks this of hundreds)."""
+        block_of = self._block_of
+        return [pid for pid in product_ids if (pid in block_of) is held]
+
     def width(self, product_id: int) -> int:
         return self._blocks[self._block_of[product_id]][0].shape[1]
 
@@ -244,11 +250,8 @@ class _Vectors:
         wanted = [pid for pid in ids if pid not in self._looked_up]
         colour_wanted = [pid for pid in ids if pid not in self._colours_looked_up] if colours else []
         from_build = self.loaded is not None and not fresh
-        sketch_wanted = (
-            [pid for pid in ids if pid not in self.sketches]
-            if sketches and from_build and self.loaded.sketch_dim
-            else []
-        )
+        sketching = sketches and from_build and self.loaded.sketch_dim
+        sketch_wanted = self.sketches.held(ids, held=False) if sketching else []
         if not wanted and not colour_wanted and not sketch_wanted:
             return
         self._looked_up.update(wanted)
@@ -256,7 +259,7 @@ class _Vectors:
         if from_build:
             self._from_build(wanted, colour_wanted, sketch_wanted)
         from_db = [] if from_build else wanted
-        need_colour = [pid for pid in colour_wanted if pid not in self.colours]
+        need_colour = self.colours.held(colour_wanted, held=False)
         if not from_db and not need_colour:
             return
         # One block per space and width: every block costs each later matrix() a look-up.
@@ -523,7 +526,7 @@ def _trail_ranked(
 
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
-    first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
+    first = tuple(map(int, shown_first())) if strategy.first_grid and shown_first is not None else ()
     # The page after each earlier click showed a grid of GRID_SIZE: that prefix, ranked the same way, is what
     # the shopper saw there.
     prefixes = _prefixes(usable)
@@ -567,8 +570,10 @@ def _rank(
     earlier = [*reversed(shown), tuple(shown_first)] if strategy.first_grid else list(reversed(shown))
     for ago, grid in enumerate(earlier):
         for pid in grid:
-            if pid not in on_trail:
-                age.setdefault(int(pid), ago)
+            if pid not in age:
+                age[pid] = ago
+    for pid in on_trail:
+        age.pop(pid, None)
     # Only the passed-over products the strategy pushes from are read (decay 0: the grid clicked from), and
     # handed over as their weighted mean: the push is linear in them (feedback.TrailVectors).
     pushing = sorted(
@@ -595,8 +600,8 @@ def _rank(
     pool: dict[int, None] = {}
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
-            vector=query, k=strategy.overfetch * k, exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed,
-            fresh=store.delta, current=store.current,
+            vector=query, k=strategy.overfetch * k, depth=strategy.searched_per_tile * k,
+            exclude_ids=frozenset(on_trail) | hidden, allowed_ids=allowed, fresh=store.delta, current=store.current,
         ):  # fmt: skip
             pool.setdefault(n.product_id)
     if len(pool) < k and hidden:
@@ -615,7 +620,7 @@ def _rank(
     if not candidates:
         return []
     store.fetch(candidates, colours=trail.colours is not None, sketches=bool(strategy.diversity))
-    candidates = [pid for pid in candidates if pid in store.vectors]
+    candidates = store.vectors.held(candidates)
     with stage("rank"):
         positions, scores = grid_rank(
             trail=trail,

@@ -251,24 +251,27 @@ def _exact(vector: np.ndarray, rows: list[tuple[int, int, bytes]]) -> list[tuple
 
 
 def _index_candidates(
-    loaded: LoadedIndex, vector: np.ndarray, *, want: int, allowed: np.ndarray | None
+    loaded: LoadedIndex, vector: np.ndarray, *, want: int, allowed: np.ndarray | None, sized_for: int | None = None
 ) -> list[tuple[int, int, float]]:
     """(product id, embedding id, score) of the index's items nearest ``vector`` that pass ``allowed``, best first.
 
-    At least ``want`` when the filter holds that many (fewer only when it does not).
+    At least ``want`` when the filter holds that many (fewer only when it does not). An approximate search
+    returns about twice what it is sized for (its margin for recall): ``sized_for`` (at most ``want``) sizes it
+    for fewer, the margin holding the rest (an exact one returns ``want`` either way).
     """
     count = loaded.meta.count
     share = 1.0 if allowed is None else min(1.0, len(allowed) / max(1, count))
+    sized = want if sized_for is None else min(sized_for, want)
     if allowed is not None and share < WIDE_FILTER_SHARE:
         if len(allowed) * loaded.meta.dim <= EXACT_FILTER_MAX_FLOATS or share * count <= want:
             return _index_exact(loaded, vector, items=loaded.items_of(allowed), want=want)
-        n = min(count, math.ceil(want / share * FILTER_OVERFETCH) + 50)
+        n = min(count, max(math.ceil(sized / share * FILTER_OVERFETCH) + 50, math.ceil(want / share)))
         search_k = max(loaded.meta.search_k, loaded.meta.n_trees * n * FILTER_SEARCH_K_FACTOR)
     elif allowed is not None:
-        n = min(count, math.ceil((want * 2 + 10) / share))
+        n = min(count, math.ceil(max(sized * 2 + 10, want) / share))
         search_k = None
     else:
-        n = min(count, want * 2 + 10)
+        n = min(count, max(sized * 2 + 10, want))
         search_k = None  # the build's own setting
     items, scores = loaded.query_items(vector, n=n, search_k=search_k)
     product_ids = loaded.product_ids[items]
@@ -391,6 +394,7 @@ def similar_products(
     allowed_ids: np.ndarray | None = None,
     fresh: list[tuple[int, int, bytes]] | None = None,
     current: dict[int, int | None] | None = None,
+    depth: int | None = None,
 ) -> list[Neighbour]:
     """The ``k`` products nearest to ``vector`` (cosine), best first, none of ``exclude_ids``.
 
@@ -402,11 +406,15 @@ def similar_products(
     ``delta_rows`` read already in this request (a trail's several searches
     read it once), ``current`` this request's record of which vector is each
     product's (a trail's searches look each candidate up once; added to).
+    ``depth`` sizes the index search for fewer than ``k`` (a re-rank's deep
+    pool): the rest come from the margin that search returns anyway (about
+    twice what it is sized for), and it is searched deeper only when that
+    does not hold them.
     Raises SimilarityUnavailable when no index can answer.
     """
     with stage("index"):
         return _similar_products(vector=vector, k=k, exclude_ids=exclude_ids, allowed_ids=allowed_ids, fresh=fresh,
-                                 current=current)  # fmt: skip
+                                 current=current, depth=depth)  # fmt: skip
 
 
 def _similar_products(
@@ -417,6 +425,7 @@ def _similar_products(
     allowed_ids: np.ndarray | None,
     fresh: list[tuple[int, int, bytes]] | None,
     current: dict[int, int | None] | None = None,
+    depth: int | None = None,
 ) -> list[Neighbour]:
     space = runtime.active_space()
     vector = np.asarray(vector, dtype=np.float32)
@@ -435,14 +444,15 @@ def _similar_products(
 
     if loaded is not None:
         want = k + len(exclude_ids) + 10
+        sized_for = None if depth is None else depth + len(exclude_ids) + 10
         while True:
-            found = _index_candidates(loaded, vector, want=want, allowed=allowed)
+            found = _index_candidates(loaded, vector, want=want, allowed=allowed, sized_for=sized_for)
             candidates = [row for row in found if row[0] not in exclude_ids and row[0] not in fresh_products]
             for pid, _, score in _still_current(space=space, candidates=candidates, k=k, current=current):
                 best.setdefault(pid, score)
             if len(best) >= k or len(found) < want or want >= loaded.meta.count:
                 break
-            want = min(loaded.meta.count, want * 4)
+            want, sized_for = min(loaded.meta.count, want * 4), None
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
     return [Neighbour(product_id=pid, score=score) for pid, score in ranked[:k]]
 

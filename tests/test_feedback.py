@@ -407,7 +407,12 @@ def test_a_product_the_grid_clicked_from_showed_yields_only_to_new_ones_about_as
 
 def test_exploring_uses_the_explore_strength_and_candidates_and_nothing_else():
     strategy = replace(feedback.COHERENT, explore_diversity=0.45, explore_overfetch=9)
-    assert strategy.exploring() == replace(strategy, diversity=0.45, overfetch=9)
+    # The deeper pool comes from a search as deep as every trail's: the served strategy's own, or its overfetch.
+    searched = feedback.COHERENT.searched_per_tile
+    assert strategy.exploring() == replace(strategy, diversity=0.45, overfetch=9, search_overfetch=searched)
+    assert strategy.exploring().searched_per_tile == strategy.searched_per_tile
+    unsized = replace(strategy, search_overfetch=None)
+    assert unsized.exploring().searched_per_tile == unsized.overfetch
     plain = replace(strategy, explore_diversity=None, explore_overfetch=None)
     assert plain.exploring() is plain
     same = replace(plain, explore_overfetch=plain.overfetch)
@@ -416,3 +421,5 @@ def test_exploring_uses_the_explore_strength_and_candidates_and_nothing_else():
         replace(strategy, explore_diversity=1.0)
     with pytest.raises(ValueError, match="explore_overfetch"):
         replace(strategy, explore_overfetch=0)
+    with pytest.raises(ValueError, match="search_overfetch"):
+        replace(strategy, search_overfetch=0)

@@ -9,6 +9,7 @@ from gallery.cards import filter_ids
 from gallery.filters import ProductFilters
 from gallery.models import Product
 from recommender import selectors, services
+from recommender.index import LoadedIndex
 from recommender.models import Embedding, EmbeddingState, EmbedStatus
 from recommender.selectors import similar_products
 from tests.support.engine import engine_knows
@@ -90,6 +91,41 @@ def test_filtered_results_equal_exact_filtered_search(clustered_catalog, kind, b
         assert len(found) == len(truth) == min(25, len(allowed))
         recalls.append(len(set(found) & set(truth)) / len(truth) if truth else 1.0)
     assert np.mean(recalls) >= 0.99, (kind, recalls)
+
+
+@pytest.mark.parametrize("broad_via_annoy", [False, True], ids=["as-configured", "annoy-for-broad-filters"])
+@pytest.mark.parametrize("kind", [*FILTER_KINDS, "none"])
+def test_a_deep_pool_from_a_search_sized_for_fewer_is_still_the_exact_pool(
+    clustered_catalog, kind, broad_via_annoy, monkeypatch
+):
+    # A re-rank's pool of 200 from a search sized for 150 (the exploring trail's: deeper than the grid, from the
+    # same search as every other trail's): the index is searched for fewer, and the 200 are still the nearest.
+    if broad_via_annoy:
+        monkeypatch.setattr(selectors, "EXACT_FILTER_MAX_FLOATS", 300 * DIM)
+    searched: list[int] = []
+    query_items = LoadedIndex.query_items
+    monkeypatch.setattr(
+        LoadedIndex, "query_items", lambda self, vector, *, n, search_k=None: searched.append(n)
+        or query_items(self, vector, n=n, search_k=search_k)
+    )  # fmt: skip
+    allowed = None if kind == "none" else filter_ids(ProductFilters.from_mapping(FILTER_KINDS[kind]))
+    everything = np.arange(1, N + 1) if allowed is None else allowed
+    rng = np.random.default_rng(12)
+    recalls, sized, full = [], [], []
+    for pid in rng.choice(N, QUERIES, replace=False) + 1:
+        query = clustered_catalog[int(pid)]
+        truth = _exact(clustered_catalog, query, everything, 200)
+        searched.clear()
+        pool = [n.product_id for n in similar_products(vector=query, k=200, depth=150, allowed_ids=allowed)]
+        sized.append(sum(searched))
+        searched.clear()
+        deep = [n.product_id for n in similar_products(vector=query, k=200, allowed_ids=allowed)]
+        full.append(sum(searched))
+        assert len(pool) == len(truth) == len(deep) == min(200, len(everything))
+        recalls.append(len(set(pool) & set(truth)) / len(truth) if truth else 1.0)
+    assert np.mean(recalls) >= 0.99, (kind, recalls)
+    if any(full):  # an approximate search: sized for 150 it asks the index for fewer
+        assert sum(sized) < sum(full), (sized, full)
 
 
 def test_a_filter_that_matches_nothing_reads_no_vectors(clustered_catalog, django_assert_max_num_queries):

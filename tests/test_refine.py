@@ -189,21 +189,25 @@ def test_plain_neighbours_rank_no_earlier_grid(client, demo_catalog_db, monkeypa
 
 
 def test_the_index_is_asked_for_the_strategys_candidates_per_tile(client, demo_catalog_db, monkeypatch):
-    asked: list[int] = []
+    # (candidates asked for, how many the index search is sized for)
+    asked: list[tuple[int, int | None]] = []
     real = selectors.similar_products
-    monkeypatch.setattr(selectors, "similar_products", lambda **kwargs: asked.append(kwargs["k"]) or real(**kwargs))
+    monkeypatch.setattr(
+        selectors, "similar_products", lambda **kwargs: asked.append((kwargs["k"], kwargs["depth"])) or real(**kwargs)
+    )
     product = demo_catalog_db[12]
     served = feedback.COHERENT
     assert served.explore_overfetch is not None and served.explore_overfetch > served.overfetch
-    for overfetch, explore in ((served.overfetch, served.explore_overfetch), (3, 5)):
-        strategy = replace(served, overfetch=overfetch, explore_overfetch=explore)
+    assert served.searched_per_tile == served.overfetch  # a deeper exploring pool, from the same search
+    for overfetch, explore, searched in ((served.overfetch, served.explore_overfetch, None), (3, 5, None), (3, 5, 4)):
+        strategy = replace(served, overfetch=overfetch, explore_overfetch=explore, search_overfetch=searched)
         monkeypatch.setattr(refine, "strategy_served", lambda name=None, chosen=strategy: chosen)
         for query, per_tile in (("shirt", overfetch), ("", explore)):  # from words; from the home page's grid
             refine.forget()
             cache.clear()
             asked.clear()
             assert len(api_ids(client, product, trail=str(product), q=query)) == 25
-            assert asked == [per_tile * 25]
+            assert asked == [(per_tile * 25, (searched or overfetch) * 25)]
 
 
 def test_colour_is_read_only_where_it_enters_the_scores(client, demo_catalog_db, monkeypatch, settings):
