@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -553,6 +554,32 @@ def _strategy_key(strategy: Strategy) -> str:
     return hashlib.blake2b(repr(fields).encode(), digest_size=8).hexdigest()
 
 
+class _Passed:
+    """What a trail's earlier grids showed and the shopper passed over: ``ids`` (sorted) and ``age``, how many clicks
+    ago each was last shown (0: the grid the newest step was clicked from). As arrays: a trail's nine earlier grids
+    hold 225 products, looked up for each of 200 candidates."""
+
+    def __init__(self, earlier: Sequence[Sequence[int]], on_trail: set[int]) -> None:
+        """``earlier``: the grids shown, the newest first."""
+        sizes = [len(grid) for grid in earlier]
+        ids = np.fromiter(itertools.chain.from_iterable(earlier), dtype=np.int64, count=sum(sizes))
+        ids, first = np.unique(ids, return_index=True)  # the first showing found is the newest
+        age = np.repeat(np.arange(len(earlier), dtype=np.int64), sizes)[first]
+        passed = ~np.isin(ids, np.fromiter(on_trail, dtype=np.int64, count=len(on_trail)))
+        self.ids, self.age = ids[passed], age[passed]
+
+    def age_of(self, product_ids: Sequence[int], *, within: int | None = None) -> np.ndarray:
+        """Each product's age (-1: not passed over, or, with ``within``, last shown that many clicks ago or more)."""
+        ids = np.asarray(product_ids, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.searchsorted(self.ids, ids).clip(max=len(self.ids) - 1)
+        hit = self.ids[at] == ids
+        if within is not None:
+            hit &= self.age[at] < within
+        return np.where(hit, self.age[at], -1)
+
+
 def _rank(
     steps: Sequence[StepRef],
     shown: Sequence[tuple[int, ...]],
@@ -565,24 +592,15 @@ def _rank(
 ) -> list[Neighbour]:
     """The grid for ``steps`` after the grids ``shown`` (oldest first; the newest was clicked from)."""
     on_trail = {step.product_id for step in steps}
-    # Clicks ago each passed-over product was last shown: 0 for the grid the newest step was clicked from.
-    age: dict[int, int] = {}
     earlier = [*reversed(shown), tuple(shown_first)] if strategy.first_grid else list(reversed(shown))
-    for ago, grid in enumerate(earlier):
-        for pid in grid:
-            if pid not in age:
-                age[pid] = ago
-    for pid in on_trail:
-        age.pop(pid, None)
+    passed = _Passed(earlier, on_trail)
     # Only the passed-over products the strategy pushes from are read (decay 0: the grid clicked from), and
     # handed over as their weighted mean: the push is linear in them (feedback.TrailVectors).
-    pushing = sorted(
-        pid for pid, ago in age.items() if strategy.skipped_weight and (ago == 0 or strategy.skipped_decay)
-    )
+    pushing = passed.ids[passed.age == 0] if not strategy.skipped_decay else passed.ids
     pushed = None
-    if pushing:
-        found, rows = store.rows_once(pushing)
-        weights = skipped_weights(np.asarray([age[pid] for pid in found], dtype=np.int64), strategy)
+    if strategy.skipped_weight and len(pushing):
+        found, rows = store.rows_once(pushing.tolist())
+        weights = skipped_weights(passed.age_of(found), strategy)
         pushed = (weights @ rows)[None, :] if len(weights) else None
     ids = [step.product_id for step in steps]
     trail = TrailVectors(
@@ -595,8 +613,7 @@ def _rank(
         skipped_age=None if pushed is None else np.zeros(1, dtype=np.int64),
         image_spread=store.image_spread,
     )
-    seen = {pid: ago for pid, ago in age.items() if ago < strategy.seen_grids}
-    hidden = frozenset(seen) if strategy.hides_seen else frozenset()
+    hidden = frozenset(passed.ids[passed.age < strategy.seen_grids].tolist()) if strategy.hides_seen else frozenset()
     pool: dict[int, None] = {}
     for query in query_vectors(trail=trail, strategy=strategy):
         for n in selectors.similar_products(
@@ -627,7 +644,7 @@ def _rank(
             strategy=strategy,
             candidates=store.matrix(candidates),
             candidate_colours=store.colour_matrix(candidates) if trail.colours is not None else None,
-            candidate_seen=np.asarray([seen.get(pid, -1) for pid in candidates], dtype=np.int64),
+            candidate_seen=passed.age_of(candidates, within=strategy.seen_grids),
             candidate_sketches=store.sketch_matrix(candidates) if strategy.diversity else None,
             k=k,
         )

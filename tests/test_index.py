@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
+from recommender import index
 from recommender.index import (
     BUILDS_DIR,
     INDEX_FILE,
@@ -57,12 +58,16 @@ def test_build_publishes_a_versioned_build_with_metadata(tmp_path: Path):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_item_at_keeps_the_order_asked_and_marks_unknown_ids(tmp_path: Path):
+@pytest.mark.parametrize("spread", [index.DENSE_IDS_MAX_SPREAD, 0], ids=["a table by id", "binary search"])
+def test_item_at_keeps_the_order_asked_and_marks_unknown_ids(tmp_path: Path, monkeypatch, spread):
+    # Ids 1000-1049 are dense enough for a table by product id; with no spread allowed they are searched.
+    monkeypatch.setattr(index, "DENSE_IDS_MAX_SPREAD", spread)
     vectors = clustered(50, 8)
     loaded = LoadedIndex(tmp_path, build(tmp_path, vectors).version)
-    asked = np.array([1042, 7, 1003, 1049, 1000, 99_999])
+    assert (loaded._item_of_product is not None) == bool(spread)
+    asked = np.array([1042, 7, 1003, 1049, 1000, 99_999, -3])
     items = loaded.item_at(asked)
-    assert items.tolist() == [42, -1, 3, 49, 0, -1]
+    assert items.tolist() == [42, -1, 3, 49, 0, -1, -1]
     assert loaded.product_ids[items[items >= 0]].tolist() == [1042, 1003, 1049, 1000]
     np.testing.assert_array_equal(loaded.vectors_of(items[items >= 0]), vectors[[42, 3, 49, 0]])
     assert loaded.items_of(asked).tolist() == [0, 3, 42, 49]  # the index's own order

@@ -443,3 +443,15 @@ def test_a_grids_variety_compares_the_builds_sketches_and_sketches_a_vector_stor
     assert built is not None and sketches.shape == built.shape  # the demo's vectors are wider than a sketch
     np.testing.assert_allclose(sketches, built, atol=2e-3)  # the new look's sketch, not the build's old one
     assert not np.allclose(sketches[0], loaded.sketches_of(loaded.item_at(np.array([reimaged])))[0], atol=1e-2)
+
+
+def test_what_was_passed_over_is_aged_by_the_newest_grid_that_showed_it_and_leaves_the_trail_out():
+    # Grids newest first: 5 shown in the grid clicked from and two clicks before counts from the newer; 7 and 1
+    # are on the trail, so they were not passed over.
+    passed = refine._Passed([(5, 7, 9), (3, 9, 1), (5, 2)], on_trail={7, 1})
+    assert passed.ids.tolist() == [2, 3, 5, 9]
+    assert passed.age.tolist() == [2, 1, 0, 0]
+    assert passed.age_of([9, 4, 2, 7, 3]).tolist() == [0, -1, 2, -1, 1]
+    assert passed.age_of([9, 4, 2, 7, 3], within=2).tolist() == [0, -1, -1, -1, 1]
+    nothing = refine._Passed([], on_trail={7})
+    assert len(nothing.ids) == 0 and nothing.age_of([7, 8]).tolist() == [-1, -1]
