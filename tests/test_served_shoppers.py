@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bench.query_bench import float16_order
+from bench.realscale import _grids_alike
 from bench.served_shoppers import (
     SEED,
     Catalog,
@@ -205,3 +206,15 @@ def test_two_runs_are_compared_path_by_path_and_unpaired_runs_are_refused():
     assert by_measure["found ≤ 3, from the home page's grid"]["difference"] == pytest.approx(0.05)
     assert by_measure["type share, text"]["difference"] == pytest.approx(0.04)
     assert {row["strategy"] for row in named} == {"coherent → coherent:overfetch=6"}
+
+
+def test_the_click_cost_bench_counts_grids_alike_only_while_the_walks_are():
+    # Two walks from each start: the first equal to the end, the second parting at its second grid, after which
+    # the other strategy clicked something else, so its later grids are not compared.
+    served = {"home grid": [[[1, 2], [3, 4], [5, 6]], [[1, 2], [3, 4], [5, 6]]], "search": [[[7, 8]]]}
+    other = {"home grid": [[[1, 2], [3, 4], [5, 6]], [[1, 2], [4, 3], [5, 6]]], "search": [[[8, 7]]]}
+    assert _grids_alike(served, other) == {
+        ("home grid", True): (2, 2),
+        ("home grid", False): (2, 3),
+        ("search", True): (0, 1),
+    }
