@@ -71,8 +71,8 @@ SKETCH_SAMPLE = 20_000
 _SINGLE_OF_HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
-# A build maps product ids to items through a table indexed by id (8 bytes an id up to the largest) while that
-# costs at most this many times the ids it holds; sparser ids are looked up by binary search.
+# A build maps product ids to items through a table indexed by id (4 bytes an id up to the largest: 4 MB a
+# million) while that costs at most this many times the ids it holds; sparser ids are looked up by binary search.
 DENSE_IDS_MAX_SPREAD = 4
 
 
@@ -80,7 +80,7 @@ def _dense_lookup(sorted_ids: np.ndarray, items: np.ndarray) -> np.ndarray | Non
     """A table: entry ``i`` is the item holding product id ``i`` (-1: none); None for ids too sparse for one."""
     if not len(sorted_ids) or sorted_ids[0] < 0 or sorted_ids[-1] >= DENSE_IDS_MAX_SPREAD * len(sorted_ids) + 1024:
         return None
-    table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int64)
+    table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int32 if len(items) < 2**31 else np.int64)
     table[sorted_ids[::-1]] = items[::-1]  # an id held twice: its first item, as the binary search finds it
     return table
 
@@ -565,7 +565,8 @@ class LoadedIndex:
         table = self._item_of_product
         if table is not None:
             inside = (ids >= 0) & (ids < len(table))
-            return table[ids] if inside.all() else np.where(inside, table[np.where(inside, ids, 0)], -1)
+            found = table[ids] if inside.all() else np.where(inside, table[np.where(inside, ids, 0)], -1)
+            return found.astype(np.int64, copy=False)
         positions = np.searchsorted(known, ids).clip(max=len(known) - 1)
         return np.where(known[positions] == ids, self._items_by_product[positions], -1)
 

@@ -67,7 +67,7 @@ def test_item_at_keeps_the_order_asked_and_marks_unknown_ids(tmp_path: Path, mon
     assert (loaded._item_of_product is not None) == bool(spread)
     asked = np.array([1042, 7, 1003, 1049, 1000, 99_999, -3])
     items = loaded.item_at(asked)
-    assert items.tolist() == [42, -1, 3, 49, 0, -1, -1]
+    assert items.tolist() == [42, -1, 3, 49, 0, -1, -1] and items.dtype == np.int64
     assert loaded.product_ids[items[items >= 0]].tolist() == [1042, 1003, 1049, 1000]
     np.testing.assert_array_equal(loaded.vectors_of(items[items >= 0]), vectors[[42, 3, 49, 0]])
     assert loaded.items_of(asked).tolist() == [0, 3, 42, 49]  # the index's own order
