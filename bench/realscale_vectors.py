@@ -230,7 +230,7 @@ def _catalog_ready(
 
     from gallery.models import Product
     from recommender import runtime, services
-    from recommender.index import SKETCH_DIM
+    from recommender.index import COLOUR_FILE_DTYPE, SKETCH_DIM
     from recommender.models import Embedding
 
     timings: dict[str, float] = {}
@@ -257,7 +257,9 @@ def _catalog_ready(
             _colours_store(colours)
             colours_missing = True
     loaded = runtime.index_reader().current()
-    if with_colours and loaded is not None and loaded.colours_of(np.zeros(1, dtype=np.int64)) is None:
+    # A build without colours, or with them in an older build's half precision, is built again as a site's next
+    # build would be.
+    if with_colours and loaded is not None and loaded.colour_file_dtype != COLOUR_FILE_DTYPE:
         colours_missing = True
     # A build from before sketches (recommender.index.SKETCH_DIM) is built again, as a site's next build would be.
     sketch = None if loaded is None or dim <= SKETCH_DIM else loaded.sketches_of(np.zeros(1, np.int64))

@@ -5,7 +5,8 @@ Layout under the index directory::
     builds/<version>/vectors.ann   Annoy file (angular metric, dense items 0..n-1)
     builds/<version>/items.npy     sidecar: row i = (product id, embedding id) of item i
     builds/<version>/vectors.npy   row i = item i's unit vector, float32, memory-mapped for exact passes
-    builds/<version>/colours.npy   optional: row i = item i's colour descriptor, float16 (zeros: none stored)
+    builds/<version>/colours.npy   optional: row i = item i's colour descriptor, half-precision values stored as
+                                   float32 (zeros: none stored; float16 in builds from before 2026-12-07)
     builds/<version>/sketch.npy    vectors wider than SKETCH_DIM: row i = item i's sketch, float32
     builds/<version>/sketch_basis.npy    the (dim, SKETCH_DIM) basis the sketches project on, float32
     builds/<version>/meta.json     what the build was made from and how
@@ -66,8 +67,11 @@ METRIC = "angular"
 # width's arithmetic (docs/benchmarks.md).
 SKETCH_DIM = 256
 SKETCH_SAMPLE = 20_000
-# Every float16 bit pattern's float32 value (256 KB): looking 200 candidates' colours up in it costs half of
-# numpy's own cast, on a click's path.
+# Colour descriptors keep half precision (their cosines need three digits) and a build stores them widened to
+# this: a click reads 200 candidates' rows as they are, where converting half-precision ones cost it 0.1-0.5 ms
+# (numpy's cast is not vectorised here; a look-up table is, but misses the cache). 26 MB more at 44,446 products.
+COLOUR_FILE_DTYPE = np.float32
+# Every float16 bit pattern's float32 value (256 KB): a build from before reads its colours through it.
 _SINGLE_OF_HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
@@ -236,8 +240,8 @@ def index_build(
         # process, instead of asking Annoy for one vector at a time.
         arrays = [(ITEMS_FILE, items), (VECTORS_FILE, vectors)]
         if colours is not None:
-            # Half precision: the descriptors' cosines need three digits, and 44k products fit in 26 MB.
-            arrays.append((COLOURS_FILE, np.ascontiguousarray(colours, dtype=np.float16)))
+            # Half precision (the descriptors' cosines need three digits), stored as COLOUR_FILE_DTYPE.
+            arrays.append((COLOURS_FILE, np.asarray(colours, dtype=np.float16).astype(COLOUR_FILE_DTYPE)))
         if dim > SKETCH_DIM:
             basis = sketch_basis(vectors, seed=seed)
             arrays.append((SKETCH_BASIS_FILE, basis))
@@ -493,7 +497,7 @@ class LoadedIndex:
         # Without vectors.npy (a build from before it) exact passes ask Annoy instead; without
         # colours.npy trails rank by the image vector alone.
         self._vectors = self._map(build, VECTORS_FILE, dtype=np.float32, shape=(self.meta.count, self.meta.dim))
-        self._colours = self._map(build, COLOURS_FILE, dtype=np.float16, shape=(self.meta.count, None))
+        self._colours = self._map(build, COLOURS_FILE, dtype=(np.float32, np.float16), shape=(self.meta.count, None))
         # Without a sketch (narrow vectors, a build from before it) a grid's variety compares the vectors.
         self._sketch = self._map(build, SKETCH_FILE, dtype=np.float32, shape=(self.meta.count, None))
         basis = self._map(build, SKETCH_BASIS_FILE, dtype=np.float32, shape=(self.meta.dim, None))
@@ -501,8 +505,11 @@ class LoadedIndex:
         if (self._sketch is None) != (basis is None) or (basis is not None and basis.shape[1] != self._sketch.shape[1]):
             raise IndexCorrupt(f"index build {version}: {SKETCH_FILE} and {SKETCH_BASIS_FILE} do not match")
 
-    def _map(self, build: Path, name: str, *, dtype: type, shape: tuple[int, int | None]) -> np.ndarray | None:
-        """A read-only memory map of array file ``name``, kept open for ``damage``; None where a build has none."""
+    def _map(
+        self, build: Path, name: str, *, dtype: type | tuple[type, ...], shape: tuple[int, int | None]
+    ) -> np.ndarray | None:
+        """A read-only memory map of array file ``name`` (of ``dtype``, or of any of several), kept open for
+        ``damage``; None where a build has none."""
         version = self.meta.version
         try:
             fh = (build / name).open("rb")
@@ -518,7 +525,7 @@ class LoadedIndex:
             whole = offset + int(np.prod(found, dtype=np.int64)) * found_dtype.itemsize
             recorded = self.meta.files.get(name, {}).get("bytes", whole)
             if (
-                found_dtype != dtype
+                found_dtype not in (dtype if isinstance(dtype, tuple) else (dtype,))
                 or fortran
                 or len(found) != 2
                 or found[0] != shape[0]
@@ -532,7 +539,7 @@ class LoadedIndex:
             # Mapped through the file held open, so ``damage`` watches the very file mapped. Handed out as a plain
             # array over the map (which it keeps alive): gathering a click's 200 rows through the memmap subclass
             # costs half as much again (170 against 270 us for 1280-d vectors).
-            return np.asarray(np.memmap(fh, dtype=dtype, mode="r", shape=found, offset=offset))
+            return np.asarray(np.memmap(fh, dtype=found_dtype, mode="r", shape=found, offset=offset))
         except (OSError, ValueError) as exc:
             raise IndexCorrupt(f"index build {version} has an unreadable {name}: {exc}") from exc
 
@@ -588,8 +595,15 @@ class LoadedIndex:
         """The (len(items), c) float32 colour descriptors of ``items``; None when the build has none."""
         if self._colours is None:
             return None
-        half = np.asarray(self._colours[np.asarray(items, dtype=np.int64)])
-        return np.take(_SINGLE_OF_HALF, half.view(np.uint16))  # exact, and twice as fast as numpy's cast
+        rows = self._colours[np.asarray(items, dtype=np.int64)]
+        if rows.dtype == np.float16:  # a build from before they were stored wide: exact, half numpy's cast
+            return np.take(_SINGLE_OF_HALF, rows.view(np.uint16))
+        return rows
+
+    @property
+    def colour_file_dtype(self) -> np.dtype | None:
+        """How the build stores colour descriptors (COLOUR_FILE_DTYPE; float16 in older builds); None: it has none."""
+        return None if self._colours is None else self._colours.dtype
 
     def sketches_of(self, items: np.ndarray) -> np.ndarray | None:
         """The (len(items), s) float32 sketches of ``items`` (``sketched``); None when the build has none."""

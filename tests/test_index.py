@@ -161,14 +161,21 @@ def test_a_build_of_wide_vectors_keeps_sketches_whose_cosines_follow_the_vectors
     assert exact[rows, approx.argmax(axis=1)].mean() > exact.max(axis=1).mean() - 0.05
 
 
-def test_colour_descriptors_come_back_as_stored_in_half_precision(tmp_path: Path):
+@pytest.mark.parametrize("stored", [index.COLOUR_FILE_DTYPE, np.float16], ids=["stored wide", "an older build"])
+def test_colour_descriptors_come_back_as_stored_in_half_precision(tmp_path: Path, monkeypatch, stored):
+    # A build stores them widened (read as they are); one from before stored float16 (read through a table).
+    monkeypatch.setattr(index, "COLOUR_FILE_DTYPE", stored)
     rng = np.random.default_rng(4)
     colours = rng.random((300, 294)).astype(np.float32) ** 4  # many near zero: half precision's subnormals
     colours[::7] = 0.0  # no descriptor stored
     colours[1, :3] = [np.inf, 65504.0, -1e-7]
     loaded = LoadedIndex(tmp_path, build(tmp_path, clustered(300, 16), colours=colours).version)
+    assert loaded.colour_file_dtype == stored
     items = np.array([0, 1, 2, 7, 299, 150])
-    np.testing.assert_array_equal(loaded.colours_of(items), colours[items].astype(np.float16).astype(np.float32))
+    found = loaded.colours_of(items)
+    assert found.dtype == np.float32
+    np.testing.assert_array_equal(found, colours[items].astype(np.float16).astype(np.float32))
+    assert LoadedIndex(tmp_path, build(tmp_path, clustered(300, 16)).version).colour_file_dtype is None
 
 
 def test_a_build_of_narrow_vectors_keeps_none_and_a_damaged_sketch_is_refused(tmp_path: Path):
