@@ -1061,7 +1061,7 @@ def measure_strategies(
             "wall p99",
             "CPU p50 x neighbours",
             f"grids as {SHIPPED.name}'s",
-        ],  # fmt: skip
+        ],
         note="each walk clicks the first new tile of every grid, once begun on the home page's grid (its trail "
         "explores: Strategy.exploring) and once from a text search; every strategy answers the same walks, "
         "interleaved; next click = clicks 2-10 with the walk's earlier grids remembered (as on a site in use); "
