@@ -581,7 +581,7 @@ class LoadedIndex:
     def vectors_of(self, items: np.ndarray) -> np.ndarray:
         """The (len(items), dim) float32 vectors of ``items``."""
         if self._vectors is not None:
-            return np.asarray(self._vectors[np.asarray(items, dtype=np.int64)])
+            return self._vectors[np.asarray(items, dtype=np.int64)]
         return np.array([self._ann.get_item_vector(int(item)) for item in items], dtype=np.float32).reshape(
             len(items), self.meta.dim
         )
@@ -610,7 +610,7 @@ class LoadedIndex:
         """The (len(items), s) float32 sketches of ``items`` (``sketched``); None when the build has none."""
         if self._sketch is None:
             return None
-        return np.asarray(self._sketch[np.asarray(items, dtype=np.int64)])
+        return self._sketch[np.asarray(items, dtype=np.int64)]
 
     @property
     def sketch_dim(self) -> int:

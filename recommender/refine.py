@@ -527,7 +527,7 @@ def _trail_ranked(
 
     if not _uses_shown(strategy):
         return _rank(usable, [], (), store=store, k=k, allowed=allowed_ids, strategy=strategy)
-    first = tuple(map(int, shown_first())) if strategy.first_grid and shown_first is not None else ()
+    first = tuple(shown_first()) if strategy.first_grid and shown_first is not None else ()
     # The page after each earlier click showed a grid of GRID_SIZE: that prefix, ranked the same way, is what
     # the shopper saw there.
     prefixes = _prefixes(usable)
